@@ -1,0 +1,353 @@
+"""ConvMLP: Hierarchical Convolutional MLPs for Vision, in MindSpore.
+
+Paper: Jiachen Li, Ali Hassani, Steven Walton, Humphrey Shi, "ConvMLP: Hierarchical Convolutional
+MLPs for Vision", CVPR Workshops 2023 (arXiv:2109.04454).
+Official PyTorch code: https://github.com/SHI-Labs/Convolutional-MLPs (``src/convmlp.py``).
+
+The network is, in order:
+
+* a convolutional **tokenizer** (three 3x3 conv-BN-ReLU, the first with stride 2, then a 3x3/2
+  max-pool),
+* a **conv stage** of residual bottlenecks (1x1, 3x3, 1x1 conv-BN-ReLU) and a 3x3 stride-2 conv,
+* three **Conv-MLP stages** of blocks ``x + MLP(LN(x))``, ``DWConv3x3(LN(x))`` (no residual),
+  ``x + MLP(LN(x))``, with a 3x3 stride-2 conv between stages,
+* a head: LayerNorm, mean over positions, Dense.
+
+Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.weight``,
+``stages.1.blocks.0.channel_mlp1.fc1.weight`` ...), with MindSpore's names for norm parameters
+(``gamma``/``beta``/``moving_mean``/``moving_variance``) so that weight conversion is a rename
+(see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
+1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
+"""
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common import initializer as init
+
+__all__ = [
+    "ConvMLP",
+    "ConvTokenizer",
+    "ConvStage",
+    "ConvMLPBlock",
+    "ConvMLPStage",
+    "ConvDownsample",
+    "Mlp",
+    "DropPath",
+    "convmlp_s",
+    "convmlp_m",
+    "convmlp_l",
+    "default_cfgs",
+    "model_entrypoints",
+]
+
+LN_EPS = 1e-5  # torch.nn.LayerNorm default; MindSpore's default is 1e-7
+BN_EPS = 1e-5
+# MindSpore's BatchNorm momentum is the weight of the *old* statistic: 0.9 == torch momentum 0.1.
+BN_MOMENTUM = 0.9
+
+
+def _cfg(url="", **kwargs):
+    cfg = {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "tokenizer.block.0",
+        "classifier": "head",
+    }
+    cfg.update(kwargs)
+    return cfg
+
+
+_URL = "https://shi-labs.com/projects/convmlp/checkpoints/{}_imagenet.pth"
+
+#: Per-variant architecture and pretrained-weight settings, read by pth2ckpt.py, train.py and the
+#: tests instead of repeating constants.
+default_cfgs = {
+    "convmlp_s": _cfg(_URL.format("convmlp_s"), blocks=(2, 4, 2), dims=(128, 256, 512),
+                      mlp_ratios=(2, 2, 2), channels=64, n_conv_blocks=2),
+    "convmlp_m": _cfg(_URL.format("convmlp_m"), blocks=(3, 6, 3), dims=(128, 256, 512),
+                      mlp_ratios=(3, 3, 3), channels=64, n_conv_blocks=3),
+    "convmlp_l": _cfg(_URL.format("convmlp_l"), blocks=(4, 8, 3), dims=(192, 384, 768),
+                      mlp_ratios=(3, 3, 3), channels=96, n_conv_blocks=3),
+}
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
+
+    def construct(self, x):
+        if self.dropout is None or not self.training:
+            return x
+        # nn.Dropout on a ones mask gives 0 or 1/keep_prob per sample.
+        mask = ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+        return x * self.dropout(mask)
+
+
+def _conv_bn_relu(in_ch, out_ch, kernel_size, stride=1):
+    """Conv (no bias) -> BatchNorm -> ReLU, as three cells so names match ``Sequential`` indices."""
+    return [
+        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad",
+                  padding=kernel_size // 2, has_bias=False),
+        nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM),
+        nn.ReLU(),
+    ]
+
+
+class ConvTokenizer(nn.Cell):
+    """Three 3x3 conv-BN-ReLU (first with stride 2) and a 3x3/2 max-pool: /4 resolution."""
+
+    def __init__(self, embedding_dim: int = 64):
+        super().__init__()
+        half = embedding_dim // 2
+        self.block = nn.SequentialCell(
+            _conv_bn_relu(3, half, 3, stride=2)
+            + _conv_bn_relu(half, half, 3)
+            + _conv_bn_relu(half, embedding_dim, 3)
+            + [nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)]
+        )
+
+    def construct(self, x):
+        return self.block(x)
+
+
+class ConvStage(nn.Cell):
+    """Residual bottlenecks (1x1, 3x3, 1x1 conv-BN-ReLU) then a 3x3 stride-2 conv (NCHW)."""
+
+    def __init__(self, num_blocks: int = 2, embedding_dim_in: int = 64, hidden_dim: int = 128,
+                 embedding_dim_out: int = 128):
+        super().__init__()
+        self.conv_blocks = nn.CellList([
+            nn.SequentialCell(
+                _conv_bn_relu(embedding_dim_in, hidden_dim, 1)
+                + _conv_bn_relu(hidden_dim, hidden_dim, 3)
+                + _conv_bn_relu(hidden_dim, embedding_dim_in, 1)
+            )
+            for _ in range(num_blocks)
+        ])
+        self.downsample = nn.Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2,
+                                    pad_mode="pad", padding=1, has_bias=True)
+
+    def construct(self, x):
+        for block in self.conv_blocks:
+            x = x + block(x)
+        return self.downsample(x)
+
+
+class Mlp(nn.Cell):
+    """Channel MLP on channels-last tokens: Dense -> exact GELU -> Dense."""
+
+    def __init__(self, embedding_dim_in: int, hidden_dim: Optional[int] = None,
+                 embedding_dim_out: Optional[int] = None):
+        super().__init__()
+        hidden_dim = hidden_dim or embedding_dim_in
+        embedding_dim_out = embedding_dim_out or embedding_dim_in
+        self.fc1 = nn.Dense(embedding_dim_in, hidden_dim)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = nn.Dense(hidden_dim, embedding_dim_out)
+
+    def construct(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ConvMLPBlock(nn.Cell):
+    """One Conv-MLP block on channels-last (B, H, W, C) tokens.
+
+    ``x = x + drop_path(mlp1(norm1(x)))``; ``x = connect(connect_norm(x))`` (depthwise 3x3, no bias,
+    no residual); ``x = x + drop_path(mlp2(norm2(x)))``.
+    """
+
+    def __init__(self, embedding_dim: int, dim_feedforward: int, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
+        self.channel_mlp1 = Mlp(embedding_dim, dim_feedforward)
+        self.drop_path = DropPath(drop_path_rate)
+        self.connect = nn.Conv2d(embedding_dim, embedding_dim, 3, stride=1, pad_mode="pad",
+                                 padding=1, group=embedding_dim, has_bias=False)
+        self.connect_norm = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
+        self.norm2 = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
+        self.channel_mlp2 = Mlp(embedding_dim, dim_feedforward)
+
+    def construct(self, x):
+        x = x + self.drop_path(self.channel_mlp1(self.norm1(x)))
+        y = self.connect_norm(x).transpose(0, 3, 1, 2)
+        x = self.connect(y).transpose(0, 2, 3, 1)
+        x = x + self.drop_path(self.channel_mlp2(self.norm2(x)))
+        return x
+
+
+class ConvDownsample(nn.Cell):
+    """3x3 stride-2 conv with bias between Conv-MLP stages, on channels-last tokens."""
+
+    def __init__(self, embedding_dim_in: int, embedding_dim_out: int):
+        super().__init__()
+        self.downsample = nn.Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2,
+                                    pad_mode="pad", padding=1, has_bias=True)
+
+    def construct(self, x):
+        x = self.downsample(x.transpose(0, 3, 1, 2))
+        return x.transpose(0, 2, 3, 1)
+
+
+class ConvMLPStage(nn.Cell):
+    """``num_blocks`` Conv-MLP blocks, then (except for the last stage) a downsampling conv.
+
+    Stochastic depth grows linearly inside the stage: ``linspace(0, rate, num_blocks)``.
+    """
+
+    def __init__(self, num_blocks: int, embedding_dims: Sequence[int], mlp_ratio: float = 1.0,
+                 stochastic_depth_rate: float = 0.1, downsample: bool = True):
+        super().__init__()
+        dpr = np.linspace(0.0, stochastic_depth_rate, num_blocks).tolist() if num_blocks > 1 else [0.0]
+        dim = embedding_dims[0]
+        self.blocks = nn.CellList([
+            ConvMLPBlock(dim, int(dim * mlp_ratio), drop_path_rate=dpr[i]) for i in range(num_blocks)
+        ])
+        self.downsample_mlp = ConvDownsample(dim, embedding_dims[1]) if downsample else None
+
+    def construct(self, x):
+        for blk in self.blocks:
+            x = blk(x)
+        if self.downsample_mlp is not None:
+            x = self.downsample_mlp(x)
+        return x
+
+
+class ConvMLP(nn.Cell):
+    """ConvMLP classifier with the same arguments as the official ``ConvMLP`` class.
+
+    Args:
+        blocks: number of Conv-MLP blocks in each of the Conv-MLP stages.
+        dims: embedding dimension of each Conv-MLP stage.
+        mlp_ratios: hidden/embedding ratio of the channel MLPs of each stage.
+        channels: output channels of the tokenizer (input of the conv stage).
+        n_conv_blocks: residual bottlenecks in the conv stage.
+        classifier_head: with ``False``, ``construct`` returns the channels-last feature map.
+        num_classes: classes of the Dense head (0 = no head, pooled features out).
+        drop_path_rate: stochastic depth rate at the end of each stage.
+    """
+
+    def __init__(self, blocks: Sequence[int], dims: Sequence[int], mlp_ratios: Sequence[float],
+                 channels: int = 64, n_conv_blocks: int = 3, classifier_head: bool = True,
+                 num_classes: int = 1000, drop_path_rate: float = 0.1, *args, **kwargs):
+        super().__init__()
+        if not (len(blocks) == len(dims) == len(mlp_ratios)):
+            raise ValueError(f"blocks, dims and mlp_ratios must have the same length, got "
+                             f"{len(blocks)}, {len(dims)}, {len(mlp_ratios)}")
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.tokenizer = ConvTokenizer(embedding_dim=channels)
+        self.conv_stages = ConvStage(n_conv_blocks, embedding_dim_in=channels,
+                                     hidden_dim=dims[0], embedding_dim_out=dims[0])
+        self.stages = nn.CellList([
+            ConvMLPStage(num_blocks=blocks[i], embedding_dims=dims[i:i + 2],
+                         mlp_ratio=mlp_ratios[i], stochastic_depth_rate=drop_path_rate,
+                         downsample=(i + 1 < len(blocks)))
+            for i in range(len(blocks))
+        ])
+        self.classifier_head = classifier_head
+        if classifier_head:
+            self.norm = nn.LayerNorm((dims[-1],), epsilon=LN_EPS)
+            self.head = nn.Dense(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        else:
+            self.norm = None
+            self.head = None
+        self._init_weights()
+
+    def _init_weights(self):
+        """The official init: trunc-normal(0.02) Dense with zero bias, Kaiming-normal fan_out
+        convs (bias left at PyTorch's default uniform), norms to 1/0."""
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Dense):
+                cell.weight.set_data(init.initializer(init.TruncatedNormal(sigma=0.02),
+                                                      cell.weight.shape, cell.weight.dtype))
+                if cell.bias is not None:
+                    cell.bias.set_data(init.initializer(init.Zero(), cell.bias.shape, cell.bias.dtype))
+            elif isinstance(cell, nn.Conv2d):
+                cell.weight.set_data(init.initializer(
+                    init.HeNormal(mode="fan_out", nonlinearity="relu"),
+                    cell.weight.shape, cell.weight.dtype))
+                if cell.bias is not None:
+                    fan_in = int(np.prod(cell.weight.shape[1:]))
+                    bound = 1.0 / math.sqrt(fan_in)
+                    cell.bias.set_data(init.initializer(init.Uniform(bound), cell.bias.shape,
+                                                        cell.bias.dtype))
+            elif isinstance(cell, (nn.LayerNorm, nn.BatchNorm2d)):
+                cell.gamma.set_data(init.initializer(init.One(), cell.gamma.shape, cell.gamma.dtype))
+                cell.beta.set_data(init.initializer(init.Zero(), cell.beta.shape, cell.beta.dtype))
+
+    def reset_classifier(self, num_classes: int):
+        """Replace the head by a freshly initialised one for ``num_classes`` (fine-tuning)."""
+        self.num_classes = num_classes
+        if num_classes > 0:
+            head = nn.Dense(self.num_features, num_classes)
+            head.weight.set_data(init.initializer(init.TruncatedNormal(sigma=0.02),
+                                                  head.weight.shape, head.weight.dtype))
+            head.bias.set_data(init.initializer(init.Zero(), head.bias.shape, head.bias.dtype))
+        else:
+            head = nn.Identity()
+        self.head = head
+        self.head.update_parameters_name("head.")
+
+    def forward_features(self, x):
+        """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
+        x = self.tokenizer(x)
+        x = self.conv_stages(x)
+        x = x.transpose(0, 2, 3, 1)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x, pre_logits: bool = False):
+        """Channels-last features -> LayerNorm -> mean over positions -> Dense logits."""
+        x = self.norm(x)
+        x = x.mean(axis=(1, 2))
+        if pre_logits:
+            return x
+        return self.head(x)
+
+    def construct(self, x):
+        x = self.forward_features(x)
+        if not self.classifier_head:
+            return x
+        return self.forward_head(x)
+
+
+def _create(variant: str, pretrained_ckpt: Optional[str] = None, num_classes: int = 1000, **kwargs):
+    cfg = default_cfgs[variant]
+    arch = {k: cfg[k] for k in ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")}
+    arch.update(kwargs)
+    model = ConvMLP(num_classes=num_classes, **arch)
+    model.default_cfg = cfg
+    if pretrained_ckpt:
+        from .helpers import load_pretrained
+        load_pretrained(model, pretrained_ckpt)
+    return model
+
+
+def convmlp_s(pretrained_ckpt: Optional[str] = None, num_classes: int = 1000, **kwargs):
+    """ConvMLP-S: blocks (2, 4, 2), dims (128, 256, 512), mlp ratios 2, 2 conv blocks."""
+    return _create("convmlp_s", pretrained_ckpt, num_classes, **kwargs)
+
+
+def convmlp_m(pretrained_ckpt: Optional[str] = None, num_classes: int = 1000, **kwargs):
+    """ConvMLP-M: blocks (3, 6, 3), dims (128, 256, 512), mlp ratios 3, 3 conv blocks."""
+    return _create("convmlp_m", pretrained_ckpt, num_classes, **kwargs)
+
+
+def convmlp_l(pretrained_ckpt: Optional[str] = None, num_classes: int = 1000, **kwargs):
+    """ConvMLP-L: blocks (4, 8, 3), dims (192, 384, 768), mlp ratios 3, 96 channels, 3 conv blocks."""
+    return _create("convmlp_l", pretrained_ckpt, num_classes, **kwargs)
+
+
+model_entrypoints = {"convmlp_s": convmlp_s, "convmlp_m": convmlp_m, "convmlp_l": convmlp_l}
