@@ -1,0 +1,173 @@
+"""Shared pytest fixtures: the repository on sys.path, small synthetic CIFAR folders, a local HTTP server.
+
+Keep this file generic; test-specific helpers belong in their test file.
+"""
+import functools
+import http.server
+import os
+import sys
+import threading
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import cifar  # noqa: E402  (needs REPO on sys.path)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory):
+    """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
+    folder = tmp_path_factory.mktemp("tiny_cifar10") / "cifar-10-batches-bin"
+    return str(cifar.write_synthetic(str(folder), "cifar10", n_train=203, n_val=61, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar100(tmp_path_factory):
+    """Folder ``.../cifar-100-binary`` with 301 train records in ``train.bin`` and 101 val records."""
+    folder = tmp_path_factory.mktemp("tiny_cifar100") / "cifar-100-binary"
+    return str(cifar.write_synthetic(str(folder), "cifar100", n_train=301, n_val=101, seed=2))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    timeout = 10  # seconds a connection may stay idle
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """``(root_dir, base_url)``: files written under root_dir are served at base_url by a thread-run
+    HTTP server on 127.0.0.1 (free port), shut down after the test."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_QuietHandler, directory=str(root)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield str(root), f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model, parity ground truth and the pth2ckpt.py command line (test_model, test_parity, test_pth2ckpt)
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+
+def shared_dir():
+    """``<repo>/../shared`` (ground truth from the official code), or ``$CONVMLP_SHARED``."""
+    return os.environ.get("CONVMLP_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
+
+
+@pytest.fixture(scope="session")
+def parity_dir():
+    path = os.path.join(shared_dir(), "parity")
+    if not os.path.isfile(os.path.join(path, "convmlp_tiny.pth")):
+        pytest.fail(f"parity fixtures not found in {path}; set CONVMLP_SHARED to the shared/ folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(parity_dir):
+    """The official-format tiny checkpoint with its configuration, input and official logits."""
+    import numpy as np
+    with open(os.path.join(parity_dir, "convmlp_tiny.json")) as f:
+        meta = json.load(f)
+    topo = {k: meta[k] for k in ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")}
+    return {
+        "pth": os.path.join(parity_dir, "convmlp_tiny.pth"),
+        "topology": topo,
+        "num_classes": meta["num_classes"],
+        "input": np.load(os.path.join(parity_dir, "convmlp_tiny_input.npy")),
+        "logits": np.load(os.path.join(parity_dir, "convmlp_tiny_logits.npy")),
+        # the pth2ckpt.py flags that describe the tiny topology
+        "flags": sum(([f"--{k}"] + [str(x) for x in (v if isinstance(v, list) else [v])]
+                      for k, v in topo.items()), []),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_state(tiny):
+    """The tiny official state_dict (torch tensors); do not modify it."""
+    import torch
+    return torch.load(tiny["pth"], map_location="cpu", weights_only=True)
+
+
+def read_tsv(path):
+    """``{key: (shape, dtype, kind)}`` of an official state_dict listing."""
+    out = {}
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        assert header == ["key", "shape", "dtype", "kind"], f"{path}: unexpected header {header}"
+        for line in f:
+            key, shape, dtype, kind = line.rstrip("\n").split("\t")
+            out[key] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype, kind)
+    return out
+
+
+@pytest.fixture(scope="session")
+def official_keys(parity_dir):
+    """``official_keys("convmlp_s")`` -> ``{key: (shape, dtype, kind)}`` from the shared tsv."""
+    return functools.lru_cache(maxsize=None)(
+        lambda variant: read_tsv(os.path.join(parity_dir, f"{variant}_state_dict.tsv")))
+
+
+@pytest.fixture(scope="session")
+def fake_official_state(official_keys):
+    """``fake_official_state("convmlp_s")``: a full-size official-format state_dict of zeros built
+    from the tsv shapes (no download); BatchNorm counters are int64 like the real ones."""
+    import torch
+
+    def build(variant):
+        return {k: (torch.zeros(shape, dtype=torch.int64) if dtype == "int64" else torch.zeros(shape))
+                for k, (shape, dtype, _) in official_keys(variant).items()}
+    return build
+
+
+@pytest.fixture(scope="session")
+def built_model():
+    """``built_model("convmlp_m", 1000)``: the MindSpore model, built once per session (building
+    M and L takes seconds); do not modify it."""
+    @functools.lru_cache(maxsize=None)
+    def build(variant, num_classes=1000):
+        from model import create_model
+        return create_model(variant, num_classes=num_classes)
+    return build
+
+
+@pytest.fixture(scope="session")
+def run_pth2ckpt():
+    """Run ``pth2ckpt.py`` as a user would (subprocess, repo root as cwd); returns the
+    ``CompletedProcess`` with text ``stdout``/``stderr``."""
+    def run(*args, env=None, timeout=300):
+        full_env = dict(os.environ, **(env or {}))
+        return subprocess.run([sys.executable, os.path.join(REPO, "pth2ckpt.py"), *map(str, args)],
+                              cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run
+
+
+def assert_user_error(proc, *fragments):
+    """Exit status 2, one ``error: ...`` line on stderr containing every fragment, no traceback."""
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert len(err_lines) == 1, proc.stderr
+    for frag in fragments:
+        assert frag in err_lines[0], f"{frag!r} not in {err_lines[0]!r}"
+    return err_lines[0]
+
+
+@pytest.fixture(scope="session")
+def user_error():
+    """``user_error(proc, "fragment", ...)``: see :func:`assert_user_error`."""
+    return assert_user_error
