@@ -5,7 +5,7 @@ from typing import Dict, Optional
 import mindspore as ms
 from mindspore import nn
 
-from errors import CheckpointError
+from errors import CheckpointError, ConfigError
 from .convmlp import model_entrypoints
 
 __all__ = ["create_model", "list_models", "load_pretrained", "read_checkpoint", "check_fit",
@@ -24,13 +24,14 @@ def create_model(name: str, num_classes: int = 1000, pretrained_ckpt: Optional[s
     """Build a registered ConvMLP variant; ``pretrained_ckpt`` loads a (converted) checkpoint with
     :func:`load_pretrained`, re-creating the head when its class count differs."""
     if name not in model_entrypoints:
-        raise CheckpointError(f"unknown arch '{name}': expected one of {', '.join(list_models())}")
+        raise ConfigError(f"unknown arch '{name}': expected one of {', '.join(list_models())}")
     return model_entrypoints[name](pretrained_ckpt=pretrained_ckpt, num_classes=num_classes, **kwargs)
 
 
 def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     """Load a MindSpore ``.ckpt`` into a name -> Parameter dict, with one clear error when the file
     is missing, truncated or not a checkpoint."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
@@ -45,61 +46,102 @@ def _model_params(net: nn.Cell) -> Dict[str, ms.Parameter]:
     return {p.name: p for p in net.get_parameters()}
 
 
-def check_fit(net: nn.Cell, params: Dict[str, ms.Parameter], path: str = "checkpoint",
-              allow_missing_head: bool = False):
-    """Compare a checkpoint's weights with the model's parameters.
-
-    Returns the names that would stay unloaded. Raises :class:`CheckpointError` naming the keys when
-    a parameter is missing (other than the head, when ``allow_missing_head``) or has another shape.
-    Keys of the checkpoint that the model does not have (optimizer state, metadata) are ignored
-    only when they are not model-like (``moments``, ``global_step`` ...); see callers.
-    """
-    model = _model_params(net)
-    missing = [k for k in model if k not in params]
-    mismatched = [f"{k} {tuple(params[k].shape)} vs model {tuple(model[k].shape)}"
-                  for k in model if k in params and tuple(params[k].shape) != tuple(model[k].shape)]
-    if allow_missing_head:
-        missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
-    if mismatched:
-        raise CheckpointError(f"'{path}' does not fit the model: {len(mismatched)} parameter(s) of "
-                              f"another shape: {_short(mismatched)}")
-    if missing:
-        raise CheckpointError(f"'{path}' does not fit the model: {len(missing)} parameter(s) "
-                              f"missing: {_short(missing)}")
-    return missing
-
-
 def _short(names, n=6):
     names = list(names)
     more = f" ... (+{len(names) - n} more)" if len(names) > n else ""
     return ", ".join(names[:n]) + more
 
 
-def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None) -> Dict[str, list]:
-    """Load a converted/pretrained checkpoint for fine-tuning.
+def _shape(value):
+    return tuple(value.shape) if hasattr(value, "shape") else None
 
-    The head is re-created (freshly initialised) when its number of classes differs from the
-    checkpoint's; every other model parameter must be present with the same shape. Returns a report
-    ``{"loaded": [...], "head_reinitialised": bool, "ignored": [...]}``. Raises
-    :class:`CheckpointError` naming the keys otherwise (MindSpore's ``load_param_into_net`` only
-    warns).
+
+def _model_like(params: Dict, model: Dict) -> Dict:
+    """The checkpoint entries that belong to the model: those under one of the model's top-level
+    cells (``tokenizer``, ``conv_stages``, ``stages``, ``norm``, ``head``). Everything else --
+    optimizer state (``adam_m.*``, ``adam_v.*``, ``moments.*``), ``global_step``, ``epoch`` and
+    other metadata -- is not model state and is ignored."""
+    roots = {k.split(".", 1)[0] for k in model}
+    return {k: v for k, v in params.items() if k.split(".", 1)[0] in roots}
+
+
+def _fit_problems(model: Dict, params: Dict, skip_prefix: Optional[str] = None):
+    """(missing, unexpected, mismatched) between model parameters and model-like checkpoint
+    entries, leaving out names that start with ``skip_prefix``."""
+    def keep(k):
+        return not (skip_prefix and k.startswith(skip_prefix))
+
+    missing = [k for k in model if keep(k) and k not in params]
+    unexpected = [k for k in params if keep(k) and k not in model]
+    mismatched = [f"{k} {_shape(params[k])} vs model {tuple(model[k].shape)}"
+                  for k in model if keep(k) and k in params
+                  and _shape(params[k]) != tuple(model[k].shape)]
+    return missing, unexpected, mismatched
+
+
+def _raise_if_problems(path, missing, unexpected, mismatched):
+    parts = [f"{len(keys)} {label}: {_short(keys)}" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+             if keys]
+    if parts:
+        raise CheckpointError(f"'{path}' does not fit the model (another arch or num_classes?): "
+                              + "; ".join(parts))
+
+
+def check_fit(net: nn.Cell, params: Dict[str, ms.Parameter], path: str = "checkpoint",
+              allow_missing_head: bool = False):
+    """Check that a checkpoint's weights fit the model's parameters exactly.
+
+    Entries outside the model's top-level cells (optimizer state, ``global_step``, ``epoch``,
+    metadata) are ignored. Raises :class:`CheckpointError` naming the keys when a model parameter is
+    missing (the head may be, with ``allow_missing_head``), has another shape, or when the checkpoint
+    has model-like keys the model lacks (e.g. the extra blocks of a bigger variant). Returns the
+    model parameters that would stay unloaded (only head ones, if any).
+    """
+    model = _model_params(net)
+    missing, unexpected, mismatched = _fit_problems(model, _model_like(params, model))
+    head_missing = [k for k in missing if k.startswith(HEAD_PREFIX)]
+    if allow_missing_head:
+        missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
+    _raise_if_problems(path, missing, unexpected, mismatched)
+    return head_missing if allow_missing_head else []
+
+
+def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None) -> Dict[str, list]:
+    """Load a converted/pretrained checkpoint into ``net`` for fine-tuning.
+
+    The head (``head.*``) keeps the fresh initialisation ``net`` was built with when the checkpoint
+    has no head (``pth2ckpt.py --num_classes`` left it out) or one of another number of classes;
+    every other parameter must be in the checkpoint with the same shape, and the checkpoint must
+    not have model parameters the model lacks. Optimizer state and metadata (``adam_m.*``,
+    ``global_step``, ``epoch`` ...) are ignored. After loading, it asserts that nothing but the head
+    was left unloaded (MindSpore's ``load_param_into_net`` only warns).
+
+    Returns ``{"loaded": [...], "head_reinitialised": bool, "ignored": [...]}``; raises
+    :class:`CheckpointError` naming the keys when the checkpoint is of another arch.
     """
     params = read_checkpoint(ckpt_path) if params is None else params
     model = _model_params(net)
-    head_w = params.get(HEAD_PREFIX + "weight")
-    reinit = False
-    if (head_w is not None and HEAD_PREFIX + "weight" in model
-            and tuple(head_w.shape) != tuple(model[HEAD_PREFIX + "weight"].shape)):
-        reinit = True
-    to_load = {k: v for k, v in params.items()
-               if k in model and not (reinit and k.startswith(HEAD_PREFIX))}
-    head_missing = not any(k.startswith(HEAD_PREFIX) for k in params)
-    check_fit(net, {**to_load, **({k: model[k] for k in model if k.startswith(HEAD_PREFIX)}
-                                  if (reinit or head_missing) else {})}, ckpt_path)
+    own = _model_like(params, model)
+    head_keys = [k for k in model if k.startswith(HEAD_PREFIX)]
+    ckpt_head = {k: v for k, v in own.items() if k.startswith(HEAD_PREFIX)}
+    w_key = HEAD_PREFIX + "weight"
+    if not head_keys or not ckpt_head:
+        reinit = bool(head_keys)
+    else:
+        w_ckpt, w_model = _shape(ckpt_head.get(w_key)), tuple(model[w_key].shape)
+        if w_ckpt is not None and len(w_ckpt) == 2 and w_ckpt[1:] == w_model[1:]:
+            reinit = w_ckpt[0] != w_model[0]  # same features in, other class count: new head
+        else:
+            reinit = False  # let the shape check below name the head keys
+    skip = HEAD_PREFIX if reinit else None
+    _raise_if_problems(ckpt_path, *_fit_problems(model, own, skip))
+    to_load = {k: v for k, v in own.items() if not (skip and k.startswith(skip))}
+    to_load = {k: v if isinstance(v, ms.Parameter) else ms.Parameter(ms.Tensor(v), name=k)
+               for k, v in to_load.items()}
     not_loaded, _ = ms.load_param_into_net(net, to_load, strict_load=True)
-    left = [k for k in not_loaded if not k.startswith(HEAD_PREFIX)]
+    left = [k for k in not_loaded if not (reinit and k.startswith(HEAD_PREFIX))]
     if left:
         raise CheckpointError(f"'{ckpt_path}': parameters left unloaded: {_short(left)}")
-    ignored = sorted(k for k in params if k not in model)
-    return {"loaded": sorted(to_load), "head_reinitialised": reinit or head_missing,
-            "ignored": ignored}
+    return {"loaded": sorted(to_load), "head_reinitialised": reinit,
+            "ignored": sorted(k for k in params if k not in own)}
