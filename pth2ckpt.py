@@ -1,0 +1,513 @@
+"""Convert official PyTorch ConvMLP weights (``.pth``) into a MindSpore checkpoint (``.ckpt``).
+
+Official code: https://github.com/SHI-Labs/Convolutional-MLPs (``src/convmlp.py``). The MindSpore
+model (``model/convmlp.py``) uses the official parameter names, so conversion is a rename of the
+norm parameters (:data:`NAME_RULES`, applied by :func:`map_name`); arrays keep their shapes.
+
+Usage::
+
+    python pth2ckpt.py --arch convmlp_s --dst convmlp_s.ckpt --verify         # download release
+    python pth2ckpt.py --src IN.pth --dst OUT.ckpt --arch convmlp_s [--num_classes 10] [--ema]
+    python pth2ckpt.py --src tiny.pth --dst tiny.ckpt --blocks 1 2 1 --dims 16 32 64 \\
+        --mlp_ratios 2 2 2 --channels 16 --n_conv_blocks 1 --verify             # custom topology
+
+Accepted inputs: the released files (plain ``state_dict``) and training checkpoints as the official
+(timm-based) training script saves them (``state_dict``, ``state_dict_ema``, ``optimizer``,
+``epoch``, ``args`` as an ``argparse.Namespace`` ...), with or without ``module.`` prefixes.
+Files are read with ``torch.load(weights_only=True)``: pickled code is never run, and a file that
+needs any type beyond tensors, containers and :data:`SAFE_GLOBALS` is refused.
+
+Every failure the user can fix is one ``error: ...`` line on stderr and exit status 2; the ``.ckpt``
+is written atomically and only after the weights were checked against the MindSpore model.
+"""
+import argparse
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+from errors import CheckpointError, ConfigError, DataError, run_cli
+
+__all__ = ["NAME_RULES", "SAFE_GLOBALS", "map_name", "convert_state_dict", "dropped_keys",
+           "load_torch_checkpoint", "extract_state_dict", "infer_topology", "compare_shapes",
+           "release_url", "fetch_release", "save_ckpt_atomic", "verify", "main"]
+
+TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
+HEAD_PREFIX = "head."
+MAX_ABS_DIFF = 1e-4
+
+# Norm layers of the official model: BatchNorm at positions 1, 4, 7 of each conv-BN-ReLU x3
+# Sequential (tokenizer, conv-stage bottlenecks); LayerNorm ``norm`` (head) and the blocks'
+# ``norm1``, ``norm2``, ``connect_norm``.
+_BATCH_NORM = r"(?:tokenizer\.block|conv_stages\.conv_blocks\.\d+)\.[147]"
+_LAYER_NORM = r"(?:norm|stages\.\d+\.blocks\.\d+\.(?:norm1|norm2|connect_norm))"
+_NORM = rf"(?:{_BATCH_NORM}|{_LAYER_NORM})"
+
+#: The whole name mapping, PyTorch key regex -> MindSpore replacement (``None``: dropped). The first
+#: matching rule wins; keys that match no rule keep their name (convs and Dense layers keep
+#: ``weight``/``bias`` with the same shapes in both frameworks).
+NAME_RULES = (
+    # A BatchNorm update counter; MindSpore's BatchNorm uses a fixed momentum and has no counter.
+    (re.compile(r"^(.+)\.num_batches_tracked$"), None),
+    (re.compile(r"^(.+)\.running_mean$"), r"\1.moving_mean"),
+    (re.compile(r"^(.+)\.running_var$"), r"\1.moving_variance"),
+    (re.compile(rf"^({_NORM})\.weight$"), r"\1.gamma"),
+    (re.compile(rf"^({_NORM})\.bias$"), r"\1.beta"),
+)
+
+#: Why a key is dropped, for the report (keyed by the dropping rule's suffix).
+DROP_REASONS = {"num_batches_tracked": "BatchNorm counter, MindSpore has none"}
+
+
+def map_name(torch_key: str) -> Optional[str]:
+    """MindSpore parameter name of an official PyTorch ``state_dict`` key, ``None`` if dropped."""
+    for pattern, replacement in NAME_RULES:
+        if pattern.match(torch_key):
+            return None if replacement is None else pattern.sub(replacement, torch_key)
+    return torch_key
+
+
+def _to_numpy(value, key: str) -> np.ndarray:
+    """The array of one state_dict entry; floating point becomes float32 (the model's dtype)."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy().copy()
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value.copy()
+    raise CheckpointError(f"state_dict entry '{key}' is a {type(value).__name__}, expected a tensor")
+
+
+def convert_state_dict(torch_state: Mapping) -> Dict[str, np.ndarray]:
+    """Official PyTorch ``state_dict`` -> ``{MindSpore name: numpy array}``.
+
+    Pure: names go through :func:`map_name` (dropped keys are left out), arrays are copied as
+    float32 with unchanged shapes. Two keys that map to the same name are an error.
+    """
+    out: Dict[str, np.ndarray] = OrderedDict()
+    source: Dict[str, str] = {}
+    for key, value in torch_state.items():
+        name = map_name(key)
+        if name is None:
+            continue
+        if name in out:
+            raise CheckpointError(f"state_dict keys '{source[name]}' and '{key}' both map to '{name}'")
+        out[name] = _to_numpy(value, key)
+        source[name] = key
+    return out
+
+
+def dropped_keys(torch_state: Mapping) -> Dict[str, str]:
+    """``{torch key: reason}`` for the keys :func:`map_name` drops."""
+    return {k: DROP_REASONS.get(k.rsplit(".", 1)[-1], "dropped by NAME_RULES")
+            for k in torch_state if map_name(k) is None}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading PyTorch files safely
+
+#: Types (beyond tensors, containers and numbers, which ``weights_only`` always allows) that a
+#: training checkpoint of the official timm-based script needs: its ``args`` and numpy scalars
+#: (e.g. a ``metric``). None of them can run code when unpickled.
+def _safe_globals():
+    globs = [argparse.Namespace, np.dtype]
+    try:
+        from numpy.core.multiarray import scalar
+        globs.append(scalar)
+    except ImportError:  # pragma: no cover - numpy layout change
+        pass
+    globs += sorted({type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32,
+                                                 np.int64, np.bool_)}, key=lambda t: t.__name__)
+    return globs
+
+
+SAFE_GLOBALS = _safe_globals()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _unsafe_globals(path: str):
+    """Globals the pickle in ``path`` refers to that are not allowed (read without running it)."""
+    import torch
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: the error message of torch.load names the global
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    return [g for g in found if g not in allowed]
+
+
+def _file_kind(path: str) -> str:
+    """What the first bytes of ``path`` say it is, for error messages."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "other"
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The useful part of torch's long ``weights_only`` error message."""
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(exc))
+    return m.group(1).strip()[:200] if m else _first_line(exc)
+
+
+def load_torch_checkpoint(path: str):
+    """``torch.load(path, weights_only=True)`` with :data:`SAFE_GLOBALS`, on CPU.
+
+    Raises :class:`CheckpointError` (one line naming the file) when the file is missing, is not a
+    PyTorch checkpoint (random bytes, text, truncated), or needs a type that is not allowed -- in
+    that case nothing in it was executed.
+    """
+    import pickle
+    import warnings
+    import torch
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read '{path}': the file is empty")
+    kind = _file_kind(path)
+    if kind == "other":
+        raise CheckpointError(f"cannot read '{path}': not a PyTorch checkpoint (neither a zip archive "
+                              f"saved by torch.save nor a pickle; a text file or random bytes?)")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on foreign pickles
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path)
+        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if not unsafe and match:
+            unsafe = [match.group(1)]
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load '{path}': it needs {', '.join(unsafe)}, which is not an allowed "
+                f"type (only tensors, containers and {', '.join(_short_names())}); nothing in it "
+                f"was executed") from None
+        raise CheckpointError(f"cannot read '{path}': not a PyTorch checkpoint "
+                              f"({_unpickler_reason(exc)}); nothing in it was executed") from None
+    except Exception as exc:  # zip/stream errors of truncated or foreign files
+        what = "a truncated or corrupt zip archive" if kind == "zip" else "a corrupt pickle"
+        raise CheckpointError(f"cannot read '{path}': {what}, not a complete PyTorch checkpoint "
+                              f"({_first_line(exc)[:120]})") from None
+
+
+def _short_names():
+    return sorted({g.__name__ for g in SAFE_GLOBALS if not g.__name__.endswith("DType")})
+
+
+def _is_state_dict(obj) -> bool:
+    import torch
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, (torch.Tensor, np.ndarray)) for k, v in obj.items())
+
+
+def extract_state_dict(obj, path: str = "checkpoint", ema: bool = False):
+    """The model weights inside a loaded ``.pth``: ``(state_dict, description)``.
+
+    ``obj`` is a plain state_dict (released files) or a training checkpoint dict holding
+    ``state_dict`` / ``state_dict_ema`` (timm) or ``model``. ``ema`` picks ``state_dict_ema`` and is
+    an error when there is none. ``module.`` prefixes (DataParallel/DDP) are removed.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, expected a state_dict or a "
+                              f"training checkpoint dict")
+    if _is_state_dict(obj):
+        if ema:
+            raise CheckpointError(f"--ema given but '{path}' is a plain state_dict without EMA "
+                                  f"weights (no 'state_dict_ema')")
+        state, what = obj, "plain state_dict"
+    else:
+        key = "state_dict_ema" if ema else next((k for k in ("state_dict", "model") if k in obj), None)
+        if key is None or key not in obj:
+            found = ", ".join(sorted(map(str, obj)))[:300]
+            need = "'state_dict_ema' (asked for by --ema)" if ema else "'state_dict' or 'model'"
+            raise CheckpointError(f"'{path}' has no {need}; its keys are: {found}")
+        state = obj[key]
+        if not _is_state_dict(state):
+            raise CheckpointError(f"'{path}': '{key}' is not a state_dict of tensors")
+        meta = [f"{m} {obj[m]}" for m in ("arch", "epoch") if m in obj and isinstance(
+            obj[m], (str, int))]
+        what = f"training checkpoint, '{key}'" + (f" ({', '.join(meta)})" if meta else "")
+    if any(k.startswith("module.") for k in state):
+        state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v)
+                            for k, v in state.items())
+        what += ", 'module.' prefix removed"
+    return state, what
+
+
+# ------------------------------------------------------------------------------------------------
+# Checking the weights against the model
+
+def infer_topology(state: Mapping) -> dict:
+    """ConvMLP arguments (blocks, dims, mlp_ratios, channels, n_conv_blocks, num_classes) read
+    from the keys and shapes of an official (or converted) state_dict; missing parts are left out."""
+    def shape(key):
+        v = state.get(key)
+        return tuple(v.shape) if v is not None else None
+
+    topo = {}
+    tok = shape("tokenizer.block.6.weight")
+    if tok:
+        topo["channels"] = tok[0]
+    conv = {int(m.group(1)) for k in state for m in [re.match(r"conv_stages\.conv_blocks\.(\d+)\.", k)] if m}
+    if conv:
+        topo["n_conv_blocks"] = max(conv) + 1
+    stages = {}
+    for k in state:
+        m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", k)
+        if m:
+            stages.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if stages:
+        n = max(stages) + 1
+        topo["blocks"] = [max(stages.get(i, {-1})) + 1 for i in range(n)]
+        fc1 = [shape(f"stages.{i}.blocks.0.channel_mlp1.fc1.weight") for i in range(n)]
+        if all(fc1):
+            topo["dims"] = [s[1] for s in fc1]
+            ratios = [s[0] / s[1] for s in fc1]
+            topo["mlp_ratios"] = [int(r) if float(r).is_integer() else r for r in ratios]
+    head = shape("head.weight")
+    if head:
+        topo["num_classes"] = head[0]
+    return topo
+
+
+def describe_topology(topo: Mapping) -> str:
+    from model import default_cfgs
+    parts = " ".join(f"{k} {list(topo[k]) if isinstance(topo[k], (list, tuple)) else topo[k]}"
+                     for k in TOPOLOGY_KEYS if k in topo)
+    for arch, cfg in default_cfgs.items():
+        if all(k in topo and list(np.atleast_1d(topo[k])) == list(np.atleast_1d(cfg[k]))
+               for k in TOPOLOGY_KEYS):
+            return f"{parts} (= {arch})"
+    return parts
+
+
+def compare_shapes(weights: Mapping, expected: Mapping):
+    """``(missing, unexpected, mismatched)`` name lists between converted weights and the model's
+    ``{name: shape}``; ``mismatched`` entries read ``name (ckpt shape) vs model (shape)``."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs model {tuple(expected[k])}"
+                  for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k])]
+    return missing, unexpected, mismatched
+
+
+def _names(names, n=8):
+    names = list(names)
+    return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Download of the released weights
+
+def release_url(arch: str) -> str:
+    """URL of the released ImageNet weights of ``arch``; ``$CONVMLP_WEIGHTS_URL`` replaces the base."""
+    from model import default_cfgs
+    url = default_cfgs[arch]["url"]
+    base = os.environ.get("CONVMLP_WEIGHTS_URL")
+    if base:
+        url = base.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
+    return url
+
+
+def fetch_release(arch: str, cache_dir: str) -> str:
+    """Path of the released ``.pth`` of ``arch`` in ``cache_dir``, downloaded when not there yet."""
+    from download import download_url
+    url = release_url(arch)
+    dst = os.path.join(os.path.expanduser(cache_dir), url.rsplit("/", 1)[-1])
+    if os.path.isfile(dst):
+        print(f"using cached {dst}", flush=True)
+        return dst
+    print(f"downloading {url} -> {dst}", flush=True)
+    try:
+        return download_url(url, dst, desc=os.path.basename(dst))
+    except DataError as exc:
+        raise CheckpointError(f"cannot download the {arch} weights from {url} ({exc}); download the "
+                              f"file by hand and put it at {dst}, or pass --src PATH") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing and verifying
+
+def save_ckpt_atomic(weights: Mapping[str, np.ndarray], dst: str):
+    """Write ``weights`` as a MindSpore ``.ckpt`` at ``dst`` via a temporary file in the same folder
+    and ``os.replace``: ``dst`` is either the old file or the complete new one, never partial."""
+    import mindspore as ms
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    # MindSpore appends ".ckpt" to names that lack it, so the temporary name ends with it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp.ckpt", dir=folder)
+    os.close(fd)
+    try:
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in weights.items()], tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, num_classes: int,
+           size: int, batch: int = 1, seed: int = 0) -> float:
+    """Max abs difference between the PyTorch reference (``model/torch_convmlp.py``) with
+    ``torch_state`` and the MindSpore model with ``weights``, both in inference mode, on the same
+    random ``(batch, 3, size, size)`` input."""
+    import torch
+    import mindspore as ms
+    from model import ConvMLP
+    from model.torch_convmlp import TorchConvMLP
+
+    x = np.random.RandomState(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
+    ref = TorchConvMLP(num_classes=num_classes, **topo).eval()
+    ref.load_state_dict(dict(torch_state), strict=True)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    net = ConvMLP(num_classes=num_classes, drop_path_rate=0.0, **topo)
+    not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k)
+                                                 for k, v in weights.items()}, strict_load=True)
+    if not_loaded:
+        raise CheckpointError(f"verify: parameters left unloaded: {_names(not_loaded)}")
+    net.set_train(False)
+    got = net(ms.Tensor(x)).asnumpy()
+    return float(np.abs(got - expected).max())
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", help="official .pth (released state_dict or training checkpoint); "
+                                 "default: download the release of --arch")
+    p.add_argument("--dst", required=True, help="output MindSpore .ckpt")
+    p.add_argument("--arch", choices=("convmlp_s", "convmlp_m", "convmlp_l"),
+                   help="released variant; the topology flags below override its settings")
+    p.add_argument("--num_classes", type=int, help="classes of the target model; when it differs "
+                   "from the checkpoint's head, the head is left out (re-created at fine-tune time)")
+    p.add_argument("--ema", action="store_true", help="use 'state_dict_ema' of a training checkpoint")
+    p.add_argument("--verify", action="store_true", help="compare the logits of the PyTorch reference "
+                   f"and the MindSpore model; fail above {MAX_ABS_DIFF:g}")
+    p.add_argument("--verify_size", type=int, help="input size for --verify (default 224 for a "
+                   "released arch, 64 for a custom topology)")
+    p.add_argument("--cache_dir", default=os.path.join("~", ".cache", "convmlp"),
+                   help="where downloaded releases are kept (default ~/.cache/convmlp)")
+    p.add_argument("--blocks", type=int, nargs="+")
+    p.add_argument("--dims", type=int, nargs="+")
+    p.add_argument("--mlp_ratios", type=float, nargs="+")
+    p.add_argument("--channels", type=int)
+    p.add_argument("--n_conv_blocks", type=int)
+    return p.parse_args(argv)
+
+
+def resolve_topology(args) -> dict:
+    """ConvMLP arguments: those of ``--arch``, overridden by the topology flags given."""
+    from model import default_cfgs
+    topo = {k: default_cfgs[args.arch][k] for k in TOPOLOGY_KEYS} if args.arch else {}
+    topo.update({k: getattr(args, k) for k in TOPOLOGY_KEYS if getattr(args, k) is not None})
+    topo = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in topo.items()}
+    topo["mlp_ratios"] = [int(r) if float(r).is_integer() else r for r in topo["mlp_ratios"]]
+    if not len(topo["blocks"]) == len(topo["dims"]) == len(topo["mlp_ratios"]):
+        raise ConfigError(f"--blocks {topo['blocks']}, --dims {topo['dims']} and --mlp_ratios "
+                          f"{topo['mlp_ratios']} must have the same length")
+    return topo
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.src is None and args.arch is None:
+        raise ConfigError("without --src, --arch names the release to download")
+    lacking = [f"--{k}" for k in TOPOLOGY_KEYS if getattr(args, k) is None]
+    if args.arch is None and lacking:
+        raise ConfigError(f"give --arch convmlp_s|convmlp_m|convmlp_l, or all of the topology "
+                          f"flags (missing: {' '.join(lacking)})")
+    arch_name = args.arch if args.arch and len(lacking) == len(TOPOLOGY_KEYS) \
+        else f"custom{' ' + args.arch if args.arch else ''}"
+    src = args.src if args.src else fetch_release(args.arch, args.cache_dir)
+
+    # The file is read (and refused, if need be) before MindSpore is even imported.
+    try:
+        obj = load_torch_checkpoint(src)
+    except CheckpointError as exc:
+        if args.src:
+            raise
+        raise CheckpointError(f"{exc} (a cached download: delete it to download again)") from None
+    torch_state, what = extract_state_dict(obj, src, ema=args.ema)
+    del obj
+    topo = resolve_topology(args)
+    weights = convert_state_dict(torch_state)
+    dropped = dropped_keys(torch_state)
+
+    ckpt_classes = infer_topology(torch_state).get("num_classes")
+    num_classes = args.num_classes if args.num_classes is not None else (ckpt_classes or 1000)
+    if num_classes <= 0:
+        raise ConfigError(f"--num_classes {num_classes}: expected a positive number of classes")
+    head_dropped = ckpt_classes is not None and num_classes != ckpt_classes
+    if head_dropped:
+        for k in [k for k in weights if k.startswith(HEAD_PREFIX)]:
+            del weights[k]
+            dropped[k] = (f"head of {ckpt_classes} classes, target has {num_classes}: re-created "
+                          f"at fine-tune time (model.load_pretrained)")
+
+    from model import ConvMLP
+    net = ConvMLP(num_classes=num_classes, drop_path_rate=0.0, **topo)
+    expected = OrderedDict((p.name, tuple(p.shape)) for p in net.get_parameters())
+    if head_dropped:
+        expected = OrderedDict((k, s) for k, s in expected.items() if not k.startswith(HEAD_PREFIX))
+    n_params = sum(p.size for p in net.trainable_params())
+    del net
+    missing, unexpected, mismatched = compare_shapes(weights, expected)
+
+    print(f"source      : {src} ({what}, {len(torch_state)} keys)")
+    print(f"target      : {arch_name}: {describe_topology(topo)}, num_classes {num_classes}, "
+          f"{n_params:,} trainable parameters")
+    print(f"mapped      : {len(weights)} keys "
+          f"({sum(map_name(k) != k for k in torch_state if map_name(k))} renamed)")
+    reasons = OrderedDict()
+    for k, why in dropped.items():
+        reasons.setdefault(why, []).append(k)
+    for why, keys in reasons.items():
+        print(f"dropped     : {len(keys)} keys ({why}): {_names(keys, 4)}")
+    if missing or unexpected or mismatched:
+        found = describe_topology(infer_topology(torch_state))
+        found = f"the checkpoint looks like {found}" if found else "its keys are not ConvMLP keys"
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", mismatched)):
+            if keys:
+                print(f"FAIL {label:<11}: {len(keys)}: {_names(keys, 20)}")
+        problems = "; ".join(f"{len(keys)} {label}: {_names(keys, 5)}" for label, keys in
+                             (("missing", missing), ("unexpected", unexpected),
+                              ("of another shape", mismatched)) if keys)
+        raise CheckpointError(f"'{src}' does not fit {arch_name} ({describe_topology(topo)}): "
+                              f"{problems}; {found}; nothing was written")
+
+    if args.verify:
+        size = args.verify_size or (224 if arch_name in ("convmlp_s", "convmlp_m", "convmlp_l")
+                                    else 64)
+        diff = verify(torch_state, convert_state_dict(torch_state), topo,
+                      ckpt_classes or num_classes, size)
+        status = "OK" if diff <= MAX_ABS_DIFF else "FAIL"
+        print(f"verify      : max abs diff {diff:.3e} on a (1, 3, {size}, {size}) input, PyTorch "
+              f"reference vs MindSpore, inference mode, tolerance {MAX_ABS_DIFF:g}: {status}")
+        if diff > MAX_ABS_DIFF:
+            raise CheckpointError(f"verify failed for '{src}': max abs diff {diff:.3e} > "
+                                  f"{MAX_ABS_DIFF:g}; nothing was written")
+
+    save_ckpt_atomic(weights, args.dst)
+    print(f"written     : {args.dst} ({len(weights)} parameters)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
