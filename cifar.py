@@ -117,7 +117,9 @@ def split_files(folder, dataset, split, any_names=False):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     _check_folder(folder, dataset)
     try:
-        names = sorted((n for n in os.listdir(folder) if n.endswith(".bin")), key=_natural_key)
+        # hidden files are skipped (e.g. macOS "._data_batch_1.bin" resource forks)
+        names = sorted((n for n in os.listdir(folder) if n.endswith(".bin") and not n.startswith(".")),
+                       key=_natural_key)
     except OSError as exc:
         raise DataError(f"dataset folder {folder} cannot be listed ({exc.strerror})") from None
     if not names:
@@ -146,6 +148,8 @@ def _file_records(path, dataset):
         size = os.path.getsize(path)
     except OSError as exc:
         raise DataError(f"{path} cannot be read ({exc.strerror})") from None
+    if not os.path.isfile(path):
+        raise DataError(f"{path} is not a regular file; expected a file of {_PRETTY[dataset]} records")
     if not os.access(path, os.R_OK):
         raise DataError(f"{path} cannot be read (permission denied); expected a readable file")
     rec = RECORD_BYTES[dataset]
@@ -229,6 +233,9 @@ def read_split(folder, dataset, split, any_names=False):
     files = split_files(folder, dataset, split, any_names)
     counts = [_file_records(p, dataset) for p in files]
     total = sum(counts)
+    for path, n in zip(files, counts):
+        if n == 0 and total:
+            _LOG.warning("%s is empty (0 records); is it an incomplete copy?", path)
     if total == 0:
         raise DataError(f"the {split} split in {folder} has no records (files: "
                         f"{', '.join(os.path.basename(p) for p in files)} are empty); expected "

@@ -62,9 +62,6 @@ class Key:
     check: Optional[Callable[[Any], Optional[str]]] = None   # returns an explanation when invalid
 
 
-_AA_RE = re.compile(r"^rand(-[a-z]+[0-9.]*)*$")
-
-
 def parse_aa(spec):
     """Parse a timm RandAugment spec such as ``rand-m9-mstd0.5-inc1``.
 
@@ -221,6 +218,10 @@ def _expected(key):
         exp = f"a list of {key.length} numbers"
     else:
         exp = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[key.type]
+        if key.min is not None and key.max is not None:
+            exp += f" in [{key.min:g}, {key.max:g}]"
+        elif key.min is not None:
+            exp += f" >= {key.min:g}"
     return exp + (" or null" if key.nullable else "")
 
 
@@ -520,7 +521,7 @@ def _fmt_default(v):
 
 
 def _help_text():
-    lines = ["usage: SCRIPT [--config FILE] [--key value ...]", "",
+    lines = [f"usage: {os.path.basename(sys.argv[0])} [--config FILE] [--key value ...]", "",
              "--config FILE  YAML file (default: config.yaml next to config.py)", "", "keys:"]
     for k in SCHEMA:
         lines.append(f"  --{k.name} ({_expected(k)}; default {_fmt_default(k.default)})")

@@ -193,7 +193,7 @@ def test_cli_error_is_one_line_and_exit_status_2():
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: command line: invalid value 'x' for 'batch_size': "
-                                                "expected an integer"]
+                                                "expected an integer >= 1"]
 
 
 # ---------------------------------------------------------------------------------- aa, device

@@ -120,6 +120,41 @@ def test_separate_folders_may_use_any_file_names(tmp_path):
         cifar.read_split(str(tmp_path / "tr"), "cifar10", "train", any_names=False)
 
 
+def test_real_photo_crops_decode_as_mindspore_own_cifar10_reader(tmp_path):
+    """Cross-check with MindSpore's Cifar10Dataset (which needs exactly 10,000 records per file) on
+    crops of a real photo when matplotlib's sample image is there, else random pixels."""
+    import mindspore.dataset as ds
+    rng = np.random.default_rng(11)
+    n = 10000
+    try:
+        import matplotlib.cbook
+        from PIL import Image
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            photo = np.asarray(Image.open(f).convert("RGB"))
+        ys, xs = rng.integers(0, photo.shape[0] - 32, n), rng.integers(0, photo.shape[1] - 32, n)
+        images = np.stack([photo[y:y + 32, x:x + 32] for y, x in zip(ys, xs)])
+    except (ImportError, OSError, ValueError):
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    records = np.concatenate([labels[:, None], images.transpose(0, 3, 1, 2).reshape(n, -1)], 1).tobytes()
+    folder = str(tmp_path / "cifar-10-batches-bin")
+    write(folder, "data_batch_1.bin", records)
+    write(folder, "test_batch.bin", records)
+    ours = cifar.read_split(folder, "cifar10", "train")
+    theirs = list(ds.Cifar10Dataset(folder, usage="train", shuffle=False).create_tuple_iterator(output_numpy=True,
+                                                                                             num_epochs=1))
+    np.testing.assert_array_equal(ours.images, np.stack([t[0] for t in theirs]))
+    np.testing.assert_array_equal(ours.labels, np.array([t[1] for t in theirs]))
+    np.testing.assert_array_equal(ours.images, images)
+
+
+def test_hidden_files_are_ignored(tmp_path):
+    rng = np.random.default_rng(12)
+    write(str(tmp_path / "tr"), "a.bin", random_records(rng, 2, "cifar10"))
+    write(str(tmp_path / "tr"), "._a.bin", b"\x00" * 4096)          # macOS resource fork
+    assert len(cifar.read_split(str(tmp_path / "tr"), "cifar10", "train", any_names=True)) == 2
+
+
 def test_class_names_from_meta_files_or_generic(tiny_cifar100, tmp_path):
     assert cifar.class_names(tiny_cifar100, "cifar100")[:2] == ["synthetic_0", "synthetic_1"]
     assert len(cifar.class_names(tiny_cifar100, "cifar100", coarse=True)) == 20
@@ -210,6 +245,13 @@ def test_cifar100_label_out_of_range(tmp_path, column, value, what):
     write(folder, "train.bin", raw.tobytes())
     with pytest.raises(DataError, match=f"train.bin: record 1 has {what} for CIFAR-100"):
         cifar.read_split(folder, "cifar100", "train")
+
+
+def test_folder_named_like_a_bin_file_is_not_a_regular_file(tmp_path):
+    folder = str(tmp_path / "c10")
+    os.makedirs(os.path.join(folder, "data_batch_1.bin"))
+    with pytest.raises(DataError, match="data_batch_1.bin is not a regular file"):
+        cifar.read_split(folder, "cifar10", "train")
 
 
 def test_split_without_records(tmp_path):
