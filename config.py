@@ -52,13 +52,13 @@ class Key:
     """One configuration key: its default, type, help text and constraints."""
     name: str
     default: Any
-    type: str                      # "int" | "float" | "bool" | "str" | "floats"
+    type: str                      # "int" | "float" | "bool" | "str" | "floats" | "ints"
     help: str
     nullable: bool = False
     choices: Optional[tuple] = None
     min: Optional[float] = None    # inclusive lower bound (numbers)
     max: Optional[float] = None    # inclusive upper bound (numbers)
-    length: Optional[int] = None   # list length ("floats")
+    length: Optional[int] = None   # list length ("floats"/"ints"); None = any length >= 1
     check: Optional[Callable[[Any], Optional[str]]] = None   # returns an explanation when invalid
 
 
@@ -127,6 +127,17 @@ SCHEMA = [
     Key("num_classes", None, "int", "Classifier outputs; null = from the dataset (10 or 100).",
         nullable=True, min=1),
     Key("drop_path_rate", 0.1, "float", "Stochastic depth rate.", min=0.0, max=1.0),
+    Key("blocks", None, "ints", "Custom topology: Conv-MLP blocks per stage; null = the arch's "
+        "(S 2,4,2; M 3,6,3; L 4,8,3). Set blocks, dims and mlp_ratios together.", nullable=True,
+        check=_check_positive_list),
+    Key("dims", None, "ints", "Custom topology: embedding dimension per stage; null = the arch's.",
+        nullable=True, check=_check_positive_list),
+    Key("mlp_ratios", None, "floats", "Custom topology: channel-MLP ratio per stage; null = the arch's.",
+        nullable=True, check=_check_positive_list),
+    Key("channels", None, "int", "Custom topology: tokenizer output channels; null = the arch's.",
+        nullable=True, min=2),
+    Key("n_conv_blocks", None, "int", "Custom topology: residual blocks of the conv stage; null = the "
+        "arch's.", nullable=True, min=0),
     Key("pretrained_ckpt", None, "str", "MindSpore checkpoint to start fine-tuning from "
         "(ImageNet weights converted by pth2ckpt.py); null = train from scratch.", nullable=True),
     # data
@@ -214,8 +225,9 @@ _FALSE = ("false", "no", "off", "0")
 def _expected(key):
     if key.choices:
         exp = "one of " + ", ".join(key.choices)
-    elif key.type == "floats":
-        exp = f"a list of {key.length} numbers"
+    elif key.type in ("floats", "ints"):
+        what = "integers" if key.type == "ints" else "numbers"
+        exp = f"a list of {key.length} {what}" if key.length else f"a comma-separated list of {what}"
     else:
         exp = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[key.type]
         if key.min is not None and key.max is not None:
@@ -272,19 +284,25 @@ def _convert(key, value, source):
             if not match:
                 fail()
             out = match[0]
-    elif key.type == "floats":
+    elif key.type in ("floats", "ints"):
         items = value
         if isinstance(value, str):
             text = value.strip()
             items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
-        if not isinstance(items, (list, tuple)) or len(items) != key.length:
+        if not isinstance(items, (list, tuple)) or not items or (key.length is not None
+                                                                 and len(items) != key.length):
             fail()
         out = []
         for x in items:
             try:
                 if isinstance(x, bool):
                     raise ValueError
-                out.append(float(x))
+                v = float(x)
+                if key.type == "ints":
+                    if not v.is_integer():
+                        raise ValueError
+                    v = int(v)
+                out.append(v)
             except (TypeError, ValueError):
                 fail()
     else:  # pragma: no cover - schema error
@@ -466,6 +484,10 @@ def load_config(argv=None, apply_defaults=True):
 
 def _check_cross(cfg):
     """Checks that involve more than one key or the environment."""
+    topo = {k: getattr(cfg, k) for k in ("blocks", "dims", "mlp_ratios") if getattr(cfg, k) is not None}
+    if len({len(v) for v in topo.values()}) > 1:
+        raise ConfigError("blocks, dims and mlp_ratios must have the same length, got "
+                          + ", ".join(f"{k} {v}" for k, v in topo.items()))
     if cfg.num_classes is not None and cfg.num_classes < DATASETS[cfg.dataset_choose]["num_classes"]:
         raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {cfg.dataset_choose} label "
                           f"range ({DATASETS[cfg.dataset_choose]['num_classes']}); set num_classes: null")

@@ -1,0 +1,145 @@
+"""Training checkpoints: atomic writes, the ``last``/``best``/per-epoch files, and resume metadata.
+
+Layout of ``save_checkpoint_path``::
+
+    epoch_0003.ckpt   one per finished epoch (the newest ``keep_checkpoint_max`` are kept)
+    last.ckpt         the latest state (an epoch end, or the point where Ctrl-C stopped the run)
+    best.ckpt         the best validation top-1 so far
+    config.yaml       the resolved configuration of the run
+
+Every file holds the model weights (usable directly by evl.py / export.py / as a pretrained
+checkpoint), the optimiser state (``adam_m.*``, ``adam_v.*``, ``global_step``) and the metadata of
+:data:`META_KEYS`. A file is written under a temporary name in the same folder, flushed to disk
+and then renamed, so a crash, a kill or a full disk never leaves a truncated file under a final
+name and never damages the previous checkpoint.
+"""
+import os
+import shutil
+from typing import Dict, Optional
+
+import mindspore as ms
+
+from errors import CheckpointError
+
+__all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "resume_path",
+           "prune_epochs", "LAST", "BEST"]
+
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+#: Metadata stored beside the weights. ``epoch`` = finished epochs; ``step_in_epoch`` > 0 only for
+#: a checkpoint written mid-epoch (Ctrl-C): resuming then skips that many batches of the epoch.
+META_KEYS = ("epoch", "global_step", "step_in_epoch", "best_acc", "best_epoch", "arch",
+             "num_classes", "image_size", "dataset", "config")
+
+
+def _tmp_name(path: str) -> str:
+    d, name = os.path.split(os.path.abspath(path))
+    # MindSpore appends ".ckpt" to names without it, so the temporary name ends with it too.
+    return os.path.join(d, f".{name}.tmp-{os.getpid()}.ckpt")
+
+
+def _fsync_path(path: str):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None):
+    """``mindspore.save_checkpoint`` to ``path`` through a temporary file and an atomic rename.
+
+    On any failure (full disk, permissions) the temporary file is removed, ``path`` keeps its old
+    content, and :class:`CheckpointError` names the file and the cause.
+    """
+    tmp = _tmp_name(path)
+    try:
+        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot write checkpoint '{path}': {cause}; the previous file (if any) "
+                              "is unchanged") from None
+
+
+def _link_or_copy(src: str, dst: str):
+    """Make ``dst`` hold ``src``'s content atomically (hard link when possible, else copy)."""
+    tmp = _tmp_name(dst)
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            _fsync_path(tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f"cannot write checkpoint '{dst}': {exc.strerror or exc}; the previous "
+                              "file (if any) is unchanged") from None
+
+
+def save_training_state(train_cell, save_dir: str, meta: Dict, epoch_file: bool = True,
+                        is_best: bool = False, keep: int = 5) -> str:
+    """Write the state of ``train_cell`` (weights + optimiser) with ``meta``.
+
+    With ``epoch_file`` the state goes to ``epoch_{E:04d}.ckpt`` and ``last.ckpt`` (and
+    ``best.ckpt`` when ``is_best``) point to the same bytes; otherwise only ``last.ckpt`` is
+    written (mid-epoch interrupt). Returns the path written first.
+    """
+    os.makedirs(save_dir, exist_ok=True)
+    append = {k: meta[k] for k in META_KEYS if k in meta and meta[k] is not None}
+    last = os.path.join(save_dir, LAST)
+    if not epoch_file:
+        save_atomic(train_cell, last, append)
+        return last
+    path = os.path.join(save_dir, f"epoch_{int(meta['epoch']):04d}.ckpt")
+    save_atomic(train_cell, path, append)
+    _link_or_copy(path, last)
+    if is_best:
+        _link_or_copy(path, os.path.join(save_dir, BEST))
+    prune_epochs(save_dir, keep)
+    return path
+
+
+def prune_epochs(save_dir: str, keep: int):
+    """Delete all but the newest ``keep`` per-epoch files (``last``/``best`` are separate links)."""
+    files = sorted(f for f in os.listdir(save_dir) if f.startswith("epoch_") and f.endswith(".ckpt"))
+    for f in files[:-keep] if keep > 0 else files:
+        try:
+            os.remove(os.path.join(save_dir, f))
+        except OSError:
+            pass
+
+
+def read_meta(params: Dict) -> Dict:
+    """The metadata of a loaded checkpoint as plain Python values (missing keys absent)."""
+    meta = {}
+    for k in META_KEYS:
+        if k in params:
+            v = params[k]
+            meta[k] = v if isinstance(v, str) else v.asnumpy().item()
+    return meta
+
+
+def resume_path(resume: Optional[str], save_dir: str) -> Optional[str]:
+    """``resume: auto`` -> ``{save_dir}/last.ckpt`` if it exists (else a fresh start); a path ->
+    that file, which must exist."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = os.path.join(save_dir, LAST)
+        return last if os.path.isfile(last) else None
+    if not os.path.isfile(resume):
+        raise CheckpointError(f"resume: checkpoint '{resume}' does not exist")
+    return resume

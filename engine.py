@@ -1,0 +1,107 @@
+"""The training and evaluation loops shared by train.py and evl.py."""
+import math
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from errors import UserError
+from run_log import Progress
+
+__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum"]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class AllReduceSum(nn.Cell):
+    """Sum a float64-safe vector of counts over all ranks (identity when not distributed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = ops.AllReduce(ops.ReduceOp.SUM)
+
+    def construct(self, x):
+        return self.op(x)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callable] = None,
+             progress: Optional[Progress] = None) -> Dict:
+    """Top-1, top-5, mean cross-entropy and per-class accuracy of ``net`` on ``dataset``
+    (columns ``image``, int ``label``). ``reduce_fn`` sums the counts over data-parallel ranks,
+    so every rank reports the accuracy of the whole validation set."""
+    net.set_train(False)
+    k = min(5, num_classes)
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    n = 0
+    per_class = np.zeros((2, num_classes), dtype=np.float64)  # correct, count
+    full = None
+    for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        # Pad a short last batch to the full batch size: one compiled graph for every batch.
+        b = images.shape[0]
+        full = full or b
+        if b < full:
+            images = np.concatenate([images, np.zeros((full - b,) + images.shape[1:], images.dtype)])
+        logits = net(ms.Tensor(images)).asnumpy()[:b].astype(np.float64)
+        y = labels.astype(np.int64)
+        lsm = _log_softmax(logits)
+        loss_sum += float(-lsm[np.arange(len(y)), y].sum())
+        topk = np.argsort(-logits, axis=1)[:, :k]
+        hit1 = topk[:, 0] == y
+        correct1 += int(hit1.sum())
+        correct5 += int((topk == y[:, None]).any(axis=1).sum())
+        np.add.at(per_class[0], y, hit1.astype(np.float64))
+        np.add.at(per_class[1], y, 1.0)
+        n += len(y)
+        if progress is not None:
+            progress.update(1)
+    vec = np.concatenate([[correct1, correct5, loss_sum, n], per_class.ravel()]).astype(np.float32)
+    if reduce_fn is not None:
+        vec = reduce_fn(vec)
+    correct1, correct5, loss_sum, n = (float(v) for v in vec[:4])
+    per_class = vec[4:].reshape(2, num_classes)
+    n = max(n, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pc = np.where(per_class[1] > 0, per_class[0] / np.maximum(per_class[1], 1), np.nan)
+    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": int(round(n)),
+            "per_class_acc": pc.tolist(), "per_class_count": per_class[1].astype(int).tolist()}
+
+
+def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: int = 0,
+                    progress: Optional[Progress] = None, on_step: Optional[Callable] = None) -> Dict:
+    """Run ``steps`` optimiser steps of one epoch (after skipping ``skip`` batches, when resuming
+    mid-epoch). Raises :class:`TrainingDiverged` at the first non-finite loss, before anything is
+    saved. ``on_step(i)`` is called after each step (used for the Ctrl-C bookkeeping)."""
+    step_cell.set_train(True)
+    losses = []
+    images_seen = 0
+    t0 = time.time()
+    i = 0
+    for i, (images, target) in enumerate(dataset.create_tuple_iterator(num_epochs=1)):
+        if i >= steps:
+            break
+        if i < skip:
+            continue
+        out = step_cell(images, target)
+        loss = float((out[0] if isinstance(out, tuple) else out).asnumpy())
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} at epoch {epoch} step {i + 1}; stopping without "
+                                   "saving this state (lower lr, or check the data / AMP settings)")
+        losses.append(loss)
+        images_seen += images.shape[0]
+        if on_step is not None:
+            on_step(i + 1)
+        if progress is not None:
+            progress.update(1, loss=loss)
+    dt = time.time() - t0
+    return {"loss": float(np.mean(losses)) if losses else float("nan"), "images": images_seen,
+            "time": dt, "steps": len(losses)}

@@ -1,0 +1,117 @@
+"""Evaluate a ConvMLP checkpoint on the CIFAR-10/100 validation split.
+
+    python evl.py --checkpoint_path output/best.ckpt
+    python evl.py --checkpoint_path output/last.ckpt --dataset_choose cifar100 --json result.json
+    python evl.py --demo --checkpoint_path output/demo/best.ckpt
+
+Accepts checkpoints written by train.py (last/best/epoch files) and by pth2ckpt.py. Prints the
+seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy.
+``--json FILE`` writes the same numbers as JSON. Other keys as in train.py (``-h`` lists them).
+"""
+import json
+import os
+import sys
+
+from errors import CheckpointError, ConfigError, run_cli
+
+
+def _pop_flag(argv, name):
+    """Remove ``--name VALUE`` (an option of evl.py only, not a config key) from argv."""
+    if name in argv:
+        i = argv.index(name)
+        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+            raise ConfigError(f"command line: {name} needs a file name")
+        value = argv[i + 1]
+        del argv[i:i + 2]
+        return value
+    return None
+
+
+def _adopt_checkpoint_model(cfg, meta, argv, logger):
+    """A train.py checkpoint records its run's config: take the model's arch and topology (and
+    the image size) from it unless they were given on the command line."""
+    if "config" not in meta:
+        return
+    import yaml
+    try:
+        saved = yaml.safe_load(meta["config"]) or {}
+    except yaml.YAMLError:
+        return
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    taken = []
+    for key in ("arch", "blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks", "image_size"):
+        if key in saved and key not in given and saved[key] != getattr(cfg, key):
+            setattr(cfg, key, saved[key])
+            taken.append(f"{key}={saved[key]}")
+    if taken:
+        logger.info("from the checkpoint's config: " + ", ".join(taken))
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    json_path = _pop_flag(argv, "--json")
+    from runtime import load_run_config, setup_runtime, build_model
+    cfg = load_run_config(argv)
+    if not cfg.checkpoint_path:
+        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
+                          f"{cfg.save_checkpoint_path}/best.ckpt)")
+    from run_log import get_logger, Progress
+    logger = get_logger(0)
+    device, rank, world = setup_runtime(cfg, logger)
+    logger = get_logger(rank)
+
+    from checkpoint import read_meta
+    from dataset import create_dataset, get_class_names
+    from engine import evaluate, AllReduceSum
+    from model import read_checkpoint, check_fit
+    import mindspore as ms
+
+    params = read_checkpoint(cfg.checkpoint_path)
+    meta = read_meta(params)
+    _adopt_checkpoint_model(cfg, meta, argv, logger)
+    if "arch" in meta and meta["arch"] != cfg.arch:
+        raise CheckpointError(f"'{cfg.checkpoint_path}' is a {meta['arch']} checkpoint but arch is "
+                              f"{cfg.arch}; pass --arch {meta['arch']}")
+    if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
+        logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta['dataset']}, evaluating on "
+                       f"{cfg.dataset_choose}")
+    val_ds = create_dataset(cfg, "val", **(dict(num_shards=world, shard_id=rank) if world > 1 else {}))
+    net = build_model(cfg)
+    check_fit(net, params, cfg.checkpoint_path)
+    ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
+    logger.info(f"evaluating {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
+                + (f", epoch {meta['epoch']}" if "epoch" in meta else "") + f") on {cfg.dataset_choose} "
+                f"val ({cfg.val_data_path}) at {cfg.image_size}px, device {device}")
+    reduce_fn = None
+    if world > 1:
+        allreduce = AllReduceSum()
+        reduce_fn = lambda v: allreduce(ms.Tensor(v)).asnumpy()  # noqa: E731
+    bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0,
+                   log_interval=cfg.log_interval)
+    res = evaluate(net, val_ds, cfg.num_classes, reduce_fn, progress=bar)
+    bar.close()
+    names = get_class_names(cfg)
+    if rank == 0:
+        print(f"accuracy:{{'acc': {res['top1']:.4f}}}")
+        print(f"top-5 accuracy: {res['top5']:.4f} | mean loss: {res['loss']:.4f} | images: {res['n']}")
+        print("per-class accuracy:")
+        for i, (acc, cnt) in enumerate(zip(res["per_class_acc"], res["per_class_count"])):
+            name = names[i] if i < len(names) else str(i)
+            print(f"  {i:3d} {name:<20s} {acc:.4f} ({cnt} images)" if cnt else
+                  f"  {i:3d} {name:<20s}   n/a  (0 images)")
+        if json_path:
+            out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
+                   "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": res["top1"],
+                   "top5": res["top5"], "loss": res["loss"], "n": res["n"],
+                   "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
+                                 for i, a in enumerate(res["per_class_acc"])}}
+            tmp = json_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(out, f, indent=2)
+            os.replace(tmp, json_path)
+            print(f"wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

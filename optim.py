@@ -1,0 +1,102 @@
+"""AdamW (decoupled weight decay, bias-corrected, as ``torch.optim.AdamW`` in the official recipe)
+and the per-step learning-rate schedule of the official fine-tune recipe.
+
+MindSpore's ``nn.AdamWeightDecay`` has no bias correction (BERT style); fine-tuning from ImageNet
+weights with a short warmup is sensitive to that, so this module implements the PyTorch update:
+
+    p <- p * (1 - lr * wd)
+    m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+"""
+import math
+from typing import List, Sequence
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Tensor
+
+__all__ = ["AdamW", "param_groups_weight_decay", "cosine_schedule"]
+
+_adamw = ops.MultitypeFuncGraph("adamw")
+
+
+@_adamw.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                 "Tensor", "Tensor", "Tensor", "Bool")
+def _adamw_update(beta1, beta2, eps, lr, wd, bc1, bc2, param, m, v, grad, decay):
+    grad = ops.cast(grad, ms.float32)
+    next_m = beta1 * m + (1.0 - beta1) * grad
+    next_v = beta2 * v + (1.0 - beta2) * ops.square(grad)
+    update = (next_m / bc1) / (ops.sqrt(next_v / bc2) + eps)
+    p = ops.cast(param, ms.float32)
+    if decay:
+        p = p * (1.0 - lr * wd)
+    p = p - lr * update
+    ops.assign(m, next_m)
+    ops.assign(v, next_v)
+    ops.assign(param, ops.cast(p, param.dtype))
+    return True
+
+
+def param_groups_weight_decay(params, weight_decay: float) -> List[dict]:
+    """Weight decay on matrices and conv kernels only; none on norms, biases or other 1-D
+    parameters (the official recipe, via timm's ``param_groups_weight_decay``)."""
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if len(p.shape) <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"order_params": list(params)}]
+
+
+class AdamW(nn.Optimizer):
+    """Bias-corrected AdamW with per-group weight decay and a per-step learning-rate array.
+
+    ``loss_scale`` divides the incoming gradients (use it with a fixed loss scale so that the
+    update sees true gradients). The moments are saved in checkpoints as ``adam_m.*``/``adam_v.*``
+    and the step as ``global_step``, which also indexes the learning-rate array on resume.
+    """
+
+    def __init__(self, params, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 loss_scale=1.0):
+        super().__init__(learning_rate, params, weight_decay, loss_scale)
+        self.beta1 = Tensor(beta1, ms.float32)
+        self.beta2 = Tensor(beta2, ms.float32)
+        self.eps = Tensor(eps, ms.float32)
+        self.moments1 = self._parameters.clone(prefix="adam_m", init="zeros")
+        self.moments2 = self._parameters.clone(prefix="adam_v", init="zeros")
+        wds = self.weight_decay if self.is_group else (self.weight_decay,) * len(self._parameters)
+        self.decay_flags = tuple(bool(w > 0) for w in wds)
+        self.wd_values = tuple(Tensor(float(w), ms.float32) for w in wds)
+
+    def construct(self, gradients):
+        gradients = self.flatten_gradients(gradients)
+        gradients = self.scale_grad(gradients)
+        lr = self.get_lr()
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        t = ops.cast(self.global_step, ms.float32)
+        bc1 = 1.0 - ops.pow(self.beta1, t)
+        bc2 = 1.0 - ops.pow(self.beta2, t)
+        return self.hyper_map(ops.partial(_adamw, self.beta1, self.beta2, self.eps, lr),
+                              self.wd_values, (bc1,) * len(self._parameters),
+                              (bc2,) * len(self._parameters), self._parameters, self.moments1,
+                              self.moments2, gradients, self.decay_flags)
+
+
+def cosine_schedule(base_lr: float, min_lr: float, warmup_lr: float, warmup_epochs: float,
+                    epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """Per-step learning rates: linear warmup from ``warmup_lr`` to ``base_lr`` over
+    ``warmup_epochs``, then cosine decay to ``min_lr`` at the end of ``epochs``.
+
+    One value per optimiser step (the array is indexed by the optimiser's ``global_step``), so a
+    resumed run continues at exactly the right value. One extra value pads the end.
+    """
+    total = max(1, epochs * steps_per_epoch)
+    warm = int(round(warmup_epochs * steps_per_epoch))
+    lrs = np.empty(total + 1, dtype=np.float32)
+    for s in range(total + 1):
+        if s < warm:
+            lrs[s] = warmup_lr + (base_lr - warmup_lr) * s / warm
+        else:
+            frac = (s - warm) / max(1, total - warm)
+            lrs[s] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+    return lrs

@@ -1,0 +1,198 @@
+"""Fine-tune (or train from scratch) ConvMLP on CIFAR-10/100.
+
+    python train.py                                  # config.yaml as it is
+    python train.py --dataset_choose cifar100 --pretrained_ckpt convmlp_s_imagenet.ckpt
+    python train.py --demo                           # offline demo on generated CIFAR-format data
+    msrun --worker_num=2 --local_worker_num=2 --join=True train.py --is_distributed true
+
+Every key of config.yaml can be given as ``--key value``; ``python train.py -h`` lists them.
+Checkpoints, ``metrics.csv``, ``curves.png``, ``train.log`` and the resolved ``config.yaml`` go
+to ``save_checkpoint_path``; ``--resume auto`` continues the run found there.
+"""
+import os
+import signal
+import sys
+
+import numpy as np
+
+from errors import ConfigError, run_cli
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from config import Config
+    from runtime import load_run_config, setup_runtime, check_precision, prepare_demo, build_model
+    cfg = load_run_config(argv)
+
+    from run_log import get_logger
+    logger = get_logger(0)
+    import mindspore as ms
+    device, rank, world = setup_runtime(cfg, logger)
+    logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
+    check_precision(cfg, device, logger)
+    if cfg.demo:
+        prepare_demo(cfg, logger, rank)
+
+    from checkpoint import resume_path, read_meta
+    from dataset import create_dataset
+    from model import load_pretrained, read_checkpoint, check_fit
+    from optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from train_step import apply_amp, build_train_step
+    from engine import evaluate, train_one_epoch, AllReduceSum, TrainingDiverged
+    from checkpoint import save_training_state
+    from run_log import Progress, MetricsLog
+
+    logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
+    logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
+                f"MindSpore {ms.__version__}")
+
+    # ---- data (validated before any model is built) ----
+    shard = dict(num_shards=world, shard_id=rank) if world > 1 else {}
+    ds_probe = create_dataset(cfg, "train", **shard)
+    steps_per_epoch = ds_probe.get_dataset_size()
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ConfigError(f"batch_size {cfg.batch_size} x {world} device(s) is larger than the training "
+                          f"set in {cfg.train_data_path}; lower batch_size")
+    val_ds = create_dataset(cfg, "val", **shard)
+    from dataset import dataset_size
+    logger.info(f"data: {cfg.dataset_choose} train {dataset_size(cfg, 'train')} images "
+                f"({cfg.train_data_path}), val {dataset_size(cfg, 'val')} images ({cfg.val_data_path}), "
+                f"{cfg.num_classes} classes, {cfg.image_size}px")
+    logger.info(f"batch {cfg.batch_size} per device x {world} = {cfg.batch_size * world} global, "
+                f"{steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs")
+
+    # ---- model ----
+    net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
+    n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
+    resume_file = resume_path(cfg.resume, cfg.save_checkpoint_path)
+    if resume_file is None and cfg.pretrained_ckpt:
+        rep = load_pretrained(net, cfg.pretrained_ckpt)
+        logger.info(f"initialised from {cfg.pretrained_ckpt}: {len(rep['loaded'])} tensors loaded"
+                    + ("; head re-created for %d classes" % cfg.num_classes if rep["head_reinitialised"]
+                       else "") + (f"; ignored {len(rep['ignored'])} non-model entries" if rep["ignored"]
+                                   else ""))
+    elif resume_file is None:
+        logger.warning("*** no pretrained_ckpt: training FROM SCRATCH (random init). The published accuracy "
+                       "needs the converted ImageNet weights (pth2ckpt.py) ***")
+    logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
+    net = apply_amp(net, cfg.amp_level)
+    logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
+                + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))
+
+    lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size,
+                          steps_per_epoch)
+    scale = cfg.loss_scale if cfg.loss_scale_type == "fixed" else 1.0
+    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
+                weight_decay=cfg.weight_decay, loss_scale=scale)
+    step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
+
+    # ---- resume ----
+    start_epoch, skip, best_acc, best_epoch = 0, 0, -1.0, 0
+    if resume_file:
+        params = read_checkpoint(resume_file)
+        meta = read_meta(params)
+        if meta.get("arch", cfg.arch) != cfg.arch:
+            raise ConfigError(f"resume: '{resume_file}' is a {meta['arch']} checkpoint but arch is {cfg.arch}")
+        check_fit(net, params, resume_file)
+        ms.load_param_into_net(step_cell, {k: v for k, v in params.items() if not isinstance(v, str)})
+        start_epoch = int(meta.get("epoch", 0))
+        skip = int(meta.get("step_in_epoch", 0))
+        best_acc = float(meta.get("best_acc", -1.0))
+        best_epoch = int(meta.get("best_epoch", 0))
+        if "global_step" in meta and int(opt.global_step.asnumpy()[0]) != int(meta["global_step"]):
+            opt.global_step.set_data(ms.Tensor([int(meta["global_step"])], ms.int32))
+        logger.info(f"resumed from {resume_file}: {start_epoch} epoch(s) done"
+                    + (f" + {skip} step(s) of epoch {start_epoch + 1}" if skip else "")
+                    + f", global step {int(opt.global_step.asnumpy()[0])}")
+        if start_epoch >= cfg.epoch_size:
+            logger.info(f"nothing to do: the run already finished its {cfg.epoch_size} epochs")
+            return 0
+    if rank == 0:
+        os.makedirs(cfg.save_checkpoint_path, exist_ok=True)
+        cfg.save(os.path.join(cfg.save_checkpoint_path, "config.yaml"))
+    metrics = MetricsLog.resume(cfg.save_checkpoint_path, start_epoch) if rank == 0 else None
+    reduce_fn = None
+    if world > 1:
+        allreduce = AllReduceSum()
+        reduce_fn = lambda v: allreduce(ms.Tensor(v)).asnumpy()  # noqa: E731
+
+    def meta_for(epoch, step_in_epoch=0):
+        return {"epoch": epoch, "global_step": int(opt.global_step.asnumpy()[0]),
+                "step_in_epoch": step_in_epoch, "best_acc": best_acc, "best_epoch": best_epoch,
+                "arch": cfg.arch, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
+                "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
+
+    # Ctrl-C / SIGTERM: finish the current step, save a resumable checkpoint, exit 130.
+    progress_state = {"epoch": start_epoch, "step": skip}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    try:
+        for epoch in range(start_epoch, cfg.epoch_size):
+            progress_state.update(epoch=epoch, step=skip)
+            train_ds = create_dataset(_epoch_cfg(cfg, epoch, Config), "train", **shard)
+            bar = Progress(steps_per_epoch - skip, f"epoch {epoch + 1}/{cfg.epoch_size}", logger,
+                           enabled=rank == 0, log_interval=cfg.log_interval)
+            stats = train_one_epoch(step_cell, train_ds, epoch + 1, steps_per_epoch, skip=skip,
+                                    progress=bar,
+                                    on_step=lambda s: progress_state.__setitem__("step", s))
+            bar.close()
+            skip = 0
+            lr_now = float(lrs[min(int(opt.global_step.asnumpy()[0]), len(lrs) - 1)])
+            ips = stats["images"] * world / max(stats["time"], 1e-9)
+            row = {"epoch": epoch + 1, "step": int(opt.global_step.asnumpy()[0]),
+                   "train_loss": f"{stats['loss']:.5f}", "lr": f"{lr_now:.3e}",
+                   "images_per_s": f"{ips:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}
+            line = f"epoch:{epoch + 1} step:{steps_per_epoch}, loss is {stats['loss']:.5f}"
+            is_best = False
+            if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epoch_size:
+                res = evaluate(net, val_ds, cfg.num_classes, reduce_fn)
+                row.update(val_loss=f"{res['loss']:.5f}", val_top1=f"{res['top1']:.4f}",
+                           val_top5=f"{res['top5']:.4f}")
+                line += (f" | val top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} "
+                         f"loss {res['loss']:.4f}")
+                if res["top1"] > best_acc:
+                    best_acc, best_epoch, is_best = res["top1"], epoch + 1, True
+            line += f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s"
+            logger.info(line)
+            progress_state.update(epoch=epoch + 1, step=0)
+            if rank == 0:
+                path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(epoch + 1),
+                                           is_best=is_best, keep=cfg.keep_checkpoint_max)
+                metrics.add(row)
+                logger.info(f"saved {path}" + (f" (new best top-1 {best_acc:.4f})" if is_best else ""))
+    except KeyboardInterrupt:
+        e, s = progress_state["epoch"], progress_state["step"]
+        if rank == 0 and s > 0:
+            path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(e, s), epoch_file=False)
+            logger.warning(f"interrupted at epoch {e + 1} step {s}: saved resumable {path}; continue with "
+                           f"--resume auto --save_checkpoint_path {cfg.save_checkpoint_path}")
+        else:
+            logger.warning(f"interrupted after epoch {e}; its checkpoint is {cfg.save_checkpoint_path}/last.ckpt;"
+                           " continue with --resume auto")
+        return 130
+    except TrainingDiverged as exc:
+        last = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
+        keep = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
+        raise TrainingDiverged(f"{exc}{keep}") from None
+
+    logger.info(f"done: best val top-1 {best_acc:.4f} at epoch {best_epoch}; checkpoints in "
+                f"{cfg.save_checkpoint_path} (best.ckpt, last.ckpt)")
+    if cfg.demo and rank == 0:
+        best = os.path.join(cfg.save_checkpoint_path, "best.ckpt")
+        logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
+                    f"--image_size {cfg.image_size}")
+    return 0
+
+
+def _epoch_cfg(cfg, epoch, Config):
+    """The config for one epoch's data pipeline: the seed moves with the epoch, so the shuffle
+    and augmentation of epoch E are the same in a resumed run as in an uninterrupted one."""
+    d = cfg.to_dict()
+    d["seed"] = cfg.seed + 1000 * epoch
+    return Config(d)
+
+
+if __name__ == "__main__":
+    run_cli(main)
