@@ -44,7 +44,8 @@ from download import DownloadError, download_url, md5sum, safe_extract_tar
 from errors import DataError, run_cli
 
 __all__ = ["CifarArrays", "read_split", "split_files", "count_records", "class_names", "write_synthetic",
-           "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "FOLDERS", "ARCHIVES", "BASE_URL"]
+           "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "FOLDERS", "ARCHIVES", "BASE_URL",
+           "CIFAR10_CLASSES", "CIFAR100_CLASSES", "OFFICIAL_CLASSES"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -64,6 +65,23 @@ _CANONICAL = {"cifar10": {"train": "data_batch_<n>.bin", "val": "test_batch.bin"
               "cifar100": {"train": "train.bin", "val": "test.bin"}}
 META_FILES = {"cifar10": "batches.meta.txt", "cifar100": "fine_label_names.txt"}
 COARSE_META_FILE = "coarse_label_names.txt"
+# The official class names (the content of the meta files above), for when no data folder is at
+# hand (e.g. inference on a deployment machine).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm")
+OFFICIAL_CLASSES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
 
 # Official archives. The base URL can be overridden with the environment variable CONVMLP_CIFAR_URL
 # (a mirror, or a local server in tests).

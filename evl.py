@@ -15,42 +15,10 @@ import sys
 from errors import CheckpointError, ConfigError, run_cli
 
 
-def _pop_flag(argv, name):
-    """Remove ``--name VALUE`` (an option of evl.py only, not a config key) from argv."""
-    if name in argv:
-        i = argv.index(name)
-        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-            raise ConfigError(f"command line: {name} needs a file name")
-        value = argv[i + 1]
-        del argv[i:i + 2]
-        return value
-    return None
-
-
-def _adopt_checkpoint_model(cfg, meta, argv, logger):
-    """A train.py checkpoint records its run's config: take the model's arch and topology (and
-    the image size) from it unless they were given on the command line."""
-    if "config" not in meta:
-        return
-    import yaml
-    try:
-        saved = yaml.safe_load(meta["config"]) or {}
-    except yaml.YAMLError:
-        return
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    taken = []
-    for key in ("arch", "blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks", "image_size"):
-        if key in saved and key not in given and saved[key] != getattr(cfg, key):
-            setattr(cfg, key, saved[key])
-            taken.append(f"{key}={saved[key]}")
-    if taken:
-        logger.info("from the checkpoint's config: " + ", ".join(taken))
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    json_path = _pop_flag(argv, "--json")
-    from runtime import load_run_config, setup_runtime, build_model
+    from runtime import load_run_config, setup_runtime, build_model, pop_option, adopt_checkpoint_model
+    json_path = pop_option(argv, "--json")
     cfg = load_run_config(argv)
     if not cfg.checkpoint_path:
         raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
@@ -68,7 +36,7 @@ def main(argv=None):
 
     params = read_checkpoint(cfg.checkpoint_path)
     meta = read_meta(params)
-    _adopt_checkpoint_model(cfg, meta, argv, logger)
+    adopt_checkpoint_model(cfg, meta, argv, logger)
     if "arch" in meta and meta["arch"] != cfg.arch:
         raise CheckpointError(f"'{cfg.checkpoint_path}' is a {meta['arch']} checkpoint but arch is "
                               f"{cfg.arch}; pass --arch {meta['arch']}")

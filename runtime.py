@@ -1,5 +1,6 @@
-"""Start-up shared by train.py and evl.py: the run's config (with the demo layer), device and
-communication set-up, and the precision checks that must fail before anything is built."""
+"""Start-up shared by the entry scripts (train.py, evl.py, export.py, infer.py): the run's config
+(with the demo layer), options of one script only, device and communication set-up, the precision
+checks that must fail before anything is built, and a model loaded from a checkpoint."""
 import os
 import sys
 import time
@@ -7,9 +8,14 @@ import time
 from errors import ConfigError
 
 __all__ = ["DEMO_OVERRIDES", "DEMO_SIZES", "load_run_config", "setup_runtime", "check_precision",
-           "prepare_demo", "build_model"]
+           "prepare_demo", "build_model", "pop_option", "pop_positionals", "adopt_checkpoint_model",
+           "load_checkpoint_model", "MODEL_KEYS", "DEPLOY_KEYS"]
 
 TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
+# What a train.py checkpoint's saved config says about the model it holds (see adopt_checkpoint_model).
+MODEL_KEYS = ("arch",) + TOPOLOGY_KEYS + ("image_size",)
+# ... and how its inputs were prepared and named (export.py, infer.py).
+DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "train_data_path")
 
 # ``--demo``: a generated CIFAR-10-format sample at 32 px, a few epochs (a few minutes on 2 CPU
 # cores). This layer sits between config.yaml and the command line, so flags still win.
@@ -94,3 +100,116 @@ def build_model(cfg, **kwargs):
     from model import create_model
     topo = {k: getattr(cfg, k) for k in TOPOLOGY_KEYS if getattr(cfg, k) is not None}
     return create_model(cfg.arch, num_classes=cfg.num_classes, **topo, **kwargs)
+
+# --------------------------------------------------------------------------------------------
+# Options of one script only (not config keys), taken out of argv before load_config
+# --------------------------------------------------------------------------------------------
+def pop_option(argv, name, what="a file name"):
+    """Remove ``--name VALUE`` or ``--name=VALUE`` (an option of one script, not a config key) from
+    `argv` and return VALUE, or None when absent. ConfigError when the value is missing."""
+    for i, tok in enumerate(argv):
+        if tok == name:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"command line: {name} needs {what}")
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if tok.startswith(name + "="):
+            value = tok[len(name) + 1:]
+            if not value:
+                raise ConfigError(f"command line: {name} needs {what}")
+            del argv[i]
+            return value
+    return None
+
+
+def pop_positionals(argv):
+    """Remove and return the arguments that are not ``--key [value]`` pairs (e.g. image paths).
+
+    A ``--key`` without ``=`` takes the next argument as its value, except a boolean key, which
+    takes it only when it is a boolean word (``--demo true``; ``--demo cat.png`` = demo on +
+    ``cat.png``). Arguments after a lone ``--`` are all positional."""
+    from config import SCHEMA_BY_NAME
+    bool_words = ("true", "false", "yes", "no", "on", "off", "1", "0")
+    flags, positional = [], []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            positional += argv[i + 1:]
+            break
+        if not tok.startswith("--"):
+            positional.append(tok)
+        else:
+            flags.append(tok)
+            name = tok[2:].replace("-", "_")
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if "=" not in name and nxt is not None and not nxt.startswith("--"):
+                key = SCHEMA_BY_NAME.get(name)
+                if key is None or key.type != "bool" or nxt.strip().lower() in bool_words:
+                    flags.append(nxt)
+                    i += 1
+        i += 1
+    argv[:] = flags
+    return positional
+
+
+# --------------------------------------------------------------------------------------------
+# A model from a checkpoint (evl.py, export.py, infer.py)
+# --------------------------------------------------------------------------------------------
+def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS):
+    """A train.py checkpoint records its run's config: take `keys` (by default the model's arch and
+    topology, and the image size) from it unless they were given on the command line."""
+    if "config" not in meta:
+        return
+    import yaml
+    try:
+        saved = yaml.safe_load(meta["config"]) or {}
+    except yaml.YAMLError:
+        return
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    taken = []
+    for key in keys:
+        if key in saved and key not in given and saved[key] != getattr(cfg, key):
+            setattr(cfg, key, saved[key])
+            taken.append(f"{key}={saved[key]}")
+    if taken:
+        logger.info("from the checkpoint's config: " + ", ".join(taken))
+
+
+def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS):
+    """The model of ``cfg.checkpoint_path`` with its weights, in inference mode; returns ``(net, meta)``.
+
+    Arch, topology and image size (and any other `keys`) come from a train.py checkpoint's saved
+    config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given.
+    CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
+    """
+    import mindspore as ms
+    from checkpoint import read_meta
+    from errors import CheckpointError
+    from model import read_checkpoint, check_fit
+
+    if not cfg.checkpoint_path:
+        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
+                          f"{cfg.save_checkpoint_path}/best.ckpt)")
+    path = cfg.checkpoint_path
+    params = read_checkpoint(path)
+    meta = read_meta(params)
+    adopt_checkpoint_model(cfg, meta, argv, logger, keys)
+    if "arch" in meta and meta["arch"] != cfg.arch:
+        raise CheckpointError(f"'{path}' is a {meta['arch']} checkpoint but arch is {cfg.arch}; pass "
+                              f"--arch {meta['arch']}")
+    head = params.get("head.weight")
+    if head is None or isinstance(head, str) or len(head.shape) != 2:
+        raise CheckpointError(f"'{path}' has no classifier head (head.weight): it is a backbone for "
+                              "fine-tuning (pth2ckpt.py without the head); use a checkpoint written by "
+                              "train.py or converted with its head")
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    if "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
+        logger.info(f"num_classes={int(head.shape[0])} from the checkpoint's head")
+        cfg.num_classes = int(head.shape[0])
+    net = build_model(cfg)
+    check_fit(net, params, path)
+    ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
+    net.set_train(False)
+    return net, meta

@@ -1,0 +1,166 @@
+"""Export a ConvMLP checkpoint to MINDIR for deployment (MindSpore, MindSpore Lite, Ascend).
+
+    python export.py --checkpoint_path output/best.ckpt --file_name convmlp_s_cifar10 --file_format MINDIR
+    python export.py --checkpoint_path output/best.ckpt --export_batch_size 8 --verify
+
+Writes ``FILE_NAME.mindir`` (default: the checkpoint's path without ``.ckpt``). The model is the
+one of the checkpoint: for a train.py checkpoint the arch, custom topology and ``image_size`` come
+from its saved config and ``num_classes`` from its head, unless given on the command line (for a
+pth2ckpt.py checkpoint give ``--arch`` / the topology keys and ``--image_size``). Other keys as in
+train.py (``-h`` lists them).
+
+The exported graph takes a float32 tensor ``(export_batch_size, 3, image_size, image_size)``,
+already resized and normalised with the dataset's mean/std (as evl.py and infer.py do), and
+returns the logits ``(export_batch_size, num_classes)``; the batch size is fixed.
+
+Options of this script (not config keys):
+
+* ``--file_name NAME``: output path without extension (a trailing ``.mindir`` is accepted).
+* ``--file_format MINDIR``: MINDIR (default). AIR needs Ascend; ONNX is refused (see below).
+* ``--export_batch_size N``: batch dimension of the exported input (default 1).
+* ``--verify``: load the written file back (``nn.GraphCell``) and check that it gives the
+  checkpoint model's output on a random input (max abs difference <= 1e-4).
+
+ONNX: MindSpore 2.10's ONNX exporter cannot convert this network. It has no mapping for ``Erf``
+(the exact GELU of ConvMLP's channel MLPs) nor for the padded max-pool of the tokenizer (lowered to
+``MaxPool3DWithArgmax``), and with both rewritten it still fails inside the BatchNorm conversion.
+An erf-free GELU would change the numerics of the published model, so ONNX is refused.
+
+The file is written under a temporary name in the output folder and renamed when complete, so a
+crash never leaves a half-written file under the final name.
+"""
+import os
+import sys
+
+from errors import ConfigError, UserError, run_cli
+
+FORMATS = ("MINDIR", "AIR", "ONNX")
+EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
+ONNX_REFUSAL = ("file_format ONNX is not supported: MindSpore 2.10's ONNX exporter has no mapping for "
+                "Erf (the exact GELU of ConvMLP) nor for the tokenizer's padded max-pool "
+                "(MaxPool3DWithArgmax), and an erf-free GELU would change the model's numerics; use "
+                "--file_format MINDIR (runs in MindSpore and MindSpore Lite)")
+VERIFY_ATOL = 1e-4
+
+
+def parse_options(argv):
+    """Take export.py's own options out of `argv`; returns ``(file_name, file_format, batch, verify)``."""
+    from runtime import pop_option
+    file_name = pop_option(argv, "--file_name", "an output path")
+    fmt = pop_option(argv, "--file_format", "one of " + ", ".join(FORMATS)) or "MINDIR"
+    if fmt.upper() not in FORMATS:
+        raise ConfigError(f"command line: invalid value {fmt!r} for '--file_format': expected one of "
+                          + ", ".join(FORMATS))
+    batch = pop_option(argv, "--export_batch_size", "an integer >= 1") or "1"
+    try:
+        batch_size = int(batch)
+    except ValueError:
+        batch_size = 0
+    if batch_size < 1:
+        raise ConfigError(f"command line: invalid value {batch!r} for '--export_batch_size': expected an "
+                          "integer >= 1")
+    verify = False
+    while "--verify" in argv:
+        argv.remove("--verify")
+        verify = True
+    return file_name, fmt.upper(), batch_size, verify
+
+
+def output_base(file_name, checkpoint_path, fmt):
+    """The output path without extension: `file_name` (a trailing extension of `fmt` removed), or
+    the checkpoint's path without ``.ckpt``."""
+    ext = EXTENSIONS[fmt]
+    if file_name is None:
+        file_name = checkpoint_path[:-5] if checkpoint_path.endswith(".ckpt") else checkpoint_path
+    elif file_name.lower().endswith(ext):
+        file_name = file_name[:-len(ext)]
+    if not os.path.basename(file_name):
+        raise ConfigError(f"command line: --file_name {file_name!r} names a folder; expected a file name")
+    return file_name
+
+
+def check_format(fmt, device):
+    """Refuse the formats that cannot be written here, before anything is loaded."""
+    if fmt == "ONNX":
+        raise ConfigError(ONNX_REFUSAL)
+    if fmt == "AIR" and device != "Ascend":
+        raise ConfigError(f"file_format AIR needs an Ascend device (MindSpore writes AIR only with the "
+                          f"Ascend toolkit); this run's device is {device}; use --file_format MINDIR, "
+                          "which MindSpore converts for Ascend as well")
+
+
+def export_atomic(net, inputs, base, fmt):
+    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename."""
+    import mindspore as ms
+    ext = EXTENSIONS[fmt]
+    final = base + ext
+    folder = os.path.dirname(os.path.abspath(final))
+    tmp_base = os.path.join(folder, f".{os.path.basename(base)}.tmp-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
+        os.replace(tmp_base + ext, final)
+    except BaseException as exc:
+        if os.path.exists(tmp_base + ext):
+            os.remove(tmp_base + ext)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write '{final}': {exc.strerror or exc}") from None
+        raise
+    return final
+
+
+def verify_export(net, path, inputs):
+    """Max abs difference between the exported file (loaded back) and `net` on `inputs`."""
+    import numpy as np
+    import mindspore as ms
+    from mindspore import nn
+    graph = nn.GraphCell(ms.load(path))
+    got = graph(*inputs).asnumpy()
+    want = net(*inputs).asnumpy()
+    return float(np.max(np.abs(got - want)))
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_name, fmt, batch_size, verify = parse_options(argv)
+    if fmt == "ONNX":
+        check_format(fmt, None)  # before any config or MindSpore work
+    from runtime import load_run_config, setup_runtime, load_checkpoint_model, DEPLOY_KEYS
+    cfg = load_run_config(argv)
+    from run_log import get_logger
+    logger = get_logger(0)
+    if not cfg.checkpoint_path:
+        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
+                          f"{cfg.save_checkpoint_path}/best.ckpt)")
+    base = output_base(file_name, cfg.checkpoint_path, fmt)
+    from config import resolve_device
+    check_format(fmt, resolve_device(cfg))
+    device, _, _ = setup_runtime(cfg, logger)
+
+    import numpy as np
+    import mindspore as ms
+    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
+    shape = (batch_size, 3, cfg.image_size, cfg.image_size)
+    inputs = [ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))]
+    path = export_atomic(net, inputs, base, fmt)
+    size_mb = os.path.getsize(path) / 2 ** 20
+    logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
+                + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
+    logger.info(f"input: float32 {shape} (RGB, resized to {cfg.image_size}x{cfg.image_size} with "
+                f"{cfg.interpolation}, normalised with mean {cfg.mean} std {cfg.std}); output: logits "
+                f"({batch_size}, {cfg.num_classes})")
+    if verify:
+        diff = verify_export(net, path, inputs)
+        if not diff <= VERIFY_ATOL:
+            raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
+                            f"> {VERIFY_ATOL:g} on a random input")
+        logger.info(f"verified: {path} loaded with nn.GraphCell gives the checkpoint model's logits "
+                    f"(max abs difference {diff:.3g}, tolerance {VERIFY_ATOL:g})")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
