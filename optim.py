@@ -65,8 +65,11 @@ class AdamW(nn.Optimizer):
         self.moments1 = self._parameters.clone(prefix="adam_m", init="zeros")
         self.moments2 = self._parameters.clone(prefix="adam_v", init="zeros")
         wds = self.weight_decay if self.is_group else (self.weight_decay,) * len(self._parameters)
-        self.decay_flags = tuple(bool(w > 0) for w in wds)
-        self.wd_values = tuple(Tensor(float(w), ms.float32) for w in wds)
+        # nn.Optimizer stores weight_decay multiplied by loss_scale (its optimisers decay the still
+        # scaled gradients); this update is decoupled, so take the plain value back.
+        wds = [float(w.asnumpy() if hasattr(w, "asnumpy") else w) / float(loss_scale) for w in wds]
+        self.decay_flags = tuple(w > 0 for w in wds)
+        self.wd_values = tuple(Tensor(w, ms.float32) for w in wds)
 
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)

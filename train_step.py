@@ -49,18 +49,34 @@ class NetWithLoss(nn.Cell):
 
 
 def apply_amp(net: nn.Cell, amp_level: str) -> nn.Cell:
-    """Mixed precision on ``net`` in place: O0 float32; O1 float16 for the white-listed ops
-    (conv, matmul); O2 float16 except norm layers; O3 float16 except norm layers (norms are kept
-    in float32 at every level, as the official recipe's ``torch.cuda.amp`` does)."""
-    if amp_level == "O0":
-        return net
+    """Mixed precision on ``net`` in place, with ``Cell.to_float`` (MindSpore's own
+    ``auto_mixed_precision`` rewrites O1 networks through generated source files in the working
+    directory, so it is not used):
+
+    * O0: float32.
+    * O1: float16 for the compute-bound cells (Conv2d, Dense); everything else float32.
+    * O2: float16 everywhere except norm layers and the classifier head.
+    * O3: float16 everywhere except norm layers.
+
+    Norm layers (BatchNorm, LayerNorm) stay float32 at every level, as with the official recipe's
+    ``torch.cuda.amp``; the loss casts logits to float32.
+    """
     if amp_level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {AMP_LEVELS}, got {amp_level!r}")
-    net = ms.amp.auto_mixed_precision(net, amp_level, dtype=ms.float16)
-    if amp_level == "O3":
+    if amp_level == "O0":
+        return net
+    norms = (nn.LayerNorm, nn.BatchNorm2d)
+    if amp_level == "O1":
         for _, cell in net.cells_and_names():
-            if isinstance(cell, (nn.LayerNorm, nn.BatchNorm2d)):
+            if isinstance(cell, (nn.Conv2d, nn.Dense)):
+                cell.to_float(ms.float16)
+            elif isinstance(cell, norms):
                 cell.to_float(ms.float32)
+        return net
+    net.to_float(ms.float16)
+    for name, cell in net.cells_and_names():
+        if isinstance(cell, norms) or (amp_level == "O2" and name == "head"):
+            cell.to_float(ms.float32)
     return net
 
 

@@ -171,3 +171,36 @@ def assert_user_error(proc, *fragments):
 def user_error():
     """``user_error(proc, "fragment", ...)``: see :func:`assert_user_error`."""
     return assert_user_error
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry scripts end to end (test_train, test_reliability, test_distributed, ...)
+
+#: A small ConvMLP topology (same code paths as S/M/L, ~0.2 M parameters) for fast CPU runs.
+TINY_TOPOLOGY = ["--blocks", "1,1,1", "--dims", "32,64,128", "--mlp_ratios", "2,2,2",
+                 "--channels", "16", "--n_conv_blocks", "1"]
+#: The recipe's augmentations off, for runs whose numbers must be reproducible or quick to learn.
+NO_AUG = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0",
+          "--crop_scale", "1,1"]
+
+
+def run_script(script, *args, env=None, timeout=900, cwd=None):
+    """Run ``python SCRIPT ARGS`` from the repository root as a user would; returns the
+    ``CompletedProcess`` (text stdout/stderr)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)],
+                          cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def learnable_cifar10(tmp_path_factory):
+    """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
+    folder = tmp_path_factory.mktemp("learn10") / "cifar-10-batches-bin"
+    return str(cifar.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
+
+
+@pytest.fixture(scope="session")
+def learnable_cifar100(tmp_path_factory):
+    """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
+    folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
+    return str(cifar.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))

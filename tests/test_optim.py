@@ -1,0 +1,119 @@
+"""The optimiser, the schedule and the compiled train step, checked against PyTorch's definitions."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import nn
+
+from optim import AdamW, cosine_schedule, param_groups_weight_decay
+from train_step import SoftTargetCrossEntropy, apply_amp, build_train_step
+
+ms.set_context(mode=ms.GRAPH_MODE)
+
+
+class _TwoParams(nn.Cell):
+    def __init__(self, w, b):
+        super().__init__()
+        self.w = ms.Parameter(ms.Tensor(w), name="w")
+        self.b = ms.Parameter(ms.Tensor(b), name="b")
+
+
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_adamw_equals_torch_adamw_with_decay_only_on_matrices(loss_scale):
+    """Five updates with a per-step lr match ``torch.optim.AdamW`` (bias-corrected, decoupled
+    decay on the 2-D weight, none on the bias); a loss scale given to the optimiser is undone."""
+    torch = pytest.importorskip("torch")
+    rs = np.random.RandomState(0)
+    w0, b0 = rs.randn(4, 3).astype(np.float32), rs.randn(4).astype(np.float32)
+    grads = [(rs.randn(4, 3).astype(np.float32), rs.randn(4).astype(np.float32)) for _ in range(5)]
+    lrs = np.array([1e-2, 2e-2, 3e-2, 4e-2, 5e-2, 5e-2], np.float32)
+
+    tw, tb = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(b0))
+    topt = torch.optim.AdamW([{"params": [tw], "weight_decay": 0.05},
+                              {"params": [tb], "weight_decay": 0.0}], lr=1.0, eps=1e-8)
+    for i, (gw, gb) in enumerate(grads):
+        for g in topt.param_groups:
+            g["lr"] = float(lrs[i])
+        tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+        topt.step()
+
+    cell = _TwoParams(w0, b0)
+    opt = AdamW(param_groups_weight_decay(cell.trainable_params(), 0.05), ms.Tensor(lrs),
+                weight_decay=0.05, loss_scale=loss_scale)
+    for gw, gb in grads:
+        opt((ms.Tensor(gw * loss_scale), ms.Tensor(gb * loss_scale)))
+
+    np.testing.assert_allclose(cell.w.asnumpy(), tw.detach().numpy(), atol=2e-6)
+    np.testing.assert_allclose(cell.b.asnumpy(), tb.detach().numpy(), atol=2e-6)
+    assert int(opt.global_step.asnumpy()[0]) == 5
+
+
+def test_weight_decay_groups_exclude_norms_biases_and_1d():
+    from model import ConvMLP
+    net = ConvMLP([1, 1, 1], [16, 32, 64], [2, 2, 2], channels=16, n_conv_blocks=1, num_classes=10)
+    decay, no_decay, _ = param_groups_weight_decay(net.trainable_params(), 0.05)
+    assert all(len(p.shape) > 1 for p in decay["params"])
+    names = {p.name for p in no_decay["params"]}
+    assert "norm.gamma" in names and "head.bias" in names and "tokenizer.block.1.beta" in names
+    assert "head.weight" not in names and no_decay["weight_decay"] == 0.0
+
+
+def test_cosine_schedule_warmup_peak_and_floor():
+    lrs = cosine_schedule(3e-4, 1e-5, 1e-6, warmup_epochs=2, epochs=10, steps_per_epoch=5)
+    assert len(lrs) == 51
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[10] == pytest.approx(3e-4)            # end of warm-up = peak
+    assert np.all(np.diff(lrs[:11]) > 0)              # linear rise
+    assert np.all(np.diff(lrs[10:]) <= 1e-12)         # then never increases
+    assert lrs[50] == pytest.approx(1e-5)             # cosine floor at the last step
+
+
+def test_soft_target_cross_entropy_equals_hard_label_cross_entropy_on_one_hot():
+    rs = np.random.RandomState(1)
+    logits = rs.randn(6, 5).astype(np.float32)
+    y = rs.randint(0, 5, 6)
+    loss = SoftTargetCrossEntropy()(ms.Tensor(logits), ms.Tensor(np.eye(5, dtype=np.float32)[y])).asnumpy()
+    z = logits - logits.max(1, keepdims=True)
+    ref = -(z[np.arange(6), y] - np.log(np.exp(z).sum(1))).mean()
+    assert loss == pytest.approx(ref, rel=1e-5)
+
+
+def _tiny_step(loss_scale_type, loss_scale, amp_level="O0"):
+    from model import ConvMLP
+    ms.set_seed(0)
+    net = ConvMLP([1, 1, 1], [16, 32, 64], [2, 2, 2], channels=16, n_conv_blocks=1, num_classes=10,
+                  drop_path_rate=0.0)
+    net = apply_amp(net, amp_level)
+    scale = loss_scale if loss_scale_type == "fixed" else 1.0
+    opt = AdamW(param_groups_weight_decay(net.trainable_params(), 0.05),
+                ms.Tensor(np.full(10, 1e-3, np.float32)), weight_decay=0.05, loss_scale=scale)
+    return net, build_train_step(net, opt, loss_scale_type=loss_scale_type, loss_scale=loss_scale)
+
+
+def test_fixed_loss_scale_gives_the_same_update_as_no_scaling():
+    """The gradients never reach the optimiser scaled: 3 steps with a fixed scale of 1024 end
+    with the same weights as 3 unscaled steps."""
+    rs = np.random.RandomState(0)
+    x = ms.Tensor(rs.randn(4, 3, 32, 32).astype(np.float32))
+    y = ms.Tensor(np.eye(10, dtype=np.float32)[[1, 2, 3, 4]])
+    results = []
+    for kind, scale in (("none", 1.0), ("fixed", 1024.0)):
+        net, step = _tiny_step(kind, scale)
+        for _ in range(3):
+            step(x, y)
+        results.append({p.name: p.asnumpy() for p in net.trainable_params()})
+    for name, w in results[0].items():
+        np.testing.assert_allclose(results[1][name], w, atol=1e-5, err_msg=name)
+
+
+def test_amp_keeps_norm_layers_in_float32_and_loss_finite():
+    rs = np.random.RandomState(0)
+    x = ms.Tensor(rs.randn(4, 3, 32, 32).astype(np.float32))
+    y = ms.Tensor(np.eye(10, dtype=np.float32)[[1, 2, 3, 4]])
+    for level in ("O1", "O2", "O3"):
+        net, step = _tiny_step("fixed", 128.0, level)
+        loss = float(step(x, y).asnumpy())
+        assert np.isfinite(loss), level
+        for _, cell in net.cells_and_names():
+            if isinstance(cell, (nn.LayerNorm, nn.BatchNorm2d)):
+                assert cell.gamma.dtype == ms.float32
