@@ -26,6 +26,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common import initializer as init
+from mindspore.ops import constexpr
 
 __all__ = [
     "ConvMLP",
@@ -47,6 +48,9 @@ LN_EPS = 1e-5  # torch.nn.LayerNorm default; MindSpore's default is 1e-7
 BN_EPS = 1e-5
 # MindSpore's BatchNorm momentum is the weight of the *old* statistic: 0.9 == torch momentum 0.1.
 BN_MOMENTUM = 0.9
+# Depthwise 3x3 on maps of at most this many positions runs as one product with a small
+# (positions x positions) matrix instead of a grouped convolution, see ``ConvMLPBlock``.
+SMALL_MAP_POSITIONS = 4
 
 
 def _cfg(url="", **kwargs):
@@ -160,11 +164,33 @@ class Mlp(nn.Cell):
         return self.fc2(self.act(self.fc1(x)))
 
 
+@constexpr
+def _tap_matrix(h: int, w: int):
+    """(9, h*w*h*w) 0/1 constant: entry (k, p, q) is 1 when tap k = 3*i + j of a 3x3 window with
+    padding 1 reads input position q for output position p (positions in row-major order)."""
+    taps = np.zeros((9, h * w, h * w), np.float32)
+    for i in range(3):
+        for j in range(3):
+            for y in range(h):
+                for x in range(w):
+                    yy, xx = y + i - 1, x + j - 1
+                    if 0 <= yy < h and 0 <= xx < w:
+                        taps[3 * i + j, y * w + x, yy * w + xx] = 1.0
+    return ms.Tensor(taps.reshape(9, -1))
+
+
 class ConvMLPBlock(nn.Cell):
     """One Conv-MLP block on channels-last (B, H, W, C) tokens.
 
     ``x = x + drop_path(mlp1(norm1(x)))``; ``x = connect(connect_norm(x))`` (depthwise 3x3, no bias,
     no residual); ``x = x + drop_path(mlp2(norm2(x)))``.
+
+    The depthwise 3x3 ``connect`` runs as the grouped ``Conv2d`` (NCHW, between two transposes),
+    except on maps of at most ``SMALL_MAP_POSITIONS`` positions (the last stages at low resolution,
+    e.g. 2x2 and 1x1 for 32 px images), where it is computed directly on channels-last tokens as
+    ``out[b, p, c] = sum_q x[b, q, c] * M[p, q, c]`` with ``M`` built from the same 3x3 weights.
+    Same function, same parameter; there oneDNN's grouped convolution and its two backward passes
+    cost several times more than the product.
     """
 
     def __init__(self, embedding_dim: int, dim_feedforward: int, drop_path_rate: float = 0.0):
@@ -178,10 +204,17 @@ class ConvMLPBlock(nn.Cell):
         self.norm2 = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
         self.channel_mlp2 = Mlp(embedding_dim, dim_feedforward)
 
+    def _depthwise(self, x):
+        b, h, w, c = x.shape  # static in GRAPH mode: the branch is chosen at compile time
+        if h * w <= SMALL_MAP_POSITIONS:
+            kernel = self.connect.weight.reshape(c, 9)
+            m = ops.matmul(_tap_matrix(h, w).T, kernel.T).reshape(1, h * w, h * w, c)
+            return (x.reshape(b, 1, h * w, c) * m).sum(axis=2).reshape(b, h, w, c)
+        return self.connect(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+
     def construct(self, x):
         x = x + self.drop_path(self.channel_mlp1(self.norm1(x)))
-        y = self.connect_norm(x).transpose(0, 3, 1, 2)
-        x = self.connect(y).transpose(0, 2, 3, 1)
+        x = self._depthwise(self.connect_norm(x))
         x = x + self.drop_path(self.channel_mlp2(self.norm2(x)))
         return x
 
