@@ -98,7 +98,9 @@ def save_training_state(train_cell, save_dir: str, meta: Dict, epoch_file: bool 
     written (mid-epoch interrupt). Returns the path written first.
     """
     os.makedirs(save_dir, exist_ok=True)
-    append = {k: meta[k] for k in META_KEYS if k in meta and meta[k] is not None}
+    # ``global_step`` is the optimiser's own parameter, saved with the cell: not appended again.
+    append = {k: meta[k] for k in META_KEYS
+              if k in meta and meta[k] is not None and k != "global_step"}
     last = os.path.join(save_dir, LAST)
     if not epoch_file:
         save_atomic(train_cell, last, append)

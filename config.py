@@ -9,8 +9,8 @@ Unknown keys and invalid values raise :class:`errors.ConfigError` naming the key
     (100, [0.5071, 0.4867, 0.4408])
 
 On the command line booleans are ``true``/``false`` (a bare ``--flag`` means true), ``null``
-(or ``none``) is None, and lists are comma separated (``--crop_scale 0.5,1``) or YAML
-(``--crop_scale [0.5,1]``).
+(or ``none``) is None, and lists are comma separated (``--crop_scale 0.5,1``), space separated
+(``--blocks 2 4 2``) or YAML (``--crop_scale [0.5,1]``).
 """
 import difflib
 import importlib.util
@@ -424,6 +424,14 @@ def _parse_cli(argv):
             else:
                 val = nxt
                 i += 1
+                # list keys also take space-separated values: --blocks 2 4 2 (as pth2ckpt.py)
+                if key is not None and key.type in ("floats", "ints"):
+                    extra = []
+                    while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                        extra.append(argv[i + 1])
+                        i += 1
+                    if extra:
+                        val = ",".join([val] + extra)
         i += 1
         if name == "config":
             config_file = val

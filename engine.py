@@ -10,7 +10,7 @@ from mindspore import nn, ops
 from errors import UserError
 from run_log import Progress
 
-__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum"]
+__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum", "average_bn_statistics"]
 
 
 class TrainingDiverged(UserError):
@@ -26,6 +26,26 @@ class AllReduceSum(nn.Cell):
 
     def construct(self, x):
         return self.op(x)
+
+
+def average_bn_statistics(net: nn.Cell, reduce_fn: Callable, world: int) -> int:
+    """Set every BatchNorm's moving mean and variance to their mean over the data-parallel ranks
+    (timm's ``--dist-bn reduce``). Gradients are averaged, so the weights agree on every rank, but
+    each rank's moving statistics come from its own shard: without this the ranks would evaluate
+    different models and rank 0's checkpoint would hold rank 0's statistics only. One AllReduce;
+    every rank must call it. Returns the number of values averaged."""
+    stats = [p for p in net.get_parameters()
+             if not p.requires_grad and p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
+    if not stats:
+        return 0
+    flat = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in stats])
+    flat = np.asarray(reduce_fn(flat), np.float32) / world
+    offset = 0
+    for p in stats:
+        n = int(np.prod(p.shape))
+        p.set_data(ms.Tensor(flat[offset:offset + n].reshape(p.shape), p.dtype))
+        offset += n
+    return offset
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -77,15 +97,17 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
 
 
 def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: int = 0,
-                    progress: Optional[Progress] = None, on_step: Optional[Callable] = None) -> Dict:
+                    progress: Optional[Progress] = None, on_step: Optional[Callable] = None,
+                    should_stop: Optional[Callable] = None) -> Dict:
     """Run ``steps`` optimiser steps of one epoch (after skipping ``skip`` batches, when resuming
     mid-epoch). Raises :class:`TrainingDiverged` at the first non-finite loss, before anything is
-    saved. ``on_step(i)`` is called after each step (used for the Ctrl-C bookkeeping)."""
+    saved. ``on_step(i)`` is called after each step; when ``should_stop()`` turns true (Ctrl-C) the
+    epoch ends early at a step boundary with ``interrupted`` set in the result."""
     step_cell.set_train(True)
     losses = []
     images_seen = 0
     t0 = time.time()
-    i = 0
+    interrupted = False
     for i, (images, target) in enumerate(dataset.create_tuple_iterator(num_epochs=1)):
         if i >= steps:
             break
@@ -102,6 +124,9 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
             on_step(i + 1)
         if progress is not None:
             progress.update(1, loss=loss)
+        if should_stop is not None and should_stop() and i + 1 < steps:
+            interrupted = True
+            break
     dt = time.time() - t0
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "images": images_seen,
-            "time": dt, "steps": len(losses)}
+            "time": dt, "steps": len(losses), "interrupted": interrupted}

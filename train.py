@@ -8,6 +8,12 @@
 Every key of config.yaml can be given as ``--key value``; ``python train.py -h`` lists them.
 Checkpoints, ``metrics.csv``, ``curves.png``, ``train.log`` and the resolved ``config.yaml`` go
 to ``save_checkpoint_path``; ``--resume auto`` continues the run found there.
+
+Data parallel (``is_distributed: true``, under msrun): ``batch_size`` is per device; gradients are
+averaged over the ranks, BatchNorm moving statistics are averaged at each epoch end, validation
+counts are summed over the ranks' shards; only rank 0 writes files and the progress bar.
+Test hook: with the environment variable ``CONVMLP_DUMP_WEIGHTS_DIR`` set, every rank writes its
+final model parameters to ``$CONVMLP_DUMP_WEIGHTS_DIR/rank<R>.npz`` (tests/test_distributed.py).
 """
 import os
 import signal
@@ -21,15 +27,15 @@ from errors import ConfigError, run_cli
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     from config import Config
-    from runtime import load_run_config, setup_runtime, check_precision, prepare_demo, build_model
+    from runtime import load_run_config, setup_runtime, check_precision, prepare_demo, build_model, ClusterError
     cfg = load_run_config(argv)
 
     from run_log import get_logger
     logger = get_logger(0)
     import mindspore as ms
     device, rank, world = setup_runtime(cfg, logger)
-    logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     check_precision(cfg, device, logger)
+    logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
 
@@ -38,7 +44,7 @@ def main(argv=None):
     from model import load_pretrained, read_checkpoint, check_fit
     from optim import AdamW, cosine_schedule, param_groups_weight_decay
     from train_step import apply_amp, build_train_step
-    from engine import evaluate, train_one_epoch, AllReduceSum, TrainingDiverged
+    from engine import evaluate, train_one_epoch, AllReduceSum, TrainingDiverged, average_bn_statistics
     from checkpoint import save_training_state
     from run_log import Progress, MetricsLog
 
@@ -124,9 +130,11 @@ def main(argv=None):
                 "arch": cfg.arch, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
                 "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
 
-    # Ctrl-C / SIGTERM: finish the current step, save a resumable checkpoint, exit 130.
-    progress_state = {"epoch": start_epoch, "step": skip}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C / SIGTERM: finish the current step, save a resumable checkpoint, exit 130. The
+    # position is (finished epochs, steps done in the next one); "saved" is what is on disk.
+    progress_state = {"epoch": start_epoch, "step": skip,
+                      "saved": (start_epoch, skip) if resume_file else None}
+    stop = _install_stop_handler(logger)
 
     try:
         for epoch in range(start_epoch, cfg.epoch_size):
@@ -136,9 +144,16 @@ def main(argv=None):
                            enabled=rank == 0, log_interval=cfg.log_interval)
             stats = train_one_epoch(step_cell, train_ds, epoch + 1, steps_per_epoch, skip=skip,
                                     progress=bar,
-                                    on_step=lambda s: progress_state.__setitem__("step", s))
+                                    on_step=lambda s: progress_state.__setitem__("step", s),
+                                    should_stop=lambda: stop["requested"])
             bar.close()
+            if stats["interrupted"]:
+                raise KeyboardInterrupt
+            progress_state.update(epoch=epoch + 1, step=0)
             skip = 0
+            if world > 1:  # the mean loss over all ranks; one set of BatchNorm statistics
+                stats["loss"] = float(reduce_fn(np.array([stats["loss"]], np.float32))[0]) / world
+                average_bn_statistics(net, reduce_fn, world)
             lr_now = float(lrs[min(int(opt.global_step.asnumpy()[0]), len(lrs) - 1)])
             ips = stats["images"] * world / max(stats["time"], 1e-9)
             row = {"epoch": epoch + 1, "step": int(opt.global_step.asnumpy()[0]),
@@ -156,27 +171,44 @@ def main(argv=None):
                     best_acc, best_epoch, is_best = res["top1"], epoch + 1, True
             line += f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s"
             logger.info(line)
-            progress_state.update(epoch=epoch + 1, step=0)
             if rank == 0:
                 path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(epoch + 1),
                                            is_best=is_best, keep=cfg.keep_checkpoint_max)
                 metrics.add(row)
                 logger.info(f"saved {path}" + (f" (new best top-1 {best_acc:.4f})" if is_best else ""))
+            progress_state["saved"] = (epoch + 1, 0)
+            if stop["requested"] and epoch + 1 < cfg.epoch_size:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         e, s = progress_state["epoch"], progress_state["step"]
-        if rank == 0 and s > 0:
+        where = f"epoch {e + 1} step {s}" if s else f"the end of epoch {e}"
+        if rank == 0 and (e, s) != progress_state["saved"] and (e, s) != (0, 0):
             path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(e, s), epoch_file=False)
-            logger.warning(f"interrupted at epoch {e + 1} step {s}: saved resumable {path}; continue with "
-                           f"--resume auto --save_checkpoint_path {cfg.save_checkpoint_path}")
-        else:
-            logger.warning(f"interrupted after epoch {e}; its checkpoint is {cfg.save_checkpoint_path}/last.ckpt;"
-                           " continue with --resume auto")
+            logger.warning(f"interrupted at {where}: saved resumable {path}")
+        elif rank == 0:
+            logger.warning(f"interrupted at {where}; nothing new to save")
+        logger.warning(f"continue with: python train.py <same options> --resume auto "
+                       f"--save_checkpoint_path {cfg.save_checkpoint_path}")
+        if world > 1:
+            logger.warning("data-parallel run: msrun and MindSpore's scheduler also stop every rank this way "
+                           "when one rank dies; the cause is in the other ranks' logs (msrun --log_dir)")
         return 130
+    except RuntimeError as exc:
+        if world > 1 and _is_communication_failure(exc):
+            last = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
+            raise ClusterError(
+                f"rank {rank} of {world}: a collective operation failed, so another rank has died or cannot "
+                f"be reached (MindSpore: {_first_line(exc)}). The cause is in the other ranks' logs "
+                "(msrun --log_dir: worker_<rank>.log, scheduler.log); restart every rank with --resume auto"
+                + (f" (last good checkpoint {last})" if os.path.isfile(last) else "")) from None
+        raise
     except TrainingDiverged as exc:
         last = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
         keep = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
         raise TrainingDiverged(f"{exc}{keep}") from None
 
+    if os.environ.get("CONVMLP_DUMP_WEIGHTS_DIR"):
+        _dump_weights(net, os.environ["CONVMLP_DUMP_WEIGHTS_DIR"], rank)
     logger.info(f"done: best val top-1 {best_acc:.4f} at epoch {best_epoch}; checkpoints in "
                 f"{cfg.save_checkpoint_path} (best.ckpt, last.ckpt)")
     if cfg.demo and rank == 0:
@@ -184,6 +216,43 @@ def main(argv=None):
         logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
                     f"--image_size {cfg.image_size}")
     return 0
+
+
+def _is_communication_failure(exc):
+    """Whether a RuntimeError of MindSpore comes from a collective operation or the cluster."""
+    text = str(exc)
+    return any(k in text for k in ("AllReduce", "AllGather", "Broadcast", "collective", "cluster"))
+
+
+def _first_line(exc):
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not set(ln.strip()) <= set("-")]
+    kernel = [ln for ln in lines if ln.startswith("Launch kernel failed")]
+    return (kernel or lines or [type(exc).__name__])[0]
+
+
+def _dump_weights(net, folder, rank):
+    """Test hook (``CONVMLP_DUMP_WEIGHTS_DIR``): this rank's model parameters, BatchNorm statistics
+    included, to ``folder/rank<R>.npz``."""
+    os.makedirs(folder, exist_ok=True)
+    np.savez(os.path.join(folder, f"rank{rank}.npz"),
+             **{p.name: p.asnumpy() for p in net.get_parameters()})
+
+
+def _install_stop_handler(logger):
+    """SIGINT/SIGTERM: the first asks the loop to stop at the next step boundary (it then saves a
+    resumable checkpoint); a second one aborts at once."""
+    state = {"requested": False}
+
+    def handler(signum, frame):
+        if state["requested"]:
+            raise KeyboardInterrupt
+        state["requested"] = True
+        logger.warning(f"{signal.Signals(signum).name}: stopping after the current step and saving a "
+                       "resumable checkpoint (send it again to abort without saving)")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return state
 
 
 def _epoch_cfg(cfg, epoch, Config):
