@@ -574,7 +574,8 @@ if __name__ == "__main__":
 
     def _main(argv):
         if argv and argv[0] == "--markdown":
-            print(config_markdown())
+            sys.stdout.write(config_markdown() + "\n")
+            sys.stdout.flush()
             return 0
         print(load_config(argv).to_yaml(), end="")
         return 0
