@@ -152,7 +152,7 @@ SCHEMA = [
     Key("demo", False, "bool", "Use a small generated dataset (written under data/demo if missing) "
         "instead of real CIFAR; for smoke tests."),
     Key("image_size", 224, "int", "Input resolution; 32 = native CIFAR size (no resize).", min=8),
-    Key("batch_size", 64, "int", "Training batch size per device.", min=1),
+    Key("batch_size", 128, "int", "Training batch size per device (the official recipe: 128).", min=1),
     Key("eval_batch_size", None, "int", "Evaluation batch size per device; null = batch_size.",
         nullable=True, min=1),
     Key("num_parallel_workers", 2, "int", "Workers for the data pipeline's map/batch operations.", min=1),
@@ -179,7 +179,10 @@ SCHEMA = [
     Key("mixup_switch_prob", 0.5, "float", "Probability of cutmix instead of mixup when both are on.",
         min=0.0, max=1.0),
     # optimisation
-    Key("epoch_size", 50, "int", "Training epochs (50 = the official fine-tune recipe).", min=1),
+    Key("epoch_size", 60, "int", "Training epochs, cool-down included (the official fine-tune recipe: 50 "
+        "cosine epochs + 10 at min_lr).", min=1),
+    Key("cooldown_epochs", 10, "int", "Final epochs at min_lr after the cosine decay (timm's cooldown).",
+        min=0),
     Key("lr", 3e-4, "float", "Peak learning rate (AdamW, cosine schedule). Used as given, not scaled: it "
         "belongs to the recipe's global batch, so scale it linearly if batch_size x devices changes a lot.",
         min=0.0),

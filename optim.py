@@ -86,20 +86,25 @@ class AdamW(nn.Optimizer):
 
 
 def cosine_schedule(base_lr: float, min_lr: float, warmup_lr: float, warmup_epochs: float,
-                    epochs: int, steps_per_epoch: int) -> np.ndarray:
+                    epochs: int, steps_per_epoch: int, cooldown_epochs: int = 0) -> np.ndarray:
     """Per-step learning rates: linear warmup from ``warmup_lr`` to ``base_lr`` over
-    ``warmup_epochs``, then cosine decay to ``min_lr`` at the end of ``epochs``.
+    ``warmup_epochs``, cosine decay to ``min_lr`` at the end of ``epochs - cooldown_epochs``, then
+    ``min_lr`` for the cool-down epochs (timm's cosine scheduler with ``cooldown_epochs``). A run
+    too short for warm-up + cool-down (``epochs <= warmup + cooldown``) has no cool-down.
 
     One value per optimiser step (the array is indexed by the optimiser's ``global_step``), so a
     resumed run continues at exactly the right value. One extra value pads the end.
     """
+    if epochs - cooldown_epochs <= warmup_epochs:  # a short run: no room for a cool-down
+        cooldown_epochs = 0
     total = max(1, epochs * steps_per_epoch)
-    warm = int(round(warmup_epochs * steps_per_epoch))
+    decay_end = max(1, (epochs - cooldown_epochs) * steps_per_epoch)
+    warm = min(int(round(warmup_epochs * steps_per_epoch)), decay_end)
     lrs = np.empty(total + 1, dtype=np.float32)
     for s in range(total + 1):
         if s < warm:
             lrs[s] = warmup_lr + (base_lr - warmup_lr) * s / warm
         else:
-            frac = (s - warm) / max(1, total - warm)
-            lrs[s] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+            frac = min(1.0, (s - warm) / max(1, decay_end - warm))
+            lrs[s] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * frac))
     return lrs

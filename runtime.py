@@ -5,9 +5,9 @@ import os
 import sys
 import time
 
-from errors import ConfigError
+from errors import ConfigError, UserError
 
-__all__ = ["DEMO_OVERRIDES", "DEMO_SIZES", "load_run_config", "setup_runtime", "check_precision",
+__all__ = ["DEMO_OVERRIDES", "DEMO_SIZES", "load_run_config", "setup_runtime", "ClusterError", "check_precision",
            "prepare_demo", "build_model", "pop_option", "pop_positionals", "adopt_checkpoint_model",
            "load_checkpoint_model", "MODEL_KEYS", "DEPLOY_KEYS"]
 
@@ -19,7 +19,8 @@ DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "t
 
 # ``--demo``: a generated CIFAR-10-format sample at 32 px, a few epochs (a few minutes on 2 CPU
 # cores). This layer sits between config.yaml and the command line, so flags still win.
-DEMO_OVERRIDES = {"image_size": 32, "epoch_size": 6, "warmup_epochs": 1, "lr": 2e-3, "min_lr": 1e-4,
+DEMO_OVERRIDES = {"image_size": 32, "epoch_size": 6, "warmup_epochs": 1, "cooldown_epochs": 0,
+                  "lr": 5e-4, "min_lr": 1e-5,
                   "batch_size": 64, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "aa": None,
                   "drop_path_rate": 0.0, "save_checkpoint_path": "./output/demo"}
 DEMO_SIZES = {"train": 3000, "val": 1000}
@@ -54,6 +55,10 @@ def check_precision(cfg, device: str, logger):
                        "underflow; consider loss_scale_type fixed")
 
 
+class ClusterError(UserError):
+    """A data-parallel job lost a rank (it died or cannot be reached), or its cluster cannot form."""
+
+
 def setup_runtime(cfg, logger):
     """Execution mode, device and (for ``is_distributed``) the communication group.
     Returns ``(device, rank, world_size)``."""
@@ -66,10 +71,21 @@ def setup_runtime(cfg, logger):
     rank, world = 0, 1
     if cfg.is_distributed:
         from mindspore.communication import init, get_rank, get_group_size
+        # Under msrun the same script also runs as the scheduler (MS_ROLE=MS_SCHED): there init()
+        # serves the cluster until every worker is done and then ends the process, or raises when
+        # the cluster failed (a worker died: no heartbeat for MS_NODE_TIMEOUT s, default 30).
+        role = os.environ.get("MS_ROLE")
         try:
             init()
-        except Exception as exc:  # not started by msrun / no cluster environment
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if role == "MS_SCHED":
+                raise ClusterError(f"msrun scheduler: the data-parallel job failed ({first}); the cause is in "
+                                   "the workers' logs (msrun --log_dir: worker_<rank>.log)") from None
+            if role:
+                raise ClusterError(f"this worker cannot join the data-parallel job ({first}); check that "
+                                   "every machine runs msrun with the same --worker_num, --master_addr and "
+                                   "--master_port, and the scheduler's log (msrun --log_dir)") from None
             raise ConfigError("is_distributed: true but the communication group cannot start "
                               f"({first}); launch with msrun --worker_num=N --local_worker_num=N "
                               "train.py --is_distributed true") from None
@@ -100,6 +116,7 @@ def build_model(cfg, **kwargs):
     from model import create_model
     topo = {k: getattr(cfg, k) for k in TOPOLOGY_KEYS if getattr(cfg, k) is not None}
     return create_model(cfg.arch, num_classes=cfg.num_classes, **topo, **kwargs)
+
 
 # --------------------------------------------------------------------------------------------
 # Options of one script only (not config keys), taken out of argv before load_config

@@ -88,7 +88,7 @@ def main(argv=None):
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))
 
     lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size,
-                          steps_per_epoch)
+                          steps_per_epoch, cfg.cooldown_epochs)
     scale = cfg.loss_scale if cfg.loss_scale_type == "fixed" else 1.0
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
                 weight_decay=cfg.weight_decay, loss_scale=scale)

@@ -68,6 +68,14 @@ def test_cosine_schedule_warmup_peak_and_floor():
     assert lrs[50] == pytest.approx(1e-5)             # cosine floor at the last step
 
 
+def test_cooldown_epochs_hold_min_lr_after_the_cosine():
+    lrs = cosine_schedule(3e-4, 1e-5, 1e-6, warmup_epochs=1, epochs=6, steps_per_epoch=4, cooldown_epochs=2)
+    assert lrs[4] == pytest.approx(3e-4)
+    assert lrs[16] == pytest.approx(1e-5) and np.all(lrs[16:] == lrs[16])   # epochs 5-6 at min_lr
+    short = cosine_schedule(3e-4, 1e-5, 1e-6, warmup_epochs=2, epochs=3, steps_per_epoch=4, cooldown_epochs=10)
+    np.testing.assert_array_equal(short, cosine_schedule(3e-4, 1e-5, 1e-6, 2, 3, 4))  # no room: ignored
+
+
 def test_soft_target_cross_entropy_equals_hard_label_cross_entropy_on_one_hot():
     rs = np.random.RandomState(1)
     logits = rs.randn(6, 5).astype(np.float32)

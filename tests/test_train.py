@@ -17,7 +17,8 @@ import pytest
 
 from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error, run_script
 
-COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_parallel_workers", "2"]
+COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_parallel_workers", "2",
+                          "--cooldown_epochs", "0"]
 
 
 def data_flags(folder):
