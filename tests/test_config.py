@@ -37,8 +37,8 @@ def test_every_key_has_help_and_appears_in_the_docs_table():
 
 def test_required_keys_and_recipe_defaults():
     cfg = load_config([])
-    expected = {"arch": "convmlp_s", "dataset_choose": "cifar10", "image_size": 224, "batch_size": 64,
-                "epoch_size": 50, "lr": 3e-4, "min_lr": 1e-5, "warmup_lr": 1e-6, "warmup_epochs": 10,
+    expected = {"arch": "convmlp_s", "dataset_choose": "cifar10", "image_size": 224, "batch_size": 128,
+                "epoch_size": 60, "lr": 3e-4, "min_lr": 1e-5, "warmup_lr": 1e-6, "warmup_epochs": 10,
                 "weight_decay": 0.05, "smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0,
                 "mixup_switch_prob": 0.5, "aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "hflip": 0.5,
                 "crop_scale": [0.8, 1.0], "interpolation": "bicubic", "drop_path_rate": 0.1,
@@ -73,7 +73,7 @@ def test_precedence_default_then_yaml_then_cli(tmp_path):
     assert cfg.batch_size == 16            # CLI beats YAML
     assert cfg.lr == 1e-4                  # YAML beats default (PyYAML reads "1e-4" as a string)
     assert cfg.aa is None and cfg.crop_scale == [0.5, 1.0]
-    assert cfg.epoch_size == 50            # default
+    assert cfg.epoch_size == 60            # default
 
 
 @pytest.mark.parametrize("argv, key, value", [
