@@ -102,7 +102,7 @@ def main(argv=None):
         if meta.get("arch", cfg.arch) != cfg.arch:
             raise ConfigError(f"resume: '{resume_file}' is a {meta['arch']} checkpoint but arch is {cfg.arch}")
         check_fit(net, params, resume_file)
-        ms.load_param_into_net(step_cell, {k: v for k, v in params.items() if not isinstance(v, str)})
+        _load_training_state(step_cell, params, resume_file)
         start_epoch = int(meta.get("epoch", 0))
         skip = int(meta.get("step_in_epoch", 0))
         best_acc = float(meta.get("best_acc", -1.0))
@@ -216,6 +216,23 @@ def main(argv=None):
         logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
                     f"--image_size {cfg.image_size}")
     return 0
+
+
+def _load_training_state(step_cell, params, path):
+    """The weights and optimiser state of a resumed run into `step_cell`. The learning-rate schedule
+    is not taken from the file: it follows this run's config (e.g. a larger epoch_size extends it)
+    at the restored global step."""
+    import mindspore as ms
+    from errors import CheckpointError
+    state = {k: v for k, v in params.items() if not isinstance(v, str)}
+    for p in step_cell.get_parameters():
+        if p.name == "learning_rate":  # this run's own schedule (also: no "not loaded" warning)
+            state[p.name] = ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
+    try:
+        ms.load_param_into_net(step_cell, state)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"resume: '{path}' does not fit this run's training state: "
+                              f"{_first_line(exc)}") from None
 
 
 def _is_communication_failure(exc):
