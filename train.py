@@ -123,6 +123,7 @@ def main(argv=None):
     if world > 1:
         allreduce = AllReduceSum()
         reduce_fn = lambda v: allreduce(ms.Tensor(v)).asnumpy()  # noqa: E731
+        _check_same_start(reduce_fn, world, rank, start_epoch, skip, cfg.save_checkpoint_path)
 
     def meta_for(epoch, step_in_epoch=0):
         return {"epoch": epoch, "global_step": int(opt.global_step.asnumpy()[0]),
@@ -233,6 +234,18 @@ def _load_training_state(step_cell, params, path):
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"resume: '{path}' does not fit this run's training state: "
                               f"{_first_line(exc)}") from None
+
+
+def _check_same_start(reduce_fn, world, rank, epoch, step, save_dir):
+    """Every rank must start at the same (epoch, step): a resumed run on several machines needs the
+    same last.ckpt on each (sum and sum of squares agree only when all values are equal)."""
+    from runtime import ClusterError
+    x = np.array([epoch, step, epoch * epoch, step * step], np.float64)
+    total = reduce_fn(x.astype(np.float32)).astype(np.float64)
+    if not np.allclose(total[:2] ** 2, world * total[2:]):
+        raise ClusterError(f"rank {rank} starts at epoch {epoch + 1} step {step}, another rank elsewhere: "
+                           f"resuming needs the same {save_dir}/last.ckpt on every machine (a shared "
+                           "folder, or copy it) before all ranks are started again")
 
 
 def _is_communication_failure(exc):

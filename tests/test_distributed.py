@@ -1,0 +1,314 @@
+"""Data-parallel training under msrun on the CPU (MindSpore's ``mccl`` backend), end to end.
+
+``test_two_workers_*`` launches ``msrun --worker_num=2 --local_worker_num=2 --join=True train.py
+--is_distributed true`` on generated CIFAR-10 data (512 train / 200 val records, a tiny topology,
+augmentation off, 4 epochs of 8 steps at 32 images per device) and checks:
+
+* the log says rank 0 / world size 2 and the global batch of 64;
+* both ranks end with bit-identical parameters, BatchNorm moving statistics included (train.py
+  writes them through its test hook ``CONVMLP_DUMP_WEIGHTS_DIR``);
+* those equal a single-process run over the same global batches (tolerance below);
+* only rank 0 wrote files: one checkpoint set, one ``train.log`` without other ranks' lines;
+* ``evl.py`` on the checkpoint (one process, the whole val split) reports the validation top-1 that
+  the two ranks logged from their summed shard counts, and it is above chance by a margin.
+
+How the single-process reference is made equal, and why it is not plain ``python train.py
+--batch_size 64``:
+
+* Data order. A sharded train pipeline uses MindSpore's distributed sampler, whose shuffle depends
+  only on the seed and the record count, and shard k of 2 gets positions k, k + 2, ... of the
+  1-shard permutation. So global batch s of the 2-rank run is batch s of the pipeline built with
+  ``num_shards=1, shard_id=0`` and batch 64 (rank 0 = its even rows, rank 1 = its odd rows; 512
+  divides by 2, so no padding). A plain single-process train.py uses MindSpore's random sampler,
+  another permutation.
+* BatchNorm. In training each rank normalises with the statistics of its own 32 images (as
+  PyTorch DDP without SyncBatchNorm does), so one process with batch 64 computes other gradients:
+  its weights differ from the 2-rank run by about the size of the updates themselves (measured:
+  max |diff| ~0.01 after 16 steps at lr 1e-3), which makes that comparison meaningless.
+
+The reference (:func:`reference_run`, run in its own process) therefore does in one process what
+the two ranks do: for each global batch of 64 it takes the gradient of the even and of the odd
+half (BatchNorm statistics per half), averages them (DistributedGradReducer's mean) and makes one
+AdamW step with train.py's optimiser and schedule; the BatchNorm moving statistics are the mean of
+the two halves' updates, which equals train.py's epoch-end average because the moving average is
+linear. Tolerance: ``atol=1e-5, rtol=1e-5`` (the ring AllReduce and the separate graphs sum in
+another order; measured max |diff| 5e-7 over all parameters, which moved by up to 2.3).
+
+``test_a_dead_rank_ends_the_job`` kills one worker of a running job and checks that the other
+ends with a clear one-line error and a non-zero exit status within a bounded time.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+VENV_BIN = os.path.dirname(sys.executable)
+MSRUN = os.path.join(VENV_BIN, "msrun")
+TRAIN = os.path.join(REPO, "train.py")   # run from a temporary folder: MindSpore may write rank_*/ there
+N_TRAIN, N_VAL, PER_DEVICE, WORLD, EPOCHS = 512, 200, 32, 2, 4
+TOPOLOGY = ["--blocks", "1,1,1", "--dims", "32,64,128", "--mlp_ratios", "2,2,2", "--channels", "16",
+            "--n_conv_blocks", "1"]
+# Augmentation off (each switch of the recipe), so both runs see exactly the same pixels.
+NO_AUG = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0",
+          "--crop_scale", "1,1", "--smoothing", "0.1", "--drop_path_rate", "0"]
+ATOL, RTOL = 1e-5, 1e-5
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    # msrun starts plain `python`: the environment's bin must come first on PATH.
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("CONVMLP_DUMP_WEIGHTS_DIR", None)
+    env.update(extra)
+    return env
+
+
+def _train_args(data, out, epochs=EPOCHS, lr="2e-3"):
+    return ["--train_data_path", data, "--val_data_path", data, "--image_size", "32",
+            "--epoch_size", str(epochs), "--warmup_epochs", "0", "--lr", lr, "--min_lr", "1e-4",
+            "--batch_size", str(PER_DEVICE), "--save_checkpoint_path", out, "--seed", "0",
+            "--log_interval", "1", *TOPOLOGY, *NO_AUG]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    import cifar
+    folder = tmp_path_factory.mktemp("dp_data") / "cifar-10-batches-bin"
+    return str(cifar.write_synthetic(str(folder), "cifar10", N_TRAIN, N_VAL, seed=5))
+
+
+@pytest.fixture(scope="module")
+def dp_run(data, tmp_path_factory):
+    """The 2-worker msrun job: its folders, exit status, wall time and rank 0's log."""
+    root = tmp_path_factory.mktemp("dp_run")
+    out, logs, dump = str(root / "out"), str(root / "logs"), str(root / "dump")
+    cmd = [MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
+           f"--master_port={_free_port()}", TRAIN, "--is_distributed", "true", *_train_args(data, out)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=str(root), env=_env(CONVMLP_DUMP_WEIGHTS_DIR=dump), capture_output=True,
+                          text=True, timeout=480)
+    wall = time.time() - t0
+    read = lambda p: open(p).read() if os.path.isfile(p) else ""  # noqa: E731
+    res = {"root": root, "out": out, "logs": logs, "dump": dump, "proc": proc, "wall": wall,
+           "log0": read(os.path.join(logs, "worker_0.log")), "log1": read(os.path.join(logs, "worker_1.log"))}
+    print(f"2-worker msrun job: {wall:.1f} s")
+    assert proc.returncode == 0, (f"msrun rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+                                  f"worker_0:\n{res['log0'][-3000:]}\nworker_1:\n{res['log1'][-3000:]}")
+    return res
+
+
+def _info_lines(log):
+    """train.py's own lines of a worker log (MindSpore's [INFO]/[WARNING] lines dropped)."""
+    return [ln for ln in log.splitlines() if ln[:2].isdigit() and ln[2:3] == ":"]
+
+
+def test_two_workers_log_rank_world_size_and_global_batch(dp_run):
+    lines = _info_lines(dp_run["log0"])
+    assert any("rank 0 / world size 2" in ln for ln in lines), "\n".join(lines)
+    assert any(f"batch {PER_DEVICE} per device x 2 = {PER_DEVICE * 2} global, 8 steps per epoch" in ln
+               for ln in lines), "\n".join(lines)
+    # rank 1 logs warnings only (tagged with its rank), never the per-epoch or progress lines
+    lines1 = _info_lines(dp_run["log1"])
+    assert lines1 and all("[rank 1]" in ln for ln in lines1), "\n".join(lines1)
+    assert not any("epoch:" in ln or "saved" in ln for ln in lines1), "\n".join(lines1)
+
+
+def test_two_workers_end_with_identical_parameters(dp_run):
+    r0 = np.load(os.path.join(dp_run["dump"], "rank0.npz"))
+    r1 = np.load(os.path.join(dp_run["dump"], "rank1.npz"))
+    assert sorted(r0.files) == sorted(r1.files)
+    assert any("moving_mean" in k for k in r0.files)
+    for k in r0.files:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)
+
+
+def test_two_workers_write_one_checkpoint_set_holding_the_shared_weights(dp_run):
+    import mindspore as ms
+    out = dp_run["out"]
+    epochs = [f"epoch_{e:04d}.ckpt" for e in range(1, EPOCHS + 1)]
+    assert sorted(os.listdir(out)) == sorted(["best.ckpt", "config.yaml", "curves.png", "last.ckpt",
+                                              "metrics.csv", "train.log", *epochs])
+    elsewhere = [os.path.join(d, f) for d, _, fs in os.walk(dp_run["root"]) for f in fs
+                 if f.endswith(".ckpt") and os.path.abspath(d) != os.path.abspath(out)]
+    assert not elsewhere
+    with open(os.path.join(out, "metrics.csv")) as f:
+        assert [ln.split(",")[0] for ln in f.read().split()[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
+    with open(os.path.join(out, "train.log")) as f:
+        assert "[rank" not in f.read()
+    saved = ms.load_checkpoint(os.path.join(out, "last.ckpt"))
+    r0 = np.load(os.path.join(dp_run["dump"], "rank0.npz"))
+    for k in r0.files:
+        np.testing.assert_array_equal(saved[k].asnumpy(), r0[k], err_msg=k)
+
+
+def test_two_workers_equal_a_single_process_over_the_global_batch(dp_run, data, tmp_path):
+    ref = str(tmp_path / "reference.npz")
+    args = _train_args(data, str(tmp_path / "unused"))
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "reference", ref, *args], cwd=str(tmp_path),
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    print(f"single-process reference: {time.time() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    want = np.load(ref)
+    got = np.load(os.path.join(dp_run["dump"], "rank0.npz"))
+    assert sorted(want.files) == sorted(got.files)
+    init = np.load(ref.replace(".npz", "_init.npz"))
+    worst = max(float(np.abs(got[k] - want[k]).max()) for k in got.files)
+    moved = max(float(np.abs(got[k] - init[k]).max()) for k in got.files)
+    print(f"2 ranks vs single process: max |diff| {worst:.3g} (largest change from the initial weights {moved:.3g})")
+    assert moved > 100 * ATOL  # the runs trained: the comparison is not of two initial states
+    for k in got.files:
+        np.testing.assert_allclose(got[k], want[k], atol=ATOL, rtol=RTOL, err_msg=k)
+
+
+def test_two_workers_validation_is_the_whole_split_and_above_chance(dp_run, data, tmp_path):
+    out_json = str(tmp_path / "eval.json")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "evl.py"), "--checkpoint_path",
+                           os.path.join(dp_run["out"], "last.ckpt"), "--train_data_path", data,
+                           "--val_data_path", data, "--json", out_json],
+                          cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    with open(out_json) as f:
+        res = json.load(f)
+    assert res["n"] == N_VAL
+    assert res["acc"] >= 0.2, res["acc"]   # chance 0.10 (10 classes; 200 images: sd 0.02); ~0.28 seen
+    # the ranks' logged val top-1 (shard counts summed) is that of the whole split in one process
+    last = [ln for ln in _info_lines(dp_run["log0"]) if ln.split(" ", 1)[1].startswith(f"epoch:{EPOCHS} ")]
+    assert len(last) == 1 and f"val top-1 {res['acc']:.4f}" in last[0], (last, res["acc"])
+
+
+def test_a_dead_rank_ends_the_job(data, tmp_path):
+    """Two machines emulated on one: node 0 runs ``msrun --worker_num=2 --local_worker_num=1
+    --node_rank=0 --master_addr=127.0.0.1`` (scheduler + rank 0); node 1's worker is started with
+    the environment msrun would give it there (a second msrun here would start a second scheduler
+    on the same port). Rank 1 is killed (SIGKILL) once training runs; rank 0 then waits in the
+    gradient AllReduce until the scheduler misses rank 1's heartbeat for MS_NODE_TIMEOUT seconds
+    (10 here; MindSpore's default is 30), and must end with one clear error line, not a hang."""
+    port, logs = _free_port(), str(tmp_path / "logs")
+    args = [TRAIN, "--is_distributed", "true", *_train_args(data, str(tmp_path / "out"), epochs=3)]
+    env = _env(MS_NODE_TIMEOUT="10")
+    out0, out1 = open(tmp_path / "node0.out", "w"), open(tmp_path / "node1.out", "w")
+    node0 = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=1", "--node_rank=0",
+                              "--master_addr=127.0.0.1", f"--master_port={port}", "--join=True",
+                              f"--log_dir={logs}", *args], cwd=str(tmp_path), env=env, stdout=out0,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    node1 = subprocess.Popen([sys.executable, *args], cwd=str(tmp_path), stdout=out1, stderr=subprocess.STDOUT,
+                             start_new_session=True,
+                             env=dict(env, MS_ROLE="MS_WORKER", MS_SCHED_HOST="127.0.0.1",
+                                      MS_SCHED_PORT=str(port), MS_WORKER_NUM="2", MS_NODE_ID="1"))
+    log0 = os.path.join(logs, "worker_0.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and node0.poll() is None:
+            if os.path.isfile(log0) and "epoch 1/3 1/8" in open(log0).read():
+                break
+            time.sleep(0.3)
+        assert node0.poll() is None, "the job ended early:\n" + (tmp_path / "node0.out").read_text()[-3000:]
+        assert time.time() < deadline, "training did not start:\n" + open(log0).read()[-3000:]
+        os.kill(node1.pid, signal.SIGKILL)
+        t_kill = time.time()
+        try:
+            rc = node0.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 0 still runs 120 s after rank 1 died")
+        waited = time.time() - t_kill
+    finally:
+        for p in (node0, node1):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        out0.close()
+        out1.close()
+    print(f"dead rank: the job ended {waited:.1f} s after the kill (rc {rc})")
+    assert rc != 0
+    errors = [ln for ln in open(log0).read().splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, open(log0).read()[-3000:]
+    assert "rank 0 of 2: a collective operation failed, so another rank has died" in errors[0]
+    assert "--resume auto" in errors[0]
+    assert "Traceback" not in open(log0).read()
+    assert waited < 60
+
+
+# ------------------------------------------------------------------------------------------------
+# The single-process reference (run in its own process by the test above)
+
+def reference_run(out, argv):
+    """What the two ranks compute, in one process: per global batch of 2 x batch_size, the mean
+    of the gradients of its even and odd rows (BatchNorm statistics per half), one AdamW step;
+    BatchNorm moving statistics = the mean of the two halves' updates. Writes the final
+    parameters to ``out`` and the initial ones to ``out`` with ``_init``."""
+    import mindspore as ms
+    from mindspore import nn, ops
+    from config import Config
+    from dataset import create_dataset
+    from optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from perf import configure_runtime
+    from runtime import build_model, load_run_config
+    from train import _epoch_cfg
+    from train_step import NetWithLoss
+
+    class Gradients(nn.Cell):
+        """The gradients of the loss of one batch (compiled; updates BatchNorm's moving statistics)."""
+
+        def __init__(self, loss_net, params):
+            super().__init__(auto_prefix=False)
+            self.loss_net, self.params = loss_net, params
+            self.grad = ops.GradOperation(get_by_list=True)
+
+        def construct(self, images, target):
+            return self.grad(self.loss_net, self.params)(images, target)
+
+    cfg = load_run_config(argv)
+    configure_runtime(mode=cfg.mode, device_target="CPU")
+    ms.set_seed(cfg.seed)
+    steps = create_dataset(cfg, "train", num_shards=WORLD, shard_id=0).get_dataset_size()
+    net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
+    np.savez(out.replace(".npz", "_init.npz"), **{p.name: p.asnumpy() for p in net.get_parameters()})
+    lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size, steps)
+    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
+                weight_decay=cfg.weight_decay)
+    loss_net = NetWithLoss(net)
+    loss_net.set_train(True)
+    gradients = Gradients(loss_net, opt.parameters)
+    bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
+    for epoch in range(cfg.epoch_size):
+        one = _epoch_cfg(cfg, epoch, Config)
+        one.batch_size = cfg.batch_size * WORLD
+        batches = create_dataset(one, "train", num_shards=1, shard_id=0).create_tuple_iterator(
+            num_epochs=1, output_numpy=True)
+        for i, (images, target) in enumerate(batches):
+            if i >= steps:
+                break
+            before = [p.asnumpy() for p in bn]
+            grads, moved = [], []
+            for r in range(WORLD):          # rank r's batch: rows r, r + WORLD, ...
+                for p, b in zip(bn, before):
+                    p.set_data(ms.Tensor(b))
+                grads.append([g.asnumpy() for g in gradients(ms.Tensor(images[r::WORLD]),
+                                                             ms.Tensor(target[r::WORLD]))])
+                moved.append([p.asnumpy() for p in bn])
+            for j, p in enumerate(bn):
+                p.set_data(ms.Tensor(np.mean([m[j] for m in moved], axis=0)))
+            opt(tuple(ms.Tensor(np.mean([g[j] for g in grads], axis=0)) for j in range(len(grads[0]))))
+    np.savez(out, **{p.name: p.asnumpy() for p in net.get_parameters()})
+
+
+if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "reference":
+    reference_run(sys.argv[2], sys.argv[3:])
