@@ -20,20 +20,10 @@ __all__ = ["AdamW", "param_groups_weight_decay", "cosine_schedule"]
 _adamw = ops.MultitypeFuncGraph("adamw")
 
 
-@_adamw.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor", "Tensor", "Bool")
-def _adamw_update(beta1, beta2, eps, lr, wd, bc1, bc2, param, m, v, grad, decay):
-    grad = ops.cast(grad, ms.float32)
-    next_m = beta1 * m + (1.0 - beta1) * grad
-    next_v = beta2 * v + (1.0 - beta2) * ops.square(grad)
-    update = (next_m / bc1) / (ops.sqrt(next_v / bc2) + eps)
-    p = ops.cast(param, ms.float32)
-    if decay:
-        p = p * (1.0 - lr * wd)
-    p = p - lr * update
-    ops.assign(m, next_m)
-    ops.assign(v, next_v)
-    ops.assign(param, ops.cast(p, param.dtype))
+@_adamw.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                 "Tensor", "Tensor")
+def _adamw_update(fused_op, beta1, beta2, eps, lr, wd, param, m, v, grad):
+    fused_op(param, m, v, lr, beta1, beta2, eps, wd, ops.cast(grad, param.dtype))
     return True
 
 
@@ -68,21 +58,26 @@ class AdamW(nn.Optimizer):
         # nn.Optimizer stores weight_decay multiplied by loss_scale (its optimisers decay the still
         # scaled gradients); this update is decoupled, so take the plain value back.
         wds = [float(w.asnumpy() if hasattr(w, "asnumpy") else w) / float(loss_scale) for w in wds]
-        self.decay_flags = tuple(w > 0 for w in wds)
         self.wd_values = tuple(Tensor(w, ms.float32) for w in wds)
+        self.fused_op = ops.operations.AdamWeightDecay()
 
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)
         gradients = self.scale_grad(gradients)
         lr = self.get_lr()
         self.assignadd(self.global_step, self.global_step_increase_tensor)
-        t = ops.cast(self.global_step, ms.float32)
+        t = ops.cast(self.global_step, ms.float32).reshape(())
         bc1 = 1.0 - ops.pow(self.beta1, t)
-        bc2 = 1.0 - ops.pow(self.beta2, t)
-        return self.hyper_map(ops.partial(_adamw, self.beta1, self.beta2, self.eps, lr),
-                              self.wd_values, (bc1,) * len(self._parameters),
-                              (bc2,) * len(self._parameters), self._parameters, self.moments1,
-                              self.moments2, gradients, self.decay_flags)
+        sqrt_bc2 = ops.sqrt(1.0 - ops.pow(self.beta2, t))
+        # MindSpore's fused AdamWeightDecay kernel (no bias correction) computes exactly the
+        # PyTorch update with lr' = lr*sqrt(bc2)/bc1, eps' = eps*sqrt(bc2), wd' = wd*bc1/sqrt(bc2):
+        # lr'*wd' = lr*wd and lr'*m/(sqrt(v)+eps') = lr/bc1 * m/(sqrt(v/bc2)+eps).
+        lr_eff = lr * sqrt_bc2 / bc1
+        eps_eff = self.eps * sqrt_bc2
+        wd_scale = bc1 / sqrt_bc2
+        wds = tuple(w * wd_scale for w in self.wd_values)
+        return self.hyper_map(ops.partial(_adamw, self.fused_op, self.beta1, self.beta2, eps_eff, lr_eff),
+                              wds, self._parameters, self.moments1, self.moments2, gradients)
 
 
 def cosine_schedule(base_lr: float, min_lr: float, warmup_lr: float, warmup_epochs: float,

@@ -208,7 +208,8 @@ class ConvMLPBlock(nn.Cell):
         b, h, w, c = x.shape  # static in GRAPH mode: the branch is chosen at compile time
         if h * w <= SMALL_MAP_POSITIONS:
             kernel = self.connect.weight.reshape(c, 9)
-            m = ops.matmul(_tap_matrix(h, w).T, kernel.T).reshape(1, h * w, h * w, c)
+            taps = ops.cast(_tap_matrix(h, w), kernel.dtype)  # float16 under AMP
+            m = ops.matmul(taps.T, kernel.T).reshape(1, h * w, h * w, c)
             return (x.reshape(b, 1, h * w, c) * m).sum(axis=2).reshape(b, h, w, c)
         return self.connect(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
 

@@ -51,7 +51,7 @@ def trained10(learnable_cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("run10")
     t0 = time.time()
     proc = ok(run_script("train.py", *COMMON, *data_flags(learnable_cifar10), "--epoch_size", "8",
-                         "--warmup_epochs", "1", "--lr", "3e-3", "--mixup", "0", "--cutmix", "0",
+                         "--warmup_epochs", "1", "--lr", "1e-3", "--mixup", "0", "--cutmix", "0",
                          "--save_checkpoint_path", out))
     return {"dir": str(out), "log": proc.stdout, "seconds": time.time() - t0}
 
@@ -81,7 +81,7 @@ def test_run_folder_has_checkpoints_metrics_and_curves(trained10):
 
 
 def test_from_scratch_run_learns_far_above_chance(trained10, tmp_path, learnable_cifar10):
-    """evl.py on best.ckpt: chance is 10 %; the threshold is 40 % (measured 49.6 % on this data)."""
+    """evl.py on best.ckpt: chance is 10 %; the threshold is 40 % (measured 58-62 % over seeds)."""
     res, proc = evaluate_json(os.path.join(trained10["dir"], "best.ckpt"), tmp_path,
                               *data_flags(learnable_cifar10))
     assert res["acc"] >= 0.4, proc.stdout
