@@ -204,7 +204,7 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS):
     import mindspore as ms
     from checkpoint import read_meta
     from errors import CheckpointError
-    from model import read_checkpoint, check_fit
+    from model import read_checkpoint, check_fit, require_convmlp
 
     if not cfg.checkpoint_path:
         raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
@@ -216,6 +216,7 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS):
     if "arch" in meta and meta["arch"] != cfg.arch:
         raise CheckpointError(f"'{path}' is a {meta['arch']} checkpoint but arch is {cfg.arch}; pass "
                               f"--arch {meta['arch']}")
+    require_convmlp(params, path)
     head = params.get("head.weight")
     if head is None or isinstance(head, str) or len(head.shape) != 2:
         raise CheckpointError(f"'{path}' has no classifier head (head.weight): it is a backbone for "

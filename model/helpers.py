@@ -9,7 +9,7 @@ from errors import CheckpointError, ConfigError
 from .convmlp import model_entrypoints
 
 __all__ = ["create_model", "list_models", "load_pretrained", "read_checkpoint", "check_fit",
-           "HEAD_PREFIX"]
+           "require_convmlp", "HEAD_PREFIX", "MODEL_ROOTS"]
 
 HEAD_PREFIX = "head."
 
@@ -32,14 +32,56 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     """Load a MindSpore ``.ckpt`` into a name -> Parameter dict, with one clear error when the file
     is missing, truncated or not a checkpoint."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    _check_checkpoint_file(path)
     try:
-        return ms.load_checkpoint(path)
+        params = ms.load_checkpoint(path)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with multi-line text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint '{path}' (truncated or not a MindSpore "
                               f".ckpt): {first}") from None
+    if not params:
+        raise CheckpointError(f"cannot read checkpoint '{path}': it holds no parameters (truncated or not "
+                              "a MindSpore .ckpt)")
+    return params
+
+
+def _check_checkpoint_file(path: str):
+    """What can be told about `path` before MindSpore parses it (whose messages for these cases
+    are about its own arguments): missing, not a file, unreadable, empty, a PyTorch file, or a
+    name MindSpore will not load."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' is not a file; expected a MindSpore .ckpt file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {exc.strerror}") from None
+    if not head:
+        raise CheckpointError(f"cannot read checkpoint '{path}': the file is empty (0 bytes)")
+    if _is_pytorch_file(path, head):
+        raise CheckpointError(f"'{path}' is a PyTorch (pickle) file, not a MindSpore checkpoint; convert it: "
+                              f"python pth2ckpt.py --src {path} --dst converted.ckpt (it loads the "
+                              "weights without running code from the file)")
+    if not path.endswith(".ckpt"):
+        raise CheckpointError(f"cannot read checkpoint '{path}': MindSpore reads only files named *.ckpt; "
+                              "expected a .ckpt written by train.py or pth2ckpt.py")
+
+
+def _is_pytorch_file(path: str, head: bytes) -> bool:
+    """A torch.save file: a zip archive with a ``data.pkl`` member, or a raw pickle stream (legacy
+    format). Only the zip directory or the first byte is looked at; nothing is unpickled."""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return True                       # a pickle stream: legacy torch.save, plain pickles
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return False
+    return False
 
 
 def _model_params(net: nn.Cell) -> Dict[str, ms.Parameter]:
@@ -79,6 +121,41 @@ def _fit_problems(model: Dict, params: Dict, skip_prefix: Optional[str] = None):
     return missing, unexpected, mismatched
 
 
+#: The top-level cells of a ConvMLP (the first part of every parameter name).
+MODEL_ROOTS = ("tokenizer", "conv_stages", "stages", "norm", "head")
+
+
+def require_convmlp(params: Dict, path: str = "checkpoint"):
+    """CheckpointError when no entry of the checkpoint belongs to a ConvMLP (before a model is built
+    from it, e.g. to read its class count)."""
+    _require_model_entries(path, params, {k: v for k, v in params.items() if k.split(".", 1)[0] in MODEL_ROOTS})
+
+
+def _require_model_entries(path, params: Dict, own: Dict):
+    """CheckpointError when none of the checkpoint's entries belongs to the model (a checkpoint of
+    another network), naming a few of its entries instead of every missing parameter."""
+    if own:
+        return
+    tensors = [k for k, v in params.items() if not isinstance(v, str)]
+    raise CheckpointError(f"'{path}' holds no ConvMLP weights: none of its {len(tensors)} tensors is a "
+                          f"parameter of this model (it has {_short(tensors, 4)}); a checkpoint of another "
+                          "network?")
+
+
+def _head_only_mismatch(model, params, missing, unexpected, mismatched):
+    """(checkpoint classes, model classes) when the only difference is the head's number of
+    classes, else None."""
+    key = HEAD_PREFIX + "weight"
+    if missing or unexpected or key not in params or key not in model:
+        return None
+    if not mismatched or not all(m.startswith(HEAD_PREFIX) for m in mismatched):
+        return None
+    ck, md = _shape(params[key]), tuple(model[key].shape)
+    if ck is None or len(ck) != 2 or ck[1:] != md[1:] or ck[0] == md[0]:
+        return None
+    return ck[0], md[0]
+
+
 def _raise_if_problems(path, missing, unexpected, mismatched):
     parts = [f"{len(keys)} {label}: {_short(keys)}" for label, keys in
              (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
@@ -99,7 +176,15 @@ def check_fit(net: nn.Cell, params: Dict[str, ms.Parameter], path: str = "checkp
     model parameters that would stay unloaded (only head ones, if any).
     """
     model = _model_params(net)
-    missing, unexpected, mismatched = _fit_problems(model, _model_like(params, model))
+    own = _model_like(params, model)
+    _require_model_entries(path, params, own)
+    missing, unexpected, mismatched = _fit_problems(model, own)
+    classes = None if allow_missing_head else _head_only_mismatch(model, own, missing, unexpected, mismatched)
+    if classes:
+        raise CheckpointError(f"'{path}' is for {classes[0]} classes (head.weight "
+                              f"{_shape(own[HEAD_PREFIX + 'weight'])}) but the model is built for "
+                              f"{classes[1]} (num_classes {classes[1]}); give num_classes {classes[0]}, or a "
+                              f"checkpoint trained for {classes[1]} classes")
     head_missing = [k for k in missing if k.startswith(HEAD_PREFIX)]
     if allow_missing_head:
         missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
@@ -123,6 +208,7 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None)
     params = read_checkpoint(ckpt_path) if params is None else params
     model = _model_params(net)
     own = _model_like(params, model)
+    _require_model_entries(ckpt_path, params, own)
     head_keys = [k for k in model if k.startswith(HEAD_PREFIX)]
     ckpt_head = {k: v for k, v in own.items() if k.startswith(HEAD_PREFIX)}
     w_key = HEAD_PREFIX + "weight"
