@@ -11,9 +11,11 @@ Every file holds the model weights (usable directly by evl.py / export.py / as a
 checkpoint), the optimiser state (``adam_m.*``, ``adam_v.*``, ``global_step``) and the metadata of
 :data:`META_KEYS`. A file is written under a temporary name in the same folder, flushed to disk
 and then renamed, so a crash, a kill or a full disk never leaves a truncated file under a final
-name and never damages the previous checkpoint.
+name and never damages the previous checkpoint; the temporary files of a killed run are removed
+when train.py next starts with the same folder (:func:`remove_stale_temps`).
 """
 import os
+import re
 import shutil
 from typing import Dict, Optional
 
@@ -22,7 +24,7 @@ import mindspore as ms
 from errors import CheckpointError
 
 __all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "resume_path",
-           "prune_epochs", "LAST", "BEST"]
+           "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -36,6 +38,47 @@ def _tmp_name(path: str) -> str:
     d, name = os.path.split(os.path.abspath(path))
     # MindSpore appends ".ckpt" to names without it, so the temporary name ends with it too.
     return os.path.join(d, f".{name}.tmp-{os.getpid()}.ckpt")
+
+
+_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)\.(ckpt|tmp)$")
+
+
+def remove_stale_temps(save_dir: str) -> list:
+    """Delete the temporary files that a killed process (``kill -9``, power loss) left in
+    `save_dir` while writing a checkpoint; files of processes still alive are kept. The run's
+    ``config.yaml``/``metrics.csv``/``curves.png`` temporaries are removed too (one run writes a
+    folder, and this is called before it writes anything).
+    Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(save_dir)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TMP_RE.match(name)
+        if m:
+            pid = int(m.group(1))
+            if pid == os.getpid() or _alive(pid):
+                continue
+        elif not (name in ("metrics.csv.tmp", "curves.png.tmp.png")
+                  or (name.startswith(".config-") and name.endswith(".yaml.tmp"))):
+            continue
+        try:
+            os.remove(os.path.join(save_dir, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists
+        return True
+    return True
 
 
 def _fsync_path(path: str):
@@ -58,11 +101,13 @@ def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None):
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        # MindSpore writes ``tmp`` through its own intermediate ``<tmp without .ckpt>.tmp``
+        for leftover in (tmp, os.path.splitext(tmp)[0] + ".tmp"):
+            if os.path.lexists(leftover):
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else type(exc).__name__

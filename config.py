@@ -372,9 +372,11 @@ class Config:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(self.to_yaml())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if isinstance(exc, OSError) and not exc.filename:  # a failed flush names no file
+                raise OSError(exc.errno, exc.strerror, path) from None
             raise
         return path
 

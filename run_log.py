@@ -23,10 +23,34 @@ def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
     logger.addHandler(h)
     if log_file and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        fh = logging.FileHandler(log_file)
+        fh = _FileHandler(log_file)
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
+
+
+class _FileHandler(logging.FileHandler):
+    """A log file that, when it cannot be written (full disk, file system gone), says so once on
+    stderr and stops, instead of printing a traceback for every line; stdout keeps the log."""
+
+    broken = False
+
+    def emit(self, record):
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record):
+        if self.broken:
+            return
+        self.broken = True
+        exc = sys.exc_info()[1]
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"warning: cannot write the log file {self.baseFilename} ({why}); logging to stdout only",
+              file=sys.stderr, flush=True)
+        try:
+            self.close()  # flushes what is buffered, which fails again on a full disk
+        except Exception:
+            pass
 
 
 class Progress:
@@ -92,12 +116,16 @@ class MetricsLog:
     def add(self, row: Dict):
         self.rows.append(row)
         tmp = self.csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for r in self.rows:
-                w.writerow(r)
-        os.replace(tmp, self.csv_path)
+        try:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore")
+                w.writeheader()
+                for r in self.rows:
+                    w.writerow(r)
+            os.replace(tmp, self.csv_path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
         self._plot()
 
     def _plot(self):
@@ -132,6 +160,19 @@ class MetricsLog:
             a.legend()
         fig.tight_layout()
         tmp = self.png_path + ".tmp.png"
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        os.replace(tmp, self.png_path)
+        try:
+            fig.savefig(tmp, dpi=80)
+            os.replace(tmp, self.png_path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+        finally:
+            plt.close(fig)
+
+
+def _remove_quietly(path):
+    try:
+        if os.path.lexists(path):
+            os.remove(path)
+    except OSError:
+        pass

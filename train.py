@@ -45,12 +45,16 @@ def main(argv=None):
     from optim import AdamW, cosine_schedule, param_groups_weight_decay
     from train_step import apply_amp, build_train_step
     from engine import evaluate, train_one_epoch, AllReduceSum, TrainingDiverged, average_bn_statistics
-    from checkpoint import save_training_state
+    from checkpoint import save_training_state, remove_stale_temps
     from run_log import Progress, MetricsLog
 
     logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
                 f"MindSpore {ms.__version__}")
+    if rank == 0:
+        stale = remove_stale_temps(cfg.save_checkpoint_path)
+        if stale:
+            logger.info(f"removed {len(stale)} temporary file(s) left by a killed run: {', '.join(stale)}")
 
     # ---- data (validated before any model is built) ----
     shard = dict(num_shards=world, shard_id=rank) if world > 1 else {}
