@@ -41,7 +41,7 @@ from typing import List, Optional
 import numpy as np
 
 from download import DownloadError, download_url, md5sum, safe_extract_tar
-from errors import DataError, run_cli
+from errors import ArgumentParser, DataError, run_cli
 
 __all__ = ["CifarArrays", "read_split", "split_files", "count_records", "class_names", "write_synthetic",
            "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "FOLDERS", "ARCHIVES", "BASE_URL",
@@ -489,18 +489,41 @@ def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+def _count(minimum):
+    """argparse type: an integer >= `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= {minimum}")
+        return value
+    return parse
+
+
+def _non_negative(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 0")
+    return value
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="CIFAR-10/100 binary data: generate, download, check.")
+    parser = ArgumentParser(description="CIFAR-10/100 binary data: generate, download, check.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write learnable synthetic data in the CIFAR binary format")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10")
     g.add_argument("--out", default="data/demo", help="parent folder; data goes to OUT/cifar-10-batches-bin "
                    "or OUT/cifar-100-binary")
-    g.add_argument("--train", type=int, default=2000, help="train records")
-    g.add_argument("--val", type=int, default=500, help="val records")
-    g.add_argument("--files", type=int, default=None, help="number of train files (default 5 / 1)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--noise", type=float, default=0.2, help="pixel noise std (0..1 units)")
+    g.add_argument("--train", type=_count(1), default=2000, help="train records")
+    g.add_argument("--val", type=_count(0), default=500, help="val records")
+    g.add_argument("--files", type=_count(1), default=None, help="number of train files (default 5 / 1)")
+    g.add_argument("--seed", type=_count(0), default=0)
+    g.add_argument("--noise", type=_non_negative, default=0.2, help="pixel noise std (0..1 units)")
     d = sub.add_parser("download", help="download and extract the official binary archive")
     d.add_argument("--dataset", choices=DATASETS, default="cifar10")
     d.add_argument("--root", default="data", help="parent folder of cifar-10-batches-bin / cifar-100-binary")
@@ -512,8 +535,14 @@ def main(argv=None):
 
     if args.cmd == "generate":
         folder = os.path.join(args.out, FOLDERS[args.dataset])
-        write_synthetic(folder, args.dataset, args.train, args.val, seed=args.seed, files=args.files,
-                        noise=args.noise)
+        if args.files is not None and args.files > args.train:
+            raise DataError(f"--files {args.files} is more than the {args.train} train records")
+        try:
+            write_synthetic(folder, args.dataset, args.train, args.val, seed=args.seed, files=args.files,
+                            noise=args.noise)
+        except OSError as exc:
+            raise DataError(f"cannot write {folder}: {exc.strerror}"
+                            + (f" ({exc.filename})" if exc.filename else "")) from None
         print(f"wrote {args.train} train + {args.val} val synthetic {_PRETTY[args.dataset]} records to {folder}")
     elif args.cmd == "download":
         folder = os.path.join(args.root, FOLDERS[args.dataset])

@@ -29,7 +29,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from errors import CheckpointError, ConfigError, DataError, run_cli
+from errors import ArgumentParser, CheckpointError, ConfigError, DataError, run_cli
 
 __all__ = ["NAME_RULES", "SAFE_GLOBALS", "map_name", "convert_state_dict", "dropped_keys",
            "load_torch_checkpoint", "extract_state_dict", "infer_topology", "compare_shapes",
@@ -139,10 +139,31 @@ def _unsafe_globals(path: str):
     import torch
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint: the error message of torch.load names the global
-        return []
+    except Exception:  # not a zip checkpoint: read the globals off the pickle's opcodes
+        found = _pickle_globals(path)
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
-    return [g for g in found if g not in allowed]
+    return [g for g in found if g not in allowed and not g.startswith(("torch.", "collections.OrderedDict"))]
+
+
+def _pickle_globals(path: str):
+    """``module.name`` of the globals that the pickle streams at the start of `path` refer to (the
+    legacy torch format is several pickles in a row), read with ``pickletools``, which decodes the
+    opcodes and runs nothing; reading stops at the first bytes that are not a pickle."""
+    import pickletools
+    found, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            while True:
+                for op, arg, _ in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+    except Exception:  # the end of the pickles (tensor bytes, end of file, a corrupt stream)
+        pass
+    return list(dict.fromkeys(found))
 
 
 def _file_kind(path: str) -> str:
@@ -186,7 +207,7 @@ def load_torch_checkpoint(path: str):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path)
-        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        match = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
         if not unsafe and match:
             unsafe = [match.group(1)]
         if unsafe:
@@ -387,7 +408,7 @@ def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, 
 # CLI
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", help="official .pth (released state_dict or training checkpoint); "
                                  "default: download the release of --arch")
