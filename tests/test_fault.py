@@ -1,0 +1,126 @@
+"""Fault test (issue 7): train.py killed with SIGKILL at random moments, resumed each time with
+``--resume auto``, still finishes every epoch with a loadable best checkpoint, leaves no temporary
+file, and repeats at most the one epoch that was running when it was killed.
+
+SIGKILL cannot be caught: nothing is saved at the kill, so a restart resumes from the last epoch
+that finished (its checkpoint was written atomically) and repeats the rest of the killed epoch.
+Kill number i lands in epoch i + 1 (the first before any checkpoint exists), at a moment drawn from
+a seeded generator: a step of that epoch (the progress line train.py prints with
+``--log_interval 1``) and a delay of up to 60 ms after that line, so the kill lands anywhere in a
+step, including the end-of-epoch evaluation and checkpoint writes.
+"""
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+from conftest import NO_AUG, REPO, TINY_TOPOLOGY, run_script
+
+EPOCHS = 4
+STEPS = 25                       # 203 train records / batch 8
+KILLS = 3
+ARGS = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "8", "--num_parallel_workers", "2", *NO_AUG,
+                        "--epoch_size", str(EPOCHS), "--warmup_epochs", "1", "--lr", "1e-3", "--log_interval", "1",
+                        "--resume", "auto"]
+
+
+def start(run_dir, data):
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), *ARGS, "--train_data_path", data,
+           "--val_data_path", data, "--save_checkpoint_path", str(run_dir)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+
+
+def kill_during(proc, epoch, step, delay):
+    """Read `proc`'s log until the progress line of (epoch, step), then SIGKILL its process group
+    after `delay` seconds. Returns (log, epochs saved, epoch running at the kill)."""
+    watchdog = threading.Timer(240, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
+    lines, saved, running, killer = [], 0, 0, None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"epoch (\d+)/%d (\d+)/%d" % (EPOCHS, STEPS), line)
+            if m:
+                running = int(m.group(1))
+            m = re.search(r"saved .*epoch_(\d+)\.ckpt", line)
+            if m:
+                saved = int(m.group(1))
+            if f"epoch {epoch}/{EPOCHS} {step}/{STEPS} " in line and killer is None:
+                killer = threading.Timer(delay, lambda: os.killpg(proc.pid, signal.SIGKILL))
+                killer.start()
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    return "".join(lines), saved, running
+
+
+def resumed_epochs(log):
+    m = re.search(r"resumed from .*: (\d+) epoch\(s\) done", log)
+    return int(m.group(1)) if m else 0
+
+
+def finished_epochs(run_dir):
+    """Epochs finished according to ``last.ckpt`` (what ``--resume auto`` will start from)."""
+    last = run_dir / "last.ckpt"
+    if not last.exists():
+        return 0
+    import mindspore as ms
+    from checkpoint import read_meta
+    return int(read_meta(ms.load_checkpoint(str(last)))["epoch"])
+
+
+def test_kill_9_at_random_moments_then_resume_auto_completes(tiny_cifar10, tmp_path):
+    rng = random.Random(20240607)
+    run_dir = tmp_path / "run"
+    done = 0                      # epochs finished, read from last.ckpt before each start
+    history = []                  # (target epoch, step, delay, epoch running at the kill, last logged save, done after)
+    for attempt in range(KILLS):
+        if done == EPOCHS:
+            break
+        # kill number i in epoch i + 1 (1, 2, 3: before any checkpoint, then with some), at a random step
+        epoch = min(max(attempt + 1, done + 1), EPOCHS)
+        step, delay = rng.randint(1, STEPS), rng.uniform(0.0, 0.06)
+        proc = start(run_dir, tiny_cifar10)
+        log, saved, running = kill_during(proc, epoch, step, delay)
+        assert proc.returncode == -signal.SIGKILL, f"attempt {attempt}: not killed (rc {proc.returncode})\n{log[-3000:]}"
+        assert "Traceback" not in log
+        assert resumed_epochs(log) == done, log[-3000:]
+        after = finished_epochs(run_dir)
+        history.append((epoch, step, round(delay, 3), running, saved, after))
+        # every epoch whose save was logged is on disk; at most the killed epoch is lost
+        assert saved <= after <= running and running - after <= 1, history
+        if attempt == 0:
+            # what a kill in the middle of a checkpoint write leaves: a temporary of the dead process
+            (run_dir / f".last.ckpt.tmp-{proc.pid}.ckpt").write_bytes(b"half a checkpoint")
+        done = after
+
+    print("kills (epoch, step, delay, running, last logged save, finished):", history)
+    final = run_script("train.py", *ARGS, "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10,
+                       "--save_checkpoint_path", run_dir, timeout=300)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    assert "Traceback" not in final.stdout + final.stderr
+    assert resumed_epochs(final.stdout) == done, (history, final.stdout[-3000:])
+    assert "done: best val top-1" in final.stdout or done == EPOCHS
+
+    # every restart resumed from the last finished epoch, as the log says
+    with open(run_dir / "train.log") as f:
+        full_log = f.read()
+    starts = [int(n) for n in re.findall(r"resumed from .*: (\d+) epoch\(s\) done", full_log)]
+    assert starts == [h[5] for h in history if h[5] > 0], (starts, history)
+    assert "removed 1 temporary file(s) left by a killed run" in full_log
+
+    with open(run_dir / "metrics.csv") as f:
+        epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
+    assert epochs == list(range(1, EPOCHS + 1)), epochs
+    assert finished_epochs(run_dir) == EPOCHS
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f], os.listdir(run_dir)
+    assert {"last.ckpt", "best.ckpt", f"epoch_{EPOCHS:04d}.ckpt"} <= set(os.listdir(run_dir))
+
+    ev = run_script("evl.py", "--checkpoint_path", run_dir / "best.ckpt", "--train_data_path", tiny_cifar10,
+                    "--val_data_path", tiny_cifar10)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "accuracy:{'acc': " in ev.stdout and "images: 61" in ev.stdout
