@@ -281,7 +281,10 @@ def _install_stop_handler(logger):
         if state["requested"]:
             raise KeyboardInterrupt
         state["requested"] = True
-        logger.warning(f"{signal.Signals(signum).name}: stopping after the current step and saving a "
+        # MindSpore's runtime relays Ctrl-C (SIGINT) to the process as SIGTERM once it has run
+        name = "SIGTERM (kill, or Ctrl-C relayed by MindSpore)" if signum == signal.SIGTERM else \
+            signal.Signals(signum).name
+        logger.warning(f"{name}: stopping after the current step and saving a "
                        "resumable checkpoint (send it again to abort without saving)")
 
     signal.signal(signal.SIGINT, handler)
