@@ -88,7 +88,10 @@ def test_backward_reaches_every_trainable_parameter():
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     x, y = images(4, 3, 64, 64), ms.Tensor(np.array([0, 3, 5, 9], np.int32))
     params = net.trainable_params()
-    grad_fn = ms.value_and_grad(lambda a, b: loss_fn(net(a), b), None, params)
+    def forward(a, b):  # a named function: GRAPH mode (set by other test modules) cannot parse lambdas
+        return loss_fn(net(a), b)
+
+    grad_fn = ms.value_and_grad(forward, None, params)
     loss, grads = grad_fn(x, y)
     assert np.isfinite(loss.asnumpy())
     assert len(grads) == len(params) == len(list(net.trainable_params()))
