@@ -8,11 +8,17 @@ fine). What it does and why (measurements in ``benchmarks/RESULTS.md``):
   (scalar) inner kernel, and a 3x3 convolution runs about 100x slower (2.2 s instead of 25 ms
   for 128x32x16x16). Capped at AVX2 it picks ``gemm:jit``. The variable must be set before
   oneDNN creates its first primitive; an explicit value in the environment is kept.
+
+``release_compile_memory()``: call it between ``cell.compile(...)`` and the first step. Graph
+compilation of the training step leaves ~0.4 GB of freed-but-retained glibc heap (convmlp_s,
+224 px, batch 16: resident 1646 MiB after compile, 1249 MiB after the trim); the first step's
+allocations then reuse part of it instead of growing the process, so the peak resident memory
+of 224 px training drops from ~4190 to ~3790 MiB. No effect on speed.
 """
 import os
 import platform
 
-__all__ = ["configure_runtime", "ONEDNN_ISA"]
+__all__ = ["configure_runtime", "release_compile_memory", "ONEDNN_ISA"]
 
 #: oneDNN's ISA cap for MindSpore's CPU kernels (see module docstring).
 ONEDNN_ISA = "AVX2"
@@ -39,3 +45,18 @@ def configure_runtime(threads=None, mode="graph", device_target=None):
         ms.set_device(device_target)
         applied["device_target"] = device_target
     return applied
+
+
+def release_compile_memory():
+    """Return the heap that graph compilation freed to the OS (``gc.collect()`` then glibc's
+    ``malloc_trim(0)``). Call after ``cell.compile(...)`` and before the first step; a no-op
+    where glibc is not the C library. Returns True when the trim ran."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -83,6 +83,7 @@ def _ms_worker(args, t_start):
     t0 = time.perf_counter()
     cell.compile(*inputs)
     compile_s = time.perf_counter() - t0
+    perf.release_compile_memory()  # see perf.py: ~0.4 GB less peak RSS in training
     out = cell(*inputs)
     out.asnumpy()
     first_step_s = time.perf_counter() - t_start
