@@ -424,9 +424,10 @@ def parse_args(argv=None):
                    "released arch, 64 for a custom topology)")
     p.add_argument("--cache_dir", default=os.path.join("~", ".cache", "convmlp"),
                    help="where downloaded releases are kept (default ~/.cache/convmlp)")
-    p.add_argument("--blocks", type=int, nargs="+")
-    p.add_argument("--dims", type=int, nargs="+")
-    p.add_argument("--mlp_ratios", type=float, nargs="+")
+    # lists as in train.py: "--blocks 2 4 2" or "--blocks 2,4,2"
+    p.add_argument("--blocks", nargs="+", metavar="N")
+    p.add_argument("--dims", nargs="+", metavar="N")
+    p.add_argument("--mlp_ratios", nargs="+", metavar="R")
     p.add_argument("--channels", type=int)
     p.add_argument("--n_conv_blocks", type=int)
     return p.parse_args(argv)
@@ -436,7 +437,15 @@ def resolve_topology(args) -> dict:
     """ConvMLP arguments: those of ``--arch``, overridden by the topology flags given."""
     from model import default_cfgs
     topo = {k: default_cfgs[args.arch][k] for k in TOPOLOGY_KEYS} if args.arch else {}
-    topo.update({k: getattr(args, k) for k in TOPOLOGY_KEYS if getattr(args, k) is not None})
+    for key, kind in (("blocks", int), ("dims", int), ("mlp_ratios", float)):
+        raw = getattr(args, key)
+        if raw is not None:
+            try:
+                topo[key] = [kind(x) for tok in raw for x in str(tok).split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"--{key} {' '.join(map(str, raw))}: expected "
+                                  f"{'integers' if kind is int else 'numbers'}, e.g. --{key} 2 4 2") from None
+    topo.update({k: getattr(args, k) for k in ("channels", "n_conv_blocks") if getattr(args, k) is not None})
     topo = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in topo.items()}
     topo["mlp_ratios"] = [int(r) if float(r).is_integer() else r for r in topo["mlp_ratios"]]
     if not len(topo["blocks"]) == len(topo["dims"]) == len(topo["mlp_ratios"]):
