@@ -102,19 +102,24 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
     """Run ``steps`` optimiser steps of one epoch (after skipping ``skip`` batches, when resuming
     mid-epoch). Raises :class:`TrainingDiverged` at the first non-finite loss, before anything is
     saved. ``on_step(i)`` is called after each step; when ``should_stop()`` turns true (Ctrl-C) the
-    epoch ends early at a step boundary with ``interrupted`` set in the result."""
+    epoch ends early at a step boundary with ``interrupted`` set in the result. ``images_per_s``
+    leaves out the first step (graph compilation); ``first_step_s`` is that step's time."""
     step_cell.set_train(True)
     losses = []
     images_seen = 0
     t0 = time.time()
+    first_step_s = None
     interrupted = False
     for i, (images, target) in enumerate(dataset.create_tuple_iterator(num_epochs=1)):
         if i >= steps:
             break
         if i < skip:
             continue
+        t_step = time.time()
         out = step_cell(images, target)
         loss = float((out[0] if isinstance(out, tuple) else out).asnumpy())
+        if first_step_s is None:
+            first_step_s = time.time() - t_step  # includes the graph compilation in a new process
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss} at epoch {epoch} step {i + 1}; stopping without "
                                    "saving this state (lower lr, or check the data / AMP settings)")
@@ -128,5 +133,11 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
             interrupted = True
             break
     dt = time.time() - t0
+    # Throughput without the first step, which pays for the graph compilation.
+    n = len(losses)
+    per_image = images_seen / max(n, 1)
+    ips = ((images_seen - per_image) / max(dt - first_step_s, 1e-9) if n > 1
+           else images_seen / max(dt, 1e-9))
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "images": images_seen,
-            "time": dt, "steps": len(losses), "interrupted": interrupted}
+            "time": dt, "steps": n, "interrupted": interrupted, "first_step_s": first_step_s or 0.0,
+            "images_per_s": ips}

@@ -18,6 +18,7 @@ final model parameters to ``$CONVMLP_DUMP_WEIGHTS_DIR/rank<R>.npz`` (tests/test_
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -55,6 +56,14 @@ def main(argv=None):
         stale = remove_stale_temps(cfg.save_checkpoint_path)
         if stale:
             logger.info(f"removed {len(stale)} temporary file(s) left by a killed run: {', '.join(stale)}")
+
+    previous = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
+    if cfg.resume is None and os.path.isfile(previous):
+        if not cfg.demo:
+            raise ConfigError(f"save_checkpoint_path {cfg.save_checkpoint_path} already holds a run ({previous}); "
+                              "continue it with --resume auto, or give another save_checkpoint_path "
+                              "(nothing was overwritten)")
+        logger.warning(f"demo: starting over in {cfg.save_checkpoint_path} (the previous demo run is replaced)")
 
     # ---- data (validated before any model is built) ----
     shard = dict(num_shards=world, shard_id=rank) if world > 1 else {}
@@ -135,6 +144,16 @@ def main(argv=None):
                 "arch": cfg.arch, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
                 "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
 
+    if cfg.mode == "graph":
+        # Compile before the first batch, then hand the compiler's freed heap back to the OS
+        # (~0.4 GB at 224 px; benchmarks/RESULTS.md).
+        from perf import release_compile_memory
+        t_compile = time.time()
+        step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
+                          ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
+        release_compile_memory()
+        logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
+
     # Ctrl-C / SIGTERM: finish the current step, save a resumable checkpoint, exit 130. The
     # position is (finished epochs, steps done in the next one); "saved" is what is on disk.
     progress_state = {"epoch": start_epoch, "step": skip,
@@ -160,7 +179,7 @@ def main(argv=None):
                 stats["loss"] = float(reduce_fn(np.array([stats["loss"]], np.float32))[0]) / world
                 average_bn_statistics(net, reduce_fn, world)
             lr_now = float(lrs[min(int(opt.global_step.asnumpy()[0]), len(lrs) - 1)])
-            ips = stats["images"] * world / max(stats["time"], 1e-9)
+            ips = stats["images_per_s"] * world
             row = {"epoch": epoch + 1, "step": int(opt.global_step.asnumpy()[0]),
                    "train_loss": f"{stats['loss']:.5f}", "lr": f"{lr_now:.3e}",
                    "images_per_s": f"{ips:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}

@@ -413,9 +413,9 @@ def run_entry(entry, ckpt, run_dir, data, tmp_path):
     if entry == "export":
         return run("export.py", "--checkpoint_path", ckpt, *TINY_TOPOLOGY, "--image_size", "32",
                    "--file_name", tmp_path / "exported")
-    if entry == "pretrained":
+    if entry == "pretrained":  # a fresh run (a folder holding a run needs --resume)
         return run("train.py", *COMMON, *data_flags(data), "--pretrained_ckpt", ckpt,
-                   "--save_checkpoint_path", run_dir)
+                   "--save_checkpoint_path", tmp_path / "fresh_run")
     assert entry == "resume"
     return train_into(run_dir, *data_flags(data), "--resume", ckpt)
 
@@ -428,6 +428,13 @@ def test_bad_checkpoint(entry, name, fragments, bad_checkpoints, run_dir, tiny_c
     proc = run_entry(entry, ckpt, run_dir, tiny_cifar10, tmp_path)
     expect_clean_failure(proc, before, str(ckpt), *fragments)
     assert not os.path.exists(tmp_path / "exported.mindir")
+
+
+def test_fresh_run_into_a_folder_holding_a_run_is_refused(run_dir, tiny_cifar10):
+    """Without --resume, train.py does not overwrite another run's checkpoints."""
+    before = Snapshot(run_dir, tiny_cifar10)
+    proc = run("train.py", *COMMON, *data_flags(tiny_cifar10), "--save_checkpoint_path", run_dir)
+    expect_clean_failure(proc, before, str(run_dir / "last.ckpt"), "already holds a run", "--resume auto")
 
 
 def test_truncated_last_ckpt_with_resume_auto(run_dir, tiny_cifar10):
