@@ -354,7 +354,8 @@ def fetch_release(arch: str, cache_dir: str) -> str:
     try:
         return download_url(url, dst, desc=os.path.basename(dst))
     except DataError as exc:
-        raise CheckpointError(f"cannot download the {arch} weights from {url} ({exc}); download the "
+        reason = getattr(exc, "reason", str(exc))
+        raise CheckpointError(f"cannot download the {arch} weights from {url} ({reason}); download the "
                               f"file by hand and put it at {dst}, or pass --src PATH") from None
 
 
