@@ -159,6 +159,14 @@ def main(argv=None):
     progress_state = {"epoch": start_epoch, "step": skip,
                       "saved": (start_epoch, skip) if resume_file else None}
     stop = _install_stop_handler(logger)
+    if world > 1:
+        # Every rank asks the same question after every step, so all stop at the same step (a
+        # SIGTERM from a cluster scheduler reaches the ranks at different moments).
+        def stop_requested():
+            return float(reduce_fn(np.array([float(stop["requested"])], np.float32))[0]) > 0
+    else:
+        def stop_requested():
+            return stop["requested"]
 
     try:
         for epoch in range(start_epoch, cfg.epoch_size):
@@ -169,7 +177,7 @@ def main(argv=None):
             stats = train_one_epoch(step_cell, train_ds, epoch + 1, steps_per_epoch, skip=skip,
                                     progress=bar,
                                     on_step=lambda s: progress_state.__setitem__("step", s),
-                                    should_stop=lambda: stop["requested"])
+                                    should_stop=stop_requested)
             bar.close()
             if stats["interrupted"]:
                 raise KeyboardInterrupt
@@ -201,7 +209,7 @@ def main(argv=None):
                 metrics.add(row)
                 logger.info(f"saved {path}" + (f" (new best top-1 {best_acc:.4f})" if is_best else ""))
             progress_state["saved"] = (epoch + 1, 0)
-            if stop["requested"] and epoch + 1 < cfg.epoch_size:
+            if stop_requested() and epoch + 1 < cfg.epoch_size:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         e, s = progress_state["epoch"], progress_state["step"]
@@ -211,7 +219,8 @@ def main(argv=None):
             logger.warning(f"interrupted at {where}: saved resumable {path}")
         elif rank == 0:
             logger.warning(f"interrupted at {where}; nothing new to save")
-        logger.warning(f"continue with: python train.py <same options> --resume auto "
+        launcher = "msrun <same msrun options> train.py" if world > 1 else "python train.py"
+        logger.warning(f"continue with: {launcher} <same options> --resume auto "
                        f"--save_checkpoint_path {cfg.save_checkpoint_path}")
         if world > 1:
             logger.warning("data-parallel run: msrun and MindSpore's scheduler also stop every rank this way "

@@ -246,6 +246,64 @@ def test_a_dead_rank_ends_the_job(data, tmp_path):
     assert waited < 60
 
 
+def _worker_pids():
+    """PIDs of the msrun workers running train.py (msrun marks them MS_ROLE=MS_WORKER)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if b"train.py" in cmdline and b"MS_ROLE=MS_WORKER" in environ:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the worker processes")
+def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(data, tmp_path):
+    """A cluster scheduler's SIGTERM reaches the ranks at different moments. The ranks agree (one
+    AllReduce of the stop flag per step) to stop after the same step, rank 0 saves a mid-epoch
+    last.ckpt, and ``--resume auto`` under msrun finishes the run from exactly there."""
+    out, logs = str(tmp_path / "out"), str(tmp_path / "logs")
+    args = [TRAIN, "--is_distributed", "true", *_train_args(data, out, epochs=3), "--cooldown_epochs", "0"]
+    job = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
+                            f"--master_port={_free_port()}", *args], cwd=str(tmp_path), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log0 = os.path.join(logs, "worker_0.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and job.poll() is None:
+            if os.path.isfile(log0) and "epoch 2/3 3/8" in open(log0).read():
+                break
+            time.sleep(0.2)
+        workers = _worker_pids()
+        assert len(workers) == 2, f"workers {workers}\n" + (open(log0).read()[-2000:] if os.path.isfile(log0) else "")
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(0.3)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    text0 = open(log0).read()
+    assert "interrupted at epoch 2 step" in text0 and "saved resumable" in text0, text0[-3000:]
+    assert "Traceback" not in text0 + open(os.path.join(logs, "worker_1.log")).read()
+
+    logs2 = str(tmp_path / "logs2")
+    resumed = subprocess.run([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs2}",
+                              f"--master_port={_free_port()}", *args, "--resume", "auto"], cwd=str(tmp_path),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    text = open(os.path.join(logs2, "worker_0.log")).read()
+    assert resumed.returncode == 0, text[-3000:]
+    assert "1 epoch(s) done +" in text and "done: best val top-1" in text
+    with open(os.path.join(out, "metrics.csv")) as f:
+        assert [r.split(",")[0] for r in f.read().strip().splitlines()[1:]] == ["1", "2", "3"]
+
+
 # ------------------------------------------------------------------------------------------------
 # The single-process reference (run in its own process by the test above)
 
