@@ -10,7 +10,7 @@ from mindspore import nn, ops
 from errors import UserError
 from run_log import Progress
 
-__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum", "average_bn_statistics"]
+__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum", "make_reduce_fn", "average_bn_statistics"]
 
 
 class TrainingDiverged(UserError):
@@ -46,6 +46,14 @@ def average_bn_statistics(net: nn.Cell, reduce_fn: Callable, world: int) -> int:
         p.set_data(ms.Tensor(flat[offset:offset + n].reshape(p.shape), p.dtype))
         offset += n
     return offset
+
+
+def make_reduce_fn(world: int) -> Optional[Callable]:
+    """``numpy vector -> its sum over all ranks`` for a data-parallel run; None for one process."""
+    if world <= 1:
+        return None
+    allreduce = AllReduceSum()
+    return lambda v: allreduce(ms.Tensor(v)).asnumpy()
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

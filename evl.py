@@ -12,48 +12,31 @@ import json
 import os
 import sys
 
-from errors import CheckpointError, ConfigError, run_cli
+from errors import run_cli
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from runtime import load_run_config, setup_runtime, build_model, pop_option, adopt_checkpoint_model
+    from runtime import load_run_config, setup_runtime, pop_option, load_checkpoint_model
     json_path = pop_option(argv, "--json")
     cfg = load_run_config(argv)
-    if not cfg.checkpoint_path:
-        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
-                          f"{cfg.save_checkpoint_path}/best.ckpt)")
     from run_log import get_logger, Progress
     logger = get_logger(0)
     device, rank, world = setup_runtime(cfg, logger)
     logger = get_logger(rank)
 
-    from checkpoint import read_meta
     from dataset import create_dataset, get_class_names
-    from engine import evaluate, AllReduceSum
-    from model import read_checkpoint, check_fit
-    import mindspore as ms
+    from engine import evaluate, make_reduce_fn
 
-    params = read_checkpoint(cfg.checkpoint_path)
-    meta = read_meta(params)
-    adopt_checkpoint_model(cfg, meta, argv, logger)
-    if "arch" in meta and meta["arch"] != cfg.arch:
-        raise CheckpointError(f"'{cfg.checkpoint_path}' is a {meta['arch']} checkpoint but arch is "
-                              f"{cfg.arch}; pass --arch {meta['arch']}")
+    net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
     if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
         logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta['dataset']}, evaluating on "
                        f"{cfg.dataset_choose}")
     val_ds = create_dataset(cfg, "val", **(dict(num_shards=world, shard_id=rank) if world > 1 else {}))
-    net = build_model(cfg)
-    check_fit(net, params, cfg.checkpoint_path)
-    ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
     logger.info(f"evaluating {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", epoch {meta['epoch']}" if "epoch" in meta else "") + f") on {cfg.dataset_choose} "
                 f"val ({cfg.val_data_path}) at {cfg.image_size}px, device {device}")
-    reduce_fn = None
-    if world > 1:
-        allreduce = AllReduceSum()
-        reduce_fn = lambda v: allreduce(ms.Tensor(v)).asnumpy()  # noqa: E731
+    reduce_fn = make_reduce_fn(world)
     bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0,
                    log_interval=cfg.log_interval)
     res = evaluate(net, val_ds, cfg.num_classes, reduce_fn, progress=bar)

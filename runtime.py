@@ -9,7 +9,7 @@ from errors import ConfigError, UserError
 
 __all__ = ["DEMO_OVERRIDES", "DEMO_SIZES", "load_run_config", "setup_runtime", "ClusterError", "check_precision",
            "prepare_demo", "build_model", "pop_option", "pop_positionals", "adopt_checkpoint_model",
-           "load_checkpoint_model", "MODEL_KEYS", "DEPLOY_KEYS"]
+           "load_checkpoint_model", "MODEL_KEYS", "DEPLOY_KEYS", "cli_keys"]
 
 TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
 # What a train.py checkpoint's saved config says about the model it holds (see adopt_checkpoint_model).
@@ -26,15 +26,20 @@ DEMO_OVERRIDES = {"image_size": 32, "epoch_size": 6, "warmup_epochs": 1, "cooldo
 DEMO_SIZES = {"train": 3000, "val": 1000}
 
 
+def cli_keys(argv):
+    """The config keys named on the command line (``--key value``, ``--key=value``, ``--key-name``)."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def load_run_config(argv=None):
     """``load_config`` plus the demo layer when ``demo`` is on."""
     from config import load_config
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv)
     if cfg.demo:
-        cli_keys = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+        given = cli_keys(argv)
         for k, v in DEMO_OVERRIDES.items():
-            if k not in cli_keys:
+            if k not in given:
                 setattr(cfg, k, v)
     return cfg
 
@@ -184,7 +189,7 @@ def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS):
         saved = yaml.safe_load(meta["config"]) or {}
     except yaml.YAMLError:
         return
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    given = cli_keys(argv)
     taken = []
     for key in keys:
         if key in saved and key not in given and saved[key] != getattr(cfg, key):
@@ -194,11 +199,13 @@ def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS):
         logger.info("from the checkpoint's config: " + ", ".join(taken))
 
 
-def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS):
+def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True):
     """The model of ``cfg.checkpoint_path`` with its weights, in inference mode; returns ``(net, meta)``.
 
     Arch, topology and image size (and any other `keys`) come from a train.py checkpoint's saved
-    config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given.
+    config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given
+    (or unless ``classes_from_head`` is off: evl.py keeps the dataset's, so that a checkpoint for
+    another class count is an error naming both counts).
     CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
     """
     import mindspore as ms
@@ -222,8 +229,8 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS):
         raise CheckpointError(f"'{path}' has no classifier head (head.weight): it is a backbone for "
                               "fine-tuning (pth2ckpt.py without the head); use a checkpoint written by "
                               "train.py or converted with its head")
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    if "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
+    given = cli_keys(argv)
+    if classes_from_head and "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
         logger.info(f"num_classes={int(head.shape[0])} from the checkpoint's head")
         cfg.num_classes = int(head.shape[0])
     net = build_model(cfg)

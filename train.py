@@ -45,7 +45,7 @@ def main(argv=None):
     from model import load_pretrained, read_checkpoint, check_fit
     from optim import AdamW, cosine_schedule, param_groups_weight_decay
     from train_step import apply_amp, build_train_step
-    from engine import evaluate, train_one_epoch, AllReduceSum, TrainingDiverged, average_bn_statistics
+    from engine import evaluate, train_one_epoch, make_reduce_fn, TrainingDiverged, average_bn_statistics
     from checkpoint import save_training_state, remove_stale_temps
     from run_log import Progress, MetricsLog
 
@@ -132,10 +132,8 @@ def main(argv=None):
         os.makedirs(cfg.save_checkpoint_path, exist_ok=True)
         cfg.save(os.path.join(cfg.save_checkpoint_path, "config.yaml"))
     metrics = MetricsLog.resume(cfg.save_checkpoint_path, start_epoch) if rank == 0 else None
-    reduce_fn = None
+    reduce_fn = make_reduce_fn(world)
     if world > 1:
-        allreduce = AllReduceSum()
-        reduce_fn = lambda v: allreduce(ms.Tensor(v)).asnumpy()  # noqa: E731
         _check_same_start(reduce_fn, world, rank, start_epoch, skip, cfg.save_checkpoint_path)
 
     def meta_for(epoch, step_in_epoch=0):
