@@ -138,6 +138,10 @@ def main(argv=None):
     from config import resolve_device
     check_format(fmt, resolve_device(cfg))
     device, _, _ = setup_runtime(cfg, logger)
+    # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
+    # local .so): build the model with MindSpore's own LayerNorm/GELU/max-pool.
+    from model import cpu_kernels
+    cpu_kernels.set_enabled(False)
 
     import numpy as np
     import mindspore as ms

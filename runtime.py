@@ -73,6 +73,8 @@ def setup_runtime(cfg, logger):
 
     device = resolve_device(cfg)
     configure_runtime(mode=cfg.mode, device_target=device)
+    from model import cpu_kernels
+    cpu_kernels.set_enabled(cfg.cpu_kernels)
     rank, world = 0, 1
     if cfg.is_distributed:
         from mindspore.communication import init, get_rank, get_group_size

@@ -1,0 +1,339 @@
+"""C++ CPU kernels for ConvMLP, as MindSpore ``Custom`` ("aot") ops, with MindSpore fallbacks.
+
+Why: on the CPU, MindSpore 2.10's own kernels for four of ConvMLP's operations cost far more than
+the arithmetic (``benchmarks/RESULTS.md``, round 3; fwd+bwd, this 2-core machine):
+
+=========================  =====================================  ========================
+operation                  MindSpore 2.10                         kernel here
+=========================  =====================================  ========================
+exact GELU                 ``Erf`` is a scalar loop that slows    0.9 ms (grad 1.3 ms)
+                           with the input's magnitude: 1.5 ms
+                           (values near 0) to 7 ms (scale 3) for
+                           a (128, 4, 4, 256) tensor; grad 9 ms
+LayerNorm                  7.5 ms (128, 4, 4, 128);               1.8 ms; 8.7 ms
+                           34 ms (16, 28, 28, 128)
+padded 3x3/2 max-pool      ``MaxPool3DWithArgmax``: 25 ms         12 ms; 94 ms
+(tokenizer)                (128, 64, 16, 16); 311 ms (32, 64,
+                           112, 112)
+depthwise 3x3 "connect"    grouped ``Conv2d`` between two         4.0 ms; 13.6 ms
+on channels-last tokens    transposes: 18.9 ms (128, 4, 4, 128);
+                           61 ms (16, 28, 28, 128)
+=========================  =====================================  ========================
+
+:class:`LayerNorm`, :class:`GELU` and :class:`MaxPool2d` are drop-in subclasses of the ``nn`` cells
+(same parameters, names and checkpoints); :func:`depthwise_conv_nhwc` takes a grouped ``Conv2d``'s
+weight. They run the C++ kernels when all of the following hold, MindSpore's kernels otherwise:
+
+* the kernels are enabled (:func:`set_enabled`; config key ``cpu_kernels``; environment
+  ``CONVMLP_CPU_KERNELS=0`` turns them off) and the device target is the CPU when the cell is built;
+* the library compiled: ``g++`` (or ``$CXX``) builds ``model/csrc/*.cc`` once per machine into
+  ``$CONVMLP_KERNEL_CACHE`` (default ``~/.cache/convmlp_mindspore/kernels``), keyed by a hash of the
+  sources, the compiler and the CPU's feature flags (``-march=native``); without a compiler, or
+  when that fails, one warning is logged and MindSpore's kernels are used;
+* the input is float32 (under AMP O2/O3 the float16 parts keep MindSpore's kernels) and the case
+  is the one implemented (LayerNorm over the last axis; exact GELU; ``pad_mode="pad"`` max-pool
+  with integer kernel/stride/padding; odd square depthwise kernels, stride 1, padding K // 2).
+
+Numerics: the same functions; ``tests/test_cpu_kernels.py`` checks each forward and backward
+against float64 references, PyTorch and MindSpore's kernels, and the official-logits parity fixture
+holds with the kernels on or off. A MINDIR export must not contain them (the graph would refer
+to this machine's ``.so``), so ``export.py`` builds the model with them off.
+"""
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+__all__ = ["LayerNorm", "GELU", "MaxPool2d", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
+
+_LOG = logging.getLogger(__name__)
+_SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+#: source file -> extra compile flags. gelu.cc is compiled with -ffast-math so that GCC may
+#: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
+#: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
+_SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": []}
+_BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
+
+_enabled = os.environ.get("CONVMLP_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
+_lock = threading.Lock()
+_library = None          # path of the built .so, once built
+_failure = None          # one-line reason when the build failed
+_ops = None              # dict of Custom primitives, created once per process
+
+
+def set_enabled(flag: bool):
+    """Turn the kernels on or off for cells built from now on (cells already built keep theirs)."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def enabled() -> bool:
+    """Whether the kernels are switched on (they may still be unavailable, see :func:`active`)."""
+    return _enabled
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_root():
+    return os.environ.get("CONVMLP_KERNEL_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "convmlp_mindspore", "kernels")
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    if proc.returncode != 0:
+        last = [l for l in proc.stdout.strip().splitlines() if l.strip()]
+        raise RuntimeError(f"{' '.join(cmd[:2])} ... failed: {last[-1] if last else 'exit ' + str(proc.returncode)}")
+
+
+def _build():
+    """Compile the sources into the cache (atomically: concurrent processes may race) and return
+    the library path. Raises RuntimeError with a one-line reason."""
+    if platform.system() != "Linux":
+        raise RuntimeError(f"MindSpore's aot Custom ops need Linux, this is {platform.system()}")
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found; set CXX)")
+    try:
+        version = subprocess.run([cxx, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, timeout=60).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"{cxx} --version failed: {exc}") from None
+    arch_flags = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "aarch64") else []
+    digest = hashlib.sha256()
+    for name in sorted(_SOURCES):
+        with open(os.path.join(_SRC_DIR, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _cpu_flags(), platform.machine())).encode())
+    folder = os.path.join(_cache_root(), digest.hexdigest()[:20])
+    target = os.path.join(folder, "convmlp_cpu_kernels.so")
+    if os.path.isfile(target):
+        return target
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        objects = []
+        for name, extra in _SOURCES.items():
+            obj = os.path.join(tmp, name + ".o")
+            cmd = [cxx, "-c", *_BASE_FLAGS, *arch_flags, *extra, os.path.join(_SRC_DIR, name), "-o", obj]
+            try:
+                _run(cmd)
+            except RuntimeError:
+                if not arch_flags:
+                    raise
+                _run([a for a in cmd if a not in arch_flags])  # a compiler without -march=native
+            objects.append(obj)
+        lib = os.path.join(tmp, "convmlp_cpu_kernels.so")
+        _run([cxx, "-shared", "-o", lib, *objects, "-lm"])
+        os.replace(lib, target)
+    return target
+
+
+def library_path():
+    """Path of the compiled library (building it on first call), or None when it cannot be built."""
+    global _library, _failure
+    with _lock:
+        if _library is None and _failure is None:
+            try:
+                _library = _build()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                _failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                _LOG.warning("CPU kernels unavailable, using MindSpore's LayerNorm/GELU: %s", _failure)
+        return _library
+
+
+def active() -> bool:
+    """Whether cells built now would run the C++ kernels: enabled, CPU target, library built."""
+    if not _enabled or ms.get_context("device_target") != "CPU":
+        return False
+    return library_path() is not None
+
+
+def status() -> str:
+    """One line for the run log."""
+    if not _enabled:
+        return "off"
+    if ms.get_context("device_target") != "CPU":
+        return "off (not the CPU)"
+    if library_path() is None:
+        return f"unavailable ({_failure})"
+    return f"on ({_library})"
+
+
+# --------------------------------------------------------------------------------------------
+# The Custom primitives (created once per process; gradients through their bprop functions)
+# --------------------------------------------------------------------------------------------
+def _same(*args):
+    return args[0]
+
+
+def _ln_fwd_shape(x, gamma, beta, eps):
+    return x, x[:-1], x[:-1]
+
+
+def _ln_fwd_type(x, gamma, beta, eps):
+    return x, x, x
+
+
+def _ln_bwd_shape(dy, x, gamma, mean, rstd):
+    return x, gamma, gamma
+
+
+def _ln_bwd_type(dy, x, gamma, mean, rstd):
+    return x, gamma, gamma
+
+
+def _grad_x(dy, x):
+    return x
+
+
+def _dw_weight_shape(dy, x, weight):
+    return weight
+
+
+def _primitives():
+    global _ops
+    if _ops is None:
+        lib = library_path()
+        ln_bwd = ops.Custom(f"{lib}:LayerNormBackward", out_shape=_ln_bwd_shape, out_dtype=_ln_bwd_type,
+                            func_type="aot")
+        gelu_bwd = ops.Custom(f"{lib}:GeluBackward", out_shape=_grad_x, out_dtype=_grad_x, func_type="aot")
+
+        def ln_bprop(x, gamma, beta, eps, out, dout):
+            dx, dgamma, dbeta = ln_bwd(dout[0], x, gamma, out[1], out[2])
+            return dx, dgamma, dbeta, ops.zeros_like(eps)
+
+        def gelu_bprop(x, out, dout):
+            return (gelu_bwd(dout, x),)
+
+        dw_input = ops.Custom(f"{lib}:DepthwiseConvBackwardInput", out_shape=_same, out_dtype=_same,
+                              func_type="aot")
+        dw_weight = ops.Custom(f"{lib}:DepthwiseConvBackwardWeight", out_shape=_dw_weight_shape,
+                               out_dtype=_dw_weight_shape, func_type="aot")
+
+        def dw_bprop(x, weight, out, dout):
+            return dw_input(dout, weight), dw_weight(dout, x, weight)
+
+        _ops = {
+            "depthwise": ops.Custom(f"{lib}:DepthwiseConvForward", out_shape=_same, out_dtype=_same,
+                                    func_type="aot", bprop=dw_bprop),
+            "max_pool": {},   # (kernel, stride, padding) -> primitive, see _max_pool_primitive
+            "layer_norm": ops.Custom(f"{lib}:LayerNormForward", out_shape=_ln_fwd_shape,
+                                     out_dtype=_ln_fwd_type, func_type="aot", bprop=ln_bprop),
+            "gelu": ops.Custom(f"{lib}:GeluForward", out_shape=_same, out_dtype=_same, func_type="aot",
+                               bprop=gelu_bprop),
+        }
+    return _ops
+
+
+def _max_pool_primitive(kernel, stride, padding):
+    cache = _primitives()["max_pool"]
+    key = (kernel, stride, padding)
+    if key not in cache:
+        lib = library_path()
+
+        def out_shape(x, cfg):
+            shape = [x[0], x[1]] + [(d + 2 * padding - kernel) // stride + 1 for d in x[2:]]
+            return shape, shape
+
+        def out_type(x, cfg):
+            return x, ms.int32
+
+        def dx_shape(dy, argmax, x):
+            return x
+
+        def dx_type(dy, argmax, x):
+            return dy
+
+        backward = ops.Custom(f"{lib}:MaxPoolBackward", out_shape=dx_shape, out_dtype=dx_type,
+                              func_type="aot")
+
+        def bprop(x, cfg, out, dout):
+            return backward(dout[0], out[1], x), ops.zeros_like(cfg)
+
+        cache[key] = ops.Custom(f"{lib}:MaxPoolForward", out_shape=out_shape, out_dtype=out_type,
+                                func_type="aot", bprop=bprop)
+    return cache[key]
+
+
+def depthwise_conv_nhwc(x, weight):
+    """Depthwise KxK convolution (stride 1, zero padding K // 2, no bias) of channels-last float32
+    ``x`` (N, H, W, C) with a grouped ``Conv2d``'s weight (C, 1, K, K); differentiable. Only call
+    where :func:`active` was true when the caller was built."""
+    return _primitives()["depthwise"](x, weight)
+
+
+# --------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` that runs the C++ kernel on float32 CPU input (same parameters)."""
+
+    def __init__(self, normalized_shape, begin_norm_axis=-1, begin_params_axis=-1, gamma_init="ones",
+                 beta_init="zeros", epsilon=1e-7, dtype=ms.float32):
+        super().__init__(normalized_shape, begin_norm_axis, begin_params_axis, gamma_init, beta_init,
+                         epsilon, dtype)
+        self.use_kernel = (len(tuple(normalized_shape)) == 1 and begin_norm_axis == -1
+                           and begin_params_axis == -1 and active())
+        if self.use_kernel:
+            self.kernel = _primitives()["layer_norm"]
+            self.eps = ms.Tensor(np.array([epsilon], np.float32))
+
+    def construct(self, input_x):
+        if self.use_kernel and input_x.dtype == ms.float32:
+            return self.kernel(input_x, self.gamma, self.beta, self.eps)[0]
+        return super().construct(input_x)
+
+
+class GELU(nn.GELU):
+    """Exact ``nn.GELU`` that runs the C++ kernel on float32 CPU input."""
+
+    def __init__(self, approximate=False):
+        super().__init__(approximate=approximate)
+        self.use_kernel = (not approximate) and active()
+        if self.use_kernel:
+            self.kernel = _primitives()["gelu"]
+
+    def construct(self, x):
+        if self.use_kernel and x.dtype == ms.float32:
+            return self.kernel(x)
+        return super().construct(x)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that runs the C++ kernel for float32 NCHW CPU input with ``pad_mode="pad"``
+    and square integer kernel/stride/padding (MindSpore lowers that case to the slow
+    ``MaxPool3DWithArgmax``)."""
+
+    def __init__(self, kernel_size=1, stride=1, pad_mode="valid", padding=0, dilation=1,
+                 return_indices=False, ceil_mode=False, data_format="NCHW"):
+        super().__init__(kernel_size, stride, pad_mode, padding, dilation, return_indices, ceil_mode,
+                         data_format)
+        simple = all(isinstance(v, int) and not isinstance(v, bool) for v in (kernel_size, stride, padding))
+        self.use_kernel = (simple and pad_mode.lower() == "pad" and dilation == 1 and not return_indices
+                           and not ceil_mode and data_format == "NCHW" and 2 * padding <= kernel_size
+                           and active())
+        if self.use_kernel:
+            self.kernel = _max_pool_primitive(kernel_size, stride, padding)
+            self.geometry = ms.Tensor(np.array([kernel_size, stride, padding], np.int32))
+
+    def construct(self, x):
+        if self.use_kernel and x.dtype == ms.float32 and x.ndim == 4:
+            return self.kernel(x, self.geometry)[0]
+        return super().construct(x)

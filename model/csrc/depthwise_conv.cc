@@ -1,0 +1,125 @@
+// Depthwise KxK convolution, stride 1, zero padding K/2, no bias, on channels-last (N, H, W, C)
+// float32 tensors, forward and both backward passes, for MindSpore's Custom "aot" op on the CPU
+// (see model/cpu_kernels.py). This is ConvMLP's "connect" layer, whose tokens are channels-last:
+// MindSpore's grouped Conv2d needs NCHW (two transposes per block and per pass) and runs on
+// oneDNN's generic path. Weights keep the Conv2d layout (C, 1, K, K).
+//
+//   y[n, h, w, c]  = sum_{i,j} x[n, h + i - p, w + j - p, c] * wt[c, i, j]
+//   dx[n, h, w, c] = sum_{i,j} dy[n, h - i + p, w - j + p, c] * wt[c, i, j]
+//   dwt[c, i, j]   = sum_{n,h,w} dy[n, h, w, c] * x[n, h + i - p, w + j - p, c]
+// The loops run over C innermost (contiguous), so they vectorise.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+struct Dims {
+  int64_t n, h, w, c, k, p;
+};
+
+bool GetDims(int nd_x, const int64_t *x, int nd_w, const int64_t *wt, Dims *d) {
+  if (nd_x != 4 || nd_w != 4) return false;
+  d->n = x[0];
+  d->h = x[1];
+  d->w = x[2];
+  d->c = x[3];
+  d->k = wt[2];
+  d->p = d->k / 2;
+  return wt[0] == d->c && wt[1] == 1 && wt[3] == d->k && d->k % 2 == 1;
+}
+
+// (C, 1, K, K) -> (K*K, C)
+std::vector<float> TapsMajor(const float *wt, const Dims &d) {
+  std::vector<float> t(d.k * d.k * d.c);
+  for (int64_t c = 0; c < d.c; ++c)
+    for (int64_t q = 0; q < d.k * d.k; ++q) t[q * d.c + c] = wt[c * d.k * d.k + q];
+  return t;
+}
+
+// out[n,h,w,:] = sum over taps of in[n, h + sign*(i-p), w + sign*(j-p), :] * taps[tap(i,j), :]
+// with sign = +1 (forward) or -1 (input gradient: the flipped kernel).
+void Correlate(const float *in, const std::vector<float> &taps, const Dims &d, int sign, float *out) {
+  const int64_t c = d.c;
+  for (int64_t n = 0; n < d.n; ++n) {
+    for (int64_t h = 0; h < d.h; ++h) {
+      for (int64_t w = 0; w < d.w; ++w) {
+        float *o = out + ((n * d.h + h) * d.w + w) * c;
+        std::memset(o, 0, sizeof(float) * c);
+        for (int64_t i = 0; i < d.k; ++i) {
+          const int64_t hh = h + sign * (i - d.p);
+          if (hh < 0 || hh >= d.h) continue;
+          for (int64_t j = 0; j < d.k; ++j) {
+            const int64_t ww = w + sign * (j - d.p);
+            if (ww < 0 || ww >= d.w) continue;
+            const float *src = in + ((n * d.h + hh) * d.w + ww) * c;
+            const float *t = taps.data() + (i * d.k + j) * c;
+#pragma omp simd
+            for (int64_t ch = 0; ch < c; ++ch) o[ch] += src[ch] * t[ch];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Inputs: x (N, H, W, C), weight (C, 1, K, K). Output: y (N, H, W, C).
+extern "C" int DepthwiseConvForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                    const char **dtypes, void *stream, void *extra) {
+  Dims d;
+  if (nparam != 3 || !GetDims(ndims[0], shapes[0], ndims[1], shapes[1], &d)) return 1;
+  const auto taps = TapsMajor(static_cast<const float *>(params[1]), d);
+  Correlate(static_cast<const float *>(params[0]), taps, d, +1, static_cast<float *>(params[2]));
+  return 0;
+}
+
+// Inputs: dy (N, H, W, C), weight (C, 1, K, K). Output: dx (N, H, W, C).
+extern "C" int DepthwiseConvBackwardInput(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  Dims d;
+  if (nparam != 3 || !GetDims(ndims[0], shapes[0], ndims[1], shapes[1], &d)) return 1;
+  const auto taps = TapsMajor(static_cast<const float *>(params[1]), d);
+  Correlate(static_cast<const float *>(params[0]), taps, d, -1, static_cast<float *>(params[2]));
+  return 0;
+}
+
+// Inputs: dy (N, H, W, C), x (N, H, W, C), weight (C, 1, K, K) (for its shape).
+// Output: dweight (C, 1, K, K). Per-image partial sums in float, the total in double.
+extern "C" int DepthwiseConvBackwardWeight(int nparam, void **params, int *ndims, int64_t **shapes,
+                                           const char **dtypes, void *stream, void *extra) {
+  Dims d;
+  if (nparam != 4 || !GetDims(ndims[1], shapes[1], ndims[2], shapes[2], &d)) return 1;
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  float *dwt = static_cast<float *>(params[3]);
+  const int64_t c = d.c, taps = d.k * d.k;
+  std::vector<double> total(taps * c, 0.0);
+  std::vector<float> part(taps * c);
+  for (int64_t n = 0; n < d.n; ++n) {
+    std::fill(part.begin(), part.end(), 0.0f);
+    for (int64_t h = 0; h < d.h; ++h) {
+      for (int64_t w = 0; w < d.w; ++w) {
+        const float *g = dy + ((n * d.h + h) * d.w + w) * c;
+        for (int64_t i = 0; i < d.k; ++i) {
+          const int64_t hh = h + i - d.p;
+          if (hh < 0 || hh >= d.h) continue;
+          for (int64_t j = 0; j < d.k; ++j) {
+            const int64_t ww = w + j - d.p;
+            if (ww < 0 || ww >= d.w) continue;
+            const float *src = x + ((n * d.h + hh) * d.w + ww) * c;
+            float *acc = part.data() + (i * d.k + j) * c;
+#pragma omp simd
+            for (int64_t ch = 0; ch < c; ++ch) acc[ch] += g[ch] * src[ch];
+          }
+        }
+      }
+    }
+    for (int64_t q = 0; q < taps * c; ++q) total[q] += part[q];
+  }
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int64_t q = 0; q < taps; ++q) dwt[ch * taps + q] = static_cast<float>(total[q * c + ch]);
+  return 0;
+}

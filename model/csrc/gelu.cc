@@ -1,0 +1,55 @@
+// Exact (erf) GELU, forward and backward, float32, for MindSpore's Custom "aot" op on the CPU (see
+// model/cpu_kernels.py): y = x * Phi(x) with Phi(x) = (1 + erf(x / sqrt(2))) / 2, and
+// dx = dy * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+//
+// This file is compiled with -ffast-math (but linked without it, so the process's floating-point
+// mode is not touched): with it glibc >= 2.35 lets GCC vectorise erff/expf through libmvec's
+// SIMD variants; with an older C library the same loops call the scalar functions.
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+int64_t Numel(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+}  // namespace
+
+// Inputs: x. Outputs: y (same shape).
+extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                           const char **dtypes, void *stream, void *extra) {
+  if (nparam != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = Numel(ndims[0], shapes[0]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + erff(v * kInvSqrt2));
+  }
+  return 0;
+}
+
+// Inputs: dy, x. Outputs: dx (same shape).
+extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  if (nparam != 3) return 1;
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  float *dx = static_cast<float *>(params[2]);
+  const int64_t n = Numel(ndims[1], shapes[1]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float cdf = 0.5f * (1.0f + erff(v * kInvSqrt2));
+    const float pdf = kInvSqrt2Pi * expf(-0.5f * v * v);
+    dx[i] = dy[i] * (cdf + v * pdf);
+  }
+  return 0;
+}

@@ -1,0 +1,268 @@
+"""The C++ CPU kernels of ``model/cpu_kernels.py`` (LayerNorm, exact GELU, padded max-pool).
+
+Each kernel is checked, forward and backward, against a float64 reference (numpy / PyTorch) and
+against MindSpore's own kernel, on shapes that exercise the edges (odd channel counts, odd image
+sizes, ties after ReLU, NaN). Then: the model computes the same function with and without them,
+they switch off cleanly (disabled, float16, no compiler), and MINDIR export never contains them.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import mindspore as ms
+from mindspore import nn
+
+from model import cpu_kernels
+from model.cpu_kernels import GELU, LayerNorm, MaxPool2d
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.active(),
+                                reason=f"CPU kernels not available here: {cpu_kernels.status()}")
+
+
+def rand(*shape, scale=1.0, seed=0):
+    return (np.random.RandomState(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def grads(cell, x, weight):
+    """(output, d(sum(cell(x) * weight))/dx, parameter gradients) in GRAPH mode (as train.py)."""
+    def loss(t):
+        return (cell(t) * ms.Tensor(weight)).sum()
+    params = cell.trainable_params()
+    fn = ms.jit(ms.value_and_grad(loss, grad_position=0, weights=params if params else None))
+    _, g = fn(ms.Tensor(x))
+    dx, dparams = (g[0], g[1]) if params else (g, ())
+    return cell(ms.Tensor(x)).asnumpy(), dx.asnumpy(), [p.asnumpy() for p in dparams]
+
+
+# ------------------------------------------------------------------------------------------------
+# LayerNorm
+
+def layer_norm_reference(x, gamma, beta, eps, dy):
+    """float64 forward and backward of LayerNorm over the last axis."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    axes = tuple(range(x.ndim - 1))
+    return xhat * gamma + beta, dx, (dy * xhat).sum(axes), dy.sum(axes)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 4, 4, 128), (64, 512), (16, 28, 28, 40)])
+def test_layer_norm_matches_float64_reference_and_mindspore(shape):
+    c = shape[-1]
+    x = rand(*shape, scale=2.0) + 3.0  # a large mean: the variance must not cancel
+    dy = rand(*shape, seed=1)
+    cell = LayerNorm((c,), epsilon=1e-5)
+    assert cell.use_kernel
+    cell.gamma.set_data(ms.Tensor(rand(c, seed=2) * 0.5 + 1.0))
+    cell.beta.set_data(ms.Tensor(rand(c, seed=3)))
+    y, dx, (dgamma, dbeta) = grads(cell, x, dy)
+    ref = layer_norm_reference(x, cell.gamma.asnumpy().astype(np.float64),
+                               cell.beta.asnumpy().astype(np.float64), 1e-5, dy)
+    rows = int(np.prod(shape[:-1]))
+    np.testing.assert_allclose(y, ref[0], rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(dx, ref[1], rtol=1e-4, atol=5e-5)
+    np.testing.assert_allclose(dgamma, ref[2], rtol=1e-5, atol=1e-6 * rows)
+    np.testing.assert_allclose(dbeta, ref[3], rtol=1e-5, atol=1e-6 * rows)
+
+    builtin = nn.LayerNorm((c,), epsilon=1e-5)
+    builtin.gamma.set_data(cell.gamma.value())
+    builtin.beta.set_data(cell.beta.value())
+    y_ms, dx_ms, _ = grads(builtin, x, dy)
+    np.testing.assert_allclose(y, y_ms, atol=2e-5)
+    np.testing.assert_allclose(dx, dx_ms, atol=1e-4)
+
+
+def test_layer_norm_keeps_mindspore_kernel_where_the_c_kernel_does_not_apply():
+    assert not LayerNorm((4, 8), begin_norm_axis=-2, begin_params_axis=-2).use_kernel  # 2 axes
+    cell = LayerNorm((8,), epsilon=1e-5)
+    x16 = ms.Tensor(rand(2, 8)).astype(ms.float16)  # float16 (AMP O2/O3): MindSpore's kernel
+    ref = nn.LayerNorm((8,), epsilon=1e-5)(x16)
+    np.testing.assert_array_equal(cell(x16).asnumpy(), ref.asnumpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# GELU
+
+def test_gelu_matches_erf_definition_over_the_whole_range():
+    x = np.concatenate([np.linspace(-12, 12, 4801, dtype=np.float32), rand(1000, scale=3.0)])
+    x64 = x.astype(np.float64)
+    cdf = 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x64]))
+    pdf = np.exp(-0.5 * x64 ** 2) / math.sqrt(2 * math.pi)
+    dy = rand(x.size, seed=4)
+    cell = GELU(approximate=False)
+    assert cell.use_kernel
+    y, dx, _ = grads(cell, x, dy)
+    # atol 1e-6: below x = -4, float32 1 + erf(x / sqrt 2) cancels (PyTorch and MindSpore compute
+    # the same expression and share this error)
+    np.testing.assert_allclose(y, x64 * cdf, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, dy * (cdf + x64 * pdf), rtol=1e-5, atol=1e-6)
+    # the official model's op: PyTorch's float32 exact GELU
+    np.testing.assert_allclose(y, torch.nn.functional.gelu(torch.tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
+    # and MindSpore's exact GELU (whose Erf is the slow kernel this replaces)
+    y_ms, dx_ms, _ = grads(nn.GELU(approximate=False), x, dy)
+    np.testing.assert_allclose(y, y_ms, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, dx_ms, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_propagates_nan_and_keeps_tanh_variant_on_mindspore():
+    out = GELU(approximate=False)(ms.Tensor(np.array([np.nan, 1.0, -np.nan], np.float32))).asnumpy()
+    assert np.isnan(out[0]) and np.isnan(out[2]) and abs(out[1] - 0.8413447) < 1e-6
+    assert not GELU(approximate=True).use_kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# Max-pool
+
+@pytest.mark.parametrize("shape,k,s,p", [
+    ((4, 8, 16, 16), 3, 2, 1),   # ConvMLP's tokenizer pool (even size)
+    ((2, 3, 15, 9), 3, 2, 1),    # odd sizes: the last window reaches the padding
+    ((2, 5, 7, 7), 3, 1, 1),
+    ((2, 4, 8, 6), 2, 2, 0),
+    ((1, 2, 11, 13), 5, 3, 2),
+])
+def test_max_pool_matches_pytorch_including_ties(shape, k, s, p):
+    # After ReLU many windows hold equal values (zeros); the gradient goes to the first maximum in
+    # row-major window order, as in PyTorch's CPU kernel (and MindSpore's).
+    x = np.maximum(rand(*shape, seed=5), 0).round(1)
+    cell = MaxPool2d(kernel_size=k, stride=s, pad_mode="pad", padding=p)
+    assert cell.use_kernel
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, k, s, p)
+    dy = rand(*yt.shape, seed=6)
+    (yt * torch.tensor(dy)).sum().backward()
+    y, dx, _ = grads(cell, x, dy)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-6)
+    y_ms = nn.MaxPool2d(kernel_size=k, stride=s, pad_mode="pad", padding=p)(ms.Tensor(x)).asnumpy()
+    np.testing.assert_array_equal(y, y_ms)
+
+
+def test_max_pool_nan_and_infinities():
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    x[0, 0, 2, 2] = np.nan
+    x[0, 0, 5, 5] = -np.inf
+    x[0, 0, 0, 5] = np.inf
+    y = MaxPool2d(3, 2, "pad", 1)(ms.Tensor(x)).asnumpy()[0, 0]
+    # output (i, j) pools rows/columns 2i-1 .. 2i+1: only window (1, 1) holds the NaN
+    assert np.isnan(y[1, 1]) and np.isnan(y).sum() == 1
+    assert y[0, 2] == np.inf and y[2, 2] == 0.0
+
+
+def test_max_pool_other_modes_stay_on_mindspore():
+    assert not MaxPool2d(3, 2, "same").use_kernel
+    assert not MaxPool2d(3, 2, "pad", 1, return_indices=True).use_kernel
+    assert not MaxPool2d((3, 2), 2, "pad", 1).use_kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# The model with and without them
+
+def _tiny_model(seed):
+    from model import ConvMLP
+    ms.set_seed(seed)
+    return ConvMLP(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16,
+                   n_conv_blocks=1, num_classes=10, drop_path_rate=0.0)
+
+
+def test_model_is_the_same_function_with_and_without_the_kernels():
+    fast = _tiny_model(0)
+    cpu_kernels.set_enabled(False)
+    try:
+        slow = _tiny_model(0)
+    finally:
+        cpu_kernels.set_enabled(True)
+    assert fast.stages[0].blocks[0].norm1.use_kernel and fast.tokenizer.block[9].use_kernel
+    assert not slow.stages[0].blocks[0].norm1.use_kernel and not slow.tokenizer.block[9].use_kernel
+    ms.load_param_into_net(slow, {p.name: p for p in fast.get_parameters()})
+    x = rand(4, 3, 32, 32, seed=7)
+    dy = rand(4, 10, seed=8)
+    for net in (fast, slow):
+        net.set_train(True)
+    y_f, dx_f, dp_f = grads(fast, x, dy)
+    y_s, dx_s, dp_s = grads(slow, x, dy)
+    np.testing.assert_allclose(y_f, y_s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dx_f, dx_s, rtol=1e-3, atol=1e-5)
+    for a, b, p in zip(dp_f, dp_s, fast.trainable_params()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5, err_msg=p.name)
+
+
+def _run(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full_env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+
+
+def test_without_a_compiler_the_model_falls_back_with_one_warning(tmp_path):
+    code = ("import logging; logging.basicConfig(); import numpy as np, mindspore as ms\n"
+            "from model import cpu_kernels, create_model\n"
+            "net = create_model('convmlp_s', num_classes=10)\n"
+            "print('status', cpu_kernels.status())\n"
+            "print('use_kernel', net.norm.use_kernel)\n"
+            "print('shape', net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape)\n")
+    proc = _run(code, CXX=str(tmp_path / "no-such-compiler"), CONVMLP_KERNEL_CACHE=str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.count("CPU kernels unavailable") == 1, proc.stdout
+    assert "no-such-compiler" in proc.stdout and "use_kernel False" in proc.stdout
+    assert "shape (1, 10)" in proc.stdout
+
+
+def test_kernels_can_be_switched_off_from_the_environment():
+    proc = _run("from model import cpu_kernels, create_model\n"
+                "net = create_model('convmlp_s', num_classes=10)\n"
+                "print(cpu_kernels.status(), net.norm.use_kernel)\n", CONVMLP_CPU_KERNELS="0")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("off False"), proc.stdout
+
+
+def test_compiled_library_is_cached_per_machine(tmp_path):
+    # First use compiles into the cache folder; the second process reuses the file untouched.
+    code = "from model import cpu_kernels; print(cpu_kernels.library_path())"
+    first = _run(code, CONVMLP_KERNEL_CACHE=str(tmp_path))
+    lib = first.stdout.strip().splitlines()[-1]
+    assert first.returncode == 0 and lib.startswith(str(tmp_path)) and os.path.isfile(lib), first.stdout
+    mtime = os.stat(lib).st_mtime_ns
+    second = _run(code, CONVMLP_KERNEL_CACHE=str(tmp_path))
+    assert second.stdout.strip().splitlines()[-1] == lib and os.stat(lib).st_mtime_ns == mtime
+    leftovers = [n for n in os.listdir(os.path.dirname(lib)) if n.startswith(".build-")]
+    assert leftovers == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Depthwise convolution on channels-last tokens (the Conv-MLP blocks' "connect" layer)
+
+@pytest.mark.parametrize("shape,k", [((2, 4, 4, 128), 3), ((3, 7, 5, 24), 3), ((2, 1, 1, 512), 3),
+                                     ((1, 2, 2, 8), 3), ((2, 9, 6, 16), 5)])
+def test_depthwise_conv_matches_pytorch_grouped_conv(shape, k):
+    from model.cpu_kernels import depthwise_conv_nhwc
+    n, h, w, c = shape
+    x = rand(*shape, seed=9)
+    weight = rand(c, 1, k, k, seed=10)
+    dy = rand(*shape, seed=11)
+
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(weight, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, padding=k // 2, groups=c).permute(0, 2, 3, 1)
+    (yt * torch.tensor(dy, dtype=torch.float64)).sum().backward()
+
+    w_param = ms.Parameter(ms.Tensor(weight), name="w")
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.w = w_param
+
+        def construct(self, t):
+            return depthwise_conv_nhwc(t, self.w)
+
+    y, dx, (dw,) = grads(Net(), x, dy)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-4)
