@@ -19,9 +19,10 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 (see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
 1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
 
-On the CPU, LayerNorm, GELU, the tokenizer's max-pool and the blocks' depthwise conv run as the C++
-kernels of :mod:`model.cpu_kernels` (same functions, several times faster than MindSpore 2.10's);
-config key ``cpu_kernels: false`` or ``CONVMLP_CPU_KERNELS=0`` keeps MindSpore's kernels.
+On the CPU, LayerNorm, GELU, the channel MLPs' bias, the tokenizer's max-pool and the blocks'
+depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels` (same functions, several times
+faster than MindSpore 2.10's); config key ``cpu_kernels: false`` or ``CONVMLP_CPU_KERNELS=0`` keeps
+MindSpore's kernels.
 """
 import math
 from typing import Optional, Sequence
@@ -33,7 +34,7 @@ from mindspore.common import initializer as init
 from mindspore.ops import constexpr
 
 from . import cpu_kernels
-from .cpu_kernels import GELU, LayerNorm, MaxPool2d
+from .cpu_kernels import GELU, Dense, LayerNorm, MaxPool2d
 
 __all__ = [
     "ConvMLP",
@@ -163,9 +164,9 @@ class Mlp(nn.Cell):
         super().__init__()
         hidden_dim = hidden_dim or embedding_dim_in
         embedding_dim_out = embedding_dim_out or embedding_dim_in
-        self.fc1 = nn.Dense(embedding_dim_in, hidden_dim)
+        self.fc1 = Dense(embedding_dim_in, hidden_dim)
         self.act = GELU(approximate=False)
-        self.fc2 = nn.Dense(hidden_dim, embedding_dim_out)
+        self.fc2 = Dense(hidden_dim, embedding_dim_out)
 
     def construct(self, x):
         return self.fc2(self.act(self.fc1(x)))

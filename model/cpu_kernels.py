@@ -52,14 +52,15 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["LayerNorm", "GELU", "MaxPool2d", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
+__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 #: source file -> extra compile flags. gelu.cc is compiled with -ffast-math so that GCC may
 #: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
 #: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
-_SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": []}
+_SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
+            "bias_add.cc": []}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 
 _enabled = os.environ.get("CONVMLP_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -207,6 +208,10 @@ def _dw_weight_shape(dy, x, weight):
     return weight
 
 
+def _bias_grad_shape(dy):
+    return dy[-1:]
+
+
 def _primitives():
     global _ops
     if _ops is None:
@@ -230,7 +235,15 @@ def _primitives():
         def dw_bprop(x, weight, out, dout):
             return dw_input(dout, weight), dw_weight(dout, x, weight)
 
+        bias_bwd = ops.Custom(f"{lib}:BiasAddBackward", out_shape=_bias_grad_shape, out_dtype=_same,
+                              func_type="aot")
+
+        def bias_bprop(x, bias, out, dout):
+            return dout, bias_bwd(dout)
+
         _ops = {
+            "bias_add": ops.Custom(f"{lib}:BiasAddForward", out_shape=_same, out_dtype=_same,
+                                   func_type="aot", bprop=bias_bprop),
             "depthwise": ops.Custom(f"{lib}:DepthwiseConvForward", out_shape=_same, out_dtype=_same,
                                     func_type="aot", bprop=dw_bprop),
             "max_pool": {},   # (kernel, stride, padding) -> primitive, see _max_pool_primitive
@@ -336,4 +349,26 @@ class MaxPool2d(nn.MaxPool2d):
     def construct(self, x):
         if self.use_kernel and x.dtype == ms.float32 and x.ndim == 4:
             return self.kernel(x, self.geometry)[0]
+        return super().construct(x)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` whose bias addition runs the C++ kernel (and its gradient the C++ row sum) on
+    float32 CPU input; the matrix product stays MindSpore's (oneDNN). Under AMP ``to_float(float16)``
+    the input arrives as float16 and the cell runs as ``nn.Dense``."""
+
+    def __init__(self, in_channels, out_channels, weight_init=None, bias_init=None, has_bias=True,
+                 activation=None, dtype=ms.float32):
+        super().__init__(in_channels, out_channels, weight_init, bias_init, has_bias, activation, dtype)
+        self.use_kernel = has_bias and activation is None and active()
+        if self.use_kernel:
+            self.bias_kernel = _primitives()["bias_add"]
+            self.product = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        if self.use_kernel and x.dtype == ms.float32:
+            shape = x.shape
+            y = self.product(x.reshape(-1, shape[-1]), self.weight)
+            y = self.bias_kernel(y, self.bias)
+            return y.reshape(shape[:-1] + (y.shape[-1],))
         return super().construct(x)

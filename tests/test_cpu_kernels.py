@@ -266,3 +266,27 @@ def test_depthwise_conv_matches_pytorch_grouped_conv(shape, k):
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense with the C++ bias addition (the channel MLPs' fc1/fc2)
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 128), (7, 33), (3, 1, 1, 512)])
+def test_dense_matches_mindspore_dense_and_sums_the_bias_gradient_exactly(shape):
+    from model.cpu_kernels import Dense
+    cin, cout = shape[-1], 2 * shape[-1] + 1
+    cell = Dense(cin, cout)
+    assert cell.use_kernel
+    cell.bias.set_data(ms.Tensor(rand(cout, seed=12)))
+    ref = nn.Dense(cin, cout)
+    ref.weight.set_data(cell.weight.value())
+    ref.bias.set_data(cell.bias.value())
+    x, dy = rand(*shape, seed=13), rand(*shape[:-1], cout, seed=14)
+    y, dx, (dw, db) = grads(cell, x, dy)
+    y_r, dx_r, (dw_r, db_r) = grads(ref, x, dy)
+    np.testing.assert_allclose(y, y_r, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, dx_r, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dw, dw_r, rtol=1e-5, atol=1e-5)
+    # the bias gradient is the row sum of dy: compare with a float64 sum
+    np.testing.assert_allclose(db, dy.reshape(-1, cout).astype(np.float64).sum(0), rtol=1e-6, atol=1e-5)
+    assert not Dense(4, 4, has_bias=False).use_kernel
