@@ -19,10 +19,10 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 (see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
 1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
 
-On the CPU, LayerNorm, GELU, the channel MLPs' bias, the tokenizer's max-pool and the blocks'
-depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels` (same functions, several times
-faster than MindSpore 2.10's); config key ``cpu_kernels: false`` or ``CONVMLP_CPU_KERNELS=0`` keeps
-MindSpore's kernels.
+On the CPU, LayerNorm, GELU, the channel MLPs' bias, BatchNorm+ReLU in training, the tokenizer's
+max-pool and the blocks' depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels` (same
+functions, several times faster than MindSpore 2.10's); config key ``cpu_kernels: false`` or
+``CONVMLP_CPU_KERNELS=0`` keeps MindSpore's kernels.
 """
 import math
 from typing import Optional, Sequence
@@ -34,7 +34,7 @@ from mindspore.common import initializer as init
 from mindspore.ops import constexpr
 
 from . import cpu_kernels
-from .cpu_kernels import GELU, Dense, LayerNorm, MaxPool2d
+from .cpu_kernels import GELU, BatchNorm2d, Dense, LayerNorm, MaxPool2d
 
 __all__ = [
     "ConvMLP",
@@ -107,12 +107,15 @@ class DropPath(nn.Cell):
 
 
 def _conv_bn_relu(in_ch, out_ch, kernel_size, stride=1):
-    """Conv (no bias) -> BatchNorm -> ReLU, as three cells so names match ``Sequential`` indices."""
+    """Conv (no bias) -> BatchNorm -> ReLU as three cells, so that names match the official
+    ``Sequential`` indices. The ReLU is applied inside the BatchNorm cell (one fused C++ kernel when
+    training on the CPU, see :class:`model.cpu_kernels.BatchNorm2d`); the third cell is a
+    parameter-free placeholder."""
     return [
         nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad",
                   padding=kernel_size // 2, has_bias=False),
-        nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM),
-        nn.ReLU(),
+        BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM, fuse_relu=True),
+        nn.Identity(),
     ]
 
 

@@ -52,7 +52,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
+__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -60,7 +60,7 @@ _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 #: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
 #: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
-            "bias_add.cc": []}
+            "bias_add.cc": [], "batch_norm_relu.cc": []}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 
 _enabled = os.environ.get("CONVMLP_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -212,6 +212,18 @@ def _bias_grad_shape(dy):
     return dy[-1:]
 
 
+def _bn_fwd_shape(x, gamma, beta, eps):
+    return x, gamma, gamma, gamma
+
+
+def _bn_fwd_type(x, gamma, beta, eps):
+    return x, x, x, x
+
+
+def _bn_bwd_shape(dy, y, x, gamma, mean, rstd):
+    return x, gamma, gamma
+
+
 def _primitives():
     global _ops
     if _ops is None:
@@ -241,7 +253,16 @@ def _primitives():
         def bias_bprop(x, bias, out, dout):
             return dout, bias_bwd(dout)
 
+        bn_bwd = ops.Custom(f"{lib}:BatchNormReluBackward", out_shape=_bn_bwd_shape, out_dtype=_bn_bwd_shape,
+                            func_type="aot")
+
+        def bn_bprop(x, gamma, beta, eps, out, dout):
+            dx, dgamma, dbeta = bn_bwd(dout[0], out[0], x, gamma, out[1], out[2])
+            return dx, dgamma, dbeta, ops.zeros_like(eps)
+
         _ops = {
+            "bn_relu": ops.Custom(f"{lib}:BatchNormReluForward", out_shape=_bn_fwd_shape,
+                                  out_dtype=_bn_fwd_type, func_type="aot", bprop=bn_bprop),
             "bias_add": ops.Custom(f"{lib}:BiasAddForward", out_shape=_same, out_dtype=_same,
                                    func_type="aot", bprop=bias_bprop),
             "depthwise": ops.Custom(f"{lib}:DepthwiseConvForward", out_shape=_same, out_dtype=_same,
@@ -372,3 +393,39 @@ class Dense(nn.Dense):
             y = self.bias_kernel(y, self.bias)
             return y.reshape(shape[:-1] + (y.shape[-1],))
         return super().construct(x)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d``, optionally followed by ReLU (``fuse_relu=True``), whose training-mode
+    forward (batch statistics, moving-average update) and backward run as one fused C++ kernel on
+    float32 CPU input. Same parameters and moving statistics as ``nn.BatchNorm2d`` (unbiased
+    variance in the moving average); evaluation mode and other devices run ``nn.BatchNorm2d``
+    (then ``ReLU``)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True, gamma_init="ones",
+                 beta_init="zeros", moving_mean_init="zeros", moving_var_init="ones",
+                 use_batch_statistics=None, data_format="NCHW", dtype=ms.float32, fuse_relu=False):
+        super().__init__(num_features, eps, momentum, affine, gamma_init, beta_init, moving_mean_init,
+                         moving_var_init, use_batch_statistics, data_format, dtype)
+        self.fuse_relu = fuse_relu
+        self.relu = nn.ReLU()
+        self.keep = float(momentum)  # weight of the old moving statistic (MindSpore's convention)
+        self.use_kernel = (fuse_relu and affine and use_batch_statistics is None
+                           and data_format == "NCHW" and active())
+        if self.use_kernel:
+            self.kernel = _primitives()["bn_relu"]
+            self.eps_tensor = ms.Tensor(np.array([eps], np.float32))
+
+    def construct(self, x):
+        if self.use_kernel and self.training and x.dtype == ms.float32 and x.ndim == 4:
+            y, mean, _, var = self.kernel(x, self.gamma, self.beta, self.eps_tensor)
+            mean = ops.stop_gradient(mean)
+            var = ops.stop_gradient(var)
+            y = ops.depend(y, ops.assign(self.moving_mean, self.moving_mean * self.keep + mean * (1.0 - self.keep)))
+            y = ops.depend(y, ops.assign(self.moving_variance,
+                                         self.moving_variance * self.keep + var * (1.0 - self.keep)))
+            return y
+        y = super().construct(x)
+        if self.fuse_relu:
+            y = self.relu(y)
+        return y

@@ -290,3 +290,37 @@ def test_dense_matches_mindspore_dense_and_sums_the_bias_gradient_exactly(shape)
     # the bias gradient is the row sum of dy: compare with a float64 sum
     np.testing.assert_allclose(db, dy.reshape(-1, cout).astype(np.float64).sum(0), rtol=1e-6, atol=1e-5)
     assert not Dense(4, 4, has_bias=False).use_kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# BatchNorm + ReLU (the tokenizer's and conv stage's conv -> BN -> ReLU)
+
+@pytest.mark.parametrize("shape", [(8, 16, 8, 8), (3, 5, 7, 9), (2, 4, 1, 1)])
+def test_batch_norm_relu_training_matches_mindspore_batch_norm_then_relu(shape):
+    from model.cpu_kernels import BatchNorm2d
+    c = shape[1]
+    fused = BatchNorm2d(c, eps=1e-5, momentum=0.9, fuse_relu=True)
+    assert fused.use_kernel
+    fused.gamma.set_data(ms.Tensor(rand(c, seed=15) * 0.5 + 1.0))
+    fused.beta.set_data(ms.Tensor(rand(c, seed=16) * 0.5))
+    ref_bn = nn.BatchNorm2d(c, eps=1e-5, momentum=0.9)
+    ref_bn.gamma.set_data(fused.gamma.value())
+    ref_bn.beta.set_data(fused.beta.value())
+    ref = nn.SequentialCell([ref_bn, nn.ReLU()])
+    for cell in (fused, ref):
+        cell.set_train(True)
+    x = rand(*shape, scale=2.0, seed=17) + 1.0
+    dy = rand(*shape, seed=18)
+    y, dx, (dgamma, dbeta) = grads(fused, x, dy)    # (grads() also runs one more forward)
+    y_r, dx_r, (dgamma_r, dbeta_r) = grads(ref, x, dy)
+    np.testing.assert_allclose(y, y_r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_r, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dgamma, dgamma_r, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dbeta, dbeta_r, rtol=1e-4, atol=1e-4)
+    # moving statistics after the same number of training forwards: unbiased variance, momentum 0.9
+    np.testing.assert_allclose(fused.moving_mean.asnumpy(), ref_bn.moving_mean.asnumpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance.asnumpy(), ref_bn.moving_variance.asnumpy(), rtol=1e-5, atol=1e-6)
+    # evaluation mode uses the moving statistics, as nn.BatchNorm2d
+    fused.set_train(False)
+    ref.set_train(False)
+    np.testing.assert_allclose(fused(ms.Tensor(x)).asnumpy(), ref(ms.Tensor(x)).asnumpy(), rtol=1e-5, atol=1e-5)
