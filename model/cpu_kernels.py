@@ -260,7 +260,18 @@ def _primitives():
             dx, dgamma, dbeta = bn_bwd(dout[0], out[0], x, gamma, out[1], out[2])
             return dx, dgamma, dbeta, ops.zeros_like(eps)
 
+        def bn_infer_bprop(x, gamma, beta, mean, var, eps, out, dout):
+            # (evaluation-mode gradients, e.g. fine-tuning with frozen statistics; MindSpore ops)
+            rstd = ops.rsqrt(var + eps)
+            g = dout * (out > 0).astype(dout.dtype)
+            xhat = (x - mean.reshape(1, -1, 1, 1)) * rstd.reshape(1, -1, 1, 1)
+            dx = g * (gamma * rstd).reshape(1, -1, 1, 1)
+            return (dx, (g * xhat).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3)), ops.zeros_like(mean),
+                    ops.zeros_like(var), ops.zeros_like(eps))
+
         _ops = {
+            "bn_relu_infer": ops.Custom(f"{lib}:BatchNormReluInference", out_shape=_same, out_dtype=_same,
+                                        func_type="aot", bprop=bn_infer_bprop),
             "bn_relu": ops.Custom(f"{lib}:BatchNormReluForward", out_shape=_bn_fwd_shape,
                                   out_dtype=_bn_fwd_type, func_type="aot", bprop=bn_bprop),
             "bias_add": ops.Custom(f"{lib}:BiasAddForward", out_shape=_same, out_dtype=_same,
@@ -396,11 +407,11 @@ class Dense(nn.Dense):
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d``, optionally followed by ReLU (``fuse_relu=True``), whose training-mode
-    forward (batch statistics, moving-average update) and backward run as one fused C++ kernel on
-    float32 CPU input. Same parameters and moving statistics as ``nn.BatchNorm2d`` (unbiased
-    variance in the moving average); evaluation mode and other devices run ``nn.BatchNorm2d``
-    (then ``ReLU``)."""
+    """``nn.BatchNorm2d``, optionally followed by ReLU (``fuse_relu=True``), that runs as one fused
+    C++ kernel on float32 CPU input: in training the forward (batch statistics, moving-average
+    update) and the backward; in evaluation mode the forward with the moving statistics. Same
+    parameters and moving statistics as ``nn.BatchNorm2d`` (unbiased variance in the moving
+    average); other devices and dtypes run ``nn.BatchNorm2d`` (then ``ReLU``)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True, gamma_init="ones",
                  beta_init="zeros", moving_mean_init="zeros", moving_var_init="ones",
@@ -414,6 +425,7 @@ class BatchNorm2d(nn.BatchNorm2d):
                            and data_format == "NCHW" and active())
         if self.use_kernel:
             self.kernel = _primitives()["bn_relu"]
+            self.infer_kernel = _primitives()["bn_relu_infer"]
             self.eps_tensor = ms.Tensor(np.array([eps], np.float32))
 
     def construct(self, x):
@@ -425,6 +437,9 @@ class BatchNorm2d(nn.BatchNorm2d):
             y = ops.depend(y, ops.assign(self.moving_variance,
                                          self.moving_variance * self.keep + var * (1.0 - self.keep)))
             return y
+        if self.use_kernel and not self.training and x.dtype == ms.float32 and x.ndim == 4:
+            return self.infer_kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                                     self.eps_tensor)
         y = super().construct(x)
         if self.fuse_relu:
             y = self.relu(y)

@@ -129,3 +129,31 @@ extern "C" int BatchNormReluBackward(int nparam, void **params, int *ndims, int6
   }
   return 0;
 }
+
+// Evaluation mode: the moving statistics. Inputs: x (N, C, H, W), gamma, beta, moving_mean,
+// moving_variance (C), eps (1). Output: y = max(0, (x - mean) / sqrt(var + eps) * gamma + beta).
+extern "C" int BatchNormReluInference(int nparam, void **params, int *ndims, int64_t **shapes,
+                                      const char **dtypes, void *stream, void *extra) {
+  if (nparam != 7 || ndims[0] != 4) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  const float *mean = static_cast<const float *>(params[3]);
+  const float *var = static_cast<const float *>(params[4]);
+  const float eps = *static_cast<const float *>(params[5]);
+  float *y = static_cast<float *>(params[6]);
+  const Shape s = GetShape(shapes[0]);
+  for (int64_t c = 0; c < s.c; ++c) {
+    const float scale = gamma[c] / std::sqrt(var[c] + eps), shift = beta[c] - mean[c] * scale;
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float *p = x + (n * s.c + c) * s.plane;
+      float *q = y + (n * s.c + c) * s.plane;
+#pragma omp simd
+      for (int64_t i = 0; i < s.plane; ++i) {
+        const float v = p[i] * scale + shift;
+        q[i] = v > 0.0f ? v : 0.0f;
+      }
+    }
+  }
+  return 0;
+}
