@@ -97,7 +97,7 @@ def main(argv=None):
                        "needs the converted ImageNet weights (pth2ckpt.py) ***")
     logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
     from model import cpu_kernels
-    logger.info(f"C++ CPU kernels (LayerNorm, GELU, max-pool): {cpu_kernels.status()}")
+    logger.info(f"C++ CPU kernels (model/cpu_kernels.py): {cpu_kernels.status()}")
     net = apply_amp(net, cfg.amp_level)
     logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))

@@ -155,7 +155,7 @@ def library_path():
                 _library = _build()
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 _failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                _LOG.warning("CPU kernels unavailable, using MindSpore's LayerNorm/GELU: %s", _failure)
+                _LOG.warning("CPU kernels unavailable, using MindSpore's own kernels: %s", _failure)
         return _library
 
 
