@@ -28,8 +28,9 @@ weight. They run the C++ kernels when all of the following hold, MindSpore's ker
   ``CONVMLP_CPU_KERNELS=0`` turns them off) and the device target is the CPU when the cell is built;
 * the library compiled: ``g++`` (or ``$CXX``) builds ``model/csrc/*.cc`` once per machine into
   ``$CONVMLP_KERNEL_CACHE`` (default ``~/.cache/convmlp_mindspore/kernels``), keyed by a hash of the
-  sources, the compiler and the CPU's feature flags (``-march=native``); without a compiler, or
-  when that fails, one warning is logged and MindSpore's kernels are used;
+  sources, the compiler and the CPU's feature flags (``-march=native``; a temporary folder when
+  that one is not writable); without a compiler, or when the build fails, one warning is logged
+  and MindSpore's kernels are used;
 * the input is float32 (under AMP O2/O3 the float16 parts keep MindSpore's kernels) and the case
   is the one implemented (LayerNorm over the last axis; exact GELU; ``pad_mode="pad"`` max-pool
   with integer kernel/stride/padding; odd square depthwise kernels, stride 1, padding K // 2).
@@ -123,11 +124,20 @@ def _build():
         with open(os.path.join(_SRC_DIR, name), "rb") as f:
             digest.update(name.encode() + b"\0" + f.read())
     digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _cpu_flags(), platform.machine())).encode())
-    folder = os.path.join(_cache_root(), digest.hexdigest()[:20])
-    target = os.path.join(folder, "convmlp_cpu_kernels.so")
-    if os.path.isfile(target):
-        return target
-    os.makedirs(folder, exist_ok=True)
+    roots = [_cache_root(), os.path.join(tempfile.gettempdir(), f"convmlp_mindspore_kernels_{os.getuid()}")]
+    for root in roots:  # an unwritable cache folder (read-only home, ...) falls back to /tmp
+        folder = os.path.join(root, digest.hexdigest()[:20])
+        target = os.path.join(folder, "convmlp_cpu_kernels.so")
+        if os.path.isfile(target):
+            return target
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                break
+        except OSError:
+            pass
+    else:
+        raise RuntimeError(f"no writable folder for the compiled kernels ({roots[0]}; set CONVMLP_KERNEL_CACHE)")
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
         objects = []
         for name, extra in _SOURCES.items():

@@ -329,3 +329,12 @@ def test_batch_norm_relu_training_matches_mindspore_batch_norm_then_relu(shape):
     np.testing.assert_allclose(dx, dx_r, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dgamma, dgamma_r, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dbeta, dbeta_r, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = _run("from model import cpu_kernels; print(cpu_kernels.status())",
+                CONVMLP_KERNEL_CACHE=str(blocker / "cache"))
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1].startswith("on ("), proc.stdout
+    assert "convmlp_mindspore_kernels_" in proc.stdout
