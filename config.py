@@ -211,7 +211,7 @@ SCHEMA = [
     Key("device_id", 0, "int", "Device index for single-device runs.", min=0),
     Key("mode", "graph", "str", "MindSpore execution mode.", choices=("graph", "pynative")),
     Key("cpu_kernels", True, "bool", "CPU only: C++ kernels (model/csrc, built with g++ on first use) for "
-        "LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv and bias; false = MindSpore's kernels."),
+        "convolution backward, LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv, bias; false = MindSpore's."),
     Key("is_distributed", False, "bool", "Data-parallel training (launch with msrun)."),
     Key("run_modelarts", False, "bool", "Running on Huawei ModelArts (needs the moxing SDK)."),
     Key("seed", 0, "int", "Random seed (weights, shuffling, augmentation).", min=0),

@@ -19,10 +19,10 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 (see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
 1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
 
-On the CPU, LayerNorm, GELU, the channel MLPs' bias, BatchNorm+ReLU in training, the tokenizer's
-max-pool and the blocks' depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels` (same
-functions, several times faster than MindSpore 2.10's); config key ``cpu_kernels: false`` or
-``CONVMLP_CPU_KERNELS=0`` keeps MindSpore's kernels.
+On the CPU, the convolutions (oneDNN with blocked layouts), LayerNorm, GELU, the channel MLPs'
+bias, BatchNorm+ReLU, the tokenizer's max-pool and the blocks' depthwise conv run as the C++ kernels
+of :mod:`model.cpu_kernels` (same functions, faster than MindSpore 2.10's); config key
+``cpu_kernels: false`` or ``CONVMLP_CPU_KERNELS=0`` keeps MindSpore's kernels.
 """
 import math
 from typing import Optional, Sequence
@@ -34,7 +34,7 @@ from mindspore.common import initializer as init
 from mindspore.ops import constexpr
 
 from . import cpu_kernels
-from .cpu_kernels import GELU, BatchNorm2d, Dense, LayerNorm, MaxPool2d
+from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d
 
 __all__ = [
     "ConvMLP",
@@ -112,8 +112,8 @@ def _conv_bn_relu(in_ch, out_ch, kernel_size, stride=1):
     training on the CPU, see :class:`model.cpu_kernels.BatchNorm2d`); the third cell is a
     parameter-free placeholder."""
     return [
-        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad",
-                  padding=kernel_size // 2, has_bias=False),
+        Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad", padding=kernel_size // 2,
+               has_bias=False),
         BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM, fuse_relu=True),
         nn.Identity(),
     ]
@@ -150,8 +150,8 @@ class ConvStage(nn.Cell):
             )
             for _ in range(num_blocks)
         ])
-        self.downsample = nn.Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2,
-                                    pad_mode="pad", padding=1, has_bias=True)
+        self.downsample = Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
+                                 padding=1, has_bias=True)
 
     def construct(self, x):
         for block in self.conv_blocks:
@@ -240,8 +240,8 @@ class ConvDownsample(nn.Cell):
 
     def __init__(self, embedding_dim_in: int, embedding_dim_out: int):
         super().__init__()
-        self.downsample = nn.Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2,
-                                    pad_mode="pad", padding=1, has_bias=True)
+        self.downsample = Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
+                                 padding=1, has_bias=True)
 
     def construct(self, x):
         x = self.downsample(x.transpose(0, 3, 1, 2))

@@ -338,3 +338,70 @@ def test_an_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path):
                 CONVMLP_KERNEL_CACHE=str(blocker / "cache"))
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1].startswith("on ("), proc.stdout
     assert "convmlp_mindspore_kernels_" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolution on oneDNN's own layouts (tokenizer, conv stage, downsampling convs)
+
+CONV_CASES = [  # (input shape, out channels, kernel, stride, bias)
+    ((4, 16, 16, 16), 16, 3, 2, True),    # these two share input and weight shapes: each geometry
+    ((4, 16, 16, 16), 16, 3, 1, False),   # must keep its own output shape
+    ((2, 3, 33, 35), 8, 3, 2, False),     # odd sizes, 3 input channels (the stem)
+    ((2, 16, 8, 8), 32, 1, 1, False),     # 1x1 (conv stage bottleneck)
+    ((3, 32, 4, 4), 64, 3, 2, True),      # small maps (downsampling at 32 px)
+]
+
+
+@pytest.mark.parametrize("shape,cout,k,stride,bias", CONV_CASES)
+def test_conv_matches_mindspore_conv2d_forward_and_backward(shape, cout, k, stride, bias):
+    from model.cpu_kernels import Conv2d
+    if cpu_kernels.conv_library_path() is None:
+        pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
+    cin = shape[1]
+    cell = Conv2d(cin, cout, k, stride, pad_mode="pad", padding=k // 2, has_bias=bias)
+    assert cell.use_kernel
+    ref = nn.Conv2d(cin, cout, k, stride, pad_mode="pad", padding=k // 2, has_bias=bias)
+    ref.weight.set_data(cell.weight.value())
+    if bias:
+        cell.bias.set_data(ms.Tensor(rand(cout, seed=19)))
+        ref.bias.set_data(cell.bias.value())
+    x = rand(*shape, seed=20)
+    y_r = ref(ms.Tensor(x)).asnumpy()
+    dy = rand(*y_r.shape, seed=21)
+    y, dx, dparams = grads(cell, x, dy)
+    _, dx_r, dparams_r = grads(ref, x, dy)
+    assert y.shape == y_r.shape
+    np.testing.assert_allclose(y, y_r, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(dx, dx_r, rtol=1e-5, atol=2e-5)
+    for a, b in zip(dparams, dparams_r):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_other_cases_stay_on_mindspore():
+    from model.cpu_kernels import Conv2d
+    assert not Conv2d(8, 8, 3, pad_mode="pad", padding=1, group=8).use_kernel   # depthwise
+    assert not Conv2d(8, 8, 3, pad_mode="same").use_kernel
+    assert not Conv2d(8, 8, 3, pad_mode="pad", padding=2, dilation=2).use_kernel
+
+
+def test_max_pool_geometries_sharing_an_input_shape_keep_their_own_output_shape():
+    x = ms.Tensor(rand(2, 3, 8, 8, seed=22))
+    a = MaxPool2d(3, 2, "pad", 1)(x)
+    b = MaxPool2d(3, 1, "pad", 1)(x)
+    assert a.shape == (2, 3, 4, 4) and b.shape == (2, 3, 8, 8)
+
+
+def test_without_onednn_headers_only_the_convolutions_stay_on_mindspore(tmp_path):
+    code = ("import importlib.util\n"
+            "find = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else find(name, *a)\n"
+            "import numpy as np, mindspore as ms\n"
+            "from model import cpu_kernels, create_model\n"
+            "net = create_model('convmlp_s', num_classes=10)\n"
+            "print('status', cpu_kernels.status())\n"
+            "print('kernels', net.norm.use_kernel, net.tokenizer.block[0].use_kernel)\n"
+            "print('shape', net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape)\n")
+    proc = _run(code, CONVMLP_DNNL_INCLUDE=str(tmp_path), CONVMLP_KERNEL_CACHE=str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stdout
+    assert "convolutions: MindSpore's (no oneDNN 3.x headers" in proc.stdout, proc.stdout
+    assert "kernels True False" in proc.stdout and "shape (1, 10)" in proc.stdout
