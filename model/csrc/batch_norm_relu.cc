@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common.h"
+
 namespace {
 
 struct Shape {
@@ -65,13 +67,8 @@ extern "C" int BatchNormReluForward(int nparam, void **params, int *ndims, int64
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + eps));
     const float scale = rstd * gamma[c], shift = beta[c] - mean * scale;
     for (int64_t n = 0; n < s.n; ++n) {
-      const float *p = x + (n * s.c + c) * s.plane;
-      float *q = y + (n * s.c + c) * s.plane;
-#pragma omp simd
-      for (int64_t i = 0; i < s.plane; ++i) {
-        const float v = p[i] * scale + shift;
-        q[i] = v > 0.0f ? v : 0.0f;
-      }
+      const int64_t off = (n * s.c + c) * s.plane;
+      convmlp::ScaleShiftRelu(x + off, y + off, s.plane, scale, shift);
     }
     mean_out[c] = mean;
     rstd_out[c] = rstd;
@@ -146,13 +143,8 @@ extern "C" int BatchNormReluInference(int nparam, void **params, int *ndims, int
   for (int64_t c = 0; c < s.c; ++c) {
     const float scale = gamma[c] / std::sqrt(var[c] + eps), shift = beta[c] - mean[c] * scale;
     for (int64_t n = 0; n < s.n; ++n) {
-      const float *p = x + (n * s.c + c) * s.plane;
-      float *q = y + (n * s.c + c) * s.plane;
-#pragma omp simd
-      for (int64_t i = 0; i < s.plane; ++i) {
-        const float v = p[i] * scale + shift;
-        q[i] = v > 0.0f ? v : 0.0f;
-      }
+      const int64_t off = (n * s.c + c) * s.plane;
+      convmlp::ScaleShiftRelu(x + off, y + off, s.plane, scale, shift);
     }
   }
   return 0;

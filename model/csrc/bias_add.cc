@@ -6,15 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-namespace {
+#include "common.h"
 
-int64_t Numel(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
-}  // namespace
 
 // Inputs: x (..., C), bias (C). Output: y (..., C) = x + bias.
 extern "C" int BiasAddForward(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -26,7 +19,7 @@ extern "C" int BiasAddForward(int nparam, void **params, int *ndims, int64_t **s
   const int64_t c = shapes[0][ndims[0] - 1];
   if (c != shapes[1][0]) return 1;
   if (c == 0) return 0;
-  const int64_t rows = Numel(ndims[0], shapes[0]) / c;
+  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   for (int64_t r = 0; r < rows; ++r) {
     const float *xr = x + r * c;
     float *yr = y + r * c;
@@ -44,7 +37,7 @@ extern "C" int BiasAddBackward(int nparam, void **params, int *ndims, int64_t **
   float *db = static_cast<float *>(params[1]);
   const int64_t c = shapes[0][ndims[0] - 1];
   if (c == 0) return 0;
-  const int64_t rows = Numel(ndims[0], shapes[0]) / c;
+  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   constexpr int64_t kBlock = 256;
   std::vector<double> total(c, 0.0);
   std::vector<float> part(c);

@@ -8,13 +8,9 @@
 #include <cmath>
 #include <cstdint>
 
-namespace {
+#include "common.h"
 
-int64_t Numel(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
+namespace {
 
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
@@ -27,7 +23,7 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
   if (nparam != 2) return 1;
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
-  const int64_t n = Numel(ndims[0], shapes[0]);
+  const int64_t n = convmlp::Numel(ndims[0], shapes[0]);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
@@ -43,7 +39,7 @@ extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **sha
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
-  const int64_t n = Numel(ndims[1], shapes[1]);
+  const int64_t n = convmlp::Numel(ndims[1], shapes[1]);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];

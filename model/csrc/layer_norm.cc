@@ -9,15 +9,8 @@
 #include <cstdint>
 #include <vector>
 
-namespace {
+#include "common.h"
 
-int64_t Numel(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
-}  // namespace
 
 // Inputs: x (..., C), gamma (C), beta (C), eps (1). Outputs: y (..., C), mean (...), rstd (...).
 extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -32,7 +25,7 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
   float *rstd_out = static_cast<float *>(params[6]);
   const int64_t c = shapes[0][ndims[0] - 1];
   if (c <= 0) return 0;
-  const int64_t rows = Numel(ndims[0], shapes[0]) / c;
+  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   const float inv_c = 1.0f / static_cast<float>(c);
   for (int64_t r = 0; r < rows; ++r) {
     const float *xr = x + r * c;
@@ -74,7 +67,7 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   float *dbeta = static_cast<float *>(params[7]);
   const int64_t c = shapes[0][ndims[0] - 1];
   if (c <= 0) return 0;
-  const int64_t rows = Numel(ndims[0], shapes[0]) / c;
+  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   const float inv_c = 1.0f / static_cast<float>(c);
   std::vector<double> acc_gamma(c, 0.0), acc_beta(c, 0.0);
   std::vector<float> xhat(c);
