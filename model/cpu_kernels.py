@@ -539,12 +539,11 @@ class Dense(nn.Dense):
         self.use_kernel = has_bias and activation is None and active()
         if self.use_kernel:
             self.bias_kernel = _primitives()["bias_add"]
-            self.product = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
         if self.use_kernel and x.dtype == ms.float32:
             shape = x.shape
-            y = self.product(x.reshape(-1, shape[-1]), self.weight)
+            y = self.matmul(x.reshape(-1, shape[-1]), self.weight)  # nn.Dense's x @ weight.T
             y = self.bias_kernel(y, self.bias)
             return y.reshape(shape[:-1] + (y.shape[-1],))
         return super().construct(x)
@@ -610,12 +609,11 @@ class Conv2d(nn.Conv2d):
         if self.use_kernel:
             self.kernel = _conv_primitive(stride, padding)
             self.geometry = ms.Tensor(np.array([stride, padding], np.int32))
-            self.add_bias = ops.BiasAdd()
 
     def construct(self, x):
         if self.use_kernel and x.dtype == ms.float32 and x.ndim == 4:
             y = self.kernel(x, self.weight, self.geometry)
             if self.has_bias:
-                y = self.add_bias(y, self.bias)
+                y = self.bias_add(y, self.bias)  # nn.Conv2d's BiasAdd (NCHW)
             return y
         return super().construct(x)
