@@ -284,10 +284,6 @@ def _ln_bwd_shape(dy, x, gamma, mean, rstd):
     return x, gamma, gamma
 
 
-def _ln_bwd_type(dy, x, gamma, mean, rstd):
-    return x, gamma, gamma
-
-
 def _grad_x(dy, x):
     return x
 
@@ -316,7 +312,7 @@ def _primitives():
     global _ops
     if _ops is None:
         lib = library_path()
-        ln_bwd = ops.Custom(f"{lib}:LayerNormBackward", out_shape=_ln_bwd_shape, out_dtype=_ln_bwd_type,
+        ln_bwd = ops.Custom(f"{lib}:LayerNormBackward", out_shape=_ln_bwd_shape, out_dtype=_ln_bwd_shape,
                             func_type="aot")
         gelu_bwd = ops.Custom(f"{lib}:GeluBackward", out_shape=_grad_x, out_dtype=_grad_x, func_type="aot")
 
@@ -366,7 +362,6 @@ def _primitives():
                                    func_type="aot", bprop=bias_bprop),
             "depthwise": ops.Custom(f"{lib}:DepthwiseConvForward", out_shape=_same, out_dtype=_same,
                                     func_type="aot", bprop=dw_bprop),
-            "max_pool": {},   # (kernel, stride, padding) -> primitive, see _max_pool_primitive
             "layer_norm": ops.Custom(f"{lib}:LayerNormForward", out_shape=_ln_fwd_shape,
                                      out_dtype=_ln_fwd_type, func_type="aot", bprop=ln_bprop),
             "gelu": ops.Custom(f"{lib}:GeluForward", out_shape=_same, out_dtype=_same, func_type="aot",
@@ -375,10 +370,13 @@ def _primitives():
     return _ops
 
 
+#: primitives whose output shape depends on a geometry: (op, geometry...) -> Custom op
+_geometry_ops = {}
+
+
 def _max_pool_primitive(kernel, stride, padding):
-    cache = _primitives()["max_pool"]
-    key = (kernel, stride, padding)
-    if key not in cache:
+    key = ("max_pool", kernel, stride, padding)
+    if key not in _geometry_ops:
         lib = _alias(library_path(), f"k{kernel}s{stride}p{padding}")
 
         def out_shape(x, cfg):
@@ -391,18 +389,15 @@ def _max_pool_primitive(kernel, stride, padding):
         def dx_shape(dy, argmax, x):
             return x
 
-        def dx_type(dy, argmax, x):
-            return dy
-
-        backward = ops.Custom(f"{lib}:MaxPoolBackward", out_shape=dx_shape, out_dtype=dx_type,
+        backward = ops.Custom(f"{lib}:MaxPoolBackward", out_shape=dx_shape, out_dtype=dx_shape,
                               func_type="aot")
 
         def bprop(x, cfg, out, dout):
             return backward(dout[0], out[1], x), ops.zeros_like(cfg)
 
-        cache[key] = ops.Custom(f"{lib}:MaxPoolForward", out_shape=out_shape, out_dtype=out_type,
-                                func_type="aot", bprop=bprop)
-    return cache[key]
+        _geometry_ops[key] = ops.Custom(f"{lib}:MaxPoolForward", out_shape=out_shape, out_dtype=out_type,
+                                        func_type="aot", bprop=bprop)
+    return _geometry_ops[key]
 
 
 def depthwise_conv_nhwc(x, weight):
@@ -433,14 +428,11 @@ def _alias(lib, tag):
     return link
 
 
-_conv_cache = {}
-
-
 def _conv_primitive(stride, padding):
     """The oneDNN convolution (groups 1, no bias) for one stride/padding, with its two backward
     passes as the bprop; created once per process and geometry."""
-    key = (stride, padding)
-    if key not in _conv_cache:
+    key = ("conv", stride, padding)
+    if key not in _geometry_ops:
         lib = _alias(conv_library_path(), f"s{stride}p{padding}")
 
         def out_shape(x, w, cfg):
@@ -463,9 +455,9 @@ def _conv_primitive(stride, padding):
         def bprop(x, w, cfg, out, dout):
             return backward_data(dout, w, x, cfg), backward_weights(dout, x, w, cfg), ops.zeros_like(cfg)
 
-        _conv_cache[key] = ops.Custom(f"{lib}:ConvForward", out_shape=out_shape, out_dtype=out_type,
-                                      func_type="aot", bprop=bprop)
-    return _conv_cache[key]
+        _geometry_ops[key] = ops.Custom(f"{lib}:ConvForward", out_shape=out_shape, out_dtype=out_type,
+                                        func_type="aot", bprop=bprop)
+    return _geometry_ops[key]
 
 
 # --------------------------------------------------------------------------------------------
