@@ -25,9 +25,11 @@ then shard; when the record count is not divisible by ``num_shards`` a few recor
 that every shard has the same number of steps). Val is split exactly: shard ``k`` gets records
 ``k, k + num_shards, ...`` (no overlap, no padding, so metrics summed over shards are exact).
 """
+import argparse
 import logging
 import math
 import os
+import sys
 
 import numpy as np
 import mindspore.dataset as ds
@@ -35,9 +37,9 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as vision
 from mindspore.dataset.vision import Inter
 
-import cifar
-from config import DATASETS, parse_aa
-from errors import ConfigError, DataError
+from src import cifar
+from src.config import DATASETS, parse_aa
+from src.errors import ArgumentParser, ConfigError, DataError, run_cli
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "load_split", "rand_augment_ops",
            "train_transforms", "eval_transforms", "BatchMixer", "DEMO_SIZES"]
@@ -338,3 +340,82 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
     data = data.map(eval_transforms(cfg), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: python dataset.py generate|download|check
+# --------------------------------------------------------------------------------------------
+def _count(minimum):
+    """argparse type: an integer >= `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= {minimum}")
+        return value
+    return parse
+
+
+def _non_negative(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 0")
+    return value
+
+
+def main(argv=None):
+    """``python dataset.py generate|download|check``: the CIFAR binary data from the command line."""
+    parser = ArgumentParser(prog="dataset.py", description="CIFAR-10/100 binary data: generate, download, check.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="write learnable synthetic data in the CIFAR binary format")
+    g.add_argument("--dataset", choices=cifar.DATASETS, default="cifar10")
+    g.add_argument("--out", default="data/demo", help="parent folder; data goes to OUT/cifar-10-batches-bin "
+                   "or OUT/cifar-100-binary")
+    g.add_argument("--train", type=_count(1), default=2000, help="train records")
+    g.add_argument("--val", type=_count(0), default=500, help="val records")
+    g.add_argument("--files", type=_count(1), default=None, help="number of train files (default 5 / 1)")
+    g.add_argument("--seed", type=_count(0), default=0)
+    g.add_argument("--noise", type=_non_negative, default=0.2, help="pixel noise std (0..1 units)")
+    d = sub.add_parser("download", help="download and extract the official binary archive")
+    d.add_argument("--dataset", choices=cifar.DATASETS, default="cifar10")
+    d.add_argument("--root", default="data", help="parent folder of cifar-10-batches-bin / cifar-100-binary")
+    c = sub.add_parser("check", help="validate a folder and print its splits")
+    c.add_argument("--dataset", choices=cifar.DATASETS, default="cifar10")
+    c.add_argument("--path", required=True, help="folder holding the .bin files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.cmd == "generate":
+        folder = os.path.join(args.out, cifar.FOLDERS[args.dataset])
+        if args.files is not None and args.files > args.train:
+            raise DataError(f"--files {args.files} is more than the {args.train} train records")
+        try:
+            cifar.write_synthetic(folder, args.dataset, args.train, args.val, seed=args.seed, files=args.files,
+                            noise=args.noise)
+        except OSError as exc:
+            raise DataError(f"cannot write {folder}: {exc.strerror}"
+                            + (f" ({exc.filename})" if exc.filename else "")) from None
+        print(f"wrote {args.train} train + {args.val} val synthetic {cifar.PRETTY_NAMES[args.dataset]} records to {folder}")
+    elif args.cmd == "download":
+        folder = os.path.join(args.root, cifar.FOLDERS[args.dataset])
+        if os.path.exists(folder):
+            print(f"{folder} already exists; nothing to do")
+        else:
+            cifar.ensure_dataset(folder, args.dataset, download=True)
+            print(f"{cifar.PRETTY_NAMES[args.dataset]} is in {folder}")
+    else:
+        for split in ("train", "val"):
+            arr = cifar.read_split(args.path, args.dataset, split)
+            counts = np.bincount(arr.labels, minlength=cifar.NUM_CLASSES[args.dataset])
+            print(f"{split}: {len(arr)} records in {len(arr.files)} file(s); per class min {counts.min()} "
+                  f"max {counts.max()}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

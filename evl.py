@@ -12,21 +12,21 @@ import json
 import os
 import sys
 
-from errors import run_cli
+from src.errors import run_cli
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from runtime import load_run_config, setup_runtime, pop_option, load_checkpoint_model
+    from src.runtime import load_run_config, setup_runtime, pop_option, load_checkpoint_model
     json_path = pop_option(argv, "--json")
     cfg = load_run_config(argv)
-    from run_log import get_logger, Progress
+    from src.run_log import get_logger, Progress
     logger = get_logger(0)
     device, rank, world = setup_runtime(cfg, logger)
     logger = get_logger(rank)
 
     from dataset import create_dataset, get_class_names
-    from engine import evaluate, make_reduce_fn
+    from src.engine import evaluate, make_reduce_fn
 
     net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
     if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:

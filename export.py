@@ -32,7 +32,7 @@ crash never leaves a half-written file under the final name.
 import os
 import sys
 
-from errors import ConfigError, UserError, run_cli
+from src.errors import ConfigError, UserError, run_cli
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -45,7 +45,7 @@ VERIFY_ATOL = 1e-4
 
 def parse_options(argv):
     """Take export.py's own options out of `argv`; returns ``(file_name, file_format, batch, verify)``."""
-    from runtime import pop_option
+    from src.runtime import pop_option
     file_name = pop_option(argv, "--file_name", "an output path")
     fmt = pop_option(argv, "--file_format", "one of " + ", ".join(FORMATS)) or "MINDIR"
     if fmt.upper() not in FORMATS:
@@ -127,15 +127,15 @@ def main(argv=None):
     file_name, fmt, batch_size, verify = parse_options(argv)
     if fmt == "ONNX":
         check_format(fmt, None)  # before any config or MindSpore work
-    from runtime import load_run_config, setup_runtime, load_checkpoint_model, DEPLOY_KEYS
+    from src.runtime import load_run_config, setup_runtime, load_checkpoint_model, DEPLOY_KEYS
     cfg = load_run_config(argv)
-    from run_log import get_logger
+    from src.run_log import get_logger
     logger = get_logger(0)
     if not cfg.checkpoint_path:
         raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
                           f"{cfg.save_checkpoint_path}/best.ckpt)")
     base = output_base(file_name, cfg.checkpoint_path, fmt)
-    from config import resolve_device
+    from src.config import resolve_device
     check_format(fmt, resolve_device(cfg))
     device, _, _ = setup_runtime(cfg, logger)
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a

@@ -32,7 +32,7 @@ import json
 import os
 import sys
 
-from errors import ConfigError, DataError, run_cli
+from src.errors import ConfigError, DataError, run_cli
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -107,7 +107,7 @@ def preprocess(image, cfg):
 
 def class_names(cfg, num_classes, logger=None):
     """Names from the meta file of ``train_data_path`` when present, else the official names."""
-    import cifar
+    from src import cifar
     folder = cfg.train_data_path
     if os.path.isfile(os.path.join(folder, cifar.META_FILES[cfg.dataset_choose])):
         names = list(cifar.class_names(folder, cfg.dataset_choose))
@@ -144,7 +144,7 @@ def _parse_top_k(value):
 # --------------------------------------------------------------------------------------------
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from runtime import (load_run_config, setup_runtime, load_checkpoint_model, pop_option,
+    from src.runtime import (load_run_config, setup_runtime, load_checkpoint_model, pop_option,
                          pop_positionals, DEPLOY_KEYS)
     json_path = pop_option(argv, "--json")
     top_k = _parse_top_k(pop_option(argv, "--top_k", "an integer >= 1") or "5")
@@ -154,7 +154,7 @@ def main(argv=None):
     if not cfg.checkpoint_path:
         raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
                           f"{cfg.save_checkpoint_path}/best.ckpt)")
-    from run_log import get_logger
+    from src.run_log import get_logger
     logger = get_logger(0)
     setup_runtime(cfg, logger)
 

@@ -29,7 +29,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from errors import ArgumentParser, CheckpointError, ConfigError, DataError, run_cli
+from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, run_cli
 
 __all__ = ["NAME_RULES", "SAFE_GLOBALS", "map_name", "convert_state_dict", "dropped_keys",
            "load_torch_checkpoint", "extract_state_dict", "infer_topology", "compare_shapes",
@@ -344,7 +344,7 @@ def release_url(arch: str) -> str:
 
 def fetch_release(arch: str, cache_dir: str) -> str:
     """Path of the released ``.pth`` of ``arch`` in ``cache_dir``, downloaded when not there yet."""
-    from download import download_url
+    from src.download import download_url
     url = release_url(arch)
     dst = os.path.join(os.path.expanduser(cache_dir), url.rsplit("/", 1)[-1])
     if os.path.isfile(dst):

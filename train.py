@@ -22,16 +22,16 @@ import time
 
 import numpy as np
 
-from errors import ConfigError, run_cli
+from src.errors import ConfigError, run_cli
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from config import Config
-    from runtime import load_run_config, setup_runtime, check_precision, prepare_demo, build_model, ClusterError
+    from src.config import Config
+    from src.runtime import load_run_config, setup_runtime, check_precision, prepare_demo, build_model, ClusterError
     cfg = load_run_config(argv)
 
-    from run_log import get_logger
+    from src.run_log import get_logger
     logger = get_logger(0)
     import mindspore as ms
     device, rank, world = setup_runtime(cfg, logger)
@@ -40,14 +40,14 @@ def main(argv=None):
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
 
-    from checkpoint import resume_path, read_meta
+    from src.checkpoint import resume_path, read_meta
     from dataset import create_dataset
     from model import load_pretrained, read_checkpoint, check_fit
-    from optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from train_step import apply_amp, build_train_step
-    from engine import evaluate, train_one_epoch, make_reduce_fn, TrainingDiverged, average_bn_statistics
-    from checkpoint import save_training_state, remove_stale_temps
-    from run_log import Progress, MetricsLog
+    from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from src.train_step import apply_amp, build_train_step
+    from src.engine import evaluate, train_one_epoch, make_reduce_fn, TrainingDiverged, average_bn_statistics
+    from src.checkpoint import save_training_state, remove_stale_temps
+    from src.run_log import Progress, MetricsLog
 
     logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
@@ -147,7 +147,7 @@ def main(argv=None):
     if cfg.mode == "graph":
         # Compile before the first batch, then hand the compiler's freed heap back to the OS
         # (~0.4 GB at 224 px; benchmarks/RESULTS.md).
-        from perf import release_compile_memory
+        from src.perf import release_compile_memory
         t_compile = time.time()
         step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
                           ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
@@ -256,7 +256,7 @@ def _load_training_state(step_cell, params, path):
     is not taken from the file: it follows this run's config (e.g. a larger epoch_size extends it)
     at the restored global step."""
     import mindspore as ms
-    from errors import CheckpointError
+    from src.errors import CheckpointError
     state = {k: v for k, v in params.items() if not isinstance(v, str)}
     for p in step_cell.get_parameters():
         if p.name == "learning_rate":  # this run's own schedule (also: no "not loaded" warning)
@@ -271,7 +271,7 @@ def _load_training_state(step_cell, params, path):
 def _check_same_start(reduce_fn, world, rank, epoch, step, save_dir):
     """Every rank must start at the same (epoch, step): a resumed run on several machines needs the
     same last.ckpt on each (sum and sum of squares agree only when all values are equal)."""
-    from runtime import ClusterError
+    from src.runtime import ClusterError
     x = np.array([epoch, step, epoch * epoch, step * step], np.float64)
     total = reduce_fn(x.astype(np.float32)).astype(np.float64)
     if not np.allclose(total[:2] ** 2, world * total[2:]):

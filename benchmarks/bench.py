@@ -63,10 +63,10 @@ def _data(size, batch, num_classes, seed=0):
 def _ms_worker(args, t_start):
     sys.path.insert(0, ROOT)
     import mindspore as ms
-    import perf
+    from src import perf
     from model import create_model
-    from optim import AdamW, param_groups_weight_decay
-    from train_step import build_train_step
+    from src.optim import AdamW, param_groups_weight_decay
+    from src.train_step import build_train_step
 
     perf.configure_runtime(threads=args.threads, mode="graph")
     net = create_model(args.variant, num_classes=1000)

@@ -16,9 +16,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import cifar  # noqa: E402
+from src import cifar  # noqa: E402
 import dataset  # noqa: E402
-from config import load_config  # noqa: E402
+from src.config import load_config  # noqa: E402
 
 OFF = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--crop_scale", "1,1"]
 

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 import mindspore as ms
 from mindspore import nn
 
-from errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError
 from .convmlp import model_entrypoints
 
 __all__ = ["create_model", "list_models", "load_pretrained", "read_checkpoint", "check_fit",

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import cifar  # noqa: E402  (needs REPO on sys.path)
+from src import cifar  # noqa: E402  (needs REPO on sys.path)
 
 
 @pytest.fixture(scope="session")
@@ -64,17 +64,13 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 
 
-def shared_dir():
-    """``<repo>/../shared`` (ground truth from the official code), or ``$CONVMLP_SHARED``."""
-    return os.environ.get("CONVMLP_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
+#: Ground truth made with the official PyTorch code (see tests/fixtures/README.md).
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
 @pytest.fixture(scope="session")
 def parity_dir():
-    path = os.path.join(shared_dir(), "parity")
-    if not os.path.isfile(os.path.join(path, "convmlp_tiny.pth")):
-        pytest.fail(f"parity fixtures not found in {path}; set CONVMLP_SHARED to the shared/ folder")
-    return path
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +113,7 @@ def read_tsv(path):
 
 @pytest.fixture(scope="session")
 def official_keys(parity_dir):
-    """``official_keys("convmlp_s")`` -> ``{key: (shape, dtype, kind)}`` from the shared tsv."""
+    """``official_keys("convmlp_s")`` -> ``{key: (shape, dtype, kind)}`` from the fixture tsv."""
     return functools.lru_cache(maxsize=None)(
         lambda variant: read_tsv(os.path.join(parity_dir, f"{variant}_state_dict.tsv")))
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 import yaml
 
-import config
-from config import SCHEMA, load_config, parse_aa, resolve_device
-from errors import ConfigError
+from src import config
+from src.config import SCHEMA, load_config, parse_aa, resolve_device
+from src.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,7 +189,7 @@ def test_attribute_access_suggests_close_keys():
 
 
 def test_cli_error_is_one_line_and_exit_status_2():
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "config.py"), "--batch_size", "x"],
+    proc = subprocess.run([sys.executable, "-m", "src.config", "--batch_size", "x"],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: command line: invalid value 'x' for 'batch_size': "

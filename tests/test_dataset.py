@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-import cifar
+from src import cifar
 import dataset
-from config import load_config
-from errors import ConfigError, DataError
+from src.config import load_config
+from src.errors import ConfigError, DataError
 
 MEAN10 = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD10 = np.array([0.2470, 0.2435, 0.2616], np.float32)

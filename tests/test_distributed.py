@@ -88,7 +88,7 @@ def _train_args(data, out, epochs=EPOCHS, lr="2e-3"):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    import cifar
+    from src import cifar
     folder = tmp_path_factory.mktemp("dp_data") / "cifar-10-batches-bin"
     return str(cifar.write_synthetic(str(folder), "cifar10", N_TRAIN, N_VAL, seed=5))
 
@@ -314,13 +314,13 @@ def reference_run(out, argv):
     parameters to ``out`` and the initial ones to ``out`` with ``_init``."""
     import mindspore as ms
     from mindspore import nn, ops
-    from config import Config
+    from src.config import Config
     from dataset import create_dataset
-    from optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from perf import configure_runtime
-    from runtime import build_model, load_run_config
+    from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from src.perf import configure_runtime
+    from src.runtime import build_model, load_run_config
     from train import _epoch_cfg
-    from train_step import NetWithLoss
+    from src.train_step import NetWithLoss
 
     class Gradients(nn.Cell):
         """The gradients of the loss of one batch (compiled; updates BatchNorm's moving statistics)."""

@@ -2,7 +2,7 @@
 import os
 import re
 
-from config import config_markdown
+from src.config import config_markdown
 
 from conftest import REPO
 

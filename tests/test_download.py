@@ -8,9 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-import cifar
-from download import DownloadError, download_url, md5sum, safe_extract_tar
-from errors import DataError
+from src import cifar
+from src.download import DownloadError, download_url, md5sum, safe_extract_tar
+from src.errors import DataError
 
 
 def _closed_port_url():

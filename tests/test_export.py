@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import export
-from errors import ConfigError, CheckpointError, UserError
+from src.errors import ConfigError, CheckpointError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # MindSpore's own files are bit-exact here (max difference 0.0); the bound leaves room for another
@@ -31,8 +31,8 @@ def write_train_checkpoint(path, topology, image_size=32, dataset="cifar10", hea
     random-init model of `topology`; the head is scaled so that predictions are confident.
     Returns the config of the run."""
     import mindspore as ms
-    from config import load_config
-    from runtime import build_model
+    from src.config import load_config
+    from src.runtime import build_model
     flags = sum(([f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
                  for k, v in topology.items()), [])
     cfg = load_config(flags + ["--image_size", str(image_size), "--dataset_choose", dataset, *extra])
@@ -54,7 +54,7 @@ def tiny_ckpt(tmp_path_factory, tiny):
 
 def checkpoint_model(ckpt, *argv):
     """The model of `ckpt` as export.py/infer.py load it (topology from the saved config)."""
-    from runtime import load_run_config, load_checkpoint_model, DEPLOY_KEYS
+    from src.runtime import load_run_config, load_checkpoint_model, DEPLOY_KEYS
     argv = ["--checkpoint_path", ckpt, *argv]
     cfg = load_run_config(argv)
     net, _ = load_checkpoint_model(cfg, argv, logging.getLogger("test"), DEPLOY_KEYS)

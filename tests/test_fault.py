@@ -69,7 +69,7 @@ def finished_epochs(run_dir):
     if not last.exists():
         return 0
     import mindspore as ms
-    from checkpoint import read_meta
+    from src.checkpoint import read_meta
     return int(read_meta(ms.load_checkpoint(str(last)))["epoch"])
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cifar
+from src import cifar
 import infer
-from errors import DataError
-from runtime import pop_positionals
+from src.errors import DataError
+from src.runtime import pop_positionals
 from test_export import checkpoint_model, run, write_train_checkpoint
 
 PROB_ATOL = 1e-5  # graph mode in the script vs PyNative here; softmax in float64
@@ -114,7 +114,7 @@ def test_a_corrupt_image_alone_is_one_error_line(tiny_ckpt, images, user_error):
 def test_preprocessing_of_a_32px_image_is_the_validation_pipelines(tiny_cifar10, tmp_path):
     """A CIFAR image written as PNG and preprocessed by infer.py gives exactly the tensor that
     evl.py's validation pipeline gives (here with the resize to 48 px, bicubic)."""
-    from config import load_config
+    from src.config import load_config
     from dataset import create_dataset, load_split
     cfg = load_config(["--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10, "--image_size", "48",
                        "--eval_batch_size", "4"])
@@ -162,7 +162,7 @@ def test_image_paths_are_told_from_flag_values():
 
 
 def test_names_fall_back_when_the_model_has_another_class_count(tmp_path):
-    from config import load_config
+    from src.config import load_config
     cfg = load_config(["--train_data_path", str(tmp_path), "--dataset_choose", "cifar100"])
     names, source = infer.class_names(cfg, 100)
     assert names == list(cifar.CIFAR100_CLASSES) and "official" in source

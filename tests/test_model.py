@@ -9,7 +9,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from errors import CheckpointError, ConfigError
+from src.errors import CheckpointError, ConfigError
 from model import ConvMLP, DropPath, check_fit, create_model, load_pretrained
 
 TINY = dict(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=1)

@@ -5,8 +5,8 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from optim import AdamW, cosine_schedule, param_groups_weight_decay
-from train_step import SoftTargetCrossEntropy, apply_amp, build_train_step
+from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
+from src.train_step import SoftTargetCrossEntropy, apply_amp, build_train_step
 
 ms.set_context(mode=ms.GRAPH_MODE)
 

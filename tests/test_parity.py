@@ -1,4 +1,4 @@
-"""Parity with the official PyTorch ConvMLP (ground truth in ``../shared/parity``, see its README).
+"""Parity with the official PyTorch ConvMLP (ground truth in ``tests/fixtures``, see its README).
 
 * The official tiny checkpoint, converted, gives the official logits in inference mode
   (max abs diff <= 1e-4), through :func:`pth2ckpt.convert_state_dict` and through the CLI.

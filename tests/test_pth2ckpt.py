@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pth2ckpt
-from errors import CheckpointError
+from src.errors import CheckpointError
 from pth2ckpt import convert_state_dict, extract_state_dict, infer_topology, map_name
 
 

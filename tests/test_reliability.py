@@ -2,7 +2,7 @@
 and no traceback, and leaves what is already on disk as it was.
 
 Each case runs the real entry script as a subprocess (train.py, evl.py, export.py, infer.py,
-pth2ckpt.py, cifar.py) and checks three things:
+pth2ckpt.py, dataset.py) and checks three things:
 
 * the exit status (2 for an expected error, 130 for Ctrl-C);
 * one ``error: ...`` line on stderr that names the culprit (file, key or value), no traceback;
@@ -130,7 +130,7 @@ def interrupted_run(tiny_cifar10, tmp_path_factory):
 
 def checkpoint_meta(path):
     import mindspore as ms
-    from checkpoint import read_meta
+    from src.checkpoint import read_meta
     return read_meta(ms.load_checkpoint(str(path)))
 
 
@@ -282,7 +282,7 @@ def test_bad_val_data_evl(tiny_cifar10, tmp_path, finished):
 def test_bad_data_cifar_check(tiny_cifar10, tmp_path):
     folder, fragments = label_out_of_range(tiny_cifar10, None, tmp_path)
     before = Snapshot(folder)
-    expect_clean_failure(run("cifar.py", "check", "--path", folder), before, *fragments)
+    expect_clean_failure(run("dataset.py", "check", "--path", folder), before, *fragments)
 
 
 def _drop_dac_capabilities():
@@ -513,8 +513,8 @@ CONFIG_CASES = [  # (script, YAML text or None, flags, fragments)
     ("train", None, ["--loss_scale_type", "dynamic"], ["loss_scale_type dynamic", "CPU"]),
     ("train", None, ["--loss_scale_type", "fixed", "--loss_scale", "0"], ["'loss_scale'", "'0'"]),
     ("export", None, ["--export_batch_size", "-1"], ["--export_batch_size", "'-1'"]),
-    ("cifar", None, ["generate", "--train", "-5"], ["--train", "'-5'"]),
-    ("cifar", None, ["check", "--dataset", "imagenet", "--path", "."], ["--dataset", "'imagenet'"]),
+    ("dataset", None, ["generate", "--train", "-5"], ["--train", "'-5'"]),
+    ("dataset", None, ["check", "--dataset", "imagenet", "--path", "."], ["--dataset", "'imagenet'"]),
     ("pth2ckpt", None, ["--src", "x.pth", "--dst", "y.ckpt", "--arch", "convmlp_xl"], ["--arch", "'convmlp_xl'"]),
 ]
 
@@ -532,7 +532,7 @@ def test_bad_config(script, yaml_text, flags, fragments, run_dir, finished, tiny
         args = [*COMMON, *data_flags(tiny_cifar10), "--resume", "auto", "--save_checkpoint_path", run_dir, *args]
     elif script in ("evl", "export", "infer") and "--chekpoint_path" not in flags:
         args = ["--checkpoint_path", run_dir / "best.ckpt", *args]
-    if script == "cifar":
+    if script == "dataset":
         args = [a if a != "." else str(tiny_cifar10) for a in args] + (["--out", tmp_path / "gen"]
                                                                        if "generate" in args else [])
     before = Snapshot(run_dir, tiny_cifar10)

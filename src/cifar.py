@@ -21,27 +21,21 @@ Which files form a split:
 Any number of records per file is accepted. Everything is validated before training starts and
 every problem raises :class:`errors.DataError` with one line naming the file and the expectation.
 
-Command line::
-
-    python cifar.py generate --dataset cifar10 --out data/demo --train 2000 --val 500
-    python cifar.py download --dataset cifar10 --root data
-    python cifar.py check --dataset cifar10 --path data/cifar-10-batches-bin
+Command line: ``python dataset.py generate|download|check`` (see dataset.py).
 """
-import argparse
 import logging
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
 
-from download import DownloadError, download_url, md5sum, safe_extract_tar
-from errors import ArgumentParser, DataError, run_cli
+from .download import DownloadError, download_url, md5sum, safe_extract_tar
+from .errors import DataError
 
 __all__ = ["CifarArrays", "read_split", "split_files", "count_records", "class_names", "write_synthetic",
            "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "FOLDERS", "ARCHIVES", "BASE_URL",
@@ -52,7 +46,7 @@ _LOG = logging.getLogger(__name__)
 DATASETS = ("cifar10", "cifar100")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 NUM_COARSE = 20
-_PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+PRETTY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary"}
 PIXEL_BYTES = 32 * 32 * 3
 LABEL_BYTES = {"cifar10": 1, "cifar100": 2}
@@ -121,11 +115,11 @@ def _natural_key(name):
 # --------------------------------------------------------------------------------------------
 def _check_folder(folder, dataset):
     if not os.path.exists(folder):
-        raise DataError(f"dataset folder {folder} does not exist; expected the {_PRETTY[dataset]} binary files "
+        raise DataError(f"dataset folder {folder} does not exist; expected the {PRETTY_NAMES[dataset]} binary files "
                         f"there (see data/README.md, or set download: true)")
     if not os.path.isdir(folder):
         raise DataError(f"dataset path {folder} is not a folder; expected the folder holding the "
-                        f"{_PRETTY[dataset]} .bin files")
+                        f"{PRETTY_NAMES[dataset]} .bin files")
 
 
 def split_files(folder, dataset, split, any_names=False):
@@ -141,19 +135,19 @@ def split_files(folder, dataset, split, any_names=False):
     except OSError as exc:
         raise DataError(f"dataset folder {folder} cannot be listed ({exc.strerror})") from None
     if not names:
-        raise DataError(f"dataset folder {folder} has no .bin files; expected the {_PRETTY[dataset]} binary "
+        raise DataError(f"dataset folder {folder} has no .bin files; expected the {PRETTY_NAMES[dataset]} binary "
                         f"files ({_CANONICAL[dataset]['train']}, {_CANONICAL[dataset]['val']})")
     own = [n for n in names if any(p.match(n) for p in _PATTERNS[dataset].values())]
     foreign = [n for n in names if any(p.match(n) for p in _PATTERNS[_other(dataset)].values())]
     if not own and foreign:
         other = _other(dataset)
-        raise DataError(f"dataset folder {folder} looks like {_PRETTY[other]} ({', '.join(foreign[:3])}), but "
+        raise DataError(f"dataset folder {folder} looks like {PRETTY_NAMES[other]} ({', '.join(foreign[:3])}), but "
                         f"dataset_choose is {dataset}; expected {_CANONICAL[dataset]['train']} and "
                         f"{_CANONICAL[dataset]['val']}, or set dataset_choose: {other}")
     chosen = [n for n in names if _PATTERNS[dataset][split].match(n)]
     if not chosen:
         if not any_names:
-            raise DataError(f"dataset folder {folder} has no {split} files for {_PRETTY[dataset]} (expected "
+            raise DataError(f"dataset folder {folder} has no {split} files for {PRETTY_NAMES[dataset]} (expected "
                             f"{_CANONICAL[dataset][split]}; found {', '.join(names[:5])}); other names are "
                             f"used only when train_data_path and val_data_path are different folders")
         chosen = names
@@ -167,7 +161,7 @@ def _file_records(path, dataset):
     except OSError as exc:
         raise DataError(f"{path} cannot be read ({exc.strerror})") from None
     if not os.path.isfile(path):
-        raise DataError(f"{path} is not a regular file; expected a file of {_PRETTY[dataset]} records")
+        raise DataError(f"{path} is not a regular file; expected a file of {PRETTY_NAMES[dataset]} records")
     if not os.access(path, os.R_OK):
         raise DataError(f"{path} cannot be read (permission denied); expected a readable file")
     rec = RECORD_BYTES[dataset]
@@ -176,10 +170,10 @@ def _file_records(path, dataset):
     other = _other(dataset)
     orec = RECORD_BYTES[other]
     if size % orec == 0:
-        raise DataError(f"{path}: size {size} bytes is not a whole number of {rec}-byte {_PRETTY[dataset]} records "
-                        f"but is of {orec}-byte {_PRETTY[other]} records; is this a {_PRETTY[other]} file? "
+        raise DataError(f"{path}: size {size} bytes is not a whole number of {rec}-byte {PRETTY_NAMES[dataset]} records "
+                        f"but is of {orec}-byte {PRETTY_NAMES[other]} records; is this a {PRETTY_NAMES[other]} file? "
                         f"(set dataset_choose: {other})")
-    raise DataError(f"{path}: size {size} bytes is not a whole number of {rec}-byte {_PRETTY[dataset]} records "
+    raise DataError(f"{path}: size {size} bytes is not a whole number of {rec}-byte {PRETTY_NAMES[dataset]} records "
                     f"({size // rec} records + {size % rec} bytes): truncated or trailing bytes")
 
 
@@ -198,8 +192,8 @@ def _label_error(path, dataset, raw_bytes, index, value, what, allowed):
     other = _other(dataset)
     hint = ""
     if _plausible(raw_bytes, other):
-        hint = f"; the file parses as {_PRETTY[other]} records, set dataset_choose: {other}"
-    return DataError(f"{path}: record {index} has {what} {value}, expected {allowed} for {_PRETTY[dataset]}{hint}")
+        hint = f"; the file parses as {PRETTY_NAMES[other]} records, set dataset_choose: {other}"
+    return DataError(f"{path}: record {index} has {what} {value}, expected {allowed} for {PRETTY_NAMES[dataset]}{hint}")
 
 
 def _decode_file(path, dataset, n, images_out, labels_out, coarse_out):
@@ -257,7 +251,7 @@ def read_split(folder, dataset, split, any_names=False):
     if total == 0:
         raise DataError(f"the {split} split in {folder} has no records (files: "
                         f"{', '.join(os.path.basename(p) for p in files)} are empty); expected "
-                        f"{RECORD_BYTES[dataset]}-byte {_PRETTY[dataset]} records")
+                        f"{RECORD_BYTES[dataset]}-byte {PRETTY_NAMES[dataset]} records")
     images = np.empty((total, 32, 32, 3), np.uint8)
     labels = np.empty(total, np.int32)
     coarse = np.empty(total, np.int32) if dataset == "cifar100" else None
@@ -311,7 +305,7 @@ def ensure_dataset(folder, dataset, download):
         return folder
     url = archive_url(dataset)
     if not download:
-        raise DataError(f"dataset folder {folder} does not exist; put the {_PRETTY[dataset]} binary files there "
+        raise DataError(f"dataset folder {folder} does not exist; put the {PRETTY_NAMES[dataset]} binary files there "
                         f"(extracted from {url}) or set download: true")
     parent = os.path.dirname(os.path.abspath(folder))
     name, md5 = ARCHIVES[dataset]
@@ -325,7 +319,7 @@ def ensure_dataset(folder, dataset, download):
         except DownloadError as exc:
             raise DataError(f"could not download {url} ({exc.reason}); without network, download it elsewhere "
                             f"and put it at {archive}, or extract it so that {folder} holds the "
-                            f"{_PRETTY[dataset]} .bin files") from None
+                            f"{PRETTY_NAMES[dataset]} .bin files") from None
     safe_extract_tar(archive, parent)
     if not os.path.isdir(folder):
         extracted = os.path.join(parent, FOLDERS[dataset])
@@ -484,81 +478,3 @@ def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0
         if new_folder and os.path.exists(target):
             shutil.rmtree(target, ignore_errors=True)
     return folder
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-def _count(minimum):
-    """argparse type: an integer >= `minimum`."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= {minimum}")
-        return value
-    return parse
-
-
-def _non_negative(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 0")
-    return value
-
-
-def main(argv=None):
-    parser = ArgumentParser(description="CIFAR-10/100 binary data: generate, download, check.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="write learnable synthetic data in the CIFAR binary format")
-    g.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    g.add_argument("--out", default="data/demo", help="parent folder; data goes to OUT/cifar-10-batches-bin "
-                   "or OUT/cifar-100-binary")
-    g.add_argument("--train", type=_count(1), default=2000, help="train records")
-    g.add_argument("--val", type=_count(0), default=500, help="val records")
-    g.add_argument("--files", type=_count(1), default=None, help="number of train files (default 5 / 1)")
-    g.add_argument("--seed", type=_count(0), default=0)
-    g.add_argument("--noise", type=_non_negative, default=0.2, help="pixel noise std (0..1 units)")
-    d = sub.add_parser("download", help="download and extract the official binary archive")
-    d.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    d.add_argument("--root", default="data", help="parent folder of cifar-10-batches-bin / cifar-100-binary")
-    c = sub.add_parser("check", help="validate a folder and print its splits")
-    c.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    c.add_argument("--path", required=True, help="folder holding the .bin files")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    if args.cmd == "generate":
-        folder = os.path.join(args.out, FOLDERS[args.dataset])
-        if args.files is not None and args.files > args.train:
-            raise DataError(f"--files {args.files} is more than the {args.train} train records")
-        try:
-            write_synthetic(folder, args.dataset, args.train, args.val, seed=args.seed, files=args.files,
-                            noise=args.noise)
-        except OSError as exc:
-            raise DataError(f"cannot write {folder}: {exc.strerror}"
-                            + (f" ({exc.filename})" if exc.filename else "")) from None
-        print(f"wrote {args.train} train + {args.val} val synthetic {_PRETTY[args.dataset]} records to {folder}")
-    elif args.cmd == "download":
-        folder = os.path.join(args.root, FOLDERS[args.dataset])
-        if os.path.exists(folder):
-            print(f"{folder} already exists; nothing to do")
-        else:
-            ensure_dataset(folder, args.dataset, download=True)
-            print(f"{_PRETTY[args.dataset]} is in {folder}")
-    else:
-        for split in ("train", "val"):
-            arr = read_split(args.path, args.dataset, split)
-            counts = np.bincount(arr.labels, minlength=NUM_CLASSES[args.dataset])
-            print(f"{split}: {len(arr)} records in {len(arr.files)} file(s); per class min {counts.min()} "
-                  f"max {counts.max()}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])

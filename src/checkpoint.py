@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import mindspore as ms
 
-from errors import CheckpointError
+from .errors import CheckpointError
 
 __all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "resume_path",
            "prune_epochs", "remove_stale_temps", "LAST", "BEST"]

@@ -13,7 +13,7 @@ import urllib.request
 
 from tqdm import tqdm
 
-from errors import DataError
+from .errors import DataError
 
 __all__ = ["download_url", "md5sum", "safe_extract_tar", "DownloadError"]
 

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from errors import ConfigError, UserError
+from .errors import ConfigError, UserError
 
 __all__ = ["DEMO_OVERRIDES", "DEMO_SIZES", "load_run_config", "setup_runtime", "ClusterError", "check_precision",
            "prepare_demo", "build_model", "pop_option", "pop_positionals", "adopt_checkpoint_model",
@@ -33,7 +33,7 @@ def cli_keys(argv):
 
 def load_run_config(argv=None):
     """``load_config`` plus the demo layer when ``demo`` is on."""
-    from config import load_config
+    from .config import load_config
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv)
     if cfg.demo:
@@ -68,8 +68,8 @@ def setup_runtime(cfg, logger):
     """Execution mode, device and (for ``is_distributed``) the communication group.
     Returns ``(device, rank, world_size)``."""
     import mindspore as ms
-    from config import resolve_device
-    from perf import configure_runtime
+    from .config import resolve_device
+    from .perf import configure_runtime
 
     device = resolve_device(cfg)
     configure_runtime(mode=cfg.mode, device_target=device)
@@ -107,7 +107,7 @@ def setup_runtime(cfg, logger):
 
 def prepare_demo(cfg, logger, rank=0):
     """Write the demo dataset when it is not there yet (only on explicit ``demo: true``)."""
-    from cifar import write_synthetic
+    from .cifar import write_synthetic
     folder = cfg.train_data_path
     if rank == 0 and not os.path.isdir(folder):
         logger.info(f"demo: writing a generated {cfg.dataset_choose}-format sample to {folder} "
@@ -153,7 +153,7 @@ def pop_positionals(argv):
     A ``--key`` without ``=`` takes the next argument as its value, except a boolean key, which
     takes it only when it is a boolean word (``--demo true``; ``--demo cat.png`` = demo on +
     ``cat.png``). Arguments after a lone ``--`` are all positional."""
-    from config import SCHEMA_BY_NAME
+    from .config import SCHEMA_BY_NAME
     bool_words = ("true", "false", "yes", "no", "on", "off", "1", "0")
     flags, positional = [], []
     i = 0
@@ -211,8 +211,8 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
     """
     import mindspore as ms
-    from checkpoint import read_meta
-    from errors import CheckpointError
+    from .checkpoint import read_meta
+    from .errors import CheckpointError
     from model import read_checkpoint, check_fit, require_convmlp
 
     if not cfg.checkpoint_path:

@@ -9,23 +9,14 @@ import argparse
 import errno
 import sys
 
+# The model package raises these itself (it imports nothing from outside); one class each.
+from model.errors import CheckpointError, ConfigError, UserError
+
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ArgumentParser", "run_cli"]
-
-
-class UserError(Exception):
-    """A failure caused by input the user can fix; printed as one line, exit status 2."""
-
-
-class ConfigError(UserError):
-    """An unknown key, a value of the wrong type or outside its range."""
 
 
 class DataError(UserError):
     """A missing, empty, truncated or mislabelled dataset file or folder."""
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is unreadable, unsafe, or does not fit the model."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

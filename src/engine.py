@@ -7,8 +7,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from errors import UserError
-from run_log import Progress
+from .errors import UserError
+from .run_log import Progress
 
 __all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum", "make_reduce_fn", "average_bn_statistics"]
 

@@ -24,14 +24,15 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["SCHEMA", "DATASETS", "Config", "load_config", "apply_dataset_defaults", "resolve_device",
            "parse_aa", "config_markdown", "DEFAULT_CONFIG_FILE"]
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yaml")
+#: ``config.yaml`` at the top of the repository, next to the entry scripts.
+DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config.yaml")
 
 # Per-dataset values that follow `dataset_choose` unless the user sets them.
 DATASETS = {
@@ -575,9 +576,9 @@ def config_markdown():
 
 
 if __name__ == "__main__":
-    # `python config.py [--config FILE] [--key value ...]` prints the resolved config;
-    # `python config.py --markdown` prints the key table for the README.
-    from errors import run_cli
+    # `python -m src.config [--config FILE] [--key value ...]` prints the resolved config;
+    # `python -m src.config --markdown` prints the key table for the README.
+    from .errors import run_cli
 
     def _main(argv):
         if argv and argv[0] == "--markdown":
