@@ -1,4 +1,9 @@
-"""CIFAR-10/100 input pipelines on MindSpore's dataset engine, with the official fine-tune recipe.
+"""CIFAR-10/100 input pipelines on MindSpore's dataset engine, with the official fine-tune recipe,
+and the data's command line::
+
+    python dataset.py download --dataset cifar10 --root data      # the official archive, md5-checked
+    python dataset.py check --dataset cifar10 --path data/cifar-10-batches-bin
+    python dataset.py generate --dataset cifar10 --out data/demo --train 2000 --val 500
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -30,6 +35,7 @@ import logging
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import mindspore.dataset as ds
@@ -38,51 +44,60 @@ import mindspore.dataset.vision as vision
 from mindspore.dataset.vision import Inter
 
 from src import cifar
-from src.config import DATASETS, parse_aa
+from src import config
+from src.config import parse_aa
 from src.errors import ArgumentParser, ConfigError, DataError, run_cli
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "load_split", "rand_augment_ops",
-           "train_transforms", "eval_transforms", "BatchMixer", "DEMO_SIZES"]
+           "train_transforms", "eval_transforms", "BatchMixer", "prepare_demo", "epoch_config", "main"]
 
 _LOG = logging.getLogger(__name__)
 
 _INTER = {"bicubic": Inter.BICUBIC, "bilinear": Inter.BILINEAR, "nearest": Inter.NEAREST}
-DEMO_SIZES = (2000, 500)   # train, val records written when `demo` is on and the folder is missing
 
 
 # --------------------------------------------------------------------------------------------
-# Config helpers (work also on a config without apply_dataset_defaults)
+# Data folders (of a resolved config: src.config.load_config)
 # --------------------------------------------------------------------------------------------
-def _get(cfg, key):
-    value = getattr(cfg, key)
-    if value is None and key in ("num_classes", "mean", "std"):
-        value = DATASETS[cfg.dataset_choose][key]
-    if value is None and key in ("train_data_path", "val_data_path"):
-        root = "data/demo" if getattr(cfg, "demo", False) else "data"
-        value = f"{root}/{DATASETS[cfg.dataset_choose]['folder']}"
-    return value
-
-
 def _folder(cfg, split):
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return _get(cfg, "train_data_path" if split == "train" else "val_data_path")
+    return cfg.train_data_path if split == "train" else cfg.val_data_path
 
 
 def _any_names(cfg):
     """Non-canonical file names are allowed when train and val are different folders."""
-    return os.path.realpath(_get(cfg, "train_data_path")) != os.path.realpath(_get(cfg, "val_data_path"))
+    return os.path.realpath(cfg.train_data_path) != os.path.realpath(cfg.val_data_path)
+
+
+def prepare_demo(cfg, logger=None, rank=0):
+    """Write the generated demo sample (``src.config.DEMO_SIZES`` records) to the train folder when
+    it is not there yet; in a data-parallel run rank 0 writes and the other ranks wait for it."""
+    folder = cfg.train_data_path
+    if rank == 0 and not os.path.isdir(folder):
+        sizes = config.DEMO_SIZES
+        (logger or _LOG).info(f"demo: writing a generated {cfg.dataset_choose}-format sample to {folder} "
+                              f"({sizes['train']} train / {sizes['val']} val images)")
+        cifar.write_synthetic(folder, cfg.dataset_choose, sizes["train"], sizes["val"], seed=cfg.seed)
+    while not os.path.isdir(folder):  # other ranks wait for rank 0
+        time.sleep(0.5)
 
 
 def _prepare(cfg, split):
     """Make the split's folder available: demo data generated, or the official archive downloaded."""
+    if cfg.demo:
+        prepare_demo(cfg)
     folder = _folder(cfg, split)
-    if getattr(cfg, "demo", False) and not os.path.exists(folder):
-        n_train, n_val = DEMO_SIZES
-        _LOG.info("demo: writing %d + %d synthetic %s records to %s", n_train, n_val, cfg.dataset_choose, folder)
-        cifar.write_synthetic(folder, cfg.dataset_choose, n_train, n_val, seed=cfg.seed)
     cifar.ensure_dataset(folder, cfg.dataset_choose, cfg.download)
     return folder
+
+
+def epoch_config(cfg, epoch):
+    """The config for one epoch's training pipeline: the seed moves with the epoch, so the shuffle
+    and augmentation of epoch E are the same in a resumed run as in an uninterrupted one."""
+    d = cfg.to_dict()
+    d["seed"] = cfg.seed + 1000 * epoch
+    return config.Config(d)
 
 
 _CACHE = {}   # (folder, dataset, split, any_names) -> (file stamps, CifarArrays); a few entries
@@ -121,9 +136,8 @@ def dataset_size(cfg, split):
 
 
 def get_class_names(cfg):
-    """Class names of the configured dataset (meta files of the train folder, else class_0 ...)."""
-    folder = _get(cfg, "train_data_path")
-    return cifar.class_names(folder, cfg.dataset_choose)
+    """Class names of the configured dataset (the train folder's meta file, else the official names)."""
+    return cifar.class_names(cfg.train_data_path, cfg.dataset_choose)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,8 +197,8 @@ def rand_augment_ops(spec, interpolation="bicubic", fill=(0, 0, 0)):
 
 
 def _normalize_ops(cfg):
-    mean = [255.0 * v for v in _get(cfg, "mean")]
-    std = [255.0 * v for v in _get(cfg, "std")]
+    mean = [255.0 * v for v in cfg.mean]
+    std = [255.0 * v for v in cfg.std]
     return [vision.Normalize(mean=mean, std=std, is_hwc=True), vision.HWC2CHW()]
 
 
@@ -200,7 +214,7 @@ def train_transforms(cfg):
         ops.append(vision.Resize((size, size), interpolation=inter))
     if cfg.hflip > 0:
         ops.append(vision.RandomHorizontalFlip(prob=cfg.hflip))
-    fill = tuple(min(255, round(255 * v)) for v in _get(cfg, "mean"))
+    fill = tuple(min(255, round(255 * v)) for v in cfg.mean)
     ops += rand_augment_ops(cfg.aa, cfg.interpolation, fill)
     return ops + _normalize_ops(cfg)
 
@@ -311,7 +325,7 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
     if num_shards is not None and not 0 <= shard_id < num_shards:
         raise ConfigError(f"shard_id {shard_id} is outside 0..{num_shards - 1} (num_shards {num_shards})")
     arrays = load_split(cfg, split)
-    num_classes = _get(cfg, "num_classes")
+    num_classes = cfg.num_classes
     if int(arrays.labels.max()) >= num_classes:
         raise ConfigError(f"num_classes {num_classes} is too small for the labels of {arrays.files[0]} "
                           f"(max {int(arrays.labels.max())}); set num_classes: null")

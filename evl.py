@@ -12,14 +12,18 @@ import json
 import os
 import sys
 
+from src.config import option, parse_command_line
 from src.errors import run_cli
+
+#: evl.py's own options (everything else is a config key).
+OPTIONS = [option("json", None, "str", "Also write the results as JSON to this file.", nullable=True)]
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from src.runtime import load_run_config, setup_runtime, pop_option, load_checkpoint_model
-    json_path = pop_option(argv, "--json")
-    cfg = load_run_config(argv)
+    from src.runtime import setup_runtime, load_checkpoint_model
+    cmd = parse_command_line(argv, OPTIONS)
+    cfg, json_path = cmd.cfg, cmd.options.json
     from src.run_log import get_logger, Progress
     logger = get_logger(0)
     device, rank, world = setup_runtime(cfg, logger)

@@ -32,6 +32,7 @@ crash never leaves a half-written file under the final name.
 import os
 import sys
 
+from src.config import option, parse_command_line
 from src.errors import ConfigError, UserError, run_cli
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
@@ -43,27 +44,20 @@ ONNX_REFUSAL = ("file_format ONNX is not supported: MindSpore 2.10's ONNX export
 VERIFY_ATOL = 1e-4
 
 
+#: export.py's own options (everything else is a config key).
+OPTIONS = [
+    option("file_name", None, "str", "Output path (the format's extension is added); null = next to the "
+           "checkpoint, with its name.", nullable=True),
+    option("file_format", "MINDIR", "str", "Output format.", choices=FORMATS),
+    option("export_batch_size", 1, "int", "Batch dimension of the exported input.", min=1),
+    option("verify", False, "bool", "Run the exported file and compare it with the checkpoint model."),
+]
+
+
 def parse_options(argv):
-    """Take export.py's own options out of `argv`; returns ``(file_name, file_format, batch, verify)``."""
-    from src.runtime import pop_option
-    file_name = pop_option(argv, "--file_name", "an output path")
-    fmt = pop_option(argv, "--file_format", "one of " + ", ".join(FORMATS)) or "MINDIR"
-    if fmt.upper() not in FORMATS:
-        raise ConfigError(f"command line: invalid value {fmt!r} for '--file_format': expected one of "
-                          + ", ".join(FORMATS))
-    batch = pop_option(argv, "--export_batch_size", "an integer >= 1") or "1"
-    try:
-        batch_size = int(batch)
-    except ValueError:
-        batch_size = 0
-    if batch_size < 1:
-        raise ConfigError(f"command line: invalid value {batch!r} for '--export_batch_size': expected an "
-                          "integer >= 1")
-    verify = False
-    while "--verify" in argv:
-        argv.remove("--verify")
-        verify = True
-    return file_name, fmt.upper(), batch_size, verify
+    """export.py's command line: ``(cfg, options)``."""
+    cmd = parse_command_line(argv, OPTIONS)
+    return cmd.cfg, cmd.options
 
 
 def output_base(file_name, checkpoint_path, fmt):
@@ -124,17 +118,14 @@ def verify_export(net, path, inputs):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    file_name, fmt, batch_size, verify = parse_options(argv)
+    cfg, opts = parse_options(argv)
+    fmt, batch_size, verify = opts.file_format, opts.export_batch_size, opts.verify
     if fmt == "ONNX":
-        check_format(fmt, None)  # before any config or MindSpore work
-    from src.runtime import load_run_config, setup_runtime, load_checkpoint_model, DEPLOY_KEYS
-    cfg = load_run_config(argv)
+        check_format(fmt, None)  # before any MindSpore work
+    from src.runtime import setup_runtime, load_checkpoint_model, require_checkpoint_path, DEPLOY_KEYS
     from src.run_log import get_logger
     logger = get_logger(0)
-    if not cfg.checkpoint_path:
-        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
-                          f"{cfg.save_checkpoint_path}/best.ckpt)")
-    base = output_base(file_name, cfg.checkpoint_path, fmt)
+    base = output_base(opts.file_name, require_checkpoint_path(cfg), fmt)
     from src.config import resolve_device
     check_format(fmt, resolve_device(cfg))
     device, _, _ = setup_runtime(cfg, logger)

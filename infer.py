@@ -32,7 +32,8 @@ import json
 import os
 import sys
 
-from src.errors import ConfigError, DataError, run_cli
+from src.config import option, parse_command_line
+from src.errors import DataError, first_line, run_cli
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -78,7 +79,7 @@ def read_image(path):
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if "cannot identify image file" in reason:
             reason = "not an image Pillow can read (corrupt, empty or another format)"
         raise DataError(f"cannot read image '{path}': {reason}") from None
@@ -106,14 +107,11 @@ def preprocess(image, cfg):
 
 
 def class_names(cfg, num_classes, logger=None):
-    """Names from the meta file of ``train_data_path`` when present, else the official names."""
+    """The dataset's class names (``src.cifar.class_names``: the meta file of ``train_data_path``,
+    else the official names); ``class_<i>`` when the model has another number of classes."""
     from src import cifar
-    folder = cfg.train_data_path
-    if os.path.isfile(os.path.join(folder, cifar.META_FILES[cfg.dataset_choose])):
-        names = list(cifar.class_names(folder, cfg.dataset_choose))
-        source = f"{folder}/{cifar.META_FILES[cfg.dataset_choose]}"
-    else:
-        names = list(cifar.OFFICIAL_CLASSES[cfg.dataset_choose])
+    names, source = cifar.class_names(cfg.train_data_path, cfg.dataset_choose, with_source=True)
+    if source == "official":
         source = f"the official {cfg.dataset_choose} names"
     if len(names) != num_classes:
         if logger:
@@ -129,31 +127,21 @@ def softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _parse_top_k(value):
-    try:
-        k = int(value)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise ConfigError(f"command line: invalid value {value!r} for '--top_k': expected an integer >= 1")
-    return k
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+#: infer.py's own options (everything else is a config key; other arguments are images/folders).
+OPTIONS = [option("json", None, "str", "Also write the predictions as JSON to this file.", nullable=True),
+           option("top_k", 5, "int", "Classes listed per image.", min=1)]
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from src.runtime import (load_run_config, setup_runtime, load_checkpoint_model, pop_option,
-                         pop_positionals, DEPLOY_KEYS)
-    json_path = pop_option(argv, "--json")
-    top_k = _parse_top_k(pop_option(argv, "--top_k", "an integer >= 1") or "5")
-    paths = pop_positionals(argv)
-    cfg = load_run_config(argv)
-    files = collect_images(paths)
-    if not cfg.checkpoint_path:
-        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
-                          f"{cfg.save_checkpoint_path}/best.ckpt)")
+    from src.runtime import setup_runtime, load_checkpoint_model, require_checkpoint_path, DEPLOY_KEYS
+    cmd = parse_command_line(argv, OPTIONS, positionals=True)
+    cfg, json_path, top_k = cmd.cfg, cmd.options.json, cmd.options.top_k
+    files = collect_images(cmd.positionals)
+    require_checkpoint_path(cfg)
     from src.run_log import get_logger
     logger = get_logger(0)
     setup_runtime(cfg, logger)

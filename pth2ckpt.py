@@ -29,14 +29,13 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, run_cli
+from model.convmlp import HEAD_PREFIX, TOPOLOGY_KEYS
+from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, first_line, run_cli
 
 __all__ = ["NAME_RULES", "SAFE_GLOBALS", "map_name", "convert_state_dict", "dropped_keys",
            "load_torch_checkpoint", "extract_state_dict", "infer_topology", "compare_shapes",
            "release_url", "fetch_release", "save_ckpt_atomic", "verify", "main"]
 
-TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
-HEAD_PREFIX = "head."
 MAX_ABS_DIFF = 1e-4
 
 # Norm layers of the official model: BatchNorm at positions 1, 4, 7 of each conv-BN-ReLU x3
@@ -129,11 +128,6 @@ def _safe_globals():
 SAFE_GLOBALS = _safe_globals()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _unsafe_globals(path: str):
     """Globals the pickle in ``path`` refers to that are not allowed (read without running it)."""
     import torch
@@ -180,7 +174,7 @@ def _file_kind(path: str) -> str:
 def _unpickler_reason(exc: BaseException) -> str:
     """The useful part of torch's long ``weights_only`` error message."""
     m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(exc))
-    return m.group(1).strip()[:200] if m else _first_line(exc)
+    return m.group(1).strip()[:200] if m else first_line(exc, 200)
 
 
 def load_torch_checkpoint(path: str):
@@ -220,7 +214,7 @@ def load_torch_checkpoint(path: str):
     except Exception as exc:  # zip/stream errors of truncated or foreign files
         what = "a truncated or corrupt zip archive" if kind == "zip" else "a corrupt pickle"
         raise CheckpointError(f"cannot read '{path}': {what}, not a complete PyTorch checkpoint "
-                              f"({_first_line(exc)[:120]})") from None
+                              f"({first_line(exc, 120)})") from None
 
 
 def _short_names():

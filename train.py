@@ -16,48 +16,98 @@ Test hook: with the environment variable ``CONVMLP_DUMP_WEIGHTS_DIR`` set, every
 final model parameters to ``$CONVMLP_DUMP_WEIGHTS_DIR/rank<R>.npz`` (tests/test_distributed.py).
 """
 import os
-import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from src.errors import ConfigError, run_cli
+from src.errors import ClusterError, ConfigError, first_line, run_cli
+
+
+@dataclass
+class Run:
+    """What every phase needs: the resolved config, the logger and where this process runs."""
+    cfg: Any
+    logger: Any
+    device: str
+    rank: int
+    world: int
+    reduce_fn: Optional[Callable] = None   # sums a vector over the ranks (None for one process)
+
+    @property
+    def shard(self):
+        return dict(num_shards=self.world, shard_id=self.rank) if self.world > 1 else {}
+
+
+@dataclass
+class Parts:
+    """The datasets, the network and its compiled training step."""
+    val_ds: Any
+    steps_per_epoch: int
+    net: Any
+    step_cell: Any
+    optimizer: Any
+    lrs: Any
+
+    def global_step(self) -> int:
+        return int(self.optimizer.global_step.asnumpy()[0])
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from src.config import Config
-    from src.runtime import load_run_config, setup_runtime, check_precision, prepare_demo, build_model, ClusterError
-    cfg = load_run_config(argv)
+    from src.config import load_config
+    from src.engine import TrainingDiverged
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    run = start(cfg)
+    check_output_folder(run)
+    parts = build_parts(run, *build_data(run))
+    state = resume(run, parts)
+    if state.epoch >= cfg.epoch_size:
+        run.logger.info(f"nothing to do: the run already finished its {cfg.epoch_size} epochs")
+        return 0
+    compile_step(run, parts)
+    try:
+        train_epochs(run, parts, state)
+    except KeyboardInterrupt:
+        return save_on_interrupt(run, parts, state)
+    except RuntimeError as exc:
+        raise cluster_failure(run, exc) or exc
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{exc}{last_good_checkpoint(cfg)}") from None
+    finish(run, parts, state)
+    return 0
 
-    from src.run_log import get_logger
-    logger = get_logger(0)
+
+def start(cfg) -> Run:
+    """Device, rank and logger; the precision checks that must fail before anything is built; the
+    demo data; the resolved config in the log."""
     import mindspore as ms
-    device, rank, world = setup_runtime(cfg, logger)
-    check_precision(cfg, device, logger)
+    from src.runtime import setup_runtime, check_precision
+    from src.run_log import get_logger
+    from src.engine import make_reduce_fn
+    from dataset import prepare_demo
+    device, rank, world = setup_runtime(cfg, get_logger(0))
+    check_precision(cfg, device, get_logger(0))
     logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
-
-    from src.checkpoint import resume_path, read_meta
-    from dataset import create_dataset
-    from model import load_pretrained, read_checkpoint, check_fit
-    from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.train_step import apply_amp, build_train_step
-    from src.engine import evaluate, train_one_epoch, make_reduce_fn, TrainingDiverged, average_bn_statistics
-    from src.checkpoint import save_training_state, remove_stale_temps
-    from src.run_log import Progress, MetricsLog
-
     logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
                 f"MindSpore {ms.__version__}")
-    if rank == 0:
+    return Run(cfg, logger, device, rank, world, make_reduce_fn(world))
+
+
+def check_output_folder(run: Run):
+    """Temporaries of a killed run are removed; a fresh run never writes into a folder holding a
+    run (``--resume auto`` continues it; only the demo starts over)."""
+    from src.checkpoint import LAST, remove_stale_temps
+    cfg, logger = run.cfg, run.logger
+    if run.rank == 0:
         stale = remove_stale_temps(cfg.save_checkpoint_path)
         if stale:
             logger.info(f"removed {len(stale)} temporary file(s) left by a killed run: {', '.join(stale)}")
-
-    previous = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
+    previous = os.path.join(cfg.save_checkpoint_path, LAST)
     if cfg.resume is None and os.path.isfile(previous):
         if not cfg.demo:
             raise ConfigError(f"save_checkpoint_path {cfg.save_checkpoint_path} already holds a run ({previous}); "
@@ -65,267 +115,217 @@ def main(argv=None):
                               "(nothing was overwritten)")
         logger.warning(f"demo: starting over in {cfg.save_checkpoint_path} (the previous demo run is replaced)")
 
-    # ---- data (validated before any model is built) ----
-    shard = dict(num_shards=world, shard_id=rank) if world > 1 else {}
-    ds_probe = create_dataset(cfg, "train", **shard)
-    steps_per_epoch = ds_probe.get_dataset_size()
+
+def build_data(run: Run):
+    """The validation pipeline and the steps per epoch, after every data file was validated."""
+    from dataset import create_dataset, dataset_size
+    cfg, world = run.cfg, run.world
+    steps_per_epoch = create_dataset(cfg, "train", **run.shard).get_dataset_size()
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size {cfg.batch_size} x {world} device(s) is larger than the training "
                           f"set in {cfg.train_data_path}; lower batch_size")
-    val_ds = create_dataset(cfg, "val", **shard)
-    from dataset import dataset_size
-    logger.info(f"data: {cfg.dataset_choose} train {dataset_size(cfg, 'train')} images "
-                f"({cfg.train_data_path}), val {dataset_size(cfg, 'val')} images ({cfg.val_data_path}), "
-                f"{cfg.num_classes} classes, {cfg.image_size}px")
-    logger.info(f"batch {cfg.batch_size} per device x {world} = {cfg.batch_size * world} global, "
-                f"{steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs")
+    val_ds = create_dataset(cfg, "val", **run.shard)
+    run.logger.info(f"data: {cfg.dataset_choose} train {dataset_size(cfg, 'train')} images "
+                    f"({cfg.train_data_path}), val {dataset_size(cfg, 'val')} images ({cfg.val_data_path}), "
+                    f"{cfg.num_classes} classes, {cfg.image_size}px")
+    run.logger.info(f"batch {cfg.batch_size} per device x {world} = {cfg.batch_size * world} global, "
+                    f"{steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs")
+    return val_ds, steps_per_epoch
 
-    # ---- model ----
+
+def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
+    """The network (pretrained weights unless resuming), mixed precision, AdamW on the per-step
+    schedule, and the training step cell."""
+    import mindspore as ms
+    from model import cpu_kernels, load_pretrained
+    from src.checkpoint import resume_path
+    from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from src.runtime import build_model
+    from src.train_step import apply_amp, build_train_step
+    cfg, logger = run.cfg, run.logger
     net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
-    resume_file = resume_path(cfg.resume, cfg.save_checkpoint_path)
-    if resume_file is None and cfg.pretrained_ckpt:
+    fresh = resume_path(cfg.resume, cfg.save_checkpoint_path) is None
+    if fresh and cfg.pretrained_ckpt:
         rep = load_pretrained(net, cfg.pretrained_ckpt)
         logger.info(f"initialised from {cfg.pretrained_ckpt}: {len(rep['loaded'])} tensors loaded"
                     + ("; head re-created for %d classes" % cfg.num_classes if rep["head_reinitialised"]
                        else "") + (f"; ignored {len(rep['ignored'])} non-model entries" if rep["ignored"]
                                    else ""))
-    elif resume_file is None:
+    elif fresh:
         logger.warning("*** no pretrained_ckpt: training FROM SCRATCH (random init). The published accuracy "
                        "needs the converted ImageNet weights (pth2ckpt.py) ***")
     logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
-    from model import cpu_kernels
     logger.info(f"C++ CPU kernels (model/cpu_kernels.py): {cpu_kernels.status()}")
     net = apply_amp(net, cfg.amp_level)
     logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))
-
     lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size,
                           steps_per_epoch, cfg.cooldown_epochs)
     scale = cfg.loss_scale if cfg.loss_scale_type == "fixed" else 1.0
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
                 weight_decay=cfg.weight_decay, loss_scale=scale)
     step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
+    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs)
 
-    # ---- resume ----
-    start_epoch, skip, best_acc, best_epoch = 0, 0, -1.0, 0
+
+def resume(run: Run, parts: Parts):
+    """The position to start from: the beginning, or a checkpoint's epoch and step with its weights,
+    optimiser state and best result. Writes the resolved config next to the checkpoints."""
+    import mindspore as ms
+    from model import check_fit, read_checkpoint
+    from src.checkpoint import read_meta, resume_path
+    from src.training import RunState, check_same_start, load_training_state
+    cfg = run.cfg
+    state = RunState()
+    resume_file = resume_path(cfg.resume, cfg.save_checkpoint_path)
     if resume_file:
         params = read_checkpoint(resume_file)
         meta = read_meta(params)
         if meta.get("arch", cfg.arch) != cfg.arch:
             raise ConfigError(f"resume: '{resume_file}' is a {meta['arch']} checkpoint but arch is {cfg.arch}")
-        check_fit(net, params, resume_file)
-        _load_training_state(step_cell, params, resume_file)
-        start_epoch = int(meta.get("epoch", 0))
-        skip = int(meta.get("step_in_epoch", 0))
-        best_acc = float(meta.get("best_acc", -1.0))
-        best_epoch = int(meta.get("best_epoch", 0))
-        if "global_step" in meta and int(opt.global_step.asnumpy()[0]) != int(meta["global_step"]):
-            opt.global_step.set_data(ms.Tensor([int(meta["global_step"])], ms.int32))
-        logger.info(f"resumed from {resume_file}: {start_epoch} epoch(s) done"
-                    + (f" + {skip} step(s) of epoch {start_epoch + 1}" if skip else "")
-                    + f", global step {int(opt.global_step.asnumpy()[0])}")
-        if start_epoch >= cfg.epoch_size:
-            logger.info(f"nothing to do: the run already finished its {cfg.epoch_size} epochs")
-            return 0
-    if rank == 0:
+        check_fit(parts.net, params, resume_file)
+        load_training_state(parts.step_cell, params, resume_file)
+        state = RunState(epoch=int(meta.get("epoch", 0)), step=int(meta.get("step_in_epoch", 0)),
+                         best_acc=float(meta.get("best_acc", -1.0)), best_epoch=int(meta.get("best_epoch", 0)),
+                         resumed_from=resume_file)
+        state.saved = (state.epoch, state.step)
+        if "global_step" in meta and parts.global_step() != int(meta["global_step"]):
+            parts.optimizer.global_step.set_data(ms.Tensor([int(meta["global_step"])], ms.int32))
+        run.logger.info(f"resumed from {resume_file}: {state.epoch} epoch(s) done"
+                        + (f" + {state.step} step(s) of epoch {state.epoch + 1}" if state.step else "")
+                        + f", global step {parts.global_step()}")
+    if run.rank == 0 and state.epoch < cfg.epoch_size:
         os.makedirs(cfg.save_checkpoint_path, exist_ok=True)
         cfg.save(os.path.join(cfg.save_checkpoint_path, "config.yaml"))
-    metrics = MetricsLog.resume(cfg.save_checkpoint_path, start_epoch) if rank == 0 else None
-    reduce_fn = make_reduce_fn(world)
-    if world > 1:
-        _check_same_start(reduce_fn, world, rank, start_epoch, skip, cfg.save_checkpoint_path)
-
-    def meta_for(epoch, step_in_epoch=0):
-        return {"epoch": epoch, "global_step": int(opt.global_step.asnumpy()[0]),
-                "step_in_epoch": step_in_epoch, "best_acc": best_acc, "best_epoch": best_epoch,
-                "arch": cfg.arch, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
-                "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
-
-    if cfg.mode == "graph":
-        # Compile before the first batch, then hand the compiler's freed heap back to the OS
-        # (~0.4 GB at 224 px; benchmarks/RESULTS.md).
-        from src.perf import release_compile_memory
-        t_compile = time.time()
-        step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
-                          ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
-        release_compile_memory()
-        logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
-
-    # Ctrl-C / SIGTERM: finish the current step, save a resumable checkpoint, exit 130. The
-    # position is (finished epochs, steps done in the next one); "saved" is what is on disk.
-    progress_state = {"epoch": start_epoch, "step": skip,
-                      "saved": (start_epoch, skip) if resume_file else None}
-    stop = _install_stop_handler(logger)
-    if world > 1:
-        # Every rank asks the same question after every step, so all stop at the same step (a
-        # SIGTERM from a cluster scheduler reaches the ranks at different moments).
-        def stop_requested():
-            return float(reduce_fn(np.array([float(stop["requested"])], np.float32))[0]) > 0
-    else:
-        def stop_requested():
-            return stop["requested"]
-
-    try:
-        for epoch in range(start_epoch, cfg.epoch_size):
-            progress_state.update(epoch=epoch, step=skip)
-            train_ds = create_dataset(_epoch_cfg(cfg, epoch, Config), "train", **shard)
-            bar = Progress(steps_per_epoch - skip, f"epoch {epoch + 1}/{cfg.epoch_size}", logger,
-                           enabled=rank == 0, log_interval=cfg.log_interval)
-            stats = train_one_epoch(step_cell, train_ds, epoch + 1, steps_per_epoch, skip=skip,
-                                    progress=bar,
-                                    on_step=lambda s: progress_state.__setitem__("step", s),
-                                    should_stop=stop_requested)
-            bar.close()
-            if stats["interrupted"]:
-                raise KeyboardInterrupt
-            progress_state.update(epoch=epoch + 1, step=0)
-            skip = 0
-            if world > 1:  # the mean loss over all ranks; one set of BatchNorm statistics
-                stats["loss"] = float(reduce_fn(np.array([stats["loss"]], np.float32))[0]) / world
-                average_bn_statistics(net, reduce_fn, world)
-            lr_now = float(lrs[min(int(opt.global_step.asnumpy()[0]), len(lrs) - 1)])
-            ips = stats["images_per_s"] * world
-            row = {"epoch": epoch + 1, "step": int(opt.global_step.asnumpy()[0]),
-                   "train_loss": f"{stats['loss']:.5f}", "lr": f"{lr_now:.3e}",
-                   "images_per_s": f"{ips:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}
-            line = f"epoch:{epoch + 1} step:{steps_per_epoch}, loss is {stats['loss']:.5f}"
-            is_best = False
-            if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epoch_size:
-                res = evaluate(net, val_ds, cfg.num_classes, reduce_fn)
-                row.update(val_loss=f"{res['loss']:.5f}", val_top1=f"{res['top1']:.4f}",
-                           val_top5=f"{res['top5']:.4f}")
-                line += (f" | val top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} "
-                         f"loss {res['loss']:.4f}")
-                if res["top1"] > best_acc:
-                    best_acc, best_epoch, is_best = res["top1"], epoch + 1, True
-            line += f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s"
-            logger.info(line)
-            if rank == 0:
-                path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(epoch + 1),
-                                           is_best=is_best, keep=cfg.keep_checkpoint_max)
-                metrics.add(row)
-                logger.info(f"saved {path}" + (f" (new best top-1 {best_acc:.4f})" if is_best else ""))
-            progress_state["saved"] = (epoch + 1, 0)
-            if stop_requested() and epoch + 1 < cfg.epoch_size:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        e, s = progress_state["epoch"], progress_state["step"]
-        where = f"epoch {e + 1} step {s}" if s else f"the end of epoch {e}"
-        if rank == 0 and (e, s) != progress_state["saved"] and (e, s) != (0, 0):
-            path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(e, s), epoch_file=False)
-            logger.warning(f"interrupted at {where}: saved resumable {path}")
-        elif rank == 0:
-            logger.warning(f"interrupted at {where}; nothing new to save")
-        launcher = "msrun <same msrun options> train.py" if world > 1 else "python train.py"
-        logger.warning(f"continue with: {launcher} <same options> --resume auto "
-                       f"--save_checkpoint_path {cfg.save_checkpoint_path}")
-        if world > 1:
-            logger.warning("data-parallel run: msrun and MindSpore's scheduler also stop every rank this way "
-                           "when one rank dies; the cause is in the other ranks' logs (msrun --log_dir)")
-        return 130
-    except RuntimeError as exc:
-        if world > 1 and _is_communication_failure(exc):
-            last = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
-            raise ClusterError(
-                f"rank {rank} of {world}: a collective operation failed, so another rank has died or cannot "
-                f"be reached (MindSpore: {_first_line(exc)}). The cause is in the other ranks' logs "
-                "(msrun --log_dir: worker_<rank>.log, scheduler.log); restart every rank with --resume auto"
-                + (f" (last good checkpoint {last})" if os.path.isfile(last) else "")) from None
-        raise
-    except TrainingDiverged as exc:
-        last = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
-        keep = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
-        raise TrainingDiverged(f"{exc}{keep}") from None
-
-    if os.environ.get("CONVMLP_DUMP_WEIGHTS_DIR"):
-        _dump_weights(net, os.environ["CONVMLP_DUMP_WEIGHTS_DIR"], rank)
-    logger.info(f"done: best val top-1 {best_acc:.4f} at epoch {best_epoch}; checkpoints in "
-                f"{cfg.save_checkpoint_path} (best.ckpt, last.ckpt)")
-    if cfg.demo and rank == 0:
-        best = os.path.join(cfg.save_checkpoint_path, "best.ckpt")
-        logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
-                    f"--image_size {cfg.image_size}")
-    return 0
-
-
-def _load_training_state(step_cell, params, path):
-    """The weights and optimiser state of a resumed run into `step_cell`. The learning-rate schedule
-    is not taken from the file: it follows this run's config (e.g. a larger epoch_size extends it)
-    at the restored global step."""
-    import mindspore as ms
-    from src.errors import CheckpointError
-    state = {k: v for k, v in params.items() if not isinstance(v, str)}
-    for p in step_cell.get_parameters():
-        if p.name == "learning_rate":  # this run's own schedule (also: no "not loaded" warning)
-            state[p.name] = ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
-    try:
-        ms.load_param_into_net(step_cell, state)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"resume: '{path}' does not fit this run's training state: "
-                              f"{_first_line(exc)}") from None
-
-
-def _check_same_start(reduce_fn, world, rank, epoch, step, save_dir):
-    """Every rank must start at the same (epoch, step): a resumed run on several machines needs the
-    same last.ckpt on each (sum and sum of squares agree only when all values are equal)."""
-    from src.runtime import ClusterError
-    x = np.array([epoch, step, epoch * epoch, step * step], np.float64)
-    total = reduce_fn(x.astype(np.float32)).astype(np.float64)
-    if not np.allclose(total[:2] ** 2, world * total[2:]):
-        raise ClusterError(f"rank {rank} starts at epoch {epoch + 1} step {step}, another rank elsewhere: "
-                           f"resuming needs the same {save_dir}/last.ckpt on every machine (a shared "
-                           "folder, or copy it) before all ranks are started again")
-
-
-def _is_communication_failure(exc):
-    """Whether a RuntimeError of MindSpore comes from a collective operation or the cluster."""
-    text = str(exc)
-    return any(k in text for k in ("AllReduce", "AllGather", "Broadcast", "collective", "cluster"))
-
-
-def _first_line(exc):
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not set(ln.strip()) <= set("-")]
-    kernel = [ln for ln in lines if ln.startswith("Launch kernel failed")]
-    return (kernel or lines or [type(exc).__name__])[0]
-
-
-def _dump_weights(net, folder, rank):
-    """Test hook (``CONVMLP_DUMP_WEIGHTS_DIR``): this rank's model parameters, BatchNorm statistics
-    included, to ``folder/rank<R>.npz``."""
-    os.makedirs(folder, exist_ok=True)
-    np.savez(os.path.join(folder, f"rank{rank}.npz"),
-             **{p.name: p.asnumpy() for p in net.get_parameters()})
-
-
-def _install_stop_handler(logger):
-    """SIGINT/SIGTERM: the first asks the loop to stop at the next step boundary (it then saves a
-    resumable checkpoint); a second one aborts at once."""
-    state = {"requested": False}
-
-    def handler(signum, frame):
-        if state["requested"]:
-            raise KeyboardInterrupt
-        state["requested"] = True
-        # MindSpore's runtime relays Ctrl-C (SIGINT) to the process as SIGTERM once it has run
-        name = "SIGTERM (kill, or Ctrl-C relayed by MindSpore)" if signum == signal.SIGTERM else \
-            signal.Signals(signum).name
-        logger.warning(f"{name}: stopping after the current step and saving a "
-                       "resumable checkpoint (send it again to abort without saving)")
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    if run.world > 1:
+        check_same_start(run.reduce_fn, run.world, run.rank, state.epoch, state.step, cfg.save_checkpoint_path)
     return state
 
 
-def _epoch_cfg(cfg, epoch, Config):
-    """The config for one epoch's data pipeline: the seed moves with the epoch, so the shuffle
-    and augmentation of epoch E are the same in a resumed run as in an uninterrupted one."""
-    d = cfg.to_dict()
-    d["seed"] = cfg.seed + 1000 * epoch
-    return Config(d)
+def compile_step(run: Run, parts: Parts):
+    """GRAPH mode: compile before the first batch, then hand the compiler's freed heap back to the
+    OS (benchmarks/RESULTS.md), so that images/s and memory describe training alone."""
+    if run.cfg.mode != "graph":
+        return
+    import mindspore as ms
+    from src.perf import release_compile_memory
+    cfg = run.cfg
+    t_compile = time.time()
+    parts.step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
+                            ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
+    release_compile_memory()
+    run.logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
+
+
+def train_epochs(run: Run, parts: Parts, state):
+    """The epoch loop: train, (evaluate), log one line, save; Ctrl-C / SIGTERM stops at a step
+    boundary (KeyboardInterrupt, handled by :func:`save_on_interrupt`)."""
+    from dataset import create_dataset, epoch_config
+    from src.engine import average_bn_statistics, train_one_epoch
+    from src.run_log import MetricsLog, Progress
+    from src.training import StopRequest
+    cfg = run.cfg
+    metrics = MetricsLog.resume(cfg.save_checkpoint_path, state.epoch) if run.rank == 0 else None
+    stop = StopRequest(run.logger, run.reduce_fn if run.world > 1 else None)
+    for epoch in range(state.epoch, cfg.epoch_size):
+        train_ds = create_dataset(epoch_config(cfg, epoch), "train", **run.shard)
+        bar = Progress(parts.steps_per_epoch - state.step, f"epoch {epoch + 1}/{cfg.epoch_size}", run.logger,
+                       enabled=run.rank == 0, log_interval=cfg.log_interval)
+        stats = train_one_epoch(parts.step_cell, train_ds, epoch + 1, parts.steps_per_epoch, skip=state.step,
+                                progress=bar, on_step=lambda s: setattr(state, "step", s), should_stop=stop)
+        bar.close()
+        if stats["interrupted"]:
+            raise KeyboardInterrupt
+        state.epoch, state.step = epoch + 1, 0
+        if run.world > 1:  # the mean loss over all ranks; one set of BatchNorm statistics
+            stats["loss"] = float(run.reduce_fn(np.array([stats["loss"]], np.float32))[0]) / run.world
+            average_bn_statistics(parts.net, run.reduce_fn, run.world)
+        end_of_epoch(run, parts, state, stats, metrics)
+        if stop() and epoch + 1 < cfg.epoch_size:
+            raise KeyboardInterrupt
+
+
+def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
+    """Validation when due, the epoch's log line and metrics row, and its checkpoint."""
+    from src.checkpoint import save_training_state
+    from src.engine import evaluate
+    cfg, epoch = run.cfg, state.epoch
+    lr_now = float(parts.lrs[min(parts.global_step(), len(parts.lrs) - 1)])
+    ips = stats["images_per_s"] * run.world
+    row = {"epoch": epoch, "step": parts.global_step(), "train_loss": f"{stats['loss']:.5f}",
+           "lr": f"{lr_now:.3e}", "images_per_s": f"{ips:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}
+    line = f"epoch:{epoch} step:{parts.steps_per_epoch}, loss is {stats['loss']:.5f}"
+    is_best = False
+    if epoch % cfg.eval_interval == 0 or epoch == cfg.epoch_size:
+        res = evaluate(parts.net, parts.val_ds, cfg.num_classes, run.reduce_fn)
+        row.update(val_loss=f"{res['loss']:.5f}", val_top1=f"{res['top1']:.4f}", val_top5=f"{res['top5']:.4f}")
+        line += f" | val top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} loss {res['loss']:.4f}"
+        if res["top1"] > state.best_acc:
+            state.best_acc, state.best_epoch, is_best = res["top1"], epoch, True
+    run.logger.info(line + f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s")
+    if run.rank == 0:
+        path = save_training_state(parts.step_cell, cfg.save_checkpoint_path,
+                                   state.checkpoint_meta(cfg, parts.global_step(), epoch),
+                                   is_best=is_best, keep=cfg.keep_checkpoint_max)
+        metrics.add(row)
+        run.logger.info(f"saved {path}" + (f" (new best top-1 {state.best_acc:.4f})" if is_best else ""))
+    state.saved = (epoch, 0)
+
+
+def save_on_interrupt(run: Run, parts: Parts, state) -> int:
+    """Ctrl-C / SIGTERM: a resumable checkpoint of the position reached (unless it is on disk
+    already), the command that continues the run, exit status 130."""
+    from src.checkpoint import save_training_state
+    cfg, logger = run.cfg, run.logger
+    position = (state.epoch, state.step)
+    if run.rank == 0 and position != state.saved and position != (0, 0):
+        meta = state.checkpoint_meta(cfg, parts.global_step(), state.epoch, state.step)
+        path = save_training_state(parts.step_cell, cfg.save_checkpoint_path, meta, epoch_file=False)
+        logger.warning(f"interrupted at {state.where()}: saved resumable {path}")
+    elif run.rank == 0:
+        logger.warning(f"interrupted at {state.where()}; nothing new to save")
+    launcher = "msrun <same msrun options> train.py" if run.world > 1 else "python train.py"
+    logger.warning(f"continue with: {launcher} <same options> --resume auto "
+                   f"--save_checkpoint_path {cfg.save_checkpoint_path}")
+    if run.world > 1:
+        logger.warning("data-parallel run: msrun and MindSpore's scheduler also stop every rank this way "
+                       "when one rank dies; the cause is in the other ranks' logs (msrun --log_dir)")
+    return 130
+
+
+def cluster_failure(run: Run, exc: RuntimeError) -> Optional[ClusterError]:
+    """A collective operation that failed in a data-parallel run, as one error naming the cause's
+    place; None for any other RuntimeError (raised as it is)."""
+    from src.training import is_communication_failure
+    if run.world <= 1 or not is_communication_failure(exc):
+        return None
+    return ClusterError(
+        f"rank {run.rank} of {run.world}: a collective operation failed, so another rank has died or cannot "
+        f"be reached (MindSpore: {first_line(exc)}). The cause is in the other ranks' logs "
+        "(msrun --log_dir: worker_<rank>.log, scheduler.log); restart every rank with --resume auto"
+        + last_good_checkpoint(run.cfg, " (last good checkpoint {})"))
+
+
+def last_good_checkpoint(cfg, template="; the last good checkpoint is {}") -> str:
+    from src.checkpoint import LAST
+    last = os.path.join(cfg.save_checkpoint_path, LAST)
+    return template.format(last) if os.path.isfile(last) else ""
+
+
+def finish(run: Run, parts: Parts, state):
+    from src.training import dump_weights
+    cfg = run.cfg
+    if os.environ.get("CONVMLP_DUMP_WEIGHTS_DIR"):
+        dump_weights(parts.net, os.environ["CONVMLP_DUMP_WEIGHTS_DIR"], run.rank)
+    run.logger.info(f"done: best val top-1 {state.best_acc:.4f} at epoch {state.best_epoch}; checkpoints in "
+                    f"{cfg.save_checkpoint_path} (best.ckpt, last.ckpt)")
+    if cfg.demo and run.rank == 0:
+        best = os.path.join(cfg.save_checkpoint_path, "best.ckpt")
+        run.logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
+                        f"--image_size {cfg.image_size}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ __all__ = [
     "convmlp_l",
     "default_cfgs",
     "model_entrypoints",
+    "TOPOLOGY_KEYS",
+    "HEAD_PREFIX",
 ]
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default; MindSpore's default is 1e-7
@@ -88,6 +90,11 @@ default_cfgs = {
     "convmlp_l": _cfg(_URL.format("convmlp_l"), blocks=(4, 8, 3), dims=(192, 384, 768),
                       mlp_ratios=(3, 3, 3), channels=96, n_conv_blocks=3),
 }
+#: The arguments of :class:`ConvMLP` that describe a topology (the keys of ``default_cfgs`` that a
+#: custom configuration can change; config keys, pth2ckpt.py flags and checkpoint metadata too).
+TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
+#: Parameter-name prefix of the classifier (re-created when the class count differs).
+HEAD_PREFIX = "head."
 
 
 class DropPath(nn.Cell):
@@ -288,7 +295,7 @@ class ConvMLP(nn.Cell):
 
     def __init__(self, blocks: Sequence[int], dims: Sequence[int], mlp_ratios: Sequence[float],
                  channels: int = 64, n_conv_blocks: int = 3, classifier_head: bool = True,
-                 num_classes: int = 1000, drop_path_rate: float = 0.1, *args, **kwargs):
+                 num_classes: int = 1000, drop_path_rate: float = 0.1):
         super().__init__()
         if not (len(blocks) == len(dims) == len(mlp_ratios)):
             raise ValueError(f"blocks, dims and mlp_ratios must have the same length, got "
@@ -346,7 +353,7 @@ class ConvMLP(nn.Cell):
         else:
             head = nn.Identity()
         self.head = head
-        self.head.update_parameters_name("head.")
+        self.head.update_parameters_name(HEAD_PREFIX)
 
     def forward_features(self, x):
         """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
@@ -374,7 +381,7 @@ class ConvMLP(nn.Cell):
 
 def _create(variant: str, pretrained_ckpt: Optional[str] = None, num_classes: int = 1000, **kwargs):
     cfg = default_cfgs[variant]
-    arch = {k: cfg[k] for k in ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")}
+    arch = {k: cfg[k] for k in TOPOLOGY_KEYS}
     arch.update(kwargs)
     model = ConvMLP(num_classes=num_classes, **arch)
     model.default_cfg = cfg

@@ -1,30 +1,12 @@
 """C++ CPU kernels for ConvMLP, as MindSpore ``Custom`` ("aot") ops, with MindSpore fallbacks.
 
-Why: on the CPU, MindSpore 2.10's own kernels for several of ConvMLP's operations cost far more than
-the arithmetic (``benchmarks/RESULTS.md``, round 3; fwd+bwd, this 2-core machine):
-
-=========================  =====================================  ========================
-operation                  MindSpore 2.10                         kernel here
-=========================  =====================================  ========================
-exact GELU                 ``Erf`` is a scalar loop that slows    0.9 ms (grad 1.3 ms)
-                           with the input's magnitude: 1.5 ms
-                           (values near 0) to 7 ms (scale 3) for
-                           a (128, 4, 4, 256) tensor; grad 9 ms
-LayerNorm                  7.5 ms (128, 4, 4, 128);               1.8 ms; 8.7 ms
-                           34 ms (16, 28, 28, 128)
-padded 3x3/2 max-pool      ``MaxPool3DWithArgmax``: 25 ms         12 ms; 94 ms
-(tokenizer)                (128, 64, 16, 16); 311 ms (32, 64,
-                           112, 112)
-depthwise 3x3 "connect"    grouped ``Conv2d`` between two         4.0 ms; 13.6 ms
-on channels-last tokens    transposes: 18.9 ms (128, 4, 4, 128);
-                           61 ms (16, 28, 28, 128)
-channel-MLP bias gradient  ``BiasAddGrad``: 105 ms per 224 px     1.9 ms
-                           training step
-BatchNorm + ReLU           80 ms (16, 32, 112, 112)               40 ms
-(training)
-convolution backward       oneDNN im2col + GEMM on plain NCHW:    oneDNN direct kernels on
-                           504 ms fwd+bwd (16, 128, 56, 56)       blocked layouts: 328 ms
-=========================  =====================================  ========================
+Why: on the CPU, MindSpore 2.10's own kernels for several of ConvMLP's operations cost far more
+than their arithmetic. The kernels here replace exact GELU (``Erf`` is a scalar loop there),
+LayerNorm, the tokenizer's padded 3x3/2 max-pool (lowered to ``MaxPool3DWithArgmax`` there), the
+depthwise 3x3 "connect" convolution on channels-last tokens (no transposes), the channel MLPs' bias
+gradient, BatchNorm + ReLU (training and evaluation) and the convolutions' backward pass (oneDNN's
+direct kernels on blocked layouts). What each costs before and after is measured in
+``benchmarks/RESULTS.md`` ("Round 3: the kernels").
 
 The convolution library is built against the oneDNN that MindSpore ships (``lib/libdnnl.so.3``)
 with the oneDNN 3.x headers of the PyTorch package (``requirements.txt``; or
@@ -69,6 +51,8 @@ import threading
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
+
+from .errors import first_line
 
 __all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
 
@@ -222,7 +206,7 @@ def _build():
                         link=["-pthread", "-L" + lib_dir, "-l:libdnnl.so.3", "-Wl,-rpath," + lib_dir,
                               "-Wl,--no-undefined"])
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        return target, None, f"convolution kernel not built: {str(exc).splitlines()[0]}"
+        return target, None, f"convolution kernel not built: {first_line(exc)}"
     return target, conv_target, None
 
 
@@ -234,7 +218,7 @@ def library_path():
             try:
                 _library, _conv_library, _conv_failure = _build()
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                _failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                _failure = first_line(exc)
                 _LOG.warning("CPU kernels unavailable, using MindSpore's own kernels: %s", _failure)
             if _conv_failure:
                 _LOG.warning("CPU convolution kernel unavailable, using MindSpore's Conv2d: %s", _conv_failure)

@@ -2,7 +2,7 @@
 that does not fit). They live here so that ``model`` imports nothing from outside itself; the
 entry scripts' error handling (``src/errors.py``) builds on these classes and re-exports them."""
 
-__all__ = ["UserError", "ConfigError", "CheckpointError"]
+__all__ = ["UserError", "ConfigError", "CheckpointError", "first_line"]
 
 
 class UserError(Exception):
@@ -15,3 +15,12 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is unreadable, unsafe, or does not fit the model."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of an exception's text, for a one-line message: blank lines and
+    MindSpore's rulers of dashes are skipped, a kernel-launch failure is preferred over the
+    framework's preamble, and the exception's class name stands in for an empty text."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not set(ln.strip()) <= set("-")]
+    kernel = [ln for ln in lines if ln.startswith("Launch kernel failed")]
+    return (kernel or lines or [type(exc).__name__])[0][:limit]

@@ -5,13 +5,11 @@ from typing import Dict, Optional
 import mindspore as ms
 from mindspore import nn
 
-from .errors import CheckpointError, ConfigError
-from .convmlp import model_entrypoints
+from .errors import CheckpointError, ConfigError, first_line
+from .convmlp import HEAD_PREFIX, model_entrypoints
 
 __all__ = ["create_model", "list_models", "load_pretrained", "read_checkpoint", "check_fit",
            "require_convmlp", "HEAD_PREFIX", "MODEL_ROOTS"]
-
-HEAD_PREFIX = "head."
 
 
 def list_models():
@@ -36,7 +34,7 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     try:
         params = ms.load_checkpoint(path)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with multi-line text
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"cannot read checkpoint '{path}' (truncated or not a MindSpore "
                               f".ckpt): {first}") from None
     if not params:

@@ -131,8 +131,8 @@ class TorchConvMLP(nn.Module):
 
 def torch_convmlp(arch: str, num_classes: int = 1000, **kwargs) -> TorchConvMLP:
     """The reference model of a released variant (``convmlp_s``/``m``/``l``)."""
-    from .convmlp import default_cfgs
+    from .convmlp import TOPOLOGY_KEYS, default_cfgs
     cfg = default_cfgs[arch]
-    args = {k: cfg[k] for k in ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")}
+    args = {k: cfg[k] for k in TOPOLOGY_KEYS}
     args.update(kwargs)
     return TorchConvMLP(num_classes=num_classes, **args)

@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import mindspore as ms
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 __all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "resume_path",
            "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
@@ -110,7 +110,7 @@ def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None):
                     pass
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         raise CheckpointError(f"cannot write checkpoint '{path}': {cause}; the previous file (if any) "
                               "is unchanged") from None
 

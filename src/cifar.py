@@ -38,7 +38,8 @@ from .download import DownloadError, download_url, md5sum, safe_extract_tar
 from .errors import DataError
 
 __all__ = ["CifarArrays", "read_split", "split_files", "count_records", "class_names", "write_synthetic",
-           "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "FOLDERS", "ARCHIVES", "BASE_URL",
+           "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "NUM_CLASSES", "FOLDERS", "MEAN", "STD",
+           "PRETTY_NAMES", "ARCHIVES", "BASE_URL",
            "CIFAR10_CLASSES", "CIFAR100_CLASSES", "OFFICIAL_CLASSES"]
 
 _LOG = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 NUM_COARSE = 20
 PRETTY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary"}
+# Per-channel statistics of the training images (RGB, 0..1), used to normalise the inputs.
+MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
+STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2675, 0.2565, 0.2761)}
 PIXEL_BYTES = 32 * 32 * 3
 LABEL_BYTES = {"cifar10": 1, "cifar100": 2}
 RECORD_BYTES = {d: LABEL_BYTES[d] + PIXEL_BYTES for d in DATASETS}     # 3073, 3074
@@ -264,9 +268,11 @@ def read_split(folder, dataset, split, any_names=False):
     return CifarArrays(images, labels, coarse, files)
 
 
-def class_names(folder, dataset, coarse=False):
-    """Class names from the meta file in `folder` (``batches.meta.txt`` / ``fine_label_names.txt``,
-    or ``coarse_label_names.txt`` with `coarse`), else ``class_0``, ``class_1``, ..."""
+def class_names(folder, dataset, coarse=False, with_source=False):
+    """Class names of `dataset`: the meta file in `folder` when it is there and complete
+    (``batches.meta.txt`` / ``fine_label_names.txt``, or ``coarse_label_names.txt`` with `coarse`),
+    else the official names (:data:`OFFICIAL_CLASSES`; ``coarse_<i>`` for the coarse labels).
+    With `with_source`, returns ``(names, source)``: the meta file's path, or "official"."""
     _check_dataset(dataset)
     n = NUM_COARSE if coarse else NUM_CLASSES[dataset]
     path = os.path.join(folder, COARSE_META_FILE if coarse else META_FILES[dataset])
@@ -275,12 +281,13 @@ def class_names(folder, dataset, coarse=False):
             with open(path, encoding="utf-8", errors="replace") as f:
                 names = [line.strip() for line in f if line.strip()]
         except OSError as exc:
-            _LOG.warning("cannot read %s (%s); using generic class names", path, exc.strerror)
+            _LOG.warning("cannot read %s (%s); using the official class names", path, exc.strerror)
         else:
             if len(names) == n:
-                return names
-            _LOG.warning("%s has %d names, expected %d; using generic class names", path, len(names), n)
-    return [f"class_{i}" for i in range(n)]
+                return (names, path) if with_source else names
+            _LOG.warning("%s has %d names, expected %d; using the official class names", path, len(names), n)
+    names = [f"coarse_{i}" for i in range(n)] if coarse else list(OFFICIAL_CLASSES[dataset])
+    return (names, "official") if with_source else names
 
 
 # --------------------------------------------------------------------------------------------

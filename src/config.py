@@ -24,25 +24,28 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from . import cifar
 from .errors import ConfigError
 
-__all__ = ["SCHEMA", "DATASETS", "Config", "load_config", "apply_dataset_defaults", "resolve_device",
-           "parse_aa", "config_markdown", "DEFAULT_CONFIG_FILE"]
+__all__ = ["SCHEMA", "Key", "option", "Config", "CommandLine", "load_config", "parse_command_line", "apply_dataset_defaults", "resolve_device", "parse_aa",
+           "config_markdown", "cli_keys", "DEFAULT_CONFIG_FILE", "DEMO_OVERRIDES", "DEMO_SIZES"]
 
 _LOG = logging.getLogger(__name__)
 
 #: ``config.yaml`` at the top of the repository, next to the entry scripts.
 DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config.yaml")
 
-# Per-dataset values that follow `dataset_choose` unless the user sets them.
-DATASETS = {
-    "cifar10": {"num_classes": 10, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
-                "folder": "cifar-10-batches-bin"},
-    "cifar100": {"num_classes": 100, "mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761],
-                 "folder": "cifar-100-binary"},
-}
 DATA_ROOT = "data"        # default parent of the dataset folders (relative to the working directory)
 DEMO_ROOT = "data/demo"   # default parent when `demo: true`
+
+# ``--demo``: a generated CIFAR-10-format sample at 32 px, a few epochs (a few minutes on 2 CPU
+# cores). This layer sits between config.yaml and the command line, so flags still win.
+DEMO_OVERRIDES = {"image_size": 32, "epoch_size": 6, "warmup_epochs": 1, "cooldown_epochs": 0,
+                  "lr": 5e-4, "min_lr": 1e-5,
+                  "batch_size": 64, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "aa": None,
+                  "drop_path_rate": 0.0, "save_checkpoint_path": "./output/demo"}
+#: Records of the generated demo sample (written once to ``DEMO_ROOT`` by dataset.prepare_demo).
+DEMO_SIZES = {"train": 3000, "val": 1000}
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,6 +64,17 @@ class Key:
     max: Optional[float] = None    # inclusive upper bound (numbers)
     length: Optional[int] = None   # list length ("floats"/"ints"); None = any length >= 1
     check: Optional[Callable[[Any], Optional[str]]] = None   # returns an explanation when invalid
+    option: bool = False           # an option of one script (not a config key): named "--name" in messages
+
+    @property
+    def label(self):
+        return f"--{self.name}" if self.option else self.name
+
+
+def option(name, default, type, help, **kw):
+    """A command-line option of one entry script (``--json FILE``, ``--verify``): declared like a
+    config key and parsed by the same code, but not part of the run's config."""
+    return Key(name, default, type, help, option=True, **kw)
 
 
 def parse_aa(spec):
@@ -143,7 +157,7 @@ SCHEMA = [
         "(ImageNet weights converted by pth2ckpt.py); null = train from scratch.", nullable=True),
     # data
     Key("dataset_choose", "cifar10", "str", "Dataset; selects num_classes, mean/std and default paths.",
-        choices=("cifar10", "cifar100")),
+        choices=cifar.DATASETS),
     Key("train_data_path", None, "str", "Folder with the training .bin files; null = "
         "data/cifar-10-batches-bin or data/cifar-100-binary (data/demo/... when demo is on).", nullable=True),
     Key("val_data_path", None, "str", "Folder with the validation .bin files; null = same default as "
@@ -246,7 +260,7 @@ def _expected(key):
 def _convert(key, value, source):
     """Convert `value` (from YAML or a CLI string) to the key's type and validate it."""
     def fail(why=None):
-        raise ConfigError(f"{source}: invalid value {value!r} for '{key.name}': expected "
+        raise ConfigError(f"{source}: invalid value {value!r} for '{key.label}': expected "
                           f"{why or _expected(key)}")
 
     if value is None or (key.nullable and isinstance(value, str) and value.strip().lower() in _NULLS):
@@ -316,7 +330,7 @@ def _convert(key, value, source):
 
     if key.type in ("int", "float"):
         if key.min is not None and out < key.min:
-            fail(f"a value >= {key.min:g}")
+            fail(f"an integer >= {key.min:g}" if key.type == "int" else f"a value >= {key.min:g}")
         if key.max is not None and out > key.max:
             fail(f"a value in [{key.min:g}, {key.max:g}]" if key.min is not None else f"a value <= {key.max:g}")
     if key.check is not None:
@@ -326,8 +340,8 @@ def _convert(key, value, source):
     return out
 
 
-def _unknown_key(name, source):
-    close = difflib.get_close_matches(name, SCHEMA_BY_NAME, n=1, cutoff=0.6)
+def _unknown_key(name, source, keys=None):
+    close = difflib.get_close_matches(name, keys or SCHEMA_BY_NAME, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; see config.py for the list of keys"
     return ConfigError(f"{source}: unknown key '{name}'{hint}")
 
@@ -406,34 +420,49 @@ def _read_yaml(path):
     return data
 
 
-def _parse_cli(argv):
-    """Split argv into (config_file or None, {key: raw string}) ; `-h` prints the key list."""
-    config_file, raw = None, {}
+def _parse_cli(argv, keys, positionals=False):
+    """Split argv into ``(config_file or None, {key: raw string}, [positional arguments])``;
+    ``-h`` prints the keys. `keys` maps names to :class:`Key` (the schema and the script's options).
+
+    A ``--key`` without ``=`` takes the next argument as its value, except a boolean key, which
+    takes it only when it is a boolean word (a bare ``--flag`` means true). List keys also take
+    space-separated values (``--blocks 2 4 2``) unless the script takes positional arguments (then
+    one value: ``--blocks 2,4,2``). With `positionals`, other arguments (and everything after a
+    lone ``--``) are returned as positional; without, they are an error."""
+    config_file, raw, paths = None, {}, []
     i = 0
     while i < len(argv):
         tok = argv[i]
         if tok in ("-h", "--help"):
-            print(_help_text())
+            print(_help_text(keys))
             sys.exit(0)
+        if positionals and tok == "--":
+            paths += argv[i + 1:]
+            break
         if not tok.startswith("--") or tok == "--":
+            if positionals:
+                paths.append(tok)
+                i += 1
+                continue
             raise ConfigError(f"command line: unexpected argument {tok!r}; expected --key value")
         name, eq, val = tok[2:].partition("=")
         name = name.replace("-", "_")
+        key = keys.get(name)
+        if key is None and name != "config":
+            raise _unknown_key(name, "command line", keys)
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            key = SCHEMA_BY_NAME.get(name)
             is_bool = key is not None and key.type == "bool"
-            if nxt is None or nxt.startswith("--"):
+            takes_next = nxt is not None and not nxt.startswith("--") and (
+                not is_bool or not positionals or nxt.strip().lower() in _TRUE + _FALSE)
+            if not takes_next:
                 if not is_bool:
-                    if name != "config" and key is None:
-                        raise _unknown_key(name, "command line")
                     raise ConfigError(f"command line: --{name} needs a value")
                 val = "true"
             else:
                 val = nxt
                 i += 1
-                # list keys also take space-separated values: --blocks 2 4 2 (as pth2ckpt.py)
-                if key is not None and key.type in ("floats", "ints"):
+                if key is not None and key.type in ("floats", "ints") and not positionals:
                     extra = []
                     while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                         extra.append(argv[i + 1])
@@ -443,11 +472,9 @@ def _parse_cli(argv):
         i += 1
         if name == "config":
             config_file = val
-        elif name not in SCHEMA_BY_NAME:
-            raise _unknown_key(name, "command line")
         else:
             raw[name] = val
-    return config_file, raw
+    return config_file, raw, paths
 
 
 def apply_dataset_defaults(cfg):
@@ -457,29 +484,54 @@ def apply_dataset_defaults(cfg):
     data/cifar-10-batches-bin or data/cifar-100-binary (under data/demo when demo is on).
     Values the user set are kept.
     """
-    info = DATASETS[cfg.dataset_choose]
+    name = cfg.dataset_choose
     if cfg.num_classes is None:
-        cfg.num_classes = info["num_classes"]
+        cfg.num_classes = cifar.NUM_CLASSES[name]
     if cfg.mean is None:
-        cfg.mean = list(info["mean"])
+        cfg.mean = list(cifar.MEAN[name])
     if cfg.std is None:
-        cfg.std = list(info["std"])
+        cfg.std = list(cifar.STD[name])
     root = DEMO_ROOT if cfg.demo else DATA_ROOT
     if cfg.train_data_path is None:
-        cfg.train_data_path = f"{root}/{info['folder']}"
+        cfg.train_data_path = f"{root}/{cifar.FOLDERS[name]}"
     if cfg.val_data_path is None:
-        cfg.val_data_path = f"{root}/{info['folder']}"
+        cfg.val_data_path = f"{root}/{cifar.FOLDERS[name]}"
     return cfg
 
 
+def cli_keys(argv):
+    """The config keys named on the command line (``--key value``, ``--key=value``, ``--key-name``)."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def load_config(argv=None, apply_defaults=True):
-    """Build the Config: schema defaults < YAML (``--config FILE``) < ``--key value`` flags.
+    """Build the Config: schema defaults < YAML (``--config FILE``) < the demo layer
+    (:data:`DEMO_OVERRIDES`, when ``demo`` is on) < ``--key value`` flags.
 
     `argv` defaults to ``sys.argv[1:]``. With `apply_defaults`, null per-dataset keys are filled
     by :func:`apply_dataset_defaults`. Raises ConfigError for unknown keys and invalid values.
     """
+    return parse_command_line(argv, apply_defaults=apply_defaults).cfg
+
+
+@dataclass
+class CommandLine:
+    """An entry script's command line: the run's config, the script's own options (a Config of the
+    declared :func:`option` keys) and the positional arguments."""
+    cfg: "Config"
+    options: "Config"
+    positionals: list
+
+
+def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=True) -> CommandLine:
+    """The one command-line parser of the entry scripts: config keys as in :func:`load_config`,
+    plus the script's own `options` (declared with :func:`option`) and, with `positionals`, the
+    arguments that are not ``--key value`` pairs (e.g. image paths)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_file, cli = _parse_cli(argv)
+    own = {k.name: k for k in options}
+    clash = set(own) & set(SCHEMA_BY_NAME)
+    assert not clash, f"script options shadow config keys: {clash}"
+    config_file, cli, paths = _parse_cli(argv, {**SCHEMA_BY_NAME, **own}, positionals)
     values = {k.name: (list(k.default) if isinstance(k.default, list) else k.default) for k in SCHEMA}
 
     path = config_file or DEFAULT_CONFIG_FILE
@@ -488,14 +540,21 @@ def load_config(argv=None, apply_defaults=True):
             if name not in SCHEMA_BY_NAME:
                 raise _unknown_key(str(name), f"config file {path}")
             values[name] = _convert(SCHEMA_BY_NAME[name], val, f"config file {path}")
+    demo = values["demo"] if "demo" not in cli else _convert(SCHEMA_BY_NAME["demo"], cli["demo"], "command line")
+    if demo:
+        values.update(DEMO_OVERRIDES)
+    opts = {k.name: k.default for k in options}
     for name, val in cli.items():
-        values[name] = _convert(SCHEMA_BY_NAME[name], val, "command line")
+        if name in own:
+            opts[name] = _convert(own[name], val, "command line")
+        else:
+            values[name] = _convert(SCHEMA_BY_NAME[name], val, "command line")
 
     cfg = Config(values)
     _check_cross(cfg)
     if apply_defaults:
         apply_dataset_defaults(cfg)
-    return cfg
+    return CommandLine(cfg, Config(opts), paths)
 
 
 def _check_cross(cfg):
@@ -504,9 +563,9 @@ def _check_cross(cfg):
     if len({len(v) for v in topo.values()}) > 1:
         raise ConfigError("blocks, dims and mlp_ratios must have the same length, got "
                           + ", ".join(f"{k} {v}" for k, v in topo.items()))
-    if cfg.num_classes is not None and cfg.num_classes < DATASETS[cfg.dataset_choose]["num_classes"]:
+    if cfg.num_classes is not None and cfg.num_classes < cifar.NUM_CLASSES[cfg.dataset_choose]:
         raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {cfg.dataset_choose} label "
-                          f"range ({DATASETS[cfg.dataset_choose]['num_classes']}); set num_classes: null")
+                          f"range ({cifar.NUM_CLASSES[cfg.dataset_choose]}); set num_classes: null")
     if cfg.run_modelarts and importlib.util.find_spec("moxing") is None:
         raise ConfigError("run_modelarts: true needs the ModelArts SDK (python package 'moxing'), which is not "
                           "installed; set run_modelarts: false outside ModelArts")
@@ -558,9 +617,18 @@ def _fmt_default(v):
     return str(v)
 
 
-def _help_text():
+def _help_text(keys=None):
+    keys = keys or SCHEMA_BY_NAME
+    own = [k for k in keys.values() if k.option]
     lines = [f"usage: {os.path.basename(sys.argv[0])} [--config FILE] [--key value ...]", "",
-             "--config FILE  YAML file (default: config.yaml next to config.py)", "", "keys:"]
+             "--config FILE  YAML file (default: config.yaml at the top of the repository)", ""]
+    if own:
+        lines.append("options of this script:")
+        for k in own:
+            lines.append(f"  --{k.name} ({_expected(k)}; default {_fmt_default(k.default)})")
+            lines.append(f"      {k.help}")
+        lines.append("")
+    lines.append("config keys:")
     for k in SCHEMA:
         lines.append(f"  --{k.name} ({_expected(k)}; default {_fmt_default(k.default)})")
         lines.append(f"      {k.help}")

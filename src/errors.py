@@ -10,13 +10,18 @@ import errno
 import sys
 
 # The model package raises these itself (it imports nothing from outside); one class each.
-from model.errors import CheckpointError, ConfigError, UserError
+from model.errors import CheckpointError, ConfigError, UserError, first_line
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ArgumentParser", "run_cli"]
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
+           "first_line"]
 
 
 class DataError(UserError):
     """A missing, empty, truncated or mislabelled dataset file or folder."""
+
+
+class ClusterError(UserError):
+    """A data-parallel job lost a rank (it died or cannot be reached), or its cluster cannot form."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

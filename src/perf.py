@@ -1,19 +1,11 @@
-"""Runtime settings for speed on the CPU, shared by train.py, evl.py and benchmarks/bench.py.
+"""Runtime settings for speed on the CPU, shared by the entry scripts and benchmarks/bench.py.
 
 Call ``configure_runtime()`` once, before the first network runs (importing MindSpore before it is
-fine). What it does and why (measurements in ``benchmarks/RESULTS.md``):
-
-* ``ONEDNN_MAX_CPU_ISA=AVX2`` on x86 CPUs. MindSpore 2.10's CPU convolutions call oneDNN 3.10 with
-  plain NCHW memory; on an AVX-512 CPU oneDNN then picks ``jit_uni_ncsp:conv+ref:any``, a reference
-  (scalar) inner kernel, and a 3x3 convolution runs about 100x slower (2.2 s instead of 25 ms
-  for 128x32x16x16). Capped at AVX2 it picks ``gemm:jit``. The variable must be set before
-  oneDNN creates its first primitive; an explicit value in the environment is kept.
-
-``release_compile_memory()``: call it between ``cell.compile(...)`` and the first step. Graph
-compilation of the training step leaves ~0.4 GB of freed-but-retained glibc heap (convmlp_s,
-224 px, batch 16: resident 1646 MiB after compile, 1249 MiB after the trim); the first step's
-allocations then reuse part of it instead of growing the process, so the peak resident memory
-of 224 px training drops from ~4190 to ~3790 MiB. No effect on speed.
+fine). ``ONEDNN_MAX_CPU_ISA`` is capped at AVX2 on x86 CPUs: MindSpore 2.10's CPU convolutions call
+oneDNN with plain NCHW memory, and on an AVX-512 CPU oneDNN then picks a reference (scalar) inner
+kernel; capped at AVX2 it picks its GEMM kernel. The variable must be set before oneDNN creates its
+first primitive; an explicit value in the environment is kept. The measurements behind this and
+behind ``release_compile_memory()`` are in ``benchmarks/RESULTS.md``.
 """
 import os
 import platform
@@ -24,13 +16,15 @@ __all__ = ["configure_runtime", "release_compile_memory", "ONEDNN_ISA"]
 ONEDNN_ISA = "AVX2"
 
 
-def configure_runtime(threads=None, mode="graph", device_target=None):
-    """Set the oneDNN ISA cap, the execution mode and the CPU thread count.
+def configure_runtime(threads=None, mode="graph", device_target=None, device_id=None):
+    """Set the oneDNN ISA cap, the execution mode, the device and the CPU kernels' thread count.
+    This is the one place where the device is set.
 
     Args:
-        threads: intra-op threads; ``None`` keeps MindSpore's default (every core).
+        threads: threads of MindSpore's CPU kernels; ``None`` keeps MindSpore's default.
         mode: ``"graph"`` (``GRAPH_MODE``, what train.py uses) or ``"pynative"``.
         device_target: ``"CPU"``, ``"GPU"``, ``"Ascend"`` or ``None`` (MindSpore's default).
+        device_id: the device index (GPU/Ascend); ``None`` leaves it to MindSpore (and to msrun).
 
     Returns the dict of what was set, for the run log.
     """
@@ -42,15 +36,22 @@ def configure_runtime(threads=None, mode="graph", device_target=None):
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     applied["mode"] = mode
     if device_target:
-        ms.set_device(device_target)
+        if device_id is None or device_target == "CPU":
+            ms.set_device(device_target)
+        else:
+            ms.set_device(device_target, device_id)
         applied["device_target"] = device_target
+    if threads is not None:
+        ms.device_context.cpu.op_tuning.threads_num(int(threads))
+        applied["threads"] = int(threads)
     return applied
 
 
 def release_compile_memory():
     """Return the heap that graph compilation freed to the OS (``gc.collect()`` then glibc's
-    ``malloc_trim(0)``). Call after ``cell.compile(...)`` and before the first step; a no-op
-    where glibc is not the C library. Returns True when the trim ran."""
+    ``malloc_trim(0)``), so that the first step's allocations reuse it instead of growing the
+    process. Call after ``cell.compile(...)`` and before the first step; a no-op where glibc is not
+    the C library. Returns True when the trim ran."""
     import ctypes
     import gc
     gc.collect()

@@ -1,47 +1,20 @@
-"""Start-up shared by the entry scripts (train.py, evl.py, export.py, infer.py): the run's config
-(with the demo layer), options of one script only, device and communication set-up, the precision
-checks that must fail before anything is built, and a model loaded from a checkpoint."""
+"""Start-up shared by the entry scripts (train.py, evl.py, export.py, infer.py): device and
+communication set-up, the precision checks that must fail before anything
+is built, and a model loaded from a checkpoint."""
 import os
-import sys
-import time
 
-from .errors import ConfigError, UserError
+from model import TOPOLOGY_KEYS
 
-__all__ = ["DEMO_OVERRIDES", "DEMO_SIZES", "load_run_config", "setup_runtime", "ClusterError", "check_precision",
-           "prepare_demo", "build_model", "pop_option", "pop_positionals", "adopt_checkpoint_model",
-           "load_checkpoint_model", "MODEL_KEYS", "DEPLOY_KEYS", "cli_keys"]
+from .config import cli_keys
+from .errors import ClusterError, ConfigError, first_line
 
-TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
+__all__ = ["setup_runtime", "check_precision", "build_model", "require_checkpoint_path", "adopt_checkpoint_model",
+           "load_checkpoint_model", "MODEL_KEYS", "DEPLOY_KEYS"]
+
 # What a train.py checkpoint's saved config says about the model it holds (see adopt_checkpoint_model).
 MODEL_KEYS = ("arch",) + TOPOLOGY_KEYS + ("image_size",)
 # ... and how its inputs were prepared and named (export.py, infer.py).
 DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "train_data_path")
-
-# ``--demo``: a generated CIFAR-10-format sample at 32 px, a few epochs (a few minutes on 2 CPU
-# cores). This layer sits between config.yaml and the command line, so flags still win.
-DEMO_OVERRIDES = {"image_size": 32, "epoch_size": 6, "warmup_epochs": 1, "cooldown_epochs": 0,
-                  "lr": 5e-4, "min_lr": 1e-5,
-                  "batch_size": 64, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "aa": None,
-                  "drop_path_rate": 0.0, "save_checkpoint_path": "./output/demo"}
-DEMO_SIZES = {"train": 3000, "val": 1000}
-
-
-def cli_keys(argv):
-    """The config keys named on the command line (``--key value``, ``--key=value``, ``--key-name``)."""
-    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-
-
-def load_run_config(argv=None):
-    """``load_config`` plus the demo layer when ``demo`` is on."""
-    from .config import load_config
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(argv)
-    if cfg.demo:
-        given = cli_keys(argv)
-        for k, v in DEMO_OVERRIDES.items():
-            if k not in given:
-                setattr(cfg, k, v)
-    return cfg
 
 
 def check_precision(cfg, device: str, logger):
@@ -60,10 +33,6 @@ def check_precision(cfg, device: str, logger):
                        "underflow; consider loss_scale_type fixed")
 
 
-class ClusterError(UserError):
-    """A data-parallel job lost a rank (it died or cannot be reached), or its cluster cannot form."""
-
-
 def setup_runtime(cfg, logger):
     """Execution mode, device and (for ``is_distributed``) the communication group.
     Returns ``(device, rank, world_size)``."""
@@ -72,7 +41,8 @@ def setup_runtime(cfg, logger):
     from .perf import configure_runtime
 
     device = resolve_device(cfg)
-    configure_runtime(mode=cfg.mode, device_target=device)
+    configure_runtime(mode=cfg.mode, device_target=device,
+                      device_id=None if cfg.is_distributed else cfg.device_id)
     from model import cpu_kernels
     cpu_kernels.set_enabled(cfg.cpu_kernels)
     rank, world = 0, 1
@@ -85,7 +55,7 @@ def setup_runtime(cfg, logger):
         try:
             init()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             if role == "MS_SCHED":
                 raise ClusterError(f"msrun scheduler: the data-parallel job failed ({first}); the cause is in "
                                    "the workers' logs (msrun --log_dir: worker_<rank>.log)") from None
@@ -99,23 +69,8 @@ def setup_runtime(cfg, logger):
         rank, world = get_rank(), get_group_size()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=world)
-    elif device != "CPU":
-        ms.set_device(device, cfg.device_id)
     ms.set_seed(cfg.seed)
     return device, rank, world
-
-
-def prepare_demo(cfg, logger, rank=0):
-    """Write the demo dataset when it is not there yet (only on explicit ``demo: true``)."""
-    from .cifar import write_synthetic
-    folder = cfg.train_data_path
-    if rank == 0 and not os.path.isdir(folder):
-        logger.info(f"demo: writing a generated {cfg.dataset_choose}-format sample to {folder} "
-                    f"({DEMO_SIZES['train']} train / {DEMO_SIZES['val']} val images)")
-        write_synthetic(folder, cfg.dataset_choose, DEMO_SIZES["train"], DEMO_SIZES["val"], seed=cfg.seed)
-    else:
-        while not os.path.isdir(folder):  # other ranks wait for rank 0
-            time.sleep(0.5)
 
 
 def build_model(cfg, **kwargs):
@@ -126,61 +81,16 @@ def build_model(cfg, **kwargs):
 
 
 # --------------------------------------------------------------------------------------------
-# Options of one script only (not config keys), taken out of argv before load_config
-# --------------------------------------------------------------------------------------------
-def pop_option(argv, name, what="a file name"):
-    """Remove ``--name VALUE`` or ``--name=VALUE`` (an option of one script, not a config key) from
-    `argv` and return VALUE, or None when absent. ConfigError when the value is missing."""
-    for i, tok in enumerate(argv):
-        if tok == name:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"command line: {name} needs {what}")
-            value = argv[i + 1]
-            del argv[i:i + 2]
-            return value
-        if tok.startswith(name + "="):
-            value = tok[len(name) + 1:]
-            if not value:
-                raise ConfigError(f"command line: {name} needs {what}")
-            del argv[i]
-            return value
-    return None
-
-
-def pop_positionals(argv):
-    """Remove and return the arguments that are not ``--key [value]`` pairs (e.g. image paths).
-
-    A ``--key`` without ``=`` takes the next argument as its value, except a boolean key, which
-    takes it only when it is a boolean word (``--demo true``; ``--demo cat.png`` = demo on +
-    ``cat.png``). Arguments after a lone ``--`` are all positional."""
-    from .config import SCHEMA_BY_NAME
-    bool_words = ("true", "false", "yes", "no", "on", "off", "1", "0")
-    flags, positional = [], []
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok == "--":
-            positional += argv[i + 1:]
-            break
-        if not tok.startswith("--"):
-            positional.append(tok)
-        else:
-            flags.append(tok)
-            name = tok[2:].replace("-", "_")
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if "=" not in name and nxt is not None and not nxt.startswith("--"):
-                key = SCHEMA_BY_NAME.get(name)
-                if key is None or key.type != "bool" or nxt.strip().lower() in bool_words:
-                    flags.append(nxt)
-                    i += 1
-        i += 1
-    argv[:] = flags
-    return positional
-
-
-# --------------------------------------------------------------------------------------------
 # A model from a checkpoint (evl.py, export.py, infer.py)
 # --------------------------------------------------------------------------------------------
+def require_checkpoint_path(cfg):
+    """``cfg.checkpoint_path``, or a ConfigError saying how to give it."""
+    if not cfg.checkpoint_path:
+        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
+                          f"{cfg.save_checkpoint_path}/best.ckpt)")
+    return cfg.checkpoint_path
+
+
 def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS):
     """A train.py checkpoint records its run's config: take `keys` (by default the model's arch and
     topology, and the image size) from it unless they were given on the command line."""
@@ -215,10 +125,7 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     from .errors import CheckpointError
     from model import read_checkpoint, check_fit, require_convmlp
 
-    if not cfg.checkpoint_path:
-        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
-                          f"{cfg.save_checkpoint_path}/best.ckpt)")
-    path = cfg.checkpoint_path
+    path = require_checkpoint_path(cfg)
     params = read_checkpoint(path)
     meta = read_meta(params)
     adopt_checkpoint_model(cfg, meta, argv, logger, keys)

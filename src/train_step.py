@@ -1,7 +1,3 @@
-# NOTE for the perf engineer (helper-3): the lead overwrote your uncommitted draft of this file by
-# accident (sorry). Please re-apply your speed-ups onto THIS interface, which train.py uses:
-# build_train_step(net, optimizer, loss_fn=None, loss_scale_type="none", loss_scale=1.0) -> Cell;
-# AdamW + lr schedule live in optim.py. Remove this note when done.
 """The compiled training step: loss, mixed precision, loss scaling and the optimiser update.
 
 ``build_train_step`` returns one MindSpore ``Cell`` that runs forward, soft-target cross-entropy,

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from src import cifar
+from src import cifar, config
 import dataset
 from src.config import load_config
 from src.errors import ConfigError, DataError
@@ -155,11 +155,11 @@ def test_hidden_files_are_ignored(tmp_path):
     assert len(cifar.read_split(str(tmp_path / "tr"), "cifar10", "train", any_names=True)) == 2
 
 
-def test_class_names_from_meta_files_or_generic(tiny_cifar100, tmp_path):
+def test_class_names_from_meta_files_or_official(tiny_cifar100, tmp_path):
     assert cifar.class_names(tiny_cifar100, "cifar100")[:2] == ["synthetic_0", "synthetic_1"]
     assert len(cifar.class_names(tiny_cifar100, "cifar100", coarse=True)) == 20
     write(str(tmp_path), "batches.meta.txt", b"airplane\nautomobile\n\n")   # wrong count -> generic
-    assert cifar.class_names(str(tmp_path), "cifar10") == [f"class_{i}" for i in range(10)]
+    assert cifar.class_names(str(tmp_path), "cifar10") == list(cifar.CIFAR10_CLASSES)  # official names
     write(str(tmp_path), "batches.meta.txt", "".join(f"n{i}\n" for i in range(10)).encode())
     assert cifar.class_names(str(tmp_path), "cifar10")[9] == "n9"
 
@@ -459,7 +459,7 @@ def test_changed_files_are_read_again(tmp_path):
 
 # ---------------------------------------------------------------------------------- demo, data errors
 def test_demo_generates_data_when_the_folder_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset, "DEMO_SIZES", (40, 12))
+    monkeypatch.setattr(config, "DEMO_SIZES", {"train": 40, "val": 12})
     folder = str(tmp_path / "demo" / "cifar-10-batches-bin")
     cfg = make_cfg(folder, demo="true")
     assert dataset.dataset_size(cfg, "train") == 40 and dataset.dataset_size(cfg, "val") == 12

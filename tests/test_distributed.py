@@ -318,8 +318,9 @@ def reference_run(out, argv):
     from dataset import create_dataset
     from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
     from src.perf import configure_runtime
-    from src.runtime import build_model, load_run_config
-    from train import _epoch_cfg
+    from src.runtime import build_model
+    from src.config import load_config
+    from dataset import epoch_config
     from src.train_step import NetWithLoss
 
     class Gradients(nn.Cell):
@@ -333,7 +334,7 @@ def reference_run(out, argv):
         def construct(self, images, target):
             return self.grad(self.loss_net, self.params)(images, target)
 
-    cfg = load_run_config(argv)
+    cfg = load_config(argv)
     configure_runtime(mode=cfg.mode, device_target="CPU")
     ms.set_seed(cfg.seed)
     steps = create_dataset(cfg, "train", num_shards=WORLD, shard_id=0).get_dataset_size()
@@ -347,7 +348,7 @@ def reference_run(out, argv):
     gradients = Gradients(loss_net, opt.parameters)
     bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
     for epoch in range(cfg.epoch_size):
-        one = _epoch_cfg(cfg, epoch, Config)
+        one = epoch_config(cfg, epoch)
         one.batch_size = cfg.batch_size * WORLD
         batches = create_dataset(one, "train", num_shards=1, shard_id=0).create_tuple_iterator(
             num_epochs=1, output_numpy=True)

@@ -54,9 +54,10 @@ def tiny_ckpt(tmp_path_factory, tiny):
 
 def checkpoint_model(ckpt, *argv):
     """The model of `ckpt` as export.py/infer.py load it (topology from the saved config)."""
-    from src.runtime import load_run_config, load_checkpoint_model, DEPLOY_KEYS
+    from src.runtime import load_checkpoint_model, DEPLOY_KEYS
+    from src.config import load_config
     argv = ["--checkpoint_path", ckpt, *argv]
-    cfg = load_run_config(argv)
+    cfg = load_config(argv)
     net, _ = load_checkpoint_model(cfg, argv, logging.getLogger("test"), DEPLOY_KEYS)
     return net, cfg
 
@@ -121,12 +122,14 @@ def test_air_needs_ascend():
     export.check_format("MINDIR", "CPU")
 
 
-def test_options_are_parsed_and_removed():
+def test_options_are_parsed_apart_from_the_config():
     argv = ["--checkpoint_path", "a.ckpt", "--file_name=out/m", "--export_batch_size", "4",
             "--file_format", "mindir", "--verify", "--image_size", "64"]
-    assert export.parse_options(argv) == ("out/m", "MINDIR", 4, True)
-    assert argv == ["--checkpoint_path", "a.ckpt", "--image_size", "64"]
-    assert export.parse_options([]) == (None, "MINDIR", 1, False)
+    cfg, opts = export.parse_options(argv)
+    assert (opts.file_name, opts.file_format, opts.export_batch_size, opts.verify) == ("out/m", "MINDIR", 4, True)
+    assert (cfg.checkpoint_path, cfg.image_size) == ("a.ckpt", 64)
+    _, opts = export.parse_options([])
+    assert (opts.file_name, opts.file_format, opts.export_batch_size, opts.verify) == (None, "MINDIR", 1, False)
     for bad, msg in ((["--file_format", "tflite"], "expected one of MINDIR, AIR, ONNX"),
                      (["--export_batch_size", "0"], "integer >= 1"),
                      (["--export_batch_size", "two"], "integer >= 1"),

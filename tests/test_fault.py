@@ -1,4 +1,4 @@
-"""Fault test (issue 7): train.py killed with SIGKILL at random moments, resumed each time with
+"""Fault test: train.py killed with SIGKILL at random moments, resumed each time with
 ``--resume auto``, still finishes every epoch with a loadable best checkpoint, leaves no temporary
 file, and repeats at most the one epoch that was running when it was killed.
 

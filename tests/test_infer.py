@@ -11,7 +11,7 @@ from PIL import Image
 from src import cifar
 import infer
 from src.errors import DataError
-from src.runtime import pop_positionals
+from src.config import parse_command_line
 from test_export import checkpoint_model, run, write_train_checkpoint
 
 PROB_ATOL = 1e-5  # graph mode in the script vs PyNative here; softmax in float64
@@ -157,8 +157,10 @@ def test_bad_paths_are_named(tmp_path):
 def test_image_paths_are_told_from_flag_values():
     argv = ["--checkpoint_path", "a.ckpt", "x.png", "--demo", "y.png", "--image_size=48", "dir/",
             "--is_distributed", "false", "z.jpg", "--", "--odd-name.png"]
-    assert pop_positionals(argv) == ["x.png", "y.png", "dir/", "z.jpg", "--odd-name.png"]
-    assert argv == ["--checkpoint_path", "a.ckpt", "--demo", "--image_size=48", "--is_distributed", "false"]
+    cmd = parse_command_line(argv, infer.OPTIONS, positionals=True)
+    assert cmd.positionals == ["x.png", "y.png", "dir/", "z.jpg", "--odd-name.png"]
+    assert (cmd.cfg.checkpoint_path, cmd.cfg.demo, cmd.cfg.image_size, cmd.cfg.is_distributed) == \
+        ("a.ckpt", True, 48, False)
 
 
 def test_names_fall_back_when_the_model_has_another_class_count(tmp_path):

@@ -58,6 +58,30 @@ def test_create_model_rejects_unknown_arch():
         create_model("convmlp_xl")
 
 
+def test_misspelt_keywords_are_refused_not_ignored():
+    with pytest.raises(TypeError, match="drop_path"):
+        create_model("convmlp_s", num_classes=10, drop_path=0.2)      # drop_path_rate
+    with pytest.raises(TypeError, match="mlp_ratio"):
+        tiny_net(mlp_ratio=[2, 2, 2])                                   # mlp_ratios
+
+
+def test_the_model_package_imports_nothing_from_outside_itself(tmp_path):
+    """``import model`` works where only model/ is on the path (the package stands alone)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import model
+    shutil.copytree(os.path.dirname(model.__file__), tmp_path / "model",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import model; print(model.__file__); print(model.convmlp_s(num_classes=10).num_classes)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith(str(tmp_path)) and lines[-1] == "10"
+
+
 def test_output_shapes():
     net = tiny_net(num_classes=7)
     net.set_train(False)

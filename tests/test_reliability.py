@@ -1,4 +1,4 @@
-"""Reliability matrix (issue 7): every entry script meets bad input with one clear line, exit status 2
+"""Reliability matrix: every entry script meets bad input with one clear line, exit status 2
 and no traceback, and leaves what is already on disk as it was.
 
 Each case runs the real entry script as a subprocess (train.py, evl.py, export.py, infer.py,
