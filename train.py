@@ -39,6 +39,8 @@ def main(argv=None):
     logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
+    from src.modelarts import prepare_data, sync_outputs
+    prepare_data(cfg, logger, rank)  # run_modelarts: data_url -> local folder, data paths point there
 
     from src.checkpoint import resume_path, read_meta
     from dataset import create_dataset
@@ -81,6 +83,8 @@ def main(argv=None):
                 f"{cfg.num_classes} classes, {cfg.image_size}px")
     logger.info(f"batch {cfg.batch_size} per device x {world} = {cfg.batch_size * world} global, "
                 f"{steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs")
+    from src.optim import log_schedule
+    log_schedule(cfg, logger, rank)
 
     # ---- model ----
     net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
@@ -208,6 +212,8 @@ def main(argv=None):
                                            is_best=is_best, keep=cfg.keep_checkpoint_max)
                 metrics.add(row)
                 logger.info(f"saved {path}" + (f" (new best top-1 {best_acc:.4f})" if is_best else ""))
+                if epoch + 1 < cfg.epoch_size:  # run_modelarts: to train_url (the last epoch's at the end)
+                    sync_outputs(cfg, logger, rank, final=False)
             progress_state["saved"] = (epoch + 1, 0)
             if stop_requested() and epoch + 1 < cfg.epoch_size:
                 raise KeyboardInterrupt
@@ -219,6 +225,7 @@ def main(argv=None):
             logger.warning(f"interrupted at {where}: saved resumable {path}")
         elif rank == 0:
             logger.warning(f"interrupted at {where}; nothing new to save")
+        sync_outputs(cfg, logger, rank, final=False)
         launcher = "msrun <same msrun options> train.py" if world > 1 else "python train.py"
         logger.warning(f"continue with: {launcher} <same options> --resume auto "
                        f"--save_checkpoint_path {cfg.save_checkpoint_path}")
@@ -248,6 +255,7 @@ def main(argv=None):
         best = os.path.join(cfg.save_checkpoint_path, "best.ckpt")
         logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
                     f"--image_size {cfg.image_size}")
+    sync_outputs(cfg, logger, rank)  # run_modelarts: the final outputs to train_url
     return 0
 
 
