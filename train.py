@@ -87,11 +87,13 @@ def start(cfg) -> Run:
     from src.run_log import get_logger
     from src.engine import make_reduce_fn
     from dataset import prepare_demo
+    from src.modelarts import prepare_data
     device, rank, world = setup_runtime(cfg, get_logger(0))
     check_precision(cfg, device, get_logger(0))
     logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
+    prepare_data(cfg, logger, rank)            # ModelArts: data_url to this machine
     logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
                 f"MindSpore {ms.__version__}")
@@ -119,6 +121,7 @@ def check_output_folder(run: Run):
 def build_data(run: Run):
     """The validation pipeline and the steps per epoch, after every data file was validated."""
     from dataset import create_dataset, dataset_size
+    from src.optim import log_schedule
     cfg, world = run.cfg, run.world
     steps_per_epoch = create_dataset(cfg, "train", **run.shard).get_dataset_size()
     if cfg.max_steps_per_epoch:
@@ -132,6 +135,7 @@ def build_data(run: Run):
                     f"{cfg.num_classes} classes, {cfg.image_size}px")
     run.logger.info(f"batch {cfg.batch_size} per device x {world} = {cfg.batch_size * world} global, "
                     f"{steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs")
+    log_schedule(cfg, run.logger, run.rank)
     return val_ds, steps_per_epoch
 
 
@@ -226,6 +230,7 @@ def train_epochs(run: Run, parts: Parts, state):
     from dataset import create_dataset, epoch_config
     from src.engine import average_bn_statistics, train_one_epoch
     from src.run_log import MetricsLog, Progress
+    from src.modelarts import sync_outputs
     from src.training import StopRequest
     cfg = run.cfg
     metrics = MetricsLog.resume(cfg.save_checkpoint_path, state.epoch) if run.rank == 0 else None
@@ -244,6 +249,8 @@ def train_epochs(run: Run, parts: Parts, state):
             stats["loss"] = float(run.reduce_fn(np.array([stats["loss"]], np.float32))[0]) / run.world
             average_bn_statistics(parts.net, run.reduce_fn, run.world)
         end_of_epoch(run, parts, state, stats, metrics)
+        if epoch + 1 < cfg.epoch_size:
+            sync_outputs(cfg, run.logger, run.rank, final=False)   # ModelArts: outputs to train_url
         if stop() and epoch + 1 < cfg.epoch_size:
             raise KeyboardInterrupt
 
@@ -279,6 +286,7 @@ def save_on_interrupt(run: Run, parts: Parts, state) -> int:
     """Ctrl-C / SIGTERM: a resumable checkpoint of the position reached (unless it is on disk
     already), the command that continues the run, exit status 130."""
     from src.checkpoint import save_training_state
+    from src.modelarts import sync_outputs
     cfg, logger = run.cfg, run.logger
     position = (state.epoch, state.step)
     if run.rank == 0 and position != state.saved and position != (0, 0):
@@ -287,6 +295,7 @@ def save_on_interrupt(run: Run, parts: Parts, state) -> int:
         logger.warning(f"interrupted at {state.where()}: saved resumable {path}")
     elif run.rank == 0:
         logger.warning(f"interrupted at {state.where()}; nothing new to save")
+    sync_outputs(cfg, logger, run.rank, final=False)
     launcher = "msrun <same msrun options> train.py" if run.world > 1 else "python train.py"
     logger.warning(f"continue with: {launcher} <same options> --resume auto "
                    f"--save_checkpoint_path {cfg.save_checkpoint_path}")
@@ -316,6 +325,8 @@ def last_good_checkpoint(cfg, template="; the last good checkpoint is {}") -> st
 
 
 def finish(run: Run, parts: Parts, state):
+    """The final log lines (and, on ModelArts, the last copy of the outputs)."""
+    from src.modelarts import sync_outputs
     from src.training import dump_weights
     cfg = run.cfg
     if os.environ.get("CONVMLP_DUMP_WEIGHTS_DIR"):
@@ -326,6 +337,7 @@ def finish(run: Run, parts: Parts, state):
         best = os.path.join(cfg.save_checkpoint_path, "best.ckpt")
         run.logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
                         f"--image_size {cfg.image_size}")
+    sync_outputs(cfg, run.logger, run.rank)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,10 @@ def _check_positive_list(v):
     return None if all(x > 0 for x in v) else "expected positive numbers"
 
 
+def _check_not_blank(v):
+    return None if v is None or v.strip() else "a non-empty string"
+
+
 def _check_resume(v):
     return None if v is None or v == "auto" or v.strip() else "expected null, 'auto' or a checkpoint path"
 
@@ -228,7 +232,14 @@ SCHEMA = [
     Key("cpu_kernels", True, "bool", "CPU only: C++ kernels (model/csrc, built with g++ on first use) for "
         "convolution backward, LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv, bias; false = MindSpore's."),
     Key("is_distributed", False, "bool", "Data-parallel training (launch with msrun)."),
-    Key("run_modelarts", False, "bool", "Running on Huawei ModelArts (needs the moxing SDK)."),
+    Key("run_modelarts", False, "bool", "Running on Huawei ModelArts (needs the moxing SDK): copy data_url "
+        "to the node before training and save_checkpoint_path to train_url after each epoch."),
+    Key("data_url", None, "str", "ModelArts: OBS path of the dataset (the CIFAR binary folder or the folder "
+        "above it); required with run_modelarts.", nullable=True, check=_check_not_blank),
+    Key("train_url", None, "str", "ModelArts: OBS path the outputs (checkpoints, logs, metrics) are copied "
+        "to; required with run_modelarts.", nullable=True, check=_check_not_blank),
+    Key("modelarts_data_path", "/cache/data", "str", "ModelArts: local folder data_url is copied to.",
+        check=_check_not_blank),
     Key("seed", 0, "int", "Random seed (weights, shuffling, augmentation).", min=0),
 ]
 SCHEMA_BY_NAME = {k.name: k for k in SCHEMA}
@@ -569,6 +580,11 @@ def _check_cross(cfg):
     if cfg.run_modelarts and importlib.util.find_spec("moxing") is None:
         raise ConfigError("run_modelarts: true needs the ModelArts SDK (python package 'moxing'), which is not "
                           "installed; set run_modelarts: false outside ModelArts")
+    if cfg.run_modelarts:
+        for key, what in (("data_url", "the dataset's OBS path"), ("train_url", "the OBS path for the outputs")):
+            if getattr(cfg, key) is None:
+                raise ConfigError(f"run_modelarts: true needs {key} ({what}, e.g. --{key} obs://bucket/...); "
+                                  "the ModelArts job passes it when the job's data/output paths are set")
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Tensor
 
-__all__ = ["AdamW", "param_groups_weight_decay", "cosine_schedule"]
+__all__ = ["AdamW", "param_groups_weight_decay", "cosine_schedule", "describe_schedule", "log_schedule"]
 
 _adamw = ops.MultitypeFuncGraph("adamw")
 
@@ -103,3 +103,67 @@ def cosine_schedule(base_lr: float, min_lr: float, warmup_lr: float, warmup_epoc
             frac = min(1.0, (s - warm) / max(1, decay_end - warm))
             lrs[s] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * frac))
     return lrs
+
+
+def _lr_text(x: float) -> str:
+    """``3e-04``, ``2.5e-04``, ``0``: a learning rate as the plan states it."""
+    if x == 0:
+        return "0"
+    mantissa, exponent = f"{x:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+
+
+def _epochs(n: float, what: str) -> str:
+    """``1 warm-up epoch``, ``40 cosine epochs``."""
+    return f"{n:g} {what} epoch{'' if n == 1 else 's'}"
+
+
+def describe_schedule(epoch_size: int, warmup_epochs: float, cooldown_epochs: int, lr: float, min_lr: float,
+                      warmup_lr: float):
+    """The plan of :func:`cosine_schedule` in words, and a warning or None.
+
+    ``epoch_size`` counts every epoch: warm-up, cosine decay and cool-down. Returns ``(text,
+    warning)``; the warning says when the cool-down takes more than a third of the run, when
+    warm-up + cool-down leave no room for the cool-down (it is dropped and the cosine runs to the
+    end), or when the warm-up fills the whole run (the ramp is compressed to the run, no decay).
+
+        >>> describe_schedule(60, 10, 10, 3e-4, 1e-5, 1e-6)[0]
+        'lr plan (60 epochs): 10 warm-up epochs from 1e-06 to 3e-04, 40 cosine epochs to 1e-05, 10 cool-down epochs at 1e-05'
+    """
+    lr_s, min_s, warm_s = _lr_text(lr), _lr_text(min_lr), _lr_text(warmup_lr)
+    head = f"lr plan ({epoch_size} epoch{'' if epoch_size == 1 else 's'}):"
+    if warmup_epochs >= epoch_size:
+        text = f"{head} warm-up from {warm_s} to {lr_s} over the whole run, no cosine decay, no cool-down"
+        warning = (f"warmup_epochs {warmup_epochs:g} >= epoch_size {epoch_size}: the warm-up is squeezed into "
+                   f"the run and the learning rate never decays to {min_s}; lower --warmup_epochs or raise "
+                   "--epoch_size")
+        return text, warning
+    dropped = cooldown_epochs > 0 and epoch_size - cooldown_epochs <= warmup_epochs
+    cooldown = 0 if dropped else cooldown_epochs
+    cosine = epoch_size - warmup_epochs - cooldown
+    parts = [f"{_epochs(warmup_epochs, 'warm-up')} from {warm_s} to {lr_s}" if warmup_epochs > 0 else "no warm-up",
+             f"{_epochs(cosine, 'cosine')} {'to' if warmup_epochs > 0 else f'from {lr_s} to'} {min_s}",
+             f"{_epochs(cooldown, 'cool-down')} at {min_s}" if cooldown > 0 else "no cool-down"]
+    text = f"{head} " + ", ".join(parts)
+    warning = None
+    if dropped:
+        warning = (f"warmup_epochs {warmup_epochs:g} + cooldown_epochs {cooldown_epochs} >= epoch_size "
+                   f"{epoch_size}: no room for the cool-down, so it is dropped and the cosine decay runs to the "
+                   "last epoch; set --cooldown_epochs 0 to say so, or raise --epoch_size to keep it")
+    elif 3 * cooldown > epoch_size:
+        warning = (f"the cool-down takes {cooldown} of the {epoch_size} epochs (more than a third of the run) at "
+                   f"the final lr {min_s}, because epoch_size counts the cool-down; shorten it with "
+                   "--cooldown_epochs or raise --epoch_size")
+    return text, warning
+
+
+def log_schedule(cfg, logger, rank=0):
+    """Log :func:`describe_schedule` for the config (the warning as a warning); rank 0 only, as the
+    plan is the same on every rank."""
+    if rank != 0:
+        return
+    text, warning = describe_schedule(cfg.epoch_size, cfg.warmup_epochs, cfg.cooldown_epochs, cfg.lr, cfg.min_lr,
+                                      cfg.warmup_lr)
+    logger.info(text)
+    if warning:
+        logger.warning(warning)

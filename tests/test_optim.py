@@ -1,11 +1,13 @@
 """The optimiser, the schedule and the compiled train step, checked against PyTorch's definitions."""
+import re
+
 import numpy as np
 import pytest
 
 import mindspore as ms
 from mindspore import nn
 
-from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
+from src.optim import AdamW, cosine_schedule, describe_schedule, param_groups_weight_decay
 from src.train_step import SoftTargetCrossEntropy, apply_amp, build_train_step
 
 ms.set_context(mode=ms.GRAPH_MODE)
@@ -74,6 +76,58 @@ def test_cooldown_epochs_hold_min_lr_after_the_cosine():
     assert lrs[16] == pytest.approx(1e-5) and np.all(lrs[16:] == lrs[16])   # epochs 5-6 at min_lr
     short = cosine_schedule(3e-4, 1e-5, 1e-6, warmup_epochs=2, epochs=3, steps_per_epoch=4, cooldown_epochs=10)
     np.testing.assert_array_equal(short, cosine_schedule(3e-4, 1e-5, 1e-6, 2, 3, 4))  # no room: ignored
+
+
+def test_lr_plan_in_words_for_the_recipe():
+    text, warning = describe_schedule(60, 10, 10, lr=3e-4, min_lr=1e-5, warmup_lr=1e-6)
+    assert text == ("lr plan (60 epochs): 10 warm-up epochs from 1e-06 to 3e-04, 40 cosine epochs to 1e-05, "
+                    "10 cool-down epochs at 1e-05")
+    assert warning is None
+    assert describe_schedule(6, 1, 0, 5e-4, 1e-5, 1e-6) == (     # the demo's plan
+        "lr plan (6 epochs): 1 warm-up epoch from 1e-06 to 5e-04, 5 cosine epochs to 1e-05, no cool-down", None)
+    assert describe_schedule(50, 0, 0, 2.5e-4, 0.0, 1e-6)[0] == \
+        "lr plan (50 epochs): no warm-up, 50 cosine epochs from 2.5e-04 to 0, no cool-down"
+
+
+def test_lr_plan_warns_when_the_cool_down_is_over_a_third_of_the_run():
+    text, warning = describe_schedule(25, 10, 10, 3e-4, 1e-5, 1e-6)
+    assert text.endswith("10 warm-up epochs from 1e-06 to 3e-04, 5 cosine epochs to 1e-05, 10 cool-down epochs "
+                         "at 1e-05")
+    assert "the cool-down takes 10 of the 25 epochs (more than a third of the run)" in warning
+    assert "--cooldown_epochs" in warning
+    assert describe_schedule(30, 0, 10, 3e-4, 1e-5, 1e-6)[1] is None          # exactly a third: fine
+
+
+def test_lr_plan_when_warm_up_and_cool_down_do_not_fit():
+    # warm-up + cool-down >= epoch_size: the cool-down is dropped, the cosine runs to the end
+    text, warning = describe_schedule(15, 10, 10, 3e-4, 1e-5, 1e-6)
+    assert text == "lr plan (15 epochs): 10 warm-up epochs from 1e-06 to 3e-04, 5 cosine epochs to 1e-05, no cool-down"
+    assert warning.startswith("warmup_epochs 10 + cooldown_epochs 10 >= epoch_size 15: no room for the cool-down, "
+                              "so it is dropped") and "--cooldown_epochs 0" in warning
+    # warm-up >= epoch_size: the ramp fills the whole run and the rate never decays
+    text, warning = describe_schedule(5, 10, 10, 3e-4, 1e-5, 1e-6)
+    assert text == "lr plan (5 epochs): warm-up from 1e-06 to 3e-04 over the whole run, no cosine decay, no cool-down"
+    assert "never decays to 1e-05" in warning and "--warmup_epochs" in warning
+
+
+@pytest.mark.parametrize("epochs,warmup,cooldown", [(60, 10, 10), (15, 10, 10), (20, 10, 10), (25, 10, 10),
+                                                    (6, 1, 0), (50, 0, 0), (30, 0, 10), (3, 1, 1), (5, 10, 10),
+                                                    (4, 0, 9)])
+def test_lr_plan_says_what_cosine_schedule_does(epochs, warmup, cooldown):
+    """The epochs the text names are those of the per-step array: the peak at the end of the
+    warm-up, the cool-down = the steps held at min_lr."""
+    spe = 4
+    lrs = cosine_schedule(3e-4, 1e-5, 1e-6, warmup, epochs, spe, cooldown)
+    text, _ = describe_schedule(epochs, warmup, cooldown, 3e-4, 1e-5, 1e-6)
+
+    def count(phase):
+        m = re.search(rf"(\d+) {phase} epoch", text)
+        return int(m.group(1)) if m else 0
+    n_warm = epochs if "over the whole run" in text else count("warm-up")
+    n_cos, n_cool = count("cosine"), count("cool-down")
+    assert n_warm + n_cos + n_cool == epochs
+    assert int(np.argmax(lrs)) == n_warm * spe                               # peak = end of warm-up
+    assert int(np.sum(lrs[:-1] == np.float32(1e-5))) == n_cool * spe          # held at min_lr
 
 
 def test_soft_target_cross_entropy_equals_hard_label_cross_entropy_on_one_hot():

@@ -1,0 +1,176 @@
+"""Huawei ModelArts: the dataset from OBS to the node before training, the outputs back after.
+
+A ModelArts training job runs ``train.py`` in a fresh container and hands it two OBS paths, as in
+the MindSpore model zoo and mindcv: ``data_url`` (the dataset) and ``train_url`` (where the job's
+results must end up). With ``run_modelarts: true``:
+
+* :func:`prepare_data` copies ``data_url`` to ``modelarts_data_path`` (default ``/cache/data``)
+  with ``moxing.file.copy_parallel`` and points ``train_data_path`` / ``val_data_path`` at the
+  dataset inside it: the CIFAR folder of ``dataset_choose`` (``cifar-10-batches-bin`` /
+  ``cifar-100-binary``) when the copy holds one, else the copied folder itself when it holds the
+  ``.bin`` files directly. On each machine only local rank 0 copies; the other local ranks wait for
+  its completion marker (``.convmlp_copy.json`` in the local folder), which also lets a later run
+  on the same machine reuse a finished copy of the same ``data_url``.
+* :func:`sync_outputs` copies ``save_checkpoint_path`` (checkpoints, ``train.log``,
+  ``metrics.csv``, ``curves.png``, ``config.yaml``) to ``train_url``; global rank 0 only (the only
+  rank that writes outputs). train.py calls it after every saved epoch, after the checkpoint of an
+  interrupted run and at the end. The copy adds and replaces files in ``train_url``; it deletes
+  nothing there.
+
+Both do nothing when ``run_modelarts`` is false. A failed copy is a :class:`ModelArtsError`
+naming the URL (one line via ``run_cli``); a failed upload of one epoch's outputs is a warning
+(the next epoch copies everything again), the final one is an error.
+"""
+import json
+import os
+import time
+
+from .errors import DataError, UserError
+
+__all__ = ["ModelArtsError", "prepare_data", "sync_outputs", "find_dataset_folder", "local_rank",
+           "MARKER", "WAIT_TIMEOUT_S"]
+
+#: Completion marker written by local rank 0 into the local data folder once the copy is complete.
+MARKER = ".convmlp_copy.json"
+#: How long the other local ranks wait for local rank 0's copy before giving up.
+WAIT_TIMEOUT_S = 3600.0
+_POLL_S = 0.5
+
+
+class ModelArtsError(UserError):
+    """A copy between OBS (``data_url`` / ``train_url``) and the node failed."""
+
+
+def _first_line(exc):
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _copy_parallel(src, dst):
+    """``moxing.file.copy_parallel(src, dst)`` (OBS or local paths; folders are copied recursively)."""
+    import moxing as mox  # the ModelArts SDK; config validation checked that it is installed
+    mox.file.copy_parallel(src_url=src, dst_url=dst)
+
+
+def local_rank(cfg, rank):
+    """This process's rank on its machine: 0 for a single-process run, else ``LOCAL_RANK`` or
+    ``DEVICE_ID`` (msrun sets it to the local rank), else the global `rank`."""
+    if not cfg.is_distributed:
+        return 0
+    for name in ("LOCAL_RANK", "DEVICE_ID"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return int(rank)
+
+
+def find_dataset_folder(local_root, dataset, data_url):
+    """The dataset folder inside the copy of `data_url` at `local_root`: the CIFAR folder of
+    `dataset` when present, else `local_root` itself when it holds ``.bin`` files. DataError else."""
+    from .cifar import FOLDERS
+    named = os.path.join(local_root, FOLDERS[dataset])
+    if os.path.isdir(named):
+        return named
+    names = sorted(n for n in os.listdir(local_root) if n != MARKER)
+    if any(n.endswith(".bin") and os.path.isfile(os.path.join(local_root, n)) for n in names):
+        return local_root
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+    raise DataError(f"data_url {data_url} (copied to {local_root}) holds neither a {FOLDERS[dataset]}/ folder "
+                    f"nor .bin files (found: {shown}); expected data_url to be the {dataset} binary folder "
+                    "or the folder above it")
+
+
+def _read_marker(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), os.path.getmtime(path)
+    except (OSError, ValueError):
+        return None, None
+
+
+def _write_marker(path, content):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(content, f)
+    os.replace(tmp, path)
+
+
+def _copy_data(cfg, logger, local_root, marker):
+    """Local rank 0: copy data_url unless a finished copy of it is there; write the marker."""
+    old, _ = _read_marker(marker)
+    if old and old.get("data_url") == cfg.data_url and old.get("ok"):
+        logger.info(f"ModelArts: data_url {cfg.data_url} is already copied to {local_root} "
+                    f"({MARKER}); delete that folder to copy it again")
+        return old["dataset_path"]
+    if os.path.exists(marker):
+        os.remove(marker)
+    os.makedirs(local_root, exist_ok=True)
+    logger.info(f"ModelArts: copying data_url {cfg.data_url} to {local_root}")
+    t0 = time.time()
+    try:
+        _copy_parallel(cfg.data_url, local_root)
+        folder = find_dataset_folder(local_root, cfg.dataset_choose, cfg.data_url)
+    except Exception as exc:  # the SDK raises various types; every one ends the job the same way
+        error = str(exc) if isinstance(exc, UserError) else \
+            f"cannot copy data_url {cfg.data_url} to {local_root}: {_first_line(exc)}"
+        _write_marker(marker, {"data_url": cfg.data_url, "ok": False, "error": error})
+        raise (exc if isinstance(exc, UserError) else ModelArtsError(error)) from None
+    _write_marker(marker, {"data_url": cfg.data_url, "ok": True, "dataset_path": folder})
+    logger.info(f"ModelArts: copied data_url in {time.time() - t0:.1f}s")
+    return folder
+
+
+def _wait_for_copy(cfg, local_root, marker, me):
+    """Other local ranks: wait until local rank 0's marker names this data_url."""
+    started = time.time()
+    while True:
+        content, mtime = _read_marker(marker)
+        if content and content.get("data_url") == cfg.data_url:
+            if content.get("ok"):
+                return content["dataset_path"]
+            if mtime is not None and mtime >= started - 1.0:   # a failure of this run, not an old one
+                raise ModelArtsError(content.get("error") or f"local rank 0 could not copy data_url {cfg.data_url}")
+        if time.time() - started > WAIT_TIMEOUT_S:
+            raise ModelArtsError(f"local rank {me} waited {WAIT_TIMEOUT_S:.0f}s for local rank 0 to copy data_url "
+                                 f"{cfg.data_url} to {local_root} (marker {marker}); see local rank 0's log")
+        time.sleep(_POLL_S)
+
+
+def prepare_data(cfg, logger, rank=0, local_root=None):
+    """With ``run_modelarts``: the dataset of ``data_url`` on this machine, and ``cfg``'s data paths
+    pointing at it (see the module doc). `local_root` defaults to ``cfg.modelarts_data_path``.
+    Returns the dataset folder, or None when ``run_modelarts`` is off."""
+    if not cfg.run_modelarts:
+        return None
+    local_root = os.path.abspath(local_root or cfg.modelarts_data_path)
+    marker = os.path.join(local_root, MARKER)
+    me = local_rank(cfg, rank)
+    if me == 0:
+        folder = _copy_data(cfg, logger, local_root, marker)
+    else:
+        folder = _wait_for_copy(cfg, local_root, marker, me)
+    cfg.train_data_path = folder
+    cfg.val_data_path = folder
+    logger.info(f"ModelArts: train_data_path and val_data_path = {folder}")
+    return folder
+
+
+def sync_outputs(cfg, logger, rank=0, final=True):
+    """With ``run_modelarts``, on rank 0: copy ``save_checkpoint_path`` to ``train_url``.
+
+    A failure raises :class:`ModelArtsError` naming ``train_url``; with ``final=False`` (after one
+    epoch of several) it is logged as a warning instead, and the next call copies everything again.
+    Returns True when the outputs were copied."""
+    if not cfg.run_modelarts or rank != 0:
+        return False
+    src = cfg.save_checkpoint_path
+    try:
+        _copy_parallel(src, cfg.train_url)
+    except Exception as exc:
+        msg = f"cannot copy the outputs {src} to train_url {cfg.train_url}: {_first_line(exc)}"
+        if final:
+            raise ModelArtsError(msg) from None
+        logger.warning(f"ModelArts: {msg}; the next epoch copies them again")
+        return False
+    logger.info(f"ModelArts: outputs copied to train_url {cfg.train_url}")
+    return True
