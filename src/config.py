@@ -123,13 +123,13 @@ def _check_range_pair(lo_min, hi_max):
     def check(v):
         if not lo_min < v[0] <= v[1] or (hi_max is not None and v[1] > hi_max):
             upper = f" <= {hi_max}" if hi_max is not None else ""
-            return f"expected two numbers lo, hi with {lo_min} < lo <= hi{upper}"
+            return f"two numbers lo, hi with {lo_min} < lo <= hi{upper}"
         return None
     return check
 
 
 def _check_positive_list(v):
-    return None if all(x > 0 for x in v) else "expected positive numbers"
+    return None if all(x > 0 for x in v) else "positive numbers"
 
 
 def _check_not_blank(v):
@@ -137,7 +137,7 @@ def _check_not_blank(v):
 
 
 def _check_resume(v):
-    return None if v is None or v == "auto" or v.strip() else "expected null, 'auto' or a checkpoint path"
+    return None if v is None or v == "auto" or v.strip() else "null, 'auto' or a checkpoint path"
 
 
 SCHEMA = [
@@ -353,7 +353,7 @@ def _convert(key, value, source):
 
 def _unknown_key(name, source, keys=None):
     close = difflib.get_close_matches(name, keys or SCHEMA_BY_NAME, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see config.py for the list of keys"
+    hint = f"; did you mean '{close[0]}'?" if close else "; -h lists the keys"
     return ConfigError(f"{source}: unknown key '{name}'{hint}")
 
 
