@@ -1,63 +1,87 @@
-"""Export a ConvMLP checkpoint to MINDIR for deployment (MindSpore, MindSpore Lite, Ascend).
+"""Export a ConvMLP checkpoint for deployment: MINDIR (MindSpore, MindSpore Lite, Ascend) or ONNX.
 
     python export.py --checkpoint_path output/best.ckpt --file_name convmlp_s_cifar10 --file_format MINDIR
-    python export.py --checkpoint_path output/best.ckpt --export_batch_size 8 --verify
+    python export.py --checkpoint_path output/best.ckpt --batch_size 8 --verify
+    python export.py --checkpoint_path output/best.ckpt --batch_size dynamic --verify
+    python export.py --checkpoint_path output/best.ckpt --file_format ONNX --verify
 
-Writes ``FILE_NAME.mindir`` (default: the checkpoint's path without ``.ckpt``). The model is the
-one of the checkpoint: for a train.py checkpoint the arch, custom topology and ``image_size`` come
-from its saved config and ``num_classes`` from its head, unless given on the command line (for a
-pth2ckpt.py checkpoint give ``--arch`` / the topology keys and ``--image_size``). Other keys as in
-train.py (``-h`` lists them).
+Writes ``FILE_NAME.mindir`` or ``FILE_NAME.onnx`` (default: the checkpoint's path without
+``.ckpt``). The model is the one of the checkpoint: for a train.py checkpoint the arch, custom
+topology and ``image_size`` come from its saved config and ``num_classes`` from its head, unless
+given on the command line (for a pth2ckpt.py checkpoint give ``--arch`` / the topology keys and
+``--image_size``). Other keys as in train.py (``-h`` lists them).
 
-The exported graph takes a float32 tensor ``(export_batch_size, 3, image_size, image_size)``,
-already resized and normalised with the dataset's mean/std (as evl.py and infer.py do), and
-returns the logits ``(export_batch_size, num_classes)``; the batch size is fixed.
+The exported graph takes a float32 tensor ``(batch_size, 3, image_size, image_size)``, already
+resized and normalised with the dataset's mean/std (as evl.py and infer.py do), and returns the
+logits ``(batch_size, num_classes)``.
 
 Options of this script (not config keys):
 
-* ``--file_name NAME``: output path without extension (a trailing ``.mindir`` is accepted).
-* ``--file_format MINDIR``: MINDIR (default). AIR needs Ascend; ONNX is refused (see below).
-* ``--export_batch_size N``: batch dimension of the exported input (default 1).
-* ``--verify``: load the written file back (``nn.GraphCell``) and check that it gives the
-  checkpoint model's output on a random input (max abs difference <= 1e-4).
+* ``--file_name NAME``: output path without extension (a trailing ``.mindir`` / ``.onnx`` is accepted).
+* ``--file_format MINDIR``: MINDIR (default), ONNX, or AIR (needs Ascend).
+* ``--batch_size N|dynamic``: batch dimension of the exported input. Only this script's own
+  command line sets it (the training ``batch_size`` of config.yaml does not apply); default 1.
+  ``dynamic`` exports a graph that takes any batch size (MINDIR input ``[None, 3, H, W]``, ONNX
+  input dimension ``batch``); with ``--file_format ONNX`` the default is ``dynamic``.
+  ``--export_batch_size`` is the same option under its older name.
+* ``--verify``: run the written file (MINDIR: ``nn.GraphCell``; ONNX: onnxruntime on the CPU) on
+  a random input and check that it gives the checkpoint model's output (max abs difference
+  <= 1e-4; a dynamic batch is checked at batch sizes 1 and 3).
 
-ONNX: MindSpore 2.10's ONNX exporter cannot convert this network. It has no mapping for ``Erf``
-(the exact GELU of ConvMLP's channel MLPs) nor for the padded max-pool of the tokenizer (lowered to
-``MaxPool3DWithArgmax``), and with both rewritten it still fails inside the BatchNorm conversion.
-An erf-free GELU would change the numerics of the published model, so ONNX is refused.
+ONNX: MindSpore 2.10's ONNX exporter cannot convert this network (no mapping for ``Erf``, the exact
+GELU, nor for the tokenizer's padded max-pool), so the ONNX file is exported from the PyTorch
+reference model holding the checkpoint's weights (:mod:`src.onnx_export`).
 
-The file is written under a temporary name in the output folder and renamed when complete, so a
-crash never leaves a half-written file under the final name.
+The file is written under a temporary name in the output folder, verified (with ``--verify``) and
+then renamed, so a crash or a failed check never leaves a half-written or unverified file under
+the final name, and a previous file stays as it was.
 """
 import os
 import sys
+from collections import namedtuple
 
 from src.config import option, parse_command_line
 from src.errors import ConfigError, UserError, run_cli
+# ``--batch_size dynamic``, the batch sizes a dynamic file is verified at, the tolerance
+from src.onnx_export import DYNAMIC, DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
-ONNX_REFUSAL = ("file_format ONNX is not supported: MindSpore 2.10's ONNX exporter has no mapping for "
-                "Erf (the exact GELU of ConvMLP) nor for the tokenizer's padded max-pool "
-                "(MaxPool3DWithArgmax), and an erf-free GELU would change the model's numerics; use "
-                "--file_format MINDIR (runs in MindSpore and MindSpore Lite)")
-VERIFY_ATOL = 1e-4
 
 
-#: export.py's own options (everything else is a config key).
+def _check_batch(value):
+    text = value.strip().lower()
+    return None if text == DYNAMIC or (text.isdigit() and int(text) >= 1) else f"an integer >= 1 or '{DYNAMIC}'"
+
+
+#: export.py's own options (everything else is a config key). ``--batch_size`` is this script's:
+#: the training batch size of config.yaml does not apply to an export.
 OPTIONS = [
-    option("file_name", None, "str", "Output path (the format's extension is added); null = next to the "
-           "checkpoint, with its name.", nullable=True),
-    option("file_format", "MINDIR", "str", "Output format.", choices=FORMATS),
-    option("export_batch_size", 1, "int", "Batch dimension of the exported input.", min=1),
-    option("verify", False, "bool", "Run the exported file and compare it with the checkpoint model."),
+    option("file_name", None, "str", "Output path (a trailing .mindir / .onnx is accepted); null = the "
+           "checkpoint's path without .ckpt.", nullable=True),
+    option("file_format", "MINDIR", "str", "Output format (AIR needs Ascend).", choices=FORMATS),
+    option("batch_size", None, "str", f"Batch dimension of the exported input: an integer or '{DYNAMIC}'; "
+           "null = 1 (MINDIR, AIR) or dynamic (ONNX).", nullable=True, check=_check_batch),
+    option("export_batch_size", None, "str", "The older name of --batch_size.", nullable=True,
+           check=_check_batch),
+    option("verify", False, "bool", "Run the written file and compare it with the checkpoint model."),
 ]
+
+#: What export.py was asked to do, besides the config.
+ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size verify")
 
 
 def parse_options(argv):
-    """export.py's command line: ``(cfg, options)``."""
+    """export.py's command line: ``(cfg, ExportOptions)``; the batch is an int or :data:`DYNAMIC`."""
     cmd = parse_command_line(argv, OPTIONS)
-    return cmd.cfg, cmd.options
+    o = cmd.options
+    given = {f"--{k}": getattr(o, k) for k in ("batch_size", "export_batch_size") if getattr(o, k) is not None}
+    values = {k: DYNAMIC if v.strip().lower() == DYNAMIC else int(v) for k, v in given.items()}
+    if len(set(values.values())) > 1:
+        raise ConfigError(f"command line: --batch_size {given['--batch_size']} and --export_batch_size "
+                          f"{given['--export_batch_size']} disagree; give one of them")
+    batch = next(iter(values.values()), DYNAMIC if o.file_format == "ONNX" else 1)
+    return cmd.cfg, ExportOptions(o.file_name, o.file_format, batch, o.verify)
 
 
 def output_base(file_name, checkpoint_path, fmt):
@@ -75,16 +99,15 @@ def output_base(file_name, checkpoint_path, fmt):
 
 def check_format(fmt, device):
     """Refuse the formats that cannot be written here, before anything is loaded."""
-    if fmt == "ONNX":
-        raise ConfigError(ONNX_REFUSAL)
     if fmt == "AIR" and device != "Ascend":
         raise ConfigError(f"file_format AIR needs an Ascend device (MindSpore writes AIR only with the "
                           f"Ascend toolkit); this run's device is {device}; use --file_format MINDIR, "
                           "which MindSpore converts for Ascend as well")
 
 
-def export_atomic(net, inputs, base, fmt):
-    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename."""
+def export_atomic(net, inputs, base, fmt, check=None):
+    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename;
+    ``check(temporary path)``, when given, runs before the rename (and may raise)."""
     import mindspore as ms
     ext = EXTENSIONS[fmt]
     final = base + ext
@@ -93,6 +116,8 @@ def export_atomic(net, inputs, base, fmt):
     try:
         os.makedirs(folder, exist_ok=True)
         ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
+        if check is not None:
+            check(tmp_base + ext)
         os.replace(tmp_base + ext, final)
     except BaseException as exc:
         if os.path.exists(tmp_base + ext):
@@ -105,23 +130,62 @@ def export_atomic(net, inputs, base, fmt):
     return final
 
 
+def path_of(base, fmt):
+    return base + EXTENSIONS[fmt]
+
+
 def verify_export(net, path, inputs):
-    """Max abs difference between the exported file (loaded back) and `net` on `inputs`."""
+    """Max abs difference between the exported file (loaded back) and `net` on `inputs` (a list of
+    input lists, one run each); NaN when an output is not finite."""
     import numpy as np
     import mindspore as ms
     from mindspore import nn
     graph = nn.GraphCell(ms.load(path))
-    got = graph(*inputs).asnumpy()
-    want = net(*inputs).asnumpy()
-    return float(np.max(np.abs(got - want)))
+    worst = 0.0
+    for args in inputs:
+        got = graph(*args).asnumpy()
+        want = net(*args).asnumpy()
+        if got.shape != want.shape or not (np.isfinite(got).all() and np.isfinite(want).all()):
+            return float("nan")
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
+def verified(diff, path, how):
+    """UserError unless `diff` is within :data:`VERIFY_ATOL` (NaN is not)."""
+    if not diff <= VERIFY_ATOL:
+        raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
+                        f"> {VERIFY_ATOL:g} on a random input ({how}); nothing was written")
+    return diff
+
+
+def export_graph(net, shape, base, fmt, verify):
+    """MINDIR/AIR export of `net` for inputs of `shape` (``shape[0]`` None: dynamic batch), verified
+    before the rename when `verify`; returns ``(path, max abs diff or None)``."""
+    import mindspore as ms
+    dynamic = shape[0] is None
+    checks = random_inputs(shape, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]])
+    inputs = [ms.Tensor(shape=list(shape), dtype=ms.float32)] if dynamic else checks[0]
+    diff = None
+
+    def check(tmp):
+        nonlocal diff
+        diff = verified(verify_export(net, tmp, checks), path_of(base, fmt), "nn.GraphCell")
+    return export_atomic(net, inputs, base, fmt, check if verify else None), diff
+
+
+def random_inputs(shape, batches, seed=0):
+    """One random float32 tensor of `shape` per batch size in `batches` (a list of 1-lists)."""
+    import numpy as np
+    import mindspore as ms
+    rng = np.random.default_rng(seed)
+    return [[ms.Tensor(rng.standard_normal((b,) + tuple(shape[1:])).astype(np.float32))] for b in batches]
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, opts = parse_options(argv)
-    fmt, batch_size, verify = opts.file_format, opts.export_batch_size, opts.verify
-    if fmt == "ONNX":
-        check_format(fmt, None)  # before any MindSpore work
+    fmt, batch_size, verify = opts.file_format, opts.batch_size, opts.verify
     from src.runtime import setup_runtime, load_checkpoint_model, require_checkpoint_path, DEPLOY_KEYS
     from src.run_log import get_logger
     logger = get_logger(0)
@@ -134,25 +198,26 @@ def main(argv=None):
     from model import cpu_kernels
     cpu_kernels.set_enabled(False)
 
-    import numpy as np
-    import mindspore as ms
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
-    shape = (batch_size, 3, cfg.image_size, cfg.image_size)
-    inputs = [ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))]
-    path = export_atomic(net, inputs, base, fmt)
+    dynamic = batch_size == DYNAMIC
+    shape = (None if dynamic else batch_size, 3, cfg.image_size, cfg.image_size)
+    if fmt == "ONNX":
+        from src.onnx_export import export_onnx
+        (path, diff), how = export_onnx(net, shape, base, verify, cfg.checkpoint_path), "onnxruntime (CPU)"
+    else:
+        (path, diff), how = export_graph(net, shape, base, fmt, verify), "nn.GraphCell"
     size_mb = os.path.getsize(path) / 2 ** 20
     logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
-    logger.info(f"input: float32 {shape} (RGB, resized to {cfg.image_size}x{cfg.image_size} with "
+    shown = "(" + ", ".join(["N"] + [str(d) for d in shape[1:]]) + ")" if dynamic else str(shape)
+    logger.info(f"input: float32 {shown} (RGB, resized to {cfg.image_size}x{cfg.image_size} with "
                 f"{cfg.interpolation}, normalised with mean {cfg.mean} std {cfg.std}); output: logits "
-                f"({batch_size}, {cfg.num_classes})")
+                f"({'N' if dynamic else batch_size}, {cfg.num_classes})"
+                + (", N = any batch size" if dynamic else ""))
     if verify:
-        diff = verify_export(net, path, inputs)
-        if not diff <= VERIFY_ATOL:
-            raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
-                            f"> {VERIFY_ATOL:g} on a random input")
-        logger.info(f"verified: {path} loaded with nn.GraphCell gives the checkpoint model's logits "
-                    f"(max abs difference {diff:.3g}, tolerance {VERIFY_ATOL:g})")
+        batches = ", ".join(map(str, DYNAMIC_VERIFY_BATCHES if dynamic else [batch_size]))
+        logger.info(f"verified: {path} run with {how} gives the checkpoint model's logits "
+                    f"(max abs difference {diff:.3g} at batch {batches}, tolerance {VERIFY_ATOL:g})")
     print(f"wrote {path}")
     return 0
 

@@ -10,12 +10,17 @@ Usage::
     python pth2ckpt.py --src IN.pth --dst OUT.ckpt --arch convmlp_s [--num_classes 10] [--ema]
     python pth2ckpt.py --src tiny.pth --dst tiny.ckpt --blocks 1 2 1 --dims 16 32 64 \\
         --mlp_ratios 2 2 2 --channels 16 --n_conv_blocks 1 --verify             # custom topology
+    python pth2ckpt.py --reverse --src output/best.ckpt --dst best.pth --verify  # back to PyTorch
 
 Accepted inputs: the released files (plain ``state_dict``) and training checkpoints as the official
 (timm-based) training script saves them (``state_dict``, ``state_dict_ema``, ``optimizer``,
 ``epoch``, ``args`` as an ``argparse.Namespace`` ...), with or without ``module.`` prefixes.
 Files are read with ``torch.load(weights_only=True)``: pickled code is never run, and a file that
 needs any type beyond tensors, containers and :data:`SAFE_GLOBALS` is refused.
+
+``--reverse`` converts a MindSpore checkpoint (train.py's or this script's) back into the official
+PyTorch ``state_dict`` (:mod:`src.to_torch`); the name mapping of both directions is
+:mod:`src.convert`.
 
 Every failure the user can fix is one ``error: ...`` line on stderr and exit status 2; the ``.ckpt``
 is written atomically and only after the weights were checked against the MindSpore model.
@@ -25,86 +30,21 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
-from model.convmlp import HEAD_PREFIX, TOPOLOGY_KEYS
+from model.convmlp import HEAD_PREFIX
+from src.convert import (DROP_REASONS, NAME_RULES, TOPOLOGY_KEYS, convert_state_dict, dropped_keys,
+                         infer_topology, map_name)
 from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, first_line, run_cli
 
-__all__ = ["NAME_RULES", "SAFE_GLOBALS", "map_name", "convert_state_dict", "dropped_keys",
+__all__ = ["NAME_RULES", "DROP_REASONS", "TOPOLOGY_KEYS", "SAFE_GLOBALS", "map_name",
+           "convert_state_dict", "dropped_keys",
            "load_torch_checkpoint", "extract_state_dict", "infer_topology", "compare_shapes",
            "release_url", "fetch_release", "save_ckpt_atomic", "verify", "main"]
 
 MAX_ABS_DIFF = 1e-4
-
-# Norm layers of the official model: BatchNorm at positions 1, 4, 7 of each conv-BN-ReLU x3
-# Sequential (tokenizer, conv-stage bottlenecks); LayerNorm ``norm`` (head) and the blocks'
-# ``norm1``, ``norm2``, ``connect_norm``.
-_BATCH_NORM = r"(?:tokenizer\.block|conv_stages\.conv_blocks\.\d+)\.[147]"
-_LAYER_NORM = r"(?:norm|stages\.\d+\.blocks\.\d+\.(?:norm1|norm2|connect_norm))"
-_NORM = rf"(?:{_BATCH_NORM}|{_LAYER_NORM})"
-
-#: The whole name mapping, PyTorch key regex -> MindSpore replacement (``None``: dropped). The first
-#: matching rule wins; keys that match no rule keep their name (convs and Dense layers keep
-#: ``weight``/``bias`` with the same shapes in both frameworks).
-NAME_RULES = (
-    # A BatchNorm update counter; MindSpore's BatchNorm uses a fixed momentum and has no counter.
-    (re.compile(r"^(.+)\.num_batches_tracked$"), None),
-    (re.compile(r"^(.+)\.running_mean$"), r"\1.moving_mean"),
-    (re.compile(r"^(.+)\.running_var$"), r"\1.moving_variance"),
-    (re.compile(rf"^({_NORM})\.weight$"), r"\1.gamma"),
-    (re.compile(rf"^({_NORM})\.bias$"), r"\1.beta"),
-)
-
-#: Why a key is dropped, for the report (keyed by the dropping rule's suffix).
-DROP_REASONS = {"num_batches_tracked": "BatchNorm counter, MindSpore has none"}
-
-
-def map_name(torch_key: str) -> Optional[str]:
-    """MindSpore parameter name of an official PyTorch ``state_dict`` key, ``None`` if dropped."""
-    for pattern, replacement in NAME_RULES:
-        if pattern.match(torch_key):
-            return None if replacement is None else pattern.sub(replacement, torch_key)
-    return torch_key
-
-
-def _to_numpy(value, key: str) -> np.ndarray:
-    """The array of one state_dict entry; floating point becomes float32 (the model's dtype)."""
-    import torch
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        if value.is_floating_point():
-            value = value.float()
-        return value.numpy().copy()
-    if isinstance(value, np.ndarray):
-        return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value.copy()
-    raise CheckpointError(f"state_dict entry '{key}' is a {type(value).__name__}, expected a tensor")
-
-
-def convert_state_dict(torch_state: Mapping) -> Dict[str, np.ndarray]:
-    """Official PyTorch ``state_dict`` -> ``{MindSpore name: numpy array}``.
-
-    Pure: names go through :func:`map_name` (dropped keys are left out), arrays are copied as
-    float32 with unchanged shapes. Two keys that map to the same name are an error.
-    """
-    out: Dict[str, np.ndarray] = OrderedDict()
-    source: Dict[str, str] = {}
-    for key, value in torch_state.items():
-        name = map_name(key)
-        if name is None:
-            continue
-        if name in out:
-            raise CheckpointError(f"state_dict keys '{source[name]}' and '{key}' both map to '{name}'")
-        out[name] = _to_numpy(value, key)
-        source[name] = key
-    return out
-
-
-def dropped_keys(torch_state: Mapping) -> Dict[str, str]:
-    """``{torch key: reason}`` for the keys :func:`map_name` drops."""
-    return {k: DROP_REASONS.get(k.rsplit(".", 1)[-1], "dropped by NAME_RULES")
-            for k in torch_state if map_name(k) is None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,39 +204,6 @@ def extract_state_dict(obj, path: str = "checkpoint", ema: bool = False):
 # ------------------------------------------------------------------------------------------------
 # Checking the weights against the model
 
-def infer_topology(state: Mapping) -> dict:
-    """ConvMLP arguments (blocks, dims, mlp_ratios, channels, n_conv_blocks, num_classes) read
-    from the keys and shapes of an official (or converted) state_dict; missing parts are left out."""
-    def shape(key):
-        v = state.get(key)
-        return tuple(v.shape) if v is not None else None
-
-    topo = {}
-    tok = shape("tokenizer.block.6.weight")
-    if tok:
-        topo["channels"] = tok[0]
-    conv = {int(m.group(1)) for k in state for m in [re.match(r"conv_stages\.conv_blocks\.(\d+)\.", k)] if m}
-    if conv:
-        topo["n_conv_blocks"] = max(conv) + 1
-    stages = {}
-    for k in state:
-        m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", k)
-        if m:
-            stages.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    if stages:
-        n = max(stages) + 1
-        topo["blocks"] = [max(stages.get(i, {-1})) + 1 for i in range(n)]
-        fc1 = [shape(f"stages.{i}.blocks.0.channel_mlp1.fc1.weight") for i in range(n)]
-        if all(fc1):
-            topo["dims"] = [s[1] for s in fc1]
-            ratios = [s[0] / s[1] for s in fc1]
-            topo["mlp_ratios"] = [int(r) if float(r).is_integer() else r for r in ratios]
-    head = shape("head.weight")
-    if head:
-        topo["num_classes"] = head[0]
-    return topo
-
-
 def describe_topology(topo: Mapping) -> str:
     from model import default_cfgs
     parts = " ".join(f"{k} {list(topo[k]) if isinstance(topo[k], (list, tuple)) else topo[k]}"
@@ -406,8 +313,11 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", help="official .pth (released state_dict or training checkpoint); "
-                                 "default: download the release of --arch")
-    p.add_argument("--dst", required=True, help="output MindSpore .ckpt")
+                                 "default: download the release of --arch; with --reverse a "
+                                 "MindSpore .ckpt")
+    p.add_argument("--dst", required=True, help="output MindSpore .ckpt (with --reverse: .pth)")
+    p.add_argument("--reverse", action="store_true", help="MindSpore .ckpt -> official PyTorch .pth "
+                   "(topology from the checkpoint's config or its shapes)")
     p.add_argument("--arch", choices=("convmlp_s", "convmlp_m", "convmlp_l"),
                    help="released variant; the topology flags below override its settings")
     p.add_argument("--num_classes", type=int, help="classes of the target model; when it differs "
@@ -451,6 +361,9 @@ def resolve_topology(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.reverse:
+        from src.to_torch import reverse_main
+        return reverse_main(args)
     if args.src is None and args.arch is None:
         raise ConfigError("without --src, --arch names the release to download")
     lacking = [f"--{k}" for k in TOPOLOGY_KEYS if getattr(args, k) is None]

@@ -126,11 +126,23 @@ def _conv_bn_relu(in_ch, out_ch, kernel_size, stride=1):
     ]
 
 
+def _halved(n: int) -> int:
+    """Output size of a 3x3 stride-2 window with padding 1 on `n` positions."""
+    return (n - 1) // 2 + 1
+
+
 class ConvTokenizer(nn.Cell):
-    """Three 3x3 conv-BN-ReLU (first with stride 2) and a 3x3/2 max-pool: /4 resolution."""
+    """Three 3x3 conv-BN-ReLU (first with stride 2) and a 3x3/2 max-pool: /4 resolution.
+
+    The output is reshaped to its size computed from the input's (static) height and width: with a
+    dynamic batch dimension (a MINDIR exported for any batch size), MindSpore's padded max-pool
+    infers every output dimension as unknown, and the blocks need the static map size to pick
+    their depthwise path (``ConvMLPBlock``). The reshape does not change the values.
+    """
 
     def __init__(self, embedding_dim: int = 64):
         super().__init__()
+        self.embedding_dim = embedding_dim
         half = embedding_dim // 2
         self.block = nn.SequentialCell(
             _conv_bn_relu(3, half, 3, stride=2)
@@ -140,7 +152,8 @@ class ConvTokenizer(nn.Cell):
         )
 
     def construct(self, x):
-        return self.block(x)
+        h, w = _halved(_halved(x.shape[2])), _halved(_halved(x.shape[3]))
+        return self.block(x).reshape(-1, self.embedding_dim, h, w)
 
 
 class ConvStage(nn.Cell):

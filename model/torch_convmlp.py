@@ -1,7 +1,8 @@
 """PyTorch reference ConvMLP, written for this repository from the paper's architecture.
 
-Used only to check weight conversion (``pth2ckpt.py --verify``), in tests and in the side-by-side
-benchmark; training and evaluation never import it. Its ``state_dict`` keys are those of the
+Used only to check weight conversion (``pth2ckpt.py --verify``), to export ONNX (``export.py
+--file_format ONNX``), in tests and in the side-by-side benchmark; training and evaluation never
+import it. Its ``state_dict`` keys are those of the
 official model (SHI-Labs/Convolutional-MLPs ``src/convmlp.py``), and the parity fixtures in
 ``../shared/parity`` prove it computes the official function (see ``tests/test_parity.py``).
 """

@@ -536,12 +536,13 @@ class CommandLine:
 
 def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=True) -> CommandLine:
     """The one command-line parser of the entry scripts: config keys as in :func:`load_config`,
-    plus the script's own `options` (declared with :func:`option`) and, with `positionals`, the
-    arguments that are not ``--key value`` pairs (e.g. image paths)."""
+    plus the script's own `options` (declared with :func:`option`; an option may take a config
+    key's name, and then the command line sets the option) and, with `positionals`, the arguments
+    that are not ``--key value`` pairs (e.g. image paths)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # An option may take a config key's name (export.py's --batch_size): on that script's command
+    # line the option is meant, and the config key keeps its value from the config file.
     own = {k.name: k for k in options}
-    clash = set(own) & set(SCHEMA_BY_NAME)
-    assert not clash, f"script options shadow config keys: {clash}"
     config_file, cli, paths = _parse_cli(argv, {**SCHEMA_BY_NAME, **own}, positionals)
     values = {k.name: (list(k.default) if isinstance(k.default, list) else k.default) for k in SCHEMA}
 

@@ -1,0 +1,118 @@
+"""ONNX export of a ConvMLP checkpoint through the PyTorch reference model (``export.py --file_format ONNX``).
+
+MindSpore 2.10's own ONNX exporter cannot convert ConvMLP (no mapping for ``Erf``, the exact GELU,
+nor for the tokenizer's padded max-pool). The checkpoint's weights are therefore mapped to the
+official PyTorch names (:func:`src.convert.to_torch_state_dict`), loaded strictly into the PyTorch
+reference (``model/torch_convmlp.py``, proven equal to the official model) and written with
+``torch.onnx.export`` (the TorchScript-based exporter, opset :data:`OPSET`: exact GELU as ``Erf``,
+``LayerNormalization``, padded ``MaxPool``).
+
+The graph takes ``input`` float32 ``(batch, 3, H, W)`` (resized and normalised as for evl.py)
+and returns ``logits`` ``(batch, num_classes)``; the batch dimension is dynamic unless a batch
+size is given. The file is written under a temporary name in the output folder, checked (with
+``verify``: onnxruntime on the CPU against the MindSpore checkpoint model), then renamed; on any
+failure the previous file is unchanged and no temporary file is left.
+"""
+import os
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .convert import infer_topology, to_torch_state_dict
+from .errors import CheckpointError, UserError
+
+__all__ = ["OPSET", "VERIFY_ATOL", "DYNAMIC", "DYNAMIC_VERIFY_BATCHES", "INPUT_NAME", "OUTPUT_NAME",
+           "require_packages", "torch_reference", "write_onnx", "verify_onnx", "export_onnx"]
+
+OPSET = 17
+VERIFY_ATOL = 1e-4
+DYNAMIC = "dynamic"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+#: Batch sizes the verification runs a dynamic-batch file at.
+DYNAMIC_VERIFY_BATCHES = (1, 3)
+
+
+def require_packages(verify: bool):
+    """UserError naming the missing package when torch / onnx (/ onnxruntime for `verify`) is not
+    installed."""
+    import importlib.util
+    needed = ("torch", "onnx") + (("onnxruntime",) if verify else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"file_format ONNX needs {', '.join(missing)}, which is not installed; "
+                        "pip install -r requirements.txt")
+
+
+def torch_reference(weights: Mapping[str, np.ndarray], path: str = "checkpoint"):
+    """The PyTorch reference ConvMLP (eval mode) holding `weights` (MindSpore names); the topology
+    and class count are read off the weights' shapes. Refuses non-finite weights."""
+    from .to_torch import load_into_reference, non_finite
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(f"'{path}' holds NaN or infinite weights ({', '.join(bad[:4])}"
+                              f"{' ...' if len(bad) > 4 else ''}); refusing to export it")
+    state = to_torch_state_dict(weights)
+    topo = infer_topology(state)
+    num_classes = topo.pop("num_classes")
+    return load_into_reference(state, topo, num_classes, path)
+
+
+def write_onnx(ref, shape: Sequence, dst: str):
+    """``torch.onnx.export`` of `ref` for an input of `shape` (``shape[0]`` None = dynamic batch)."""
+    import torch
+    dynamic = shape[0] is None
+    x = torch.zeros((2 if dynamic else shape[0],) + tuple(shape[1:]), dtype=torch.float32)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(ref, (x,), dst, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+
+
+def verify_onnx(path: str, net, shape: Sequence, seed: int = 0) -> float:
+    """Max abs difference between onnxruntime (CPU) running `path` and the MindSpore model `net`
+    on random inputs of `shape` (a dynamic batch is checked at :data:`DYNAMIC_VERIFY_BATCHES`);
+    NaN when an output is not finite."""
+    import mindspore as ms
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch in (DYNAMIC_VERIFY_BATCHES if shape[0] is None else (shape[0],)):
+        x = rng.standard_normal((batch,) + tuple(shape[1:])).astype(np.float32)
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        want = net(ms.Tensor(x)).asnumpy()
+        if got.shape != want.shape or not (np.isfinite(got).all() and np.isfinite(want).all()):
+            return float("nan")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str = "checkpoint"):
+    """Write ``base + ".onnx"`` for the MindSpore model `net` (its weights through the PyTorch
+    reference); returns ``(final path, max abs diff or None)``. UserError when the checkpoint
+    cannot be exported, the file cannot be written, or verification fails (NaN fails)."""
+    require_packages(verify)
+    weights = {p.name: p.asnumpy() for p in net.get_parameters()}
+    ref = torch_reference(weights, path)
+    final = base + ".onnx"
+    folder = os.path.dirname(os.path.abspath(final))
+    tmp = os.path.join(folder, f".{os.path.basename(base)}.tmp-{os.getpid()}.onnx")
+    diff = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        write_onnx(ref, shape, tmp)
+        if verify:
+            diff = verify_onnx(tmp, net, shape)
+            if not diff <= VERIFY_ATOL:  # NaN fails too
+                raise UserError(f"'{final}' would not reproduce the checkpoint model: max abs difference "
+                                f"{diff:.3g} > {VERIFY_ATOL:g} (onnxruntime vs MindSpore on a random "
+                                "input); nothing was written")
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise UserError(f"cannot write '{final}': {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final, diff
