@@ -144,6 +144,9 @@ def main(argv=None):
                 "arch": cfg.arch, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
                 "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
 
+    from src.graph_cache import open_graph_cache
+    graph_cache = open_graph_cache(cfg, "train", logger, device, rank, world,
+                                   data={"train": dataset_size(cfg, "train"), "val": dataset_size(cfg, "val")})
     if cfg.mode == "graph":
         # Compile before the first batch, then hand the compiler's freed heap back to the OS
         # (~0.4 GB at 224 px; benchmarks/RESULTS.md).
@@ -151,6 +154,7 @@ def main(argv=None):
         t_compile = time.time()
         step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
                           ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
+        graph_cache.commit()
         release_compile_memory()
         logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
 
@@ -203,6 +207,7 @@ def main(argv=None):
                     best_acc, best_epoch, is_best = res["top1"], epoch + 1, True
             line += f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s"
             logger.info(line)
+            graph_cache.commit()  # now with the evaluation graph
             if rank == 0:
                 path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(epoch + 1),
                                            is_best=is_best, keep=cfg.keep_checkpoint_max)
