@@ -40,11 +40,15 @@ def main(argv=None):
     logger.info(f"evaluating {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", epoch {meta['epoch']}" if "epoch" in meta else "") + f") on {cfg.dataset_choose} "
                 f"val ({cfg.val_data_path}) at {cfg.image_size}px, device {device}")
+    from dataset import dataset_size
+    from src.graph_cache import open_graph_cache
+    graph_cache = open_graph_cache(cfg, "eval", logger, device, rank, world, data={"val": dataset_size(cfg, "val")})
     reduce_fn = make_reduce_fn(world)
     bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0,
                    log_interval=cfg.log_interval)
     res = evaluate(net, val_ds, cfg.num_classes, reduce_fn, progress=bar)
     bar.close()
+    graph_cache.commit()
     names = get_class_names(cfg)
     if rank == 0:
         print(f"accuracy:{{'acc': {res['top1']:.4f}}}")

@@ -50,6 +50,7 @@ class Parts:
     step_cell: Any
     optimizer: Any
     lrs: Any
+    graph_cache: Any = None    # src.graph_cache.GraphCache, opened before the first compile
 
     def global_step(self) -> int:
         return int(self.optimizer.global_step.asnumpy()[0])
@@ -210,16 +211,22 @@ def resume(run: Run, parts: Parts):
 
 
 def compile_step(run: Run, parts: Parts):
-    """GRAPH mode: compile before the first batch, then hand the compiler's freed heap back to the
-    OS (benchmarks/RESULTS.md), so that images/s and memory describe training alone."""
-    if run.cfg.mode != "graph":
-        return
+    """The graph cache of this setting (src/graph_cache.py: a hit loads the compiled graphs); in
+    GRAPH mode, compile before the first batch, then hand the compiler's freed heap back to the OS
+    (benchmarks/RESULTS.md), so that images/s and memory describe training alone."""
     import mindspore as ms
+    from dataset import dataset_size
+    from src.graph_cache import open_graph_cache
     from src.perf import release_compile_memory
     cfg = run.cfg
+    parts.graph_cache = open_graph_cache(cfg, "train", run.logger, run.device, run.rank, run.world,
+                                         data={split: dataset_size(cfg, split) for split in ("train", "val")})
+    if cfg.mode != "graph":
+        return
     t_compile = time.time()
     parts.step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
                             ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
+    parts.graph_cache.commit()
     release_compile_memory()
     run.logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
 
@@ -249,6 +256,7 @@ def train_epochs(run: Run, parts: Parts, state):
             stats["loss"] = float(run.reduce_fn(np.array([stats["loss"]], np.float32))[0]) / run.world
             average_bn_statistics(parts.net, run.reduce_fn, run.world)
         end_of_epoch(run, parts, state, stats, metrics)
+        parts.graph_cache.commit()   # now with the evaluation graph
         if epoch + 1 < cfg.epoch_size:
             sync_outputs(cfg, run.logger, run.rank, final=False)   # ModelArts: outputs to train_url
         if stop() and epoch + 1 < cfg.epoch_size:

@@ -231,6 +231,9 @@ SCHEMA = [
     Key("mode", "graph", "str", "MindSpore execution mode.", choices=("graph", "pynative")),
     Key("cpu_kernels", True, "bool", "CPU only: C++ kernels (model/csrc, built with g++ on first use) for "
         "convolution backward, LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv, bias; false = MindSpore's."),
+    Key("graph_cache", True, "bool", "Graph mode: keep the compiled graphs on disk ($CONVMLP_GRAPH_CACHE, default "
+        "~/.cache/convmlp_mindspore/graphs), one folder per setting, so that a later run with the same "
+        "setting skips the compilation; false = compile every time."),
     Key("is_distributed", False, "bool", "Data-parallel training (launch with msrun)."),
     Key("run_modelarts", False, "bool", "Running on Huawei ModelArts (needs the moxing SDK): copy data_url "
         "to the node before training and save_checkpoint_path to train_url after each epoch."),

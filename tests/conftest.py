@@ -17,6 +17,20 @@ if REPO not in sys.path:
 from src import cifar  # noqa: E402  (needs REPO on sys.path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache_root(tmp_path_factory):
+    """Graphs compiled by the entry scripts the tests run are cached in a folder of this test
+    session (``CONVMLP_GRAPH_CACHE``, inherited by every subprocess), never in the user's
+    ``~/.cache``; runs within the session share it, as a user's runs share theirs."""
+    old = os.environ.get("CONVMLP_GRAPH_CACHE")
+    os.environ["CONVMLP_GRAPH_CACHE"] = str(tmp_path_factory.mktemp("graph_cache"))
+    yield os.environ["CONVMLP_GRAPH_CACHE"]
+    if old is None:
+        os.environ.pop("CONVMLP_GRAPH_CACHE", None)
+    else:
+        os.environ["CONVMLP_GRAPH_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory):
     """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
