@@ -42,7 +42,7 @@ from dataset import BatchMixer  # noqa: E402
 from model import ConvMLP, cpu_kernels  # noqa: E402
 from model import convmlp as ms_convmlp  # noqa: E402
 from model.torch_convmlp import TorchConvMLP  # noqa: E402
-from pth2ckpt import map_name  # noqa: E402
+from src.convert import map_name  # noqa: E402
 from src.optim import AdamW, cosine_schedule, param_groups_weight_decay  # noqa: E402
 from src.perf import configure_runtime  # noqa: E402
 from src.train_step import build_train_step  # noqa: E402
