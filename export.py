@@ -19,7 +19,8 @@ Options of this script (not config keys):
 * ``--file_format MINDIR``: MINDIR (default). AIR needs Ascend; ONNX is refused (see below).
 * ``--export_batch_size N``: batch dimension of the exported input (default 1).
 * ``--verify``: load the written file back (``nn.GraphCell``) and check that it gives the
-  checkpoint model's output on a random input (max abs difference <= 1e-4).
+  checkpoint model's output on a random input (max abs difference <= 1e-4; a NaN difference
+  fails); the file is checked under its temporary name, so a failed check writes nothing.
 
 ONNX: MindSpore 2.10's ONNX exporter cannot convert this network. It has no mapping for ``Erf``
 (the exact GELU of ConvMLP's channel MLPs) nor for the padded max-pool of the tokenizer (lowered to
@@ -89,8 +90,10 @@ def check_format(fmt, device):
                           "which MindSpore converts for Ascend as well")
 
 
-def export_atomic(net, inputs, base, fmt):
-    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename."""
+def export_atomic(net, inputs, base, fmt, check=None):
+    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename;
+    ``check(temporary_path, final_path)``, when given, runs before the rename and may raise to
+    leave the final path as it was."""
     import mindspore as ms
     ext = EXTENSIONS[fmt]
     final = base + ext
@@ -99,6 +102,8 @@ def export_atomic(net, inputs, base, fmt):
     try:
         os.makedirs(folder, exist_ok=True)
         ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
+        if check is not None:
+            check(tmp_base + ext, final)
         os.replace(tmp_base + ext, final)
     except BaseException as exc:
         if os.path.exists(tmp_base + ext):
@@ -148,7 +153,15 @@ def main(argv=None):
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
     shape = (batch_size, 3, cfg.image_size, cfg.image_size)
     inputs = [ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))]
-    path = export_atomic(net, inputs, base, fmt)
+    verified = {}
+
+    def check(tmp, final):
+        diff = verified["diff"] = verify_export(net, tmp, inputs)
+        if not diff <= VERIFY_ATOL:  # a NaN difference fails too
+            raise UserError(f"'{final}' would not reproduce the checkpoint model: max abs difference {diff:.3g} "
+                            f"> {VERIFY_ATOL:g} on a random input; nothing was written")
+
+    path = export_atomic(net, inputs, base, fmt, check=check if verify else None)
     size_mb = os.path.getsize(path) / 2 ** 20
     logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
@@ -156,10 +169,7 @@ def main(argv=None):
                 f"{cfg.interpolation}, normalised with mean {cfg.mean} std {cfg.std}); output: logits "
                 f"({batch_size}, {cfg.num_classes})")
     if verify:
-        diff = verify_export(net, path, inputs)
-        if not diff <= VERIFY_ATOL:
-            raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
-                            f"> {VERIFY_ATOL:g} on a random input")
+        diff = verified["diff"]
         logger.info(f"verified: {path} loaded with nn.GraphCell gives the checkpoint model's logits "
                     f"(max abs difference {diff:.3g}, tolerance {VERIFY_ATOL:g})")
     print(f"wrote {path}")

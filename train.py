@@ -323,8 +323,9 @@ def _install_stop_handler(logger):
 def _epoch_cfg(cfg, epoch, Config):
     """The config for one epoch's data pipeline: the seed moves with the epoch, so the shuffle
     and augmentation of epoch E are the same in a resumed run as in an uninterrupted one."""
+    from src.config import epoch_seed
     d = cfg.to_dict()
-    d["seed"] = cfg.seed + 1000 * epoch
+    d["seed"] = epoch_seed(cfg.seed, epoch)   # bounded by load_config: < 2**32 for every epoch
     return Config(d)
 
 

@@ -1,8 +1,10 @@
 """ConvMLP for MindSpore: ``from model import ConvMLP, convmlp_s, convmlp_m, convmlp_l, create_model``."""
 from .convmlp import (ConvMLP, ConvMLPBlock, ConvMLPStage, ConvStage, ConvTokenizer, ConvDownsample,
                       DropPath, Mlp, convmlp_l, convmlp_m, convmlp_s, default_cfgs)
-from .helpers import create_model, list_models, load_pretrained, read_checkpoint, check_fit, require_convmlp
+from .helpers import (create_model, list_models, load_pretrained, read_checkpoint, check_fit, require_convmlp,
+                      check_finite, complete_topology)
 
 __all__ = ["ConvMLP", "ConvMLPBlock", "ConvMLPStage", "ConvStage", "ConvTokenizer", "ConvDownsample",
            "DropPath", "Mlp", "convmlp_s", "convmlp_m", "convmlp_l", "default_cfgs", "create_model",
-           "list_models", "load_pretrained", "read_checkpoint", "check_fit", "require_convmlp"]
+           "list_models", "load_pretrained", "read_checkpoint", "check_fit", "require_convmlp", "check_finite",
+           "complete_topology"]

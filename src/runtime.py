@@ -130,7 +130,17 @@ def build_model(cfg, **kwargs):
 # --------------------------------------------------------------------------------------------
 def pop_option(argv, name, what="a file name"):
     """Remove ``--name VALUE`` or ``--name=VALUE`` (an option of one script, not a config key) from
-    `argv` and return VALUE, or None when absent. ConfigError when the value is missing."""
+    `argv` and return VALUE, or None when absent. ConfigError when the value is missing or the
+    option is given twice."""
+    value = _pop_option_once(argv, name, what)
+    if value is not None:
+        again = _pop_option_once(argv, name, what)
+        if again is not None:
+            raise ConfigError(f"command line: {name} is given twice ({value!r} and {again!r}); give it once")
+    return value
+
+
+def _pop_option_once(argv, name, what):
     for i, tok in enumerate(argv):
         if tok == name:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
@@ -181,22 +191,31 @@ def pop_positionals(argv):
 # --------------------------------------------------------------------------------------------
 # A model from a checkpoint (evl.py, export.py, infer.py)
 # --------------------------------------------------------------------------------------------
-def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS):
+def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
     """A train.py checkpoint records its run's config: take `keys` (by default the model's arch and
-    topology, and the image size) from it unless they were given on the command line."""
+    topology, and the image size) from it unless they were given on the command line. The saved
+    config is read like a config file (a mapping, no key twice) and each value taken is validated
+    against the schema; CheckpointError naming the checkpoint (`path`, by default
+    ``cfg.checkpoint_path``) otherwise."""
     if "config" not in meta:
         return
-    import yaml
-    try:
-        saved = yaml.safe_load(meta["config"]) or {}
-    except yaml.YAMLError:
-        return
+    from .config import convert_value
+    from .errors import CheckpointError
+    from .strict_yaml import load_mapping
+    source = f"checkpoint '{path or cfg.checkpoint_path}': its saved config (meta 'config')"
+    saved = load_mapping(meta["config"], source, error=CheckpointError)
     given = cli_keys(argv)
     taken = []
     for key in keys:
-        if key in saved and key not in given and saved[key] != getattr(cfg, key):
-            setattr(cfg, key, saved[key])
-            taken.append(f"{key}={saved[key]}")
+        if key in saved and key not in given:
+            try:
+                value = convert_value(key, saved[key], source)
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
+            if value == getattr(cfg, key):
+                continue
+            setattr(cfg, key, value)
+            taken.append(f"{key}={value}")
     if taken:
         logger.info("from the checkpoint's config: " + ", ".join(taken))
 
