@@ -45,7 +45,7 @@ from mindspore.dataset.vision import Inter
 
 from src import cifar
 from src import config
-from src.config import parse_aa
+from src.config import parse_aa, path_arg as _path
 from src.errors import ArgumentParser, ConfigError, DataError, run_cli
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "load_split", "rand_augment_ops",
@@ -96,7 +96,7 @@ def epoch_config(cfg, epoch):
     """The config for one epoch's training pipeline: the seed moves with the epoch, so the shuffle
     and augmentation of epoch E are the same in a resumed run as in an uninterrupted one."""
     d = cfg.to_dict()
-    d["seed"] = cfg.seed + 1000 * epoch
+    d["seed"] = config.epoch_seed(cfg.seed, epoch)   # bounded by load_config: < 2**32 for every epoch
     return config.Config(d)
 
 
@@ -359,8 +359,12 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
 # --------------------------------------------------------------------------------------------
 # Command line: python dataset.py generate|download|check
 # --------------------------------------------------------------------------------------------
-def _count(minimum):
-    """argparse type: an integer >= `minimum`."""
+#: Upper bounds of the generator's counts: a million records is 3 GB on disk, 20 times CIFAR.
+MAX_RECORDS, MAX_FILES, MAX_NOISE = 10 ** 6, 1000, 10.0
+
+
+def _count(minimum, maximum):
+    """argparse type: an integer in [`minimum`, `maximum`]."""
     def parse(text):
         try:
             value = int(text)
@@ -368,6 +372,8 @@ def _count(minimum):
             value = None
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= {minimum}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer in [{minimum}, {maximum}]")
         return value
     return parse
 
@@ -377,8 +383,8 @@ def _non_negative(text):
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 0")
+    if not 0 <= value <= MAX_NOISE:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number in [0, {MAX_NOISE:g}]")
     return value
 
 
@@ -388,19 +394,19 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write learnable synthetic data in the CIFAR binary format")
     g.add_argument("--dataset", choices=cifar.DATASETS, default="cifar10")
-    g.add_argument("--out", default="data/demo", help="parent folder; data goes to OUT/cifar-10-batches-bin "
+    g.add_argument("--out", default="data/demo", type=_path, help="parent folder; data goes to OUT/cifar-10-batches-bin "
                    "or OUT/cifar-100-binary")
-    g.add_argument("--train", type=_count(1), default=2000, help="train records")
-    g.add_argument("--val", type=_count(0), default=500, help="val records")
-    g.add_argument("--files", type=_count(1), default=None, help="number of train files (default 5 / 1)")
-    g.add_argument("--seed", type=_count(0), default=0)
+    g.add_argument("--train", type=_count(1, MAX_RECORDS), default=2000, help="train records")
+    g.add_argument("--val", type=_count(0, MAX_RECORDS), default=500, help="val records")
+    g.add_argument("--files", type=_count(1, MAX_FILES), default=None, help="number of train files (default 5 / 1)")
+    g.add_argument("--seed", type=_count(0, 2 ** 32 - 1), default=0)
     g.add_argument("--noise", type=_non_negative, default=0.2, help="pixel noise std (0..1 units)")
     d = sub.add_parser("download", help="download and extract the official binary archive")
     d.add_argument("--dataset", choices=cifar.DATASETS, default="cifar10")
-    d.add_argument("--root", default="data", help="parent folder of cifar-10-batches-bin / cifar-100-binary")
+    d.add_argument("--root", default="data", type=_path, help="parent folder of cifar-10-batches-bin / cifar-100-binary")
     c = sub.add_parser("check", help="validate a folder and print its splits")
     c.add_argument("--dataset", choices=cifar.DATASETS, default="cifar10")
-    c.add_argument("--path", required=True, help="folder holding the .bin files")
+    c.add_argument("--path", required=True, type=_path, help="folder holding the .bin files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

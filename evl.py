@@ -31,6 +31,7 @@ def main(argv=None):
 
     from dataset import create_dataset, get_class_names
     from src.engine import evaluate, make_reduce_fn
+    from model.helpers import require_finite_outputs
 
     net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
     if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
@@ -49,6 +50,7 @@ def main(argv=None):
     res = evaluate(net, val_ds, cfg.num_classes, reduce_fn, progress=bar)
     bar.close()
     graph_cache.commit()
+    require_finite_outputs(res["loss"], cfg.checkpoint_path, f"mean loss on {cfg.val_data_path}")
     names = get_class_names(cfg)
     if rank == 0:
         print(f"accuracy:{{'acc': {res['top1']:.4f}}}")

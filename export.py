@@ -154,7 +154,7 @@ def verify_export(net, path, inputs):
 def verified(diff, path, how):
     """UserError unless `diff` is within :data:`VERIFY_ATOL` (NaN is not)."""
     if not diff <= VERIFY_ATOL:
-        raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
+        raise UserError(f"'{path}' would not reproduce the checkpoint model: max abs difference {diff:.3g} "
                         f"> {VERIFY_ATOL:g} on a random input ({how}); nothing was written")
     return diff
 

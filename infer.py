@@ -148,6 +148,7 @@ def main(argv=None):
 
     import numpy as np
     import mindspore as ms
+    from model.helpers import require_finite_outputs
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
     names, source = class_names(cfg, cfg.num_classes, logger)
     top_k = min(top_k, cfg.num_classes)
@@ -170,7 +171,9 @@ def main(argv=None):
         x = np.stack(tensors)
         if len(x) < batch:  # one input shape for every call: no recompilation for the last chunk
             x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], np.float32)])
-        probs = softmax(net(ms.Tensor(x)).asnumpy())[:len(chunk)]
+        logits = net(ms.Tensor(x)).asnumpy()[:len(chunk)]
+        require_finite_outputs(logits, cfg.checkpoint_path, f"logits of {', '.join(chunk[:3])}")
+        probs = softmax(logits)
         for path, p in zip(chunk, probs):
             order = np.argsort(-p, kind="stable")[:top_k]
             top = [{"class": int(c), "name": names[c], "prob": float(p[c])} for c in order]

@@ -310,12 +310,12 @@ def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, 
 # CLI
 
 def parse_args(argv=None):
+    from src.config import path_arg
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", help="official .pth (released state_dict or training checkpoint); "
-                                 "default: download the release of --arch; with --reverse a "
-                                 "MindSpore .ckpt")
-    p.add_argument("--dst", required=True, help="output MindSpore .ckpt (with --reverse: .pth)")
+    p.add_argument("--src", type=path_arg, help="official .pth (released state_dict or training checkpoint); "
+                   "default: download the release of --arch; with --reverse a MindSpore .ckpt")
+    p.add_argument("--dst", required=True, type=path_arg, help="output MindSpore .ckpt (with --reverse: .pth)")
     p.add_argument("--reverse", action="store_true", help="MindSpore .ckpt -> official PyTorch .pth "
                    "(topology from the checkpoint's config or its shapes)")
     p.add_argument("--arch", choices=("convmlp_s", "convmlp_m", "convmlp_l"),
@@ -327,7 +327,7 @@ def parse_args(argv=None):
                    f"and the MindSpore model; fail above {MAX_ABS_DIFF:g}")
     p.add_argument("--verify_size", type=int, help="input size for --verify (default 224 for a "
                    "released arch, 64 for a custom topology)")
-    p.add_argument("--cache_dir", default=os.path.join("~", ".cache", "convmlp"),
+    p.add_argument("--cache_dir", type=path_arg, default=os.path.join("~", ".cache", "convmlp"),
                    help="where downloaded releases are kept (default ~/.cache/convmlp)")
     # lists as in train.py: "--blocks 2 4 2" or "--blocks 2,4,2"
     p.add_argument("--blocks", nargs="+", metavar="N")
@@ -338,24 +338,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def resolve_topology(args) -> dict:
-    """ConvMLP arguments: those of ``--arch``, overridden by the topology flags given."""
-    from model import default_cfgs
-    topo = {k: default_cfgs[args.arch][k] for k in TOPOLOGY_KEYS} if args.arch else {}
-    for key, kind in (("blocks", int), ("dims", int), ("mlp_ratios", float)):
+def topology_flags(args) -> dict:
+    """The topology flags given, validated with train.py's schema (src/config.py: types and
+    bounds, e.g. ``--channels 0`` or a negative dim is refused)."""
+    from src.config import convert_value
+    given = {}
+    for key in TOPOLOGY_KEYS:
         raw = getattr(args, key)
         if raw is not None:
-            try:
-                topo[key] = [kind(x) for tok in raw for x in str(tok).split(",") if x.strip()]
-            except ValueError:
-                raise ConfigError(f"--{key} {' '.join(map(str, raw))}: expected "
-                                  f"{'integers' if kind is int else 'numbers'}, e.g. --{key} 2 4 2") from None
-    topo.update({k: getattr(args, k) for k in ("channels", "n_conv_blocks") if getattr(args, k) is not None})
-    topo = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in topo.items()}
+            text = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+            given[key] = convert_value(key, text, "command line", shown_as=f"--{key}")
+    return given
+
+
+def resolve_topology(args) -> dict:
+    """ConvMLP arguments: those of ``--arch``, with the topology flags given in their place
+    (``model.complete_topology``, as train.py does); without ``--arch`` every flag is needed."""
+    from model import complete_topology
+    given = topology_flags(args)
+    if args.arch is None and len(given) < len(TOPOLOGY_KEYS):
+        raise ConfigError("give --arch, or all of the topology flags")
+    topo = complete_topology(args.arch or "convmlp_s", given)  # without --arch every key is given
     topo["mlp_ratios"] = [int(r) if float(r).is_integer() else r for r in topo["mlp_ratios"]]
-    if not len(topo["blocks"]) == len(topo["dims"]) == len(topo["mlp_ratios"]):
-        raise ConfigError(f"--blocks {topo['blocks']}, --dims {topo['dims']} and --mlp_ratios "
-                          f"{topo['mlp_ratios']} must have the same length")
     return topo
 
 
@@ -366,6 +370,12 @@ def main(argv=None) -> int:
         return reverse_main(args)
     if args.src is None and args.arch is None:
         raise ConfigError("without --src, --arch names the release to download")
+    topology_flags(args)   # every flag is checked before anything is read or downloaded
+    from src.config import convert_value
+    if args.num_classes is not None:
+        convert_value("num_classes", args.num_classes, "command line", shown_as="--num_classes")
+    if args.verify_size is not None:
+        convert_value("image_size", args.verify_size, "command line", shown_as="--verify_size")
     lacking = [f"--{k}" for k in TOPOLOGY_KEYS if getattr(args, k) is None]
     if args.arch is None and lacking:
         raise ConfigError(f"give --arch convmlp_s|convmlp_m|convmlp_l, or all of the topology "
@@ -385,12 +395,15 @@ def main(argv=None) -> int:
     del obj
     topo = resolve_topology(args)
     weights = convert_state_dict(torch_state)
+    from model import check_finite
+    try:
+        check_finite(weights, src)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; nothing was written") from None
     dropped = dropped_keys(torch_state)
 
     ckpt_classes = infer_topology(torch_state).get("num_classes")
     num_classes = args.num_classes if args.num_classes is not None else (ckpt_classes or 1000)
-    if num_classes <= 0:
-        raise ConfigError(f"--num_classes {num_classes}: expected a positive number of classes")
     head_dropped = ckpt_classes is not None and num_classes != ckpt_classes
     if head_dropped:
         for k in [k for k in weights if k.startswith(HEAD_PREFIX)]:
@@ -435,10 +448,11 @@ def main(argv=None) -> int:
                                     else 64)
         diff = verify(torch_state, convert_state_dict(torch_state), topo,
                       ckpt_classes or num_classes, size)
-        status = "OK" if diff <= MAX_ABS_DIFF else "FAIL"
+        ok = diff <= MAX_ABS_DIFF   # False for a NaN difference, which must fail
+        status = "OK" if ok else "FAIL"
         print(f"verify      : max abs diff {diff:.3e} on a (1, 3, {size}, {size}) input, PyTorch "
               f"reference vs MindSpore, inference mode, tolerance {MAX_ABS_DIFF:g}: {status}")
-        if diff > MAX_ABS_DIFF:
+        if not ok:
             raise CheckpointError(f"verify failed for '{src}': max abs diff {diff:.3e} > "
                                   f"{MAX_ABS_DIFF:g}; nothing was written")
 

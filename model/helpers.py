@@ -2,14 +2,19 @@
 import os
 from typing import Dict, Optional
 
+import numpy as np
 import mindspore as ms
 from mindspore import nn
 
 from .errors import CheckpointError, ConfigError, first_line
-from .convmlp import HEAD_PREFIX, model_entrypoints
+from .convmlp import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs, model_entrypoints
 
 __all__ = ["create_model", "list_models", "load_pretrained", "read_checkpoint", "check_fit",
-           "require_convmlp", "HEAD_PREFIX", "MODEL_ROOTS"]
+           "require_convmlp", "check_finite", "require_finite_outputs", "complete_topology", "HEAD_PREFIX", "MODEL_ROOTS",
+           "TOPOLOGY_KEYS"]
+
+#: The per-stage lists among them: one entry per Conv-MLP stage, so all of the same length.
+STAGE_KEYS = ("blocks", "dims", "mlp_ratios")
 
 
 def list_models():
@@ -19,11 +24,13 @@ def list_models():
 
 def create_model(name: str, num_classes: int = 1000, pretrained_ckpt: Optional[str] = None,
                  **kwargs) -> nn.Cell:
-    """Build a registered ConvMLP variant; ``pretrained_ckpt`` loads a (converted) checkpoint with
+    """Build a registered ConvMLP variant; topology keyword arguments that are given replace the
+    variant's (:func:`complete_topology`); ``pretrained_ckpt`` loads a (converted) checkpoint with
     :func:`load_pretrained`, re-creating the head when its class count differs."""
     if name not in model_entrypoints:
         raise ConfigError(f"unknown arch '{name}': expected one of {', '.join(list_models())}")
-    return model_entrypoints[name](pretrained_ckpt=pretrained_ckpt, num_classes=num_classes, **kwargs)
+    topo = complete_topology(name, {k: kwargs.pop(k) for k in TOPOLOGY_KEYS if k in kwargs})
+    return model_entrypoints[name](pretrained_ckpt=pretrained_ckpt, num_classes=num_classes, **topo, **kwargs)
 
 
 def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
@@ -40,7 +47,68 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     if not params:
         raise CheckpointError(f"cannot read checkpoint '{path}': it holds no parameters (truncated or not "
                               "a MindSpore .ckpt)")
+    check_finite(params, path)
     return params
+
+
+def _float_array(value):
+    """The floating-point array of a checkpoint entry (Parameter, Tensor, numpy or torch array),
+    or None for strings, integers and what cannot be read as an array."""
+    if isinstance(value, str):
+        return None
+    try:
+        arr = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+    except Exception:  # e.g. a dtype numpy has no type for
+        return None
+    return arr if np.issubdtype(arr.dtype, np.floating) else None
+
+
+def check_finite(params, path: str = "checkpoint"):
+    """CheckpointError naming the tensors of `params` (name -> Parameter, Tensor or array) that
+    hold NaN or infinity, with their counts. A NaN weight makes every output it reaches NaN, and
+    NaN compares False with everything, so such a checkpoint is refused wherever it is read
+    (:func:`read_checkpoint`: evaluation, inference, export, fine-tuning, resuming) and converted
+    (``pth2ckpt.py``). One pass over the weights; the counting runs only for a bad tensor."""
+    bad = []
+    for name, value in params.items():
+        arr = _float_array(value)
+        if arr is None or np.isfinite(arr).all():
+            continue
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        counts = ", ".join(f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+        bad.append(f"{name} ({counts} of {arr.size})")
+    if bad:
+        raise CheckpointError(f"'{path}' holds non-finite weights in {len(bad)} tensor(s): {_short(bad, 4)}; "
+                              "a checkpoint of a diverged run or a damaged file cannot be used")
+
+
+def require_finite_outputs(values, path: str, what: str):
+    """CheckpointError when `values` (a number or an array computed by the model of checkpoint
+    `path`) hold NaN or infinity: finite weights can still overflow (e.g. weights near the float32
+    limit), and a NaN result must never be printed as if it were one."""
+    arr = np.asarray(values, dtype=np.float64)
+    if np.isfinite(arr).all():
+        return
+    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    counts = ", ".join(f"{n} {w}" for n, w in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+    raise CheckpointError(f"'{path}' gives non-finite outputs: {what} has {counts} of {arr.size} value(s); "
+                          "its weights overflow float32 on this input (a diverged or damaged checkpoint?)")
+
+
+def complete_topology(arch: str, given: Dict) -> Dict:
+    """The ConvMLP arguments of `arch` (``default_cfgs``) with the topology keys in `given` (those
+    not None) in their place: ``--dims`` alone keeps the arch's blocks, mlp_ratios, channels and
+    n_conv_blocks. ConfigError naming the keys and where each came from when the per-stage lists
+    end up of different lengths (e.g. two dims for the arch's three stages)."""
+    if arch not in default_cfgs:
+        raise ConfigError(f"unknown arch '{arch}': expected one of {', '.join(list_models())}")
+    topo = {k: given[k] if given.get(k) is not None else default_cfgs[arch][k] for k in TOPOLOGY_KEYS}
+    topo = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in topo.items()}
+    if len({len(topo[k]) for k in STAGE_KEYS}) > 1:
+        parts = [f"{k} {topo[k]} ({'given' if given.get(k) is not None else 'from ' + arch})" for k in STAGE_KEYS]
+        raise ConfigError(f"{', '.join(parts)}: blocks, dims and mlp_ratios need one entry per stage, the "
+                          "same number each; set them together")
+    return topo
 
 
 def _check_checkpoint_file(path: str):

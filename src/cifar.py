@@ -15,8 +15,11 @@ Which files form a split:
    ``test_batch.bin`` (or ``test_batch_<n>.bin``); CIFAR-100 train ``train.bin`` (or
    ``train_<n>.bin``), val ``test.bin`` (or ``test_<n>.bin``);
 2. otherwise, when the train and val folders are different folders (``any_names=True``), every
-   ``*.bin`` in the folder;
-3. otherwise an error: a folder shared by both splits must use the canonical names.
+   ``*.bin`` in the folder except those named for the *other* split: a file named ``test_batch.bin``
+   (``test.bin``) is never trained on, ``data_batch_<n>.bin`` (``train.bin``) never evaluated on;
+3. otherwise an error: a folder shared by both splits must use the canonical names, and a folder
+   whose only files are named for the other split (a training folder holding just
+   ``test_batch.bin``) is an error naming them, instead of training on the test set.
 
 Any number of records per file is accepted. Everything is validated before training starts and
 every problem raises :class:`errors.DataError` with one line naming the file and the expectation.
@@ -154,7 +157,14 @@ def split_files(folder, dataset, split, any_names=False):
             raise DataError(f"dataset folder {folder} has no {split} files for {PRETTY_NAMES[dataset]} (expected "
                             f"{_CANONICAL[dataset][split]}; found {', '.join(names[:5])}); other names are "
                             f"used only when train_data_path and val_data_path are different folders")
-        chosen = names
+        other = "val" if split == "train" else "train"
+        chosen = [n for n in names if not _PATTERNS[dataset][other].match(n)]
+        if not chosen:
+            doing = ("train on the test set" if split == "train" else "evaluate on training data")
+            raise DataError(f"{split} folder {folder} holds only {other}-split files of {PRETTY_NAMES[dataset]} "
+                            f"({', '.join(names[:5])}): reading {os.path.join(folder, names[0])} as the {split} "
+                            f"split would {doing}; expected {_CANONICAL[dataset][split]} (or other names that "
+                            f"are not {_CANONICAL[dataset][other]})")
     return [os.path.join(folder, n) for n in chosen]
 
 

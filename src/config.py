@@ -12,6 +12,7 @@ On the command line booleans are ``true``/``false`` (a bare ``--flag`` means tru
 (or ``none``) is None, and lists are comma separated (``--crop_scale 0.5,1``), space separated
 (``--blocks 2 4 2``) or YAML (``--crop_scale [0.5,1]``).
 """
+import dataclasses
 import difflib
 import importlib.util
 import logging
@@ -26,9 +27,12 @@ import yaml
 
 from . import cifar
 from .errors import ConfigError
+from .strict_yaml import load_mapping, read_utf8
 
-__all__ = ["SCHEMA", "Key", "option", "Config", "CommandLine", "load_config", "parse_command_line", "apply_dataset_defaults", "resolve_device", "parse_aa",
-           "config_markdown", "cli_keys", "DEFAULT_CONFIG_FILE", "DEMO_OVERRIDES", "DEMO_SIZES"]
+__all__ = ["SCHEMA", "Key", "option", "Config", "CommandLine", "load_config", "parse_command_line",
+           "apply_dataset_defaults", "resolve_device", "parse_aa", "config_markdown", "cli_keys", "DEFAULT_CONFIG_FILE",
+           "DEMO_OVERRIDES", "DEMO_SIZES", "convert_value", "epoch_seed", "SEED_LIMIT", "EPOCH_SEED_STRIDE",
+           "cap_workers", "path_arg"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -136,47 +140,110 @@ def _check_not_blank(v):
     return None if v is None or v.strip() else "a non-empty string"
 
 
+def _num(x):
+    """A bound as a person writes it: 4294967295, 0.5, 1e-05."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def _check_list_range(lo, hi, lo_open=False):
+    """Every entry in [lo, hi] ((lo, hi] with `lo_open`)."""
+    bounds = f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
+
+    def check(v):
+        if all((lo < x if lo_open else lo <= x) and x <= hi for x in v):
+            return None
+        return f"numbers {bounds}"
+    check.bounds = bounds
+    return check
+
+
+def _check_path(v):
+    """A path key: not empty, no NUL character (the OS refuses both)."""
+    if v is None:
+        return None
+    if not v.strip():
+        return "a non-empty path"
+    if "\0" in v:
+        return "a path without NUL characters"
+    return None
+
+
+def path_arg(text):
+    """argparse ``type`` for a path option of a script outside the schema (pth2ckpt.py, dataset.py):
+    the same check as the schema's path keys."""
+    why = _check_path(text)
+    if why:
+        import argparse
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {why}")
+    return text
+
+
 def _check_resume(v):
-    return None if v is None or v == "auto" or v.strip() else "null, 'auto' or a checkpoint path"
+    return None if v is None or v == "auto" or not _check_path(v) else "null, 'auto' or a checkpoint path"
+
+
+#: Seeds are 32-bit (MindSpore's ``set_seed``, the dataset seed, NumPy): every seed derived from
+#: ``seed`` must stay below this.
+SEED_LIMIT = 2 ** 32
+#: The data pipeline of epoch E (0-based) is seeded with ``seed + EPOCH_SEED_STRIDE * E``
+#: (:func:`epoch_seed`), so the shuffle and augmentation of an epoch do not depend on a resume.
+EPOCH_SEED_STRIDE = 1000
+#: Largest ``image_size``: CIFAR images are 32 px, so every larger size only upsamples them, and
+#: ImageNet weights were trained at 224; 1024 leaves room for high-resolution inputs of infer.py
+#: while one 1024 px image already needs about 0.6 GB of activations in training.
+MAX_IMAGE_SIZE = 1024
+#: Upper bounds of the custom topology (the largest official variant, L: blocks 4-8-3, dims up to
+#: 768, mlp ratio 3, 96 channels, 3 conv blocks; these leave an order of magnitude of room).
+MAX_BLOCKS, MAX_DIM, MAX_MLP_RATIO, MAX_CHANNELS = 64, 8192, 16, 2048
+
+
+def epoch_seed(seed, epoch):
+    """The data-pipeline seed of 0-based `epoch` (see :data:`EPOCH_SEED_STRIDE`)."""
+    return seed + EPOCH_SEED_STRIDE * epoch
 
 
 SCHEMA = [
     # model
     Key("arch", "convmlp_s", "str", "Model variant.", choices=("convmlp_s", "convmlp_m", "convmlp_l")),
     Key("num_classes", None, "int", "Classifier outputs; null = from the dataset (10 or 100).",
-        nullable=True, min=1),
+        nullable=True, min=1, max=100000),
     Key("drop_path_rate", 0.1, "float", "Stochastic depth rate.", min=0.0, max=1.0),
     Key("blocks", None, "ints", "Custom topology: Conv-MLP blocks per stage; null = the arch's "
-        "(S 2,4,2; M 3,6,3; L 4,8,3). Set blocks, dims and mlp_ratios together.", nullable=True,
-        check=_check_positive_list),
+        "(S 2,4,2; M 3,6,3; L 4,8,3). Topology keys left null come from the arch, so blocks, dims and "
+        "mlp_ratios given need one entry per stage of it (3).", nullable=True,
+        check=_check_list_range(1, MAX_BLOCKS)),
     Key("dims", None, "ints", "Custom topology: embedding dimension per stage; null = the arch's.",
-        nullable=True, check=_check_positive_list),
+        nullable=True, check=_check_list_range(1, MAX_DIM)),
     Key("mlp_ratios", None, "floats", "Custom topology: channel-MLP ratio per stage; null = the arch's.",
-        nullable=True, check=_check_positive_list),
+        nullable=True, check=_check_list_range(0, MAX_MLP_RATIO, lo_open=True)),
     Key("channels", None, "int", "Custom topology: tokenizer output channels; null = the arch's.",
-        nullable=True, min=2),
+        nullable=True, min=2, max=MAX_CHANNELS),
     Key("n_conv_blocks", None, "int", "Custom topology: residual blocks of the conv stage; null = the "
-        "arch's.", nullable=True, min=0),
+        "arch's.", nullable=True, min=0, max=MAX_BLOCKS),
     Key("pretrained_ckpt", None, "str", "MindSpore checkpoint to start fine-tuning from "
-        "(ImageNet weights converted by pth2ckpt.py); null = train from scratch.", nullable=True),
+        "(ImageNet weights converted by pth2ckpt.py); null = train from scratch.", nullable=True,
+        check=_check_path),
     # data
     Key("dataset_choose", "cifar10", "str", "Dataset; selects num_classes, mean/std and default paths.",
         choices=cifar.DATASETS),
     Key("train_data_path", None, "str", "Folder with the training .bin files; null = "
-        "data/cifar-10-batches-bin or data/cifar-100-binary (data/demo/... when demo is on).", nullable=True),
+        "data/cifar-10-batches-bin or data/cifar-100-binary (data/demo/... when demo is on).", nullable=True,
+        check=_check_path),
     Key("val_data_path", None, "str", "Folder with the validation .bin files; null = same default as "
-        "train_data_path.", nullable=True),
+        "train_data_path.", nullable=True, check=_check_path),
     Key("download", False, "bool", "Download and extract the official binary archive when the data "
         "folder is missing."),
     Key("demo", False, "bool", "Use a small generated dataset (written under data/demo if missing) "
         "instead of real CIFAR; for smoke tests."),
-    Key("image_size", 224, "int", "Input resolution; 32 = native CIFAR size (no resize).", min=8),
+    Key("image_size", 224, "int", "Input resolution; 32 = native CIFAR size (no resize).", min=8,
+        max=MAX_IMAGE_SIZE),
     Key("batch_size", 128, "int", "Training batch size per device (the official recipe: 128).", min=1),
     Key("eval_batch_size", None, "int", "Evaluation batch size per device; null = batch_size.",
         nullable=True, min=1),
-    Key("num_parallel_workers", 2, "int", "Workers for the data pipeline's map/batch operations.", min=1),
+    Key("num_parallel_workers", 2, "int", "Workers for the data pipeline's map/batch operations; more "
+        "than the machine's cores is lowered to the core count (with a warning).", min=1),
     Key("mean", None, "floats", "Normalisation mean (RGB, 0..1); null = per-dataset value.",
-        nullable=True, length=3),
+        nullable=True, length=3, check=_check_list_range(0, 1)),
     Key("std", None, "floats", "Normalisation std (RGB, 0..1); null = per-dataset value.",
         nullable=True, length=3, check=_check_positive_list),
     # augmentation (official fine-tune recipe)
@@ -192,42 +259,44 @@ SCHEMA = [
     Key("reprob", 0.25, "float", "Random erasing probability (per image, random normal pixels; 0 = off).",
         min=0.0, max=1.0),
     Key("smoothing", 0.1, "float", "Label smoothing.", min=0.0, max=0.999),
-    Key("mixup", 0.8, "float", "Mixup alpha (0 = off).", min=0.0),
-    Key("cutmix", 1.0, "float", "CutMix alpha (0 = off).", min=0.0),
+    Key("mixup", 0.8, "float", "Mixup alpha (0 = off).", min=0.0, max=100.0),
+    Key("cutmix", 1.0, "float", "CutMix alpha (0 = off).", min=0.0, max=100.0),
     Key("mixup_prob", 1.0, "float", "Probability of applying mixup or cutmix to a batch.", min=0.0, max=1.0),
     Key("mixup_switch_prob", 0.5, "float", "Probability of cutmix instead of mixup when both are on.",
         min=0.0, max=1.0),
     # optimisation
     Key("epoch_size", 60, "int", "Training epochs, cool-down included (the official fine-tune recipe: 50 "
-        "cosine epochs + 10 at min_lr).", min=1),
+        "cosine epochs + 10 at min_lr).", min=1, max=100000),
     Key("cooldown_epochs", 10, "int", "Final epochs at min_lr after the cosine decay (timm's cooldown).",
-        min=0),
+        min=0, max=100000),
     Key("lr", 3e-4, "float", "Peak learning rate (AdamW, cosine schedule). Used as given, not scaled: it "
         "belongs to the recipe's global batch, so scale it linearly if batch_size x devices changes a lot.",
         min=0.0),
     Key("min_lr", 1e-5, "float", "Final learning rate of the cosine schedule.", min=0.0),
     Key("warmup_lr", 1e-6, "float", "Learning rate at the start of the linear warm-up.", min=0.0),
-    Key("warmup_epochs", 10, "int", "Linear warm-up epochs.", min=0),
+    Key("warmup_epochs", 10, "int", "Linear warm-up epochs.", min=0, max=100000),
     Key("weight_decay", 0.05, "float", "AdamW weight decay.", min=0.0),
     Key("max_steps_per_epoch", None, "int", "Debug cap on steps per epoch; null = the whole dataset.",
-        nullable=True, min=1),
+        nullable=True, min=1, max=10 ** 9),
     # precision
     Key("amp_level", "O0", "str", "MindSpore automatic mixed precision level.", choices=("O0", "O1", "O2", "O3")),
     Key("loss_scale_type", "none", "str", "Loss scaling: none, fixed (loss_scale) or dynamic (starts "
         "at loss_scale).", choices=("none", "fixed", "dynamic")),
-    Key("loss_scale", 1024.0, "float", "Loss scale value (fixed) or initial value (dynamic).", min=1.0),
+    Key("loss_scale", 1024.0, "float", "Loss scale value (fixed) or initial value (dynamic).", min=1.0,
+        max=2.0 ** 24),
     # checkpoints, logging
     Key("resume", None, "str", "Resume training: null = no, auto = latest checkpoint in "
         "save_checkpoint_path, or a checkpoint path.", nullable=True, check=_check_resume),
-    Key("save_checkpoint_path", "./output", "str", "Folder for checkpoints, logs and the resolved config."),
-    Key("keep_checkpoint_max", 5, "int", "Number of most recent checkpoints to keep.", min=1),
-    Key("checkpoint_path", None, "str", "Checkpoint evaluated by evl.py.", nullable=True),
-    Key("eval_interval", 1, "int", "Evaluate every N epochs during training.", min=1),
-    Key("log_interval", 20, "int", "Log every N steps.", min=1),
+    Key("save_checkpoint_path", "./output", "str", "Folder for checkpoints, logs and the resolved config.",
+        check=_check_path),
+    Key("keep_checkpoint_max", 5, "int", "Number of most recent checkpoints to keep.", min=1, max=10000),
+    Key("checkpoint_path", None, "str", "Checkpoint evaluated by evl.py.", nullable=True, check=_check_path),
+    Key("eval_interval", 1, "int", "Evaluate every N epochs during training.", min=1, max=100000),
+    Key("log_interval", 20, "int", "Log every N steps.", min=1, max=10 ** 9),
     # runtime
     Key("device_target", "auto", "str", "Device; auto = Ascend, then GPU, then CPU.",
         choices=("auto", "Ascend", "GPU", "CPU")),
-    Key("device_id", 0, "int", "Device index for single-device runs.", min=0),
+    Key("device_id", 0, "int", "Device index for single-device runs.", min=0, max=4095),
     Key("mode", "graph", "str", "MindSpore execution mode.", choices=("graph", "pynative")),
     Key("cpu_kernels", True, "bool", "CPU only: C++ kernels (model/csrc, built with g++ on first use) for "
         "convolution backward, LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv, bias; false = MindSpore's."),
@@ -243,7 +312,8 @@ SCHEMA = [
         "to; required with run_modelarts.", nullable=True, check=_check_not_blank),
     Key("modelarts_data_path", "/cache/data", "str", "ModelArts: local folder data_url is copied to.",
         check=_check_not_blank),
-    Key("seed", 0, "int", "Random seed (weights, shuffling, augmentation).", min=0),
+    Key("seed", 0, "int", "Random seed (weights, shuffling, augmentation); epoch E's data pipeline uses "
+        "seed + 1000 x E, which must stay below 2**32.", min=0, max=SEED_LIMIT - 1),
 ]
 SCHEMA_BY_NAME = {k.name: k for k in SCHEMA}
 
@@ -262,12 +332,14 @@ def _expected(key):
     elif key.type in ("floats", "ints"):
         what = "integers" if key.type == "ints" else "numbers"
         exp = f"a list of {key.length} {what}" if key.length else f"a comma-separated list of {what}"
+        if getattr(key.check, "bounds", None):
+            exp += f" {key.check.bounds}"
     else:
         exp = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[key.type]
         if key.min is not None and key.max is not None:
-            exp += f" in [{key.min:g}, {key.max:g}]"
+            exp += f" in [{_num(key.min)}, {_num(key.max)}]"
         elif key.min is not None:
-            exp += f" >= {key.min:g}"
+            exp += f" >= {_num(key.min)}"
     return exp + (" or null" if key.nullable else "")
 
 
@@ -322,7 +394,10 @@ def _convert(key, value, source):
         items = value
         if isinstance(value, str):
             text = value.strip()
-            items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
+            try:
+                items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
+            except yaml.YAMLError:
+                fail()
         if not isinstance(items, (list, tuple)) or not items or (key.length is not None
                                                                  and len(items) != key.length):
             fail()
@@ -332,6 +407,8 @@ def _convert(key, value, source):
                 if isinstance(x, bool):
                     raise ValueError
                 v = float(x)
+                if v != v or v in (float("inf"), float("-inf")):
+                    fail("finite numbers")
                 if key.type == "ints":
                     if not v.is_integer():
                         raise ValueError
@@ -344,14 +421,23 @@ def _convert(key, value, source):
 
     if key.type in ("int", "float"):
         if key.min is not None and out < key.min:
-            fail(f"an integer >= {key.min:g}" if key.type == "int" else f"a value >= {key.min:g}")
+            fail(f"an integer >= {_num(key.min)}" if key.type == "int" else f"a value >= {_num(key.min)}")
         if key.max is not None and out > key.max:
-            fail(f"a value in [{key.min:g}, {key.max:g}]" if key.min is not None else f"a value <= {key.max:g}")
+            fail(f"a value in [{_num(key.min)}, {_num(key.max)}]" if key.min is not None else f"a value <= {_num(key.max)}")
     if key.check is not None:
         why = key.check(out)
         if why:
             fail(why)
     return out
+
+
+def convert_value(name, value, source, shown_as=None):
+    """`value` converted and validated as the schema's key `name` (its type, bounds and check);
+    ConfigError from `source` naming the key (or `shown_as`, e.g. another script's flag)."""
+    key = SCHEMA_BY_NAME[name]
+    if shown_as:
+        key = dataclasses.replace(key, name=shown_as)
+    return _convert(key, value, source)
 
 
 def _unknown_key(name, source, keys=None):
@@ -416,22 +502,10 @@ class Config:
 # Loading
 # --------------------------------------------------------------------------------------------
 def _read_yaml(path):
+    """The mapping of a config file: UTF-8, valid YAML, no key given twice (ConfigError otherwise)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} not found; expected a YAML file (see --config)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"config file {path}: invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of key: value, got {type(data).__name__}")
-    return data
+    return load_mapping(read_utf8(path, "config file"), f"config file {path}")
 
 
 def _parse_cli(argv, keys, positionals=False):
@@ -442,7 +516,9 @@ def _parse_cli(argv, keys, positionals=False):
     takes it only when it is a boolean word (a bare ``--flag`` means true). List keys also take
     space-separated values (``--blocks 2 4 2``) unless the script takes positional arguments (then
     one value: ``--blocks 2,4,2``). With `positionals`, other arguments (and everything after a
-    lone ``--``) are returned as positional; without, they are an error."""
+    lone ``--``) are returned as positional; without, they are an error. A key given more than
+    once keeps every value, so that the caller can validate each and then refuse the repetition
+    naming both."""
     config_file, raw, paths = None, {}, []
     i = 0
     while i < len(argv):
@@ -485,9 +561,12 @@ def _parse_cli(argv, keys, positionals=False):
                         val = ",".join([val] + extra)
         i += 1
         if name == "config":
+            if config_file is not None:
+                raise ConfigError(f"command line: --config is given twice ({config_file!r} and {val!r}); "
+                                  "give one config file")
             config_file = val
         else:
-            raw[name] = val
+            raw.setdefault(name, []).append(val)
     return config_file, raw, paths
 
 
@@ -555,18 +634,25 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
             if name not in SCHEMA_BY_NAME:
                 raise _unknown_key(str(name), f"config file {path}")
             values[name] = _convert(SCHEMA_BY_NAME[name], val, f"config file {path}")
-    demo = values["demo"] if "demo" not in cli else _convert(SCHEMA_BY_NAME["demo"], cli["demo"], "command line")
-    if demo:
+    demo_values = cli.get("demo", [values["demo"]])
+    if _convert(SCHEMA_BY_NAME["demo"], demo_values[-1], "command line"):
         values.update(DEMO_OVERRIDES)
     opts = {k.name: k.default for k in options}
-    for name, val in cli.items():
-        if name in own:
-            opts[name] = _convert(own[name], val, "command line")
-        else:
-            values[name] = _convert(SCHEMA_BY_NAME[name], val, "command line")
+    for name, vals in cli.items():
+        for val in vals:
+            if name in own:
+                opts[name] = _convert(own[name], val, "command line")
+            else:
+                values[name] = _convert(SCHEMA_BY_NAME[name], val, "command line")
+    for name, vals in cli.items():
+        if len(vals) > 1:
+            shown = " and ".join(repr(v) for v in vals)
+            times = "twice" if len(vals) == 2 else f"{len(vals)} times"
+            raise ConfigError(f"command line: --{name} is given {times} ({shown}); give it once")
 
     cfg = Config(values)
     _check_cross(cfg)
+    cap_workers(cfg)
     if apply_defaults:
         apply_dataset_defaults(cfg)
     return CommandLine(cfg, Config(opts), paths)
@@ -581,6 +667,12 @@ def _check_cross(cfg):
     if cfg.num_classes is not None and cfg.num_classes < cifar.NUM_CLASSES[cfg.dataset_choose]:
         raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {cfg.dataset_choose} label "
                           f"range ({cifar.NUM_CLASSES[cfg.dataset_choose]}); set num_classes: null")
+    last_seed = epoch_seed(cfg.seed, cfg.epoch_size - 1)
+    if last_seed >= SEED_LIMIT:
+        raise ConfigError(f"seed {cfg.seed} is too large for epoch_size {cfg.epoch_size}: the data pipeline of the "
+                          f"last epoch would use seed + {EPOCH_SEED_STRIDE} x {cfg.epoch_size - 1} = {last_seed}, "
+                          f"and seeds are 32-bit (< 2**32 = {SEED_LIMIT}); expected a seed <= "
+                          f"{SEED_LIMIT - 1 - EPOCH_SEED_STRIDE * (cfg.epoch_size - 1)}")
     if cfg.run_modelarts and importlib.util.find_spec("moxing") is None:
         raise ConfigError("run_modelarts: true needs the ModelArts SDK (python package 'moxing'), which is not "
                           "installed; set run_modelarts: false outside ModelArts")
@@ -589,6 +681,17 @@ def _check_cross(cfg):
             if getattr(cfg, key) is None:
                 raise ConfigError(f"run_modelarts: true needs {key} ({what}, e.g. --{key} obs://bucket/...); "
                                   "the ModelArts job passes it when the job's data/output paths are set")
+
+
+def cap_workers(cfg, cores=None):
+    """Lower ``num_parallel_workers`` to the machine's core count (MindSpore's data pipeline refuses
+    more), with one warning line on stderr; returns cfg."""
+    cores = cores or os.cpu_count() or 1
+    if cfg.num_parallel_workers > cores:
+        print(f"warning: num_parallel_workers {cfg.num_parallel_workers} is more than the {cores} CPU core(s) "
+              f"of this machine; using {cores}", file=sys.stderr, flush=True)
+        cfg.num_parallel_workers = cores
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

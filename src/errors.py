@@ -4,16 +4,21 @@ Every expected failure (bad config value, broken data file, checkpoint of anothe
 raises a subclass of :class:`UserError` with a message that names the culprit (file, key, value)
 and what was expected. Entry scripts wrap their ``main`` in :func:`run_cli`, which prints
 ``error: <message>`` on stderr and exits with status 2 -- no traceback for expected errors.
+Ctrl-C and SIGTERM end every script the same way: one line, exit status 130.
 """
 import argparse
 import errno
+import signal
 import sys
 
 # The model package raises these itself (it imports nothing from outside); one class each.
 from model.errors import CheckpointError, ConfigError, UserError, first_line
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
-           "first_line"]
+           "first_line", "Interrupted", "EXIT_INTERRUPTED"]
+
+#: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
+EXIT_INTERRUPTED = 130
 
 
 class DataError(UserError):
@@ -31,6 +36,31 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise ConfigError(f"command line: {message} (see {self.prog} -h)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        self._refuse_repeated(args)
+        return super().parse_known_args(args, namespace)
+
+    def _refuse_repeated(self, args):
+        """ConfigError naming an option given twice and both values (argparse keeps the last)."""
+        seen = {}
+        for i, tok in enumerate(args):
+            if tok == "--":
+                break
+            name, eq, inline = tok.partition("=")
+            action = self._option_string_actions.get(name) if tok.startswith("-") else None
+            if action is None or action.dest == "help":
+                continue
+            if eq:
+                value = inline
+            else:
+                value = " ".join(t for t in _values_after(args, i + 1, self._option_string_actions))
+            if action.dest in seen:
+                first_name, first = seen[action.dest]
+                shown = f" ({first!r} and {value!r})" if first or value else ""
+                raise ConfigError(f"command line: {name} is given twice{shown}; give it once")
+            seen[action.dest] = (name, value)
+
 
 #: OSError numbers that come from the machine, not from a bug: a full disk or quota, a read-only
 #: or vanished file system, missing permissions. They are reported like a UserError.
@@ -38,6 +68,39 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
                        errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ESTALE, errno.EFBIG}
 #: ... and those that never come from a bug, also when no file is named.
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def _values_after(args, start, options):
+    """The tokens after an option up to the next option (its value or values)."""
+    out = []
+    for tok in args[start:]:
+        if tok.startswith("-") and (tok.partition("=")[0] in options or tok == "--"):
+            break
+        out.append(tok)
+    return out
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers():
+    """SIGTERM (and SIGINT) raise :class:`Interrupted` in the main thread. MindSpore's runtime turns
+    Ctrl-C into SIGTERM for the process once it has run (it ignores SIGINT at the Python level and
+    relays it), whose default action would end the process with status 143 and no word."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, _raise_interrupted)
+        except (ValueError, OSError):  # not the main thread: nothing to install
+            pass
 
 
 def _fail(msg, status):
@@ -50,8 +113,11 @@ def run_cli(main, argv=None):
     """Run ``main(argv)``; turn :class:`UserError` into ``error: ...`` and exit status 2.
 
     A file-system failure that names its file (full disk, permission denied, read-only file
-    system, ...) is reported the same way; Ctrl-C outside the places that handle it exits with
-    status 130 and one line, without a traceback."""
+    system, ...) is reported the same way; Ctrl-C or SIGTERM outside the places that handle them
+    (train.py saves a resumable checkpoint first) exits with status 130 and one line, without a
+    traceback. The files a script writes go through temporary names, so an interrupt leaves
+    the previous ones as they were."""
+    _install_signal_handlers()
     try:
         rc = main(argv)
     except UserError as exc:
@@ -62,6 +128,9 @@ def run_cli(main, argv=None):
         if exc.errno in _MACHINE_ERRNOS:  # e.g. a failed flush, which names no file
             _fail(f"{exc.strerror} (errno {exc.errno})", 2)
         raise
-    except KeyboardInterrupt:
-        _fail("interrupted (Ctrl-C)", 130)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        how = ("Ctrl-C" if signum == signal.SIGINT else
+               "SIGTERM: a kill, or Ctrl-C relayed by MindSpore's runtime")
+        _fail(f"interrupted ({how})", EXIT_INTERRUPTED)
     sys.exit(rc or 0)

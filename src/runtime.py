@@ -91,22 +91,31 @@ def require_checkpoint_path(cfg):
     return cfg.checkpoint_path
 
 
-def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS):
+def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
     """A train.py checkpoint records its run's config: take `keys` (by default the model's arch and
-    topology, and the image size) from it unless they were given on the command line."""
+    topology, and the image size) from it unless they were given on the command line. The saved
+    config is read like a config file (a mapping, no key twice) and each value taken is validated
+    against the schema; CheckpointError naming the checkpoint (`path`, by default
+    ``cfg.checkpoint_path``) otherwise."""
     if "config" not in meta:
         return
-    import yaml
-    try:
-        saved = yaml.safe_load(meta["config"]) or {}
-    except yaml.YAMLError:
-        return
+    from .config import convert_value
+    from .errors import CheckpointError
+    from .strict_yaml import load_mapping
+    source = f"checkpoint '{path or cfg.checkpoint_path}': its saved config (meta 'config')"
+    saved = load_mapping(meta["config"], source, error=CheckpointError)
     given = cli_keys(argv)
     taken = []
     for key in keys:
-        if key in saved and key not in given and saved[key] != getattr(cfg, key):
-            setattr(cfg, key, saved[key])
-            taken.append(f"{key}={saved[key]}")
+        if key in saved and key not in given:
+            try:
+                value = convert_value(key, saved[key], source)
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
+            if value == getattr(cfg, key):
+                continue
+            setattr(cfg, key, value)
+            taken.append(f"{key}={value}")
     if taken:
         logger.info("from the checkpoint's config: " + ", ".join(taken))
 

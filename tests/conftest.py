@@ -214,3 +214,17 @@ def learnable_cifar100(tmp_path_factory):
     """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
     folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
     return str(cifar.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
+
+
+def override(base, *extra):
+    """`base` flags with those that `extra` gives again left out, then `extra`: the scripts refuse a
+    flag given twice, so a test that changes one of a shared list of flags replaces it."""
+    extra = [str(a) for a in extra]
+    given = {a.split("=")[0] for a in extra if a.startswith("--")}
+    out, skipping = [], False
+    for a in map(str, base):
+        if a.startswith("--"):
+            skipping = a.split("=")[0] in given
+        if not skipping:
+            out.append(a)
+    return out + extra

@@ -12,6 +12,7 @@ from src import cifar, config
 import dataset
 from src.config import load_config
 from src.errors import ConfigError, DataError
+from conftest import override
 
 MEAN10 = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD10 = np.array([0.2470, 0.2435, 0.2616], np.float32)
@@ -52,11 +53,8 @@ def make_cfg(train, val=None, *extra, **keys):
     """Config for `train`/`val` folders at 32 px with every augmentation off, plus `keys` overrides."""
     argv = ["--train_data_path", train, "--val_data_path", val or train, "--image_size", "32",
             "--batch_size", "8", "--num_parallel_workers", "1", "--aa", "null", "--hflip", "0",
-            "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0", "--crop_scale", "1,1",
-            *extra]
-    for k, v in keys.items():
-        argv += [f"--{k}", str(v)]
-    return load_config(argv)
+            "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0", "--crop_scale", "1,1"]
+    return load_config(override(argv, *extra, *[a for k, v in keys.items() for a in (f"--{k}", str(v))]))
 
 
 def collect(ds):

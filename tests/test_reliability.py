@@ -28,7 +28,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TOPOLOGY, NO_AUG, assert_user_error
+from conftest import REPO, TINY_TOPOLOGY, NO_AUG, assert_user_error, override
 
 # batch 8: 25 steps per epoch on the 203 train records, so Ctrl-C lands well inside an epoch
 COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "8", "--num_parallel_workers", "2",
@@ -176,8 +176,8 @@ def run_dir(finished, tmp_path):
 
 
 def train_into(run_dir, *args):
-    return run("train.py", *COMMON, "--epoch_size", EPOCHS + 1, "--resume", "auto",
-               "--save_checkpoint_path", run_dir, *args)
+    return run("train.py", *override([*COMMON, "--epoch_size", EPOCHS + 1, "--resume", "auto",
+                                      "--save_checkpoint_path", run_dir], *args))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -529,7 +529,8 @@ def test_bad_config(script, yaml_text, flags, fragments, run_dir, finished, tiny
         args += ["--config", cfg]
         fragments = [f.replace("config file", f"config file {cfg}") for f in fragments]
     if script == "train":
-        args = [*COMMON, *data_flags(tiny_cifar10), "--resume", "auto", "--save_checkpoint_path", run_dir, *args]
+        args = override([*COMMON, *data_flags(tiny_cifar10), "--resume", "auto", "--save_checkpoint_path", run_dir],
+                        *args)
     elif script in ("evl", "export", "infer") and "--chekpoint_path" not in flags:
         args = ["--checkpoint_path", run_dir / "best.ckpt", *args]
     if script == "dataset":

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error, run_script
+from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error, override, run_script
 
 COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_parallel_workers", "2",
                           "--cooldown_epochs", "0"]
@@ -106,9 +106,9 @@ def test_evl_rejects_checkpoint_for_another_number_of_classes(trained10, learnab
 def test_cifar100_format_end_to_end(learnable_cifar100, tmp_path):
     """100 classes (fine labels of the CIFAR-100 binary format): chance is 1 %, threshold 5 %."""
     out = tmp_path / "run100"
-    ok(run_script("train.py", *COMMON, *NO_AUG, "--dataset_choose", "cifar100",
+    ok(run_script("train.py", *override([*COMMON, *NO_AUG], "--dataset_choose", "cifar100",
                   *data_flags(learnable_cifar100), "--epoch_size", "4", "--warmup_epochs", "1",
-                  "--lr", "3e-3", "--batch_size", "64", "--save_checkpoint_path", out))
+                  "--lr", "3e-3", "--batch_size", "64", "--save_checkpoint_path", out)))
     res, _ = evaluate_json(str(out / "best.ckpt"), tmp_path, "--dataset_choose", "cifar100",
                            *data_flags(learnable_cifar100))
     assert res["acc"] >= 0.05 and len(res["per_class"]) == 100

@@ -1,0 +1,103 @@
+"""Reading the YAML a user or a checkpoint gives: UTF-8 only, no key given twice, a mapping.
+
+PyYAML's ``safe_load`` keeps the last of two equal keys without a word, and Python's UTF-8 codec
+fails on a file saved as UTF-16 (as some editors do) with a traceback about a byte position. Here
+both are one-line errors that name the file (or the checkpoint) and the key::
+
+    config file my.yaml: key 'lr' is given twice (line 2: 1e-3, line 9: 3e-4); keep one
+    config file my.yaml is not UTF-8 text: it starts with a UTF-16 byte-order mark; save it as UTF-8
+"""
+import codecs
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["StrictLoader", "DuplicateKeyError", "read_utf8", "load_mapping"]
+
+# Byte-order marks of the encodings an editor may pick instead of UTF-8 (UTF-32 first: its
+# little-endian mark starts with UTF-16's).
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+         (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice; ``key``, ``first`` and ``second`` are ``(line, text)``."""
+
+    def __init__(self, key, first, second):
+        super().__init__(f"key {key!r} is given twice")
+        self.key, self.first, self.second = key, first, second
+
+
+def _node_text(node):
+    """The value of a YAML node as written (a scalar's text, else a short flow form)."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    try:
+        return yaml.safe_dump(yaml.load(yaml.serialize(node), Loader=yaml.SafeLoader),
+                              default_flow_style=True).strip()
+    except yaml.YAMLError:  # pragma: no cover - a node that does not round-trip
+        return node.tag
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # '<<: *anchor' may repeat keys on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:                                # an unhashable key: left to PyYAML
+                    continue
+                here = (value_node.start_mark.line + 1, _node_text(value_node))
+                if first is not None:
+                    raise DuplicateKeyError(key, first, here)
+                seen[key] = here
+        return super().construct_mapping(node, deep)
+
+
+def read_utf8(path, what="config file", error=ConfigError):
+    """The text of `path`; `error` naming it when it is not UTF-8 (a UTF-16/32 byte-order mark or a
+    binary file is named as such). A UTF-8 byte-order mark is accepted and dropped."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror}") from None
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            raise error(f"{what} {path} is not UTF-8 text: it starts with a {name} byte-order mark; "
+                        "save it as UTF-8 (expected a UTF-8 YAML file)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        kind = "a binary file" if b"\0" in data[:4096] else "another encoding"
+        raise error(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: "
+                    f"{kind}?); expected a UTF-8 YAML file") from None
+
+
+def load_mapping(text, source, error=ConfigError):
+    """Parse YAML `text` into a dict ({} for an empty document) with :class:`StrictLoader`.
+    `error` (prefixed with `source`) for invalid YAML, a key given twice or a document that is not
+    a mapping of key: value."""
+    try:
+        data = yaml.load(text, Loader=StrictLoader)
+    except DuplicateKeyError as exc:
+        (l1, v1), (l2, v2) = exc.first, exc.second
+        raise error(f"{source}: key '{exc.key}' is given twice (line {l1}: {v1}, line {l2}: {v2}); "
+                    "keep one") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{source}: invalid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
