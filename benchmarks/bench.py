@@ -9,6 +9,13 @@ both alike. It prints the median images/s of each, the ratio MindSpore/PyTorch, 
 memory of each worker (each framework in its own process, so the figures do not mix), the graph
 compile time and the time from process start to the end of the first step.
 
+MindSpore runs with the repository's graph cache (``src/graph_cache.py``, on by default in
+train.py and evl.py) in a fresh cache folder per benchmark run: for every case a first MindSpore
+process compiles (a miss: the figures of a first run, "cold"), then the timed MindSpore process
+loads the compiled graphs (a hit: a second run, "warm"), as a user's runs after the first do.
+Both processes' peak memory and time to the first step are reported; ``--graph-cache off``
+compiles in the timed process instead (no cold process).
+
     python benchmarks/bench.py                       # the four standard cases, convmlp_s
     python benchmarks/bench.py --cases train224 --repeats 3 --json bench.json
 
@@ -20,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,6 +68,17 @@ def _data(size, batch, num_classes, seed=0):
     return images, soft
 
 
+def _open_graph_cache(args):
+    """The graph cache folder of this case (``--cache-root``), keyed like train.py's."""
+    import logging
+    from src.config import load_config
+    from src.graph_cache import open_graph_cache
+    cfg = load_config(["--arch", args.variant, "--num_classes", "1000", "--batch_size", str(args.batch),
+                       "--image_size", str(args.size), "--drop_path_rate", "0.1", "--device_target", "CPU"])
+    logging.basicConfig(level=logging.WARNING)
+    return open_graph_cache(cfg, f"bench-{args.mode}", logging.getLogger("bench"), "CPU", root=args.cache_root)
+
+
 def _ms_worker(args, t_start):
     sys.path.insert(0, ROOT)
     import mindspore as ms
@@ -70,6 +89,7 @@ def _ms_worker(args, t_start):
 
     perf.configure_runtime(threads=args.threads, mode="graph")
     net = create_model(args.variant, num_classes=1000)
+    cache = _open_graph_cache(args) if args.cache_root else None
     images, soft = _data(args.size, args.batch, 1000)
     x, y = ms.Tensor(images), ms.Tensor(soft)
     if args.mode == "train":
@@ -83,6 +103,8 @@ def _ms_worker(args, t_start):
     t0 = time.perf_counter()
     cell.compile(*inputs)
     compile_s = time.perf_counter() - t0
+    if cache is not None:
+        cache.commit()
     perf.release_compile_memory()  # see perf.py: ~0.4 GB less peak RSS in training
     out = cell(*inputs)
     out.asnumpy()
@@ -92,7 +114,8 @@ def _ms_worker(args, t_start):
     def step():
         cell(*inputs).asnumpy()  # .asnumpy() waits for the step to finish
 
-    return step, {"compile_s": compile_s, "first_step_s": first_step_s, "first_call_s": first_call_s}
+    return step, {"compile_s": compile_s, "first_step_s": first_step_s, "first_call_s": first_call_s,
+                  "graph_cache": cache.state if cache is not None else "off"}
 
 
 def _pt_worker(args, t_start):
@@ -167,6 +190,8 @@ class Worker:
                "--size", str(size), "--batch", str(batch), "--variant", args.variant,
                "--threads", str(args.threads), "--warmup", str(args.warmup),
                "--min-time", str(args.min_time)]
+        if fw == "ms" and args.cache_root:
+            cmd += ["--cache-root", args.cache_root]
         env = dict(os.environ)
         env.setdefault("GLOG_v", "3")  # keep MindSpore's warnings out of the benchmark output
         cmd += ["--spawn-time", repr(time.time())]
@@ -199,13 +224,18 @@ def run_case(name, mode, size, batch, args):
     # Start MindSpore first and let it finish compiling alone, then PyTorch: the start-up times
     # are not disturbed by the other framework's start-up.
     res = {"case": name, "mode": mode, "size": size, "batch": batch}
+    if args.cache_root:   # a first MindSpore run: compiles and fills this case's cache folder
+        cold = Worker("ms", mode, size, batch, args)
+        info = cold.read()
+        res["ms_cold"] = {"compile_s": info["compile_s"], "first_step_s": info["first_step_s"],
+                          "graph_cache": info["graph_cache"], "peak_rss_mib": cold.close()["peak_rss_mib"]}
     workers = {}
     for fw in ("ms", "pt"):
         w = Worker(fw, mode, size, batch, args)
         info = w.read()
         workers[fw] = w
         res[fw] = {"compile_s": info["compile_s"], "first_step_s": info["first_step_s"],
-                   "runs": []}
+                   "graph_cache": info.get("graph_cache"), "runs": []}
     for _ in range(args.repeats):
         for fw in ("ms", "pt"):
             res[fw]["runs"].append(workers[fw].send("run")["images_per_s"])
@@ -249,12 +279,15 @@ def main(argv=None):
                    help="each repetition runs steps until this many seconds have passed")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="intra-op threads of both frameworks (default: all cores)")
+    p.add_argument("--graph-cache", choices=["on", "off"], default="on",
+                   help="MindSpore: a cold (compiling) run, then the timed run from the graph cache")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     p.add_argument("--verbose", action="store_true", help="show the workers' stderr")
     # internal: worker mode
     p.add_argument("--worker", choices=["ms", "pt"], help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=["train", "infer"], help=argparse.SUPPRESS)
     p.add_argument("--spawn-time", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--cache-root", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -264,13 +297,17 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}: expected {', '.join(CASES)}")
     info = machine()
+    if args.graph_cache == "on":
+        import tempfile
+        args.cache_root = tempfile.mkdtemp(prefix="convmlp_bench_graphs_")
     print(f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, "
           f"mindspore {info['mindspore']}, torch {info['torch']}; threads {args.threads}; "
           f"{args.variant}, {args.repeats} repeats x >= {args.min_time:g} s, warm-up {args.warmup}")
     load_before = os.getloadavg()
     results = []
     header = (f"{'case':<9} {'batch':>5} {'MS img/s':>9} {'PT img/s':>9} {'ratio':>6} "
-              f"{'MS MiB':>7} {'PT MiB':>7} {'mem':>5} {'MS compile':>10} {'MS 1st':>7} {'PT 1st':>7}")
+              f"{'MS MiB':>7} {'PT MiB':>7} {'mem':>5} {'MS compile':>10} {'MS 1st':>7} {'PT 1st':>7}"
+              + (f" {'cold MiB':>8} {'cold mem':>8} {'cold comp':>9} {'cold 1st':>8}" if args.cache_root else ""))
     print(header)
     for name in names:
         mode, size, batch = CASES[name]
@@ -281,7 +318,13 @@ def main(argv=None):
         print(f"{name:<9} {batch:>5} {r['ms']['images_per_s']:>9.1f} {r['pt']['images_per_s']:>9.1f} "
               f"{r['ratio']:>6.2f} {r['ms']['peak_rss_mib']:>7.0f} {r['pt']['peak_rss_mib']:>7.0f} "
               f"{r['mem_ratio']:>5.2f} {r['ms']['compile_s']:>9.1f}s {r['ms']['first_step_s']:>6.1f}s "
-              f"{r['pt']['first_step_s']:>6.1f}s", flush=True)
+              f"{r['pt']['first_step_s']:>6.1f}s"
+              + (f" {r['ms_cold']['peak_rss_mib']:>8.0f} {r['ms_cold']['peak_rss_mib'] / r['pt']['peak_rss_mib']:>8.2f}"
+                 f" {r['ms_cold']['compile_s']:>8.1f}s {r['ms_cold']['first_step_s']:>7.1f}s" if args.cache_root else ""),
+              flush=True)
+        if args.cache_root and (r["ms_cold"]["graph_cache"], r["ms"]["graph_cache"]) != ("miss", "hit"):
+            print(f"  note: graph cache {r['ms_cold']['graph_cache']} then {r['ms']['graph_cache']} "
+                  "(expected miss then hit)")
     load_after = os.getloadavg()
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on "
           f"{info['cores']} cores: the benchmark itself adds about 1; more means other processes shared the CPU")
@@ -298,6 +341,10 @@ def main(argv=None):
           + " ".join(f"{c}={best[c]:.2f}" for c in CASES if c in best))
     fields = [f"{c}={ratios[c]:.2f}" if c in ratios else f"{c}=n/a" for c in CASES]
     fields.append(f"mem224={mem['train224']:.2f}" if "train224" in mem else "mem224=n/a")
+    if args.cache_root:
+        shutil.rmtree(args.cache_root, ignore_errors=True)
+        print("MindSpore columns: the timed run, loading its graphs from the graph cache (a second run); "
+              "cold: the first run, which compiled them")
     print("ratios: " + " ".join(fields))
 
 
