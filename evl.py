@@ -20,6 +20,10 @@ def main(argv=None):
     from src.runtime import load_run_config, setup_runtime, pop_option, load_checkpoint_model
     json_path = pop_option(argv, "--json")
     cfg = load_run_config(argv)
+    from src.fileio import atomic_output, check_output_path
+    json_inputs = [("checkpoint_path", cfg.checkpoint_path)]
+    if json_path:
+        check_output_path(json_path, *json_inputs, label="--json")
     from src.run_log import get_logger, Progress
     logger = get_logger(0)
     device, rank, world = setup_runtime(cfg, logger)
@@ -56,10 +60,9 @@ def main(argv=None):
                    "top5": res["top5"], "loss": res["loss"], "n": res["n"],
                    "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
                                  for i, a in enumerate(res["per_class_acc"])}}
-            tmp = json_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(out, f, indent=2)
-            os.replace(tmp, json_path)
+            with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
+                with open(tmp, "w") as f:
+                    json.dump(out, f, indent=2)
             print(f"wrote {json_path}")
     return 0
 

@@ -26,8 +26,9 @@ ONNX: MindSpore 2.10's ONNX exporter cannot convert this network. It has no mapp
 ``MaxPool3DWithArgmax``), and with both rewritten it still fails inside the BatchNorm conversion.
 An erf-free GELU would change the numerics of the published model, so ONNX is refused.
 
-The file is written under a temporary name in the output folder and renamed when complete, so a
-crash never leaves a half-written file under the final name.
+The file is written under a temporary name in the output folder (and, with ``--verify``, verified
+there) before it is renamed, so a crash or a failed verification never leaves a half-written or
+unverified file under the final name, and never replaces an existing one.
 """
 import os
 import sys
@@ -89,26 +90,32 @@ def check_format(fmt, device):
                           "which MindSpore converts for Ascend as well")
 
 
-def export_atomic(net, inputs, base, fmt):
-    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename."""
+def export_atomic(net, inputs, base, fmt, verify=None, sources=()):
+    """``mindspore.export`` to ``base + extension`` through :func:`fileio.atomic_output`: the
+    complete temporary file is checked with ``verify(tmp)`` (when given) before it replaces an
+    existing file, and it must not be one of `sources` (the checkpoint read)."""
     import mindspore as ms
+    from src.fileio import atomic_output
     ext = EXTENSIONS[fmt]
     final = base + ext
-    folder = os.path.dirname(os.path.abspath(final))
-    tmp_base = os.path.join(folder, f".{os.path.basename(base)}.tmp-{os.getpid()}")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
-        os.replace(tmp_base + ext, final)
-    except BaseException as exc:
-        if os.path.exists(tmp_base + ext):
-            os.remove(tmp_base + ext)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write '{final}': {exc.strerror or exc}") from None
-        raise
+    with atomic_output(final, verify=verify, inputs=sources, label="export file") as tmp:
+        ms.export(net, *inputs, file_name=tmp[:-len(ext)], file_format=fmt)
     return final
+
+
+def check_export(net, inputs):
+    """The ``verify`` callback of :func:`export_atomic` for ``--verify``: UserError when the file,
+    loaded back, does not reproduce `net` on `inputs`; returns the callback and a dict that
+    receives the measured difference."""
+    measured = {}
+
+    def verify(path):
+        diff = verify_export(net, path, inputs)
+        measured["diff"] = diff
+        if not diff <= VERIFY_ATOL:
+            raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
+                            f"> {VERIFY_ATOL:g} on a random input; an existing file of that name is unchanged")
+    return verify, measured
 
 
 def verify_export(net, path, inputs):
@@ -135,6 +142,8 @@ def main(argv=None):
         raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
                           f"{cfg.save_checkpoint_path}/best.ckpt)")
     base = output_base(file_name, cfg.checkpoint_path, fmt)
+    from src.fileio import check_output_path
+    check_output_path(base + EXTENSIONS[fmt], ("checkpoint_path", cfg.checkpoint_path), label="export file")
     from src.config import resolve_device
     check_format(fmt, resolve_device(cfg))
     device, _, _ = setup_runtime(cfg, logger)
@@ -148,7 +157,8 @@ def main(argv=None):
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
     shape = (batch_size, 3, cfg.image_size, cfg.image_size)
     inputs = [ms.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))]
-    path = export_atomic(net, inputs, base, fmt)
+    verify_fn, measured = check_export(net, inputs) if verify else (None, {})
+    path = export_atomic(net, inputs, base, fmt, verify=verify_fn, sources=[("checkpoint_path", cfg.checkpoint_path)])
     size_mb = os.path.getsize(path) / 2 ** 20
     logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
@@ -156,12 +166,8 @@ def main(argv=None):
                 f"{cfg.interpolation}, normalised with mean {cfg.mean} std {cfg.std}); output: logits "
                 f"({batch_size}, {cfg.num_classes})")
     if verify:
-        diff = verify_export(net, path, inputs)
-        if not diff <= VERIFY_ATOL:
-            raise UserError(f"'{path}' does not reproduce the checkpoint model: max abs difference {diff:.3g} "
-                            f"> {VERIFY_ATOL:g} on a random input")
         logger.info(f"verified: {path} loaded with nn.GraphCell gives the checkpoint model's logits "
-                    f"(max abs difference {diff:.3g}, tolerance {VERIFY_ATOL:g})")
+                    f"(max abs difference {measured['diff']:.3g}, tolerance {VERIFY_ATOL:g})")
     print(f"wrote {path}")
     return 0
 

@@ -151,6 +151,10 @@ def main(argv=None):
     paths = pop_positionals(argv)
     cfg = load_run_config(argv)
     files = collect_images(paths)
+    from src.fileio import atomic_output, check_output_path
+    json_inputs = [("checkpoint_path", cfg.checkpoint_path)] + [("image", f) for f in files]
+    if json_path:
+        check_output_path(json_path, *json_inputs, label="--json")
     if not cfg.checkpoint_path:
         raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
                           f"{cfg.save_checkpoint_path}/best.ckpt)")
@@ -196,15 +200,9 @@ def main(argv=None):
                "dataset": cfg.dataset_choose, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
                "interpolation": cfg.interpolation, "mean": cfg.mean, "std": cfg.std, "class_names": source,
                "results": results, "errors": errors}
-        tmp = f"{json_path}.tmp-{os.getpid()}"
-        try:
+        with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(out, f, indent=2)
-            os.replace(tmp, json_path)
-        except OSError as exc:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise DataError(f"cannot write '{json_path}': {exc.strerror or exc}") from None
         print(f"wrote {json_path}")
     if errors:
         if results:

@@ -36,6 +36,9 @@ def main(argv=None):
     import mindspore as ms
     device, rank, world = setup_runtime(cfg, logger)
     check_precision(cfg, device, logger)
+    if rank == 0:  # one process per run folder; its files are not the files the run reads
+        from src.run_folder import claim_run_folder
+        claim_run_folder(cfg)
     logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
@@ -57,13 +60,8 @@ def main(argv=None):
         if stale:
             logger.info(f"removed {len(stale)} temporary file(s) left by a killed run: {', '.join(stale)}")
 
-    previous = os.path.join(cfg.save_checkpoint_path, "last.ckpt")
-    if cfg.resume is None and os.path.isfile(previous):
-        if not cfg.demo:
-            raise ConfigError(f"save_checkpoint_path {cfg.save_checkpoint_path} already holds a run ({previous}); "
-                              "continue it with --resume auto, or give another save_checkpoint_path "
-                              "(nothing was overwritten)")
-        logger.warning(f"demo: starting over in {cfg.save_checkpoint_path} (the previous demo run is replaced)")
+    from src.run_folder import check_fresh_start
+    check_fresh_start(cfg.save_checkpoint_path, cfg.resume, cfg.demo, logger, owner=rank == 0)
 
     # ---- data (validated before any model is built) ----
     shard = dict(num_shards=world, shard_id=rank) if world > 1 else {}
@@ -203,10 +201,10 @@ def main(argv=None):
                     best_acc, best_epoch, is_best = res["top1"], epoch + 1, True
             line += f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s"
             logger.info(line)
-            if rank == 0:
+            if rank == 0:  # the row first: a kill before the checkpoint leaves a row that resume drops
+                metrics.add(row)
                 path = save_training_state(step_cell, cfg.save_checkpoint_path, meta_for(epoch + 1),
                                            is_best=is_best, keep=cfg.keep_checkpoint_max)
-                metrics.add(row)
                 logger.info(f"saved {path}" + (f" (new best top-1 {best_acc:.4f})" if is_best else ""))
             progress_state["saved"] = (epoch + 1, 0)
             if stop_requested() and epoch + 1 < cfg.epoch_size:
@@ -295,9 +293,9 @@ def _first_line(exc):
 def _dump_weights(net, folder, rank):
     """Test hook (``CONVMLP_DUMP_WEIGHTS_DIR``): this rank's model parameters, BatchNorm statistics
     included, to ``folder/rank<R>.npz``."""
-    os.makedirs(folder, exist_ok=True)
-    np.savez(os.path.join(folder, f"rank{rank}.npz"),
-             **{p.name: p.asnumpy() for p in net.get_parameters()})
+    from src.fileio import atomic_output
+    with atomic_output(os.path.join(folder, f"rank{rank}.npz")) as tmp:
+        np.savez(tmp, **{p.name: p.asnumpy() for p in net.get_parameters()})
 
 
 def _install_stop_handler(logger):
