@@ -414,6 +414,7 @@ def main(argv=None):
         folder = os.path.join(args.out, cifar.FOLDERS[args.dataset])
         if args.files is not None and args.files > args.train:
             raise DataError(f"--files {args.files} is more than the {args.train} train records")
+        cifar.check_replaceable(folder, args.dataset)
         try:
             cifar.write_synthetic(folder, args.dataset, args.train, args.val, seed=args.seed, files=args.files,
                             noise=args.noise)

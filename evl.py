@@ -22,8 +22,11 @@ OPTIONS = [option("json", None, "str", "Also write the results as JSON to this f
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     from src.runtime import setup_runtime, load_checkpoint_model
+    from src.fileio import atomic_output, check_output_path
     cmd = parse_command_line(argv, OPTIONS)
     cfg, json_path = cmd.cfg, cmd.options.json
+    if json_path:
+        check_output_path(json_path, ("checkpoint_path", cfg.checkpoint_path), label="--json")
     from src.run_log import get_logger, Progress
     logger = get_logger(0)
     device, rank, world = setup_runtime(cfg, logger)
@@ -66,10 +69,9 @@ def main(argv=None):
                    "top5": res["top5"], "loss": res["loss"], "n": res["n"],
                    "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
                                  for i, a in enumerate(res["per_class_acc"])}}
-            tmp = json_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(out, f, indent=2)
-            os.replace(tmp, json_path)
+            with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
+                with open(tmp, "w") as f:
+                    json.dump(out, f, indent=2)
             print(f"wrote {json_path}")
     return 0
 

@@ -32,9 +32,9 @@ ONNX: MindSpore 2.10's ONNX exporter cannot convert this network (no mapping for
 GELU, nor for the tokenizer's padded max-pool), so the ONNX file is exported from the PyTorch
 reference model holding the checkpoint's weights (:mod:`src.onnx_export`).
 
-The file is written under a temporary name in the output folder, verified (with ``--verify``) and
-then renamed, so a crash or a failed check never leaves a half-written or unverified file under
-the final name, and a previous file stays as it was.
+The file is written under a temporary name in the output folder (and, with ``--verify``, verified
+there) before it is renamed, so a crash or a failed verification never leaves a half-written or
+unverified file under the final name, and never replaces an existing one.
 """
 import os
 import sys
@@ -42,6 +42,7 @@ from collections import namedtuple
 
 from src.config import option, parse_command_line
 from src.errors import ConfigError, UserError, run_cli
+from src.fileio import check_output_path
 # ``--batch_size dynamic``, the batch sizes a dynamic file is verified at, the tolerance
 from src.onnx_export import DYNAMIC, DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL
 
@@ -105,28 +106,16 @@ def check_format(fmt, device):
                           "which MindSpore converts for Ascend as well")
 
 
-def export_atomic(net, inputs, base, fmt, check=None):
-    """``mindspore.export`` to ``base + extension`` through a temporary file and a rename;
-    ``check(temporary path)``, when given, runs before the rename (and may raise)."""
+def export_atomic(net, inputs, base, fmt, check=None, sources=()):
+    """``mindspore.export`` to ``base + extension`` through :func:`src.fileio.atomic_output`: the
+    complete temporary file is checked with ``check(tmp)`` (when given) before it replaces an
+    existing file, and the output must not be one of `sources` (the checkpoint read)."""
     import mindspore as ms
+    from src.fileio import atomic_output
     ext = EXTENSIONS[fmt]
     final = base + ext
-    folder = os.path.dirname(os.path.abspath(final))
-    tmp_base = os.path.join(folder, f".{os.path.basename(base)}.tmp-{os.getpid()}")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
-        if check is not None:
-            check(tmp_base + ext)
-        os.replace(tmp_base + ext, final)
-    except BaseException as exc:
-        if os.path.exists(tmp_base + ext):
-            os.remove(tmp_base + ext)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write '{final}': {exc.strerror or exc}") from None
-        raise
+    with atomic_output(final, verify=check, inputs=sources, label="export file") as tmp:
+        ms.export(net, *inputs, file_name=tmp[:-len(ext)], file_format=fmt)
     return final
 
 
@@ -159,7 +148,7 @@ def verified(diff, path, how):
     return diff
 
 
-def export_graph(net, shape, base, fmt, verify):
+def export_graph(net, shape, base, fmt, verify, sources=()):
     """MINDIR/AIR export of `net` for inputs of `shape` (``shape[0]`` None: dynamic batch), verified
     before the rename when `verify`; returns ``(path, max abs diff or None)``."""
     import mindspore as ms
@@ -171,7 +160,7 @@ def export_graph(net, shape, base, fmt, verify):
     def check(tmp):
         nonlocal diff
         diff = verified(verify_export(net, tmp, checks), path_of(base, fmt), "nn.GraphCell")
-    return export_atomic(net, inputs, base, fmt, check if verify else None), diff
+    return export_atomic(net, inputs, base, fmt, check if verify else None, sources), diff
 
 
 def random_inputs(shape, batches, seed=0):
@@ -190,6 +179,8 @@ def main(argv=None):
     from src.run_log import get_logger
     logger = get_logger(0)
     base = output_base(opts.file_name, require_checkpoint_path(cfg), fmt)
+    sources = [("checkpoint_path", cfg.checkpoint_path)]
+    check_output_path(path_of(base, fmt), *sources, label="export file")
     from src.config import resolve_device
     check_format(fmt, resolve_device(cfg))
     device, _, _ = setup_runtime(cfg, logger)
@@ -203,9 +194,9 @@ def main(argv=None):
     shape = (None if dynamic else batch_size, 3, cfg.image_size, cfg.image_size)
     if fmt == "ONNX":
         from src.onnx_export import export_onnx
-        (path, diff), how = export_onnx(net, shape, base, verify, cfg.checkpoint_path), "onnxruntime (CPU)"
+        (path, diff), how = export_onnx(net, shape, base, verify, cfg.checkpoint_path, sources), "onnxruntime (CPU)"
     else:
-        (path, diff), how = export_graph(net, shape, base, fmt, verify), "nn.GraphCell"
+        (path, diff), how = export_graph(net, shape, base, fmt, verify, sources), "nn.GraphCell"
     size_mb = os.path.getsize(path) / 2 ** 20
     logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")

@@ -138,9 +138,13 @@ OPTIONS = [option("json", None, "str", "Also write the predictions as JSON to th
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     from src.runtime import setup_runtime, load_checkpoint_model, require_checkpoint_path, DEPLOY_KEYS
+    from src.fileio import atomic_output, check_output_path
     cmd = parse_command_line(argv, OPTIONS, positionals=True)
     cfg, json_path, top_k = cmd.cfg, cmd.options.json, cmd.options.top_k
     files = collect_images(cmd.positionals)
+    if json_path:
+        check_output_path(json_path, ("checkpoint_path", cfg.checkpoint_path), *[("image", f) for f in files],
+                          label="--json")
     require_checkpoint_path(cfg)
     from src.run_log import get_logger
     logger = get_logger(0)
@@ -187,15 +191,9 @@ def main(argv=None):
                "dataset": cfg.dataset_choose, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
                "interpolation": cfg.interpolation, "mean": cfg.mean, "std": cfg.std, "class_names": source,
                "results": results, "errors": errors}
-        tmp = f"{json_path}.tmp-{os.getpid()}"
-        try:
+        with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(out, f, indent=2)
-            os.replace(tmp, json_path)
-        except OSError as exc:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise DataError(f"cannot write '{json_path}': {exc.strerror or exc}") from None
         print(f"wrote {json_path}")
     if errors:
         if results:

@@ -28,9 +28,8 @@ is written atomically and only after the weights were checked against the MindSp
 import argparse
 import os
 import re
-import tempfile
 from collections import OrderedDict
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -38,6 +37,7 @@ from model.convmlp import HEAD_PREFIX
 from src.convert import (DROP_REASONS, NAME_RULES, TOPOLOGY_KEYS, convert_state_dict, dropped_keys,
                          infer_topology, map_name)
 from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, first_line, run_cli
+from src.fileio import check_not_input, check_output_path
 
 __all__ = ["NAME_RULES", "DROP_REASONS", "TOPOLOGY_KEYS", "SAFE_GLOBALS", "map_name",
            "convert_state_dict", "dropped_keys",
@@ -263,22 +263,13 @@ def fetch_release(arch: str, cache_dir: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Writing and verifying
 
-def save_ckpt_atomic(weights: Mapping[str, np.ndarray], dst: str):
-    """Write ``weights`` as a MindSpore ``.ckpt`` at ``dst`` via a temporary file in the same folder
-    and ``os.replace``: ``dst`` is either the old file or the complete new one, never partial."""
+def save_ckpt_atomic(weights: Mapping[str, np.ndarray], dst: str, src: Optional[str] = None):
+    """Write ``weights`` as a MindSpore ``.ckpt`` at ``dst`` (:func:`src.checkpoint.save_atomic`):
+    ``dst`` is either the old file or the complete new one, never partial, and never ``src``."""
     import mindspore as ms
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    # MindSpore appends ".ckpt" to names that lack it, so the temporary name ends with it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp.ckpt", dir=folder)
-    os.close(fd)
-    try:
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in weights.items()], tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from src.checkpoint import save_atomic
+    check_not_input(dst, ("--src", src), label="--dst")
+    save_atomic([{"name": k, "data": ms.Tensor(v)} for k, v in weights.items()], dst, mode=0o644)
 
 
 def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, num_classes: int,
@@ -382,7 +373,9 @@ def main(argv=None) -> int:
                           f"flags (missing: {' '.join(lacking)})")
     arch_name = args.arch if args.arch and len(lacking) == len(TOPOLOGY_KEYS) \
         else f"custom{' ' + args.arch if args.arch else ''}"
+    check_output_path(args.dst, ("--src", args.src), label="--dst")
     src = args.src if args.src else fetch_release(args.arch, args.cache_dir)
+    check_not_input(args.dst, ("--src", src), label="--dst")
 
     # The file is read (and refused, if need be) before MindSpore is even imported.
     try:
@@ -456,7 +449,7 @@ def main(argv=None) -> int:
             raise CheckpointError(f"verify failed for '{src}': max abs diff {diff:.3e} > "
                                   f"{MAX_ABS_DIFF:g}; nothing was written")
 
-    save_ckpt_atomic(weights, args.dst)
+    save_ckpt_atomic(weights, args.dst, src)
     print(f"written     : {args.dst} ({len(weights)} parameters)", flush=True)
     return 0
 

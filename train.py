@@ -89,8 +89,11 @@ def start(cfg) -> Run:
     from src.engine import make_reduce_fn
     from dataset import prepare_demo
     from src.modelarts import prepare_data
+    from src.run_folder import claim_run_folder
     device, rank, world = setup_runtime(cfg, get_logger(0))
     check_precision(cfg, device, get_logger(0))
+    if rank == 0:  # one process per run folder; its files are not the files the run reads
+        claim_run_folder(cfg)
     logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
@@ -104,19 +107,14 @@ def start(cfg) -> Run:
 def check_output_folder(run: Run):
     """Temporaries of a killed run are removed; a fresh run never writes into a folder holding a
     run (``--resume auto`` continues it; only the demo starts over)."""
-    from src.checkpoint import LAST, remove_stale_temps
+    from src.checkpoint import remove_stale_temps
+    from src.run_folder import check_fresh_start
     cfg, logger = run.cfg, run.logger
     if run.rank == 0:
         stale = remove_stale_temps(cfg.save_checkpoint_path)
         if stale:
             logger.info(f"removed {len(stale)} temporary file(s) left by a killed run: {', '.join(stale)}")
-    previous = os.path.join(cfg.save_checkpoint_path, LAST)
-    if cfg.resume is None and os.path.isfile(previous):
-        if not cfg.demo:
-            raise ConfigError(f"save_checkpoint_path {cfg.save_checkpoint_path} already holds a run ({previous}); "
-                              "continue it with --resume auto, or give another save_checkpoint_path "
-                              "(nothing was overwritten)")
-        logger.warning(f"demo: starting over in {cfg.save_checkpoint_path} (the previous demo run is replaced)")
+    check_fresh_start(cfg.save_checkpoint_path, cfg.resume, cfg.demo, logger, owner=run.rank == 0)
 
 
 def build_data(run: Run):
@@ -281,11 +279,11 @@ def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
         if res["top1"] > state.best_acc:
             state.best_acc, state.best_epoch, is_best = res["top1"], epoch, True
     run.logger.info(line + f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s")
-    if run.rank == 0:
+    if run.rank == 0:  # the row first: a kill before the checkpoint leaves a row that resume drops
+        metrics.add(row)
         path = save_training_state(parts.step_cell, cfg.save_checkpoint_path,
                                    state.checkpoint_meta(cfg, parts.global_step(), epoch),
                                    is_best=is_best, keep=cfg.keep_checkpoint_max)
-        metrics.add(row)
         run.logger.info(f"saved {path}" + (f" (new best top-1 {state.best_acc:.4f})" if is_best else ""))
     state.saved = (epoch, 0)
 

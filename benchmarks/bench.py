@@ -332,7 +332,9 @@ def main(argv=None):
     ratios = {r["case"]: r["ratio"] for r in results}
     mem = {r["case"]: r["mem_ratio"] for r in results}
     if args.json:
-        with open(args.json, "w") as f:
+        sys.path.insert(0, ROOT)
+        from src.fileio import atomic_output
+        with atomic_output(args.json) as tmp, open(tmp, "w") as f:
             json.dump({"machine": info, "args": {k: v for k, v in vars(args).items()
                                                  if k not in ("worker", "mode", "spawn_time")},
                        "results": results}, f, indent=2)

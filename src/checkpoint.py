@@ -11,17 +11,18 @@ Every file holds the model weights (usable directly by evl.py / export.py / as a
 checkpoint), the optimiser state (``adam_m.*``, ``adam_v.*``, ``global_step``) and the metadata of
 :data:`META_KEYS`. A file is written under a temporary name in the same folder, flushed to disk
 and then renamed, so a crash, a kill or a full disk never leaves a truncated file under a final
-name and never damages the previous checkpoint; the temporary files of a killed run are removed
-when train.py next starts with the same folder (:func:`remove_stale_temps`).
+name and never damages the previous checkpoint (:func:`fileio.atomic_output`); the temporary
+files of a killed run are removed when train.py next starts with the same folder
+(:func:`fileio.remove_stale_temps`).
 """
 import os
-import re
 import shutil
 from typing import Dict, Optional
 
 import mindspore as ms
 
-from .errors import CheckpointError, first_line
+from .errors import CheckpointError
+from .fileio import atomic_output, remove_stale_temps
 
 __all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "resume_path",
            "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
@@ -34,104 +35,35 @@ META_KEYS = ("epoch", "global_step", "step_in_epoch", "best_acc", "best_epoch", 
              "num_classes", "image_size", "dataset", "config")
 
 
-def _tmp_name(path: str) -> str:
-    d, name = os.path.split(os.path.abspath(path))
-    # MindSpore appends ".ckpt" to names without it, so the temporary name ends with it too.
-    return os.path.join(d, f".{name}.tmp-{os.getpid()}.ckpt")
-
-
-_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)\.(ckpt|tmp)$")
-
-
-def remove_stale_temps(save_dir: str) -> list:
-    """Delete the temporary files that a killed process (``kill -9``, power loss) left in
-    `save_dir` while writing a checkpoint; files of processes still alive are kept. The run's
-    ``config.yaml``/``metrics.csv``/``curves.png`` temporaries are removed too (one run writes a
-    folder, and this is called before it writes anything).
-    Returns the names removed."""
-    removed = []
-    try:
-        names = os.listdir(save_dir)
-    except OSError:
-        return removed
-    for name in names:
-        m = _TMP_RE.match(name)
-        if m:
-            pid = int(m.group(1))
-            if pid == os.getpid() or _alive(pid):
-                continue
-        elif not (name in ("metrics.csv.tmp", "curves.png.tmp.png")
-                  or (name.startswith(".config-") and name.endswith(".yaml.tmp"))):
-            continue
-        try:
-            os.remove(os.path.join(save_dir, name))
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: it exists
-        return True
-    return True
-
-
-def _fsync_path(path: str):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None):
-    """``mindspore.save_checkpoint`` to ``path`` through a temporary file and an atomic rename.
+def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None):
+    """``mindspore.save_checkpoint`` to ``path`` through :func:`fileio.atomic_output` (then
+    ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner).
 
     On any failure (full disk, permissions) the temporary file is removed, ``path`` keeps its old
-    content, and :class:`CheckpointError` names the file and the cause.
+    content, and :class:`fileio.OutputError` names the file and the cause.
     """
-    tmp = _tmp_name(path)
-    try:
-        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        # MindSpore writes ``tmp`` through its own intermediate ``<tmp without .ckpt>.tmp``
-        for leftover in (tmp, os.path.splitext(tmp)[0] + ".tmp"):
-            if os.path.lexists(leftover):
+    with atomic_output(path, failures=(Exception,)) as tmp:
+        try:
+            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+            if mode is not None:
+                os.chmod(tmp, mode)
+        finally:
+            # MindSpore writes ``tmp`` through its own intermediate ``<tmp without .ckpt>.tmp``
+            intermediate = os.path.splitext(tmp)[0] + ".tmp"
+            if os.path.lexists(intermediate):
                 try:
-                    os.remove(leftover)
+                    os.remove(intermediate)
                 except OSError:
                     pass
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-        raise CheckpointError(f"cannot write checkpoint '{path}': {cause}; the previous file (if any) "
-                              "is unchanged") from None
 
 
 def _link_or_copy(src: str, dst: str):
     """Make ``dst`` hold ``src``'s content atomically (hard link when possible, else copy)."""
-    tmp = _tmp_name(dst)
-    try:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-            _fsync_path(tmp)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise CheckpointError(f"cannot write checkpoint '{dst}': {exc.strerror or exc}; the previous "
-                              "file (if any) is unchanged") from None
 
 
 def save_training_state(train_cell, save_dir: str, meta: Dict, epoch_file: bool = True,

@@ -39,10 +39,11 @@ import numpy as np
 
 from .download import DownloadError, download_url, md5sum, safe_extract_tar
 from .errors import DataError
+from .fileio import atomic_output
 
 __all__ = ["CifarArrays", "read_split", "split_files", "count_records", "class_names", "write_synthetic",
-           "synthetic_images", "ensure_dataset", "archive_url", "DATASETS", "NUM_CLASSES", "FOLDERS", "MEAN", "STD",
-           "PRETTY_NAMES", "ARCHIVES", "BASE_URL",
+           "synthetic_images", "check_replaceable", "ensure_dataset", "archive_url", "DATASETS", "NUM_CLASSES",
+           "FOLDERS", "MEAN", "STD", "PRETTY_NAMES", "ARCHIVES", "BASE_URL",
            "CIFAR10_CLASSES", "CIFAR100_CLASSES", "OFFICIAL_CLASSES"]
 
 _LOG = logging.getLogger(__name__)
@@ -434,6 +435,29 @@ def _train_file_names(dataset, k):
     return ["train.bin"] if k == 1 else [f"train_{i + 1}.bin" for i in range(k)]
 
 
+def check_replaceable(folder, dataset):
+    """DataError unless `folder` is missing, empty, or holds data that :func:`write_synthetic`
+    wrote (its class-name file lists ``synthetic_*`` names): generating data must never replace a
+    real dataset."""
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DataError(f"cannot read folder {folder}: {exc.strerror}") from None
+    if not entries:
+        return
+    meta = os.path.join(folder, META_FILES[dataset])
+    try:
+        with open(meta, encoding="utf-8", errors="replace") as f:
+            first = f.readline().strip()
+    except OSError:
+        first = ""
+    if not first.startswith("synthetic_"):
+        raise DataError(f"{folder} already holds data that was not generated ({meta} does not list synthetic_* "
+                        "class names); generated data would replace it: give another --out (nothing was written)")
+
+
 def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0.2, chunk=4096):
     """Write a learnable synthetic dataset in the exact CIFAR binary layout into `folder`.
 
@@ -467,23 +491,26 @@ def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0
 
     def write(path, n):
         labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            for s in range(0, n, chunk):
-                lab = labels[s:s + chunk]
-                f.write(_records(dataset, synthetic_images(lab, num_classes, rng, noise), lab, num_classes))
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as f:
+                for s in range(0, n, chunk):
+                    lab = labels[s:s + chunk]
+                    f.write(_records(dataset, synthetic_images(lab, num_classes, rng, noise), lab, num_classes))
+
+    def write_text(path, text):
+        with atomic_output(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
 
     try:
         for name, n in zip(_train_file_names(dataset, len(counts)), counts):
             write(os.path.join(target, name), n)
         if n_val:
             write(os.path.join(target, "test_batch.bin" if dataset == "cifar10" else "test.bin"), n_val)
-        with open(os.path.join(target, META_FILES[dataset]), "w", encoding="utf-8") as f:
-            f.write("".join(f"synthetic_{i}\n" for i in range(num_classes)))
+        write_text(os.path.join(target, META_FILES[dataset]), "".join(f"synthetic_{i}\n" for i in range(num_classes)))
         if dataset == "cifar100":
-            with open(os.path.join(target, COARSE_META_FILE), "w", encoding="utf-8") as f:
-                f.write("".join(f"synthetic_super_{i}\n" for i in range(NUM_COARSE)))
+            write_text(os.path.join(target, COARSE_META_FILE),
+                       "".join(f"synthetic_super_{i}\n" for i in range(NUM_COARSE)))
         if new_folder:
             os.chmod(target, 0o755)
             try:

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -481,20 +480,11 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path):
-        """Write the resolved config as YAML to `path` atomically (temp file + rename)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+        """Write the resolved config as YAML to `path` atomically (:func:`fileio.atomic_output`)."""
+        from .fileio import atomic_output
+        with atomic_output(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
                 f.write(self.to_yaml())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if isinstance(exc, OSError) and not exc.filename:  # a failed flush names no file
-                raise OSError(exc.errno, exc.strerror, path) from None
-            raise
         return path
 
 

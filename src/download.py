@@ -14,6 +14,7 @@ import urllib.request
 from tqdm import tqdm
 
 from .errors import DataError
+from .fileio import atomic_output
 
 __all__ = ["download_url", "md5sum", "safe_extract_tar", "DownloadError"]
 
@@ -40,43 +41,34 @@ def md5sum(path, chunk_size=_CHUNK):
 def download_url(url, dst_path, md5=None, desc=None, timeout=60):
     """Download `url` to `dst_path` and return `dst_path`.
 
-    The data is streamed to ``dst_path + ".part"`` (progress bar on a terminal), its md5 is checked
-    when `md5` is given, and only then renamed to `dst_path`, so `dst_path` is never a partial file.
+    The data is streamed to a temporary file beside `dst_path` (:func:`fileio.atomic_output`;
+    progress bar on a terminal), its md5 is checked when `md5` is given, and only then renamed to
+    `dst_path`, so `dst_path` is never a partial file.
     Raises DataError when the download fails (naming the URL and where to put the file by hand) or
     when the md5 does not match (naming the file and both checksums; the bad file is removed).
     """
     dst_path = os.fspath(dst_path)
-    folder = os.path.dirname(os.path.abspath(dst_path))
-    os.makedirs(folder, exist_ok=True)
-    part = dst_path + ".part"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
-            total = resp.headers.get("Content-Length")
-            with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
-                      unit_divisor=1024, desc=desc or os.path.basename(dst_path),
-                      disable=not sys.stderr.isatty(), leave=False) as bar:
-                for block in iter(lambda: resp.read(_CHUNK), b""):
-                    out.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        _remove(part)
-        reason = getattr(exc, "reason", None) or exc
-        raise DownloadError(url, dst_path, " ".join(str(reason).split())) from None
-    if md5 is not None:
+
+    def check_md5(part):
         actual = md5sum(part)
         if actual != md5.lower():
-            _remove(part)
             raise DataError(f"md5 mismatch for {dst_path} downloaded from {url}: expected {md5}, got {actual} "
                             f"(corrupted or incomplete download; the file was removed, try again)")
-    os.replace(part, dst_path)
+
+    with atomic_output(dst_path, verify=check_md5 if md5 is not None else None) as part:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+                total = resp.headers.get("Content-Length")
+                with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
+                          unit_divisor=1024, desc=desc or os.path.basename(dst_path),
+                          disable=not sys.stderr.isatty(), leave=False) as bar:
+                    for block in iter(lambda: resp.read(_CHUNK), b""):
+                        out.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise DownloadError(url, dst_path, " ".join(str(reason).split())) from None
     return dst_path
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _is_within(base, target):

@@ -41,6 +41,9 @@ import platform
 import shutil
 import sys
 
+from .errors import UserError
+from .fileio import atomic_output
+
 __all__ = ["open_graph_cache", "GraphCache", "graph_fingerprint", "cache_key", "default_root",
            "NOT_IN_GRAPH", "ENV_ROOT", "KEEP", "MANIFEST"]
 
@@ -274,15 +277,13 @@ class GraphCache:
             manifest = {"files": {rel: {"size": os.path.getsize(p), "sha256": _sha256(p)}
                                   for rel, p in sorted(files.items())}}
             for name, content in ((_KEY_FILE, self.fingerprint), (MANIFEST, manifest)):
-                path = os.path.join(self.folder, name)
-                tmp = f"{path}.tmp-{os.getpid()}"
-                with open(tmp, "w") as f:
-                    json.dump(content, f, indent=1, sort_keys=True, default=repr)
-                os.replace(tmp, path)
+                with atomic_output(os.path.join(self.folder, name), label="graph cache file") as tmp:
+                    with open(tmp, "w") as f:
+                        json.dump(content, f, indent=1, sort_keys=True, default=repr)
             self._committed = stamp
             return True
-        except OSError as exc:
-            self.logger.warning(f"graph cache: cannot write {self.folder} ({exc.strerror or exc}); "
+        except (OSError, UserError) as exc:
+            self.logger.warning(f"graph cache: cannot write {self.folder} ({getattr(exc, 'strerror', None) or exc}); "
                                 "continuing without it")
             self.state = "off"
             return False

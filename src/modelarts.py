@@ -26,6 +26,7 @@ import os
 import time
 
 from .errors import DataError, UserError
+from .fileio import atomic_output
 
 __all__ = ["ModelArtsError", "prepare_data", "sync_outputs", "find_dataset_folder", "local_rank",
            "MARKER", "WAIT_TIMEOUT_S"]
@@ -89,10 +90,9 @@ def _read_marker(path):
 
 
 def _write_marker(path, content):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f)
-    os.replace(tmp, path)
+    with atomic_output(path, label="copy marker") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(content, f)
 
 
 def _copy_data(cfg, logger, local_root, marker):

@@ -89,30 +89,26 @@ def verify_onnx(path: str, net, shape: Sequence, seed: int = 0) -> float:
     return worst
 
 
-def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str = "checkpoint"):
+def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str = "checkpoint", sources=()):
     """Write ``base + ".onnx"`` for the MindSpore model `net` (its weights through the PyTorch
-    reference); returns ``(final path, max abs diff or None)``. UserError when the checkpoint
-    cannot be exported, the file cannot be written, or verification fails (NaN fails)."""
+    reference) through :func:`src.fileio.atomic_output` (verified before it replaces anything when
+    `verify`; never one of `sources`); returns ``(final path, max abs diff or None)``. UserError
+    when the checkpoint cannot be exported, the file cannot be written, or verification fails (NaN
+    fails)."""
+    from .fileio import atomic_output
     require_packages(verify)
     weights = {p.name: p.asnumpy() for p in net.get_parameters()}
     ref = torch_reference(weights, path)
     final = base + ".onnx"
-    folder = os.path.dirname(os.path.abspath(final))
-    tmp = os.path.join(folder, f".{os.path.basename(base)}.tmp-{os.getpid()}.onnx")
     diff = None
-    try:
-        os.makedirs(folder, exist_ok=True)
+
+    def check(tmp):
+        nonlocal diff
+        diff = verify_onnx(tmp, net, shape)
+        if not diff <= VERIFY_ATOL:  # NaN fails too
+            raise UserError(f"'{final}' would not reproduce the checkpoint model: max abs difference "
+                            f"{diff:.3g} > {VERIFY_ATOL:g} (onnxruntime vs MindSpore on a random "
+                            "input); nothing was written")
+    with atomic_output(final, verify=check if verify else None, inputs=sources, label="ONNX file") as tmp:
         write_onnx(ref, shape, tmp)
-        if verify:
-            diff = verify_onnx(tmp, net, shape)
-            if not diff <= VERIFY_ATOL:  # NaN fails too
-                raise UserError(f"'{final}' would not reproduce the checkpoint model: max abs difference "
-                                f"{diff:.3g} > {VERIFY_ATOL:g} (onnxruntime vs MindSpore on a random "
-                                "input); nothing was written")
-        os.replace(tmp, final)
-    except OSError as exc:
-        raise UserError(f"cannot write '{final}': {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return final, diff

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from .fileio import atomic_output
+
 __all__ = ["get_logger", "Progress", "MetricsLog"]
 
 
@@ -87,7 +89,11 @@ class Progress:
 
 
 class MetricsLog:
-    """Per-epoch metrics in ``metrics.csv`` (rewritten atomically) and ``curves.png``."""
+    """Per-epoch metrics in ``metrics.csv`` (rewritten atomically) and ``curves.png``.
+
+    train.py adds an epoch's row before writing the checkpoint that marks the epoch finished, and
+    :meth:`resume` keeps only the rows up to the resumed checkpoint's epoch: whenever a run is
+    killed, the resumed run has exactly one row per finished epoch."""
 
     FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
               "images_per_s", "epoch_time_s"]
@@ -115,17 +121,12 @@ class MetricsLog:
 
     def add(self, row: Dict):
         self.rows.append(row)
-        tmp = self.csv_path + ".tmp"
-        try:
+        with atomic_output(self.csv_path) as tmp:
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore")
                 w.writeheader()
                 for r in self.rows:
                     w.writerow(r)
-            os.replace(tmp, self.csv_path)
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
         self._plot()
 
     def _plot(self):
@@ -159,20 +160,8 @@ class MetricsLog:
             a.grid(alpha=0.3)
             a.legend()
         fig.tight_layout()
-        tmp = self.png_path + ".tmp.png"
         try:
-            fig.savefig(tmp, dpi=80)
-            os.replace(tmp, self.png_path)
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
+            with atomic_output(self.png_path) as tmp:
+                fig.savefig(tmp, dpi=80)
         finally:
             plt.close(fig)
-
-
-def _remove_quietly(path):
-    try:
-        if os.path.lexists(path):
-            os.remove(path)
-    except OSError:
-        pass

@@ -14,7 +14,6 @@ PyTorch reference must agree on a random input. The ``.pth`` is written under a 
 the destination folder and renamed when complete; it never replaces the input file.
 """
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, Mapping, Tuple
 
@@ -22,9 +21,9 @@ import numpy as np
 
 from .convert import MODEL_ROOTS, TOPOLOGY_KEYS, infer_topology, to_torch_name, to_torch_state_dict
 from .errors import CheckpointError, ConfigError
+from .fileio import check_output_path
 
-__all__ = ["MAX_ABS_DIFF", "check_distinct_paths", "read_ms_checkpoint", "non_finite",
-           "checkpoint_topology", "load_into_reference", "save_pth_atomic", "verify_reverse",
+__all__ = ["MAX_ABS_DIFF", "read_ms_checkpoint", "checkpoint_topology", "load_into_reference", "save_pth_atomic", "verify_reverse",
            "reverse_main"]
 
 MAX_ABS_DIFF = 1e-4
@@ -32,19 +31,6 @@ MAX_ABS_DIFF = 1e-4
 FORWARD_ONLY = ("arch", "num_classes", "ema", "blocks", "dims", "mlp_ratios", "channels",
                 "n_conv_blocks")
 RELEASED_SIZE, CUSTOM_SIZE = 224, 64
-
-
-def check_distinct_paths(src: str, dst: str):
-    """ConfigError when `dst` is `src` (same resolved path, or the same file through a link)."""
-    same = os.path.realpath(src) == os.path.realpath(dst)
-    if not same and os.path.exists(dst):
-        try:
-            same = os.path.samefile(src, dst)
-        except OSError:
-            same = False
-    if same:
-        raise ConfigError(f"--dst '{dst}' is the input file '{src}'; choose another output path "
-                          "(the input is never overwritten)")
 
 
 def read_ms_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict, list]:
@@ -66,12 +52,6 @@ def read_ms_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict, list]:
         raise CheckpointError(f"'{path}' holds no ConvMLP weights: none of its {len(tensors)} tensors "
                               f"is under {', '.join(MODEL_ROOTS)} (it has {', '.join(tensors[:4])})")
     return weights, meta, other
-
-
-def non_finite(weights: Mapping) -> list:
-    """Names of the floating-point arrays in `weights` that hold NaN or infinity."""
-    return [k for k, v in weights.items()
-            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
 
 
 def _saved_topology(meta: Mapping):
@@ -126,23 +106,13 @@ def load_into_reference(state: Mapping, topo: Mapping, num_classes: int, path: s
     return ref
 
 
-def save_pth_atomic(state: Mapping, dst: str):
-    """``torch.save(state, dst)`` through a temporary file in the same folder and ``os.replace``:
-    `dst` holds either its old content or the complete new file."""
+def save_pth_atomic(state: Mapping, dst: str, src: str = None):
+    """``torch.save(state, dst)`` through :func:`src.fileio.atomic_output`: `dst` holds either its
+    old content or the complete new file, and is never the checkpoint `src` that was read."""
     import torch
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .fileio import atomic_output
+    with atomic_output(dst, inputs=[("--src", src)] if src else (), label="--dst") as tmp:
+        torch.save(state, tmp)
 
 
 def verify_reverse(weights: Mapping, ref, topo: Mapping, num_classes: int, size: int,
@@ -181,12 +151,8 @@ def reverse_main(args) -> int:
     if given:
         raise ConfigError(f"--reverse takes the model from the checkpoint; {' '.join(given)} "
                           "only applies to .pth -> .ckpt conversion")
-    check_distinct_paths(args.src, args.dst)
-    weights, meta, other = read_ms_checkpoint(args.src)
-    bad = non_finite(weights)
-    if bad:
-        raise CheckpointError(f"'{args.src}' holds NaN or infinite weights ({_names(bad)}); nothing "
-                              "was written")
+    check_output_path(args.dst, ("--src", args.src), label="--dst")
+    weights, meta, other = read_ms_checkpoint(args.src)   # refuses NaN/inf weights (check_finite)
     topo, num_classes, source = checkpoint_topology(weights, meta, args.src)
     state = to_torch_state_dict(weights)
     ref = load_into_reference(state, topo, num_classes, args.src)
@@ -212,7 +178,7 @@ def reverse_main(args) -> int:
         if not ok:
             raise CheckpointError(f"verify failed for '{args.src}': max abs diff {diff:.3e} (tolerance "
                                   f"{MAX_ABS_DIFF:g}); nothing was written")
-    save_pth_atomic(state, args.dst)
+    save_pth_atomic(state, args.dst, args.src)
     print(f"written     : {args.dst} ({len(state)} official state_dict entries)", flush=True)
     return 0
 

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 
 from .errors import CheckpointError, ClusterError, first_line
+from .fileio import atomic_output
 
 __all__ = ["RunState", "StopRequest", "load_training_state", "check_same_start", "is_communication_failure",
            "dump_weights"]
@@ -103,5 +104,5 @@ def dump_weights(net, folder, rank):
     """Test hook (``CONVMLP_DUMP_WEIGHTS_DIR``): this rank's model parameters, BatchNorm statistics
     included, to ``folder/rank<R>.npz``."""
     os.makedirs(folder, exist_ok=True)
-    np.savez(os.path.join(folder, f"rank{rank}.npz"),
-             **{p.name: p.asnumpy() for p in net.get_parameters()})
+    with atomic_output(os.path.join(folder, f"rank{rank}.npz")) as tmp:
+        np.savez(tmp, **{p.name: p.asnumpy() for p in net.get_parameters()})

@@ -1,4 +1,4 @@
-"""Fault test: train.py killed with SIGKILL at random moments, resumed each time with
+"""Fault tests: train.py killed with SIGKILL at random moments, resumed each time with
 ``--resume auto``, still finishes every epoch with a loadable best checkpoint, leaves no temporary
 file, and repeats at most the one epoch that was running when it was killed.
 
@@ -8,6 +8,10 @@ Kill number i lands in epoch i + 1 (the first before any checkpoint exists), at 
 a seeded generator: a step of that epoch (the progress line train.py prints with
 ``--log_interval 1``) and a delay of up to 60 ms after that line, so the kill lands anywhere in a
 step, including the end-of-epoch evaluation and checkpoint writes.
+
+A second test kills train.py deterministically right after each file written at an epoch end
+(``CONVMLP_KILL_AFTER``, src/fileio.py): whichever was written last, the resumed run has exactly
+one metrics row per finished epoch.
 """
 import os
 import random
@@ -17,7 +21,10 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from conftest import NO_AUG, REPO, TINY_TOPOLOGY, run_script
+from src.fileio import KILL_AFTER_ENV
 
 EPOCHS = 4
 STEPS = 25                       # 203 train records / batch 8
@@ -124,3 +131,36 @@ def test_kill_9_at_random_moments_then_resume_auto_completes(tiny_cifar10, tmp_p
                     "--val_data_path", tiny_cifar10)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "accuracy:{'acc': " in ev.stdout and "images: 61" in ev.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# kill -9 right after each file an epoch end writes: exactly one metrics row per finished epoch
+
+#: What train.py writes at the end of an epoch, in order: the metrics row (metrics.csv, then
+#: curves.png), the epoch's checkpoint, then last.ckpt and best.ckpt pointing to it.
+EPOCH_END_WRITES = ["metrics.csv", "curves.png", "epoch_0001.ckpt", "last.ckpt", "best.ckpt"]
+
+
+@pytest.mark.parametrize("written", EPOCH_END_WRITES)
+def test_kill_9_right_after_an_epoch_end_write_then_resume_keeps_one_metrics_row_per_epoch(
+        written, tiny_cifar10, tmp_path):
+    """``CONVMLP_KILL_AFTER`` (src/fileio.py) makes train.py SIGKILL itself right after it has
+    replaced `written` at the end of epoch 1. ``--resume auto`` then finishes the run, and
+    metrics.csv has rows 1 and 2, once each, whichever file was the last one written."""
+    run_dir = tmp_path / "run"
+    args = [*ARGS[:ARGS.index("--epoch_size")], "--epoch_size", "2", *ARGS[ARGS.index("--epoch_size") + 2:],
+            "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10, "--save_checkpoint_path", run_dir]
+    killed = run_script("train.py", *args, env={KILL_AFTER_ENV: written}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    epoch_saved = written.endswith(".ckpt")           # epoch_0001.ckpt marks the epoch finished
+    assert finished_epochs(run_dir) == (1 if written in ("last.ckpt", "best.ckpt") else 0)
+    assert os.path.isfile(run_dir / "epoch_0001.ckpt") == epoch_saved
+
+    resumed = run_script("train.py", *args, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed_epochs(resumed.stdout) == (1 if written in ("last.ckpt", "best.ckpt") else 0), resumed.stdout[-3000:]
+    with open(run_dir / "metrics.csv") as f:
+        epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
+    assert epochs == [1, 2], (written, epochs)
+    assert finished_epochs(run_dir) == 2 and os.path.isfile(run_dir / "curves.png")
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f or f.endswith(".lock")], os.listdir(run_dir)

@@ -4,6 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from src.config import config_markdown  # noqa: E402
+from src.fileio import atomic_output  # noqa: E402
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -16,8 +17,9 @@ def main():
     _, tail = rest.split(end)
     new = f"{head}{start}\n{config_markdown()}\n{end}{tail}"
     if new != text:
-        with open(README, "w") as f:
-            f.write(new)
+        with atomic_output(README) as tmp:
+            with open(tmp, "w") as f:
+                f.write(new)
         print("README.md: config table updated")
 
 
