@@ -34,7 +34,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from model.convmlp import HEAD_PREFIX
-from src.convert import (DROP_REASONS, NAME_RULES, TOPOLOGY_KEYS, convert_state_dict, dropped_keys,
+from src.convert import (DROP_REASONS, NAME_RULES, TOPOLOGY_KEYS, VERIFY_ATOL, convert_state_dict, dropped_keys,
                          infer_topology, map_name)
 from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, first_line, run_cli
 from src.fileio import check_not_input, check_output_path
@@ -44,7 +44,6 @@ __all__ = ["NAME_RULES", "DROP_REASONS", "TOPOLOGY_KEYS", "SAFE_GLOBALS", "map_n
            "load_torch_checkpoint", "extract_state_dict", "infer_topology", "compare_shapes",
            "release_url", "fetch_release", "save_ckpt_atomic", "verify", "main"]
 
-MAX_ABS_DIFF = 1e-4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,25 +275,12 @@ def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, 
            size: int, batch: int = 1, seed: int = 0) -> float:
     """Max abs difference between the PyTorch reference (``model/torch_convmlp.py``) with
     ``torch_state`` and the MindSpore model with ``weights``, both in inference mode, on the same
-    random ``(batch, 3, size, size)`` input."""
-    import torch
-    import mindspore as ms
-    from model import ConvMLP
+    random ``(batch, 3, size, size)`` input (NaN when an output is not finite)."""
     from model.torch_convmlp import TorchConvMLP
-
-    x = np.random.RandomState(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
+    from src.to_torch import logits_difference
     ref = TorchConvMLP(num_classes=num_classes, **topo).eval()
     ref.load_state_dict(dict(torch_state), strict=True)
-    with torch.no_grad():
-        expected = ref(torch.from_numpy(x)).numpy()
-    net = ConvMLP(num_classes=num_classes, drop_path_rate=0.0, **topo)
-    not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k)
-                                                 for k, v in weights.items()}, strict_load=True)
-    if not_loaded:
-        raise CheckpointError(f"verify: parameters left unloaded: {_names(not_loaded)}")
-    net.set_train(False)
-    got = net(ms.Tensor(x)).asnumpy()
-    return float(np.abs(got - expected).max())
+    return logits_difference(weights, ref, topo, num_classes, size, batch, seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +301,7 @@ def parse_args(argv=None):
                    "from the checkpoint's head, the head is left out (re-created at fine-tune time)")
     p.add_argument("--ema", action="store_true", help="use 'state_dict_ema' of a training checkpoint")
     p.add_argument("--verify", action="store_true", help="compare the logits of the PyTorch reference "
-                   f"and the MindSpore model; fail above {MAX_ABS_DIFF:g}")
+                   f"and the MindSpore model; fail above {VERIFY_ATOL:g}")
     p.add_argument("--verify_size", type=int, help="input size for --verify (default 224 for a "
                    "released arch, 64 for a custom topology)")
     p.add_argument("--cache_dir", type=path_arg, default=os.path.join("~", ".cache", "convmlp"),
@@ -359,10 +345,25 @@ def main(argv=None) -> int:
     if args.reverse:
         from src.to_torch import reverse_main
         return reverse_main(args)
+    arch_name = check_arguments(args)
+    src, torch_state, what = read_source(args)
+    topo = resolve_topology(args)
+    weights, dropped, num_classes, ckpt_classes = target_weights(args, torch_state, src)
+    report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, topo, num_classes)
+    if args.verify:
+        verify_phase(args, src, torch_state, topo, arch_name, ckpt_classes or num_classes)
+    save_ckpt_atomic(weights, args.dst, src)
+    print(f"written     : {args.dst} ({len(weights)} parameters)", flush=True)
+    return 0
+
+
+def check_arguments(args) -> str:
+    """Every flag is checked before anything is read or downloaded; returns the target's name
+    (the arch, or ``custom ...`` for a topology given by flags)."""
+    from src.config import convert_value
     if args.src is None and args.arch is None:
         raise ConfigError("without --src, --arch names the release to download")
-    topology_flags(args)   # every flag is checked before anything is read or downloaded
-    from src.config import convert_value
+    topology_flags(args)
     if args.num_classes is not None:
         convert_value("num_classes", args.num_classes, "command line", shown_as="--num_classes")
     if args.verify_size is not None:
@@ -371,13 +372,16 @@ def main(argv=None) -> int:
     if args.arch is None and lacking:
         raise ConfigError(f"give --arch convmlp_s|convmlp_m|convmlp_l, or all of the topology "
                           f"flags (missing: {' '.join(lacking)})")
-    arch_name = args.arch if args.arch and len(lacking) == len(TOPOLOGY_KEYS) \
-        else f"custom{' ' + args.arch if args.arch else ''}"
     check_output_path(args.dst, ("--src", args.src), label="--dst")
+    return args.arch if args.arch and len(lacking) == len(TOPOLOGY_KEYS) \
+        else f"custom{' ' + args.arch if args.arch else ''}"
+
+
+def read_source(args):
+    """The source ``.pth`` (downloaded when --src is not given), read safely before MindSpore is
+    even imported; returns ``(path, state_dict, what it was)``."""
     src = args.src if args.src else fetch_release(args.arch, args.cache_dir)
     check_not_input(args.dst, ("--src", src), label="--dst")
-
-    # The file is read (and refused, if need be) before MindSpore is even imported.
     try:
         obj = load_torch_checkpoint(src)
     except CheckpointError as exc:
@@ -385,34 +389,39 @@ def main(argv=None) -> int:
             raise
         raise CheckpointError(f"{exc} (a cached download: delete it to download again)") from None
     torch_state, what = extract_state_dict(obj, src, ema=args.ema)
-    del obj
-    topo = resolve_topology(args)
-    weights = convert_state_dict(torch_state)
+    return src, torch_state, what
+
+
+def target_weights(args, torch_state, src):
+    """The converted weights (finite), the dropped keys with their reasons, and the class counts:
+    the target's and the checkpoint's. The head is dropped when the counts differ."""
     from model import check_finite
+    weights = convert_state_dict(torch_state)
     try:
         check_finite(weights, src)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; nothing was written") from None
     dropped = dropped_keys(torch_state)
-
     ckpt_classes = infer_topology(torch_state).get("num_classes")
     num_classes = args.num_classes if args.num_classes is not None else (ckpt_classes or 1000)
-    head_dropped = ckpt_classes is not None and num_classes != ckpt_classes
-    if head_dropped:
+    if ckpt_classes is not None and num_classes != ckpt_classes:
         for k in [k for k in weights if k.startswith(HEAD_PREFIX)]:
             del weights[k]
             dropped[k] = (f"head of {ckpt_classes} classes, target has {num_classes}: re-created "
                           f"at fine-tune time (model.load_pretrained)")
+    return weights, dropped, num_classes, ckpt_classes
 
+
+def report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, topo, num_classes):
+    """Print what was mapped and dropped; CheckpointError naming the keys when the weights do not
+    fit the target model exactly (missing, unexpected, of another shape)."""
     from model import ConvMLP
     net = ConvMLP(num_classes=num_classes, drop_path_rate=0.0, **topo)
     expected = OrderedDict((p.name, tuple(p.shape)) for p in net.get_parameters())
-    if head_dropped:
+    if not any(k.startswith(HEAD_PREFIX) for k in weights):
         expected = OrderedDict((k, s) for k, s in expected.items() if not k.startswith(HEAD_PREFIX))
     n_params = sum(p.size for p in net.trainable_params())
-    del net
     missing, unexpected, mismatched = compare_shapes(weights, expected)
-
     print(f"source      : {src} ({what}, {len(torch_state)} keys)")
     print(f"target      : {arch_name}: {describe_topology(topo)}, num_classes {num_classes}, "
           f"{n_params:,} trainable parameters")
@@ -423,35 +432,30 @@ def main(argv=None) -> int:
         reasons.setdefault(why, []).append(k)
     for why, keys in reasons.items():
         print(f"dropped     : {len(keys)} keys ({why}): {_names(keys, 4)}")
-    if missing or unexpected or mismatched:
+    problems = [(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                  ("of another shape", mismatched)) if keys]
+    if problems:
         found = describe_topology(infer_topology(torch_state))
         found = f"the checkpoint looks like {found}" if found else "its keys are not ConvMLP keys"
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("wrong shape", mismatched)):
-            if keys:
-                print(f"FAIL {label:<11}: {len(keys)}: {_names(keys, 20)}")
-        problems = "; ".join(f"{len(keys)} {label}: {_names(keys, 5)}" for label, keys in
-                             (("missing", missing), ("unexpected", unexpected),
-                              ("of another shape", mismatched)) if keys)
+        for label, keys in problems:
+            print(f"FAIL {'wrong shape' if label == 'of another shape' else label:<11}: {len(keys)}: "
+                  f"{_names(keys, 20)}")
         raise CheckpointError(f"'{src}' does not fit {arch_name} ({describe_topology(topo)}): "
-                              f"{problems}; {found}; nothing was written")
+                              + "; ".join(f"{len(keys)} {label}: {_names(keys, 5)}" for label, keys in problems)
+                              + f"; {found}; nothing was written")
 
-    if args.verify:
-        size = args.verify_size or (224 if arch_name in ("convmlp_s", "convmlp_m", "convmlp_l")
-                                    else 64)
-        diff = verify(torch_state, convert_state_dict(torch_state), topo,
-                      ckpt_classes or num_classes, size)
-        ok = diff <= MAX_ABS_DIFF   # False for a NaN difference, which must fail
-        status = "OK" if ok else "FAIL"
-        print(f"verify      : max abs diff {diff:.3e} on a (1, 3, {size}, {size}) input, PyTorch "
-              f"reference vs MindSpore, inference mode, tolerance {MAX_ABS_DIFF:g}: {status}")
-        if not ok:
-            raise CheckpointError(f"verify failed for '{src}': max abs diff {diff:.3e} > "
-                                  f"{MAX_ABS_DIFF:g}; nothing was written")
 
-    save_ckpt_atomic(weights, args.dst, src)
-    print(f"written     : {args.dst} ({len(weights)} parameters)", flush=True)
-    return 0
+def verify_phase(args, src, torch_state, topo, arch_name, num_classes):
+    """``--verify``: the source weights through the PyTorch reference and the converted ones
+    through the MindSpore model give the same logits (a NaN difference fails)."""
+    size = args.verify_size or (224 if arch_name in ("convmlp_s", "convmlp_m", "convmlp_l") else 64)
+    diff = verify(torch_state, convert_state_dict(torch_state), topo, num_classes, size)
+    ok = diff <= VERIFY_ATOL   # False for a NaN difference, which must fail
+    print(f"verify      : max abs diff {diff:.3e} on a (1, 3, {size}, {size}) input, PyTorch "
+          f"reference vs MindSpore, inference mode, tolerance {VERIFY_ATOL:g}: {'OK' if ok else 'FAIL'}")
+    if not ok:
+        raise CheckpointError(f"verify failed for '{src}': max abs diff {diff:.3e} > "
+                              f"{VERIFY_ATOL:g}; nothing was written")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,12 @@ from model.helpers import MODEL_ROOTS
 
 from .errors import CheckpointError
 
-__all__ = ["NAME_RULES", "REVERSE_RULES", "DROP_REASONS", "MODEL_ROOTS", "TOPOLOGY_KEYS",
+#: The tolerance of every check that a converted or exported model gives the source model's logits
+#: (pth2ckpt.py --verify both ways, export.py --verify for MINDIR and ONNX): max abs difference in
+#: float32; a NaN difference fails.
+VERIFY_ATOL = 1e-4
+
+__all__ = ["VERIFY_ATOL", "NAME_RULES", "REVERSE_RULES", "DROP_REASONS", "MODEL_ROOTS", "TOPOLOGY_KEYS",
            "map_name", "convert_state_dict", "dropped_keys", "to_torch_name", "to_torch_state_dict",
            "official_order", "infer_topology"]
 
@@ -97,23 +102,28 @@ def _to_numpy(value, key: str) -> np.ndarray:
     raise CheckpointError(f"state_dict entry '{key}' is a {type(value).__name__}, expected a tensor")
 
 
+def _renamed(entries: Mapping, rename, convert, what: str) -> "OrderedDict":
+    """``{rename(name): convert(value, name)}`` in the order of `entries`, leaving out the names
+    `rename` maps to None; CheckpointError when two names map to the same one."""
+    out, source = OrderedDict(), {}
+    for name, value in entries.items():
+        new = rename(name)
+        if new is None:
+            continue
+        if new in out:
+            raise CheckpointError(f"{what} '{source[new]}' and '{name}' both map to '{new}'")
+        out[new] = convert(value, name)
+        source[new] = name
+    return out
+
+
 def convert_state_dict(torch_state: Mapping) -> Dict[str, np.ndarray]:
     """Official PyTorch ``state_dict`` -> ``{MindSpore name: numpy array}``.
 
     Pure: names go through :func:`map_name` (dropped keys are left out), arrays are copied as
     float32 with unchanged shapes. Two keys that map to the same name are an error.
     """
-    out: Dict[str, np.ndarray] = OrderedDict()
-    source: Dict[str, str] = {}
-    for key, value in torch_state.items():
-        name = map_name(key)
-        if name is None:
-            continue
-        if name in out:
-            raise CheckpointError(f"state_dict keys '{source[name]}' and '{key}' both map to '{name}'")
-        out[name] = _to_numpy(value, key)
-        source[name] = key
-    return out
+    return _renamed(torch_state, map_name, _to_numpy, "state_dict keys")
 
 
 def dropped_keys(torch_state: Mapping) -> Dict[str, str]:
@@ -173,15 +183,7 @@ def to_torch_state_dict(ms_params: Mapping, num_batches_tracked: int = 0) -> "Or
     Two entries that map to the same key are an error.
     """
     import torch
-    state, source = {}, {}
-    for name, value in ms_params.items():
-        key = to_torch_name(name)
-        if key is None:
-            continue
-        if key in state:
-            raise CheckpointError(f"checkpoint entries '{source[key]}' and '{name}' both map to '{key}'")
-        state[key] = _to_torch_tensor(value, name)
-        source[key] = name
+    state = _renamed(ms_params, to_torch_name, _to_torch_tensor, "checkpoint entries")
     for key in [k for k in state if k.endswith(".running_mean")]:
         state[key[:-len("running_mean")] + _COUNTER] = torch.tensor(int(num_batches_tracked),
                                                                    dtype=torch.int64)

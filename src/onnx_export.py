@@ -19,14 +19,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .convert import infer_topology, to_torch_state_dict
+from .convert import VERIFY_ATOL, infer_topology, to_torch_state_dict
 from .errors import CheckpointError, UserError
 
 __all__ = ["OPSET", "VERIFY_ATOL", "DYNAMIC", "DYNAMIC_VERIFY_BATCHES", "INPUT_NAME", "OUTPUT_NAME",
            "require_packages", "torch_reference", "write_onnx", "verify_onnx", "export_onnx"]
 
 OPSET = 17
-VERIFY_ATOL = 1e-4
 DYNAMIC = "dynamic"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 #: Batch sizes the verification runs a dynamic-batch file at.

@@ -19,14 +19,13 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
-from .convert import MODEL_ROOTS, TOPOLOGY_KEYS, infer_topology, to_torch_name, to_torch_state_dict
+from .convert import MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, infer_topology, to_torch_name, to_torch_state_dict
 from .errors import CheckpointError, ConfigError
 from .fileio import check_output_path
 
-__all__ = ["MAX_ABS_DIFF", "read_ms_checkpoint", "checkpoint_topology", "load_into_reference", "save_pth_atomic", "verify_reverse",
+__all__ = ["read_ms_checkpoint", "checkpoint_topology", "load_into_reference", "save_pth_atomic", "logits_difference",
            "reverse_main"]
 
-MAX_ABS_DIFF = 1e-4
 #: pth2ckpt.py options that describe the PyTorch side and have no meaning with --reverse.
 FORWARD_ONLY = ("arch", "num_classes", "ema", "blocks", "dims", "mlp_ratios", "channels",
                 "n_conv_blocks")
@@ -115,11 +114,11 @@ def save_pth_atomic(state: Mapping, dst: str, src: str = None):
         torch.save(state, tmp)
 
 
-def verify_reverse(weights: Mapping, ref, topo: Mapping, num_classes: int, size: int,
-                   batch: int = 2, seed: int = 0) -> float:
+def logits_difference(weights: Mapping, ref, topo: Mapping, num_classes: int, size: int,
+                      batch: int = 2, seed: int = 0) -> float:
     """Max abs difference between the MindSpore model with `weights` and the PyTorch reference
-    `ref`, both in inference mode, on one random ``(batch, 3, size, size)`` input (NaN when either
-    output is not finite)."""
+    module `ref`, both in inference mode, on one random ``(batch, 3, size, size)`` input (NaN when
+    either output is not finite). Both directions of the conversion are verified with it."""
     import torch
     import mindspore as ms
     from model import ConvMLP
@@ -128,14 +127,15 @@ def verify_reverse(weights: Mapping, ref, topo: Mapping, num_classes: int, size:
     not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k)
                                                  for k, v in weights.items()}, strict_load=True)
     if not_loaded:
-        raise CheckpointError(f"verify: MindSpore parameters left unloaded: {', '.join(not_loaded[:6])}")
+        raise CheckpointError(f"verify: MindSpore parameters left unloaded: {_names(not_loaded, 6)}")
     net.set_train(False)
     got = net(ms.Tensor(x)).asnumpy()
     with torch.no_grad():
-        want = ref(torch.from_numpy(x)).numpy()
+        want = ref.eval()(torch.from_numpy(x)).numpy()
     if not (np.isfinite(got).all() and np.isfinite(want).all()):
         return float("nan")
     return float(np.abs(got - want).max())
+
 
 
 def _names(names, n=4):
@@ -171,13 +171,13 @@ def reverse_main(args) -> int:
     if args.verify:
         size = args.verify_size or meta.get("image_size") or (
             RELEASED_SIZE if _is_released(topo) else CUSTOM_SIZE)
-        diff = verify_reverse(weights, ref, topo, num_classes, size)
-        ok = diff <= MAX_ABS_DIFF  # False for NaN
+        diff = logits_difference(weights, ref, topo, num_classes, size)
+        ok = diff <= VERIFY_ATOL  # False for NaN
         print(f"verify      : max abs diff {diff:.3e} on a (2, 3, {size}, {size}) input, MindSpore vs "
-              f"PyTorch reference, inference mode, tolerance {MAX_ABS_DIFF:g}: {'OK' if ok else 'FAIL'}")
+              f"PyTorch reference, inference mode, tolerance {VERIFY_ATOL:g}: {'OK' if ok else 'FAIL'}")
         if not ok:
             raise CheckpointError(f"verify failed for '{args.src}': max abs diff {diff:.3e} (tolerance "
-                                  f"{MAX_ABS_DIFF:g}); nothing was written")
+                                  f"{VERIFY_ATOL:g}); nothing was written")
     save_pth_atomic(state, args.dst, args.src)
     print(f"written     : {args.dst} ({len(state)} official state_dict entries)", flush=True)
     return 0

@@ -202,7 +202,7 @@ def test_failed_verify_writes_nothing(tmp_path, trained_ckpt, monkeypatch):
     from src import to_torch
     dst = tmp_path / "best.pth"
     dst.write_bytes(b"previous file")
-    monkeypatch.setattr(to_torch, "verify_reverse", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(to_torch, "logits_difference", lambda *a, **k: float("nan"))
     with pytest.raises(CheckpointError, match=r"verify failed .* max abs diff nan"):
         cli.main(["--reverse", "--src", trained_ckpt, "--dst", str(dst), "--verify"])
     assert dst.read_bytes() == b"previous file" and os.listdir(tmp_path) == ["best.pth"]
