@@ -228,3 +228,16 @@ def override(base, *extra):
         if not skipping:
             out.append(a)
     return out + extra
+
+
+_COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
+_COMPILE_CACHE_AT_START = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_compile_cache_settings():
+    """No test may change MindSpore's compile-cache variables in this process: every entry script
+    a later test starts would inherit them and reuse another setting's compiled graphs."""
+    yield
+    now = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
+    assert now == _COMPILE_CACHE_AT_START, f"the test changed {now} in the environment"

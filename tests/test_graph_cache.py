@@ -226,8 +226,12 @@ def fresh(monkeypatch, tmp_path, base_cfg, caplog):
     logger = logging.getLogger("test_graph_cache")
     caplog.set_level(logging.INFO, logger="test_graph_cache")
     opened = []
-    mindspore_vars = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
-    before = {var: os.environ.get(var) for var in mindspore_vars}
+    # open_graph_cache sets MindSpore's variables in this process. Recording their state now (set,
+    # then removed) makes monkeypatch restore exactly this state at the end, so the entry scripts
+    # that later tests start do not inherit a test's cache folder.
+    for var in ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
 
     def open_(cfg=base_cfg, end_previous=True, env=None, **kw):
         if end_previous:
@@ -243,13 +247,6 @@ def fresh(monkeypatch, tmp_path, base_cfg, caplog):
     yield open_, caplog
     for cache in opened:
         cache.close()
-    # open_graph_cache sets MindSpore's variables in this process; the entry scripts that later
-    # tests start must not inherit them (they would reuse these folders' graphs).
-    for var, value in before.items():
-        if value is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = value
 
 
 def fake_compile(folder, content=b"graph"):
