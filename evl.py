@@ -25,8 +25,9 @@ def main(argv=None):
     from src.fileio import atomic_output, check_output_path
     cmd = parse_command_line(argv, OPTIONS)
     cfg, json_path = cmd.cfg, cmd.options.json
+    json_inputs = [("checkpoint_path", cfg.checkpoint_path)]
     if json_path:
-        check_output_path(json_path, ("checkpoint_path", cfg.checkpoint_path), label="--json")
+        check_output_path(json_path, *json_inputs, label="--json")
     from src.run_log import get_logger, Progress
     logger = get_logger(0)
     device, rank, world = setup_runtime(cfg, logger)

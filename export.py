@@ -144,7 +144,8 @@ def verified(diff, path, how):
     """UserError unless `diff` is within :data:`VERIFY_ATOL` (NaN is not)."""
     if not diff <= VERIFY_ATOL:
         raise UserError(f"'{path}' would not reproduce the checkpoint model: max abs difference {diff:.3g} "
-                        f"> {VERIFY_ATOL:g} on a random input ({how}); nothing was written")
+                        f"> {VERIFY_ATOL:g} on a random input ({how}); nothing was written, an existing "
+                        "file of that name is unchanged")
     return diff
 
 

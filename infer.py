@@ -142,9 +142,9 @@ def main(argv=None):
     cmd = parse_command_line(argv, OPTIONS, positionals=True)
     cfg, json_path, top_k = cmd.cfg, cmd.options.json, cmd.options.top_k
     files = collect_images(cmd.positionals)
+    json_inputs = [("checkpoint_path", cfg.checkpoint_path)] + [("image", f) for f in files]
     if json_path:
-        check_output_path(json_path, ("checkpoint_path", cfg.checkpoint_path), *[("image", f) for f in files],
-                          label="--json")
+        check_output_path(json_path, *json_inputs, label="--json")
     require_checkpoint_path(cfg)
     from src.run_log import get_logger
     logger = get_logger(0)

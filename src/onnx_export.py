@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .convert import VERIFY_ATOL, infer_topology, to_torch_state_dict
-from .errors import CheckpointError, UserError
+from .errors import UserError
 
 __all__ = ["OPSET", "VERIFY_ATOL", "DYNAMIC", "DYNAMIC_VERIFY_BATCHES", "INPUT_NAME", "OUTPUT_NAME",
            "require_packages", "torch_reference", "write_onnx", "verify_onnx", "export_onnx"]
@@ -45,12 +45,11 @@ def require_packages(verify: bool):
 
 def torch_reference(weights: Mapping[str, np.ndarray], path: str = "checkpoint"):
     """The PyTorch reference ConvMLP (eval mode) holding `weights` (MindSpore names); the topology
-    and class count are read off the weights' shapes. Refuses non-finite weights."""
-    from .to_torch import load_into_reference, non_finite
-    bad = non_finite(weights)
-    if bad:
-        raise CheckpointError(f"'{path}' holds NaN or infinite weights ({', '.join(bad[:4])}"
-                              f"{' ...' if len(bad) > 4 else ''}); refusing to export it")
+    and class count are read off the weights' shapes. Refuses non-finite weights (the checkpoint
+    was already checked when it was read; this keeps the function safe on its own)."""
+    from model import check_finite
+    from .to_torch import load_into_reference
+    check_finite(weights, path)
     state = to_torch_state_dict(weights)
     topo = infer_topology(state)
     num_classes = topo.pop("num_classes")

@@ -36,10 +36,16 @@ def configure_runtime(threads=None, mode="graph", device_target=None, device_id=
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     applied["mode"] = mode
     if device_target:
-        if device_id is None or device_target == "CPU":
-            ms.set_device(device_target)
-        else:
-            ms.set_device(device_target, device_id)
+        try:
+            if device_id is None or device_target == "CPU":
+                ms.set_device(device_target)
+            else:
+                ms.set_device(device_target, device_id)
+        except RuntimeError:
+            # MindSpore refuses set_device once its runtime ran (a second call in one process,
+            # e.g. in tests); that is fine when the device is already the one asked for.
+            if ms.get_context("device_target") != device_target:
+                raise
         applied["device_target"] = device_target
     if threads is not None:
         ms.device_context.cpu.op_tuning.threads_num(int(threads))

@@ -282,7 +282,7 @@ def test_a_failed_verification_keeps_the_good_export(real_run, tmp_path):
     proc = subprocess.run([sys.executable, "-c", VERIFY_FAILS, "--checkpoint_path", str(real_run / "best.ckpt"),
                            "--file_name", str(good), "--verify"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
-    line = expect_clean_failure(proc, before, f"'{good}' does not reproduce the checkpoint model",
+    line = expect_clean_failure(proc, before, f"'{good}' would not reproduce the checkpoint model",
                                 "an existing file of that name is unchanged")
     assert ".tmp" not in line
 
