@@ -15,7 +15,7 @@ import sys
 from model.errors import CheckpointError, ConfigError, UserError, first_line
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
-           "first_line", "Interrupted", "EXIT_INTERRUPTED"]
+           "first_line", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
 
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
@@ -88,14 +88,36 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: The SIGINT/SIGTERM received by this process. The exception the handler raises can be swallowed
+#: (Python ignores exceptions raised inside ``__del__`` and some callbacks), so the signal is also
+#: recorded here and :func:`check_interrupted` raises it again where it must not be missed.
+_received = []
+
+
 def _raise_interrupted(signum, frame):
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def check_interrupted():
+    """Raise :class:`Interrupted` when a SIGINT/SIGTERM arrived whose exception was swallowed;
+    called before an output replaces a file, and by :func:`run_cli` after ``main`` returns."""
+    if _received:
+        raise Interrupted(_received[-1])
+
+
+def _quiet_swallowed_interrupt(unraisable):
+    """``sys.unraisablehook``: an :class:`Interrupted` raised where Python cannot propagate it (a
+    ``__del__``) is recorded in ``_received`` already; print nothing for it."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
 
 
 def _install_signal_handlers():
     """SIGTERM (and SIGINT) raise :class:`Interrupted` in the main thread. MindSpore's runtime turns
     Ctrl-C into SIGTERM for the process once it has run (it ignores SIGINT at the Python level and
     relays it), whose default action would end the process with status 143 and no word."""
+    sys.unraisablehook = _quiet_swallowed_interrupt
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
             signal.signal(signum, _raise_interrupted)
@@ -120,6 +142,7 @@ def run_cli(main, argv=None):
     _install_signal_handlers()
     try:
         rc = main(argv)
+        check_interrupted()
     except UserError as exc:
         _fail(str(exc), 2)
     except OSError as exc:

@@ -27,7 +27,7 @@ import re
 import signal
 from typing import Callable, Iterable, Optional
 
-from .errors import UserError, first_line
+from .errors import UserError, check_interrupted, first_line
 
 __all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "same_file",
            "temp_name", "remove_stale_temps", "KILL_AFTER_ENV"]
@@ -207,6 +207,7 @@ def atomic_output(path, verify: Optional[Callable[[str], None]] = None, inputs: 
         if verify is not None:
             verify(tmp)
         _fsync(tmp)
+        check_interrupted()   # a Ctrl-C/SIGTERM whose exception was swallowed: keep the old file
         os.replace(tmp, path)
     except BaseException as exc:
         _remove(tmp)

@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, TINY_TOPOLOGY, run_script
+from conftest import NO_AUG, TINY_TOPOLOGY, override, run_script
 from src import graph_cache
 from src.config import SCHEMA, load_config
 from src.graph_cache import MANIFEST, NOT_IN_GRAPH, cache_key, graph_fingerprint, open_graph_cache
@@ -64,8 +64,8 @@ def first_run(tiny_cifar10, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
 
     def train(name, *extra, cache_root=root):
-        return run_script("train.py", *COMMON, "--train_data_path", tiny_cifar10, "--val_data_path",
-                          tiny_cifar10, "--save_checkpoint_path", base / name, *extra,
+        return run_script("train.py", *override(COMMON, *extra), "--train_data_path", tiny_cifar10,
+                          "--val_data_path", tiny_cifar10, "--save_checkpoint_path", base / name,
                           env={"CONVMLP_GRAPH_CACHE": str(cache_root)})
 
     proc = ok(train("first"))
