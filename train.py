@@ -332,6 +332,7 @@ def last_good_checkpoint(cfg, template="; the last good checkpoint is {}") -> st
 
 def finish(run: Run, parts: Parts, state):
     """The final log lines (and, on ModelArts, the last copy of the outputs)."""
+    from src.checkpoint import BEST
     from src.modelarts import sync_outputs
     from src.training import dump_weights
     cfg = run.cfg
@@ -340,7 +341,7 @@ def finish(run: Run, parts: Parts, state):
     run.logger.info(f"done: best val top-1 {state.best_acc:.4f} at epoch {state.best_epoch}; checkpoints in "
                     f"{cfg.save_checkpoint_path} (best.ckpt, last.ckpt)")
     if cfg.demo and run.rank == 0:
-        best = os.path.join(cfg.save_checkpoint_path, "best.ckpt")
+        best = os.path.join(cfg.save_checkpoint_path, BEST)
         run.logger.info(f"demo finished. Evaluate with: python evl.py --demo --checkpoint_path {best} "
                         f"--image_size {cfg.image_size}")
     sync_outputs(cfg, run.logger, run.rank)

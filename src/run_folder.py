@@ -20,15 +20,17 @@ import time
 
 import yaml
 
+from .checkpoint import BEST, LAST
 from .errors import ConfigError
 from .fileio import check_not_input
+from .run_log import MetricsLog
 
 __all__ = ["LOCK_NAME", "RUN_FILES", "RunFolderBusy", "claim_run_folder", "hold_run_folder",
            "check_fresh_start", "check_run_inputs", "run_was_demo"]
 
 LOCK_NAME = ".train.lock"
 #: The files train.py writes in a run folder, besides ``epoch_NNNN.ckpt``.
-RUN_FILES = ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "curves.png", "train.log")
+RUN_FILES = (LAST, BEST, "config.yaml", MetricsLog.CSV, MetricsLog.PNG, "train.log")
 
 _held = {}   # real path of a held folder -> open descriptor of its lock file (kept for the process)
 
@@ -116,7 +118,7 @@ def _saved_config(folder: str):
         pass
     try:
         from model import read_checkpoint
-        params = read_checkpoint(os.path.join(folder, "last.ckpt"))
+        params = read_checkpoint(os.path.join(folder, LAST))
         saved = yaml.safe_load(params.get("config", "")) if isinstance(params.get("config"), str) else None
         return saved if isinstance(saved, dict) else None
     except Exception:
@@ -134,7 +136,7 @@ def check_fresh_start(folder: str, resume, demo: bool, logger, owner: bool = Tru
     demo run replacing a demo run, whose checkpoints and metrics are then deleted. Under msrun
     every rank refuses a non-demo case; only the `owner` (rank 0, holding the lock) looks at and
     deletes a previous demo run."""
-    previous = os.path.join(folder, "last.ckpt")
+    previous = os.path.join(folder, LAST)
     if resume is not None or not os.path.isfile(previous):
         return
     if not demo:

@@ -95,19 +95,20 @@ class MetricsLog:
     :meth:`resume` keeps only the rows up to the resumed checkpoint's epoch: whenever a run is
     killed, the resumed run has exactly one row per finished epoch."""
 
+    CSV, PNG = "metrics.csv", "curves.png"
     FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
               "images_per_s", "epoch_time_s"]
 
     def __init__(self, save_dir: str, rows: Optional[List[Dict]] = None):
         self.save_dir = save_dir
-        self.csv_path = os.path.join(save_dir, "metrics.csv")
-        self.png_path = os.path.join(save_dir, "curves.png")
+        self.csv_path = os.path.join(save_dir, self.CSV)
+        self.png_path = os.path.join(save_dir, self.PNG)
         self.rows = list(rows or [])
 
     @classmethod
     def resume(cls, save_dir: str, up_to_epoch: int) -> "MetricsLog":
         """Reload the rows of a resumed run, dropping epochs after the checkpoint's."""
-        path = os.path.join(save_dir, "metrics.csv")
+        path = os.path.join(save_dir, cls.CSV)
         rows = []
         if os.path.isfile(path):
             with open(path, newline="") as f:
