@@ -126,18 +126,11 @@ def path_of(base, fmt):
 def verify_export(net, path, inputs):
     """Max abs difference between the exported file (loaded back) and `net` on `inputs` (a list of
     input lists, one run each); NaN when an output is not finite."""
-    import numpy as np
     import mindspore as ms
     from mindspore import nn
+    from src.convert import max_abs_difference
     graph = nn.GraphCell(ms.load(path))
-    worst = 0.0
-    for args in inputs:
-        got = graph(*args).asnumpy()
-        want = net(*args).asnumpy()
-        if got.shape != want.shape or not (np.isfinite(got).all() and np.isfinite(want).all()):
-            return float("nan")
-        worst = max(worst, float(np.max(np.abs(got - want))))
-    return worst
+    return max_abs_difference((graph(*args).asnumpy(), net(*args).asnumpy()) for args in inputs)
 
 
 def verified(diff, path, how):

@@ -36,7 +36,7 @@ import numpy as np
 from model.convmlp import HEAD_PREFIX
 from src.convert import (DROP_REASONS, NAME_RULES, TOPOLOGY_KEYS, VERIFY_ATOL, convert_state_dict, dropped_keys,
                          infer_topology, map_name)
-from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, first_line, run_cli
+from src.errors import ArgumentParser, CheckpointError, ConfigError, DataError, first_line, run_cli, short_list
 from src.fileio import check_not_input, check_output_path
 
 __all__ = ["NAME_RULES", "DROP_REASONS", "TOPOLOGY_KEYS", "SAFE_GLOBALS", "map_name",
@@ -222,11 +222,6 @@ def compare_shapes(weights: Mapping, expected: Mapping):
     mismatched = [f"{k} {tuple(weights[k].shape)} vs model {tuple(expected[k])}"
                   for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k])]
     return missing, unexpected, mismatched
-
-
-def _names(names, n=8):
-    names = list(names)
-    return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,7 +426,7 @@ def report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, to
     for k, why in dropped.items():
         reasons.setdefault(why, []).append(k)
     for why, keys in reasons.items():
-        print(f"dropped     : {len(keys)} keys ({why}): {_names(keys, 4)}")
+        print(f"dropped     : {len(keys)} keys ({why}): {short_list(keys, 4)}")
     problems = [(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected),
                                                   ("of another shape", mismatched)) if keys]
     if problems:
@@ -439,9 +434,9 @@ def report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, to
         found = f"the checkpoint looks like {found}" if found else "its keys are not ConvMLP keys"
         for label, keys in problems:
             print(f"FAIL {'wrong shape' if label == 'of another shape' else label:<11}: {len(keys)}: "
-                  f"{_names(keys, 20)}")
+                  f"{short_list(keys, 20)}")
         raise CheckpointError(f"'{src}' does not fit {arch_name} ({describe_topology(topo)}): "
-                              + "; ".join(f"{len(keys)} {label}: {_names(keys, 5)}" for label, keys in problems)
+                              + "; ".join(f"{len(keys)} {label}: {short_list(keys, 5)}" for label, keys in problems)
                               + f"; {found}; nothing was written")
 
 

@@ -2,7 +2,7 @@
 that does not fit). They live here so that ``model`` imports nothing from outside itself; the
 entry scripts' error handling (``src/errors.py``) builds on these classes and re-exports them."""
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "first_line"]
+__all__ = ["UserError", "ConfigError", "CheckpointError", "first_line", "short_list"]
 
 
 class UserError(Exception):
@@ -24,3 +24,9 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not set(ln.strip()) <= set("-")]
     kernel = [ln for ln in lines if ln.startswith("Launch kernel failed")]
     return (kernel or lines or [type(exc).__name__])[0][:limit]
+
+
+def short_list(names, n: int = 6) -> str:
+    """The first `n` of `names`, comma separated, and how many more: a list that fits one line."""
+    names = list(names)
+    return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")

@@ -6,7 +6,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from .errors import CheckpointError, ConfigError, first_line
+from .errors import CheckpointError, ConfigError, first_line, short_list
 from .convmlp import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs, model_entrypoints
 
 __all__ = ["create_model", "list_models", "load_pretrained", "read_checkpoint", "check_fit",
@@ -78,7 +78,7 @@ def check_finite(params, path: str = "checkpoint"):
         counts = ", ".join(f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "inf")) if n)
         bad.append(f"{name} ({counts} of {arr.size})")
     if bad:
-        raise CheckpointError(f"'{path}' holds non-finite weights in {len(bad)} tensor(s): {_short(bad, 4)}; "
+        raise CheckpointError(f"'{path}' holds non-finite weights in {len(bad)} tensor(s): {short_list(bad, 4)}; "
                               "a checkpoint of a diverged run or a damaged file cannot be used")
 
 
@@ -154,12 +154,6 @@ def _model_params(net: nn.Cell) -> Dict[str, ms.Parameter]:
     return {p.name: p for p in net.get_parameters()}
 
 
-def _short(names, n=6):
-    names = list(names)
-    more = f" ... (+{len(names) - n} more)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
 def _shape(value):
     return tuple(value.shape) if hasattr(value, "shape") else None
 
@@ -204,7 +198,7 @@ def _require_model_entries(path, params: Dict, own: Dict):
         return
     tensors = [k for k, v in params.items() if not isinstance(v, str)]
     raise CheckpointError(f"'{path}' holds no ConvMLP weights: none of its {len(tensors)} tensors is a "
-                          f"parameter of this model (it has {_short(tensors, 4)}); a checkpoint of another "
+                          f"parameter of this model (it has {short_list(tensors, 4)}); a checkpoint of another "
                           "network?")
 
 
@@ -223,7 +217,7 @@ def _head_only_mismatch(model, params, missing, unexpected, mismatched):
 
 
 def _raise_if_problems(path, missing, unexpected, mismatched):
-    parts = [f"{len(keys)} {label}: {_short(keys)}" for label, keys in
+    parts = [f"{len(keys)} {label}: {short_list(keys)}" for label, keys in
              (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
              if keys]
     if parts:
@@ -294,6 +288,6 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None)
     not_loaded, _ = ms.load_param_into_net(net, to_load, strict_load=True)
     left = [k for k in not_loaded if not (reinit and k.startswith(HEAD_PREFIX))]
     if left:
-        raise CheckpointError(f"'{ckpt_path}': parameters left unloaded: {_short(left)}")
+        raise CheckpointError(f"'{ckpt_path}': parameters left unloaded: {short_list(left)}")
     return {"loaded": sorted(to_load), "head_reinitialised": reinit,
             "ignored": sorted(k for k in params if k not in own)}

@@ -32,7 +32,19 @@ from .errors import CheckpointError
 #: float32; a NaN difference fails.
 VERIFY_ATOL = 1e-4
 
-__all__ = ["VERIFY_ATOL", "NAME_RULES", "REVERSE_RULES", "DROP_REASONS", "MODEL_ROOTS", "TOPOLOGY_KEYS",
+
+def max_abs_difference(pairs) -> float:
+    """The largest ``|got - want|`` over ``(got, want)`` array pairs; NaN when two shapes differ or
+    an output is not finite, so that ``diff <= VERIFY_ATOL`` fails for it (NaN compares False)."""
+    worst = 0.0
+    for got, want in pairs:
+        got, want = np.asarray(got), np.asarray(want)
+        if got.shape != want.shape or not (np.isfinite(got).all() and np.isfinite(want).all()):
+            return float("nan")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+__all__ = ["VERIFY_ATOL", "max_abs_difference", "NAME_RULES", "REVERSE_RULES", "DROP_REASONS", "MODEL_ROOTS", "TOPOLOGY_KEYS",
            "map_name", "convert_state_dict", "dropped_keys", "to_torch_name", "to_torch_state_dict",
            "official_order", "infer_topology"]
 

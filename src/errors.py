@@ -12,10 +12,10 @@ import signal
 import sys
 
 # The model package raises these itself (it imports nothing from outside); one class each.
-from model.errors import CheckpointError, ConfigError, UserError, first_line
+from model.errors import CheckpointError, ConfigError, UserError, first_line, short_list
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
-           "first_line", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
+           "first_line", "short_list", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
 
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
 EXIT_INTERRUPTED = 130

@@ -19,8 +19,8 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
-from .convert import MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, infer_topology, to_torch_name, to_torch_state_dict
-from .errors import CheckpointError, ConfigError
+from .convert import MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, max_abs_difference, infer_topology, to_torch_name, to_torch_state_dict
+from .errors import CheckpointError, ConfigError, short_list
 from .fileio import check_output_path
 
 __all__ = ["read_ms_checkpoint", "checkpoint_topology", "load_into_reference", "save_pth_atomic", "logits_difference",
@@ -127,20 +127,13 @@ def logits_difference(weights: Mapping, ref, topo: Mapping, num_classes: int, si
     not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k)
                                                  for k, v in weights.items()}, strict_load=True)
     if not_loaded:
-        raise CheckpointError(f"verify: MindSpore parameters left unloaded: {_names(not_loaded, 6)}")
+        raise CheckpointError(f"verify: MindSpore parameters left unloaded: {short_list(not_loaded, 6)}")
     net.set_train(False)
     got = net(ms.Tensor(x)).asnumpy()
     with torch.no_grad():
         want = ref.eval()(torch.from_numpy(x)).numpy()
-    if not (np.isfinite(got).all() and np.isfinite(want).all()):
-        return float("nan")
-    return float(np.abs(got - want).max())
+    return max_abs_difference([(got, want)])
 
-
-
-def _names(names, n=4):
-    names = list(names)
-    return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")
 
 
 def reverse_main(args) -> int:
@@ -167,7 +160,7 @@ def reverse_main(args) -> int:
           "MindSpore keeps no counter; the official BatchNorm's fixed momentum does not use it)")
     if other:
         print(f"dropped     : {len(other)} entries (optimizer state and training metadata, not model "
-              f"weights): {_names(other, 6)}")
+              f"weights): {short_list(other, 6)}")
     if args.verify:
         size = args.verify_size or meta.get("image_size") or (
             RELEASED_SIZE if _is_released(topo) else CUSTOM_SIZE)
