@@ -94,6 +94,15 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def long_data(tmp_path_factory):
+    """Like ``data`` but 64 global batches per epoch, so a stop requested early in epoch 2 lands
+    mid-epoch however fast the machine is."""
+    from src import cifar
+    folder = tmp_path_factory.mktemp("dp_long_data") / "cifar-10-batches-bin"
+    return str(cifar.write_synthetic(str(folder), "cifar10", 64 * PER_DEVICE * WORLD, N_VAL, seed=6))
+
+
+@pytest.fixture(scope="module")
 def dp_run(data, tmp_path_factory):
     """The 2-worker msrun job: its folders, exit status, wall time and rank 0's log."""
     root = tmp_path_factory.mktemp("dp_run")
@@ -194,7 +203,7 @@ def test_two_workers_validation_is_the_whole_split_and_above_chance(dp_run, data
     assert len(last) == 1 and f"val top-1 {res['acc']:.4f}" in last[0], (last, res["acc"])
 
 
-def test_a_dead_rank_ends_the_job(data, tmp_path):
+def test_a_dead_rank_ends_the_job(long_data, tmp_path):
     """Two machines emulated on one: node 0 runs ``msrun --worker_num=2 --local_worker_num=1
     --node_rank=0 --master_addr=127.0.0.1`` (scheduler + rank 0); node 1's worker is started with
     the environment msrun would give it there (a second msrun here would start a second scheduler
@@ -202,7 +211,7 @@ def test_a_dead_rank_ends_the_job(data, tmp_path):
     gradient AllReduce until the scheduler misses rank 1's heartbeat for MS_NODE_TIMEOUT seconds
     (10 here; MindSpore's default is 30), and must end with one clear error line, not a hang."""
     port, logs = _free_port(), str(tmp_path / "logs")
-    args = [TRAIN, "--is_distributed", "true", *_train_args(data, str(tmp_path / "out"), epochs=3)]
+    args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, str(tmp_path / "out"), epochs=2)]
     env = _env(MS_NODE_TIMEOUT="10")
     out0, out1 = open(tmp_path / "node0.out", "w"), open(tmp_path / "node1.out", "w")
     node0 = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=1", "--node_rank=0",
@@ -217,9 +226,9 @@ def test_a_dead_rank_ends_the_job(data, tmp_path):
     try:
         deadline = time.time() + 240
         while time.time() < deadline and node0.poll() is None:
-            if os.path.isfile(log0) and "epoch 1/3 1/8" in open(log0).read():
+            if os.path.isfile(log0) and "epoch 1/2 1/64" in open(log0).read():
                 break
-            time.sleep(0.3)
+            time.sleep(0.05)
         assert node0.poll() is None, "the job ended early:\n" + (tmp_path / "node0.out").read_text()[-3000:]
         assert time.time() < deadline, "training did not start:\n" + open(log0).read()[-3000:]
         os.kill(node1.pid, signal.SIGKILL)
@@ -262,27 +271,38 @@ def _worker_pids():
     return pids
 
 
+def _signal_all(pids, sig):
+    for pid in pids:
+        os.kill(pid, sig)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the worker processes")
-def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(data, tmp_path):
+def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(long_data, tmp_path):
     """A cluster scheduler's SIGTERM reaches the ranks at different moments. The ranks agree (one
     AllReduce of the stop flag per step) to stop after the same step, rank 0 saves a mid-epoch
-    last.ckpt, and ``--resume auto`` under msrun finishes the run from exactly there."""
+    last.ckpt, and ``--resume auto`` under msrun finishes the run from exactly there.
+
+    The workers are frozen (SIGSTOP) as soon as epoch 2 has begun, so where the stop lands does not
+    depend on the machine's speed; each then gets its SIGTERM and is thawed 0.3 s after the other."""
     out, logs = str(tmp_path / "out"), str(tmp_path / "logs")
-    args = [TRAIN, "--is_distributed", "true", *_train_args(data, out, epochs=3), "--cooldown_epochs", "0"]
+    steps = 64
+    args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, out, epochs=2), "--cooldown_epochs", "0"]
     job = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
                             f"--master_port={_free_port()}", *args], cwd=str(tmp_path), env=_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log0 = os.path.join(logs, "worker_0.log")
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 300
         while time.time() < deadline and job.poll() is None:
-            if os.path.isfile(log0) and "epoch 2/3 3/8" in open(log0).read():
+            if os.path.isfile(log0) and f"epoch 2/2 2/{steps}" in open(log0).read():
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         workers = _worker_pids()
         assert len(workers) == 2, f"workers {workers}\n" + (open(log0).read()[-2000:] if os.path.isfile(log0) else "")
+        _signal_all(workers, signal.SIGSTOP)
         for pid in workers:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)
             time.sleep(0.3)
         job.wait(timeout=120)
     finally:
@@ -292,6 +312,8 @@ def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(
     text0 = open(log0).read()
     assert "interrupted at epoch 2 step" in text0 and "saved resumable" in text0, text0[-3000:]
     assert "Traceback" not in text0 + open(os.path.join(logs, "worker_1.log")).read()
+    stopped_at = int(text0.split("interrupted at epoch 2 step")[1].split()[0].strip(",;:"))
+    assert 2 <= stopped_at < steps
 
     logs2 = str(tmp_path / "logs2")
     resumed = subprocess.run([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs2}",
@@ -299,9 +321,9 @@ def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(
                              env=_env(), capture_output=True, text=True, timeout=300)
     text = open(os.path.join(logs2, "worker_0.log")).read()
     assert resumed.returncode == 0, text[-3000:]
-    assert "1 epoch(s) done +" in text and "done: best val top-1" in text
+    assert f"1 epoch(s) done + {stopped_at} step(s) of epoch 2" in text and "done: best val top-1" in text
     with open(os.path.join(out, "metrics.csv")) as f:
-        assert [r.split(",")[0] for r in f.read().strip().splitlines()[1:]] == ["1", "2", "3"]
+        assert [r.split(",")[0] for r in f.read().strip().splitlines()[1:]] == ["1", "2"]
 
 
 # ------------------------------------------------------------------------------------------------
