@@ -177,11 +177,9 @@ def main(argv=None):
     check_output_path(path_of(base, fmt), *sources, label="export file")
     from src.config import resolve_device
     check_format(fmt, resolve_device(cfg))
-    device, _, _ = setup_runtime(cfg, logger)
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
-    # local .so): build the model with MindSpore's own LayerNorm/GELU/max-pool.
-    from model import cpu_kernels
-    cpu_kernels.set_enabled(False)
+    # local .so): build the model with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
+    device, _, _ = setup_runtime(cfg, logger, cpu_kernels_on=False)
 
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
     dynamic = batch_size == DYNAMIC

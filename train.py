@@ -143,6 +143,7 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
     schedule, and the training step cell."""
     import mindspore as ms
     from model import cpu_kernels, load_pretrained
+    from src.perf import onednn_isa
     from src.checkpoint import resume_path
     from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
     from src.runtime import build_model
@@ -161,7 +162,7 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
         logger.warning("*** no pretrained_ckpt: training FROM SCRATCH (random init). The published accuracy "
                        "needs the converted ImageNet weights (pth2ckpt.py) ***")
     logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
-    logger.info(f"C++ CPU kernels (model/cpu_kernels.py): {cpu_kernels.status()}")
+    logger.info(f"C++ CPU kernels (model/cpu_kernels.py): {cpu_kernels.status()}; oneDNN ISA: {onednn_isa()}")
     net = apply_amp(net, cfg.amp_level)
     logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))

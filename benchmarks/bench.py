@@ -87,7 +87,7 @@ def _ms_worker(args, t_start):
     from src.optim import AdamW, param_groups_weight_decay
     from src.train_step import build_train_step
 
-    perf.configure_runtime(threads=args.threads, mode="graph")
+    perf.configure_runtime(threads=args.threads, mode="graph", own_convolutions=not perf.uses_only_conv_kernel())
     net = create_model(args.variant, num_classes=1000)
     cache = _open_graph_cache(args) if args.cache_root else None
     images, soft = _data(args.size, args.batch, 1000)

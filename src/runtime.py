@@ -33,18 +33,20 @@ def check_precision(cfg, device: str, logger):
                        "underflow; consider loss_scale_type fixed")
 
 
-def setup_runtime(cfg, logger):
-    """Execution mode, device and (for ``is_distributed``) the communication group.
+def setup_runtime(cfg, logger, cpu_kernels_on=None):
+    """Execution mode, device, the C++ CPU kernels (``cpu_kernels_on``, default the config key
+    ``cpu_kernels``) and (for ``is_distributed``) the communication group.
     Returns ``(device, rank, world_size)``."""
     import mindspore as ms
     from .config import resolve_device
-    from .perf import configure_runtime
+    from .perf import configure_runtime, uses_only_conv_kernel
 
     device = resolve_device(cfg)
-    configure_runtime(mode=cfg.mode, device_target=device,
-                      device_id=None if cfg.is_distributed else cfg.device_id)
     from model import cpu_kernels
-    cpu_kernels.set_enabled(cfg.cpu_kernels)
+    kernels = cfg.cpu_kernels if cpu_kernels_on is None else cpu_kernels_on
+    cpu_kernels.set_enabled(kernels)
+    configure_runtime(mode=cfg.mode, device_target=device, device_id=None if cfg.is_distributed else cfg.device_id,
+                      own_convolutions=not uses_only_conv_kernel(kernels, cfg.amp_level, device))
     rank, world = 0, 1
     if cfg.is_distributed:
         from mindspore.communication import init, get_rank, get_group_size

@@ -405,3 +405,75 @@ def test_without_onednn_headers_only_the_convolutions_stay_on_mindspore(tmp_path
     assert proc.returncode == 0, proc.stdout
     assert "convolutions: MindSpore's (no oneDNN 3.x headers" in proc.stdout, proc.stdout
     assert "kernels True False" in proc.stdout and "shape (1, 10)" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# oneDNN's ISA: capped at AVX2 only where MindSpore's own convolutions run (src/perf.py)
+
+ISA_PROBE = """
+import ctypes, json, os, sys
+import numpy as np, torch, mindspore as ms
+from src.perf import configure_runtime, onednn_isa, uses_only_conv_kernel
+from model import cpu_kernels
+from model.cpu_kernels import Conv2d
+own = sys.argv[1] == "own"
+configure_runtime(mode="graph", device_target="CPU", own_convolutions=own)
+lib = os.path.join(os.path.dirname(ms.__file__), "lib", "libdnnl.so.3")
+out = {"note": onednn_isa(), "effective": ctypes.CDLL(lib).dnnl_get_effective_cpu_isa(),
+       "env": os.environ.get("ONEDNN_MAX_CPU_ISA"), "only_kernel": uses_only_conv_kernel(), "diff": 0.0}
+rng = np.random.RandomState(0)
+for shape, cout, k, stride in [((2, 16, 20, 20), 32, 3, 1), ((2, 3, 33, 35), 8, 3, 2), ((2, 16, 8, 8), 24, 1, 1)]:
+    cell = Conv2d(shape[1], cout, k, stride, pad_mode="pad", padding=k // 2, has_bias=False)
+    assert cell.use_kernel
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = cell(ms.Tensor(x)).asnumpy()
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    weight = ms.Tensor(dy)
+
+    def loss(t):
+        return (cell(t) * weight).sum()
+    dx, dw = ms.jit(ms.grad(loss, grad_position=0, weights=cell.trainable_params()))(ms.Tensor(x))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(cell.weight.asnumpy(), dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=k // 2)
+    (yt * torch.tensor(dy, dtype=torch.float64)).sum().backward()
+    for a, b in ((y, yt), (dx.asnumpy(), xt.grad), (dw[0].asnumpy(), wt.grad)):
+        b = b.detach().numpy()
+        out["diff"] = max(out["diff"], float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12)))
+print("RESULT", json.dumps(out))
+"""
+
+
+def _isa_probe(mode, folder):
+    script = folder / "isa_probe.py"      # a file: MindSpore compiles jit functions from their source
+    script.write_text(f"import sys\nsys.path.insert(0, {REPO!r})\n" + ISA_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    proc = subprocess.run([sys.executable, str(script), mode], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:]
+    import json
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.skipif(not cpu_kernels.conv_library_path(), reason="convolution kernel not built here")
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="the ISA cap is for x86 CPUs")
+def test_onednn_is_capped_at_avx2_only_for_mindspores_own_convolutions_and_both_agree(tmp_path):
+    """MindSpore's own convolutions need oneDNN capped at AVX2 (plain NCHW memory gets a scalar
+    reference kernel on AVX-512 otherwise); when every convolution runs the C++ kernel the cap
+    is left off. The cap goes through oneDNN's API, never the environment that child processes
+    inherit, and the convolution kernel gives float64-exact-to-float32 results either way (plain
+    layouts under the cap, oneDNN's blocked ones where the plain ones would be a reference kernel)."""
+    capped, free = _isa_probe("own", tmp_path), _isa_probe("kernel", tmp_path)
+    assert capped["note"] == "AVX2" and capped["effective"] <= 0x7, capped
+    assert free["note"].startswith("not capped") and free["effective"] >= capped["effective"], free
+    assert capped["env"] is None and free["env"] is None
+    assert capped["only_kernel"] and free["only_kernel"]
+    assert capped["diff"] < 1e-5 and free["diff"] < 1e-5, (capped["diff"], free["diff"])
+
+
+def test_settings_that_run_mindspores_own_convolutions_keep_the_cap():
+    from src.perf import uses_only_conv_kernel
+    assert not uses_only_conv_kernel(cpu_kernels_on=False)
+    assert not uses_only_conv_kernel(amp_level="O2")          # float16 convolutions are MindSpore's
+    assert not uses_only_conv_kernel(device_target="GPU")

@@ -339,7 +339,7 @@ def reference_run(out, argv):
     from src.config import Config
     from dataset import create_dataset
     from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.perf import configure_runtime
+    from src.perf import configure_runtime, uses_only_conv_kernel
     from src.runtime import build_model
     from src.config import load_config
     from dataset import epoch_config
@@ -357,7 +357,9 @@ def reference_run(out, argv):
             return self.grad(self.loss_net, self.params)(images, target)
 
     cfg = load_config(argv)
-    configure_runtime(mode=cfg.mode, device_target="CPU")
+    # oneDNN's ISA as train.py sets it, so that both run the same convolution kernels
+    configure_runtime(mode=cfg.mode, device_target="CPU",
+                      own_convolutions=not uses_only_conv_kernel(cfg.cpu_kernels, cfg.amp_level))
     ms.set_seed(cfg.seed)
     steps = create_dataset(cfg, "train", num_shards=WORLD, shard_id=0).get_dataset_size()
     net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)

@@ -6,9 +6,11 @@
 // GEMM. Here each primitive is created with "any" memory formats, letting oneDNN pick its blocked
 // layouts and direct (JIT) kernels, as PyTorch does; inputs are reordered into those layouts and
 // the result back to NCHW on every call. Primitives are cached by shape. The forward keeps the
-// plain layouts (reordering the input and output cost more than the blocked forward saved: 224 px
-// inference 13 % slower); the two backward passes use the blocked ones (224 px training ~10 %
-// faster end to end). MindSpore's oneDNN is built for the "threadpool" CPU runtime, so the streams
+// plain layouts where oneDNN has a GEMM kernel for them (under src/perf.py's AVX2 cap: reordering
+// the input and output cost more than the blocked forward saved, 224 px inference 13 % slower)
+// and takes the blocked ones where it would fall back to a reference kernel (AVX-512 uncapped);
+// the two backward passes use the blocked ones. MindSpore's oneDNN is built for the "threadpool"
+// CPU runtime, so the streams
 // here get a small thread pool of their own: as many threads as the process may use cores, or
 // $CONVMLP_CONV_THREADS.
 #include <sched.h>
@@ -21,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <thread>
@@ -182,15 +185,16 @@ Prims *GetPrims(const Key &k) {
   p->src_plain = dnnl::memory::desc(src, dt::f32, tag::nchw);
   p->weights_plain = dnnl::memory::desc(wei, dt::f32, tag::oihw);
   p->dst_plain = dnnl::memory::desc(dst, dt::f32, tag::nchw);
-  // Forward on the plain layouts (the reorders to and from blocked layouts cost more than the
-  // blocked forward saves: 224 px inference 13 % slower); backward on oneDNN's chosen layouts.
-  p->fwd_pd = dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, p->src_plain,
-      p->weights_plain, p->dst_plain, strides, pad, pad_r);
-  p->fwd = dnnl::convolution_forward(p->fwd_pd);
+  // Forward on the plain layouts unless oneDNN has only a reference kernel for them (AVX-512 CPUs
+  // without an ISA cap), then on its chosen layouts; backward on its chosen layouts.
   auto hint = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src_any, wei_any,
       dst_any, strides, pad, pad_r);
+  p->fwd_pd = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, p->src_plain,
+      p->weights_plain, p->dst_plain, strides, pad, pad_r);
+  if (std::string(p->fwd_pd.impl_info_str()).find("ref") != std::string::npos) p->fwd_pd = hint;
+  p->fwd = dnnl::convolution_forward(p->fwd_pd);
   p->bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any, strides, pad, pad_r, hint);
   p->bwd_data = dnnl::convolution_backward_data(p->bwd_data_pd);
