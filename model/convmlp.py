@@ -98,17 +98,23 @@ HEAD_PREFIX = "head."
 
 
 class DropPath(nn.Cell):
-    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``."""
+    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``.
+    On float32 CPU input the per-sample scaling runs the C++ kernel
+    (:func:`model.cpu_kernels.scale_samples`; MindSpore's broadcasting ``Mul`` keeps index vectors
+    of the input's size), otherwise a broadcasting multiplication; the same numbers either way."""
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         self.drop_prob = float(drop_prob)
         self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
+        self.use_kernel = self.dropout is not None and cpu_kernels.active()
 
     def construct(self, x):
         if self.dropout is None or not self.training:
             return x
         # nn.Dropout on a ones mask gives 0 or 1/keep_prob per sample.
+        if self.use_kernel and x.dtype == ms.float32:
+            return cpu_kernels.scale_samples(x, self.dropout(ops.ones((x.shape[0],), x.dtype)))
         mask = ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
         return x * self.dropout(mask)
 

@@ -4,9 +4,9 @@ Why: on the CPU, MindSpore 2.10's own kernels for several of ConvMLP's operation
 than their arithmetic. The kernels here replace exact GELU (``Erf`` is a scalar loop there),
 LayerNorm, the tokenizer's padded 3x3/2 max-pool (lowered to ``MaxPool3DWithArgmax`` there), the
 depthwise 3x3 "connect" convolution on channels-last tokens (no transposes), the channel MLPs' bias
-gradient, BatchNorm + ReLU (training and evaluation) and the convolutions' backward pass (oneDNN's
-direct kernels on blocked layouts). What each costs before and after is measured in
-``benchmarks/RESULTS.md`` ("Round 3: the kernels").
+gradient, BatchNorm + ReLU (training and evaluation), the convolutions (oneDNN's direct kernels on
+blocked layouts) and stochastic depth's per-sample scaling (no broadcast index vectors). What each
+costs before and after is measured in ``benchmarks/RESULTS.md``.
 
 The convolution library is built against the oneDNN that MindSpore ships (``lib/libdnnl.so.3``)
 with the oneDNN 3.x headers of the PyTorch package (``requirements.txt``; or
@@ -54,7 +54,7 @@ from mindspore import nn, ops
 
 from .errors import first_line
 
-__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "depthwise_conv_nhwc", "set_enabled", "enabled", "active", "library_path", "status"]
+__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "depthwise_conv_nhwc", "scale_samples", "set_enabled", "enabled", "active", "library_path", "status"]
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -62,7 +62,7 @@ _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 #: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
 #: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
-            "bias_add.cc": [], "batch_norm_relu.cc": []}
+            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
 #: the convolution, built as a library of its own against MindSpore's libdnnl.so.3 (optional)
 _CONV_SOURCE = "conv_onednn.cc"
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
@@ -337,7 +337,14 @@ def _primitives():
             return (dx, (g * xhat).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3)), ops.zeros_like(mean),
                     ops.zeros_like(var), ops.zeros_like(eps))
 
+        scale = ops.Custom(f"{lib}:ScaleSamples", out_shape=_same, out_dtype=_same, func_type="aot")
+
+        def scale_bprop(x, s, out, dout):
+            return scale(dout, s), ops.zeros_like(s)
+
         _ops = {
+            "scale_samples": ops.Custom(f"{lib}:ScaleSamples", out_shape=_same, out_dtype=_same,
+                                        func_type="aot", bprop=scale_bprop),
             "bn_relu_infer": ops.Custom(f"{lib}:BatchNormReluInference", out_shape=_same, out_dtype=_same,
                                         func_type="aot", bprop=bn_infer_bprop),
             "bn_relu": ops.Custom(f"{lib}:BatchNormReluForward", out_shape=_bn_fwd_shape,
@@ -389,6 +396,13 @@ def depthwise_conv_nhwc(x, weight):
     ``x`` (N, H, W, C) with a grouped ``Conv2d``'s weight (C, 1, K, K); differentiable. Only call
     where :func:`active` was true when the caller was built."""
     return _primitives()["depthwise"](x, weight)
+
+
+def scale_samples(x, s):
+    """``x * s`` with ``s`` of shape (B,) broadcast over each sample of float32 ``x`` (B, ...);
+    differentiable in ``x`` (the gradient in ``s`` is zero: stochastic depth's mask). Only call
+    where :func:`active` was true when the caller was built."""
+    return _primitives()["scale_samples"](x, s)
 
 
 def _alias(lib, tag):

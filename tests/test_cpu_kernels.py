@@ -293,6 +293,40 @@ def test_dense_matches_mindspore_dense_and_sums_the_bias_gradient_exactly(shape)
 
 
 # ------------------------------------------------------------------------------------------------
+# Stochastic depth's per-sample scaling
+
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 5, 6), (16, 28, 28, 16)])
+def test_scale_samples_equals_the_broadcasting_product_and_its_gradient(shape):
+    from model.cpu_kernels import scale_samples
+    x, dy = rand(*shape, seed=30), rand(*shape, seed=31)
+    s = np.array([0.0, 1.25, -2.0, 1.0, 0.5] * 4, np.float32)[:shape[0]]
+
+    def loss(t):
+        return (scale_samples(t, ms.Tensor(s)) * ms.Tensor(dy)).sum()
+    y = scale_samples(ms.Tensor(x), ms.Tensor(s)).asnumpy()
+    dx = ms.jit(ms.grad(loss))(ms.Tensor(x)).asnumpy()
+    per_sample = s.reshape((-1,) + (1,) * (len(shape) - 1))
+    np.testing.assert_array_equal(y, x * per_sample)        # the same float products, bit for bit
+    np.testing.assert_array_equal(dx, dy * per_sample)
+
+
+def test_drop_path_with_the_kernel_drops_whole_samples_at_its_rate():
+    from model.convmlp import DropPath
+    cell = DropPath(0.25)
+    assert cell.use_kernel
+    cell.set_train(True)
+    x = np.ones((4000, 3, 2), np.float32)
+    y = cell(ms.Tensor(x)).asnumpy()
+    per_sample = y.reshape(4000, -1)
+    assert (per_sample == per_sample[:, :1]).all()          # one factor per sample
+    assert set(np.unique(per_sample)) <= {0.0, np.float32(1 / 0.75)}
+    dropped = (per_sample[:, 0] == 0).mean()
+    assert 0.22 < dropped < 0.28, dropped                   # 1000 expected: sd 0.007
+    cell.set_train(False)
+    np.testing.assert_array_equal(cell(ms.Tensor(x)).asnumpy(), x)
+
+
+# ------------------------------------------------------------------------------------------------
 # BatchNorm + ReLU (the tokenizer's and conv stage's conv -> BN -> ReLU)
 
 @pytest.mark.parametrize("shape", [(8, 16, 8, 8), (3, 5, 7, 9), (2, 4, 1, 1)])

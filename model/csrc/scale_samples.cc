@@ -1,0 +1,28 @@
+// Per-sample scaling y[b, ...] = x[b, ...] * s[b], float32, for MindSpore's Custom "aot" op on the
+// CPU (see model/cpu_kernels.py): stochastic depth ("drop path") multiplies each sample's residual
+// branch by 0 or 1 / keep_prob. MindSpore 2.10's broadcasting Mul builds index vectors of the
+// output's size for a (B, ...) x (B, 1, ...) product and its gradient (~270 MiB held at 224 px
+// training of ConvMLP-S, batch 16); the gradient here is the same scaling of dy.
+#include <cstdint>
+
+#include "common.h"
+
+// Inputs: x (B, ...), s (B). Output: y (B, ...).
+extern "C" int ScaleSamples(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                            void *stream, void *extra) {
+  if (nparam != 3 || ndims[0] < 1 || ndims[1] != 1 || shapes[1][0] != shapes[0][0]) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *s = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t batch = shapes[0][0];
+  if (batch == 0) return 0;
+  const int64_t per = convmlp::Numel(ndims[0], shapes[0]) / batch;
+  for (int64_t b = 0; b < batch; ++b) {
+    const float scale = s[b];
+    const float *xb = x + b * per;
+    float *yb = y + b * per;
+#pragma omp simd
+    for (int64_t i = 0; i < per; ++i) yb[i] = xb[i] * scale;
+  }
+  return 0;
+}
