@@ -209,25 +209,29 @@ Prims *GetPrims(const Key &k) {
   return raw;
 }
 
-// Buffers for the blocked copies, kept between calls for the next call of the same size. Taking
-// them from malloc on every call made glibc's arena of MindSpore's launch thread keep ~390 MiB
-// (224 px training, batch 16) for ~100 MiB of distinct buffers. Pages are mapped once; at most
-// kMaxIdleBytes of idle buffers are kept, the rest go back to the system.
+// Buffers for the blocked copies, kept between calls for the next calls. Taking them from malloc
+// on every call made glibc's arena of MindSpore's launch thread keep ~390 MiB (224 px training,
+// batch 16) for ~100 MiB of distinct buffers, and fresh pages cost page faults. A request takes
+// the smallest idle buffer of at least its size and at most twice it, else maps a new one; at
+// most kMaxIdleBytes of idle buffers are kept, the rest go back to the system.
 class BufferCache {
  public:
-  void *Take(size_t bytes) {
+  // A buffer of at least `bytes`; its actual size in `*size`.
+  void *Take(size_t bytes, size_t *size) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = idle_.find(bytes);
-      if (it != idle_.end()) {
+      auto it = idle_.lower_bound(bytes);
+      if (it != idle_.end() && it->first / 2 <= bytes) {
         void *p = it->second;
+        *size = it->first;
+        idle_bytes_ -= it->first;
         idle_.erase(it);
-        idle_bytes_ -= bytes;
         return p;
       }
     }
     void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
+    *size = bytes;
     return p;
   }
   void Give(void *p, size_t bytes) {
@@ -243,7 +247,7 @@ class BufferCache {
   }
 
  private:
-  static constexpr size_t kMaxIdleBytes = size_t(1) << 30;
+  static constexpr size_t kMaxIdleBytes = size_t(512) << 20;
   std::mutex mutex_;
   std::multimap<size_t, void *> idle_;
   size_t idle_bytes_ = 0;
@@ -261,9 +265,9 @@ class Scratch {
     for (auto &b : held_) Buffers().Give(b.first, b.second);
   }
   dnnl::memory Memory(const dnnl::memory::desc &desc) {
-    const size_t bytes = desc.get_size();
-    void *p = Buffers().Take(bytes);
-    held_.emplace_back(p, bytes);
+    size_t size = 0;
+    void *p = Buffers().Take(desc.get_size(), &size);
+    held_.emplace_back(p, size);
     return dnnl::memory(desc, Engine(), p);
   }
 
