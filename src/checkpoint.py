@@ -24,7 +24,7 @@ import mindspore as ms
 from .errors import CheckpointError
 from .fileio import atomic_output, remove_stale_temps
 
-__all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "resume_path",
+__all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "saved_config", "resume_path",
            "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
 
 LAST = "last.ckpt"
@@ -109,6 +109,17 @@ def read_meta(params: Dict) -> Dict:
             v = params[k]
             meta[k] = v if isinstance(v, str) else v.asnumpy().item()
     return meta
+
+
+def saved_config(meta: Dict, path: str) -> Optional[Dict]:
+    """The run config a train.py checkpoint recorded (``meta["config"]``), or None when it has
+    none. Parsed like a config file (a mapping, no key given twice); CheckpointError naming
+    `path` otherwise. The one reader of a checkpoint's saved config."""
+    if "config" not in meta:
+        return None
+    from .strict_yaml import load_mapping
+    return load_mapping(meta["config"], f"checkpoint '{path}': its saved config (meta 'config')",
+                        error=CheckpointError)
 
 
 def resume_path(resume: Optional[str], save_dir: str) -> Optional[str]:

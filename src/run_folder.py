@@ -18,8 +18,6 @@ import fcntl
 import os
 import time
 
-import yaml
-
 from .checkpoint import BEST, LAST
 from .errors import ConfigError
 from .fileio import check_not_input
@@ -108,19 +106,18 @@ def _release(real: str, path: str):
 
 def _saved_config(folder: str):
     """The config of the run in `folder`: its ``config.yaml``, else the one saved in ``last.ckpt``
-    (a dict), or None when neither can be read."""
+    (a dict), or None when neither can be read (both parsed like a config file)."""
+    from .strict_yaml import load_mapping
     try:
         with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
-            saved = yaml.safe_load(f)
-        if isinstance(saved, dict):
-            return saved
-    except (OSError, yaml.YAMLError):
+            return load_mapping(f.read(), "config.yaml")
+    except (OSError, UnicodeDecodeError, ConfigError):
         pass
     try:
         from model import read_checkpoint
-        params = read_checkpoint(os.path.join(folder, LAST))
-        saved = yaml.safe_load(params.get("config", "")) if isinstance(params.get("config"), str) else None
-        return saved if isinstance(saved, dict) else None
+        from .checkpoint import read_meta, saved_config
+        path = os.path.join(folder, LAST)
+        return saved_config(read_meta(read_checkpoint(path)), path)
     except Exception:
         return None
 

@@ -53,21 +53,18 @@ def read_ms_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict, list]:
     return weights, meta, other
 
 
-def _saved_topology(meta: Mapping):
-    """The topology recorded in a train.py checkpoint's config, or None."""
-    if "config" not in meta:
-        return None
-    import yaml
-    from model import default_cfgs
+def _saved_topology(meta: Mapping, path: str):
+    """The topology recorded in a train.py checkpoint's config, or None (no saved config, or one
+    that cannot give a complete topology: the caller then reads it off the weights)."""
+    from model import complete_topology, default_cfgs
+    from .checkpoint import saved_config
     try:
-        saved = yaml.safe_load(meta["config"]) or {}
-    except yaml.YAMLError:
+        saved = saved_config(meta, path)
+        if saved is None or saved.get("arch") not in default_cfgs:
+            return None
+        topo = complete_topology(saved["arch"], saved)
+    except (CheckpointError, ConfigError):
         return None
-    arch = saved.get("arch") if isinstance(saved, dict) else None
-    if arch not in default_cfgs:
-        return None
-    topo = {k: saved[k] if saved.get(k) is not None else default_cfgs[arch][k] for k in TOPOLOGY_KEYS}
-    topo = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in topo.items()}
     topo["mlp_ratios"] = [int(r) if float(r).is_integer() else r for r in topo["mlp_ratios"]]
     return topo
 
@@ -81,7 +78,7 @@ def checkpoint_topology(weights: Mapping, meta: Mapping, path: str) -> Tuple[dic
                               "includes the head; convert a checkpoint written by train.py or by "
                               "pth2ckpt.py with its head")
     inferred = infer_topology(weights)
-    topo, source = _saved_topology(meta), "the checkpoint's saved config"
+    topo, source = _saved_topology(meta, path), "the checkpoint's saved config"
     if topo is None:
         missing = [k for k in TOPOLOGY_KEYS if k not in inferred]
         if missing:

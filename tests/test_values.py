@@ -336,6 +336,18 @@ def test_a_checkpoint_saved_config_is_checked_like_a_config_file(name, fragments
     expect_clean_failure(proc, before, str(damaged[name]), *fragments)
 
 
+@pytest.mark.parametrize("name", ["config_list", "config_broken", "config_twice"])
+def test_reverse_conversion_reads_the_topology_off_the_weights_when_the_saved_config_is_unusable(
+        name, damaged, tmp_path):
+    """pth2ckpt.py --reverse only needs the topology, which the weights determine: a saved config
+    that evl.py refuses (same reader, src.checkpoint.saved_config) is passed over, and the output
+    says where the topology came from."""
+    out = tmp_path / "back.pth"
+    proc = run("pth2ckpt.py", "--reverse", "--src", damaged[name], "--dst", out, "--verify")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "(from the weights' shapes)" in proc.stdout and os.path.isfile(out)
+
+
 def test_flags_given_twice_in_the_other_scripts(good_run, tiny, tmp_path):
     before = Snapshot(tmp_path, good_run)
     ckpt = good_run / "last.ckpt"
