@@ -54,7 +54,7 @@ from mindspore import nn, ops
 
 from .errors import first_line
 
-__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "depthwise_conv_nhwc", "scale_samples", "set_enabled", "enabled", "active", "library_path", "status"]
+__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "depthwise_conv_nhwc", "scale_samples", "mindspore_onednn_library", "set_enabled", "enabled", "active", "library_path", "status"]
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -110,14 +110,19 @@ def _run(cmd):
         raise RuntimeError(f"{' '.join(cmd[:2])} ... failed: {last[-1] if last else 'exit ' + str(proc.returncode)}")
 
 
+def mindspore_onednn_library() -> str:
+    """Path of the oneDNN library that MindSpore ships and loads (``lib/libdnnl.so.3``)."""
+    ms_spec = importlib.util.find_spec("mindspore")
+    return os.path.join(list(ms_spec.submodule_search_locations)[0], "lib", "libdnnl.so.3")
+
+
 def _dnnl_paths():
     """(include folder holding oneapi/dnnl/dnnl.hpp, MindSpore's lib folder holding libdnnl.so.3) for
     the convolution kernel, which drives the oneDNN library MindSpore ships. The headers come from
     ``$CONVMLP_DNNL_INCLUDE``, the PyTorch package (requirements.txt) or the system. Raises
     RuntimeError with the reason."""
-    ms_spec = importlib.util.find_spec("mindspore")
-    lib_dir = os.path.join(list(ms_spec.submodule_search_locations)[0], "lib")
-    if not os.path.isfile(os.path.join(lib_dir, "libdnnl.so.3")):
+    lib_dir = os.path.dirname(mindspore_onednn_library())
+    if not os.path.isfile(mindspore_onednn_library()):
         raise RuntimeError(f"MindSpore's oneDNN library not found in {lib_dir}")
     candidates = [os.environ.get("CONVMLP_DNNL_INCLUDE")]
     torch_spec = importlib.util.find_spec("torch")  # located, not imported

@@ -12,7 +12,6 @@ decide for themselves; an explicit ``ONEDNN_MAX_CPU_ISA`` in the environment is 
 measurements behind this and behind ``release_compile_memory()`` are in ``benchmarks/RESULTS.md``.
 """
 import ctypes
-import importlib.util
 import os
 import platform
 
@@ -34,8 +33,8 @@ def _cap_onednn_isa(isa=ONEDNN_ISA):
     for the run log. oneDNN accepts the cap only before its first primitive."""
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         return f"{os.environ['ONEDNN_MAX_CPU_ISA']} (from ONEDNN_MAX_CPU_ISA)"
-    spec = importlib.util.find_spec("mindspore")
-    lib = os.path.join(list(spec.submodule_search_locations)[0], "lib", "libdnnl.so.3")
+    from model.cpu_kernels import mindspore_onednn_library
+    lib = mindspore_onednn_library()
     try:
         status = ctypes.CDLL(lib).dnnl_set_max_cpu_isa(_DNNL_ISA_CODES[isa])
     except (OSError, AttributeError) as exc:

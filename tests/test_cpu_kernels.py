@@ -452,7 +452,7 @@ from model import cpu_kernels
 from model.cpu_kernels import Conv2d
 own = sys.argv[1] == "own"
 configure_runtime(mode="graph", device_target="CPU", own_convolutions=own)
-lib = os.path.join(os.path.dirname(ms.__file__), "lib", "libdnnl.so.3")
+lib = cpu_kernels.mindspore_onednn_library()
 out = {"note": onednn_isa(), "effective": ctypes.CDLL(lib).dnnl_get_effective_cpu_isa(),
        "env": os.environ.get("ONEDNN_MAX_CPU_ISA"), "only_kernel": uses_only_conv_kernel(), "diff": 0.0}
 rng = np.random.RandomState(0)
