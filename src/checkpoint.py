@@ -24,8 +24,8 @@ import mindspore as ms
 from .errors import CheckpointError
 from .fileio import atomic_output, remove_stale_temps
 
-__all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "saved_config", "resume_path",
-           "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
+__all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "saved_config", "saved_config_source",
+           "resume_path", "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -111,6 +111,11 @@ def read_meta(params: Dict) -> Dict:
     return meta
 
 
+def saved_config_source(path: str) -> str:
+    """How messages name the saved config of the checkpoint at `path`."""
+    return f"checkpoint '{path}': its saved config (meta 'config')"
+
+
 def saved_config(meta: Dict, path: str) -> Optional[Dict]:
     """The run config a train.py checkpoint recorded (``meta["config"]``), or None when it has
     none. Parsed like a config file (a mapping, no key given twice); CheckpointError naming
@@ -118,8 +123,7 @@ def saved_config(meta: Dict, path: str) -> Optional[Dict]:
     if "config" not in meta:
         return None
     from .strict_yaml import load_mapping
-    return load_mapping(meta["config"], f"checkpoint '{path}': its saved config (meta 'config')",
-                        error=CheckpointError)
+    return load_mapping(meta["config"], saved_config_source(path), error=CheckpointError)
 
 
 def resume_path(resume: Optional[str], save_dir: str) -> Optional[str]:

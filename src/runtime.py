@@ -99,14 +99,14 @@ def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
     config is read like a config file (a mapping, no key twice) and each value taken is validated
     against the schema; CheckpointError naming the checkpoint (`path`, by default
     ``cfg.checkpoint_path``) otherwise."""
-    from .checkpoint import saved_config
+    from .checkpoint import saved_config, saved_config_source
     from .config import convert_value
     from .errors import CheckpointError
     path = path or cfg.checkpoint_path
     saved = saved_config(meta, path)
     if saved is None:
         return
-    source = f"checkpoint '{path}': its saved config (meta 'config')"
+    source = saved_config_source(path)
     given = cli_keys(argv)
     taken = []
     for key in keys:
