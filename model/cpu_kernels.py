@@ -121,8 +121,9 @@ def _dnnl_paths():
     the convolution kernel, which drives the oneDNN library MindSpore ships. The headers come from
     ``$CONVMLP_DNNL_INCLUDE``, the PyTorch package (requirements.txt) or the system. Raises
     RuntimeError with the reason."""
-    lib_dir = os.path.dirname(mindspore_onednn_library())
-    if not os.path.isfile(mindspore_onednn_library()):
+    library = mindspore_onednn_library()
+    lib_dir = os.path.dirname(library)
+    if not os.path.isfile(library):
         raise RuntimeError(f"MindSpore's oneDNN library not found in {lib_dir}")
     candidates = [os.environ.get("CONVMLP_DNNL_INCLUDE")]
     torch_spec = importlib.util.find_spec("torch")  # located, not imported
