@@ -8,12 +8,22 @@ Accepts checkpoints written by train.py (last/best/epoch files) and by pth2ckpt.
 seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy.
 ``--json FILE`` writes the same numbers as JSON. Other keys as in train.py (``-h`` lists them).
 """
+import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import json
 import os
 import sys
 
+from src.checkpoint.load import load_checkpoint_model
 from src.config import option, parse_command_line
-from src.errors import run_cli
+from src.data.pipeline import create_dataset, dataset_size, get_class_names
+from src.platform.console import Progress, get_logger
+from src.platform.device import setup_runtime
+from src.platform.errors import run_cli
+from src.platform.fileio import atomic_output, check_output_path
+from src.platform.graph_cache import open_graph_cache
+from src.train.distributed import make_reduce_fn
+from src.train.loop import evaluate
+from model.helpers import require_finite_outputs
 
 #: evl.py's own options (everything else is a config key).
 OPTIONS = [option("json", None, "str", "Also write the results as JSON to this file.", nullable=True)]
@@ -21,60 +31,61 @@ OPTIONS = [option("json", None, "str", "Also write the results as JSON to this f
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from src.runtime import setup_runtime, load_checkpoint_model
-    from src.fileio import atomic_output, check_output_path
     cmd = parse_command_line(argv, OPTIONS)
     cfg, json_path = cmd.cfg, cmd.options.json
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)]
     if json_path:
         check_output_path(json_path, *json_inputs, label="--json")
-    from src.run_log import get_logger, Progress
-    logger = get_logger(0)
-    device, rank, world = setup_runtime(cfg, logger)
+    device, rank, world = setup_runtime(cfg, get_logger(0))
     logger = get_logger(rank)
-
-    from dataset import create_dataset, get_class_names
-    from src.engine import evaluate, make_reduce_fn
-    from model.helpers import require_finite_outputs
-
     net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
     if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
         logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta['dataset']}, evaluating on "
                        f"{cfg.dataset_choose}")
+    res = run_evaluation(cfg, net, meta, logger, device, rank, world)
+    if rank == 0:
+        names = get_class_names(cfg)
+        print_results(res, names)
+        if json_path:
+            write_json(json_path, json_inputs, cfg, res, names)
+    return 0
+
+
+def run_evaluation(cfg, net, meta, logger, device, rank, world):
+    """The validation split through the model (each rank its shard, counts summed over ranks)."""
     val_ds = create_dataset(cfg, "val", **(dict(num_shards=world, shard_id=rank) if world > 1 else {}))
     logger.info(f"evaluating {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", epoch {meta['epoch']}" if "epoch" in meta else "") + f") on {cfg.dataset_choose} "
                 f"val ({cfg.val_data_path}) at {cfg.image_size}px, device {device}")
-    from dataset import dataset_size
-    from src.graph_cache import open_graph_cache
     graph_cache = open_graph_cache(cfg, "eval", logger, device, rank, world, data={"val": dataset_size(cfg, "val")})
-    reduce_fn = make_reduce_fn(world)
-    bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0,
-                   log_interval=cfg.log_interval)
-    res = evaluate(net, val_ds, cfg.num_classes, reduce_fn, progress=bar)
+    bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0, log_interval=cfg.log_interval)
+    res = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
     bar.close()
     graph_cache.commit()
     require_finite_outputs(res["loss"], cfg.checkpoint_path, f"mean loss on {cfg.val_data_path}")
-    names = get_class_names(cfg)
-    if rank == 0:
-        print(f"accuracy:{{'acc': {res['top1']:.4f}}}")
-        print(f"top-5 accuracy: {res['top5']:.4f} | mean loss: {res['loss']:.4f} | images: {res['n']}")
-        print("per-class accuracy:")
-        for i, (acc, cnt) in enumerate(zip(res["per_class_acc"], res["per_class_count"])):
-            name = names[i] if i < len(names) else str(i)
-            print(f"  {i:3d} {name:<20s} {acc:.4f} ({cnt} images)" if cnt else
-                  f"  {i:3d} {name:<20s}   n/a  (0 images)")
-        if json_path:
-            out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
-                   "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": res["top1"],
-                   "top5": res["top5"], "loss": res["loss"], "n": res["n"],
-                   "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
-                                 for i, a in enumerate(res["per_class_acc"])}}
-            with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
-                with open(tmp, "w") as f:
-                    json.dump(out, f, indent=2)
-            print(f"wrote {json_path}")
-    return 0
+    return res
+
+
+def print_results(res, names):
+    print(f"accuracy:{{'acc': {res['top1']:.4f}}}")
+    print(f"top-5 accuracy: {res['top5']:.4f} | mean loss: {res['loss']:.4f} | images: {res['n']}")
+    print("per-class accuracy:")
+    for i, (acc, cnt) in enumerate(zip(res["per_class_acc"], res["per_class_count"])):
+        name = names[i] if i < len(names) else str(i)
+        print(f"  {i:3d} {name:<20s} {acc:.4f} ({cnt} images)" if cnt else
+              f"  {i:3d} {name:<20s}   n/a  (0 images)")
+
+
+def write_json(json_path, json_inputs, cfg, res, names):
+    out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
+           "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": res["top1"],
+           "top5": res["top5"], "loss": res["loss"], "n": res["n"],
+           "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
+                         for i, a in enumerate(res["per_class_acc"])}}
+    with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -30,24 +30,27 @@ Options of this script (not config keys):
 
 ONNX: MindSpore 2.10's ONNX exporter cannot convert this network (no mapping for ``Erf``, the exact
 GELU, nor for the tokenizer's padded max-pool), so the ONNX file is exported from the PyTorch
-reference model holding the checkpoint's weights (:mod:`src.onnx_export`).
+reference model holding the checkpoint's weights (:mod:`src.convert.onnx_file`); MINDIR is
+written by :mod:`src.convert.mindir`.
 
 The file is written under a temporary name in the output folder (and, with ``--verify``, verified
 there) before it is renamed, so a crash or a failed verification never leaves a half-written or
 unverified file under the final name, and never replaces an existing one.
 """
+import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os
 import sys
 from collections import namedtuple
 
+from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
-from src.errors import ConfigError, UserError, run_cli
-from src.fileio import check_output_path
-# ``--batch_size dynamic``, the batch sizes a dynamic file is verified at, the tolerance
-from src.onnx_export import DYNAMIC, DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL
-
-FORMATS = ("MINDIR", "AIR", "ONNX")
-EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
+from src.convert.mindir import FORMATS, check_format, export_graph, output_base, path_of
+from src.convert.onnx_file import DYNAMIC, DYNAMIC_VERIFY_BATCHES, export_onnx
+from src.convert.names import VERIFY_ATOL
+from src.platform.console import get_logger
+from src.platform.device import resolve_device, setup_runtime
+from src.platform.errors import ConfigError, run_cli
+from src.platform.fileio import check_output_path
 
 
 def _check_batch(value):
@@ -85,124 +88,51 @@ def parse_options(argv):
     return cmd.cfg, ExportOptions(o.file_name, o.file_format, batch, o.verify)
 
 
-def output_base(file_name, checkpoint_path, fmt):
-    """The output path without extension: `file_name` (a trailing extension of `fmt` removed), or
-    the checkpoint's path without ``.ckpt``."""
-    ext = EXTENSIONS[fmt]
-    if file_name is None:
-        file_name = checkpoint_path[:-5] if checkpoint_path.endswith(".ckpt") else checkpoint_path
-    elif file_name.lower().endswith(ext):
-        file_name = file_name[:-len(ext)]
-    if not os.path.basename(file_name):
-        raise ConfigError(f"command line: --file_name {file_name!r} names a folder; expected a file name")
-    return file_name
-
-
-def check_format(fmt, device):
-    """Refuse the formats that cannot be written here, before anything is loaded."""
-    if fmt == "AIR" and device != "Ascend":
-        raise ConfigError(f"file_format AIR needs an Ascend device (MindSpore writes AIR only with the "
-                          f"Ascend toolkit); this run's device is {device}; use --file_format MINDIR, "
-                          "which MindSpore converts for Ascend as well")
-
-
-def export_atomic(net, inputs, base, fmt, check=None, sources=()):
-    """``mindspore.export`` to ``base + extension`` through :func:`src.fileio.atomic_output`: the
-    complete temporary file is checked with ``check(tmp)`` (when given) before it replaces an
-    existing file, and the output must not be one of `sources` (the checkpoint read)."""
-    import mindspore as ms
-    from src.fileio import atomic_output
-    ext = EXTENSIONS[fmt]
-    final = base + ext
-    with atomic_output(final, verify=check, inputs=sources, label="export file") as tmp:
-        ms.export(net, *inputs, file_name=tmp[:-len(ext)], file_format=fmt)
-    return final
-
-
-def path_of(base, fmt):
-    return base + EXTENSIONS[fmt]
-
-
-def verify_export(net, path, inputs):
-    """Max abs difference between the exported file (loaded back) and `net` on `inputs` (a list of
-    input lists, one run each); NaN when an output is not finite."""
-    import mindspore as ms
-    from mindspore import nn
-    from src.convert import max_abs_difference
-    graph = nn.GraphCell(ms.load(path))
-    return max_abs_difference((graph(*args).asnumpy(), net(*args).asnumpy()) for args in inputs)
-
-
-def verified(diff, path, how):
-    """UserError unless `diff` is within :data:`VERIFY_ATOL` (NaN is not)."""
-    if not diff <= VERIFY_ATOL:
-        raise UserError(f"'{path}' would not reproduce the checkpoint model: max abs difference {diff:.3g} "
-                        f"> {VERIFY_ATOL:g} on a random input ({how}); nothing was written, an existing "
-                        "file of that name is unchanged")
-    return diff
-
-
-def export_graph(net, shape, base, fmt, verify, sources=()):
-    """MINDIR/AIR export of `net` for inputs of `shape` (``shape[0]`` None: dynamic batch), verified
-    before the rename when `verify`; returns ``(path, max abs diff or None)``."""
-    import mindspore as ms
-    dynamic = shape[0] is None
-    checks = random_inputs(shape, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]])
-    inputs = [ms.Tensor(shape=list(shape), dtype=ms.float32)] if dynamic else checks[0]
-    diff = None
-
-    def check(tmp):
-        nonlocal diff
-        diff = verified(verify_export(net, tmp, checks), path_of(base, fmt), "nn.GraphCell")
-    return export_atomic(net, inputs, base, fmt, check if verify else None, sources), diff
-
-
-def random_inputs(shape, batches, seed=0):
-    """One random float32 tensor of `shape` per batch size in `batches` (a list of 1-lists)."""
-    import numpy as np
-    import mindspore as ms
-    rng = np.random.default_rng(seed)
-    return [[ms.Tensor(rng.standard_normal((b,) + tuple(shape[1:])).astype(np.float32))] for b in batches]
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, opts = parse_options(argv)
-    fmt, batch_size, verify = opts.file_format, opts.batch_size, opts.verify
-    from src.runtime import setup_runtime, load_checkpoint_model, require_checkpoint_path, DEPLOY_KEYS
-    from src.run_log import get_logger
     logger = get_logger(0)
-    base = output_base(opts.file_name, require_checkpoint_path(cfg), fmt)
-    sources = [("checkpoint_path", cfg.checkpoint_path)]
-    check_output_path(path_of(base, fmt), *sources, label="export file")
-    from src.config import resolve_device
-    check_format(fmt, resolve_device(cfg))
+    base, sources = check_request(cfg, opts)
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
     # local .so): build the model with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
-    device, _, _ = setup_runtime(cfg, logger, cpu_kernels_on=False)
-
+    setup_runtime(cfg, logger, cpu_kernels_on=False)
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
-    dynamic = batch_size == DYNAMIC
-    shape = (None if dynamic else batch_size, 3, cfg.image_size, cfg.image_size)
-    if fmt == "ONNX":
-        from src.onnx_export import export_onnx
-        (path, diff), how = export_onnx(net, shape, base, verify, cfg.checkpoint_path, sources), "onnxruntime (CPU)"
+    shape = (None if opts.batch_size == DYNAMIC else opts.batch_size, 3, cfg.image_size, cfg.image_size)
+    if opts.file_format == "ONNX":
+        (path, diff), how = export_onnx(net, shape, base, opts.verify, cfg.checkpoint_path, sources), \
+            "onnxruntime (CPU)"
     else:
-        (path, diff), how = export_graph(net, shape, base, fmt, verify, sources), "nn.GraphCell"
+        (path, diff), how = export_graph(net, shape, base, opts.file_format, opts.verify, sources), "nn.GraphCell"
+    report(cfg, meta, logger, path, shape, diff if opts.verify else None, how)
+    return 0
+
+
+def check_request(cfg, opts):
+    """Before anything is loaded: the output name (never the checkpoint), a format this device can
+    write. Returns ``(output path without extension, the inputs it must not replace)``."""
+    base = output_base(opts.file_name, require_checkpoint_path(cfg), opts.file_format)
+    sources = [("checkpoint_path", cfg.checkpoint_path)]
+    check_output_path(path_of(base, opts.file_format), *sources, label="export file")
+    check_format(opts.file_format, resolve_device(cfg))
+    return base, sources
+
+
+def report(cfg, meta, logger, path, shape, diff, how):
+    """What was written, the input and output it expects, and the verification's difference."""
+    dynamic = shape[0] is None
     size_mb = os.path.getsize(path) / 2 ** 20
     logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
     shown = "(" + ", ".join(["N"] + [str(d) for d in shape[1:]]) + ")" if dynamic else str(shape)
     logger.info(f"input: float32 {shown} (RGB, resized to {cfg.image_size}x{cfg.image_size} with "
                 f"{cfg.interpolation}, normalised with mean {cfg.mean} std {cfg.std}); output: logits "
-                f"({'N' if dynamic else batch_size}, {cfg.num_classes})"
+                f"({'N' if dynamic else shape[0]}, {cfg.num_classes})"
                 + (", N = any batch size" if dynamic else ""))
-    if verify:
-        batches = ", ".join(map(str, DYNAMIC_VERIFY_BATCHES if dynamic else [batch_size]))
+    if diff is not None:
+        batches = ", ".join(map(str, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]]))
         logger.info(f"verified: {path} run with {how} gives the checkpoint model's logits "
                     f"(max abs difference {diff:.3g} at batch {batches}, tolerance {VERIFY_ATOL:g})")
     print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,137 +28,63 @@ Options of this script (not config keys): ``--json FILE`` writes the results as 
 An image that cannot be read is reported as one ``error: ...`` line naming the file, and the
 others are still classified; the exit status is then 2 (0 when every image was classified).
 """
+import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import json
 import os
 import sys
 
+import numpy as np
+
+from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
-from src.errors import DataError, first_line, run_cli
+from src.data.images import collect_images, preprocess, read_image
+from src.data.pipeline import model_class_names
+from src.platform.console import get_logger
+from src.platform.device import setup_runtime
+from src.platform.errors import DataError, run_cli
+from src.platform.fileio import atomic_output, check_output_path
+from model.helpers import require_finite_outputs
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-def collect_images(paths):
-    """The image files named by `paths` (files as given, folders' image files sorted by name).
-    DataError when nothing is given, a path does not exist or a folder has no image file."""
-    if not paths:
-        raise DataError("no image given; usage: python infer.py --checkpoint_path FILE.ckpt IMAGE_OR_FOLDER ...")
-    files = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, n) for n in os.listdir(p)
-                           if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
-                           and os.path.isfile(os.path.join(p, n)))
-            if not found:
-                raise DataError(f"folder '{p}' has no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            files += found
-        elif os.path.isfile(p):
-            files.append(p)
-        elif os.path.exists(p):
-            raise DataError(f"'{p}' is neither a file nor a folder")
-        else:
-            raise DataError(f"image path '{p}' does not exist")
-    return files
-
-
-def read_image(path):
-    """The image at `path` as uint8 RGB HWC; DataError naming the file when it cannot be decoded."""
-    import numpy as np
-    from PIL import Image, ImageOps
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: scale to 0..255
-                grey = np.asarray(im, dtype=np.float64)
-                grey = grey / 257.0 if im.mode.startswith("I") and grey.max() > 255 else grey
-                grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-                arr = np.repeat(grey[..., None], 3, axis=2)
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-        reason = first_line(exc)
-        if "cannot identify image file" in reason:
-            reason = "not an image Pillow can read (corrupt, empty or another format)"
-        raise DataError(f"cannot read image '{path}': {reason}") from None
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise DataError(f"cannot read image '{path}': empty image")
-    return arr
-
-
-def preprocess(image, cfg):
-    """evl.py's eval transform for an RGB uint8 HWC image of any size: resize (whole image) to
-    ``image_size`` with the config's interpolation unless it has that size already, then
-    :func:`dataset.eval_transforms`' normalisation and HWC -> CHW. Returns float32 (3, S, S)."""
-    import numpy as np
-    import mindspore.dataset.vision as vision
-    from dataset import eval_transforms
-    size = cfg.image_size
-    ops = [op for op in eval_transforms(cfg) if not isinstance(op, vision.Resize)]
-    if image.shape[:2] != (size, size):
-        inter = getattr(vision.Inter, cfg.interpolation.upper())  # as dataset.py: bicubic -> BICUBIC
-        ops.insert(0, vision.Resize((size, size), interpolation=inter))
-    out = image
-    for op in ops:
-        out = op(out)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def class_names(cfg, num_classes, logger=None):
-    """The dataset's class names (``src.cifar.class_names``: the meta file of ``train_data_path``,
-    else the official names); ``class_<i>`` when the model has another number of classes."""
-    from src import cifar
-    names, source = cifar.class_names(cfg.train_data_path, cfg.dataset_choose, with_source=True)
-    if source == "official":
-        source = f"the official {cfg.dataset_choose} names"
-    if len(names) != num_classes:
-        if logger:
-            logger.warning(f"the model has {num_classes} classes, {source} {len(names)}; using class_<i>")
-        return [f"class_{i}" for i in range(num_classes)], "class_<i>"
-    return names, source
-
-
-def softmax(logits):
-    import numpy as np
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
 #: infer.py's own options (everything else is a config key; other arguments are images/folders).
 OPTIONS = [option("json", None, "str", "Also write the predictions as JSON to this file.", nullable=True),
            option("top_k", 5, "int", "Classes listed per image.", min=1)]
 
 
+def softmax(logits):
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from src.runtime import setup_runtime, load_checkpoint_model, require_checkpoint_path, DEPLOY_KEYS
-    from src.fileio import atomic_output, check_output_path
     cmd = parse_command_line(argv, OPTIONS, positionals=True)
-    cfg, json_path, top_k = cmd.cfg, cmd.options.json, cmd.options.top_k
+    cfg, json_path = cmd.cfg, cmd.options.json
     files = collect_images(cmd.positionals)
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)] + [("image", f) for f in files]
     if json_path:
         check_output_path(json_path, *json_inputs, label="--json")
     require_checkpoint_path(cfg)
-    from src.run_log import get_logger
     logger = get_logger(0)
     setup_runtime(cfg, logger)
-
-    import numpy as np
-    import mindspore as ms
-    from model.helpers import require_finite_outputs
-    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
-    names, source = class_names(cfg, cfg.num_classes, logger)
-    top_k = min(top_k, cfg.num_classes)
+    net, _ = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
+    names, source = model_class_names(cfg, cfg.num_classes, logger)
     logger.info(f"classifying {len(files)} image(s) with {cfg.checkpoint_path} ({cfg.arch}, "
                 f"{cfg.num_classes} classes, {cfg.image_size}px, {cfg.interpolation}); names from {source}")
+    results, errors = classify(net, cfg, files, names, min(cmd.options.top_k, cfg.num_classes))
+    if json_path:
+        write_json(json_path, json_inputs, cfg, source, results, errors)
+    if errors:
+        if results:
+            print(f"{len(results)} image(s) classified, {len(errors)} could not be read (see the errors above)")
+        return 2
+    return 0
 
+
+def classify(net, cfg, files, names, top_k):
+    """Every image through the model in batches, its top-k classes printed; returns ``(results,
+    errors)``. An image that cannot be read is one ``error:`` line and the others go on."""
+    import mindspore as ms
     batch = min(cfg.eval_batch_size or cfg.batch_size, len(files))
     results, errors = [], []
     for start in range(0, len(files), batch):
@@ -177,29 +103,25 @@ def main(argv=None):
             x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], np.float32)])
         logits = net(ms.Tensor(x)).asnumpy()[:len(chunk)]
         require_finite_outputs(logits, cfg.checkpoint_path, f"logits of {', '.join(chunk[:3])}")
-        probs = softmax(logits)
-        for path, p in zip(chunk, probs):
+        for path, p in zip(chunk, softmax(logits)):
             order = np.argsort(-p, kind="stable")[:top_k]
             top = [{"class": int(c), "name": names[c], "prob": float(p[c])} for c in order]
             results.append({"file": path, "top": top})
             print(path)
             for rank, t in enumerate(top, 1):
                 print(f"  {rank}. {t['name']:<20s} {t['prob']:.4f}  (class {t['class']})")
+    return results, errors
 
-    if json_path:
-        out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
-               "dataset": cfg.dataset_choose, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
-               "interpolation": cfg.interpolation, "mean": cfg.mean, "std": cfg.std, "class_names": source,
-               "results": results, "errors": errors}
-        with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(out, f, indent=2)
-        print(f"wrote {json_path}")
-    if errors:
-        if results:
-            print(f"{len(results)} image(s) classified, {len(errors)} could not be read (see the errors above)")
-        return 2
-    return 0
+
+def write_json(json_path, json_inputs, cfg, source, results, errors):
+    out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
+           "dataset": cfg.dataset_choose, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
+           "interpolation": cfg.interpolation, "mean": cfg.mean, "std": cfg.std, "class_names": source,
+           "results": results, "errors": errors}
+    with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

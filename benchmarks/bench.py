@@ -72,7 +72,7 @@ def _open_graph_cache(args):
     """The graph cache folder of this case (``--cache-root``), keyed like train.py's."""
     import logging
     from src.config import load_config
-    from src.graph_cache import open_graph_cache
+    from src.platform.graph_cache import open_graph_cache
     cfg = load_config(["--arch", args.variant, "--num_classes", "1000", "--batch_size", str(args.batch),
                        "--image_size", str(args.size), "--drop_path_rate", "0.1", "--device_target", "CPU"])
     logging.basicConfig(level=logging.WARNING)
@@ -82,12 +82,13 @@ def _open_graph_cache(args):
 def _ms_worker(args, t_start):
     sys.path.insert(0, ROOT)
     import mindspore as ms
-    from src import perf
+    from src.platform.cpu import release_compile_memory, uses_only_conv_kernel
+    from src.platform.device import configure_runtime
     from model import create_model
-    from src.optim import AdamW, param_groups_weight_decay
-    from src.train_step import build_train_step
+    from src.train.optim import AdamW, param_groups_weight_decay
+    from src.train.step import build_train_step
 
-    perf.configure_runtime(threads=args.threads, mode="graph", own_convolutions=not perf.uses_only_conv_kernel())
+    configure_runtime(threads=args.threads, mode="graph", own_convolutions=not uses_only_conv_kernel())
     net = create_model(args.variant, num_classes=1000)
     cache = _open_graph_cache(args) if args.cache_root else None
     images, soft = _data(args.size, args.batch, 1000)
@@ -105,7 +106,7 @@ def _ms_worker(args, t_start):
     compile_s = time.perf_counter() - t0
     if cache is not None:
         cache.commit()
-    perf.release_compile_memory()  # see perf.py: ~0.4 GB less peak RSS in training
+    release_compile_memory()  # see src/platform/cpu.py and RESULTS.md
     out = cell(*inputs)
     out.asnumpy()
     first_step_s = time.perf_counter() - t_start
@@ -333,7 +334,7 @@ def main(argv=None):
     mem = {r["case"]: r["mem_ratio"] for r in results}
     if args.json:
         sys.path.insert(0, ROOT)
-        from src.fileio import atomic_output
+        from src.platform.fileio import atomic_output
         with atomic_output(args.json) as tmp, open(tmp, "w") as f:
             json.dump({"machine": info, "args": {k: v for k, v in vars(args).items()
                                                  if k not in ("worker", "mode", "spawn_time")},

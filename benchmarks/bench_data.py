@@ -1,4 +1,4 @@
-"""Throughput of the CIFAR input pipelines (dataset.create_dataset) on synthetic data.
+"""Throughput of the CIFAR input pipelines (src.data.pipeline.create_dataset) on synthetic data.
 
     python benchmarks/bench_data.py [--train 10000] [--workers 2] [--batch_size 64] [--seconds 20]
 
@@ -16,15 +16,15 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from src import cifar  # noqa: E402
-import dataset  # noqa: E402
 from src.config import load_config  # noqa: E402
+from src.data.pipeline import create_dataset  # noqa: E402
+from src.data.synthetic import write_synthetic  # noqa: E402
 
 OFF = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--crop_scale", "1,1"]
 
 
 def measure(cfg, split, seconds):
-    data = dataset.create_dataset(cfg, split)
+    data = create_dataset(cfg, split)
     it = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
     next(it)                               # start-up not timed
     n, start = 0, time.perf_counter()
@@ -44,7 +44,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = cifar.write_synthetic(os.path.join(tmp, "cifar-10-batches-bin"), "cifar10", args.train,
+        folder = write_synthetic(os.path.join(tmp, "cifar-10-batches-bin"), "cifar10", args.train,
                                        args.train // 5, seed=0)
         common = ["--train_data_path", folder, "--val_data_path", folder, "--batch_size", str(args.batch_size),
                   "--num_parallel_workers", str(args.workers)]

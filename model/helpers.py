@@ -18,8 +18,8 @@ STAGE_KEYS = ("blocks", "dims", "mlp_ratios")
 
 
 def list_models():
-    """Names accepted by :func:`create_model`."""
-    return sorted(model_entrypoints)
+    """Names accepted by :func:`create_model`, smallest variant first."""
+    return list(model_entrypoints)
 
 
 def create_model(name: str, num_classes: int = 1000, pretrained_ckpt: Optional[str] = None,
@@ -167,9 +167,10 @@ def _model_like(params: Dict, model: Dict) -> Dict:
     return {k: v for k, v in params.items() if k.split(".", 1)[0] in roots}
 
 
-def _fit_problems(model: Dict, params: Dict, skip_prefix: Optional[str] = None):
-    """(missing, unexpected, mismatched) between model parameters and model-like checkpoint
-    entries, leaving out names that start with ``skip_prefix``."""
+def fit_problems(model: Dict, params: Dict, skip_prefix: Optional[str] = None):
+    """``(missing, unexpected, mismatched)`` name lists between the model's parameters and the
+    checkpoint's model entries (anything with a ``shape``), leaving out names that start with
+    ``skip_prefix``; ``mismatched`` entries read ``name (ckpt shape) vs model (shape)``."""
     def keep(k):
         return not (skip_prefix and k.startswith(skip_prefix))
 
@@ -238,7 +239,7 @@ def check_fit(net: nn.Cell, params: Dict[str, ms.Parameter], path: str = "checkp
     model = _model_params(net)
     own = _model_like(params, model)
     _require_model_entries(path, params, own)
-    missing, unexpected, mismatched = _fit_problems(model, own)
+    missing, unexpected, mismatched = fit_problems(model, own)
     classes = None if allow_missing_head else _head_only_mismatch(model, own, missing, unexpected, mismatched)
     if classes:
         raise CheckpointError(f"'{path}' is for {classes[0]} classes (head.weight "
@@ -281,7 +282,7 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None)
         else:
             reinit = False  # let the shape check below name the head keys
     skip = HEAD_PREFIX if reinit else None
-    _raise_if_problems(ckpt_path, *_fit_problems(model, own, skip))
+    _raise_if_problems(ckpt_path, *fit_problems(model, own, skip))
     to_load = {k: v for k, v in own.items() if not (skip and k.startswith(skip))}
     to_load = {k: v if isinstance(v, ms.Parameter) else ms.Parameter(ms.Tensor(v), name=k)
                for k, v in to_load.items()}

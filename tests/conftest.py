@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from src import cifar  # noqa: E402  (needs REPO on sys.path)
+from src.data import cifar, synthetic  # noqa: E402  (needs REPO on sys.path)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,14 +35,14 @@ def graph_cache_root(tmp_path_factory):
 def tiny_cifar10(tmp_path_factory):
     """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
     folder = tmp_path_factory.mktemp("tiny_cifar10") / "cifar-10-batches-bin"
-    return str(cifar.write_synthetic(str(folder), "cifar10", n_train=203, n_val=61, seed=1))
+    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=203, n_val=61, seed=1))
 
 
 @pytest.fixture(scope="session")
 def tiny_cifar100(tmp_path_factory):
     """Folder ``.../cifar-100-binary`` with 301 train records in ``train.bin`` and 101 val records."""
     folder = tmp_path_factory.mktemp("tiny_cifar100") / "cifar-100-binary"
-    return str(cifar.write_synthetic(str(folder), "cifar100", n_train=301, n_val=101, seed=2))
+    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=301, n_val=101, seed=2))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -76,6 +76,17 @@ def http_root(tmp_path):
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
+
+
+#: Test-only hooks (fault injection, weight dumps) for subprocesses: put on PYTHONPATH, Python
+#: loads its sitecustomize.py at start-up (see that file).
+PLUGINS = os.path.join(REPO, "tests", "plugins")
+
+
+def plugin_env(**hooks):
+    """Environment entries that load tests/plugins in a subprocess and set its `hooks`."""
+    path = os.pathsep.join(p for p in (PLUGINS, os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, **hooks}
 
 
 #: Ground truth made with the official PyTorch code (see tests/fixtures/README.md).
@@ -206,14 +217,14 @@ def run_script(script, *args, env=None, timeout=900, cwd=None):
 def learnable_cifar10(tmp_path_factory):
     """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
     folder = tmp_path_factory.mktemp("learn10") / "cifar-10-batches-bin"
-    return str(cifar.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
+    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
 
 
 @pytest.fixture(scope="session")
 def learnable_cifar100(tmp_path_factory):
     """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
     folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
-    return str(cifar.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
+    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
 
 
 def override(base, *extra):

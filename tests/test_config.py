@@ -8,8 +8,11 @@ import pytest
 import yaml
 
 from src import config
-from src.config import SCHEMA, load_config, parse_aa, resolve_device
-from src.errors import ConfigError
+from src.config import SCHEMA, load_config
+from src.data.randaugment import parse_aa
+from src.platform import device
+from src.platform.device import resolve_device
+from src.platform.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,15 +207,15 @@ def test_parse_aa():
 
 
 def test_resolve_device_auto_picks_the_first_available(monkeypatch):
-    monkeypatch.setattr(config, "_device_available", lambda t: t in ("GPU", "CPU"))
+    monkeypatch.setattr(device, "_device_available", lambda t: t in ("GPU", "CPU"))
     assert resolve_device(load_config(["--device_target", "auto"])) == "GPU"
-    monkeypatch.setattr(config, "_device_available", lambda t: t == "CPU")
+    monkeypatch.setattr(device, "_device_available", lambda t: t == "CPU")
     assert resolve_device(load_config([])) == "CPU"
     with pytest.raises(ConfigError, match="device_target Ascend is not available"):
         resolve_device(load_config(["--device_target", "Ascend"]))
 
 
 def test_resolve_device_on_this_machine_returns_an_available_device():
-    device = resolve_device(load_config([]))
-    assert device in ("Ascend", "GPU", "CPU")
-    assert config._device_available(device)
+    target = resolve_device(load_config([]))
+    assert target in ("Ascend", "GPU", "CPU")
+    assert device._device_available(target)

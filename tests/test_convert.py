@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from conftest import TINY_TOPOLOGY, run_script
-from src.convert import (convert_state_dict, map_name, official_order, to_torch_name,
+from src.convert.names import (convert_state_dict, map_name, official_order, to_torch_name,
                          to_torch_state_dict)
-from src.errors import CheckpointError
+from src.platform.errors import CheckpointError
 
 COUNTER = ".num_batches_tracked"
 
@@ -199,7 +199,7 @@ def test_reverse_refusals_are_one_line(tmp_path, tiny, trained_ckpt, user_error)
 
 def test_failed_verify_writes_nothing(tmp_path, trained_ckpt, monkeypatch):
     import pth2ckpt as cli
-    from src import to_torch
+    from src.convert import to_torch
     dst = tmp_path / "best.pth"
     dst.write_bytes(b"previous file")
     monkeypatch.setattr(to_torch, "logits_difference", lambda *a, **k: float("nan"))

@@ -447,7 +447,8 @@ def test_without_onednn_headers_only_the_convolutions_stay_on_mindspore(tmp_path
 ISA_PROBE = """
 import ctypes, json, os, sys
 import numpy as np, torch, mindspore as ms
-from src.perf import configure_runtime, onednn_isa, uses_only_conv_kernel
+from src.platform.cpu import onednn_isa, uses_only_conv_kernel
+from src.platform.device import configure_runtime
 from model import cpu_kernels
 from model.cpu_kernels import Conv2d
 own = sys.argv[1] == "own"
@@ -507,7 +508,7 @@ def test_onednn_is_capped_at_avx2_only_for_mindspores_own_convolutions_and_both_
 
 
 def test_settings_that_run_mindspores_own_convolutions_keep_the_cap():
-    from src.perf import uses_only_conv_kernel
+    from src.platform.cpu import uses_only_conv_kernel
     assert not uses_only_conv_kernel(cpu_kernels_on=False)
     assert not uses_only_conv_kernel(amp_level="O2")          # float16 convolutions are MindSpore's
     assert not uses_only_conv_kernel(device_target="GPU")

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from src import cifar, config
-import dataset
+from src import config
+from src.data import cifar, mixing, pipeline, randaugment, synthetic
 from src.config import load_config
-from src.errors import ConfigError, DataError
+from src.platform.errors import ConfigError, DataError
 from conftest import override
 
 MEAN10 = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -288,14 +288,14 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------- generator
 def test_write_synthetic_layout_sizes_and_determinism(tmp_path):
-    a = cifar.write_synthetic(str(tmp_path / "a"), "cifar10", 23, 7, seed=3, files=[5, 11, 7])
+    a = synthetic.write_synthetic(str(tmp_path / "a"), "cifar10", 23, 7, seed=3, files=[5, 11, 7])
     sizes = {n: os.path.getsize(os.path.join(a, n)) for n in os.listdir(a) if n.endswith(".bin")}
     assert sizes == {"data_batch_1.bin": 5 * REC10, "data_batch_2.bin": 11 * REC10,
                      "data_batch_3.bin": 7 * REC10, "test_batch.bin": 7 * REC10}
-    b = cifar.write_synthetic(str(tmp_path / "b"), "cifar10", 23, 7, seed=3, files=[5, 11, 7])
+    b = synthetic.write_synthetic(str(tmp_path / "b"), "cifar10", 23, 7, seed=3, files=[5, 11, 7])
     for n in sizes:
         assert open(os.path.join(a, n), "rb").read() == open(os.path.join(b, n), "rb").read()
-    c100 = cifar.write_synthetic(str(tmp_path / "c"), "cifar100", 250, 0, files=2)
+    c100 = synthetic.write_synthetic(str(tmp_path / "c"), "cifar100", 250, 0, files=2)
     assert sorted(os.listdir(c100)) == ["coarse_label_names.txt", "fine_label_names.txt", "train_1.bin",
                                         "train_2.bin"]
     arr = cifar.read_split(c100, "cifar100", "train")
@@ -303,7 +303,7 @@ def test_write_synthetic_layout_sizes_and_determinism(tmp_path):
 
 
 def test_write_synthetic_leaves_no_temporary_folder(tmp_path):
-    cifar.write_synthetic(str(tmp_path / "new" / "cifar-10-batches-bin"), "cifar10", 10, 2)
+    synthetic.write_synthetic(str(tmp_path / "new" / "cifar-10-batches-bin"), "cifar10", 10, 2)
     assert os.listdir(tmp_path / "new") == ["cifar-10-batches-bin"]
 
 
@@ -312,7 +312,7 @@ def test_synthetic_classes_differ_more_between_than_within():
     hue pairs, and the two classes sharing a hue are told apart by stripe orientation."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 60)
-    images = cifar.synthetic_images(labels, 10, rng).astype(np.float32) / 255
+    images = synthetic.synthetic_images(labels, 10, rng).astype(np.float32) / 255
     # horizontal stripes make the row means vary, vertical stripes the column means
     grey = images.mean(3)
     horizontal = grey.mean(2).var(1) > grey.mean(1).var(1)
@@ -327,7 +327,7 @@ def test_synthetic_classes_differ_more_between_than_within():
 # ---------------------------------------------------------------------------------- pipelines
 def test_val_pipeline_is_the_normalised_images_in_order(tiny_cifar10):
     cfg = make_cfg(tiny_cifar10, eval_batch_size=16)
-    images, labels = collect(dataset.create_dataset(cfg, "val"))
+    images, labels = collect(pipeline.create_dataset(cfg, "val"))
     ref = cifar.read_split(tiny_cifar10, "cifar10", "val")
     assert images.dtype == np.float32 and labels.dtype == np.int32 and images.shape == (61, 3, 32, 32)
     np.testing.assert_array_equal(labels, ref.labels)
@@ -335,7 +335,7 @@ def test_val_pipeline_is_the_normalised_images_in_order(tiny_cifar10):
 
 
 def _baseline_train(tiny_cifar10, **keys):
-    return collect(dataset.create_dataset(make_cfg(tiny_cifar10, **keys), "train"))
+    return collect(pipeline.create_dataset(make_cfg(tiny_cifar10, **keys), "train"))
 
 
 def test_train_with_every_switch_off_is_the_normalised_images_with_one_hot_labels(tiny_cifar10):
@@ -389,24 +389,24 @@ def test_full_recipe_is_reproducible_with_a_seed_and_labels_are_distributions(ti
 def test_image_size_224_shapes(tiny_cifar10):
     cfg = make_cfg(tiny_cifar10, image_size=224, batch_size=4, eval_batch_size=5, aa="rand-m9-mstd0.5-inc1",
                    crop_scale="0.8,1", reprob=0.25, mixup=0.8, cutmix=1.0)
-    batch = next(dataset.create_dataset(cfg, "train").create_dict_iterator(num_epochs=1, output_numpy=True))
+    batch = next(pipeline.create_dataset(cfg, "train").create_dict_iterator(num_epochs=1, output_numpy=True))
     assert batch["image"].shape == (4, 3, 224, 224) and batch["label"].shape == (4, 10)
-    batch = next(dataset.create_dataset(cfg, "val").create_dict_iterator(num_epochs=1, output_numpy=True))
+    batch = next(pipeline.create_dataset(cfg, "val").create_dict_iterator(num_epochs=1, output_numpy=True))
     assert batch["image"].shape == (5, 3, 224, 224) and batch["label"].shape == (5,)
 
 
 def test_cifar100_pipeline_uses_its_mean_std_and_100_classes(tiny_cifar100):
     cfg = load_config(["--dataset_choose", "cifar100", "--train_data_path", tiny_cifar100,
                        "--val_data_path", tiny_cifar100, "--image_size", "32", "--batch_size", "8"])
-    batch = next(dataset.create_dataset(cfg, "train").create_dict_iterator(num_epochs=1, output_numpy=True))
+    batch = next(pipeline.create_dataset(cfg, "train").create_dict_iterator(num_epochs=1, output_numpy=True))
     assert batch["label"].shape == (8, 100)
-    images, labels = collect(dataset.create_dataset(cfg, "val"))
+    images, labels = collect(pipeline.create_dataset(cfg, "val"))
     ref = cifar.read_split(tiny_cifar100, "cifar100", "val")
     mean, std = np.array([0.5071, 0.4867, 0.4408], np.float32), np.array([0.2675, 0.2565, 0.2761], np.float32)
     np.testing.assert_allclose(images, normalise(ref.images, mean, std), atol=1e-5)
     np.testing.assert_array_equal(labels, ref.labels)
-    assert dataset.get_class_names(cfg)[0] == "synthetic_0"
-    assert dataset.dataset_size(cfg, "train") == 301
+    assert pipeline.get_class_names(cfg)[0] == "synthetic_0"
+    assert pipeline.dataset_size(cfg, "train") == 301
 
 
 # ---------------------------------------------------------------------------------- sharding
@@ -419,18 +419,18 @@ def test_val_shards_are_disjoint_and_cover_every_record(tiny_cifar10):
     index = _index(cifar.read_split(tiny_cifar10, "cifar10", "val").images)
     seen = []
     for shard in range(3):
-        images, _ = collect(dataset.create_dataset(cfg, "val", num_shards=3, shard_id=shard))
+        images, _ = collect(pipeline.create_dataset(cfg, "val", num_shards=3, shard_id=shard))
         seen.append({index[img.round(4).tobytes()] for img in images})
     assert sum(len(s) for s in seen) == 61 and set().union(*seen) == set(range(61))
 
 
 def test_train_shards_are_disjoint_and_cover_every_record(tmp_path):
-    folder = cifar.write_synthetic(str(tmp_path / "cifar-10-batches-bin"), "cifar10", 24, 4, seed=4)
+    folder = synthetic.write_synthetic(str(tmp_path / "cifar-10-batches-bin"), "cifar10", 24, 4, seed=4)
     cfg = make_cfg(folder, batch_size=2)
     index = _index(cifar.read_split(folder, "cifar10", "train").images)
     seen = []
     for shard in range(4):
-        images, _ = collect(dataset.create_dataset(cfg, "train", num_shards=4, shard_id=shard))
+        images, _ = collect(pipeline.create_dataset(cfg, "train", num_shards=4, shard_id=shard))
         seen.append([index[img.round(4).tobytes()] for img in images])
     assert all(len(s) == 6 for s in seen)
     assert sorted(i for s in seen for i in s) == list(range(24))
@@ -439,44 +439,44 @@ def test_train_shards_are_disjoint_and_cover_every_record(tmp_path):
 def test_bad_shard_arguments_and_batch_larger_than_the_data(tiny_cifar10):
     cfg = make_cfg(tiny_cifar10)
     with pytest.raises(ConfigError, match="expected both or neither"):
-        dataset.create_dataset(cfg, "train", num_shards=2)
+        pipeline.create_dataset(cfg, "train", num_shards=2)
     with pytest.raises(ConfigError, match="shard_id 2 is outside 0..1"):
-        dataset.create_dataset(cfg, "train", num_shards=2, shard_id=2)
+        pipeline.create_dataset(cfg, "train", num_shards=2, shard_id=2)
     with pytest.raises(ConfigError, match="batch_size 500 is larger than the 203 train records"):
-        dataset.create_dataset(make_cfg(tiny_cifar10, batch_size=500), "train")
+        pipeline.create_dataset(make_cfg(tiny_cifar10, batch_size=500), "train")
 
 
 def test_changed_files_are_read_again(tmp_path):
-    folder = cifar.write_synthetic(str(tmp_path / "cifar-10-batches-bin"), "cifar10", 20, 9, seed=1)
+    folder = synthetic.write_synthetic(str(tmp_path / "cifar-10-batches-bin"), "cifar10", 20, 9, seed=1)
     cfg = make_cfg(folder, eval_batch_size=9)
-    first = dataset.load_split(cfg, "val")
-    assert dataset.load_split(cfg, "val") is first                    # cached
-    cifar.write_synthetic(folder, "cifar10", 20, 11, seed=2)
-    assert len(dataset.load_split(cfg, "val")) == 11
+    first = pipeline.load_split(cfg, "val")
+    assert pipeline.load_split(cfg, "val") is first                    # cached
+    synthetic.write_synthetic(folder, "cifar10", 20, 11, seed=2)
+    assert len(pipeline.load_split(cfg, "val")) == 11
 
 
 # ---------------------------------------------------------------------------------- demo, data errors
 def test_demo_generates_data_when_the_folder_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "DEMO_SIZES", {"train": 40, "val": 12})
+    monkeypatch.setattr(pipeline, "DEMO_SIZES", {"train": 40, "val": 12})
     folder = str(tmp_path / "demo" / "cifar-10-batches-bin")
     cfg = make_cfg(folder, demo="true")
-    assert dataset.dataset_size(cfg, "train") == 40 and dataset.dataset_size(cfg, "val") == 12
+    assert pipeline.dataset_size(cfg, "train") == 40 and pipeline.dataset_size(cfg, "val") == 12
 
 
 def test_create_dataset_reports_data_errors_before_iterating(tmp_path):
     cfg = make_cfg(str(tmp_path / "absent"))
     with pytest.raises(DataError, match="absent does not exist.*set download: true"):
-        dataset.create_dataset(cfg, "train")
+        pipeline.create_dataset(cfg, "train")
 
 
 # ---------------------------------------------------------------------------------- building blocks
 def test_rand_augment_mapping():
-    assert dataset._magnitude_choices(9, 0.0) == [9]
-    choices = dataset._magnitude_choices(9, 0.5)
+    assert randaugment._magnitude_choices(9, 0.0) == [9]
+    choices = randaugment._magnitude_choices(9, 0.5)
     assert len(choices) == 20 and {k: choices.count(k) for k in set(choices)} == {8: 3, 9: 14, 10: 3}
-    assert len(dataset.rand_augment_ops("rand-m9-mstd0.5-inc1")) == 2
-    assert len(dataset.rand_augment_ops("rand-m5-n3-inc1")) == 3
-    assert dataset.rand_augment_ops(None) == []
+    assert len(randaugment.rand_augment_ops("rand-m9-mstd0.5-inc1")) == 2
+    assert len(randaugment.rand_augment_ops("rand-m5-n3-inc1")) == 3
+    assert randaugment.rand_augment_ops(None) == []
 
 
 class _Info:
@@ -488,7 +488,7 @@ class _Info:
 
 
 def test_cutmix_lambda_equals_the_pasted_area():
-    mixer = dataset.BatchMixer(4, smoothing=0.0, mixup=0.0, cutmix=1.0, reprob=0.0, seed=3)
+    mixer = mixing.BatchMixer(4, smoothing=0.0, mixup=0.0, cutmix=1.0, reprob=0.0, seed=3)
     images = [np.full((3, 16, 16), float(i), np.float32) for i in range(4)]
     for seed in range(5):
         mixer.seed = seed
@@ -498,7 +498,7 @@ def test_cutmix_lambda_equals_the_pasted_area():
 
 
 def test_mixup_mixes_images_and_targets_with_the_same_lambda():
-    mixer = dataset.BatchMixer(3, smoothing=0.0, mixup=0.8, cutmix=0.0, reprob=0.0, seed=1)
+    mixer = mixing.BatchMixer(3, smoothing=0.0, mixup=0.8, cutmix=0.0, reprob=0.0, seed=1)
     x, y = mixer([np.zeros((3, 4, 4), np.float32), np.ones((3, 4, 4), np.float32)], [0, 2], _Info())
     lam = y[0, 0]
     np.testing.assert_allclose(x[0], 1 - lam, atol=1e-6)
@@ -506,7 +506,7 @@ def test_mixup_mixes_images_and_targets_with_the_same_lambda():
 
 
 def test_random_erasing_fills_one_box_with_noise():
-    mixer = dataset.BatchMixer(2, smoothing=0.0, mixup=0.0, cutmix=0.0, reprob=1.0, seed=0)
+    mixer = mixing.BatchMixer(2, smoothing=0.0, mixup=0.0, cutmix=0.0, reprob=1.0, seed=0)
     x, _ = mixer([np.full((3, 32, 32), 7.0, np.float32) for _ in range(8)], [0] * 8, _Info())
     for img in x:
         erased = img[0] != 7.0

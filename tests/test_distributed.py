@@ -6,7 +6,7 @@ augmentation off, 4 epochs of 8 steps at 32 images per device) and checks:
 
 * the log says rank 0 / world size 2 and the global batch of 64;
 * both ranks end with bit-identical parameters, BatchNorm moving statistics included (train.py
-  writes them through its test hook ``CONVMLP_DUMP_WEIGHTS_DIR``);
+  writes them through the test plugin's ``CONVMLP_TEST_DUMP_WEIGHTS``, tests/plugins);
 * those equal a single-process run over the same global batches (tolerance below);
 * only rank 0 wrote files: one checkpoint set, one ``train.log`` without other ranks' lines;
 * ``evl.py`` on the checkpoint (one process, the whole val split) reports the validation top-1 that
@@ -47,6 +47,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import plugin_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -74,7 +76,6 @@ def _free_port():
 def _env(**extra):
     # msrun starts plain `python`: the environment's bin must come first on PATH.
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    env.pop("CONVMLP_DUMP_WEIGHTS_DIR", None)
     env.update(extra)
     return env
 
@@ -88,18 +89,18 @@ def _train_args(data, out, epochs=EPOCHS, lr="2e-3"):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from src import cifar
+    from src.data import cifar, synthetic
     folder = tmp_path_factory.mktemp("dp_data") / "cifar-10-batches-bin"
-    return str(cifar.write_synthetic(str(folder), "cifar10", N_TRAIN, N_VAL, seed=5))
+    return str(synthetic.write_synthetic(str(folder), "cifar10", N_TRAIN, N_VAL, seed=5))
 
 
 @pytest.fixture(scope="module")
 def long_data(tmp_path_factory):
     """Like ``data`` but 64 global batches per epoch, so a stop requested early in epoch 2 lands
     mid-epoch however fast the machine is."""
-    from src import cifar
+    from src.data import cifar, synthetic
     folder = tmp_path_factory.mktemp("dp_long_data") / "cifar-10-batches-bin"
-    return str(cifar.write_synthetic(str(folder), "cifar10", 64 * PER_DEVICE * WORLD, N_VAL, seed=6))
+    return str(synthetic.write_synthetic(str(folder), "cifar10", 64 * PER_DEVICE * WORLD, N_VAL, seed=6))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def dp_run(data, tmp_path_factory):
     cmd = [MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
            f"--master_port={_free_port()}", TRAIN, "--is_distributed", "true", *_train_args(data, out)]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=str(root), env=_env(CONVMLP_DUMP_WEIGHTS_DIR=dump), capture_output=True,
+    proc = subprocess.run(cmd, cwd=str(root), env=_env(**plugin_env(CONVMLP_TEST_DUMP_WEIGHTS=dump)), capture_output=True,
                           text=True, timeout=480)
     wall = time.time() - t0
     read = lambda p: open(p).read() if os.path.isfile(p) else ""  # noqa: E731
@@ -336,14 +337,13 @@ def reference_run(out, argv):
     parameters to ``out`` and the initial ones to ``out`` with ``_init``."""
     import mindspore as ms
     from mindspore import nn, ops
-    from src.config import Config
-    from dataset import create_dataset
-    from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.perf import configure_runtime, uses_only_conv_kernel
-    from src.runtime import build_model
-    from src.config import load_config
-    from dataset import epoch_config
-    from src.train_step import NetWithLoss
+    from src.checkpoint.load import build_model
+    from src.config import Config, epoch_config, load_config
+    from src.data.pipeline import create_dataset
+    from src.platform.cpu import uses_only_conv_kernel
+    from src.platform.device import configure_runtime
+    from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from src.train.step import NetWithLoss
 
     class Gradients(nn.Cell):
         """The gradients of the loss of one batch (compiled; updates BatchNorm's moving statistics)."""

@@ -8,9 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from src import cifar
-from src.download import DownloadError, download_url, md5sum, safe_extract_tar
-from src.errors import DataError
+from src.data import cifar
+from src.platform.download import DownloadError, download_url, md5sum, safe_extract_tar
+from src.platform.errors import DataError
 
 
 def _closed_port_url():

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 import export
-from src.errors import ConfigError, CheckpointError, UserError
+from src.convert import mindir
+from src.convert.names import VERIFY_ATOL
+from src.platform.errors import ConfigError, CheckpointError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # MindSpore's own files are bit-exact here (max difference 0.0); the bound leaves room for another
@@ -35,7 +37,7 @@ def write_train_checkpoint(path, topology, image_size=32, dataset="cifar10", hea
     Returns the config of the run."""
     import mindspore as ms
     from src.config import load_config
-    from src.runtime import build_model
+    from src.checkpoint.load import build_model
     flags = sum(([f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
                  for k, v in topology.items()), [])
     cfg = load_config(flags + ["--image_size", str(image_size), "--dataset_choose", dataset, *extra])
@@ -57,7 +59,7 @@ def tiny_ckpt(tmp_path_factory, tiny):
 
 def checkpoint_model(ckpt, *argv):
     """The model of `ckpt` as export.py/infer.py load it (topology from the saved config)."""
-    from src.runtime import load_checkpoint_model, DEPLOY_KEYS
+    from src.checkpoint.load import load_checkpoint_model, DEPLOY_KEYS
     from src.config import load_config
     argv = ["--checkpoint_path", ckpt, *argv]
     cfg = load_config(argv)
@@ -225,7 +227,7 @@ def test_onnx_refuses_a_nan_checkpoint(tmp_path, tiny, user_error):
 
 
 def test_failed_onnx_verify_keeps_the_old_file(tmp_path, tiny_ckpt, monkeypatch):
-    from src import onnx_export
+    from src.convert import onnx_file as onnx_export
     net, cfg = checkpoint_model(tiny_ckpt)
     final = tmp_path / "m.onnx"
     final.write_bytes(b"previous export")
@@ -241,9 +243,9 @@ def test_failed_onnx_verify_keeps_the_old_file(tmp_path, tiny_ckpt, monkeypatch)
 
 def test_air_needs_ascend():
     with pytest.raises(ConfigError, match="AIR needs an Ascend device.*device is CPU"):
-        export.check_format("AIR", "CPU")
-    export.check_format("AIR", "Ascend")
-    export.check_format("MINDIR", "CPU")
+        mindir.check_format("AIR", "CPU")
+    mindir.check_format("AIR", "Ascend")
+    mindir.check_format("MINDIR", "CPU")
 
 
 def test_options_are_parsed_apart_from_the_config():
@@ -269,11 +271,11 @@ def test_options_are_parsed_apart_from_the_config():
 
 
 def test_output_name_defaults_to_the_checkpoints():
-    assert export.output_base(None, "output/best.ckpt", "MINDIR") == "output/best"
-    assert export.output_base("deploy/m.mindir", "x.ckpt", "MINDIR") == "deploy/m"
-    assert export.output_base("deploy/m", "x.ckpt", "MINDIR") == "deploy/m"
+    assert mindir.output_base(None, "output/best.ckpt", "MINDIR") == "output/best"
+    assert mindir.output_base("deploy/m.mindir", "x.ckpt", "MINDIR") == "deploy/m"
+    assert mindir.output_base("deploy/m", "x.ckpt", "MINDIR") == "deploy/m"
     with pytest.raises(ConfigError, match="names a folder"):
-        export.output_base("deploy/", "x.ckpt", "MINDIR")
+        mindir.output_base("deploy/", "x.ckpt", "MINDIR")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,6 +293,6 @@ def test_failed_export_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatc
 
     monkeypatch.setattr(ms, "export", half_write)
     with pytest.raises(UserError, match=r"cannot write '.*m\.mindir': No space left on device"):
-        export.export_atomic(None, [], str(tmp_path / "m"), "MINDIR")
+        mindir.export_atomic(None, [], str(tmp_path / "m"), "MINDIR")
     assert sorted(os.listdir(tmp_path)) == ["m.mindir"]
     assert final.read_bytes() == b"previous export"

@@ -10,7 +10,7 @@ a seeded generator: a step of that epoch (the progress line train.py prints with
 step, including the end-of-epoch evaluation and checkpoint writes.
 
 A second test kills train.py deterministically right after each file written at an epoch end
-(``CONVMLP_KILL_AFTER``, src/fileio.py): whichever was written last, the resumed run has exactly
+(``CONVMLP_TEST_KILL_AFTER``, tests/plugins): whichever was written last, the resumed run has exactly
 one metrics row per finished epoch.
 """
 import os
@@ -23,8 +23,7 @@ import threading
 
 import pytest
 
-from conftest import NO_AUG, REPO, TINY_TOPOLOGY, run_script
-from src.fileio import KILL_AFTER_ENV
+from conftest import NO_AUG, REPO, TINY_TOPOLOGY, plugin_env, run_script
 
 EPOCHS = 4
 STEPS = 25                       # 203 train records / batch 8
@@ -76,7 +75,7 @@ def finished_epochs(run_dir):
     if not last.exists():
         return 0
     import mindspore as ms
-    from src.checkpoint import read_meta
+    from src.checkpoint.files import read_meta
     return int(read_meta(ms.load_checkpoint(str(last)))["epoch"])
 
 
@@ -144,13 +143,13 @@ EPOCH_END_WRITES = ["metrics.csv", "curves.png", "epoch_0001.ckpt", "last.ckpt",
 @pytest.mark.parametrize("written", EPOCH_END_WRITES)
 def test_kill_9_right_after_an_epoch_end_write_then_resume_keeps_one_metrics_row_per_epoch(
         written, tiny_cifar10, tmp_path):
-    """``CONVMLP_KILL_AFTER`` (src/fileio.py) makes train.py SIGKILL itself right after it has
+    """The test plugin's ``CONVMLP_TEST_KILL_AFTER`` (tests/plugins) makes train.py SIGKILL itself right after it has
     replaced `written` at the end of epoch 1. ``--resume auto`` then finishes the run, and
     metrics.csv has rows 1 and 2, once each, whichever file was the last one written."""
     run_dir = tmp_path / "run"
     args = [*ARGS[:ARGS.index("--epoch_size")], "--epoch_size", "2", *ARGS[ARGS.index("--epoch_size") + 2:],
             "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10, "--save_checkpoint_path", run_dir]
-    killed = run_script("train.py", *args, env={KILL_AFTER_ENV: written}, timeout=300)
+    killed = run_script("train.py", *args, env=plugin_env(CONVMLP_TEST_KILL_AFTER=written), timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     epoch_saved = written.endswith(".ckpt")           # epoch_0001.ckpt marks the epoch finished
     assert finished_epochs(run_dir) == (1 if written in ("last.ckpt", "best.ckpt") else 0)

@@ -25,8 +25,8 @@ import time
 import pytest
 
 from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error
-from src.errors import UserError
-from src.fileio import OutputError, atomic_output, check_not_input, temp_name
+from src.platform.errors import UserError
+from src.platform.fileio import OutputError, atomic_output, check_not_input, temp_name
 from test_reliability import Snapshot, expect_clean_failure, run, snapshot
 
 COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "8", "--num_parallel_workers", "2",
@@ -123,8 +123,8 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_writer(tmp_path):
 HOLD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from src.errors import run_cli
-    from src.run_folder import hold_run_folder
+    from src.platform.errors import run_cli
+    from src.train.run_folder import hold_run_folder
     def main(argv):
         hold_run_folder(argv[0])
         print("holding", flush=True)
@@ -270,8 +270,8 @@ def test_pth2ckpt_never_writes_over_its_source(how, tiny, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # export.py --verify: replace only after the verification
 
-VERIFY_FAILS = ("import sys, export; from src.errors import run_cli; "
-                "export.VERIFY_ATOL = -1.0; run_cli(export.main)")   # no file can pass this check
+VERIFY_FAILS = ("import sys, export; from src.convert import mindir; from src.platform.errors import run_cli; "
+                "mindir.VERIFY_ATOL = -1.0; run_cli(export.main)")   # no file can pass this check
 
 
 def test_a_failed_verification_keeps_the_good_export(real_run, tmp_path):

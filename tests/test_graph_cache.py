@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import NO_AUG, TINY_TOPOLOGY, override, run_script
-from src import graph_cache
+from src.platform import graph_cache
 from src.config import SCHEMA, load_config
-from src.graph_cache import MANIFEST, NOT_IN_GRAPH, cache_key, graph_fingerprint, open_graph_cache
+from src.platform.graph_cache import MANIFEST, NOT_IN_GRAPH, cache_key, graph_fingerprint, open_graph_cache
 
 COMMON = TINY_TOPOLOGY + NO_AUG + ["--image_size", "32", "--batch_size", "32", "--epoch_size", "1",
                                    "--warmup_epochs", "0", "--cooldown_epochs", "0", "--num_parallel_workers", "1"]
@@ -210,7 +210,7 @@ def test_mindspore_version_and_sources_change_the_key(base_cfg, monkeypatch, tmp
     (tmp_path / "src").mkdir()
     kernel = tmp_path / "model" / "csrc" / "k.cc"
     kernel.write_text("int f() { return 1; }")
-    monkeypatch.setattr(graph_cache, "_REPO", str(tmp_path))
+    monkeypatch.setattr(graph_cache, "REPO_ROOT", str(tmp_path))
     one = graph_cache._sources_digest()
     kernel.write_text("int f() { return 2; }")
     assert graph_cache._sources_digest() != one

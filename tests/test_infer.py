@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src import cifar
+from src.data import cifar, pipeline, synthetic
+from src.data import images as image_files
 import infer
-from src.errors import DataError
+from src.platform.errors import DataError
 from src.config import parse_command_line
 from test_export import checkpoint_model, run, write_train_checkpoint
 
@@ -30,7 +31,7 @@ def images(tmp_path_factory):
     """A folder of generated CIFAR-like pictures in several formats, sizes and modes, one corrupt
     PNG and a text file; returns (folder, good file names, corrupt file name)."""
     folder = tmp_path_factory.mktemp("images")
-    pics = cifar.synthetic_images(np.arange(6) % 10, 10, np.random.default_rng(5))
+    pics = synthetic.synthetic_images(np.arange(6) % 10, 10, np.random.default_rng(5))
     Image.fromarray(pics[0]).save(folder / "a_plain.png")
     Image.fromarray(pics[1]).save(folder / "b_photo.jpg", quality=90)
     Image.fromarray(pics[2]).resize((57, 41), Image.BICUBIC).convert("RGBA").save(folder / "c_rgba_57x41.png")
@@ -51,7 +52,7 @@ def model(tiny_ckpt):
 
 def expected_probs(net, cfg, path):
     import mindspore as ms
-    x = infer.preprocess(infer.read_image(str(path)), cfg)
+    x = image_files.preprocess(image_files.read_image(str(path)), cfg)
     return infer.softmax(net(ms.Tensor(x[None])).asnumpy())[0]
 
 
@@ -115,14 +116,14 @@ def test_preprocessing_of_a_32px_image_is_the_validation_pipelines(tiny_cifar10,
     """A CIFAR image written as PNG and preprocessed by infer.py gives exactly the tensor that
     evl.py's validation pipeline gives (here with the resize to 48 px, bicubic)."""
     from src.config import load_config
-    from dataset import create_dataset, load_split
+    from src.data.pipeline import create_dataset, load_split
     cfg = load_config(["--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10, "--image_size", "48",
                        "--eval_batch_size", "4"])
     batch = next(create_dataset(cfg, "val").create_tuple_iterator(output_numpy=True))[0]
     arrays = load_split(cfg, "val")
     for k in range(2):
         Image.fromarray(arrays.images[k]).save(tmp_path / f"{k}.png")
-        got = infer.preprocess(infer.read_image(str(tmp_path / f"{k}.png")), cfg)
+        got = image_files.preprocess(image_files.read_image(str(tmp_path / f"{k}.png")), cfg)
         assert got.shape == (3, 48, 48) and got.dtype == np.float32
         np.testing.assert_array_equal(got, batch[k])
 
@@ -130,28 +131,28 @@ def test_preprocessing_of_a_32px_image_is_the_validation_pipelines(tiny_cifar10,
 def test_images_of_any_mode_become_rgb(tmp_path):
     grey16 = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
     Image.fromarray(grey16).save(tmp_path / "g16.png")
-    arr = infer.read_image(str(tmp_path / "g16.png"))
+    arr = image_files.read_image(str(tmp_path / "g16.png"))
     assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8
     assert (arr[..., 0] == arr[..., 2]).all() and arr.max() == round(grey16.max() / 257)
     rgba = np.zeros((5, 7, 4), np.uint8)
     rgba[..., 1] = 200
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    assert infer.read_image(str(tmp_path / "a.png")).shape == (5, 7, 3)
+    assert image_files.read_image(str(tmp_path / "a.png")).shape == (5, 7, 3)
 
 
 def test_bad_paths_are_named(tmp_path):
     with pytest.raises(DataError, match="no image given"):
-        infer.collect_images([])
+        image_files.collect_images([])
     with pytest.raises(DataError, match=f"image path '{tmp_path / 'nope.png'}' does not exist"):
-        infer.collect_images([str(tmp_path / "nope.png")])
+        image_files.collect_images([str(tmp_path / "nope.png")])
     (tmp_path / "only.txt").write_text("x")
     (tmp_path / ".hidden.png").write_bytes(b"")
     with pytest.raises(DataError, match=f"folder '{tmp_path}' has no image files"):
-        infer.collect_images([str(tmp_path)])
+        image_files.collect_images([str(tmp_path)])
     (tmp_path / "empty.png").write_bytes(b"")
-    assert infer.collect_images([str(tmp_path)]) == [str(tmp_path / "empty.png")]
+    assert image_files.collect_images([str(tmp_path)]) == [str(tmp_path / "empty.png")]
     with pytest.raises(DataError, match=f"cannot read image '{tmp_path / 'empty.png'}'"):
-        infer.read_image(str(tmp_path / "empty.png"))
+        image_files.read_image(str(tmp_path / "empty.png"))
 
 
 def test_image_paths_are_told_from_flag_values():
@@ -166,7 +167,7 @@ def test_image_paths_are_told_from_flag_values():
 def test_names_fall_back_when_the_model_has_another_class_count(tmp_path):
     from src.config import load_config
     cfg = load_config(["--train_data_path", str(tmp_path), "--dataset_choose", "cifar100"])
-    names, source = infer.class_names(cfg, 100)
+    names, source = pipeline.model_class_names(cfg, 100)
     assert names == list(cifar.CIFAR100_CLASSES) and "official" in source
-    names, _ = infer.class_names(cfg, 7)
+    names, _ = pipeline.model_class_names(cfg, 7)
     assert names == [f"class_{i}" for i in range(7)]

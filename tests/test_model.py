@@ -9,7 +9,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.errors import CheckpointError, ConfigError
+from src.platform.errors import CheckpointError, ConfigError
 from model import ConvMLP, DropPath, check_fit, create_model, load_pretrained
 
 TINY = dict(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=1)
@@ -54,7 +54,7 @@ def test_parameter_counts_equal_the_official_ones(variant, built_model):
 
 
 def test_create_model_rejects_unknown_arch():
-    with pytest.raises(ConfigError, match="unknown arch 'convmlp_xl': expected one of convmlp_l"):
+    with pytest.raises(ConfigError, match="unknown arch 'convmlp_xl': expected one of convmlp_s, convmlp_m, convmlp_l"):
         create_model("convmlp_xl")
 
 

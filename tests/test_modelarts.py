@@ -17,9 +17,9 @@ import time
 import pytest
 
 from conftest import NO_AUG, TINY_TOPOLOGY, assert_user_error, run_script
-from src import cifar
+from src.data import cifar, synthetic
 from src.config import load_config
-from src.errors import ConfigError, DataError
+from src.platform.errors import ConfigError, DataError
 
 FAKE_MOXING = '''"""Stand-in for the ModelArts SDK: copy_parallel between local folders, every call logged."""
 import json
@@ -104,10 +104,10 @@ def test_train_py_without_data_url_is_a_one_line_error(moxing_dir, tmp_path):
 # ------------------------------------------------------------------------------------ prepare_data
 def test_data_url_holding_the_cifar_folder_is_copied_and_the_paths_point_inside(sdk, tiny_cifar10, tmp_path):
     obs = tmp_path / "obs_data"
-    cifar.write_synthetic(str(obs / "cifar-10-batches-bin"), "cifar10", n_train=20, n_val=10, seed=0)
+    synthetic.write_synthetic(str(obs / "cifar-10-batches-bin"), "cifar10", n_train=20, n_val=10, seed=0)
     local = tmp_path / "cache" / "data"
     cfg = modelarts_cfg(obs, tmp_path / "obs_out", local)
-    from src.modelarts import prepare_data
+    from src.train.modelarts import prepare_data
     folder = prepare_data(cfg, LOG, rank=0)
     assert folder == cfg.train_data_path == cfg.val_data_path == str(local / "cifar-10-batches-bin")
     cmp = filecmp.dircmp(str(obs / "cifar-10-batches-bin"), folder)
@@ -119,10 +119,10 @@ def test_data_url_holding_the_cifar_folder_is_copied_and_the_paths_point_inside(
 
 
 def test_data_url_that_is_the_bin_folder_itself_is_used_as_is(sdk, tmp_path):
-    obs = cifar.write_synthetic(str(tmp_path / "obs" / "my-cifar100"), "cifar100", n_train=20, n_val=10, seed=0)
+    obs = synthetic.write_synthetic(str(tmp_path / "obs" / "my-cifar100"), "cifar100", n_train=20, n_val=10, seed=0)
     local = tmp_path / "cache"
     cfg = modelarts_cfg(obs, tmp_path / "obs_out", local, "--dataset_choose", "cifar100")
-    from src.modelarts import prepare_data
+    from src.train.modelarts import prepare_data
     assert prepare_data(cfg, LOG) == cfg.train_data_path == str(local)
     assert cifar.count_records(cfg.train_data_path, "cifar100", "train") == 20
 
@@ -130,7 +130,7 @@ def test_data_url_that_is_the_bin_folder_itself_is_used_as_is(sdk, tmp_path):
 def test_data_url_without_a_dataset_names_the_url(sdk, tmp_path):
     obs = tmp_path / "obs_data"
     (obs / "cifar-100-binary").mkdir(parents=True)
-    from src.modelarts import prepare_data
+    from src.train.modelarts import prepare_data
     cfg = modelarts_cfg(obs, tmp_path / "out", tmp_path / "cache")
     with pytest.raises(DataError, match=f"data_url {obs} .*neither a cifar-10-batches-bin/ folder nor .bin "
                                         r"files \(found: cifar-100-binary\)"):
@@ -138,7 +138,7 @@ def test_data_url_without_a_dataset_names_the_url(sdk, tmp_path):
 
 
 def test_a_failed_copy_is_one_line_naming_data_url(sdk, tmp_path):
-    from src.modelarts import ModelArtsError, prepare_data
+    from src.train.modelarts import ModelArtsError, prepare_data
     missing = tmp_path / "no_such_bucket"
     cfg = modelarts_cfg(missing, tmp_path / "out", tmp_path / "cache")
     with pytest.raises(ModelArtsError) as info:
@@ -150,11 +150,11 @@ def test_a_failed_copy_is_one_line_naming_data_url(sdk, tmp_path):
 def test_other_local_ranks_wait_for_local_rank_0_and_use_its_copy(sdk, tmp_path, monkeypatch):
     """Rank 1 (LOCAL_RANK=1) of a data-parallel job copies nothing: it waits for local rank 0's
     completion marker, then points at the same folder; a failure of rank 0 reaches it too."""
-    from src import modelarts
+    from src.train import modelarts
     monkeypatch.setattr(modelarts, "_POLL_S", 0.05)
     monkeypatch.setenv("LOCAL_RANK", "1")
     obs = tmp_path / "obs_data"
-    cifar.write_synthetic(str(obs / "cifar-10-batches-bin"), "cifar10", n_train=20, n_val=10, seed=0)
+    synthetic.write_synthetic(str(obs / "cifar-10-batches-bin"), "cifar10", n_train=20, n_val=10, seed=0)
     local = tmp_path / "cache"
     waiter = modelarts_cfg(obs, tmp_path / "out", local, "--is_distributed", "true")
     copier = modelarts_cfg(obs, tmp_path / "out", local)          # a single process: local rank 0
@@ -190,7 +190,7 @@ def test_other_local_ranks_wait_for_local_rank_0_and_use_its_copy(sdk, tmp_path,
 
 # ------------------------------------------------------------------------------------ sync_outputs
 def test_sync_outputs_rank_0_only_and_failures_name_train_url(sdk, tmp_path, caplog):
-    from src.modelarts import ModelArtsError, sync_outputs
+    from src.train.modelarts import ModelArtsError, sync_outputs
     out = tmp_path / "run"
     out.mkdir()
     (out / "train.log").write_text("hello\n")
@@ -210,7 +210,7 @@ def test_sync_outputs_rank_0_only_and_failures_name_train_url(sdk, tmp_path, cap
 
 
 def test_nothing_happens_without_run_modelarts(tmp_path):
-    from src.modelarts import prepare_data, sync_outputs
+    from src.train.modelarts import prepare_data, sync_outputs
     cfg = load_config(["--save_checkpoint_path", str(tmp_path)])
     assert prepare_data(cfg, LOG) is None and sync_outputs(cfg, LOG) is False
     assert cfg.train_data_path == "data/cifar-10-batches-bin"
@@ -223,7 +223,7 @@ def modelarts_run(moxing_dir, tmp_path_factory):
     folder, train_url = another; the local copy and the outputs in temporary folders."""
     root = tmp_path_factory.mktemp("modelarts_job")
     obs_data, obs_out = root / "obs" / "cifar10", root / "obs" / "job_output"
-    cifar.write_synthetic(str(obs_data / "cifar-10-batches-bin"), "cifar10", n_train=96, n_val=40, seed=5)
+    synthetic.write_synthetic(str(obs_data / "cifar-10-batches-bin"), "cifar10", n_train=96, n_val=40, seed=5)
     local_data, local_out = root / "cache" / "data", root / "output"
     log = str(root / "moxing_calls.jsonl")
     proc = run_script("train.py", *TINY_TOPOLOGY, *NO_AUG, "--image_size", "32", "--batch_size", "32",

@@ -7,8 +7,8 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.optim import AdamW, cosine_schedule, describe_schedule, param_groups_weight_decay
-from src.train_step import SoftTargetCrossEntropy, apply_amp, build_train_step
+from src.train.optim import AdamW, cosine_schedule, describe_schedule, param_groups_weight_decay
+from src.train.step import SoftTargetCrossEntropy, apply_amp, build_train_step
 
 ms.set_context(mode=ms.GRAPH_MODE)
 

@@ -1,7 +1,7 @@
 """Parity with the official PyTorch ConvMLP (ground truth in ``tests/fixtures``, see its README).
 
 * The official tiny checkpoint, converted, gives the official logits in inference mode
-  (max abs diff <= 1e-4), through :func:`pth2ckpt.convert_state_dict` and through the CLI.
+  (max abs diff <= 1e-4), through :func:`convert_state_dict` and through the CLI.
 * The PyTorch reference (``model/torch_convmlp.py``, used by ``--verify``) gives them too.
 * Every key of the official S/M/L state_dicts maps to exactly one MindSpore parameter of the same
   shape, and every MindSpore parameter is covered.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pth2ckpt import convert_state_dict, map_name
+from src.convert.names import convert_state_dict, map_name
 
 TOL = 1e-4
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import pth2ckpt
-from src.errors import CheckpointError
-from pth2ckpt import convert_state_dict, extract_state_dict, infer_topology, map_name
+from src.platform.errors import CheckpointError
+from src.convert.names import convert_state_dict, infer_topology, map_name
+from src.convert.torch_files import extract_state_dict
+from src.convert import from_torch, torch_files
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def test_cli_m_checkpoint_for_arch_s_fails_naming_unexpected_keys(tmp_path, fake
 
 
 def test_main_writes_nothing_when_verify_fails(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(pth2ckpt, "verify", lambda *a, **k: 3e-3)
+    monkeypatch.setattr(from_torch, "verify", lambda *a, **k: 3e-3)
     dst = tmp_path / "x.ckpt"
     with pytest.raises(CheckpointError, match=r"verify failed .* max abs diff 3.000e-03 > 0.0001"):
         pth2ckpt.main(["--src", tiny["pth"], "--dst", str(dst), *tiny["flags"], "--verify"])
@@ -281,7 +283,7 @@ def test_cli_refuses_broken_files_with_one_line(tmp_path, tiny, run_pth2ckpt, us
 
 
 def test_safe_globals_allow_only_harmless_types():
-    names = {f"{g.__module__}.{g.__qualname__}" for g in pth2ckpt.SAFE_GLOBALS}
+    names = {f"{g.__module__}.{g.__qualname__}" for g in torch_files.SAFE_GLOBALS}
     assert "argparse.Namespace" in names
     assert not any(n.split(".")[-1] in {"system", "eval", "exec", "open", "getattr", "__import__"}
                    for n in names)

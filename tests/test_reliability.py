@@ -130,7 +130,7 @@ def interrupted_run(tiny_cifar10, tmp_path_factory):
 
 def checkpoint_meta(path):
     import mindspore as ms
-    from src.checkpoint import read_meta
+    from src.checkpoint.files import read_meta
     return read_meta(ms.load_checkpoint(str(path)))
 
 

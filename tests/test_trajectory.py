@@ -4,11 +4,11 @@ MindSpore side: train.py's own training cell, built as train.py builds it --
 ``build_train_step(net, AdamW(param_groups_weight_decay(params, wd), Tensor(cosine_schedule(...)),
 weight_decay=wd), loss_scale_type="none")`` in GRAPH mode (``src.perf.configure_runtime``), drop
 path 0, BatchNorm in training mode, soft targets made by the training pipeline's
-``dataset.BatchMixer`` (one-hot with label smoothing 0.1; no mixup, cutmix or erasing).
+``mixing.BatchMixer`` (one-hot with label smoothing 0.1; no mixup, cutmix or erasing).
 
 PyTorch side: the reference model ``model/torch_convmlp.py`` (equal to the official model,
 tests/test_parity.py) holding the MindSpore model's initial weights (names through
-``pth2ckpt.map_name``), ``torch.optim.AdamW`` with the same two parameter groups (no decay on
+``map_name``), ``torch.optim.AdamW`` with the same two parameter groups (no decay on
 norms, biases and other 1-D parameters), each group's lr set at every step from the same schedule
 array, the same soft-target cross-entropy on the same targets.
 
@@ -38,14 +38,14 @@ torch = pytest.importorskip("torch")
 
 import mindspore as ms  # noqa: E402
 
-from dataset import BatchMixer  # noqa: E402
+from src.data.mixing import BatchMixer  # noqa: E402
 from model import ConvMLP, cpu_kernels  # noqa: E402
 from model import convmlp as ms_convmlp  # noqa: E402
 from model.torch_convmlp import TorchConvMLP  # noqa: E402
-from src.convert import map_name  # noqa: E402
-from src.optim import AdamW, cosine_schedule, param_groups_weight_decay  # noqa: E402
-from src.perf import configure_runtime  # noqa: E402
-from src.train_step import build_train_step  # noqa: E402
+from src.convert.names import map_name  # noqa: E402
+from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay  # noqa: E402
+from src.platform.device import configure_runtime  # noqa: E402
+from src.train.step import build_train_step  # noqa: E402
 
 TOPOLOGY = dict(blocks=(1, 1, 1), dims=(32, 64, 128), mlp_ratios=(2, 2, 2), channels=16, n_conv_blocks=1)
 NUM_CLASSES = 10

@@ -274,7 +274,7 @@ def test_dims_alone_keeps_the_arch_rest_and_a_length_mismatch_is_one_line(good_r
     """--dims without blocks/mlp_ratios is completed from the arch; two dims for three stages is an
     error naming every list and where it came from, in every script that builds a model."""
     from src.config import load_config
-    from src.runtime import build_model
+    from src.checkpoint.load import build_model
     net = build_model(load_config(["--dims", "16,32,64", "--num_classes", "10"]))
     shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
     assert shapes["head.weight"] == (10, 64) and "stages.1.blocks.3.channel_mlp1.fc1.weight" in shapes  # S: 2,4,2

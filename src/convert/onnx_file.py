@@ -13,14 +13,14 @@ size is given. The file is written under a temporary name in the output folder, 
 ``verify``: onnxruntime on the CPU against the MindSpore checkpoint model), then renamed; on any
 failure the previous file is unchanged and no temporary file is left.
 """
-import os
 import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .convert import VERIFY_ATOL, infer_topology, max_abs_difference, to_torch_state_dict
-from .errors import UserError
+from ..platform.errors import UserError
+from ..platform.fileio import atomic_output
+from .names import VERIFY_ATOL, infer_topology, max_abs_difference, to_torch_state_dict
 
 __all__ = ["OPSET", "VERIFY_ATOL", "DYNAMIC", "DYNAMIC_VERIFY_BATCHES", "INPUT_NAME", "OUTPUT_NAME",
            "require_packages", "torch_reference", "write_onnx", "verify_onnx", "export_onnx"]
@@ -84,11 +84,10 @@ def verify_onnx(path: str, net, shape: Sequence, seed: int = 0) -> float:
 
 def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str = "checkpoint", sources=()):
     """Write ``base + ".onnx"`` for the MindSpore model `net` (its weights through the PyTorch
-    reference) through :func:`src.fileio.atomic_output` (verified before it replaces anything when
+    reference) through :func:`src.platform.fileio.atomic_output` (verified before it replaces anything when
     `verify`; never one of `sources`); returns ``(final path, max abs diff or None)``. UserError
     when the checkpoint cannot be exported, the file cannot be written, or verification fails (NaN
     fails)."""
-    from .fileio import atomic_output
     require_packages(verify)
     weights = {p.name: p.asnumpy() for p in net.get_parameters()}
     ref = torch_reference(weights, path)

@@ -25,8 +25,9 @@ import json
 import os
 import time
 
-from .errors import DataError, UserError
-from .fileio import atomic_output
+from ..data.catalog import FOLDERS
+from ..platform.errors import DataError, UserError, first_line
+from ..platform.fileio import atomic_output
 
 __all__ = ["ModelArtsError", "prepare_data", "sync_outputs", "find_dataset_folder", "local_rank",
            "MARKER", "WAIT_TIMEOUT_S"]
@@ -40,11 +41,6 @@ _POLL_S = 0.5
 
 class ModelArtsError(UserError):
     """A copy between OBS (``data_url`` / ``train_url``) and the node failed."""
-
-
-def _first_line(exc):
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _copy_parallel(src, dst):
@@ -68,7 +64,6 @@ def local_rank(cfg, rank):
 def find_dataset_folder(local_root, dataset, data_url):
     """The dataset folder inside the copy of `data_url` at `local_root`: the CIFAR folder of
     `dataset` when present, else `local_root` itself when it holds ``.bin`` files. DataError else."""
-    from .cifar import FOLDERS
     named = os.path.join(local_root, FOLDERS[dataset])
     if os.path.isdir(named):
         return named
@@ -112,7 +107,7 @@ def _copy_data(cfg, logger, local_root, marker):
         folder = find_dataset_folder(local_root, cfg.dataset_choose, cfg.data_url)
     except Exception as exc:  # the SDK raises various types; every one ends the job the same way
         error = str(exc) if isinstance(exc, UserError) else \
-            f"cannot copy data_url {cfg.data_url} to {local_root}: {_first_line(exc)}"
+            f"cannot copy data_url {cfg.data_url} to {local_root}: {first_line(exc)}"
         _write_marker(marker, {"data_url": cfg.data_url, "ok": False, "error": error})
         raise (exc if isinstance(exc, UserError) else ModelArtsError(error)) from None
     _write_marker(marker, {"data_url": cfg.data_url, "ok": True, "dataset_path": folder})
@@ -167,7 +162,7 @@ def sync_outputs(cfg, logger, rank=0, final=True):
     try:
         _copy_parallel(src, cfg.train_url)
     except Exception as exc:
-        msg = f"cannot copy the outputs {src} to train_url {cfg.train_url}: {_first_line(exc)}"
+        msg = f"cannot copy the outputs {src} to train_url {cfg.train_url}: {first_line(exc)}"
         if final:
             raise ModelArtsError(msg) from None
         logger.warning(f"ModelArts: {msg}; the next epoch copies them again")

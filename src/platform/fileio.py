@@ -24,20 +24,14 @@ next writer of the same file, or :func:`remove_stale_temps` for a whole folder, 
 import contextlib
 import os
 import re
-import signal
 from typing import Callable, Iterable, Optional
 
 from .errors import UserError, check_interrupted, first_line
 
 __all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "same_file",
-           "temp_name", "remove_stale_temps", "KILL_AFTER_ENV"]
-
-#: Fault injection for the tests (tests/test_fault.py): ``NAME`` or ``NAME#N`` makes the process
-#: kill itself with SIGKILL right after the N-th (default first) replacement of a file named NAME.
-KILL_AFTER_ENV = "CONVMLP_KILL_AFTER"
+           "temp_name", "remove_stale_temps"]
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?P<ext>\.[^.]*)?$")
-_replaced = {}   # file name -> replacements done by this process (for KILL_AFTER_ENV)
 
 
 class OutputError(UserError):
@@ -166,19 +160,6 @@ def _named(text: str, tmp: str, path: str) -> str:
     return text.replace(tmp, path).replace(os.path.basename(tmp), os.path.basename(path))
 
 
-def _kill_point(path: str):
-    spec = os.environ.get(KILL_AFTER_ENV)
-    if not spec:
-        return
-    name, _, count = spec.partition("#")
-    base = os.path.basename(path)
-    if base != name:
-        return
-    _replaced[base] = _replaced.get(base, 0) + 1
-    if _replaced[base] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 @contextlib.contextmanager
 def atomic_output(path, verify: Optional[Callable[[str], None]] = None, inputs: Iterable = (),
                   failures: tuple = (OSError,), label: str = "output"):
@@ -219,4 +200,3 @@ def atomic_output(path, verify: Optional[Callable[[str], None]] = None, inputs: 
                               "file (if any) is unchanged") from None
         raise
     _fsync(folder, directory=True)
-    _kill_point(path)

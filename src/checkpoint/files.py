@@ -21,11 +21,12 @@ from typing import Dict, Optional
 
 import mindspore as ms
 
-from .errors import CheckpointError
-from .fileio import atomic_output, remove_stale_temps
+from ..config.strict_yaml import load_mapping
+from ..platform.errors import CheckpointError
+from ..platform.fileio import atomic_output
 
-__all__ = ["META_KEYS", "save_atomic", "save_training_state", "read_meta", "saved_config", "saved_config_source",
-           "resume_path", "prune_epochs", "remove_stale_temps", "LAST", "BEST"]
+__all__ = ["META_KEYS", "training_meta", "save_atomic", "save_training_state", "read_meta", "saved_config", "saved_config_source",
+           "resume_path", "prune_epochs", "LAST", "BEST"]
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -33,6 +34,16 @@ BEST = "best.ckpt"
 #: a checkpoint written mid-epoch (Ctrl-C): resuming then skips that many batches of the epoch.
 META_KEYS = ("epoch", "global_step", "step_in_epoch", "best_acc", "best_epoch", "arch",
              "num_classes", "image_size", "dataset", "config")
+
+
+def training_meta(cfg, epoch: int, global_step: int, step_in_epoch: int, best_acc: float, best_epoch: int) -> Dict:
+    """What a training checkpoint records besides the weights and the optimiser state (exactly
+    :data:`META_KEYS`): enough to resume, and the run's config to rebuild the model."""
+    meta = {"epoch": epoch, "global_step": global_step, "step_in_epoch": step_in_epoch, "best_acc": best_acc,
+            "best_epoch": best_epoch, "arch": cfg.arch, "num_classes": cfg.num_classes,
+            "image_size": cfg.image_size, "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
+    assert tuple(meta) == META_KEYS, "training_meta and META_KEYS disagree"
+    return meta
 
 
 def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None):
@@ -122,7 +133,6 @@ def saved_config(meta: Dict, path: str) -> Optional[Dict]:
     `path` otherwise. The one reader of a checkpoint's saved config."""
     if "config" not in meta:
         return None
-    from .strict_yaml import load_mapping
     return load_mapping(meta["config"], saved_config_source(path), error=CheckpointError)
 
 

@@ -9,7 +9,7 @@ weights with a short warmup is sensitive to that, so this module implements the 
     p <- p - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
 """
 import math
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 import mindspore as ms

@@ -18,17 +18,22 @@ import fcntl
 import os
 import time
 
-from .checkpoint import BEST, LAST
-from .errors import ConfigError
-from .fileio import check_not_input
-from .run_log import MetricsLog
+from model import read_checkpoint
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolderBusy", "claim_run_folder", "hold_run_folder",
+from ..checkpoint.files import BEST, LAST, read_meta, resume_path, saved_config
+from ..config.strict_yaml import load_mapping
+from ..platform.errors import ConfigError
+from ..platform.fileio import check_not_input
+from .metrics import MetricsLog
+
+__all__ = ["LOCK_NAME", "LOG_FILE", "CONFIG_FILE", "RUN_FILES", "RunFolderBusy", "claim_run_folder", "hold_run_folder",
            "check_fresh_start", "check_run_inputs", "run_was_demo"]
 
 LOCK_NAME = ".train.lock"
+#: The run's log and its resolved config, in the run folder.
+LOG_FILE, CONFIG_FILE = "train.log", "config.yaml"
 #: The files train.py writes in a run folder, besides ``epoch_NNNN.ckpt``.
-RUN_FILES = (LAST, BEST, "config.yaml", MetricsLog.CSV, MetricsLog.PNG, "train.log")
+RUN_FILES = (LAST, BEST, CONFIG_FILE, MetricsLog.CSV, MetricsLog.PNG, LOG_FILE)
 
 _held = {}   # real path of a held folder -> open descriptor of its lock file (kept for the process)
 
@@ -107,15 +112,12 @@ def _release(real: str, path: str):
 def _saved_config(folder: str):
     """The config of the run in `folder`: its ``config.yaml``, else the one saved in ``last.ckpt``
     (a dict), or None when neither can be read (both parsed like a config file)."""
-    from .strict_yaml import load_mapping
     try:
-        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
-            return load_mapping(f.read(), "config.yaml")
+        with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+            return load_mapping(f.read(), CONFIG_FILE)
     except (OSError, UnicodeDecodeError, ConfigError):
         pass
     try:
-        from model import read_checkpoint
-        from .checkpoint import read_meta, saved_config
         path = os.path.join(folder, LAST)
         return saved_config(read_meta(read_checkpoint(path)), path)
     except Exception:
@@ -144,11 +146,11 @@ def check_fresh_start(folder: str, resume, demo: bool, logger, owner: bool = Tru
         return
     if not run_was_demo(folder):
         raise ConfigError(f"save_checkpoint_path {folder} holds a run that is not a demo run "
-                          f"({os.path.join(folder, 'config.yaml')} does not say demo: true); --demo replaces "
+                          f"({os.path.join(folder, CONFIG_FILE)} does not say demo: true); --demo replaces "
                           "only a previous demo run: give another --save_checkpoint_path, or continue that "
                           "run with --resume auto (nothing was overwritten)")
     for name in os.listdir(folder):
-        if (name.startswith("epoch_") and name.endswith(".ckpt")) or (name in RUN_FILES and name != "train.log"):
+        if (name.startswith("epoch_") and name.endswith(".ckpt")) or (name in RUN_FILES and name != LOG_FILE):
             os.remove(os.path.join(folder, name))
     logger.warning(f"demo: starting over in {folder} (the previous demo run is replaced)")
 
@@ -176,7 +178,6 @@ def claim_run_folder(cfg) -> str:
     """train.py (rank 0), before it writes anything: lock ``cfg.save_checkpoint_path`` for this
     process (:func:`hold_run_folder`) and refuse it when its files are the run's inputs (the
     pretrained checkpoint, unless the run resumes, and the data files). Returns the lock file."""
-    from .checkpoint import resume_path
     folder = cfg.save_checkpoint_path
     lock = hold_run_folder(folder)
     check_run_inputs(folder, data_folders=(cfg.train_data_path, cfg.val_data_path),

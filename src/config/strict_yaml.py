@@ -11,7 +11,7 @@ import codecs
 
 import yaml
 
-from .errors import ConfigError
+from ..platform.errors import ConfigError
 
 __all__ = ["StrictLoader", "DuplicateKeyError", "read_utf8", "load_mapping"]
 

@@ -1,59 +1,20 @@
-"""The training and evaluation loops shared by train.py and evl.py."""
+"""The training and evaluation loops (train.py; evl.py evaluates with the same loop)."""
 import math
 import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
-from .errors import UserError
-from .run_log import Progress
+from ..platform.console import Progress
+from ..platform.errors import UserError
 
-__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged", "AllReduceSum", "make_reduce_fn", "average_bn_statistics"]
+__all__ = ["evaluate", "train_one_epoch", "TrainingDiverged"]
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
-
-
-class AllReduceSum(nn.Cell):
-    """Sum a float64-safe vector of counts over all ranks (identity when not distributed)."""
-
-    def __init__(self):
-        super().__init__()
-        self.op = ops.AllReduce(ops.ReduceOp.SUM)
-
-    def construct(self, x):
-        return self.op(x)
-
-
-def average_bn_statistics(net: nn.Cell, reduce_fn: Callable, world: int) -> int:
-    """Set every BatchNorm's moving mean and variance to their mean over the data-parallel ranks
-    (timm's ``--dist-bn reduce``). Gradients are averaged, so the weights agree on every rank, but
-    each rank's moving statistics come from its own shard: without this the ranks would evaluate
-    different models and rank 0's checkpoint would hold rank 0's statistics only. One AllReduce;
-    every rank must call it. Returns the number of values averaged."""
-    stats = [p for p in net.get_parameters()
-             if not p.requires_grad and p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
-    if not stats:
-        return 0
-    flat = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in stats])
-    flat = np.asarray(reduce_fn(flat), np.float32) / world
-    offset = 0
-    for p in stats:
-        n = int(np.prod(p.shape))
-        p.set_data(ms.Tensor(flat[offset:offset + n].reshape(p.shape), p.dtype))
-        offset += n
-    return offset
-
-
-def make_reduce_fn(world: int) -> Optional[Callable]:
-    """``numpy vector -> its sum over all ranks`` for a data-parallel run; None for one process."""
-    if world <= 1:
-        return None
-    allreduce = AllReduceSum()
-    return lambda v: allreduce(ms.Tensor(v)).asnumpy()
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

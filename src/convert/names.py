@@ -25,7 +25,7 @@ import numpy as np
 from model.convmlp import TOPOLOGY_KEYS
 from model.helpers import MODEL_ROOTS
 
-from .errors import CheckpointError
+from ..platform.errors import CheckpointError
 
 #: The tolerance of every check that a converted or exported model gives the source model's logits
 #: (pth2ckpt.py --verify both ways, export.py --verify for MINDIR and ONNX): max abs difference in

@@ -41,6 +41,7 @@ import platform
 import shutil
 import sys
 
+from .. import REPO_ROOT
 from .errors import UserError
 from .fileio import atomic_output
 
@@ -67,7 +68,6 @@ NOT_IN_GRAPH = frozenset({
     "eval_interval", "log_interval", "device_target", "device_id", "run_modelarts", "graph_cache",
 })
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SOURCE_DIRS = ("model", "src")
 _SOURCE_EXT = (".py", ".cc", ".h")
 _MS_ENABLE, _MS_PATH = "MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"
@@ -88,9 +88,9 @@ def default_root():
 # --------------------------------------------------------------------------------------------
 def _source_files():
     """The repository's files a compiled graph can depend on, as absolute paths (sorted)."""
-    files = {os.path.join(_REPO, n) for n in os.listdir(_REPO) if n.endswith(".py")}
+    files = {os.path.join(REPO_ROOT, n) for n in os.listdir(REPO_ROOT) if n.endswith(".py")}
     for sub in _SOURCE_DIRS:
-        for folder, dirs, names in os.walk(os.path.join(_REPO, sub)):
+        for folder, dirs, names in os.walk(os.path.join(REPO_ROOT, sub)):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             files.update(os.path.join(folder, n) for n in names if n.endswith(_SOURCE_EXT))
     main = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -103,7 +103,7 @@ def _sources_digest():
     digest = hashlib.sha256()
     for path in _source_files():
         with open(path, "rb") as f:
-            digest.update(os.path.relpath(path, _REPO).encode() + b"\0" + f.read() + b"\0")
+            digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0" + f.read() + b"\0")
     return digest.hexdigest()
 
 
@@ -131,7 +131,7 @@ def graph_fingerprint(cfg, purpose, device, rank=0, world=1, data=None):
         "mindspore": ms.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "repository": _REPO,
+        "repository": REPO_ROOT,
         "sources": _sources_digest(),
         "kernels": _kernel_libraries(cfg, device),
         "device": device,

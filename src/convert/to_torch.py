@@ -4,7 +4,7 @@
 The input is a checkpoint written by train.py (weights, optimizer state, metadata, the run's
 config) or by pth2ckpt.py (weights only). The output is what the official code loads:
 ``torch.load(path, weights_only=True)`` gives a plain ``OrderedDict`` of tensors with the official
-keys in the official order (see :func:`src.convert.to_torch_state_dict`), which loads with
+keys in the official order (see :func:`src.convert.names.to_torch_state_dict`), which loads with
 ``load_state_dict(strict=True)`` into the official ``ConvMLP`` and into ``model/torch_convmlp.py``.
 
 The topology comes from the checkpoint's saved config (train.py) or, without one, from the shapes
@@ -13,15 +13,18 @@ reference model of that topology; with ``--verify`` the logits of the MindSpore 
 PyTorch reference must agree on a random input. The ``.pth`` is written under a temporary name in
 the destination folder and renamed when complete; it never replaces the input file.
 """
-import os
 from collections import OrderedDict
 from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
-from .convert import MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, max_abs_difference, infer_topology, to_torch_name, to_torch_state_dict
-from .errors import CheckpointError, ConfigError, short_list
-from .fileio import check_output_path
+from model import read_checkpoint
+
+from ..checkpoint.files import read_meta, saved_config
+from ..platform.errors import CheckpointError, ConfigError, short_list
+from ..platform.fileio import atomic_output, check_output_path
+from .names import (MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, infer_topology, max_abs_difference, to_torch_name,
+                    to_torch_state_dict)
 
 __all__ = ["read_ms_checkpoint", "checkpoint_topology", "load_into_reference", "save_pth_atomic", "logits_difference",
            "reverse_main"]
@@ -34,10 +37,8 @@ RELEASED_SIZE, CUSTOM_SIZE = 224, 64
 
 def read_ms_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict, list]:
     """``(weights, meta, other)`` of a MindSpore checkpoint: the model's arrays by MindSpore name,
-    train.py's metadata (:data:`src.checkpoint.META_KEYS`), and the names of everything else
+    train.py's metadata (:data:`src.checkpoint.files.META_KEYS`), and the names of everything else
     (optimizer state, step counters, metadata), which the conversion leaves out."""
-    from model import read_checkpoint
-    from .checkpoint import read_meta
     params = read_checkpoint(path)
     meta = read_meta(params)
     weights, other = OrderedDict(), []
@@ -57,7 +58,6 @@ def _saved_topology(meta: Mapping, path: str):
     """The topology recorded in a train.py checkpoint's config, or None (no saved config, or one
     that cannot give a complete topology: the caller then reads it off the weights)."""
     from model import complete_topology, default_cfgs
-    from .checkpoint import saved_config
     try:
         saved = saved_config(meta, path)
         if saved is None or saved.get("arch") not in default_cfgs:
@@ -103,10 +103,9 @@ def load_into_reference(state: Mapping, topo: Mapping, num_classes: int, path: s
 
 
 def save_pth_atomic(state: Mapping, dst: str, src: str = None):
-    """``torch.save(state, dst)`` through :func:`src.fileio.atomic_output`: `dst` holds either its
+    """``torch.save(state, dst)`` through :func:`src.platform.fileio.atomic_output`: `dst` holds either its
     old content or the complete new file, and is never the checkpoint `src` that was read."""
     import torch
-    from .fileio import atomic_output
     with atomic_output(dst, inputs=[("--src", src)] if src else (), label="--dst") as tmp:
         torch.save(state, tmp)
 

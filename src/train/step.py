@@ -15,11 +15,9 @@ Loss scaling (``loss_scale_type``):
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "build_train_step", "apply_amp", "AMP_LEVELS",
-           "LOSS_SCALE_TYPES"]
+from ..config.schema import AMP_LEVELS
 
-AMP_LEVELS = ("O0", "O1", "O2", "O3")
-LOSS_SCALE_TYPES = ("none", "fixed", "dynamic")
+__all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "build_train_step", "apply_amp"]
 
 
 class SoftTargetCrossEntropy(nn.Cell):

@@ -1,0 +1,119 @@
+"""A model from the config or from a checkpoint: building the configured network, taking a
+train.py checkpoint's model settings from its saved config, loading its weights for evaluation,
+export and inference, and loading a whole training state for a resumed run."""
+from model import TOPOLOGY_KEYS, check_fit, read_checkpoint, require_convmlp
+
+from ..config import cli_keys, convert_value
+from ..platform.errors import CheckpointError, ConfigError, first_line
+from .files import read_meta, saved_config, saved_config_source
+
+__all__ = ["build_model", "require_checkpoint_path", "adopt_checkpoint_model", "load_checkpoint_model",
+           "check_arch", "load_training_state", "MODEL_KEYS", "DEPLOY_KEYS"]
+
+# What a train.py checkpoint's saved config says about the model it holds (see adopt_checkpoint_model).
+MODEL_KEYS = ("arch",) + TOPOLOGY_KEYS + ("image_size",)
+
+
+# ... and how its inputs were prepared and named (export.py, infer.py).
+DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "train_data_path")
+
+
+def build_model(cfg, **kwargs):
+    """``create_model`` for the config: ``arch`` with any custom-topology keys that are set."""
+    from model import create_model
+    topo = {k: getattr(cfg, k) for k in TOPOLOGY_KEYS if getattr(cfg, k) is not None}
+    return create_model(cfg.arch, num_classes=cfg.num_classes, **topo, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# A model from a checkpoint (evl.py, export.py, infer.py)
+# --------------------------------------------------------------------------------------------
+def require_checkpoint_path(cfg):
+    """``cfg.checkpoint_path``, or a ConfigError saying how to give it."""
+    if not cfg.checkpoint_path:
+        raise ConfigError("checkpoint_path is not set; give --checkpoint_path FILE.ckpt (e.g. "
+                          f"{cfg.save_checkpoint_path}/best.ckpt)")
+    return cfg.checkpoint_path
+
+
+def check_arch(meta, arch, path, what="checkpoint"):
+    """CheckpointError when a checkpoint's recorded ``arch`` is not the run's `arch`."""
+    if "arch" in meta and meta["arch"] != arch:
+        raise CheckpointError(f"{what}: '{path}' is a {meta['arch']} checkpoint but arch is {arch}; pass "
+                              f"--arch {meta['arch']}")
+
+
+def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
+    """A train.py checkpoint records its run's config: take `keys` (by default the model's arch and
+    topology, and the image size) from it unless they were given on the command line. The saved
+    config is read like a config file (a mapping, no key twice) and each value taken is validated
+    against the schema; CheckpointError naming the checkpoint (`path`, by default
+    ``cfg.checkpoint_path``) otherwise."""
+    path = path or cfg.checkpoint_path
+    saved = saved_config(meta, path)
+    if saved is None:
+        return
+    source = saved_config_source(path)
+    given = cli_keys(argv)
+    taken = []
+    for key in keys:
+        if key in saved and key not in given:
+            try:
+                value = convert_value(key, saved[key], source)
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
+            if value == getattr(cfg, key):
+                continue
+            setattr(cfg, key, value)
+            taken.append(f"{key}={value}")
+    if taken:
+        logger.info("from the checkpoint's config: " + ", ".join(taken))
+
+
+def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True):
+    """The model of ``cfg.checkpoint_path`` with its weights, in inference mode; returns ``(net, meta)``.
+
+    Arch, topology and image size (and any other `keys`) come from a train.py checkpoint's saved
+    config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given
+    (or unless ``classes_from_head`` is off: evl.py keeps the dataset's, so that a checkpoint for
+    another class count is an error naming both counts).
+    CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
+    """
+    import mindspore as ms
+
+    path = require_checkpoint_path(cfg)
+    params = read_checkpoint(path)
+    meta = read_meta(params)
+    adopt_checkpoint_model(cfg, meta, argv, logger, keys)
+    check_arch(meta, cfg.arch, path, "checkpoint_path")
+    require_convmlp(params, path)
+    head = params.get("head.weight")
+    if head is None or isinstance(head, str) or len(head.shape) != 2:
+        raise CheckpointError(f"'{path}' has no classifier head (head.weight): it is a backbone for "
+                              "fine-tuning (pth2ckpt.py without the head); use a checkpoint written by "
+                              "train.py or converted with its head")
+    given = cli_keys(argv)
+    if classes_from_head and "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
+        logger.info(f"num_classes={int(head.shape[0])} from the checkpoint's head")
+        cfg.num_classes = int(head.shape[0])
+    net = build_model(cfg)
+    check_fit(net, params, path)
+    ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
+    net.set_train(False)
+    return net, meta
+
+
+def load_training_state(step_cell, params, path):
+    """The weights and optimiser state of a resumed run into `step_cell`. The learning-rate schedule
+    is not taken from the file: it follows this run's config (e.g. a larger epoch_size extends it)
+    at the restored global step."""
+    import mindspore as ms
+    state = {k: v for k, v in params.items() if not isinstance(v, str)}
+    for p in step_cell.get_parameters():
+        if p.name == "learning_rate":  # this run's own schedule (also: no "not loaded" warning)
+            state[p.name] = ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
+    try:
+        ms.load_param_into_net(step_cell, state)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"resume: '{path}' does not fit this run's training state: "
+                              f"{first_line(exc)}") from None

@@ -1,0 +1,260 @@
+"""The entry scripts' command line: ``config.yaml`` (or ``--config FILE``), then ``--key value``
+flags, plus each script's own options declared with :func:`.schema.option`; the checks that involve
+several keys; ``-h`` and the README's key table.
+
+Precedence, lowest first: the defaults in :data:`.schema.SCHEMA` < the YAML file given by
+``--config`` (default: ``config.yaml`` at the top of the repository) < the demo layer
+(:data:`.presets.DEMO_OVERRIDES`, when ``demo`` is on) < ``--key value`` flags. Unknown keys and
+invalid values raise ConfigError naming the key and the value.
+
+On the command line booleans are ``true``/``false`` (a bare ``--flag`` means true), ``null``
+(or ``none``) is None, and lists are comma separated (``--crop_scale 0.5,1``), space separated
+(``--blocks 2 4 2``) or YAML (``--crop_scale [0.5,1]``).
+"""
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+
+from .. import REPO_ROOT
+from ..data.catalog import NUM_CLASSES
+from ..platform.errors import ConfigError
+from .presets import DEMO_OVERRIDES, apply_dataset_defaults
+from .schema import SCHEMA, SCHEMA_BY_NAME, EPOCH_SEED_STRIDE, SEED_LIMIT, check_path, epoch_seed, option
+from .strict_yaml import load_mapping, read_utf8
+from .values import Config, FALSE_WORDS, TRUE_WORDS, convert_key, expected_values, unknown_key
+
+__all__ = ["load_config", "parse_command_line", "CommandLine", "cli_keys", "cap_workers", "path_arg",
+           "config_markdown", "DEFAULT_CONFIG_FILE", "COMMON_OPTIONS"]
+
+#: Options every entry script takes besides the config keys.
+COMMON_OPTIONS = [option("verbose", False, "bool", "Also show MindSpore's own log lines (its C++ warnings); "
+                         "without it they are kept to errors (or set GLOG_v yourself).")]
+
+
+#: ``config.yaml`` at the top of the repository, next to the entry scripts.
+DEFAULT_CONFIG_FILE = os.path.join(REPO_ROOT, "config.yaml")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def _read_yaml(path):
+    """The mapping of a config file: UTF-8, valid YAML, no key given twice (ConfigError otherwise)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} not found; expected a YAML file (see --config)")
+    return load_mapping(read_utf8(path, "config file"), f"config file {path}")
+
+
+def _parse_cli(argv, keys, positionals=False):
+    """Split argv into ``(config_file or None, {key: raw string}, [positional arguments])``;
+    ``-h`` prints the keys. `keys` maps names to :class:`Key` (the schema and the script's options).
+
+    A ``--key`` without ``=`` takes the next argument as its value, except a boolean key, which
+    takes it only when it is a boolean word (a bare ``--flag`` means true). List keys also take
+    space-separated values (``--blocks 2 4 2``) unless the script takes positional arguments (then
+    one value: ``--blocks 2,4,2``). With `positionals`, other arguments (and everything after a
+    lone ``--``) are returned as positional; without, they are an error. A key given more than
+    once keeps every value, so that the caller can validate each and then refuse the repetition
+    naming both."""
+    config_file, raw, paths = None, {}, []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in ("-h", "--help"):
+            print(_help_text(keys))
+            sys.exit(0)
+        if positionals and tok == "--":
+            paths += argv[i + 1:]
+            break
+        if not tok.startswith("--") or tok == "--":
+            if positionals:
+                paths.append(tok)
+                i += 1
+                continue
+            raise ConfigError(f"command line: unexpected argument {tok!r}; expected --key value")
+        name, eq, val = tok[2:].partition("=")
+        name = name.replace("-", "_")
+        key = keys.get(name)
+        if key is None and name != "config":
+            raise unknown_key(name, "command line", keys)
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            is_bool = key is not None and key.type == "bool"
+            takes_next = nxt is not None and not nxt.startswith("--") and (
+                not is_bool or not positionals or nxt.strip().lower() in TRUE_WORDS + FALSE_WORDS)
+            if not takes_next:
+                if not is_bool:
+                    raise ConfigError(f"command line: --{name} needs a value")
+                val = "true"
+            else:
+                val = nxt
+                i += 1
+                if key is not None and key.type in ("floats", "ints") and not positionals:
+                    extra = []
+                    while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                        extra.append(argv[i + 1])
+                        i += 1
+                    if extra:
+                        val = ",".join([val] + extra)
+        i += 1
+        if name == "config":
+            if config_file is not None:
+                raise ConfigError(f"command line: --config is given twice ({config_file!r} and {val!r}); "
+                                  "give one config file")
+            config_file = val
+        else:
+            raw.setdefault(name, []).append(val)
+    return config_file, raw, paths
+
+
+def cli_keys(argv):
+    """The config keys named on the command line (``--key value``, ``--key=value``, ``--key-name``)."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def load_config(argv=None, apply_defaults=True):
+    """Build the Config: schema defaults < YAML (``--config FILE``) < the demo layer
+    (:data:`DEMO_OVERRIDES`, when ``demo`` is on) < ``--key value`` flags.
+
+    `argv` defaults to ``sys.argv[1:]``. With `apply_defaults`, null per-dataset keys are filled
+    by :func:`apply_dataset_defaults`. Raises ConfigError for unknown keys and invalid values.
+    """
+    return parse_command_line(argv, apply_defaults=apply_defaults).cfg
+
+
+@dataclass
+class CommandLine:
+    """An entry script's command line: the run's config, the script's own options (a Config of the
+    declared :func:`option` keys) and the positional arguments."""
+    cfg: "Config"
+    options: "Config"
+    positionals: list
+
+
+def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=True) -> CommandLine:
+    """The one command-line parser of the entry scripts: config keys as in :func:`load_config`,
+    plus the script's own `options` (declared with :func:`option`; an option may take a config
+    key's name, and then the command line sets the option) and, with `positionals`, the arguments
+    that are not ``--key value`` pairs (e.g. image paths)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # An option may take a config key's name (export.py's --batch_size): on that script's command
+    # line the option is meant, and the config key keeps its value from the config file.
+    options = list(options) + [k for k in COMMON_OPTIONS if k.name not in {o.name for o in options}]
+    own = {k.name: k for k in options}
+    config_file, cli, paths = _parse_cli(argv, {**SCHEMA_BY_NAME, **own}, positionals)
+    values = {k.name: (list(k.default) if isinstance(k.default, list) else k.default) for k in SCHEMA}
+
+    path = config_file or DEFAULT_CONFIG_FILE
+    if config_file is not None or os.path.isfile(path):
+        for name, val in _read_yaml(path).items():
+            if name not in SCHEMA_BY_NAME:
+                raise unknown_key(str(name), f"config file {path}")
+            values[name] = convert_key(SCHEMA_BY_NAME[name], val, f"config file {path}")
+    demo_values = cli.get("demo", [values["demo"]])
+    if convert_key(SCHEMA_BY_NAME["demo"], demo_values[-1], "command line"):
+        values.update(DEMO_OVERRIDES)
+    opts = {k.name: k.default for k in options}
+    for name, vals in cli.items():
+        for val in vals:
+            if name in own:
+                opts[name] = convert_key(own[name], val, "command line")
+            else:
+                values[name] = convert_key(SCHEMA_BY_NAME[name], val, "command line")
+    for name, vals in cli.items():
+        if len(vals) > 1:
+            shown = " and ".join(repr(v) for v in vals)
+            times = "twice" if len(vals) == 2 else f"{len(vals)} times"
+            raise ConfigError(f"command line: --{name} is given {times} ({shown}); give it once")
+
+    cfg = Config(values)
+    _check_cross(cfg)
+    cap_workers(cfg)
+    if apply_defaults:
+        apply_dataset_defaults(cfg)
+    return CommandLine(cfg, Config(opts), paths)
+
+
+def _check_cross(cfg):
+    """Checks that involve more than one key or the environment."""
+    topo = {k: getattr(cfg, k) for k in ("blocks", "dims", "mlp_ratios") if getattr(cfg, k) is not None}
+    if len({len(v) for v in topo.values()}) > 1:
+        raise ConfigError("blocks, dims and mlp_ratios must have the same length, got "
+                          + ", ".join(f"{k} {v}" for k, v in topo.items()))
+    if cfg.num_classes is not None and cfg.num_classes < NUM_CLASSES[cfg.dataset_choose]:
+        raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {cfg.dataset_choose} label "
+                          f"range ({NUM_CLASSES[cfg.dataset_choose]}); set num_classes: null")
+    last_seed = epoch_seed(cfg.seed, cfg.epoch_size - 1)
+    if last_seed >= SEED_LIMIT:
+        raise ConfigError(f"seed {cfg.seed} is too large for epoch_size {cfg.epoch_size}: the data pipeline of the "
+                          f"last epoch would use seed + {EPOCH_SEED_STRIDE} x {cfg.epoch_size - 1} = {last_seed}, "
+                          f"and seeds are 32-bit (< 2**32 = {SEED_LIMIT}); expected a seed <= "
+                          f"{SEED_LIMIT - 1 - EPOCH_SEED_STRIDE * (cfg.epoch_size - 1)}")
+    if cfg.run_modelarts and importlib.util.find_spec("moxing") is None:
+        raise ConfigError("run_modelarts: true needs the ModelArts SDK (python package 'moxing'), which is not "
+                          "installed; set run_modelarts: false outside ModelArts")
+    if cfg.run_modelarts:
+        for key, what in (("data_url", "the dataset's OBS path"), ("train_url", "the OBS path for the outputs")):
+            if getattr(cfg, key) is None:
+                raise ConfigError(f"run_modelarts: true needs {key} ({what}, e.g. --{key} obs://bucket/...); "
+                                  "the ModelArts job passes it when the job's data/output paths are set")
+
+
+def cap_workers(cfg, cores=None):
+    """Lower ``num_parallel_workers`` to the machine's core count (MindSpore's data pipeline refuses
+    more), with one warning line on stderr; returns cfg."""
+    cores = cores or os.cpu_count() or 1
+    if cfg.num_parallel_workers > cores:
+        print(f"warning: num_parallel_workers {cfg.num_parallel_workers} is more than the {cores} CPU core(s) "
+              f"of this machine; using {cores}", file=sys.stderr, flush=True)
+        cfg.num_parallel_workers = cores
+    return cfg
+
+
+def path_arg(text):
+    """argparse ``type`` for a path option of a script outside the schema (pth2ckpt.py, dataset.py):
+    the same check as the schema's path keys."""
+    why = check_path(text)
+    if why:
+        import argparse
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {why}")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Documentation
+# --------------------------------------------------------------------------------------------
+def _fmt_default(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:g}" for x in v) + "]"
+    return str(v)
+
+
+def _help_text(keys=None):
+    keys = keys or SCHEMA_BY_NAME
+    own = [k for k in keys.values() if k.option]
+    lines = [f"usage: {os.path.basename(sys.argv[0])} [--config FILE] [--key value ...]", "",
+             "--config FILE  YAML file (default: config.yaml at the top of the repository)", ""]
+    if own:
+        lines.append("options of this script:")
+        for k in own:
+            lines.append(f"  --{k.name} ({expected_values(k)}; default {_fmt_default(k.default)})")
+            lines.append(f"      {k.help}")
+        lines.append("")
+    lines.append("config keys:")
+    for k in SCHEMA:
+        lines.append(f"  --{k.name} ({expected_values(k)}; default {_fmt_default(k.default)})")
+        lines.append(f"      {k.help}")
+    return "\n".join(lines)
+
+
+def config_markdown():
+    """A Markdown table of all keys (name, default, accepted values, help) for the README."""
+    rows = ["| key | default | values | meaning |", "|---|---|---|---|"]
+    for k in SCHEMA:
+        rows.append(f"| `{k.name}` | `{_fmt_default(k.default)}` | {expected_values(k)} | {k.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,95 @@
+"""MINDIR (and AIR) export of a ConvMLP checkpoint model through ``mindspore.export``: the output
+name, a static or any-batch input, and the check that the written file, run with
+``nn.GraphCell``, gives the model's logits before it replaces anything."""
+import os
+
+from ..platform.errors import ConfigError, UserError
+from ..platform.fileio import atomic_output
+from .names import VERIFY_ATOL, max_abs_difference
+from .onnx_file import DYNAMIC_VERIFY_BATCHES
+
+__all__ = ["FORMATS", "EXTENSIONS", "output_base", "check_format", "path_of", "export_graph", "verify_export",
+           "verified", "random_inputs"]
+
+FORMATS = ("MINDIR", "AIR", "ONNX")
+
+
+EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
+
+
+def output_base(file_name, checkpoint_path, fmt):
+    """The output path without extension: `file_name` (a trailing extension of `fmt` removed), or
+    the checkpoint's path without ``.ckpt``."""
+    ext = EXTENSIONS[fmt]
+    if file_name is None:
+        file_name = checkpoint_path[:-5] if checkpoint_path.endswith(".ckpt") else checkpoint_path
+    elif file_name.lower().endswith(ext):
+        file_name = file_name[:-len(ext)]
+    if not os.path.basename(file_name):
+        raise ConfigError(f"command line: --file_name {file_name!r} names a folder; expected a file name")
+    return file_name
+
+
+def check_format(fmt, device):
+    """Refuse the formats that cannot be written here, before anything is loaded."""
+    if fmt == "AIR" and device != "Ascend":
+        raise ConfigError(f"file_format AIR needs an Ascend device (MindSpore writes AIR only with the "
+                          f"Ascend toolkit); this run's device is {device}; use --file_format MINDIR, "
+                          "which MindSpore converts for Ascend as well")
+
+
+def export_atomic(net, inputs, base, fmt, check=None, sources=()):
+    """``mindspore.export`` to ``base + extension`` through :func:`src.platform.fileio.atomic_output`: the
+    complete temporary file is checked with ``check(tmp)`` (when given) before it replaces an
+    existing file, and the output must not be one of `sources` (the checkpoint read)."""
+    import mindspore as ms
+    ext = EXTENSIONS[fmt]
+    final = base + ext
+    with atomic_output(final, verify=check, inputs=sources, label="export file") as tmp:
+        ms.export(net, *inputs, file_name=tmp[:-len(ext)], file_format=fmt)
+    return final
+
+
+def path_of(base, fmt):
+    return base + EXTENSIONS[fmt]
+
+
+def verify_export(net, path, inputs):
+    """Max abs difference between the exported file (loaded back) and `net` on `inputs` (a list of
+    input lists, one run each); NaN when an output is not finite."""
+    import mindspore as ms
+    from mindspore import nn
+    graph = nn.GraphCell(ms.load(path))
+    return max_abs_difference((graph(*args).asnumpy(), net(*args).asnumpy()) for args in inputs)
+
+
+def verified(diff, path, how):
+    """UserError unless `diff` is within :data:`VERIFY_ATOL` (NaN is not)."""
+    if not diff <= VERIFY_ATOL:
+        raise UserError(f"'{path}' would not reproduce the checkpoint model: max abs difference {diff:.3g} "
+                        f"> {VERIFY_ATOL:g} on a random input ({how}); nothing was written, an existing "
+                        "file of that name is unchanged")
+    return diff
+
+
+def export_graph(net, shape, base, fmt, verify, sources=()):
+    """MINDIR/AIR export of `net` for inputs of `shape` (``shape[0]`` None: dynamic batch), verified
+    before the rename when `verify`; returns ``(path, max abs diff or None)``."""
+    import mindspore as ms
+    dynamic = shape[0] is None
+    checks = random_inputs(shape, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]])
+    inputs = [ms.Tensor(shape=list(shape), dtype=ms.float32)] if dynamic else checks[0]
+    diff = None
+
+    def check(tmp):
+        nonlocal diff
+        diff = verified(verify_export(net, tmp, checks), path_of(base, fmt), "nn.GraphCell")
+    return export_atomic(net, inputs, base, fmt, check if verify else None, sources), diff
+
+
+def random_inputs(shape, batches, seed=0):
+    """One random float32 tensor of `shape` per batch size in `batches` (a list of 1-lists)."""
+    import numpy as np
+    import mindspore as ms
+    rng = np.random.default_rng(seed)
+    return [[ms.Tensor(rng.standard_normal((b,) + tuple(shape[1:])).astype(np.float32))] for b in batches]

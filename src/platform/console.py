@@ -1,0 +1,85 @@
+"""What every script tells a person while it works: log lines (``HH:MM:SS message``) and the
+progress bar of a long loop. Only rank 0 of a data-parallel run prints its progress."""
+import logging
+import os
+import sys
+import time
+from typing import Optional
+
+__all__ = ["get_logger", "Progress"]
+
+
+def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
+    """A logger printing ``HH:MM:SS message`` to stdout (rank 0) and to ``log_file``."""
+    logger = logging.getLogger("convmlp")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s" if rank == 0 else
+                            f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
+    h = logging.StreamHandler(sys.stdout)
+    h.setFormatter(fmt)
+    logger.addHandler(h)
+    if log_file and rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        fh = _FileHandler(log_file)
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+class _FileHandler(logging.FileHandler):
+    """A log file that, when it cannot be written (full disk, file system gone), says so once on
+    stderr and stops, instead of printing a traceback for every line; stdout keeps the log."""
+
+    broken = False
+
+    def emit(self, record):
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record):
+        if self.broken:
+            return
+        self.broken = True
+        exc = sys.exc_info()[1]
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"warning: cannot write the log file {self.baseFilename} ({why}); logging to stdout only",
+              file=sys.stderr, flush=True)
+        try:
+            self.close()  # flushes what is buffered, which fails again on a full disk
+        except Exception:
+            pass
+
+
+class Progress:
+    """Progress inside an epoch: a tqdm bar when stdout is a terminal, else a plain line every
+    ``log_interval`` steps (so logs of batch jobs stay readable)."""
+
+    def __init__(self, total: int, desc: str, logger: logging.Logger, enabled: bool = True,
+                 log_interval: int = 20):
+        self.total, self.desc, self.logger = total, desc, logger
+        self.enabled, self.log_interval = enabled, max(1, log_interval)
+        self.bar = None
+        self.n = 0
+        self.t0 = time.time()
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int = 1, **postfix):
+        self.n += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        elif self.n % self.log_interval == 0 or self.n == self.total:
+            extra = " ".join(f"{k} {v:.4g}" for k, v in postfix.items())
+            rate = self.n / max(1e-9, time.time() - self.t0)
+            self.logger.info(f"{self.desc} {self.n}/{self.total} {extra} ({rate:.2f} it/s)")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

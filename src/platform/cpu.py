@@ -1,0 +1,75 @@
+"""CPU settings for speed, applied by :func:`src.platform.device.configure_runtime` (entry scripts
+and benchmarks/bench.py) before the first network runs.
+
+On x86 CPUs :func:`cap_onednn_isa` caps oneDNN at AVX2 when the process runs MindSpore 2.10's own CPU
+convolutions: those hand oneDNN plain NCHW memory, and on an AVX-512 CPU oneDNN then picks a
+reference (scalar) inner kernel, while capped at AVX2 it picks its GEMM kernel. When every
+convolution runs the C++ kernel of ``model/cpu_kernels`` (blocked layouts where the plain ones
+would get a reference kernel), the cap is left off, so those convolutions and MindSpore's matrix
+products use the CPU's whole vector width. The cap
+is set through oneDNN's API (``dnnl_set_max_cpu_isa``), not the environment, so child processes
+decide for themselves; an explicit ``ONEDNN_MAX_CPU_ISA`` in the environment is kept. The
+measurements behind this and behind ``release_compile_memory()`` are in ``benchmarks/RESULTS.md``.
+"""
+import ctypes
+import os
+
+__all__ = ["cap_onednn_isa", "uses_only_conv_kernel", "onednn_isa", "release_compile_memory", "ONEDNN_ISA"]
+
+#: oneDNN's ISA cap for MindSpore's own CPU convolutions (see module docstring).
+ONEDNN_ISA = "AVX2"
+_DNNL_ISA_CODES = {"AVX2": 0x7}   # dnnl_cpu_isa_t (oneapi/dnnl/dnnl_types.h)
+_isa_note = "not set (src.platform.device.configure_runtime not called, or not an x86 CPU)"
+
+
+def onednn_isa():
+    """What :func:`cap_onednn_isa` did to oneDNN's ISA, for the run log."""
+    return _isa_note
+
+
+def cap_onednn_isa(own_convolutions=True):
+    """Cap oneDNN at :data:`ONEDNN_ISA` when MindSpore's own convolutions will run in this process;
+    leave it uncapped when every convolution runs the C++ kernel. Returns what is in effect (also
+    kept for :func:`onednn_isa`)."""
+    global _isa_note
+    _isa_note = _cap(ONEDNN_ISA) if own_convolutions else "not capped (every convolution runs the C++ kernel)"
+    return _isa_note
+
+
+def _cap(isa):
+    """Cap the oneDNN that MindSpore loaded at `isa` for this process. Returns what is in effect,
+    for the run log. oneDNN accepts the cap only before its first primitive."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        return f"{os.environ['ONEDNN_MAX_CPU_ISA']} (from ONEDNN_MAX_CPU_ISA)"
+    from model.cpu_kernels import mindspore_onednn_library
+    lib = mindspore_onednn_library()
+    try:
+        status = ctypes.CDLL(lib).dnnl_set_max_cpu_isa(_DNNL_ISA_CODES[isa])
+    except (OSError, AttributeError) as exc:
+        return f"not capped ({lib}: {exc})"
+    return isa if status == 0 else "not capped (oneDNN was already in use in this process)"
+
+
+def uses_only_conv_kernel(cpu_kernels_on=True, amp_level="O0", device_target="CPU"):
+    """Whether every convolution of a model built with these settings runs the C++ convolution
+    kernel (float32 on the CPU, kernels on and built), so that oneDNN may be left
+    oneDNN uncapped. Builds the kernels if needed (once per machine)."""
+    if device_target != "CPU" or not cpu_kernels_on or amp_level != "O0":
+        return False
+    from model import cpu_kernels
+    return cpu_kernels.enabled() and cpu_kernels.conv_library_path() is not None
+
+
+def release_compile_memory():
+    """Return the heap that graph compilation freed to the OS (``gc.collect()`` then glibc's
+    ``malloc_trim(0)``), so that the first step's allocations reuse it instead of growing the
+    process. Call after ``cell.compile(...)`` and before the first step; a no-op where glibc is not
+    the C library. Returns True when the trim ran."""
+    import gc
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -1,0 +1,73 @@
+"""Test-only hooks for the scripts the tests start as subprocesses. Python imports this module at
+start-up because the tests put ``tests/plugins`` on ``PYTHONPATH`` (see tests/helpers.py); the
+product never reads these variables.
+
+* ``CONVMLP_TEST_KILL_AFTER=NAME[#N]``: the process kills itself with SIGKILL right after the N-th
+  (default first) ``os.replace`` onto a file named NAME, that is right after the atomic writer put
+  that file in place (tests/test_fault.py).
+* ``CONVMLP_TEST_DUMP_WEIGHTS=FOLDER``: after every epoch's BatchNorm averaging of a data-parallel
+  run, each rank writes its model parameters to ``FOLDER/rank<R>.npz`` (tests/test_distributed.py).
+"""
+import importlib.abc
+import importlib.util
+import os
+import signal
+import sys
+
+
+def _kill_after(spec):
+    name, _, count = spec.partition("#")
+    count, seen = int(count or 1), [0]
+    replace = os.replace
+
+    def replace_then_maybe_die(src, dst, *args, **kwargs):
+        replace(src, dst, *args, **kwargs)
+        if os.path.basename(os.fspath(dst)) == name:
+            seen[0] += 1
+            if seen[0] == count:
+                os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace_then_maybe_die
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs ``patch(module)`` once `name` has been imported (before anyone takes names from it)."""
+
+    def __init__(self, name, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.patch(module)
+
+
+def _dump_weights(folder):
+    def patch(distributed):
+        average = distributed.average_bn_statistics
+
+        def average_then_dump(net, reduce_fn, world):
+            out = average(net, reduce_fn, world)
+            import numpy as np
+            from mindspore.communication import get_rank
+            os.makedirs(folder, exist_ok=True)
+            np.savez(os.path.join(folder, f"rank{get_rank()}.npz"),
+                     **{p.name: p.asnumpy() for p in net.get_parameters()})
+            return out
+        distributed.average_bn_statistics = average_then_dump
+    sys.meta_path.insert(0, _AfterImport("src.train.distributed", patch))
+
+
+if os.environ.get("CONVMLP_TEST_KILL_AFTER"):
+    _kill_after(os.environ["CONVMLP_TEST_KILL_AFTER"])
+if os.environ.get("CONVMLP_TEST_DUMP_WEIGHTS"):
+    _dump_weights(os.environ["CONVMLP_TEST_DUMP_WEIGHTS"])
