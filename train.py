@@ -162,7 +162,7 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
         logger.warning("*** no pretrained_ckpt: training FROM SCRATCH (random init). The published accuracy "
                        "needs the converted ImageNet weights (pth2ckpt.py) ***")
     logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
-    logger.info(f"C++ CPU kernels (model/cpu_kernels.py): {cpu_kernels.status()}; oneDNN ISA: {onednn_isa()}")
+    logger.info(f"C++ CPU kernels (model/cpu_kernels/): {cpu_kernels.status()}; oneDNN ISA: {onednn_isa()}")
     net = apply_amp(net, cfg.amp_level)
     logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))

@@ -1,5 +1,5 @@
 // 2-D convolution (groups 1, symmetric padding, no bias), NCHW float32, forward and both backward
-// passes, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels.py), driving the
+// passes, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels/), driving the
 // oneDNN library that MindSpore itself ships (lib/libdnnl.so.3).
 //
 // MindSpore 2.10's own CPU convolution hands oneDNN plain NCHW memory, so oneDNN runs im2col +
