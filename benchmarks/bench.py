@@ -9,7 +9,7 @@ both alike. It prints the median images/s of each, the ratio MindSpore/PyTorch, 
 memory of each worker (each framework in its own process, so the figures do not mix), the graph
 compile time and the time from process start to the end of the first step.
 
-MindSpore runs with the repository's graph cache (``src/graph_cache.py``, on by default in
+MindSpore runs with the repository's graph cache (``src/platform/graph_cache.py``, on by default in
 train.py and evl.py) in a fresh cache folder per benchmark run: for every case a first MindSpore
 process compiles (a miss: the figures of a first run, "cold"), then the timed MindSpore process
 loads the compiled graphs (a hit: a second run, "warm"), as a user's runs after the first do.

@@ -1,4 +1,4 @@
-"""Start-up cost of train.py without and with the compiled-graph cache (src/graph_cache.py).
+"""Start-up cost of train.py without and with the compiled-graph cache (src/platform/graph_cache.py).
 
     python benchmarks/startup.py --repeats 3 -- --demo --epoch_size 1 --max_steps_per_epoch 3
     python benchmarks/startup.py -- --image_size 32 --batch_size 128 --epoch_size 1 \\

@@ -22,7 +22,7 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 On the CPU, the convolutions (oneDNN with blocked layouts), LayerNorm, GELU, the channel MLPs'
 bias, BatchNorm+ReLU, the tokenizer's max-pool and the blocks' depthwise conv run as the C++ kernels
 of :mod:`model.cpu_kernels` (same functions, faster than MindSpore 2.10's); config key
-``cpu_kernels: false`` or ``CONVMLP_CPU_KERNELS=0`` keeps MindSpore's kernels.
+``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`) keeps MindSpore's kernels.
 """
 import math
 from typing import Optional, Sequence
@@ -223,7 +223,7 @@ class ConvMLPBlock(nn.Cell):
     no residual); ``x = x + drop_path(mlp2(norm2(x)))``.
 
     On the CPU (float32) the depthwise 3x3 ``connect`` runs as the channels-last C++ kernel of
-    :mod:`model.cpu_kernels` with the ``Conv2d``'s weight (4-5x faster, no transposes). Otherwise it
+    :mod:`model.cpu_kernels` with the ``Conv2d``'s weight (faster: no transposes). Otherwise it
     runs as the grouped ``Conv2d`` (NCHW, between two transposes), except on maps of at most
     ``SMALL_MAP_POSITIONS`` positions (the last stages at low resolution, e.g. 2x2 and 1x1 for 32 px
     images), where it is computed directly on channels-last tokens as

@@ -1,6 +1,6 @@
 """The errors the model package raises for input a user can fix (an unknown arch, a checkpoint
 that does not fit). They live here so that ``model`` imports nothing from outside itself; the
-entry scripts' error handling (``src/errors.py``) builds on these classes and re-exports them."""
+entry scripts' error handling (``src/platform/errors.py``) builds on these classes and re-exports them."""
 
 __all__ = ["UserError", "ConfigError", "CheckpointError", "first_line", "short_list"]
 

@@ -4,11 +4,11 @@ one of the inputs.
 The rules live in two places, each tested here first on its own and then through the real entry
 scripts (subprocesses):
 
-* ``src/fileio.py``: :func:`atomic_output`, the one writer of every output file (temporary file in
+* ``src/platform/fileio.py``: :func:`atomic_output`, the one writer of every output file (temporary file in
   the same folder, verified, flushed, renamed; on failure the old file is intact, the temporary is
   gone and the message names the user's path), and :func:`check_not_input` (same path, symbolic
   link or hard link).
-* ``src/run_folder.py``: the lock that makes a run folder belong to one train.py process, and the
+* ``src/train/run_folder.py``: the lock that makes a run folder belong to one train.py process, and the
   rule that ``--demo`` replaces only a previous demo run.
 
 End-to-end cases check, like tests/test_reliability.py: the exit status, exactly one ``error:``
@@ -49,7 +49,7 @@ def metrics_epochs(run_dir):
 
 
 # ------------------------------------------------------------------------------------------------
-# src/fileio.py on its own
+# src/platform/fileio.py on its own
 
 def test_atomic_output_replaces_only_a_complete_verified_file(tmp_path):
     path = tmp_path / "result.json"
@@ -118,7 +118,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_writer(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# src/run_folder.py: the lock on its own (separate processes: a lock belongs to a process)
+# src/train/run_folder.py: the lock on its own (separate processes: a lock belongs to a process)
 
 HOLD = textwrap.dedent("""
     import sys, time

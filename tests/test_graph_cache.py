@@ -1,4 +1,4 @@
-"""The compiled-graph cache (src/graph_cache.py): a second identical run loads its graphs instead of
+"""The compiled-graph cache (src/platform/graph_cache.py): a second identical run loads its graphs instead of
 compiling them and ends with the same weights; any change that reaches a graph gets its own
 folder; a damaged folder is compiled again, never loaded.
 

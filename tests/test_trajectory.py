@@ -15,7 +15,7 @@ array, the same soft-target cross-entropy on the same targets.
 Both train 20 steps on 4 fixed random batches (8 images of 32 px, 10 classes); the schedule has
 warm-up (steps 0-3), cosine decay (4-15) and a cool-down at ``min_lr`` (16-19). Then every
 parameter and every BatchNorm moving statistic is compared (:func:`compare`), with the C++ CPU
-kernels of ``model/cpu_kernels.py`` on and off. The kernels are chosen when the cells are built
+kernels of ``model/cpu_kernels/`` on and off. The kernels are chosen when the cells are built
 (each setting gets its own cells and its own compiled graph), so both settings share one
 process; the test checks which cells really run a kernel.
 

@@ -1,5 +1,5 @@
 // Training-mode BatchNorm (batch statistics) fused with the ReLU that follows it, NCHW float32,
-// forward and backward, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels.py).
+// forward and backward, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels/).
 // ConvMLP's tokenizer and conv stage are conv -> BatchNorm -> ReLU; MindSpore 2.10 runs the
 // BatchNorm on oneDNN's plain-layout path and the ReLU and both gradients as separate passes
 // (165 ms of a 224 px ConvMLP-S training step).

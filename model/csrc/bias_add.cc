@@ -1,5 +1,5 @@
 // Bias addition over the last axis and its bias gradient, float32, for MindSpore's Custom "aot"
-// op on the CPU (see model/cpu_kernels.py): the bias half of ConvMLP's Dense layers.
+// op on the CPU (see model/cpu_kernels/): the bias half of ConvMLP's Dense layers.
 // MindSpore 2.10's BiasAddGrad takes ~2.9 ms for a (12544, 256) gradient (105 ms per 224 px
 // training step of ConvMLP-S); here the row sum runs over C innermost (vectorised), in float
 // blocks of 256 rows added into double totals.

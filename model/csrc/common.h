@@ -1,4 +1,4 @@
-// Helpers shared by the C++ CPU kernels of model/cpu_kernels.py.
+// Helpers shared by the C++ CPU kernels of model/cpu_kernels/.
 #ifndef CONVMLP_CSRC_COMMON_H_
 #define CONVMLP_CSRC_COMMON_H_
 

@@ -1,12 +1,12 @@
 // 2-D convolution (groups 1, symmetric padding, no bias), NCHW float32, forward and both backward
-// passes, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels.py), driving the
+// passes, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels/), driving the
 // oneDNN library that MindSpore itself ships (lib/libdnnl.so.3).
 //
 // MindSpore 2.10's own CPU convolution hands oneDNN plain NCHW memory, so oneDNN runs im2col +
 // GEMM. Here each primitive is created with "any" memory formats, letting oneDNN pick its blocked
 // layouts and direct (JIT) kernels, as PyTorch does; inputs are reordered into those layouts and
 // the result back to NCHW on every call. Primitives are cached by shape. The forward keeps the
-// plain layouts where oneDNN has a GEMM kernel for them (under src/perf.py's AVX2 cap: reordering
+// plain layouts where oneDNN has a GEMM kernel for them (under src/platform/cpu.py's AVX2 cap: reordering
 // the input and output cost more than the blocked forward saved, 224 px inference 13 % slower)
 // and takes the blocked ones where it would fall back to a reference kernel (AVX-512 uncapped);
 // the two backward passes use the blocked ones. MindSpore's oneDNN is built for the "threadpool"

@@ -1,6 +1,6 @@
 // Depthwise KxK convolution, stride 1, zero padding K/2, no bias, on channels-last (N, H, W, C)
 // float32 tensors, forward and both backward passes, for MindSpore's Custom "aot" op on the CPU
-// (see model/cpu_kernels.py). This is ConvMLP's "connect" layer, whose tokens are channels-last:
+// (see model/cpu_kernels/). This is ConvMLP's "connect" layer, whose tokens are channels-last:
 // MindSpore's grouped Conv2d needs NCHW (two transposes per block and per pass) and runs on
 // oneDNN's generic path. Weights keep the Conv2d layout (C, 1, K, K).
 //

@@ -1,5 +1,5 @@
 // Exact (erf) GELU, forward and backward, float32, for MindSpore's Custom "aot" op on the CPU (see
-// model/cpu_kernels.py): y = x * Phi(x) with Phi(x) = (1 + erf(x / sqrt(2))) / 2, and
+// model/cpu_kernels/): y = x * Phi(x) with Phi(x) = (1 + erf(x / sqrt(2))) / 2, and
 // dx = dy * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 //
 // This file is compiled with -ffast-math (but linked without it, so the process's floating-point

@@ -1,5 +1,5 @@
 // LayerNorm over the last axis, forward and backward, float32, for MindSpore's Custom "aot" op on
-// the CPU (see model/cpu_kernels.py). Same function as torch.nn.LayerNorm / mindspore.nn.LayerNorm
+// the CPU (see model/cpu_kernels/). Same function as torch.nn.LayerNorm / mindspore.nn.LayerNorm
 // with begin_norm_axis = begin_params_axis = -1: y = (x - mean) * rstd * gamma + beta with
 // rstd = 1 / sqrt(var + eps), var the biased variance of the row.
 //

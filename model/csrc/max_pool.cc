@@ -1,6 +1,6 @@
 // 2-D max pooling whose padding is never selected (as torch.nn.MaxPool2d and
 // mindspore.nn.MaxPool2d(pad_mode="pad")), NCHW float32, forward and backward, for MindSpore's
-// Custom "aot" op on the CPU (see model/cpu_kernels.py).
+// Custom "aot" op on the CPU (see model/cpu_kernels/).
 //
 // MindSpore 2.10 runs the padded max-pool as MaxPool3DWithArgmax, whose CPU forward is slow
 // (~20 ms for ConvMLP's tokenizer at 32 px, batch 128). Here the forward writes the maximum and

@@ -92,7 +92,7 @@ def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, 
 
 
 def topology_flags(args) -> dict:
-    """The topology flags given, validated with train.py's schema (src/config.py: types and
+    """The topology flags given, validated with train.py's schema (src.config: types and
     bounds, e.g. ``--channels 0`` or a negative dim is refused)."""
     given = {}
     for key in TOPOLOGY_KEYS:

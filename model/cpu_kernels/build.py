@@ -1,0 +1,263 @@
+"""Building the C++ kernels and the switch that says whether the cells use them. ``g++`` (or
+``$CXX``) compiles ``model/csrc/*.cc`` on first use into shared libraries in the kernel cache
+(``$CONVMLP_KERNEL_CACHE``, else :func:`model.cache.cache_dir` ``("kernels")``; a temporary folder
+when that one is not writable), in a folder keyed by a hash of the sources, the compiler, the flags
+and the CPU's feature flags (``-march=native``), so each machine builds once and concurrent
+processes may race safely (each library is moved into place atomically). The convolution is a
+library of its own, built against the oneDNN that MindSpore ships (``lib/libdnnl.so.3``) with the
+oneDNN 3.x headers of the PyTorch package (``requirements.txt``) or ``$CONVMLP_DNNL_INCLUDE``;
+without them only the convolutions stay MindSpore's. Without a compiler, or when the build fails,
+one warning is logged and the cells run MindSpore's kernels. :func:`set_enabled` (the config key
+``cpu_kernels``) turns the kernels on or off for cells built from then on; :func:`active` and
+:func:`status` say whether they run.
+"""
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import mindspore as ms
+
+from ..cache import cache_dir
+from ..errors import first_line
+
+__all__ = ["set_enabled", "enabled", "active", "status", "library_path", "conv_library_path",
+           "mindspore_onednn_library"]
+
+_LOG = logging.getLogger(__name__)
+_SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+#: source file -> extra compile flags. gelu.cc is compiled with -ffast-math so that GCC may
+#: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
+#: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
+_SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
+            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
+#: the convolution, built as a library of its own against MindSpore's libdnnl.so.3 (optional)
+_CONV_SOURCE = "conv_onednn.cc"
+_BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
+_LIBRARY_NAME = "convmlp_cpu_kernels.so"
+_CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"
+
+_enabled = True
+_lock = threading.Lock()
+_library = None          # path of the built .so, once built
+_failure = None          # one-line reason when the build failed
+_conv_library = None     # path of the built oneDNN convolution .so (optional, see _dnnl_paths)
+_conv_failure = None     # one-line reason when that one is missing
+
+
+def set_enabled(flag: bool):
+    """Turn the kernels on or off for cells built from now on (cells already built keep theirs)."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def enabled() -> bool:
+    """Whether the kernels are switched on (they may still be unavailable, see :func:`active`)."""
+    return _enabled
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_root():
+    return os.environ.get("CONVMLP_KERNEL_CACHE") or cache_dir("kernels")
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    if proc.returncode != 0:
+        last = [l for l in proc.stdout.strip().splitlines() if l.strip()]
+        raise RuntimeError(f"{' '.join(cmd[:2])} ... failed: {last[-1] if last else 'exit ' + str(proc.returncode)}")
+
+
+def mindspore_onednn_library() -> str:
+    """Path of the oneDNN library that MindSpore ships and loads (``lib/libdnnl.so.3``)."""
+    ms_spec = importlib.util.find_spec("mindspore")
+    return os.path.join(list(ms_spec.submodule_search_locations)[0], "lib", "libdnnl.so.3")
+
+
+def _dnnl_paths():
+    """(include folder holding oneapi/dnnl/dnnl.hpp, MindSpore's lib folder holding libdnnl.so.3) for
+    the convolution kernel, which drives the oneDNN library MindSpore ships. The headers come from
+    ``$CONVMLP_DNNL_INCLUDE``, the PyTorch package (requirements.txt) or the system. Raises
+    RuntimeError with the reason."""
+    library = mindspore_onednn_library()
+    lib_dir = os.path.dirname(library)
+    if not os.path.isfile(library):
+        raise RuntimeError(f"MindSpore's oneDNN library not found in {lib_dir}")
+    candidates = [os.environ.get("CONVMLP_DNNL_INCLUDE")]
+    torch_spec = importlib.util.find_spec("torch")  # located, not imported
+    if torch_spec is not None and torch_spec.submodule_search_locations:
+        candidates.append(os.path.join(list(torch_spec.submodule_search_locations)[0], "include"))
+    candidates += ["/usr/local/include", "/usr/include"]
+    for inc in candidates:
+        if inc and all(os.path.isfile(os.path.join(inc, "oneapi", "dnnl", h))
+                       for h in ("dnnl.hpp", "dnnl_threadpool.hpp", "dnnl_version.h")):
+            return inc, lib_dir
+    raise RuntimeError("no oneDNN 3.x headers (oneapi/dnnl/dnnl.hpp) found: install torch (requirements.txt) "
+                       "or set CONVMLP_DNNL_INCLUDE")
+
+
+def _onednn():
+    """``(dnnl_paths, identity, None)`` for the convolution library (``identity``: what of oneDNN
+    goes into the cache key), or ``(None, None, why it cannot be built)``."""
+    try:
+        dnnl = _dnnl_paths()
+        with open(os.path.join(dnnl[0], "oneapi", "dnnl", "dnnl_version.h"), "rb") as f:
+            return dnnl, (dnnl, f.read(), os.path.getsize(os.path.join(dnnl[1], "libdnnl.so.3"))), None
+    except RuntimeError as exc:
+        return None, None, str(exc)
+
+
+def _compiler():
+    """``(compiler, first line of its --version)``: ``$CXX`` or ``g++``. Raises RuntimeError with the
+    reason when there is none (or the platform cannot load aot Custom ops)."""
+    if platform.system() != "Linux":
+        raise RuntimeError(f"MindSpore's aot Custom ops need Linux, this is {platform.system()}")
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found; set CXX)")
+    try:
+        version = subprocess.run([cxx, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, timeout=60).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"{cxx} --version failed: {exc}") from None
+    return cxx, version
+
+
+def _arch_flags():
+    return ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "aarch64") else []
+
+
+def _cache_key(version, arch_flags, dnnl_id):
+    """Name of the cache folder: a hash of every source and header, the compiler's version, the
+    flags, the CPU's feature flags and the oneDNN the convolution is built against."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(_SRC_DIR)):  # every source and header
+        if not name.endswith((".cc", ".h")):
+            continue
+        with open(os.path.join(_SRC_DIR, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _cpu_flags(), platform.machine(),
+                        dnnl_id)).encode())
+    return digest.hexdigest()[:20]
+
+
+def _cache_folder(key, with_conv):
+    """The folder for the libraries of cache key `key`: the one that already holds them (both when
+    `with_conv`), else the first writable one; an unwritable cache folder (read-only home, ...) falls
+    back to the temporary folder. Raises RuntimeError when there is none."""
+    roots = [_cache_root(), os.path.join(tempfile.gettempdir(), f"convmlp_mindspore_kernels_{os.getuid()}")]
+    for root in roots:
+        folder = os.path.join(root, key)
+        if os.path.isfile(os.path.join(folder, _LIBRARY_NAME)) and (
+                not with_conv or os.path.isfile(os.path.join(folder, _CONV_LIBRARY_NAME))):
+            return folder
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            pass
+    raise RuntimeError(f"no writable folder for the compiled kernels ({roots[0]}; set CONVMLP_KERNEL_CACHE)")
+
+
+def _compile_object(cxx, arch_flags, source, extra, include, obj):
+    cmd = [cxx, "-c", *_BASE_FLAGS, *arch_flags, *extra, *include, os.path.join(_SRC_DIR, source), "-o", obj]
+    try:
+        _run(cmd)
+    except RuntimeError:
+        if not arch_flags:
+            raise
+        _run([a for a in cmd if a not in arch_flags])  # a compiler without -march=native
+
+
+def _compile_library(cxx, arch_flags, sources, out, include=(), link=()):
+    """Compile `sources` (file -> extra flags) and link them into the shared library `out`, unless
+    it exists: the objects go to a temporary folder beside `out` and the library is moved into place
+    atomically, so a concurrent process sees either no library or a whole one."""
+    if os.path.isfile(out):
+        return
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=".build-") as tmp:
+        objects = []
+        for name, extra in sources.items():
+            objects.append(os.path.join(tmp, name + ".o"))
+            _compile_object(cxx, arch_flags, name, extra, include, objects[-1])
+        lib = os.path.join(tmp, os.path.basename(out))
+        _run([cxx, "-shared", "-o", lib, *objects, "-lm", *link])
+        os.replace(lib, out)
+
+
+def _build():
+    """Compile the sources into the cache (atomically: concurrent processes may race). Returns
+    ``(library, conv_library or None, why the convolution library is missing or None)``. Raises
+    RuntimeError with a one-line reason when the main library cannot be built."""
+    cxx, version = _compiler()
+    arch_flags = _arch_flags()
+    dnnl, dnnl_id, conv_failure = _onednn()
+    folder = _cache_folder(_cache_key(version, arch_flags, dnnl_id), with_conv=dnnl is not None)
+    target = os.path.join(folder, _LIBRARY_NAME)
+    _compile_library(cxx, arch_flags, _SOURCES, target)
+    if dnnl is None:
+        return target, None, conv_failure
+    include, lib_dir = dnnl
+    conv_target = os.path.join(folder, _CONV_LIBRARY_NAME)
+    try:
+        _compile_library(cxx, arch_flags, {_CONV_SOURCE: ["-pthread"]}, conv_target, include=["-I" + include],
+                         link=["-pthread", "-L" + lib_dir, "-l:libdnnl.so.3", "-Wl,-rpath," + lib_dir,
+                               "-Wl,--no-undefined"])
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return target, None, f"convolution kernel not built: {first_line(exc)}"
+    return target, conv_target, None
+
+
+def library_path():
+    """Path of the compiled library (building it on first call), or None when it cannot be built."""
+    global _library, _conv_library, _conv_failure, _failure
+    with _lock:
+        if _library is None and _failure is None:
+            try:
+                _library, _conv_library, _conv_failure = _build()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                _failure = first_line(exc)
+                _LOG.warning("CPU kernels unavailable, using MindSpore's own kernels: %s", _failure)
+            if _conv_failure:
+                _LOG.warning("CPU convolution kernel unavailable, using MindSpore's Conv2d: %s", _conv_failure)
+        return _library
+
+
+def conv_library_path():
+    """Path of the compiled oneDNN convolution library, or None (see :func:`status`)."""
+    return _conv_library if library_path() is not None else None
+
+
+def active() -> bool:
+    """Whether cells built now would run the C++ kernels: enabled, CPU target, library built."""
+    if not _enabled or ms.get_context("device_target") != "CPU":
+        return False
+    return library_path() is not None
+
+
+def status() -> str:
+    """One line for the run log."""
+    if not _enabled:
+        return "off"
+    if ms.get_context("device_target") != "CPU":
+        return "off (not the CPU)"
+    if library_path() is None:
+        return f"unavailable ({_failure})"
+    conv = "on" if _conv_library else f"MindSpore's ({_conv_failure})"
+    return f"on ({os.path.dirname(_library)}); convolutions: {conv}"
