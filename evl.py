@@ -23,7 +23,7 @@ from src.platform.fileio import atomic_output, check_output_path
 from src.platform.graph_cache import open_graph_cache
 from src.train.distributed import make_reduce_fn
 from src.train.loop import evaluate
-from model.helpers import require_finite_outputs
+from model import require_finite_outputs
 
 #: evl.py's own options (everything else is a config key).
 OPTIONS = [option("json", None, "str", "Also write the results as JSON to this file.", nullable=True)]

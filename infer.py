@@ -43,7 +43,7 @@ from src.platform.console import get_logger
 from src.platform.device import setup_runtime
 from src.platform.errors import DataError, run_cli
 from src.platform.fileio import atomic_output, check_output_path
-from model.helpers import require_finite_outputs
+from model import require_finite_outputs
 
 #: infer.py's own options (everything else is a config key; other arguments are images/folders).
 OPTIONS = [option("json", None, "str", "Also write the predictions as JSON to this file.", nullable=True),

@@ -12,9 +12,8 @@ to ``save_checkpoint_path``; ``--resume auto`` continues the run found there.
 Data parallel (``is_distributed: true``, under msrun): ``batch_size`` is per device; gradients are
 averaged over the ranks, BatchNorm moving statistics are averaged at each epoch end, validation
 counts are summed over the ranks' shards; only rank 0 writes files and the progress bar.
-Test hook: with the environment variable ``CONVMLP_DUMP_WEIGHTS_DIR`` set, every rank writes its
-final model parameters to ``$CONVMLP_DUMP_WEIGHTS_DIR/rank<R>.npz`` (tests/test_distributed.py).
 """
+import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os
 import sys
 import time
@@ -23,7 +22,28 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from src.errors import ClusterError, ConfigError, first_line, run_cli
+import mindspore as ms
+
+from src.checkpoint.files import BEST, LAST, read_meta, resume_path, save_training_state
+from src.checkpoint.load import build_model, check_arch, load_training_state
+from src.config import epoch_config, load_config
+from src.data.pipeline import create_dataset, dataset_size, prepare_demo
+from src.platform.console import Progress, get_logger
+from src.platform.cpu import onednn_isa, release_compile_memory
+from src.platform.device import check_precision, setup_runtime
+from src.platform.errors import EXIT_INTERRUPTED, ClusterError, ConfigError, first_line, run_cli
+from src.platform.fileio import remove_stale_temps
+from src.platform.graph_cache import open_graph_cache
+from src.train.distributed import (average_bn_statistics, check_same_start, is_communication_failure,
+                                   make_reduce_fn)
+from src.train.loop import TrainingDiverged, evaluate, train_one_epoch
+from src.train.metrics import MetricsLog
+from src.train.modelarts import prepare_data, sync_outputs
+from src.train.optim import AdamW, cosine_schedule, log_schedule, param_groups_weight_decay
+from src.train.run_folder import CONFIG_FILE, LOG_FILE, check_fresh_start, claim_run_folder
+from src.train.state import RunState, StopRequest
+from src.train.step import apply_amp, build_train_step
+from model import check_fit, cpu_kernels, load_pretrained, read_checkpoint
 
 
 @dataclass
@@ -57,8 +77,6 @@ class Parts:
 
 
 def main(argv=None):
-    from src.config import load_config
-    from src.engine import TrainingDiverged
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     run = start(cfg)
     check_output_folder(run)
@@ -83,18 +101,11 @@ def main(argv=None):
 def start(cfg) -> Run:
     """Device, rank and logger; the precision checks that must fail before anything is built; the
     demo data; the resolved config in the log."""
-    import mindspore as ms
-    from src.runtime import setup_runtime, check_precision
-    from src.run_log import get_logger
-    from src.engine import make_reduce_fn
-    from dataset import prepare_demo
-    from src.modelarts import prepare_data
-    from src.run_folder import claim_run_folder
     device, rank, world = setup_runtime(cfg, get_logger(0))
     check_precision(cfg, device, get_logger(0))
     if rank == 0:  # one process per run folder; its files are not the files the run reads
         claim_run_folder(cfg)
-    logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, "train.log"))
+    logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, LOG_FILE))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
     prepare_data(cfg, logger, rank)            # ModelArts: data_url to this machine
@@ -107,8 +118,6 @@ def start(cfg) -> Run:
 def check_output_folder(run: Run):
     """Temporaries of a killed run are removed; a fresh run never writes into a folder holding a
     run (``--resume auto`` continues it; only the demo starts over)."""
-    from src.checkpoint import remove_stale_temps
-    from src.run_folder import check_fresh_start
     cfg, logger = run.cfg, run.logger
     if run.rank == 0:
         stale = remove_stale_temps(cfg.save_checkpoint_path)
@@ -119,8 +128,6 @@ def check_output_folder(run: Run):
 
 def build_data(run: Run):
     """The validation pipeline and the steps per epoch, after every data file was validated."""
-    from dataset import create_dataset, dataset_size
-    from src.optim import log_schedule
     cfg, world = run.cfg, run.world
     steps_per_epoch = create_dataset(cfg, "train", **run.shard).get_dataset_size()
     if cfg.max_steps_per_epoch:
@@ -141,13 +148,6 @@ def build_data(run: Run):
 def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
     """The network (pretrained weights unless resuming), mixed precision, AdamW on the per-step
     schedule, and the training step cell."""
-    import mindspore as ms
-    from model import cpu_kernels, load_pretrained
-    from src.perf import onednn_isa
-    from src.checkpoint import resume_path
-    from src.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.runtime import build_model
-    from src.train_step import apply_amp, build_train_step
     cfg, logger = run.cfg, run.logger
     net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
@@ -178,18 +178,13 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
 def resume(run: Run, parts: Parts):
     """The position to start from: the beginning, or a checkpoint's epoch and step with its weights,
     optimiser state and best result. Writes the resolved config next to the checkpoints."""
-    import mindspore as ms
-    from model import check_fit, read_checkpoint
-    from src.checkpoint import read_meta, resume_path
-    from src.training import RunState, check_same_start, load_training_state
     cfg = run.cfg
     state = RunState()
     resume_file = resume_path(cfg.resume, cfg.save_checkpoint_path)
     if resume_file:
         params = read_checkpoint(resume_file)
         meta = read_meta(params)
-        if meta.get("arch", cfg.arch) != cfg.arch:
-            raise ConfigError(f"resume: '{resume_file}' is a {meta['arch']} checkpoint but arch is {cfg.arch}")
+        check_arch(meta, cfg.arch, resume_file, "resume")
         check_fit(parts.net, params, resume_file)
         load_training_state(parts.step_cell, params, resume_file)
         state = RunState(epoch=int(meta.get("epoch", 0)), step=int(meta.get("step_in_epoch", 0)),
@@ -203,7 +198,7 @@ def resume(run: Run, parts: Parts):
                         + f", global step {parts.global_step()}")
     if run.rank == 0 and state.epoch < cfg.epoch_size:
         os.makedirs(cfg.save_checkpoint_path, exist_ok=True)
-        cfg.save(os.path.join(cfg.save_checkpoint_path, "config.yaml"))
+        cfg.save(os.path.join(cfg.save_checkpoint_path, CONFIG_FILE))
     if run.world > 1:
         check_same_start(run.reduce_fn, run.world, run.rank, state.epoch, state.step, cfg.save_checkpoint_path)
     return state
@@ -213,10 +208,6 @@ def compile_step(run: Run, parts: Parts):
     """The graph cache of this setting (src/platform/graph_cache.py: a hit loads the compiled graphs); in
     GRAPH mode, compile before the first batch, then hand the compiler's freed heap back to the OS
     (benchmarks/RESULTS.md), so that images/s and memory describe training alone."""
-    import mindspore as ms
-    from dataset import dataset_size
-    from src.graph_cache import open_graph_cache
-    from src.perf import release_compile_memory
     cfg = run.cfg
     parts.graph_cache = open_graph_cache(cfg, "train", run.logger, run.device, run.rank, run.world,
                                          data={split: dataset_size(cfg, split) for split in ("train", "val")})
@@ -233,11 +224,6 @@ def compile_step(run: Run, parts: Parts):
 def train_epochs(run: Run, parts: Parts, state):
     """The epoch loop: train, (evaluate), log one line, save; Ctrl-C / SIGTERM stops at a step
     boundary (KeyboardInterrupt, handled by :func:`save_on_interrupt`)."""
-    from dataset import create_dataset, epoch_config
-    from src.engine import average_bn_statistics, train_one_epoch
-    from src.run_log import MetricsLog, Progress
-    from src.modelarts import sync_outputs
-    from src.training import StopRequest
     cfg = run.cfg
     metrics = MetricsLog.resume(cfg.save_checkpoint_path, state.epoch) if run.rank == 0 else None
     stop = StopRequest(run.logger, run.reduce_fn if run.world > 1 else None)
@@ -264,8 +250,6 @@ def train_epochs(run: Run, parts: Parts, state):
 
 def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
     """Validation when due, the epoch's log line and metrics row, and its checkpoint."""
-    from src.checkpoint import save_training_state
-    from src.engine import evaluate
     cfg, epoch = run.cfg, state.epoch
     lr_now = float(parts.lrs[min(parts.global_step(), len(parts.lrs) - 1)])
     ips = stats["images_per_s"] * run.world
@@ -292,8 +276,6 @@ def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
 def save_on_interrupt(run: Run, parts: Parts, state) -> int:
     """Ctrl-C / SIGTERM: a resumable checkpoint of the position reached (unless it is on disk
     already), the command that continues the run, exit status 130."""
-    from src.checkpoint import save_training_state
-    from src.modelarts import sync_outputs
     cfg, logger = run.cfg, run.logger
     position = (state.epoch, state.step)
     if run.rank == 0 and position != state.saved and position != (0, 0):
@@ -309,13 +291,12 @@ def save_on_interrupt(run: Run, parts: Parts, state) -> int:
     if run.world > 1:
         logger.warning("data-parallel run: msrun and MindSpore's scheduler also stop every rank this way "
                        "when one rank dies; the cause is in the other ranks' logs (msrun --log_dir)")
-    return 130
+    return EXIT_INTERRUPTED
 
 
 def cluster_failure(run: Run, exc: RuntimeError) -> Optional[ClusterError]:
     """A collective operation that failed in a data-parallel run, as one error naming the cause's
     place; None for any other RuntimeError (raised as it is)."""
-    from src.training import is_communication_failure
     if run.world <= 1 or not is_communication_failure(exc):
         return None
     return ClusterError(
@@ -326,19 +307,13 @@ def cluster_failure(run: Run, exc: RuntimeError) -> Optional[ClusterError]:
 
 
 def last_good_checkpoint(cfg, template="; the last good checkpoint is {}") -> str:
-    from src.checkpoint import LAST
     last = os.path.join(cfg.save_checkpoint_path, LAST)
     return template.format(last) if os.path.isfile(last) else ""
 
 
 def finish(run: Run, parts: Parts, state):
     """The final log lines (and, on ModelArts, the last copy of the outputs)."""
-    from src.checkpoint import BEST
-    from src.modelarts import sync_outputs
-    from src.training import dump_weights
     cfg = run.cfg
-    if os.environ.get("CONVMLP_DUMP_WEIGHTS_DIR"):
-        dump_weights(parts.net, os.environ["CONVMLP_DUMP_WEIGHTS_DIR"], run.rank)
     run.logger.info(f"done: best val top-1 {state.best_acc:.4f} at epoch {state.best_epoch}; checkpoints in "
                     f"{cfg.save_checkpoint_path} (best.ckpt, last.ckpt)")
     if cfg.demo and run.rank == 0:

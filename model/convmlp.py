@@ -34,7 +34,9 @@ from mindspore.common import initializer as init
 from mindspore.ops import constexpr
 
 from . import cpu_kernels
+from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
 from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d
+from .weights import load_pretrained
 
 __all__ = [
     "ConvMLP",
@@ -61,40 +63,6 @@ BN_MOMENTUM = 0.9
 # Depthwise 3x3 on maps of at most this many positions runs as one product with a small
 # (positions x positions) matrix instead of a grouped convolution, see ``ConvMLPBlock``.
 SMALL_MAP_POSITIONS = 4
-
-
-def _cfg(url="", **kwargs):
-    cfg = {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "tokenizer.block.0",
-        "classifier": "head",
-    }
-    cfg.update(kwargs)
-    return cfg
-
-
-_URL = "https://shi-labs.com/projects/convmlp/checkpoints/{}_imagenet.pth"
-
-#: Per-variant architecture and pretrained-weight settings, read by pth2ckpt.py, train.py and the
-#: tests instead of repeating constants.
-default_cfgs = {
-    "convmlp_s": _cfg(_URL.format("convmlp_s"), blocks=(2, 4, 2), dims=(128, 256, 512),
-                      mlp_ratios=(2, 2, 2), channels=64, n_conv_blocks=2),
-    "convmlp_m": _cfg(_URL.format("convmlp_m"), blocks=(3, 6, 3), dims=(128, 256, 512),
-                      mlp_ratios=(3, 3, 3), channels=64, n_conv_blocks=3),
-    "convmlp_l": _cfg(_URL.format("convmlp_l"), blocks=(4, 8, 3), dims=(192, 384, 768),
-                      mlp_ratios=(3, 3, 3), channels=96, n_conv_blocks=3),
-}
-#: The arguments of :class:`ConvMLP` that describe a topology (the keys of ``default_cfgs`` that a
-#: custom configuration can change; config keys, pth2ckpt.py flags and checkpoint metadata too).
-TOPOLOGY_KEYS = ("blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
-#: Parameter-name prefix of the classifier (re-created when the class count differs).
-HEAD_PREFIX = "head."
 
 
 class DropPath(nn.Cell):
@@ -405,7 +373,6 @@ def _create(variant: str, pretrained_ckpt: Optional[str] = None, num_classes: in
     model = ConvMLP(num_classes=num_classes, **arch)
     model.default_cfg = cfg
     if pretrained_ckpt:
-        from .helpers import load_pretrained
         load_pretrained(model, pretrained_ckpt)
     return model
 

@@ -22,8 +22,8 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from model.convmlp import TOPOLOGY_KEYS
-from model.helpers import MODEL_ROOTS
+from model.configs import TOPOLOGY_KEYS
+from model.weights import MODEL_ROOTS
 
 from ..platform.errors import CheckpointError
 

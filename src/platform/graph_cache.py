@@ -41,6 +41,8 @@ import platform
 import shutil
 import sys
 
+from model.cache import cache_dir
+
 from .. import REPO_ROOT
 from .errors import UserError
 from .fileio import atomic_output
@@ -79,8 +81,7 @@ def default_root():
     ``~/.cache/convmlp_mindspore/graphs``."""
     if os.environ.get(ENV_ROOT):
         return os.path.abspath(os.path.expanduser(os.environ[ENV_ROOT]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "convmlp_mindspore", "graphs")
+    return cache_dir("graphs")
 
 
 # --------------------------------------------------------------------------------------------
