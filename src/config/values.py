@@ -71,7 +71,8 @@ def _to_int(key, value):
     raise _Invalid()
 
 
-def _to_float(key, value):
+def _finite(value, why):
+    """`value` as a finite float; _Invalid(`why`) for NaN or infinity, _Invalid() for a non-number."""
     if isinstance(value, bool):
         raise _Invalid()
     try:
@@ -79,8 +80,12 @@ def _to_float(key, value):
     except (TypeError, ValueError):
         raise _Invalid() from None
     if out != out or out in (float("inf"), float("-inf")):
-        raise _Invalid("a finite number")
+        raise _Invalid(why)
     return out
+
+
+def _to_float(key, value):
+    return _finite(value, "a finite number")
 
 
 def _to_str(key, value):
@@ -107,14 +112,7 @@ def _to_list(key, value):
         raise _Invalid()
     out = []
     for x in items:
-        if isinstance(x, bool):
-            raise _Invalid()
-        try:
-            v = float(x)
-        except (TypeError, ValueError):
-            raise _Invalid() from None
-        if v != v or v in (float("inf"), float("-inf")):
-            raise _Invalid("finite numbers")
+        v = _finite(x, "finite numbers")
         if key.type == "ints":
             if not v.is_integer():
                 raise _Invalid()
