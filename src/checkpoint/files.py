@@ -47,15 +47,19 @@ def training_meta(cfg, epoch: int, global_step: int, step_in_epoch: int, best_ac
 
 
 def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None):
-    """``mindspore.save_checkpoint`` to ``path`` through :func:`fileio.atomic_output` (then
-    ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner).
+    """``mindspore.save_checkpoint`` to ``path`` (any file name) through :func:`fileio.atomic_output`
+    (then ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner).
 
-    On any failure (full disk, permissions) the temporary file is removed, ``path`` keeps its old
-    content, and :class:`fileio.OutputError` names the file and the cause.
+    Every checkpoint carries MindSpore's CRC-32 of its whole content (``crc_check=True``), which
+    :func:`model.weights.read_checkpoint` verifies: MindSpore computes it while writing (no second
+    pass), it covers every byte (names, shapes, metadata, tensors), and MindSpore's own
+    ``load_checkpoint`` still reads such a file. On any failure (full disk, permissions) the
+    temporary file is removed, ``path`` keeps its old content, and :class:`fileio.OutputError`
+    names the file and the cause.
     """
-    with atomic_output(path, failures=(Exception,)) as tmp:
+    with atomic_output(path, failures=(Exception,), suffix=".ckpt") as tmp:
         try:
-            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True)
             if mode is not None:
                 os.chmod(tmp, mode)
         finally:
