@@ -23,7 +23,7 @@ from model import read_checkpoint
 from ..checkpoint.files import BEST, LAST, read_meta, resume_path, saved_config
 from ..config.strict_yaml import load_mapping
 from ..platform.errors import ConfigError
-from ..platform.fileio import check_not_input
+from ..platform.fileio import check_name_length, check_not_input
 from .metrics import MetricsLog
 
 __all__ = ["LOCK_NAME", "LOG_FILE", "CONFIG_FILE", "RUN_FILES", "RunFolderBusy", "claim_run_folder", "hold_run_folder",
@@ -179,6 +179,7 @@ def claim_run_folder(cfg) -> str:
     process (:func:`hold_run_folder`) and refuse it when its files are the run's inputs (the
     pretrained checkpoint, unless the run resumes, and the data files). Returns the lock file."""
     folder = cfg.save_checkpoint_path
+    check_name_length(folder, "save_checkpoint_path")
     lock = hold_run_folder(folder)
     check_run_inputs(folder, data_folders=(cfg.train_data_path, cfg.val_data_path),
                      pretrained=None if resume_path(cfg.resume, folder) else cfg.pretrained_ckpt)
