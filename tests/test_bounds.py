@@ -67,11 +67,13 @@ def test_short_quote_is_bounded_whatever_the_value():
     assert len(short_quote(nested)) < 80 and time.perf_counter() - started < 0.1
 
 
-@pytest.mark.parametrize("how", ["value", "yaml value", "unknown key", "duplicate key", "flag"])
+@pytest.mark.parametrize("how", ["value", "yaml value", "unknown key", "duplicate key", "flag", "path"])
 def test_every_message_quotes_only_a_prefix_of_a_huge_value(how, tmp_path):
     path = tmp_path / "c.yaml"
     if how == "value":
         argv = ["--lr", MEGABYTE + "x"]
+    elif how == "path":
+        argv = ["--checkpoint_path", MEGABYTE]
     elif how == "flag":
         argv = ["--epoch_size", "1", "--epoch_size", MEGABYTE]
     else:

@@ -160,8 +160,15 @@ def _install_signal_handlers():
             pass
 
 
+#: Longest message printed: every value in a message is quoted short (:func:`short_quote`); this
+#: only keeps a message that still grew (a list of thousands of names) to a readable line.
+_MESSAGE_LIMIT = 2000
+
+
 def _fail(msg, status):
     msg = " ".join(msg.split("\n"))
+    if len(msg) > _MESSAGE_LIMIT:
+        msg = f"{msg[:_MESSAGE_LIMIT]}... ({len(msg)} characters)"
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(status)
 
