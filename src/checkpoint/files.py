@@ -25,7 +25,7 @@ from ..config.strict_yaml import load_mapping
 from ..platform.errors import CheckpointError
 from ..platform.fileio import atomic_output
 
-__all__ = ["META_KEYS", "training_meta", "save_atomic", "save_training_state", "read_meta", "saved_config", "saved_config_source",
+__all__ = ["META_KEYS", "training_meta", "save_atomic", "is_epoch_file", "save_training_state", "read_meta", "saved_config", "saved_config_source",
            "resume_path", "prune_epochs", "LAST", "BEST"]
 
 LAST = "last.ckpt"
@@ -106,9 +106,14 @@ def save_training_state(train_cell, save_dir: str, meta: Dict, epoch_file: bool 
     return path
 
 
+def is_epoch_file(name: str) -> bool:
+    """Whether `name` is one of the per-epoch checkpoints of a run folder (``epoch_0003.ckpt``)."""
+    return name.startswith("epoch_") and name.endswith(".ckpt")
+
+
 def prune_epochs(save_dir: str, keep: int):
     """Delete all but the newest ``keep`` per-epoch files (``last``/``best`` are separate links)."""
-    files = sorted(f for f in os.listdir(save_dir) if f.startswith("epoch_") and f.endswith(".ckpt"))
+    files = sorted(f for f in os.listdir(save_dir) if is_epoch_file(f))
     for f in files[:-keep] if keep > 0 else files:
         try:
             os.remove(os.path.join(save_dir, f))

@@ -26,11 +26,11 @@ naming the URL (one line via ``run_cli``); a failed upload of one epoch's output
 """
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 
+from ..checkpoint.files import is_epoch_file
 from ..data.catalog import FOLDERS
 from ..platform.errors import DataError, UserError, first_line
 from ..platform.fileio import atomic_output
@@ -157,9 +157,6 @@ def prepare_data(cfg, logger, rank=0, local_root=None):
     return folder
 
 
-_EPOCH_FILE = re.compile(r"epoch_\d{4,}\.ckpt")
-
-
 def output_files(folder):
     """The names of the run's outputs in `folder` (:data:`run_folder.RUN_FILES` and the per-epoch
     checkpoints), sorted; nothing else that the folder holds."""
@@ -167,7 +164,7 @@ def output_files(folder):
         names = os.listdir(folder)
     except OSError:
         return []
-    return sorted(n for n in names if (n in RUN_FILES or _EPOCH_FILE.fullmatch(n))
+    return sorted(n for n in names if (n in RUN_FILES or is_epoch_file(n))
                   and os.path.isfile(os.path.join(folder, n)))
 
 

@@ -20,7 +20,7 @@ import time
 
 from model import read_checkpoint
 
-from ..checkpoint.files import BEST, LAST, read_meta, resume_path, saved_config
+from ..checkpoint.files import BEST, LAST, is_epoch_file, read_meta, resume_path, saved_config
 from ..config.strict_yaml import load_mapping
 from ..platform.errors import ConfigError
 from ..platform.fileio import check_name_length, check_not_input
@@ -150,7 +150,7 @@ def check_fresh_start(folder: str, resume, demo: bool, logger, owner: bool = Tru
                           "only a previous demo run: give another --save_checkpoint_path, or continue that "
                           "run with --resume auto (nothing was overwritten)")
     for name in os.listdir(folder):
-        if (name.startswith("epoch_") and name.endswith(".ckpt")) or (name in RUN_FILES and name != LOG_FILE):
+        if is_epoch_file(name) or (name in RUN_FILES and name != LOG_FILE):
             os.remove(os.path.join(folder, name))
     logger.warning(f"demo: starting over in {folder} (the previous demo run is replaced)")
 
@@ -167,7 +167,7 @@ def check_run_inputs(folder: str, pretrained=None, data_folders=()):
         inputs += [("data file", os.path.join(data, n)) for n in names
                    if os.path.isfile(os.path.join(data, n))]
     try:
-        outputs = [n for n in os.listdir(folder) if n.startswith("epoch_") and n.endswith(".ckpt")]
+        outputs = [n for n in os.listdir(folder) if is_epoch_file(n)]
     except OSError:
         outputs = []
     for name in list(RUN_FILES) + outputs:
