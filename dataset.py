@@ -17,8 +17,9 @@ import numpy as np
 from src.config import SEED_LIMIT, path_arg as _path
 from src.data import cifar
 from src.data.catalog import DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES
-from src.data.synthetic import check_replaceable, write_synthetic
-from src.platform.errors import ArgumentParser, DataError, run_cli
+from src.data.synthetic import write_synthetic
+from src.platform.bounds import check_disk_space
+from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
 
 __all__ = ["main", "generate", "download", "check"]
 
@@ -34,9 +35,9 @@ def _count(minimum, maximum):
         except ValueError:
             value = None
         if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= {minimum}")
+            raise argparse.ArgumentTypeError(f"invalid value {short_quote(text)}: expected an integer >= {minimum}")
         if value > maximum:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer in [{minimum}, {maximum}]")
+            raise argparse.ArgumentTypeError(f"invalid value {short_quote(text)}: expected an integer in [{minimum}, {maximum}]")
         return value
     return parse
 
@@ -47,7 +48,7 @@ def _non_negative(text):
     except ValueError:
         value = -1.0
     if not 0 <= value <= MAX_NOISE:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number in [0, {MAX_NOISE:g}]")
+        raise argparse.ArgumentTypeError(f"invalid value {short_quote(text)}: expected a number in [0, {MAX_NOISE:g}]")
     return value
 
 
@@ -74,11 +75,14 @@ def parse_args(argv=None):
 
 
 def generate(args):
-    """Learnable synthetic data in the CIFAR binary format; only generated data is ever replaced."""
+    """Learnable synthetic data in the CIFAR binary format; only generated data is ever replaced,
+    and the folder then holds exactly the records reported (files of an earlier generation that
+    this one does not write are removed)."""
     folder = os.path.join(args.out, FOLDERS[args.dataset])
     if args.files is not None and args.files > args.train:
         raise DataError(f"--files {args.files} is more than the {args.train} train records")
-    check_replaceable(folder, args.dataset)
+    check_disk_space(f"--train {args.train} --val {args.val}", (args.train + args.val) * cifar.RECORD_BYTES[args.dataset],
+                     folder, "give fewer records or another --out")
     try:
         write_synthetic(folder, args.dataset, args.train, args.val, seed=args.seed, files=args.files,
                         noise=args.noise)

@@ -6,7 +6,8 @@
 
 Accepts checkpoints written by train.py (last/best/epoch files) and by pth2ckpt.py. Prints the
 seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy.
-``--json FILE`` writes the same numbers as JSON. Other keys as in train.py (``-h`` lists them).
+``--json FILE`` writes the same numbers as JSON (``--json -``: to the standard output, everything
+else then goes to stderr). Other keys as in train.py (``-h`` lists them).
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import json
@@ -16,29 +17,38 @@ import sys
 from src.checkpoint.load import load_checkpoint_model
 from src.config import option, parse_command_line
 from src.data.pipeline import create_dataset, dataset_size, get_class_names
-from src.platform.console import Progress, get_logger
+from src.platform.bounds import check_batch
+from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
 from src.platform.errors import run_cli
-from src.platform.fileio import atomic_output, check_output_path
+from src.platform.fileio import STDOUT, atomic_output, check_output_path
 from src.platform.graph_cache import open_graph_cache
 from src.train.distributed import make_reduce_fn
 from src.train.loop import evaluate
 from model import require_finite_outputs
 
 #: evl.py's own options (everything else is a config key).
-OPTIONS = [option("json", None, "str", "Also write the results as JSON to this file.", nullable=True)]
+OPTIONS = [option("json", None, "str", "Also write the results as JSON to this file ('-': the standard output).",
+                  nullable=True)]
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = parse_command_line(argv, OPTIONS)
-    cfg, json_path = cmd.cfg, cmd.options.json
+    with messages_to_stderr(cmd.options.json == STDOUT):
+        return evaluate_checkpoint(argv, cmd.cfg, cmd.options.json)
+
+
+def evaluate_checkpoint(argv, cfg, json_path):
+    """Load the checkpoint's model, evaluate it, print (and write) the results."""
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)]
     if json_path:
-        check_output_path(json_path, *json_inputs, label="--json")
+        check_output_path(json_path, *json_inputs, label="--json", dash_is_stdout=True)
     device, rank, world = setup_runtime(cfg, get_logger(0))
     logger = get_logger(rank)
     net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
+    check_batch("eval_batch_size" if cfg.eval_batch_size else "batch_size", cfg.eval_batch_size or cfg.batch_size,
+                cfg.image_size, "config")
     if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
         logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta['dataset']}, evaluating on "
                        f"{cfg.dataset_choose}")
@@ -82,10 +92,12 @@ def write_json(json_path, json_inputs, cfg, res, names):
            "top5": res["top5"], "loss": res["loss"], "n": res["n"],
            "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
                          for i, a in enumerate(res["per_class_acc"])}}
-    with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
+    with atomic_output(json_path, inputs=json_inputs, label="--json", dash_is_stdout=True) as tmp:
         with open(tmp, "w") as f:
             json.dump(out, f, indent=2)
-    print(f"wrote {json_path}")
+            f.write("\n")
+    if json_path != STDOUT:
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -44,11 +44,12 @@ from collections import namedtuple
 
 from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
-from src.convert.mindir import FORMATS, check_format, export_graph, output_base, path_of
+from src.convert.mindir import FORMATS, check_format, export_graph, output_path
 from src.convert.onnx_file import DYNAMIC, DYNAMIC_VERIFY_BATCHES, export_onnx
 from src.convert.names import VERIFY_ATOL
 from src.platform.console import get_logger
 from src.platform.device import resolve_device, setup_runtime
+from src.platform.bounds import check_batch
 from src.platform.errors import ConfigError, run_cli
 from src.platform.fileio import check_output_path
 
@@ -92,29 +93,32 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, opts = parse_options(argv)
     logger = get_logger(0)
-    base, sources = check_request(cfg, opts)
+    final, sources = check_request(cfg, opts)
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
     # local .so): build the model with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
     setup_runtime(cfg, logger, cpu_kernels_on=False)
     net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
+    if opts.batch_size != DYNAMIC:   # the image size is the checkpoint's now
+        check_batch("--batch_size", opts.batch_size, cfg.image_size)
     shape = (None if opts.batch_size == DYNAMIC else opts.batch_size, 3, cfg.image_size, cfg.image_size)
     if opts.file_format == "ONNX":
-        (path, diff), how = export_onnx(net, shape, base, opts.verify, cfg.checkpoint_path, sources), \
+        (path, diff), how = export_onnx(net, shape, None, opts.verify, cfg.checkpoint_path, sources, final), \
             "onnxruntime (CPU)"
     else:
-        (path, diff), how = export_graph(net, shape, base, opts.file_format, opts.verify, sources), "nn.GraphCell"
+        (path, diff), how = export_graph(net, shape, None, opts.file_format, opts.verify, sources, final), \
+            "nn.GraphCell"
     report(cfg, meta, logger, path, shape, diff if opts.verify else None, how)
     return 0
 
 
 def check_request(cfg, opts):
     """Before anything is loaded: the output name (never the checkpoint), a format this device can
-    write. Returns ``(output path without extension, the inputs it must not replace)``."""
-    base = output_base(opts.file_name, require_checkpoint_path(cfg), opts.file_format)
+    write. Returns ``(output path, the inputs it must not replace)``."""
+    final = output_path(opts.file_name, require_checkpoint_path(cfg), opts.file_format)
     sources = [("checkpoint_path", cfg.checkpoint_path)]
-    check_output_path(path_of(base, opts.file_format), *sources, label="export file")
+    check_output_path(final, *sources, label="export file")
     check_format(opts.file_format, resolve_device(cfg))
-    return base, sources
+    return final, sources
 
 
 def report(cfg, meta, logger, path, shape, diff, how):

@@ -22,7 +22,8 @@ Class names: the dataset's meta file (``batches.meta.txt`` / ``fine_label_names.
 ``train_data_path`` when it is there, else the official CIFAR-10 / CIFAR-100 names (``class_<i>``
 when the model has another number of classes).
 
-Options of this script (not config keys): ``--json FILE`` writes the results as JSON;
+Options of this script (not config keys): ``--json FILE`` writes the results as JSON (``--json -``:
+to the standard output, everything else then goes to stderr);
 ``--top_k K`` (default 5) classes per image.
 
 An image that cannot be read is reported as one ``error: ...`` line naming the file, and the
@@ -39,14 +40,16 @@ from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_chec
 from src.config import option, parse_command_line
 from src.data.images import collect_images, preprocess, read_image
 from src.data.pipeline import model_class_names
-from src.platform.console import get_logger
+from src.platform.bounds import check_batch
+from src.platform.console import get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
 from src.platform.errors import DataError, run_cli
-from src.platform.fileio import atomic_output, check_output_path
+from src.platform.fileio import STDOUT, atomic_output, check_output_path
 from model import require_finite_outputs
 
 #: infer.py's own options (everything else is a config key; other arguments are images/folders).
-OPTIONS = [option("json", None, "str", "Also write the predictions as JSON to this file.", nullable=True),
+OPTIONS = [option("json", None, "str", "Also write the predictions as JSON to this file ('-': the standard "
+                  "output).", nullable=True),
            option("top_k", 5, "int", "Classes listed per image.", min=1)]
 
 
@@ -59,11 +62,17 @@ def softmax(logits):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = parse_command_line(argv, OPTIONS, positionals=True)
+    with messages_to_stderr(cmd.options.json == STDOUT):
+        return classify_images(argv, cmd)
+
+
+def classify_images(argv, cmd):
+    """Load the checkpoint's model, classify every image, print (and write) the results."""
     cfg, json_path = cmd.cfg, cmd.options.json
     files = collect_images(cmd.positionals)
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)] + [("image", f) for f in files]
     if json_path:
-        check_output_path(json_path, *json_inputs, label="--json")
+        check_output_path(json_path, *json_inputs, label="--json", dash_is_stdout=True)
     require_checkpoint_path(cfg)
     logger = get_logger(0)
     setup_runtime(cfg, logger)
@@ -86,6 +95,7 @@ def classify(net, cfg, files, names, top_k):
     errors)``. An image that cannot be read is one ``error:`` line and the others go on."""
     import mindspore as ms
     batch = min(cfg.eval_batch_size or cfg.batch_size, len(files))
+    check_batch("eval_batch_size" if cfg.eval_batch_size else "batch_size", batch, cfg.image_size, "config")
     results, errors = [], []
     for start in range(0, len(files), batch):
         chunk, tensors = [], []
@@ -118,10 +128,12 @@ def write_json(json_path, json_inputs, cfg, source, results, errors):
            "dataset": cfg.dataset_choose, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
            "interpolation": cfg.interpolation, "mean": cfg.mean, "std": cfg.std, "class_names": source,
            "results": results, "errors": errors}
-    with atomic_output(json_path, inputs=json_inputs, label="--json") as tmp:
+    with atomic_output(json_path, inputs=json_inputs, label="--json", dash_is_stdout=True) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2)
-    print(f"wrote {json_path}")
+            f.write("\n")
+    if json_path != STDOUT:
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from src.checkpoint.files import BEST, LAST, read_meta, resume_path, save_traini
 from src.checkpoint.load import build_model, check_arch, load_training_state
 from src.config import epoch_config, load_config
 from src.data.pipeline import create_dataset, dataset_size, prepare_demo
+from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory
 from src.platform.device import check_precision, setup_runtime
@@ -101,6 +102,8 @@ def main(argv=None):
 def start(cfg) -> Run:
     """Device, rank and logger; the precision checks that must fail before anything is built; the
     demo data; the resolved config in the log."""
+    for name in ("batch_size", "eval_batch_size"):   # before anything allocates a batch
+        check_batch(name, getattr(cfg, name) or cfg.batch_size, cfg.image_size, "config")
     device, rank, world = setup_runtime(cfg, get_logger(0))
     check_precision(cfg, device, get_logger(0))
     if rank == 0:  # one process per run folder; its files are not the files the run reads

@@ -266,6 +266,26 @@ def machine():
             "mindspore": mindspore.__version__, "torch": torch.__version__}
 
 
+def check_counts(p, args, names):
+    """--batch, --size, --repeats, --threads in range, and every case's batch within the memory the
+    machine has, before a worker starts (one ``error:`` line, exit status 2)."""
+    sys.path.insert(0, ROOT)
+    from src.config import MAX_IMAGE_SIZE
+    from src.platform.bounds import check_batch
+    from src.platform.errors import ConfigError
+    for flag, value, lo, hi in (("--batch", args.batch, 1, None), ("--size", args.size, 8, MAX_IMAGE_SIZE),
+                                ("--repeats", args.repeats, 1, None), ("--threads", args.threads, 1, None)):
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            p.error(f"{flag} {value}: expected an integer >= {lo}" + (f" and <= {hi}" if hi else ""))
+    for name in names:
+        try:
+            check_batch("--batch" if args.batch else f"the batch of {name}", args.batch or CASES[name][2],
+                        args.size or CASES[name][1])
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,6 +317,7 @@ def main(argv=None):
     unknown = [c for c in names if c not in CASES]
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}: expected {', '.join(CASES)}")
+    check_counts(p, args, names)
     info = machine()
     if args.graph_cache == "on":
         import tempfile

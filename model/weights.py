@@ -2,6 +2,9 @@
 is a MindSpore checkpoint, finite), the fit check that names every missing, unexpected or
 mis-shaped parameter, and loading pretrained weights with a re-created head."""
 import os
+import sys
+import tempfile
+import zlib
 from typing import Dict, Optional
 
 import numpy as np
@@ -11,17 +14,69 @@ from mindspore import nn
 from .configs import HEAD_PREFIX
 from .errors import CheckpointError, first_line, short_list
 
-__all__ = ["read_checkpoint", "check_finite", "require_finite_outputs", "fit_problems", "check_fit",
+__all__ = ["read_checkpoint", "verify_checksum", "CHECKSUM_TRAILER", "check_finite", "require_finite_outputs", "fit_problems", "check_fit",
            "require_convmlp", "load_pretrained", "MODEL_ROOTS"]
 
 
+#: The end of a checkpoint written with ``mindspore.save_checkpoint(..., crc_check=True)``: these 7
+#: bytes, then the CRC-32 of everything before them as a 10-byte big-endian number.
+CHECKSUM_TRAILER = b"crc_num"
+_TRAILER_SIZE = len(CHECKSUM_TRAILER) + 10
+_warned_unchecked = set()   # checkpoints without a checksum already named in a warning
+
+
+def verify_checksum(path: str) -> bool:
+    """Check the CRC-32 that MindSpore's ``crc_check=True`` appends to a checkpoint: True when it
+    matches, False when the file carries none (written by another tool or an older run), and
+    :class:`CheckpointError` naming the file when it does not match (a damaged file: a flipped
+    bit, a zeroed block, a truncated copy)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < _TRAILER_SIZE:
+            return False
+        f.seek(size - _TRAILER_SIZE)
+        trailer = f.read(_TRAILER_SIZE)
+        if not trailer.startswith(CHECKSUM_TRAILER):
+            return False
+        f.seek(0)
+        crc, left = 0, size - _TRAILER_SIZE
+        while left:
+            block = f.read(min(left, 1 << 22))
+            if not block:
+                break
+            crc, left = zlib.crc32(block, crc), left - len(block)
+    if left or crc != int.from_bytes(trailer[len(CHECKSUM_TRAILER):], "big"):
+        raise CheckpointError(f"checkpoint '{path}' is damaged: its content does not match the checksum "
+                              "(CRC-32) written with it; use another copy or an earlier checkpoint")
+    return True
+
+
+def _load(path: str) -> Dict:
+    """``mindspore.load_checkpoint``, which reads only names ending in ``.ckpt``: another name is read
+    through a link named ``checkpoint.ckpt`` in a temporary folder."""
+    if path.endswith(".ckpt"):
+        return ms.load_checkpoint(path)
+    with tempfile.TemporaryDirectory(prefix="convmlp-read-") as folder:
+        link = os.path.join(folder, "checkpoint.ckpt")
+        os.symlink(os.path.abspath(path), link)
+        try:
+            return ms.load_checkpoint(link)
+        except Exception as exc:
+            raise type(exc)(str(exc).replace(link, path)) from None
+
+
 def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
-    """Load a MindSpore ``.ckpt`` into a name -> Parameter dict, with one clear error when the file
-    is missing, truncated or not a checkpoint."""
+    """Load a MindSpore checkpoint (any file name) into a name -> Parameter dict, with one clear
+    error when the file is missing, damaged (its checksum does not match), truncated or not a
+    checkpoint. A checkpoint without a checksum is read with one ``warning:`` line."""
     path = os.fspath(path)
     _check_checkpoint_file(path)
     try:
-        params = ms.load_checkpoint(path)
+        checked = verify_checksum(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {exc.strerror}") from None
+    try:
+        params = _load(path)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with multi-line text
         first = first_line(exc)
         raise CheckpointError(f"cannot read checkpoint '{path}' (truncated or not a MindSpore "
@@ -29,6 +84,10 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     if not params:
         raise CheckpointError(f"cannot read checkpoint '{path}': it holds no parameters (truncated or not "
                               "a MindSpore .ckpt)")
+    if not checked and os.path.abspath(path) not in _warned_unchecked:
+        _warned_unchecked.add(os.path.abspath(path))
+        print(f"warning: checkpoint '{path}' carries no checksum (written by another tool or an older version); "
+              "it is read without a damage check", file=sys.stderr, flush=True)
     check_finite(params, path)
     return params
 
@@ -79,8 +138,7 @@ def require_finite_outputs(values, path: str, what: str):
 
 def _check_checkpoint_file(path: str):
     """What can be told about `path` before MindSpore parses it (whose messages for these cases
-    are about its own arguments): missing, not a file, unreadable, empty, a PyTorch file, or a
-    name MindSpore will not load."""
+    are about its own arguments): missing, not a file, unreadable, empty, or a PyTorch file."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     if not os.path.isfile(path):
@@ -96,9 +154,6 @@ def _check_checkpoint_file(path: str):
         raise CheckpointError(f"'{path}' is a PyTorch (pickle) file, not a MindSpore checkpoint; convert it: "
                               f"python pth2ckpt.py --src {path} --dst converted.ckpt (it loads the "
                               "weights without running code from the file)")
-    if not path.endswith(".ckpt"):
-        raise CheckpointError(f"cannot read checkpoint '{path}': MindSpore reads only files named *.ckpt; "
-                              "expected a .ckpt written by train.py or pth2ckpt.py")
 
 
 def _is_pytorch_file(path: str, head: bytes) -> bool:

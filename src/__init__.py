@@ -5,10 +5,15 @@ files, errors). Imports point one way: entry scripts -> these packages -> ``mode
 
 Importing ``src`` keeps MindSpore's C++ log to errors (``GLOG_v=3``), so that a first run does not
 print the framework's cache-miss warnings, unless ``GLOG_v`` is set already or ``--verbose`` is on
-the command line. It must happen before MindSpore is imported, so it happens here.
+the command line. It must happen before MindSpore is imported, so it happens here. It also points
+the folder where MindSpore writes the report of a failed or interrupted compile
+(``rank_<N>/om/analyze_fail.ir``, by default under the current folder, that is in the user's
+working directory) at :data:`FRAMEWORK_DIR`, a folder of the user's in the temporary folder,
+unless ``MS_OM_PATH`` is set already.
 """
 import os
 import sys
+import tempfile
 
 #: The repository's top folder (entry scripts, ``config.yaml``, ``model/``, ``src/``).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,3 +34,7 @@ def verbose_requested(argv) -> bool:
 
 if "GLOG_v" not in os.environ and not verbose_requested(sys.argv[1:]):
     os.environ["GLOG_v"] = QUIET_GLOG_LEVEL
+
+#: Where MindSpore's own reports go (``MS_OM_PATH``: ``analyze_fail.ir``), never the working directory.
+FRAMEWORK_DIR = os.environ.setdefault(
+    "MS_OM_PATH", os.path.join(tempfile.gettempdir(), f"convmlp_mindspore_{os.getuid()}", "framework"))

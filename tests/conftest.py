@@ -252,3 +252,24 @@ def no_leaked_compile_cache_settings():
     yield
     now = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
     assert now == _COMPILE_CACHE_AT_START, f"the test changed {now} in the environment"
+
+
+# ------------------------------------------------------------------------------------------------
+# A MindSpore checkpoint of the tiny topology (test_outputs, test_bounds, test_checksums)
+
+#: The config flags that describe the official tiny topology (see `tiny`) at 32 px on the CPU.
+TINY_CKPT_FLAGS = ["--blocks", "1,2,1", "--dims", "16,32,64", "--mlp_ratios", "2,2,2", "--channels", "16",
+                   "--n_conv_blocks", "1", "--num_classes", "10", "--image_size", "32", "--device_target", "CPU"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint of the tiny topology (fresh weights) written by the repository's writer
+    (``src.checkpoint.files.save_atomic``); evaluate it with :data:`TINY_CKPT_FLAGS`."""
+    from model import ConvMLP
+    from src.checkpoint.files import save_atomic
+    net = ConvMLP(num_classes=10, blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16,
+                  n_conv_blocks=1)
+    path = str(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt")
+    save_atomic(net, path)
+    return path

@@ -248,7 +248,9 @@ def test_training_reads_the_copied_data(modelarts_run):
 def test_outputs_arrive_in_train_url_after_each_epoch_and_at_the_end(modelarts_run):
     r = modelarts_run
     syncs = r["calls"][1:]
-    assert [(c["src"], c["dst"]) for c in syncs] == [(r["local_out"], r["obs_out"])] * 2
+    # the outputs go through a staging folder inside the run folder, which holds only them
+    assert [(os.path.dirname(c["src"]), c["dst"]) for c in syncs] == [(r["local_out"], r["obs_out"])] * 2
+    assert not any(".train.lock" in c["files"] for c in syncs)
     after_epoch1, at_end = syncs
     assert {"epoch_0001.ckpt", "last.ckpt", "best.ckpt", "metrics.csv", "train.log", "config.yaml"} \
         <= set(after_epoch1["files"])

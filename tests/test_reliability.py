@@ -398,9 +398,9 @@ ARCH_CASES = [  # (entry script and its flags for FILE, checkpoint, fragments)
     ("pretrained", "truncated.ckpt", ["cannot read checkpoint", "truncated"]),
     ("resume", "truncated.ckpt", ["cannot read checkpoint", "truncated"]),
     ("export", "truncated.ckpt", ["cannot read checkpoint", "truncated"]),
-    ("evl", "random.pth", ["cannot read checkpoint", "*.ckpt"]),
-    ("evl", "text.pth", ["cannot read checkpoint", "*.ckpt"]),
-    ("pretrained", "text.pth", ["cannot read checkpoint", "*.ckpt"]),
+    ("evl", "random.pth", ["cannot read checkpoint", "not a MindSpore .ckpt"]),
+    ("evl", "text.pth", ["cannot read checkpoint", "not a MindSpore .ckpt"]),
+    ("pretrained", "text.pth", ["cannot read checkpoint", "not a MindSpore .ckpt"]),
     ("evl", "tiny_official.pth", ["PyTorch", "pth2ckpt.py"]),
     ("pretrained", "tiny_official.pth", ["PyTorch", "pth2ckpt.py"]),
 ]

@@ -3,7 +3,9 @@
 (``$CONVMLP_KERNEL_CACHE``, else :func:`model.cache.cache_dir` ``("kernels")``; a temporary folder
 when that one is not writable), in a folder keyed by a hash of the sources, the compiler, the flags
 and the CPU's feature flags (``-march=native``), so each machine builds once and concurrent
-processes may race safely (each library is moved into place atomically). The convolution is a
+processes may race safely (each library is moved into place atomically). Each folder is made
+with a marker (:func:`model.cache.make_folder`) and only marked folders are used; a cache root
+that holds other things gets a subfolder of its own (:func:`model.cache.cache_root`). The convolution is a
 library of its own, built against the oneDNN that MindSpore ships (``lib/libdnnl.so.3``) with the
 oneDNN 3.x headers of the PyTorch package (``requirements.txt``) or ``$CONVMLP_DNNL_INCLUDE``;
 without them only the convolutions stay MindSpore's. Without a compiler, or when the build fails,
@@ -23,7 +25,7 @@ import threading
 
 import mindspore as ms
 
-from ..cache import cache_dir
+from ..cache import cache_dir, cache_root, is_marked, make_folder
 from ..errors import first_line
 
 __all__ = ["set_enabled", "enabled", "active", "status", "library_path", "conv_library_path",
@@ -41,6 +43,8 @@ _CONV_SOURCE = "conv_onednn.cc"
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
 _CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"
+#: The subfolder used when the kernel cache root holds things this cache did not make.
+_OWN_SUBFOLDER = "convmlp_kernel_cache"
 
 _enabled = True
 _lock = threading.Lock()
@@ -162,13 +166,13 @@ def _cache_folder(key, with_conv):
     back to the temporary folder. Raises RuntimeError when there is none."""
     roots = [_cache_root(), os.path.join(tempfile.gettempdir(), f"convmlp_mindspore_kernels_{os.getuid()}")]
     for root in roots:
-        folder = os.path.join(root, key)
-        if os.path.isfile(os.path.join(folder, _LIBRARY_NAME)) and (
-                not with_conv or os.path.isfile(os.path.join(folder, _CONV_LIBRARY_NAME))):
-            return folder
         try:
-            os.makedirs(folder, exist_ok=True)
-            if os.access(folder, os.W_OK):
+            folder = os.path.join(cache_root(root, _OWN_SUBFOLDER), key)
+            if is_marked(folder) and os.path.isfile(os.path.join(folder, _LIBRARY_NAME)) and (
+                    not with_conv or os.path.isfile(os.path.join(folder, _CONV_LIBRARY_NAME))):
+                return folder
+            folder = make_folder(os.path.dirname(folder), key)
+            if is_marked(folder) and os.access(folder, os.W_OK):
                 return folder
         except OSError:
             pass

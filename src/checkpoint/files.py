@@ -25,7 +25,7 @@ from ..config.strict_yaml import load_mapping
 from ..platform.errors import CheckpointError
 from ..platform.fileio import atomic_output
 
-__all__ = ["META_KEYS", "training_meta", "save_atomic", "save_training_state", "read_meta", "saved_config", "saved_config_source",
+__all__ = ["META_KEYS", "training_meta", "save_atomic", "is_epoch_file", "save_training_state", "read_meta", "saved_config", "saved_config_source",
            "resume_path", "prune_epochs", "LAST", "BEST"]
 
 LAST = "last.ckpt"
@@ -47,15 +47,19 @@ def training_meta(cfg, epoch: int, global_step: int, step_in_epoch: int, best_ac
 
 
 def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None):
-    """``mindspore.save_checkpoint`` to ``path`` through :func:`fileio.atomic_output` (then
-    ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner).
+    """``mindspore.save_checkpoint`` to ``path`` (any file name) through :func:`fileio.atomic_output`
+    (then ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner).
 
-    On any failure (full disk, permissions) the temporary file is removed, ``path`` keeps its old
-    content, and :class:`fileio.OutputError` names the file and the cause.
+    Every checkpoint carries MindSpore's CRC-32 of its whole content (``crc_check=True``), which
+    :func:`model.weights.read_checkpoint` verifies: MindSpore computes it while writing (no second
+    pass), it covers every byte (names, shapes, metadata, tensors), and MindSpore's own
+    ``load_checkpoint`` still reads such a file. On any failure (full disk, permissions) the
+    temporary file is removed, ``path`` keeps its old content, and :class:`fileio.OutputError`
+    names the file and the cause.
     """
-    with atomic_output(path, failures=(Exception,)) as tmp:
+    with atomic_output(path, failures=(Exception,), suffix=".ckpt") as tmp:
         try:
-            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True)
             if mode is not None:
                 os.chmod(tmp, mode)
         finally:
@@ -102,9 +106,14 @@ def save_training_state(train_cell, save_dir: str, meta: Dict, epoch_file: bool 
     return path
 
 
+def is_epoch_file(name: str) -> bool:
+    """Whether `name` is one of the per-epoch checkpoints of a run folder (``epoch_0003.ckpt``)."""
+    return name.startswith("epoch_") and name.endswith(".ckpt")
+
+
 def prune_epochs(save_dir: str, keep: int):
     """Delete all but the newest ``keep`` per-epoch files (``last``/``best`` are separate links)."""
-    files = sorted(f for f in os.listdir(save_dir) if f.startswith("epoch_") and f.endswith(".ckpt"))
+    files = sorted(f for f in os.listdir(save_dir) if is_epoch_file(f))
     for f in files[:-keep] if keep > 0 else files:
         try:
             os.remove(os.path.join(save_dir, f))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .. import REPO_ROOT
 from ..data.catalog import NUM_CLASSES
-from ..platform.errors import ConfigError
+from ..platform.errors import ConfigError, short_quote
 from .presets import DEMO_OVERRIDES, apply_dataset_defaults
 from .schema import SCHEMA, SCHEMA_BY_NAME, EPOCH_SEED_STRIDE, SEED_LIMIT, check_path, epoch_seed, option
 from .strict_yaml import load_mapping, read_utf8
@@ -72,7 +72,7 @@ def _parse_cli(argv, keys, positionals=False):
                 paths.append(tok)
                 i += 1
                 continue
-            raise ConfigError(f"command line: unexpected argument {tok!r}; expected --key value")
+            raise ConfigError(f"command line: unexpected argument {short_quote(tok)}; expected --key value")
         name, eq, val = tok[2:].partition("=")
         name = name.replace("-", "_")
         key = keys.get(name)
@@ -100,7 +100,7 @@ def _parse_cli(argv, keys, positionals=False):
         i += 1
         if name == "config":
             if config_file is not None:
-                raise ConfigError(f"command line: --config is given twice ({config_file!r} and {val!r}); "
+                raise ConfigError(f"command line: --config is given twice ({short_quote(config_file)} and {short_quote(val)}); "
                                   "give one config file")
             config_file = val
         else:
@@ -217,7 +217,7 @@ def path_arg(text):
     why = check_path(text)
     if why:
         import argparse
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {why}")
+        raise argparse.ArgumentTypeError(f"invalid value {short_quote(text)}: expected {why}")
     return text
 
 

@@ -95,14 +95,21 @@ def _check_list_range(lo, hi, lo_open=False):
     return check
 
 
+#: Longest path a path key takes (Linux's PATH_MAX, terminating NUL included): every message that
+#: names the path stays bounded.
+MAX_PATH_BYTES = 4096
+
+
 def check_path(v):
-    """A path key: not empty, no NUL character (the OS refuses both)."""
+    """A path key: not empty, no NUL character, shorter than PATH_MAX (the OS refuses all three)."""
     if v is None:
         return None
     if not v.strip():
         return "a non-empty path"
     if "\0" in v:
         return "a path without NUL characters"
+    if len(v.encode("utf-8", "surrogateescape")) >= MAX_PATH_BYTES:
+        return f"a path shorter than {MAX_PATH_BYTES} bytes"
     return None
 
 

@@ -1,4 +1,5 @@
-"""Reading the YAML a user or a checkpoint gives: UTF-8 only, no key given twice, a mapping.
+"""Reading the YAML a user or a checkpoint gives: UTF-8 only, no key given twice, a mapping, no
+alias bomb.
 
 PyYAML's ``safe_load`` keeps the last of two equal keys without a word, and Python's UTF-8 codec
 fails on a file saved as UTF-16 (as some editors do) with a traceback about a byte position. Here
@@ -6,14 +7,25 @@ both are one-line errors that name the file (or the checkpoint) and the key::
 
     config file my.yaml: key 'lr' is given twice (line 2: 1e-3, line 9: 3e-4); keep one
     config file my.yaml is not UTF-8 text: it starts with a UTF-16 byte-order mark; save it as UTF-8
+
+YAML aliases (``*name``, also in ``<<: *base`` merges) repeat a node anchored earlier: a few
+hundred bytes of nested aliases expand to billions of values. The loader counts what the aliases
+of a document expand to while it composes it, before anything is built or validated, and stops
+at :data:`MAX_ALIAS_NODES` values or :data:`MAX_ALIAS_CHARS` characters.
 """
 import codecs
 
 import yaml
 
-from ..platform.errors import ConfigError
+from ..platform.errors import ConfigError, short_quote
+from model.errors import QUOTE_LIMIT
 
-__all__ = ["StrictLoader", "DuplicateKeyError", "read_utf8", "load_mapping"]
+__all__ = ["StrictLoader", "DuplicateKeyError", "AliasBombError", "read_utf8", "load_mapping", "load_value",
+           "MAX_ALIAS_NODES", "MAX_ALIAS_CHARS"]
+
+#: Most values (nodes) and scalar characters the aliases of one document may expand to; a config
+#: file has about sixty keys, so a base mapping merged a few times stays far below.
+MAX_ALIAS_NODES, MAX_ALIAS_CHARS = 10_000, 1_000_000
 
 # Byte-order marks of the encodings an editor may pick instead of UTF-8 (UTF-32 first: its
 # little-endian mark starts with UTF-16's).
@@ -25,23 +37,68 @@ class DuplicateKeyError(yaml.YAMLError):
     """A mapping that names one key twice; ``key``, ``first`` and ``second`` are ``(line, text)``."""
 
     def __init__(self, key, first, second):
-        super().__init__(f"key {key!r} is given twice")
+        super().__init__(f"key {short_quote(key)} is given twice")
         self.key, self.first, self.second = key, first, second
+
+
+class AliasBombError(yaml.YAMLError):
+    """The aliases of a document expand to more than :data:`MAX_ALIAS_NODES` values or
+    :data:`MAX_ALIAS_CHARS` characters; ``line`` is where the alias that crossed the limit is."""
+
+    def __init__(self, line):
+        super().__init__(f"aliases expand to more than {MAX_ALIAS_NODES} values or {MAX_ALIAS_CHARS} characters")
+        self.line = line
+
+
+def _expanded(node, sizes):
+    """``(values, characters)`` that `node` stands for with every alias in it expanded (memoised per
+    node in `sizes`, so a shared node is measured once however often it is repeated)."""
+    key = id(node)
+    if key not in sizes:
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = (1, len(node.value))
+        else:
+            items = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            parts = [_expanded(n, sizes) for n in items]
+            sizes[key] = (1 + sum(p[0] for p in parts), sum(p[1] for p in parts))
+    return sizes[key]
+
+
+def _shown(text):
+    """`text` as written when short, else its quoted beginning (:func:`short_quote`)."""
+    return text if len(text) <= QUOTE_LIMIT else short_quote(text)
 
 
 def _node_text(node):
     """The value of a YAML node as written (a scalar's text, else a short flow form)."""
     if isinstance(node, yaml.ScalarNode):
-        return node.value
+        return _shown(node.value)
     try:
-        return yaml.safe_dump(yaml.load(yaml.serialize(node), Loader=yaml.SafeLoader),
-                              default_flow_style=True).strip()
+        return _shown(yaml.safe_dump(yaml.load(yaml.serialize(node), Loader=StrictLoader),
+                                     default_flow_style=True).strip())
     except yaml.YAMLError:  # pragma: no cover - a node that does not round-trip
         return node.tag
 
 
 class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
+    """``yaml.SafeLoader`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping
+    and :class:`AliasBombError` when the document's aliases expand beyond the limits."""
+
+    def compose_document(self):
+        self._alias_total, self._alias_sizes = [0, 0], {}
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        if not self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        line = self.peek_event().start_mark.line + 1
+        node = super().compose_node(parent, index)
+        values, chars = _expanded(node, self._alias_sizes)
+        self._alias_total[0] += values
+        self._alias_total[1] += chars
+        if self._alias_total[0] > MAX_ALIAS_NODES or self._alias_total[1] > MAX_ALIAS_CHARS:
+            raise AliasBombError(line)
+        return node
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -81,16 +138,28 @@ def read_utf8(path, what="config file", error=ConfigError):
                     f"{kind}?); expected a UTF-8 YAML file") from None
 
 
+def load_value(text):
+    """One YAML value (e.g. a list typed on the command line) with :class:`StrictLoader`: a key given
+    twice or an alias bomb raise (``yaml.YAMLError`` subclasses)."""
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def load_mapping(text, source, error=ConfigError):
     """Parse YAML `text` into a dict ({} for an empty document) with :class:`StrictLoader`.
-    `error` (prefixed with `source`) for invalid YAML, a key given twice or a document that is not
-    a mapping of key: value."""
+    `error` (prefixed with `source`) for invalid YAML, a key given twice, aliases that expand
+    beyond the limits, or a document that is not a mapping of key: value."""
     try:
-        data = yaml.load(text, Loader=StrictLoader)
+        data = load_value(text)
+    except AliasBombError as exc:
+        raise error(f"{source}: YAML aliases (*name) expand to more than {MAX_ALIAS_NODES} values or "
+                    f"{MAX_ALIAS_CHARS} characters (at line {exc.line}); write the values out instead of "
+                    "repeating them with aliases") from None
     except DuplicateKeyError as exc:
         (l1, v1), (l2, v2) = exc.first, exc.second
-        raise error(f"{source}: key '{exc.key}' is given twice (line {l1}: {v1}, line {l2}: {v2}); "
+        raise error(f"{source}: key {short_quote(exc.key)} is given twice (line {l1}: {v1}, line {l2}: {v2}); "
                     "keep one") from None
+    except (ValueError, OverflowError) as exc:   # a constructor's: e.g. an integer of 5000 digits
+        raise error(f"{source}: a value cannot be read: {short_quote(str(exc), 120)}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""

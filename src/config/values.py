@@ -7,8 +7,9 @@ import re
 
 import yaml
 
-from ..platform.errors import ConfigError
+from ..platform.errors import ConfigError, short_quote
 from .schema import SCHEMA_BY_NAME, epoch_seed, format_number
+from .strict_yaml import load_value
 
 __all__ = ["Config", "convert_value", "convert_key", "expected_values", "unknown_key", "epoch_config",
            "NULL_WORDS", "TRUE_WORDS", "FALSE_WORDS"]
@@ -67,7 +68,10 @@ def _to_int(key, value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:   # more digits than Python converts (4300): far outside every bound
+            raise _Invalid() from None
     raise _Invalid()
 
 
@@ -105,7 +109,7 @@ def _to_list(key, value):
     if isinstance(value, str):
         text = value.strip()
         try:
-            items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
+            items = load_value(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
         except yaml.YAMLError:
             raise _Invalid() from None
     if not isinstance(items, (list, tuple)) or not items or (key.length is not None and len(items) != key.length):
@@ -154,7 +158,8 @@ def convert_key(key, value, source):
         else:
             if why is None:
                 return out
-    raise ConfigError(f"{source}: invalid value {value!r} for '{key.label}': expected {why or expected_values(key)}")
+    raise ConfigError(f"{source}: invalid value {short_quote(value)} for '{key.label}': expected "
+                      f"{why or expected_values(key)}")
 
 
 def convert_value(name, value, source, shown_as=None):
@@ -167,9 +172,11 @@ def convert_value(name, value, source, shown_as=None):
 
 
 def unknown_key(name, source, keys=None):
-    close = difflib.get_close_matches(name, keys or SCHEMA_BY_NAME, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(name), keys or SCHEMA_BY_NAME, n=1, cutoff=0.6) \
+        if len(str(name)) <= 100 else []
     hint = f"; did you mean '{close[0]}'?" if close else "; -h lists the keys"
-    return ConfigError(f"{source}: unknown key '{name}'{hint}")
+    shown = f"'{name}'" if isinstance(name, str) and len(name) <= 60 else short_quote(name)
+    return ConfigError(f"{source}: unknown key {shown}{hint}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,12 @@ name, a static or any-batch input, and the check that the written file, run with
 ``nn.GraphCell``, gives the model's logits before it replaces anything."""
 import os
 
-from ..platform.errors import ConfigError, UserError
-from ..platform.fileio import atomic_output
+from ..platform.errors import ConfigError, UserError, short_quote
+from ..platform.fileio import atomic_output, is_stream
 from .names import VERIFY_ATOL, max_abs_difference
 from .onnx_file import DYNAMIC_VERIFY_BATCHES
 
-__all__ = ["FORMATS", "EXTENSIONS", "output_base", "check_format", "path_of", "export_graph", "verify_export",
+__all__ = ["FORMATS", "EXTENSIONS", "output_base", "output_path", "check_format", "path_of", "export_graph", "verify_export",
            "verified", "random_inputs"]
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
@@ -26,8 +26,18 @@ def output_base(file_name, checkpoint_path, fmt):
     elif file_name.lower().endswith(ext):
         file_name = file_name[:-len(ext)]
     if not os.path.basename(file_name):
-        raise ConfigError(f"command line: --file_name {file_name!r} names a folder; expected a file name")
+        raise ConfigError(f"command line: --file_name {short_quote(file_name)} names a folder; expected a file name")
     return file_name
+
+
+def output_path(file_name, checkpoint_path, fmt):
+    """The file export.py writes: `file_name` as given when it ends with the format's extension (in
+    any case) or names a stream (``/dev/stdout``, a FIFO: written in place), else
+    :func:`output_base` plus the extension."""
+    if file_name is not None and (file_name.lower().endswith(EXTENSIONS[fmt]) or is_stream(file_name)):
+        output_base(file_name, checkpoint_path, fmt)   # refuses a folder
+        return file_name
+    return path_of(output_base(file_name, checkpoint_path, fmt), fmt)
 
 
 def check_format(fmt, device):
@@ -38,14 +48,15 @@ def check_format(fmt, device):
                           "which MindSpore converts for Ascend as well")
 
 
-def export_atomic(net, inputs, base, fmt, check=None, sources=()):
-    """``mindspore.export`` to ``base + extension`` through :func:`src.platform.fileio.atomic_output`: the
+def export_atomic(net, inputs, base, fmt, check=None, sources=(), final=None):
+    """``mindspore.export`` to `final` (default ``base + extension``) through
+    :func:`src.platform.fileio.atomic_output`, which hands MindSpore a temporary name it accepts: the
     complete temporary file is checked with ``check(tmp)`` (when given) before it replaces an
     existing file, and the output must not be one of `sources` (the checkpoint read)."""
     import mindspore as ms
     ext = EXTENSIONS[fmt]
-    final = base + ext
-    with atomic_output(final, verify=check, inputs=sources, label="export file") as tmp:
+    final = final or base + ext
+    with atomic_output(final, verify=check, inputs=sources, label="export file", suffix=ext) as tmp:
         ms.export(net, *inputs, file_name=tmp[:-len(ext)], file_format=fmt)
     return final
 
@@ -72,19 +83,25 @@ def verified(diff, path, how):
     return diff
 
 
-def export_graph(net, shape, base, fmt, verify, sources=()):
-    """MINDIR/AIR export of `net` for inputs of `shape` (``shape[0]`` None: dynamic batch), verified
-    before the rename when `verify`; returns ``(path, max abs diff or None)``."""
+def export_graph(net, shape, base, fmt, verify, sources=(), final=None):
+    """MINDIR/AIR export of `net` for inputs of `shape` (``shape[0]`` None: dynamic batch) to `final`
+    (default ``base + extension``), verified before the rename when `verify`; returns ``(path, max
+    abs diff or None)``. The random check inputs are made only when verifying."""
     import mindspore as ms
     dynamic = shape[0] is None
-    checks = random_inputs(shape, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]])
-    inputs = [ms.Tensor(shape=list(shape), dtype=ms.float32)] if dynamic else checks[0]
+    final = final or path_of(base, fmt)
+    checks = random_inputs(shape, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]]) if verify else None
+    if dynamic:
+        inputs = [ms.Tensor(shape=list(shape), dtype=ms.float32)]
+    else:
+        import numpy as np
+        inputs = checks[0] if verify else [ms.Tensor(np.zeros(shape, np.float32))]
     diff = None
 
     def check(tmp):
         nonlocal diff
-        diff = verified(verify_export(net, tmp, checks), path_of(base, fmt), "nn.GraphCell")
-    return export_atomic(net, inputs, base, fmt, check if verify else None, sources), diff
+        diff = verified(verify_export(net, tmp, checks), final, "nn.GraphCell")
+    return export_atomic(net, inputs, base, fmt, check if verify else None, sources, final), diff
 
 
 def random_inputs(shape, batches, seed=0):

@@ -82,8 +82,9 @@ def verify_onnx(path: str, net, shape: Sequence, seed: int = 0) -> float:
                               for x in inputs)
 
 
-def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str = "checkpoint", sources=()):
-    """Write ``base + ".onnx"`` for the MindSpore model `net` (its weights through the PyTorch
+def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str = "checkpoint", sources=(),
+                final: str = None):
+    """Write `final` (default ``base + ".onnx"``) for the MindSpore model `net` (its weights through the PyTorch
     reference) through :func:`src.platform.fileio.atomic_output` (verified before it replaces anything when
     `verify`; never one of `sources`); returns ``(final path, max abs diff or None)``. UserError
     when the checkpoint cannot be exported, the file cannot be written, or verification fails (NaN
@@ -91,7 +92,7 @@ def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str
     require_packages(verify)
     weights = {p.name: p.asnumpy() for p in net.get_parameters()}
     ref = torch_reference(weights, path)
-    final = base + ".onnx"
+    final = final or base + ".onnx"
     diff = None
 
     def check(tmp):
@@ -101,6 +102,7 @@ def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str
             raise UserError(f"'{final}' would not reproduce the checkpoint model: max abs difference "
                             f"{diff:.3g} > {VERIFY_ATOL:g} (onnxruntime vs MindSpore on a random "
                             "input); nothing was written")
-    with atomic_output(final, verify=check if verify else None, inputs=sources, label="ONNX file") as tmp:
+    with atomic_output(final, verify=check if verify else None, inputs=sources, label="ONNX file",
+                       suffix=".onnx") as tmp:
         write_onnx(ref, shape, tmp)
     return final, diff

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 
+from ..platform.errors import short_quote
 from .catalog import interpolation_mode
 
 __all__ = ["parse_aa", "rand_augment_ops"]
@@ -26,14 +27,14 @@ def parse_aa(spec):
     for part in parts[1:]:
         m = re.fullmatch(r"(mstd|mmax|inc|m|n|w|p)([0-9.]+)", part)
         if not m:
-            raise ValueError(f"unknown RandAugment option {part!r} (known: m<int>, n<int>, mstd<float>, inc<0|1>)")
+            raise ValueError(f"unknown RandAugment option {short_quote(part)} (known: m<int>, n<int>, mstd<float>, inc<0|1>)")
         k, v = m.groups()
         if k in ("mmax", "w", "p"):
-            raise ValueError(f"RandAugment option {part!r} is not supported by this port")
+            raise ValueError(f"RandAugment option {short_quote(part)} is not supported by this port")
         try:
             out[k] = int(v) if k in ("n", "inc") else float(v)
         except ValueError:
-            raise ValueError(f"bad number in RandAugment option {part!r}") from None
+            raise ValueError(f"bad number in RandAugment option {short_quote(part)}") from None
     if not 0 <= out["m"] <= 10 or out["m"] != int(out["m"]):
         raise ValueError(f"magnitude m{out['m']:g} must be an integer in 0..10")
     out["m"] = int(out["m"])

@@ -2,6 +2,7 @@
 and writing them as a dataset in the exact CIFAR binary format."""
 import math
 import os
+import re
 import shutil
 import tempfile
 
@@ -102,6 +103,23 @@ def _train_file_names(dataset, k):
     return ["train.bin"] if k == 1 else [f"train_{i + 1}.bin" for i in range(k)]
 
 
+def _val_file_name(dataset):
+    return "test_batch.bin" if dataset == "cifar10" else "test.bin"
+
+
+#: Every data file name a generation of either dataset can write (train files, val file).
+_GENERATED_DATA = re.compile(r"data_batch_[1-9]\d*\.bin|test_batch\.bin|train(_[1-9]\d*)?\.bin|test\.bin")
+
+
+def _remove_stale(folder, written):
+    """Delete the data files of an earlier generation in `folder` that this one did not write (a
+    generation with fewer files, or without a val split): the folder then holds exactly the
+    records reported. Only names a generation writes are touched; other files are the user's."""
+    for name in os.listdir(folder):
+        if name not in written and _GENERATED_DATA.fullmatch(name) and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+
+
 def check_replaceable(folder, dataset):
     """DataError unless `folder` is missing, empty, or holds data that :func:`write_synthetic`
     wrote (its class-name file lists ``synthetic_*`` names): generating data must never replace a
@@ -147,9 +165,12 @@ def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0
     possibly odd, sizes; CIFAR-100: one ``train.bin``), an int (that many files), or a list of
     record counts (summing to `n_train`). The val split goes to ``test_batch.bin`` / ``test.bin``
     (not written when `n_val` is 0). Class-name files are written too. Labels are balanced and
-    shuffled. Returns `folder`. See :func:`synthetic_images` for the images.
+    shuffled. An existing folder must hold generated data (:func:`check_replaceable`); the data
+    files of its earlier generation that this one does not write are removed. Returns `folder`. See
+    :func:`synthetic_images` for the images.
     """
     check_dataset(dataset)
+    check_replaceable(folder, dataset)
     num_classes = NUM_CLASSES[dataset]
     counts = _file_counts(dataset, n_train, files)
     rng = np.random.default_rng(seed)
@@ -175,16 +196,17 @@ def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
 
+    written = _train_file_names(dataset, len(counts)) + ([_val_file_name(dataset)] if n_val else [])
     try:
-        for name, n in zip(_train_file_names(dataset, len(counts)), counts):
+        for name, n in zip(written, counts + [n_val]):
             write(os.path.join(target, name), n)
-        if n_val:
-            write(os.path.join(target, "test_batch.bin" if dataset == "cifar10" else "test.bin"), n_val)
         write_text(os.path.join(target, META_FILES[dataset]), "".join(f"synthetic_{i}\n" for i in range(num_classes)))
         if dataset == "cifar100":
             write_text(os.path.join(target, COARSE_META_FILE),
                        "".join(f"synthetic_super_{i}\n" for i in range(NUM_COARSE)))
-        if new_folder:
+        if not new_folder:
+            _remove_stale(target, written)
+        else:
             os.chmod(target, 0o755)
             try:
                 os.rename(target, final)

@@ -1,12 +1,27 @@
 """What every script tells a person while it works: log lines (``HH:MM:SS message``) and the
 progress bar of a long loop. Only rank 0 of a data-parallel run prints its progress."""
+import contextlib
 import logging
 import os
 import sys
 import time
 from typing import Optional
 
-__all__ = ["get_logger", "Progress"]
+__all__ = ["get_logger", "Progress", "messages_to_stderr"]
+
+
+@contextlib.contextmanager
+def messages_to_stderr(enabled: bool = True):
+    """While the standard output carries data (``--json -``), what the script prints for a person
+    (log lines, results) goes to stderr, so that ``script.py --json - | jq`` reads only the JSON."""
+    if not enabled:
+        yield
+        return
+    saved, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = saved
 
 
 def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:

@@ -13,7 +13,7 @@ import urllib.request
 
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import DataError, short_quote
 from .fileio import atomic_output
 
 __all__ = ["download_url", "md5sum", "safe_extract_tar", "DownloadError"]
@@ -109,7 +109,7 @@ def safe_extract_tar(archive, dst_dir):
 
 def _check_member(archive, dst_dir, m):
     def refuse(why):
-        raise DataError(f"refusing to extract {archive}: member {m.name!r} {why}")
+        raise DataError(f"refusing to extract {archive}: member {short_quote(m.name)} {why}")
 
     name = m.name
     if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
@@ -123,10 +123,10 @@ def _check_member(archive, dst_dir, m):
     if m.issym() or m.islnk():
         link = m.linkname
         if os.path.isabs(link):
-            refuse(f"is a link to the absolute path {link!r}")
+            refuse(f"is a link to the absolute path {short_quote(link)}")
         base = os.path.dirname(os.path.join(dst_dir, name)) if m.issym() else dst_dir
         if not _is_within(dst_dir, os.path.join(base, link)):
-            refuse(f"is a link to {link!r}, outside {dst_dir}")
+            refuse(f"is a link to {short_quote(link)}, outside {dst_dir}")
     elif not (m.isfile() or m.isdir()):
         refuse("is not a regular file or folder")
 

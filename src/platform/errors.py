@@ -8,14 +8,15 @@ Ctrl-C and SIGTERM end every script the same way: one line, exit status 130.
 """
 import argparse
 import errno
+import os
 import signal
 import sys
 
 # The model package raises these itself (it imports nothing from outside); one class each.
-from model.errors import CheckpointError, ConfigError, UserError, first_line, short_list
+from model.errors import CheckpointError, ConfigError, UserError, first_line, short_list, short_quote
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
-           "first_line", "short_list", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
+           "first_line", "short_list", "short_quote", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
 
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
@@ -57,7 +58,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 value = " ".join(t for t in _values_after(args, i + 1, self._option_string_actions))
             if action.dest in seen:
                 first_name, first = seen[action.dest]
-                shown = f" ({first!r} and {value!r})" if first or value else ""
+                shown = f" ({short_quote(first)} and {short_quote(value)})" if first or value else ""
                 raise ConfigError(f"command line: {name} is given twice{shown}; give it once")
             seen[action.dest] = (name, value)
 
@@ -65,7 +66,7 @@ class ArgumentParser(argparse.ArgumentParser):
 #: OSError numbers that come from the machine, not from a bug: a full disk or quota, a read-only
 #: or vanished file system, missing permissions. They are reported like a UserError.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                       errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ESTALE, errno.EFBIG}
+                       errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ESTALE, errno.EFBIG, errno.ENAMETOOLONG}
 #: ... and those that never come from a bug, also when no file is named.
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
 
@@ -94,8 +95,42 @@ class Interrupted(KeyboardInterrupt):
 _received = []
 
 
+#: The terminal's stderr while the framework's is silenced (:func:`_silence_framework`).
+_saved_stderr = []
+
+
+def _silence_framework():
+    """Send file descriptor 2 to the null device until :func:`_restore_stderr`: once an interrupt
+    is raised the process is ending, and MindSpore reports the exception passing through its
+    compiler with a dump of its own (an ``[ERROR] ANALYZER`` log of 50-150 lines) before the one
+    line that :func:`run_cli` prints."""
+    if _saved_stderr:
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        _saved_stderr.append(saved)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _restore_stderr():
+    if _saved_stderr:
+        saved = _saved_stderr.pop()
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _raise_interrupted(signum, frame):
     _received.append(signum)
+    _silence_framework()
     raise Interrupted(signum)
 
 
@@ -125,10 +160,36 @@ def _install_signal_handlers():
             pass
 
 
+#: Longest message printed: every value in a message is quoted short (:func:`short_quote`); this
+#: only keeps a message that still grew (a list of thousands of names) to a readable line.
+_MESSAGE_LIMIT = 2000
+
+
 def _fail(msg, status):
     msg = " ".join(msg.split("\n"))
+    if len(msg) > _MESSAGE_LIMIT:
+        msg = f"{msg[:_MESSAGE_LIMIT]}... ({len(msg)} characters)"
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _interrupted(signum):
+    how = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM: a kill, or Ctrl-C relayed by MindSpore's runtime"
+    _fail(f"interrupted ({how})", EXIT_INTERRUPTED)
+
+
+def _report(exc):
+    """One ``error:`` line for a UserError or an OSError of the machine (full disk, permissions,
+    a name too long); anything else is a bug and keeps its traceback."""
+    if isinstance(exc, UserError):
+        _fail(str(exc), 2)
+    if isinstance(exc, OSError):
+        if exc.errno in _ENVIRONMENT_ERRNOS and exc.filename:
+            name = exc.filename if len(str(exc.filename)) <= 200 else short_quote(exc.filename, 200)
+            _fail(f"{name}: {exc.strerror}", 2)
+        if exc.errno in _MACHINE_ERRNOS:  # e.g. a failed flush, which names no file
+            _fail(f"{exc.strerror} (errno {exc.errno})", 2)
+    raise exc
 
 
 def run_cli(main, argv=None):
@@ -141,19 +202,15 @@ def run_cli(main, argv=None):
     the previous ones as they were."""
     _install_signal_handlers()
     try:
-        rc = main(argv)
-        check_interrupted()
-    except UserError as exc:
-        _fail(str(exc), 2)
-    except OSError as exc:
-        if exc.errno in _ENVIRONMENT_ERRNOS and exc.filename:
-            _fail(f"{exc.filename}: {exc.strerror}", 2)
-        if exc.errno in _MACHINE_ERRNOS:  # e.g. a failed flush, which names no file
-            _fail(f"{exc.strerror} (errno {exc.errno})", 2)
-        raise
+        try:
+            rc = main(argv)
+            check_interrupted()
+        finally:
+            _restore_stderr()   # the terminal's stderr back for the one line below
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        how = ("Ctrl-C" if signum == signal.SIGINT else
-               "SIGTERM: a kill, or Ctrl-C relayed by MindSpore's runtime")
-        _fail(f"interrupted ({how})", EXIT_INTERRUPTED)
+        _interrupted(getattr(exc, "signum", signal.SIGINT))
+    except Exception as exc:
+        if _received:   # the framework turned the interrupt into an error of its own
+            _interrupted(_received[-1])
+        _report(exc)
     sys.exit(rc or 0)

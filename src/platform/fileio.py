@@ -1,49 +1,85 @@
-"""Writing files safely: the one atomic writer of the repository, and the rule that an output never
-replaces an input.
+"""Writing files safely: the one atomic writer of the repository, the rules for output names, and
+the rule that an output never replaces an input.
 
 Every file the entry scripts write (checkpoints, ``metrics.csv``, ``curves.png``, ``config.yaml``,
 JSON results, exported ``.mindir`` files, converted weights, generated data, downloads) goes
 through :func:`atomic_output`::
 
-    with atomic_output("model.ckpt", inputs=[src]) as tmp:
+    with atomic_output("model.ckpt", suffix=".ckpt", inputs=[src]) as tmp:
         mindspore.save_checkpoint(params, tmp)
 
-The content is written to a temporary file in the same folder (``.model.ckpt.tmp-<pid>.ckpt``: the
-extension is kept, as MindSpore, matplotlib and ``mindspore.export`` choose the format or append
-an extension from it), the optional ``verify`` callback checks the complete temporary file, the
-file is flushed to disk and only then renamed over `path` with ``os.replace``. So `path` is always
-either the previous file or the complete, verified new one. On any failure the temporary file is
-removed and the error names `path`, never the temporary file.
+* **A regular file (or a new name)** is written under a temporary name in the same folder, checked
+  by the optional ``verify`` callback, flushed to disk and only then renamed over the user's path
+  with ``os.replace``: the path holds either the previous file or the complete, verified new one.
+  A symbolic link to a file stays a link; the file it points to is replaced.
+* **Any name the OS accepts** works for every writer. The temporary name is plain ASCII and ends
+  with `suffix`, the extension the writer wants (``mindspore.save_checkpoint`` appends ``.ckpt`` to
+  a name without it, ``mindspore.export`` refuses a path with a space or a non-ASCII letter): it is
+  ``.<stem>.tmp-<pid>-<key><suffix>``, where ``stem`` is the user's name with other characters
+  replaced and ``key`` a hash of the name. When the folder's own path holds such characters, the
+  writer is handed the temporary file through a plain-named link to the folder. A name longer than
+  the file system takes (``NAME_MAX``, ``PATH_MAX``) is one error before anything is done.
+* **A path that exists and is not a regular file** (a character device such as ``/dev/null``, a
+  FIFO, ``/dev/stdout``, ``/dev/fd/N``, a link to one of those) is written to directly, never
+  replaced or renamed over: the content is made and verified in a private temporary folder, then
+  copied into it. A socket, or a device that refuses the data (``/dev/full``), is one error.
+  With ``dash_is_stdout`` the name ``-`` means the standard output.
+* **On any failure** the temporary file is removed and the error names the user's path, never the
+  temporary file. Temporary files of a process that was killed (``kill -9``, power loss) carry its
+  process id; the next writer of the same file, or :func:`remove_stale_temps` for a whole folder,
+  removes them.
 
 :func:`check_not_input` refuses an output that is one of the files being read, compared by
 resolved path and by (device, inode), so symbolic and hard links count as the same file.
-
-Temporary files of a process that was killed (``kill -9``, power loss) carry its process id; the
-next writer of the same file, or :func:`remove_stale_temps` for a whole folder, removes them.
 """
 import contextlib
 import os
 import re
+import shutil
+import stat
+import sys
+import tempfile
+import zlib
 from typing import Callable, Iterable, Optional
 
-from .errors import UserError, check_interrupted, first_line
+from .errors import UserError, check_interrupted, first_line, short_quote
 
-__all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "same_file",
-           "temp_name", "remove_stale_temps"]
+__all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "check_name_length",
+           "same_file", "temp_name", "remove_stale_temps", "is_stream", "STDOUT"]
 
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?P<ext>\.[^.]*)?$")
+#: The output name that means the standard output (where a script accepts it, e.g. ``--json -``).
+STDOUT = "-"
+#: A path every writer accepts: MindSpore's own file-name pattern (``mindspore.export``).
+_PLAIN = re.compile(r"[0-9A-Za-z@_\-.:/\\]+")
+_TEMP_RE = re.compile(r"^\.(?P<stem>[0-9A-Za-z_.-]*)\.tmp-(?P<pid>\d+)-(?P<key>[0-9a-f]{8})(?P<ext>\.[0-9A-Za-z]+)?$")
+#: Temporary files of the previous naming (``.<name>.tmp-<pid><ext>``), still removed when stale.
+_LEGACY_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?P<ext>\.[^.]*)?$")
+#: Paths that name one of this process's open files (the standard streams, ``/dev/fd/N``).
+_FD_ALIAS = re.compile(r"/dev/(?P<std>stdin|stdout|stderr)|/dev/fd/(?P<fd>\d+)|/proc/(?P<pid>self|thread-self|\d+)/fd/(?P<pfd>\d+)")
+_STD_FDS = {"stdin": 0, "stdout": 1, "stderr": 2}
 
 
 class OutputError(UserError):
     """An output file that cannot be written, or that would replace a file being read."""
 
 
-def temp_name(path: str) -> str:
-    """The temporary file that :func:`atomic_output` writes for `path` (same folder, hidden, the
-    process id, the same extension)."""
-    folder, name = os.path.split(os.path.abspath(path))
+def _key(name: str) -> str:
+    return f"{zlib.crc32(os.fsencode(name)) & 0xFFFFFFFF:08x}"
+
+
+def _plain_suffix(name: str) -> str:
     ext = os.path.splitext(name)[1]
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}{ext}")
+    return ext if re.fullmatch(r"\.[0-9A-Za-z]{1,10}", ext) else ""
+
+
+def temp_name(path, suffix: Optional[str] = None) -> str:
+    """The temporary file that :func:`atomic_output` writes for `path`: same folder, hidden, plain
+    ASCII, the process id and a hash of the name, ending with `suffix` (default: the name's own
+    extension when it is a plain one)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    suffix = _plain_suffix(name) if suffix is None else suffix
+    stem = re.sub(r"[^0-9A-Za-z_.-]", "_", os.path.splitext(name)[0])[:32]
+    return os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{_key(name)}{suffix}")
 
 
 def same_file(a: str, b: str) -> bool:
@@ -79,11 +115,71 @@ def check_not_input(output, *inputs, label: str = "output"):
                               f"file being read; give another {label} (nothing was written)")
 
 
-def check_output_path(path, *inputs, label: str = "output"):
-    """Refuse, before any work is done, an output path that names a folder or one of `inputs`."""
+def _fd_alias(path: str) -> Optional[int]:
+    """The descriptor number when `path` (or the chain of links it starts) names one of this
+    process's open files (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/1``), else None."""
+    for _ in range(40):
+        path = os.path.abspath(path)
+        m = _FD_ALIAS.fullmatch(path)
+        if m and m.group("pid") in (None, "self", "thread-self", str(os.getpid())):
+            return _STD_FDS[m.group("std")] if m.group("std") else int(m.group("fd") or m.group("pfd"))
+        if not os.path.islink(path):
+            return None
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return None
+
+
+def is_stream(path, dash_is_stdout: bool = False) -> bool:
+    """Whether `path` is written in place rather than replaced: ``-`` (with `dash_is_stdout`), one of
+    this process's open files, or an existing path that is neither a regular file nor a folder
+    (a device, a FIFO, a socket)."""
     path = os.fspath(path)
+    if (dash_is_stdout and path == STDOUT) or _fd_alias(path) is not None:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _limit(folder: str, name: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
+
+
+def check_name_length(path, label: str = "output"):
+    """OutputError naming `path` when one of its names, or the whole path, is longer than the file
+    system takes (``NAME_MAX``, ``PATH_MAX``), before anything is created."""
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    name_max, path_max = _limit(existing, "PC_NAME_MAX", 255), _limit(existing, "PC_PATH_MAX", 4096)
+    longest = max((p for p in path.split(os.sep)), key=lambda p: len(os.fsencode(p)))
+    if len(os.fsencode(longest)) > name_max:
+        raise OutputError(f"{label} {short_quote(path)}: the name {short_quote(longest, 24)} has "
+                          f"{len(os.fsencode(longest))} bytes, more than this file system takes ({name_max}); "
+                          "give a shorter name (nothing was written)")
+    if len(os.fsencode(path)) >= path_max:
+        raise OutputError(f"{label} {short_quote(path)}: the path has {len(os.fsencode(path))} bytes, more than "
+                          f"this system takes ({path_max - 1}); give a shorter path (nothing was written)")
+
+
+def check_output_path(path, *inputs, label: str = "output", dash_is_stdout: bool = False):
+    """Refuse, before any work is done, an output path that names a folder, is too long, lies under
+    a file, or is one of `inputs`."""
+    path = os.fspath(path)
+    if dash_is_stdout and path == STDOUT:
+        return
     if os.path.isdir(path):
         raise OutputError(f"{label} '{path}' is a folder; expected a file name (nothing was written)")
+    if is_stream(path):
+        check_not_input(path, *inputs, label=label)
+        return
+    check_name_length(path, label)
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
         parent = os.path.dirname(parent)
@@ -110,6 +206,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _temp_of(entry: str, name: Optional[str]):
+    """The process id of the temporary file `entry` (of the file `name`, when given), else None."""
+    m = _TEMP_RE.match(entry)
+    if m:
+        return int(m.group("pid")) if name is None or m.group("key") == _key(name) else None
+    m = _LEGACY_TEMP_RE.match(entry)
+    if m and (name is None or m.group("name") == name):
+        return int(m.group("pid"))
+    return None
+
+
 def remove_stale_temps(folder: str, name: Optional[str] = None) -> list:
     """Delete the temporary files that killed processes left in `folder` (all of them, or only
     those of the file `name`); files of processes still running are kept. Returns the names
@@ -120,11 +227,8 @@ def remove_stale_temps(folder: str, name: Optional[str] = None) -> list:
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP_RE.match(entry)
-        if not m or (name is not None and m.group("name") != name):
-            continue
-        pid = int(m.group("pid"))
-        if pid == os.getpid() or _alive(pid):
+        pid = _temp_of(entry, name)
+        if pid is None or pid == os.getpid() or _alive(pid):
             continue
         try:
             os.remove(os.path.join(folder, entry))
@@ -160,43 +264,100 @@ def _named(text: str, tmp: str, path: str) -> str:
     return text.replace(tmp, path).replace(os.path.basename(tmp), os.path.basename(path))
 
 
+def _copy_into(tmp: str, path: str, dash_is_stdout: bool):
+    """Write the content of `tmp` into the existing stream `path` in place (no create, no rename)."""
+    fd_number = 1 if dash_is_stdout and path == STDOUT else _fd_alias(path)
+    if fd_number is not None:
+        for stream in (sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        fd, own = fd_number, False
+    else:
+        fd, own = os.open(path, os.O_WRONLY | os.O_NOCTTY), True
+    try:
+        with open(tmp, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+    finally:
+        if own:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _workspace(path: str, suffix: Optional[str], stream: bool):
+    """``(name handed to the writer, the temporary file's real path)`` and the private folder to
+    remove afterwards (or None): see the module docstring."""
+    if stream:
+        scratch = tempfile.mkdtemp(prefix="convmlp-out-")
+        tmp = os.path.join(scratch, "output" + (_plain_suffix(path) if suffix is None else suffix))
+        try:
+            yield tmp, tmp
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    tmp = temp_name(path, suffix)
+    folder = os.path.dirname(tmp)
+    if _PLAIN.fullmatch(folder):
+        yield tmp, tmp
+        return
+    scratch = tempfile.mkdtemp(prefix="convmlp-out-")
+    try:
+        os.symlink(folder, os.path.join(scratch, "folder"))
+        yield os.path.join(scratch, "folder", os.path.basename(tmp)), tmp
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path, verify: Optional[Callable[[str], None]] = None, inputs: Iterable = (),
-                  failures: tuple = (OSError,), label: str = "output"):
-    """Write `path` atomically: yields the name of a temporary file in the same folder to write;
-    when the block ends, ``verify(tmp)`` (if given) checks the complete file, it is flushed to disk
-    and renamed to `path`.
+                  failures: tuple = (OSError,), label: str = "output", suffix: Optional[str] = None,
+                  dash_is_stdout: bool = False):
+    """Write `path` safely: yields the name of a temporary file to write (ending with `suffix`, the
+    extension the writer needs; default the path's own); when the block ends, ``verify(tmp)`` (if
+    given) checks the complete file, which then replaces `path` (a regular file or a new name:
+    flushed to disk and renamed) or is copied into it (a stream: see :func:`is_stream`).
 
-    Before anything is written, `path` is checked against `inputs` (:func:`check_not_input`) and
-    must not be a folder. On any failure (an exception in the block or in `verify`, a full disk,
-    Ctrl-C) the temporary file is removed and `path` keeps its previous content. Exceptions of
-    the `failures` types become :class:`OutputError` ("cannot write PATH: cause"); a
+    Before anything is written, `path` is checked (:func:`check_output_path`: not a folder, not too
+    long, not one of `inputs`). On any failure (an exception in the block or in `verify`, a full
+    disk, Ctrl-C) the temporary file is removed and a replaced `path` keeps its previous content.
+    Exceptions of the `failures` types become :class:`OutputError` ("cannot write PATH: cause"); a
     :class:`UserError` (e.g. from `verify`) keeps its class and its message names `path` instead
     of the temporary file; anything else is re-raised as it is.
     """
     path = os.fspath(path)
-    check_output_path(path, *inputs, label=label)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = temp_name(path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        remove_stale_temps(folder, os.path.basename(path))
-        _remove(tmp)
-        yield tmp
-        if not os.path.isfile(tmp):
-            raise OSError(f"{tmp} was not written")
-        if verify is not None:
-            verify(tmp)
-        _fsync(tmp)
-        check_interrupted()   # a Ctrl-C/SIGTERM whose exception was swallowed: keep the old file
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _remove(tmp)
-        if isinstance(exc, UserError):
-            exc.args = tuple(_named(a, tmp, path) if isinstance(a, str) else a for a in exc.args)
+    check_output_path(path, *inputs, label=label, dash_is_stdout=dash_is_stdout)
+    stream = is_stream(path, dash_is_stdout)
+    final = path if stream else os.path.realpath(path)   # a link to a file stays a link
+    folder = os.path.dirname(final)
+    with _workspace(final, suffix, stream) as (handed, tmp):
+        try:
+            if not stream:
+                os.makedirs(folder, exist_ok=True)
+                remove_stale_temps(folder, os.path.basename(final))
+            _remove(tmp)
+            yield handed
+            if not os.path.isfile(tmp):
+                raise OSError(f"{tmp} was not written")
+            if verify is not None:
+                verify(handed)
+            check_interrupted()   # a Ctrl-C/SIGTERM whose exception was swallowed: keep the old file
+            if stream:
+                _copy_into(tmp, path, dash_is_stdout)
+            else:
+                _fsync(tmp)
+                os.replace(tmp, final)
+        except BaseException as exc:
+            _remove(tmp)
+            if isinstance(exc, UserError):
+                exc.args = tuple(_named(_named(a, handed, path), tmp, path) if isinstance(a, str) else a
+                                 for a in exc.args)
+                raise
+            if isinstance(exc, failures):
+                kept = "" if stream else "; the previous file (if any) is unchanged"
+                raise OutputError(f"cannot write '{path}': {_named(_named(_cause(exc), handed, path), tmp, path)}"
+                                  f"{kept}") from None
             raise
-        if isinstance(exc, failures):
-            raise OutputError(f"cannot write '{path}': {_named(_cause(exc), tmp, path)}; the previous "
-                              "file (if any) is unchanged") from None
-        raise
-    _fsync(folder, directory=True)
+    if not stream:
+        _fsync(folder, directory=True)

@@ -24,6 +24,9 @@ numbers the graphs of a process in compile order. Hence:
   MindSpore would load a swapped graph file without complaint.
 * **One process per folder.** A lock file per folder; a second process with the same setting at
   the same time compiles without the cache. The :data:`KEEP` most recently used folders are kept.
+* **It deletes only what it made.** Each folder is created with a marker file
+  (:func:`model.cache.make_folder`); only marked folders are emptied or pruned. A root that
+  already holds other things gets a marked subfolder of its own (:func:`model.cache.cache_root`).
 
 The root is ``$CONVMLP_GRAPH_CACHE``, else ``$XDG_CACHE_HOME/convmlp_mindspore/graphs``, else
 ``~/.cache/convmlp_mindspore/graphs``; config key ``graph_cache: false`` turns the cache off.
@@ -41,7 +44,7 @@ import platform
 import shutil
 import sys
 
-from model.cache import cache_dir
+from model.cache import MARKER, cache_dir, cache_root, is_marked, make_folder
 
 from .. import REPO_ROOT
 from .errors import UserError
@@ -58,6 +61,8 @@ KEEP = 24
 MANIFEST = "manifest.json"
 _KEY_FILE = "key.json"
 _OWN_FILES = (MANIFEST, _KEY_FILE)
+#: The subfolder used when the root holds things this cache did not make.
+_OWN_SUBFOLDER = "convmlp_graph_cache"
 
 #: Config keys that never reach a compiled graph (data paths and loading, augmentation done in the
 #: data pipeline, where weights come from, logging, checkpoint files). Every other key is hashed.
@@ -173,8 +178,13 @@ def _sha256(path):
 
 
 def _clear(folder):
-    """Empty `folder` (MindSpore writes its files read-only; the folder itself is writable)."""
+    """Empty `folder` but for its marker (MindSpore writes its files read-only; the folder itself is
+    writable). Only a marked folder is ever emptied."""
+    if not is_marked(folder):
+        raise FileExistsError(f"{folder} was not made by this cache")
     for name in os.listdir(folder):
+        if name == MARKER:
+            continue
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -225,11 +235,12 @@ def _lock(path):
 
 
 def _prune(root, keep, current):
-    """Remove the least recently used folders beyond `keep` (never one in use)."""
+    """Remove the least recently used of this cache's (marked) folders beyond `keep` (never one in
+    use); nothing else in `root` is looked at."""
     folders = []
     for name in os.listdir(root):
         path = os.path.join(root, name)
-        if os.path.isdir(path) and name != current:
+        if is_marked(path) and name != current:
             manifest = os.path.join(path, MANIFEST)
             used = os.path.getmtime(manifest if os.path.exists(manifest) else path)
             folders.append((used, name))
@@ -317,12 +328,14 @@ def open_graph_cache(cfg, purpose, logger, device, rank=0, world=1, data=None, r
         return _off(why_off, logger)
 
     fingerprint = graph_fingerprint(cfg, purpose, device, rank, world, data)
-    root = os.path.abspath(root or default_root())
     name = cache_key(fingerprint)
-    folder = os.path.join(root, name)
+    folder = os.path.join(os.path.abspath(root or default_root()), name)
     lock_fd = None
     try:
-        os.makedirs(folder, exist_ok=True)
+        root = cache_root(root or default_root(), _OWN_SUBFOLDER)
+        folder = make_folder(root, name)
+        if not is_marked(folder):
+            raise FileExistsError(f"{folder} was not made by this cache")
         lock_fd = _lock(os.path.join(root, name + ".lock"))
         if lock_fd is None:
             return _off(f"{folder} is in use by another process", logger)
@@ -337,7 +350,7 @@ def open_graph_cache(cfg, purpose, logger, device, rank=0, world=1, data=None, r
     except OSError as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        logger.warning(f"graph cache: off (cannot use {folder}: {exc.strerror or exc})")
+        logger.warning(f"graph cache: off (cannot use {folder}: {getattr(exc, 'strerror', None) or exc})")
         return GraphCache(None, "off", logger)
     try:
         _prune(root, keep, name)

@@ -11,9 +11,12 @@ results must end up). With ``run_modelarts: true``:
   ``.bin`` files directly. On each machine only local rank 0 copies; the other local ranks wait for
   its completion marker (``.convmlp_copy.json`` in the local folder), which also lets a later run
   on the same machine reuse a finished copy of the same ``data_url``.
-* :func:`sync_outputs` copies ``save_checkpoint_path`` (checkpoints, ``train.log``,
-  ``metrics.csv``, ``curves.png``, ``config.yaml``) to ``train_url``; global rank 0 only (the only
-  rank that writes outputs). train.py calls it after every saved epoch, after the checkpoint of an
+* :func:`sync_outputs` copies the run's outputs in ``save_checkpoint_path`` (checkpoints,
+  ``train.log``, ``metrics.csv``, ``curves.png``, ``config.yaml``: :func:`output_files`) to
+  ``train_url``; global rank 0 only (the only rank that writes outputs). Nothing else of the folder
+  goes: not the run's lock file, nor temporary files of a write in progress, nor files of the
+  user's. The outputs are linked (copied where links cannot be made) into a staging folder that
+  is copied as a whole. train.py calls it after every saved epoch, after the checkpoint of an
   interrupted run and at the end. The copy adds and replaces files in ``train_url``; it deletes
   nothing there.
 
@@ -23,13 +26,17 @@ naming the URL (one line via ``run_cli``); a failed upload of one epoch's output
 """
 import json
 import os
+import shutil
+import tempfile
 import time
 
+from ..checkpoint.files import is_epoch_file
 from ..data.catalog import FOLDERS
 from ..platform.errors import DataError, UserError, first_line
 from ..platform.fileio import atomic_output
+from .run_folder import RUN_FILES
 
-__all__ = ["ModelArtsError", "prepare_data", "sync_outputs", "find_dataset_folder", "local_rank",
+__all__ = ["ModelArtsError", "prepare_data", "sync_outputs", "output_files", "find_dataset_folder", "local_rank",
            "MARKER", "WAIT_TIMEOUT_S"]
 
 #: Completion marker written by local rank 0 into the local data folder once the copy is complete.
@@ -150,8 +157,32 @@ def prepare_data(cfg, logger, rank=0, local_root=None):
     return folder
 
 
+def output_files(folder):
+    """The names of the run's outputs in `folder` (:data:`run_folder.RUN_FILES` and the per-epoch
+    checkpoints), sorted; nothing else that the folder holds."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if (n in RUN_FILES or is_epoch_file(n))
+                  and os.path.isfile(os.path.join(folder, n)))
+
+
+def _stage(folder, names):
+    """A temporary folder beside the run's files holding `names` of `folder` (hard links; copies
+    where the file system has none)."""
+    stage = tempfile.mkdtemp(prefix=".upload-", dir=folder)
+    for name in names:
+        try:
+            os.link(os.path.join(folder, name), os.path.join(stage, name))
+        except OSError:
+            shutil.copy2(os.path.join(folder, name), os.path.join(stage, name))
+    return stage
+
+
 def sync_outputs(cfg, logger, rank=0, final=True):
-    """With ``run_modelarts``, on rank 0: copy ``save_checkpoint_path`` to ``train_url``.
+    """With ``run_modelarts``, on rank 0: copy the run's outputs (:func:`output_files`) of
+    ``save_checkpoint_path`` to ``train_url``.
 
     A failure raises :class:`ModelArtsError` naming ``train_url``; with ``final=False`` (after one
     epoch of several) it is logged as a warning instead, and the next call copies everything again.
@@ -159,13 +190,18 @@ def sync_outputs(cfg, logger, rank=0, final=True):
     if not cfg.run_modelarts or rank != 0:
         return False
     src = cfg.save_checkpoint_path
+    stage = None
     try:
-        _copy_parallel(src, cfg.train_url)
+        stage = _stage(src, output_files(src))
+        _copy_parallel(stage, cfg.train_url)
     except Exception as exc:
         msg = f"cannot copy the outputs {src} to train_url {cfg.train_url}: {first_line(exc)}"
         if final:
             raise ModelArtsError(msg) from None
         logger.warning(f"ModelArts: {msg}; the next epoch copies them again")
         return False
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     logger.info(f"ModelArts: outputs copied to train_url {cfg.train_url}")
     return True

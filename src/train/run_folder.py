@@ -20,10 +20,10 @@ import time
 
 from model import read_checkpoint
 
-from ..checkpoint.files import BEST, LAST, read_meta, resume_path, saved_config
+from ..checkpoint.files import BEST, LAST, is_epoch_file, read_meta, resume_path, saved_config
 from ..config.strict_yaml import load_mapping
 from ..platform.errors import ConfigError
-from ..platform.fileio import check_not_input
+from ..platform.fileio import check_name_length, check_not_input
 from .metrics import MetricsLog
 
 __all__ = ["LOCK_NAME", "LOG_FILE", "CONFIG_FILE", "RUN_FILES", "RunFolderBusy", "claim_run_folder", "hold_run_folder",
@@ -150,7 +150,7 @@ def check_fresh_start(folder: str, resume, demo: bool, logger, owner: bool = Tru
                           "only a previous demo run: give another --save_checkpoint_path, or continue that "
                           "run with --resume auto (nothing was overwritten)")
     for name in os.listdir(folder):
-        if (name.startswith("epoch_") and name.endswith(".ckpt")) or (name in RUN_FILES and name != LOG_FILE):
+        if is_epoch_file(name) or (name in RUN_FILES and name != LOG_FILE):
             os.remove(os.path.join(folder, name))
     logger.warning(f"demo: starting over in {folder} (the previous demo run is replaced)")
 
@@ -167,7 +167,7 @@ def check_run_inputs(folder: str, pretrained=None, data_folders=()):
         inputs += [("data file", os.path.join(data, n)) for n in names
                    if os.path.isfile(os.path.join(data, n))]
     try:
-        outputs = [n for n in os.listdir(folder) if n.startswith("epoch_") and n.endswith(".ckpt")]
+        outputs = [n for n in os.listdir(folder) if is_epoch_file(n)]
     except OSError:
         outputs = []
     for name in list(RUN_FILES) + outputs:
@@ -179,6 +179,7 @@ def claim_run_folder(cfg) -> str:
     process (:func:`hold_run_folder`) and refuse it when its files are the run's inputs (the
     pretrained checkpoint, unless the run resumes, and the data files). Returns the lock file."""
     folder = cfg.save_checkpoint_path
+    check_name_length(folder, "save_checkpoint_path")
     lock = hold_run_folder(folder)
     check_run_inputs(folder, data_folders=(cfg.train_data_path, cfg.val_data_path),
                      pretrained=None if resume_path(cfg.resume, folder) else cfg.pretrained_ckpt)

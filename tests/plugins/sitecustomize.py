@@ -7,6 +7,9 @@ product never reads these variables.
   that file in place (tests/test_fault.py).
 * ``CONVMLP_TEST_DUMP_WEIGHTS=FOLDER``: after every epoch's BatchNorm averaging of a data-parallel
   run, each rank writes its model parameters to ``FOLDER/rank<R>.npz`` (tests/test_distributed.py).
+* ``CONVMLP_TEST_SIGNAL_IN_COMPILE=INT|TERM[:FILE]``: the process sends itself SIGINT or SIGTERM from
+  the 20th call of MindSpore's graph parser (``resolve_symbol``), that is while a graph compiles,
+  after writing FILE when given (tests/test_interrupts.py).
 """
 import importlib.abc
 import importlib.util
@@ -67,7 +70,29 @@ def _dump_weights(folder):
     sys.meta_path.insert(0, _AfterImport("src.train.distributed", patch))
 
 
+def _signal_in_compile(spec):
+    name, _, sent = spec.partition(":")
+    calls = [0]
+
+    def patch(parser):
+        resolve = parser.resolve_symbol
+
+        def resolve_then_maybe_signal(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 20:
+                if sent:
+                    open(sent, "w").close()
+                os.kill(os.getpid(), getattr(signal, "SIG" + name))
+            return resolve(*args, **kwargs)
+        parser.resolve_symbol = resolve_then_maybe_signal
+        if "mindspore.graph._parse" in sys.modules:   # the package re-exports it
+            sys.modules["mindspore.graph._parse"].resolve_symbol = resolve_then_maybe_signal
+    sys.meta_path.insert(0, _AfterImport("mindspore.graph._parse.parser", patch))
+
+
 if os.environ.get("CONVMLP_TEST_KILL_AFTER"):
     _kill_after(os.environ["CONVMLP_TEST_KILL_AFTER"])
 if os.environ.get("CONVMLP_TEST_DUMP_WEIGHTS"):
     _dump_weights(os.environ["CONVMLP_TEST_DUMP_WEIGHTS"])
+if os.environ.get("CONVMLP_TEST_SIGNAL_IN_COMPILE"):
+    _signal_in_compile(os.environ["CONVMLP_TEST_SIGNAL_IN_COMPILE"])

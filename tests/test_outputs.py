@@ -1,0 +1,349 @@
+"""Outputs: a path that is not a regular file is written in place, never replaced; any name the
+OS accepts works for every writer; a generated data folder holds exactly what was reported; only
+the run's outputs are uploaded.
+
+The rules live in ``src/platform/fileio.py`` (:func:`atomic_output`, the one writer) and are tested
+there in-process first. The device cases use a character device made with ``mknod`` in the test's
+own folder and a FIFO made with ``os.mkfifo``; the entry scripts that write to ``/dev/stdout``,
+``/dev/full`` and ``/dev/null`` run in a private mount namespace (``unshare -m``) whose ``/dev``
+is a tmpfs with nodes of the test's own, so the machine's ``/dev`` is never at risk.
+"""
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_CKPT_FLAGS, assert_user_error, run_script
+from src.checkpoint.files import save_atomic
+from src.platform.fileio import OutputError, atomic_output
+from model import read_checkpoint
+
+LONG = "x" * 300   # more than NAME_MAX (255 bytes) of every common file system
+
+
+def scratch_outputs():
+    """The private temporary folders that atomic_output makes for streams and unusual folders."""
+    return sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith("convmlp-out-"))
+
+
+def write(path, text="content\n", **kw):
+    with atomic_output(path, **kw) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def device(folder, name, minor):
+    """A character device of the test's own (1,3 behaves as /dev/null, 1,7 as /dev/full)."""
+    path = os.path.join(folder, name)
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot make a character device here ({exc})")
+    return path
+
+
+def node(path):
+    st = os.lstat(path)
+    return stat.S_IFMT(st.st_mode), st.st_ino, st.st_rdev
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return str(folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# Streams: written in place, never replaced (in-process)
+
+def test_a_character_device_is_written_in_place(tmp_path):
+    null = device(tmp_path, "null", 3)
+    before = node(null)
+    write(null, "x" * 100_000)
+    assert node(null) == before and sorted(os.listdir(tmp_path)) == ["null"] and not scratch_outputs()
+
+
+def test_a_device_that_refuses_the_data_is_one_error_and_stays(tmp_path):
+    full = device(tmp_path, "full", 7)
+    before = node(full)
+    with pytest.raises(OutputError) as err:
+        write(full)
+    assert str(err.value) == f"cannot write '{full}': No space left on device"
+    assert node(full) == before and sorted(os.listdir(tmp_path)) == ["full"] and not scratch_outputs()
+
+
+def test_a_fifo_receives_the_verified_content_in_place(tmp_path):
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    before, got = node(fifo), []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    seen = []
+    write(fifo, "y" * 200_000, verify=lambda tmp: seen.append(os.path.getsize(tmp)))
+    reader.join(10)
+    assert got == [b"y" * 200_000] and seen == [200_000]     # verified complete before any byte went out
+    assert node(fifo) == before and os.listdir(tmp_path) == ["pipe"] and not scratch_outputs()
+
+
+def test_a_socket_and_a_folder_are_one_error_each(tmp_path):
+    sock_path = str(tmp_path / "s.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(sock_path)
+    try:
+        before = node(sock_path)
+        with pytest.raises(OutputError, match=f"cannot write '{sock_path}': No such device or address"):
+            write(sock_path)
+        assert node(sock_path) == before
+    finally:
+        sock.close()
+    with pytest.raises(OutputError, match="is a folder; expected a file name"):
+        write(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["s.sock"] and not scratch_outputs()
+
+
+def test_links_stay_links(tmp_path):
+    """A link to a device or to one of this process's open files is written through; a link to a
+    regular file keeps pointing at it, and that file is replaced atomically."""
+    null = device(tmp_path, "null", 3)
+    os.symlink(null, tmp_path / "to-null")
+    read_end, write_end = os.pipe()
+    os.symlink(f"/proc/self/fd/{write_end}", tmp_path / "to-pipe")
+    (tmp_path / "real.json").write_text("old")
+    os.symlink("real.json", tmp_path / "to-file")
+    try:
+        write(tmp_path / "to-null")
+        write(tmp_path / "to-pipe", "through the pipe\n")
+        os.close(write_end)
+        assert os.read(read_end, 1000) == b"through the pipe\n"
+    finally:
+        os.close(read_end)
+    write(tmp_path / "to-file", "new")
+    assert [os.readlink(tmp_path / n) for n in ("to-null", "to-pipe", "to-file")] == \
+        [null, f"/proc/self/fd/{write_end}", "real.json"]
+    assert (tmp_path / "real.json").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["null", "real.json", "to-file", "to-null", "to-pipe"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Names: any name the OS accepts, for every writer (in-process)
+
+NAMES = ["weights", "weights.CKPT", "weights.ckpt.bak", "wé ights.ckpt", "-", "ünï code/w.ckpt",
+         "a folder with spaces/w"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_any_file_name_holds_a_checkpoint_that_reads_back(name, tmp_path):
+    import mindspore as ms
+    path = tmp_path / name
+    save_atomic([{"name": "w", "data": ms.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))}], str(path))
+    np.testing.assert_array_equal(read_checkpoint(str(path))["w"].asnumpy(), np.arange(6).reshape(2, 3))
+    assert sorted(os.listdir(path.parent)) == [os.path.basename(name)] and not scratch_outputs()
+
+
+def test_mindir_export_to_a_folder_and_name_mindspore_refuses(tmp_path):
+    import mindspore as ms
+    from mindspore import nn
+    from src.convert.mindir import export_atomic, verify_export
+    folder = tmp_path / "ex port é"
+    folder.mkdir()
+    net = nn.Dense(4, 3)
+    x = ms.Tensor(np.ones((2, 4), np.float32))
+    final = str(folder / "mödel v2.MINDIR")
+    checked = []
+    export_atomic(net, [x], None, "MINDIR", check=lambda tmp: checked.append(verify_export(net, tmp, [[x]])),
+                  final=final)
+    assert checked == [0.0] and os.listdir(folder) == ["mödel v2.MINDIR"] and not scratch_outputs()
+
+
+def test_a_name_over_the_limit_is_one_error_naming_the_path(tmp_path):
+    for path, what in ((tmp_path / f"{LONG}.json", "the name 'xxxx"), (tmp_path / LONG / "r.json", "the name 'xxxx"),
+                       (tmp_path / "/".join(["d" * 200] * 21) / "r.json", "the path has")):
+        with pytest.raises(OutputError) as err:
+            write(path)
+        assert str(err.value).startswith("output '") and what in str(err.value)
+        assert "characters)" in str(err.value) and len(str(err.value)) < 400
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failing_writer_leaves_nothing_in_an_unusual_folder(tmp_path):
+    folder = tmp_path / "sp ace é"
+    folder.mkdir()
+    (folder / "r.json").write_text("old")
+    with pytest.raises(OutputError, match="cannot write '.*r.json': No space left on device"):
+        with atomic_output(folder / "r.json") as tmp:
+            open(tmp, "w").write("half")
+            raise OSError(28, "No space left on device")
+    assert os.listdir(folder) == ["r.json"] and (folder / "r.json").read_text() == "old" and not scratch_outputs()
+
+
+# ------------------------------------------------------------------------------------------------
+# The entry scripts (subprocesses)
+
+PRIVATE_DEV = """
+set -e
+mount -t tmpfs convmlp-test-dev /dev
+for n in null:3 zero:5 full:7 random:8 urandom:9; do mknod -m 666 /dev/${n%%:*} c 1 ${n##*:}; done
+ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin
+ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
+mkdir /dev/shm; mount -t tmpfs shm /dev/shm
+set +e
+"$@"
+rc=$?
+echo "after: rc=$rc $(stat -c %F /dev/stdout /dev/null /dev/full | tr '\\n' ',')" >&2
+"""
+
+
+def in_private_dev(script, *args):
+    """``python SCRIPT ARGS`` in a private mount namespace whose /dev is the test's own tmpfs; the
+    last stderr line says the exit status and what /dev/stdout, /dev/null and /dev/full are after."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("no private mount namespace (unshare -m) here")
+    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", PRIVATE_DEV, "sh", sys.executable,
+           os.path.join(REPO, script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    *err, last = proc.stderr.rstrip("\n").split("\n")
+    rc = int(last.split("rc=")[1].split()[0])
+    kinds = last.split(" ", 2)[2]
+    return subprocess.CompletedProcess(cmd, rc, proc.stdout, "\n".join(err) + "\n"), kinds
+
+
+KEPT = "symbolic link,character special file,character special file,"
+
+
+def test_an_unwritable_target_is_one_error_and_the_old_file_stays(tmp_path):
+    """A read-only folder (a read-only bind mount in a private mount namespace: root may write
+    anywhere else)."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("no private mount namespace (unshare -m) here")
+    (tmp_path / "r.json").write_text("old")
+    code = (f"import sys; sys.path.insert(0, {REPO!r})\n"
+            "from src.platform.errors import run_cli\nfrom src.platform.fileio import atomic_output\n"
+            "def main(argv):\n    with atomic_output(argv[0], label='--json') as tmp:\n"
+            "        open(tmp, 'w').write('new')\nrun_cli(main, sys.argv[1:])\n")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                           'mount --bind -o ro "$1" "$1" && exec "$2" -c "$3" "$1/r.json"', "sh", str(tmp_path),
+                           sys.executable, code], capture_output=True, text=True, timeout=300)
+    assert_user_error(proc, f"cannot write '{tmp_path}/r.json': Read-only file system")
+    assert os.listdir(tmp_path) == ["r.json"] and (tmp_path / "r.json").read_text() == "old"
+
+
+def test_infer_json_to_dev_stdout_keeps_the_link_and_prints_the_json(tiny_ckpt, image_folder):
+    proc, kinds = in_private_dev("infer.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, image_folder,
+                                 "--json", "/dev/stdout")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = proc.stdout.index("{\n")
+    result = json.loads(proc.stdout[start:proc.stdout.rindex("}\n") + 2])
+    assert [r["file"] for r in result["results"]] == [os.path.join(image_folder, f"img{i}.png") for i in range(2)]
+    assert kinds == KEPT
+
+
+def test_evl_json_to_dev_full_is_one_error_and_the_node_stays(tiny_ckpt, tiny_cifar10):
+    proc, kinds = in_private_dev("evl.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, "--train_data_path",
+                                 tiny_cifar10, "--val_data_path", tiny_cifar10, "--json", "/dev/full")
+    assert_user_error(proc, "cannot write '/dev/full': No space left on device")
+    assert "accuracy:{'acc': " in proc.stdout and kinds == KEPT
+
+
+def test_pth2ckpt_dst_dev_null_writes_in_place_and_exits_0(tiny):
+    proc, kinds = in_private_dev("pth2ckpt.py", "--src", tiny["pth"], "--dst", "/dev/null", *tiny["flags"])
+    assert proc.returncode == 0 and "written     : /dev/null (" in proc.stdout, proc.stderr[-3000:]
+    assert kinds == KEPT
+
+
+def test_infer_json_dash_is_the_whole_standard_output(tiny_ckpt, image_folder, tmp_path):
+    proc = run_script("infer.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, image_folder, "--json", "-",
+                      cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)                      # nothing else on stdout
+    assert len(result["results"]) == 2 and "img0.png" in proc.stderr and os.listdir(tmp_path) == []
+
+
+def test_pth2ckpt_names_the_writer_could_not_take(tiny, tmp_path):
+    """No extension, upper-case and extra extensions, a folder with a space and non-ASCII letters:
+    written, read back by the reverse conversion; a 300-character name is one error."""
+    folder = tmp_path / "wéights dir"
+    folder.mkdir()
+    proc = run_script("pth2ckpt.py", "--src", tiny["pth"], "--dst", folder / "weights.ckpt.bak", *tiny["flags"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    back = run_script("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst", folder / "BACK.PTH")
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert sorted(os.listdir(folder)) == ["BACK.PTH", "weights.ckpt.bak"]
+    too_long = run_script("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst",
+                          folder / f"{LONG}.pth")
+    assert_user_error(too_long, "--dst '", "has 304 bytes, more than this file system takes")
+    assert sorted(os.listdir(folder)) == ["BACK.PTH", "weights.ckpt.bak"]
+
+
+def test_train_with_a_run_folder_name_over_the_limit_is_one_error(tiny_cifar10, tmp_path):
+    proc = run_script("train.py", "--save_checkpoint_path", tmp_path / LONG, "--device_target", "CPU",
+                      "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
+    assert_user_error(proc, "save_checkpoint_path '", "has 300 bytes, more than this file system takes")
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# dataset.py generate: the folder holds exactly what was reported
+
+def test_generate_over_an_earlier_generation_leaves_exactly_the_new_records(tmp_path):
+    from src.data import cifar
+    out = tmp_path / "demo"
+    first = run_script("dataset.py", "generate", "--out", out, "--train", "61", "--val", "32")
+    assert first.returncode == 0, first.stderr
+    folder = out / "cifar-10-batches-bin"
+    (folder / "my_notes.txt").write_text("the user's")
+    second = run_script("dataset.py", "generate", "--out", out, "--train", "10", "--val", "0", "--files", "2")
+    assert second.returncode == 0 and "wrote 10 train + 0 val" in second.stdout, second.stderr
+    assert sorted(os.listdir(folder)) == ["batches.meta.txt", "data_batch_1.bin", "data_batch_2.bin", "my_notes.txt"]
+    assert len(cifar.read_split(str(folder), "cifar10", "train")) == 10
+    assert (folder / "my_notes.txt").read_text() == "the user's"
+
+
+def test_generate_refuses_a_folder_it_did_not_write(tmp_path):
+    from src.data import synthetic
+    from src.platform.errors import DataError
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "data_batch_1.bin").write_bytes(b"\0" * 3073)
+    with pytest.raises(DataError, match="already holds data that was not generated"):
+        synthetic.write_synthetic(str(folder), "cifar10", 10, 0)
+    assert os.listdir(folder) == ["data_batch_1.bin"]
+
+
+# ------------------------------------------------------------------------------------------------
+# ModelArts: only the run's outputs go to train_url
+
+def test_only_the_runs_outputs_are_uploaded(tmp_path, monkeypatch):
+    import logging
+    import types
+    from src.train import modelarts
+    run = tmp_path / "output"
+    run.mkdir()
+    outputs = ["best.ckpt", "config.yaml", "curves.png", "epoch_0001.ckpt", "epoch_0002.ckpt", "last.ckpt",
+               "metrics.csv", "train.log"]
+    for name in outputs + [".train.lock", ".last.tmp-123-0a1b2c3d.ckpt", "notes.txt"]:
+        (run / name).write_text(name)
+    uploads = []
+
+    def copy_parallel(src_url, dst_url):
+        uploads.append(sorted(os.listdir(src_url)))
+        shutil.copytree(src_url, dst_url, dirs_exist_ok=True)
+    fake = types.ModuleType("moxing")
+    fake.file = types.SimpleNamespace(copy_parallel=copy_parallel)
+    monkeypatch.setitem(sys.modules, "moxing", fake)
+    cfg = types.SimpleNamespace(run_modelarts=True, train_url=str(tmp_path / "obs"), save_checkpoint_path=str(run))
+    assert modelarts.sync_outputs(cfg, logging.getLogger("test_outputs"), rank=0)
+    assert uploads == [outputs] and sorted(os.listdir(tmp_path / "obs")) == outputs
+    assert sorted(os.listdir(run)) == sorted(outputs + [".train.lock", ".last.tmp-123-0a1b2c3d.ckpt", "notes.txt"])
