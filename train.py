@@ -43,7 +43,7 @@ from src.train.modelarts import prepare_data, sync_outputs
 from src.train.optim import AdamW, cosine_schedule, log_schedule, param_groups_weight_decay
 from src.train.run_folder import CONFIG_FILE, LOG_FILE, check_fresh_start, claim_run_folder
 from src.train.state import RunState, StopRequest
-from src.train.step import apply_amp, build_train_step
+from src.train.step import DropPathDraws, apply_amp, build_train_step
 from model import check_fit, cpu_kernels, load_pretrained, read_checkpoint
 
 
@@ -71,6 +71,7 @@ class Parts:
     step_cell: Any
     optimizer: Any
     lrs: Any
+    draws: Any                 # src.train.step.DropPathDraws: the drop-path factors of each step
     graph_cache: Any = None    # src.graph_cache.GraphCache, opened before the first compile
 
     def global_step(self) -> int:
@@ -175,7 +176,8 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
                 weight_decay=cfg.weight_decay, loss_scale=scale)
     step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
-    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs)
+    draws = DropPathDraws(net, cfg.batch_size, cfg.seed, run.rank)
+    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs, draws)
 
 
 def resume(run: Run, parts: Parts):
@@ -191,6 +193,7 @@ def resume(run: Run, parts: Parts):
         check_fit(parts.net, params, resume_file)
         load_training_state(parts.step_cell, params, resume_file)
         state = RunState(epoch=int(meta.get("epoch", 0)), step=int(meta.get("step_in_epoch", 0)),
+                         epoch_losses=list(meta.get("epoch_losses", [])),
                          best_acc=float(meta.get("best_acc", -1.0)), best_epoch=int(meta.get("best_epoch", 0)),
                          resumed_from=resume_file)
         state.saved = (state.epoch, state.step)
@@ -218,7 +221,7 @@ def compile_step(run: Run, parts: Parts):
         return
     t_compile = time.time()
     parts.step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
-                            ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)))
+                            ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)), *parts.draws(0, 0))
     parts.graph_cache.commit()
     release_compile_memory()
     run.logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
@@ -235,7 +238,8 @@ def train_epochs(run: Run, parts: Parts, state):
         bar = Progress(parts.steps_per_epoch - state.step, f"epoch {epoch + 1}/{cfg.epoch_size}", run.logger,
                        enabled=run.rank == 0, log_interval=cfg.log_interval)
         stats = train_one_epoch(parts.step_cell, train_ds, epoch + 1, parts.steps_per_epoch, skip=state.step,
-                                progress=bar, on_step=lambda s: setattr(state, "step", s), should_stop=stop)
+                                progress=bar, on_step=state.advance, should_stop=stop,
+                                step_inputs=lambda i: parts.draws(epoch, i), skipped_losses=state.epoch_losses)
         bar.close()
         if stats["interrupted"]:
             raise KeyboardInterrupt

@@ -86,7 +86,7 @@ def _ms_worker(args, t_start):
     from src.platform.device import configure_runtime
     from model import create_model
     from src.train.optim import AdamW, param_groups_weight_decay
-    from src.train.step import build_train_step
+    from src.train.step import DropPathDraws, build_train_step
 
     configure_runtime(threads=args.threads, mode="graph", own_convolutions=not uses_only_conv_kernel())
     net = create_model(args.variant, num_classes=1000)
@@ -96,7 +96,7 @@ def _ms_worker(args, t_start):
     if args.mode == "train":
         opt = AdamW(param_groups_weight_decay(net.trainable_params(), 0.05), learning_rate=1e-4)
         cell = build_train_step(net, opt)
-        inputs = (x, y)
+        inputs = (x, y, *DropPathDraws(net, args.batch, seed=0)(0, 0))   # train.py's step inputs
     else:
         net.set_train(False)
         cell = net

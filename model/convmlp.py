@@ -36,6 +36,7 @@ from mindspore.ops import constexpr
 from . import cpu_kernels
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
 from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d
+from .drop_path import DropPath
 from .weights import load_pretrained
 
 __all__ = [
@@ -63,28 +64,6 @@ BN_MOMENTUM = 0.9
 # Depthwise 3x3 on maps of at most this many positions runs as one product with a small
 # (positions x positions) matrix instead of a grouped convolution, see ``ConvMLPBlock``.
 SMALL_MAP_POSITIONS = 4
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``.
-    On float32 CPU input the per-sample scaling runs the C++ kernel
-    (:func:`model.cpu_kernels.scale_samples`; MindSpore's broadcasting ``Mul`` keeps index vectors
-    of the input's size), otherwise a broadcasting multiplication; the same numbers either way."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-        self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
-        self.use_kernel = self.dropout is not None and cpu_kernels.active()
-
-    def construct(self, x):
-        if self.dropout is None or not self.training:
-            return x
-        # nn.Dropout on a ones mask gives 0 or 1/keep_prob per sample.
-        if self.use_kernel and x.dtype == ms.float32:
-            return cpu_kernels.scale_samples(x, self.dropout(ops.ones((x.shape[0],), x.dtype)))
-        mask = ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
-        return x * self.dropout(mask)
 
 
 def _conv_bn_relu(in_ch, out_ch, kernel_size, stride=1):
@@ -188,7 +167,8 @@ class ConvMLPBlock(nn.Cell):
     """One Conv-MLP block on channels-last (B, H, W, C) tokens.
 
     ``x = x + drop_path(mlp1(norm1(x)))``; ``x = connect(connect_norm(x))`` (depthwise 3x3, no bias,
-    no residual); ``x = x + drop_path(mlp2(norm2(x)))``.
+    no residual); ``x = x + drop_path(mlp2(norm2(x)))``. The two drop paths take rows
+    ``scale_rows`` of the model's ``drop_scales`` input when it is given (see :class:`ConvMLP`).
 
     On the CPU (float32) the depthwise 3x3 ``connect`` runs as the channels-last C++ kernel of
     :mod:`model.cpu_kernels` with the ``Conv2d``'s weight (faster: no transposes). Otherwise it
@@ -210,6 +190,7 @@ class ConvMLPBlock(nn.Cell):
         self.norm2 = LayerNorm((embedding_dim,), epsilon=LN_EPS)
         self.channel_mlp2 = Mlp(embedding_dim, dim_feedforward)
         self.connect_kernel = cpu_kernels.active()
+        self.scale_rows = (0, 1)   # set by ConvMLP
 
     def _depthwise(self, x):
         if self.connect_kernel and x.dtype == ms.float32:
@@ -222,10 +203,13 @@ class ConvMLPBlock(nn.Cell):
             return (x.reshape(b, 1, h * w, c) * m).sum(axis=2).reshape(b, h, w, c)
         return self.connect(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
 
-    def construct(self, x):
-        x = x + self.drop_path(self.channel_mlp1(self.norm1(x)))
+    def construct(self, x, drop_scales=None):
+        first = second = None
+        if drop_scales is not None and self.drop_path.drop_prob > 0:
+            first, second = drop_scales[self.scale_rows[0]], drop_scales[self.scale_rows[1]]
+        x = x + self.drop_path(self.channel_mlp1(self.norm1(x)), first)
         x = self._depthwise(self.connect_norm(x))
-        x = x + self.drop_path(self.channel_mlp2(self.norm2(x)))
+        x = x + self.drop_path(self.channel_mlp2(self.norm2(x)), second)
         return x
 
 
@@ -258,9 +242,9 @@ class ConvMLPStage(nn.Cell):
         ])
         self.downsample_mlp = ConvDownsample(dim, embedding_dims[1]) if downsample else None
 
-    def construct(self, x):
+    def construct(self, x, drop_scales=None):
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, drop_scales)
         if self.downsample_mlp is not None:
             x = self.downsample_mlp(x)
         return x
@@ -278,6 +262,11 @@ class ConvMLP(nn.Cell):
         classifier_head: with ``False``, ``construct`` returns the channels-last feature map.
         num_classes: classes of the Dense head (0 = no head, pooled features out).
         drop_path_rate: stochastic depth rate at the end of each stage.
+
+    ``construct(x, drop_scales=None)``: ``drop_scales`` (R, B) are the drop-path factors of a
+    training step drawn outside the graph (:func:`model.drop_path.drop_path_factors`), one row per
+    drop-path call with the rate ``drop_path_rates[r]`` (two per block whose rate is above 0);
+    without them the blocks draw in the graph.
     """
 
     def __init__(self, blocks: Sequence[int], dims: Sequence[int], mlp_ratios: Sequence[float],
@@ -305,6 +294,12 @@ class ConvMLP(nn.Cell):
         else:
             self.norm = None
             self.head = None
+        self.drop_path_rates = ()
+        for stage in self.stages:
+            for blk in stage.blocks:
+                if blk.drop_path.drop_prob > 0:
+                    blk.scale_rows = (len(self.drop_path_rates), len(self.drop_path_rates) + 1)
+                    self.drop_path_rates += (blk.drop_path.drop_prob,) * 2
         self._init_weights()
 
     def _init_weights(self):
@@ -342,13 +337,13 @@ class ConvMLP(nn.Cell):
         self.head = head
         self.head.update_parameters_name(HEAD_PREFIX)
 
-    def forward_features(self, x):
+    def forward_features(self, x, drop_scales=None):
         """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
         x = self.tokenizer(x)
         x = self.conv_stages(x)
         x = x.transpose(0, 2, 3, 1)
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, drop_scales)
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
@@ -359,8 +354,8 @@ class ConvMLP(nn.Cell):
             return x
         return self.head(x)
 
-    def construct(self, x):
-        x = self.forward_features(x)
+    def construct(self, x, drop_scales=None):
+        x = self.forward_features(x, drop_scales)
         if not self.classifier_head:
             return x
         return self.forward_head(x)

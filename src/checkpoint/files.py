@@ -20,6 +20,7 @@ import shutil
 from typing import Dict, Optional
 
 import mindspore as ms
+import numpy as np
 
 from ..config.strict_yaml import load_mapping
 from ..platform.errors import CheckpointError
@@ -31,16 +32,21 @@ __all__ = ["META_KEYS", "training_meta", "save_atomic", "is_epoch_file", "save_t
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 #: Metadata stored beside the weights. ``epoch`` = finished epochs; ``step_in_epoch`` > 0 only for
-#: a checkpoint written mid-epoch (Ctrl-C): resuming then skips that many batches of the epoch.
-META_KEYS = ("epoch", "global_step", "step_in_epoch", "best_acc", "best_epoch", "arch",
+#: a checkpoint written mid-epoch (Ctrl-C): resuming then skips that many batches of the epoch, and
+#: ``epoch_losses`` (float32, one per step done in that epoch) makes the resumed run report the
+#: epoch's mean loss over all its steps, as the uninterrupted run does.
+META_KEYS = ("epoch", "global_step", "step_in_epoch", "epoch_losses", "best_acc", "best_epoch", "arch",
              "num_classes", "image_size", "dataset", "config")
 
 
-def training_meta(cfg, epoch: int, global_step: int, step_in_epoch: int, best_acc: float, best_epoch: int) -> Dict:
+def training_meta(cfg, epoch: int, global_step: int, step_in_epoch: int, best_acc: float, best_epoch: int,
+                  epoch_losses=()) -> Dict:
     """What a training checkpoint records besides the weights and the optimiser state (exactly
-    :data:`META_KEYS`): enough to resume, and the run's config to rebuild the model."""
-    meta = {"epoch": epoch, "global_step": global_step, "step_in_epoch": step_in_epoch, "best_acc": best_acc,
-            "best_epoch": best_epoch, "arch": cfg.arch, "num_classes": cfg.num_classes,
+    :data:`META_KEYS`; ``epoch_losses`` None at an epoch end): enough to resume, and the run's
+    config to rebuild the model."""
+    losses = ms.Tensor(np.asarray(epoch_losses, np.float32)) if step_in_epoch and len(epoch_losses) else None
+    meta = {"epoch": epoch, "global_step": global_step, "step_in_epoch": step_in_epoch, "epoch_losses": losses,
+            "best_acc": best_acc, "best_epoch": best_epoch, "arch": cfg.arch, "num_classes": cfg.num_classes,
             "image_size": cfg.image_size, "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
     assert tuple(meta) == META_KEYS, "training_meta and META_KEYS disagree"
     return meta
@@ -122,12 +128,13 @@ def prune_epochs(save_dir: str, keep: int):
 
 
 def read_meta(params: Dict) -> Dict:
-    """The metadata of a loaded checkpoint as plain Python values (missing keys absent)."""
+    """The metadata of a loaded checkpoint as plain Python values (``epoch_losses`` a list;
+    missing keys absent)."""
     meta = {}
     for k in META_KEYS:
         if k in params:
             v = params[k]
-            meta[k] = v if isinstance(v, str) else v.asnumpy().item()
+            meta[k] = v if isinstance(v, str) else v.asnumpy().tolist() if k == "epoch_losses" else v.asnumpy().item()
     return meta
 
 

@@ -182,7 +182,8 @@ SCHEMA = [
     Key("eval_batch_size", None, "int", "Evaluation batch size per device; null = batch_size.",
         nullable=True, min=1),
     Key("num_parallel_workers", 2, "int", "Workers for the data pipeline's map/batch operations; more "
-        "than the machine's cores is lowered to the core count (with a warning).", min=1),
+        "than the machine's cores is lowered to the core count (with a warning). Each map worker has its own "
+        "random stream, so the augmentation depends on this number.", min=1),
     Key("mean", None, "floats", "Normalisation mean (RGB, 0..1); null = per-dataset value.",
         nullable=True, length=3, check=_check_list_range(0, 1)),
     Key("std", None, "floats", "Normalisation std (RGB, 0..1); null = per-dataset value.",
@@ -253,7 +254,7 @@ SCHEMA = [
         "to; required with run_modelarts.", nullable=True, check=_check_not_blank),
     Key("modelarts_data_path", "/cache/data", "str", "ModelArts: local folder data_url is copied to.",
         check=_check_not_blank),
-    Key("seed", 0, "int", "Random seed (weights, shuffling, augmentation); epoch E's data pipeline uses "
+    Key("seed", 0, "int", "Random seed (weights, shuffling, augmentation, drop path); epoch E's data pipeline uses "
         f"seed + {EPOCH_SEED_STRIDE} x E, which must stay below 2**32.", min=0, max=SEED_LIMIT - 1),
 ]
 

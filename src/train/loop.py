@@ -1,7 +1,7 @@
 """The training and evaluation loops (train.py; evl.py evaluates with the same loop)."""
 import math
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
@@ -67,13 +67,20 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
 
 def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: int = 0,
                     progress: Optional[Progress] = None, on_step: Optional[Callable] = None,
-                    should_stop: Optional[Callable] = None) -> Dict:
+                    should_stop: Optional[Callable] = None, step_inputs: Optional[Callable] = None,
+                    skipped_losses: Sequence[float] = ()) -> Dict:
     """Run ``steps`` optimiser steps of one epoch (after skipping ``skip`` batches, when resuming
-    mid-epoch). Raises :class:`TrainingDiverged` at the first non-finite loss, before anything is
-    saved. ``on_step(i)`` is called after each step; when ``should_stop()`` turns true (Ctrl-C) the
-    epoch ends early at a step boundary with ``interrupted`` set in the result. ``images_per_s``
-    leaves out the first step (graph compilation); ``first_step_s`` is that step's time."""
+    mid-epoch: they still pass through the pipeline, so that its random streams are where they were
+    in the uninterrupted run). ``step_inputs(i)`` gives the step cell's inputs after the batch of
+    step ``i`` (0-based: the drop-path factors, :class:`src.train.step.DropPathDraws`). Raises
+    :class:`TrainingDiverged` at the first non-finite loss, before anything is saved.
+    ``on_step(i, loss)`` is called after step ``i`` (1-based); when ``should_stop()`` turns true
+    (Ctrl-C) the epoch ends early at a step boundary with ``interrupted`` set in the result. ``loss``
+    is the mean over ``skipped_losses`` (the skipped steps', from the checkpoint) and this call's
+    steps; ``images_per_s`` leaves out the first step (graph compilation); ``first_step_s`` is
+    that step's time."""
     step_cell.set_train(True)
+    skipped_losses = list(skipped_losses[:skip])
     losses = []
     images_seen = 0
     t0 = time.time()
@@ -85,7 +92,7 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
         if i < skip:
             continue
         t_step = time.time()
-        out = step_cell(images, target)
+        out = step_cell(images, target, *(step_inputs(i) if step_inputs is not None else ()))
         loss = float((out[0] if isinstance(out, tuple) else out).asnumpy())
         if first_step_s is None:
             first_step_s = time.time() - t_step  # includes the graph compilation in a new process
@@ -95,7 +102,7 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
         losses.append(loss)
         images_seen += images.shape[0]
         if on_step is not None:
-            on_step(i + 1)
+            on_step(i + 1, loss)
         if progress is not None:
             progress.update(1, loss=loss)
         if should_stop is not None and should_stop() and i + 1 < steps:
@@ -107,6 +114,6 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
     per_image = images_seen / max(n, 1)
     ips = ((images_seen - per_image) / max(dt - first_step_s, 1e-9) if n > 1
            else images_seen / max(dt, 1e-9))
-    return {"loss": float(np.mean(losses)) if losses else float("nan"), "images": images_seen,
+    return {"loss": float(np.mean(skipped_losses + losses)) if losses else float("nan"), "images": images_seen,
             "time": dt, "steps": n, "interrupted": interrupted, "first_step_s": first_step_s or 0.0,
             "images_per_s": ips}

@@ -2,7 +2,7 @@
 it records) and the stop request of Ctrl-C / SIGTERM (:class:`StopRequest`)."""
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -13,18 +13,26 @@ __all__ = ["RunState", "StopRequest"]
 
 @dataclass
 class RunState:
-    """Where a run is: ``epoch`` finished epochs and ``step`` steps done in the next one; the best
-    validation top-1 so far; ``saved``, the position that is on disk (None before the first save)."""
+    """Where a run is: ``epoch`` finished epochs and ``step`` steps done in the next one (whose
+    losses are ``epoch_losses[:step]``); the best validation top-1 so far; ``saved``, the position
+    that is on disk (None before the first save)."""
     epoch: int = 0
     step: int = 0
+    epoch_losses: List[float] = field(default_factory=list)
     best_acc: float = -1.0
     best_epoch: int = 0
     saved: Optional[Tuple[int, int]] = None
     resumed_from: Optional[str] = field(default=None)
 
+    def advance(self, step: int, loss: float):
+        """Step ``step`` (1-based) of the current epoch is done, with this loss."""
+        self.step = step
+        self.epoch_losses[step - 1:] = [loss]
+
     def checkpoint_meta(self, cfg, global_step: int, epoch: int, step_in_epoch: int = 0) -> dict:
         """The metadata of a checkpoint written at (``epoch``, ``step_in_epoch``)."""
-        return training_meta(cfg, epoch, global_step, step_in_epoch, self.best_acc, self.best_epoch)
+        return training_meta(cfg, epoch, global_step, step_in_epoch, self.best_acc, self.best_epoch,
+                             self.epoch_losses[:step_in_epoch])
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"

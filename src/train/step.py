@@ -4,6 +4,10 @@
 backward, (data-parallel gradient mean) and the AdamW update, compiled as a single graph in GRAPH
 mode. ``benchmarks/bench.py`` times exactly this cell.
 
+Stochastic depth's factors are an input of the step (:class:`DropPathDraws`): a function of the
+seed, the rank, the epoch and the step alone, drawn on the host, so that no random state lives in
+the compiled graph.
+
 Loss scaling (``loss_scale_type``):
 * ``none``: plain gradients.
 * ``fixed``: the loss is multiplied by ``loss_scale`` before backward and the optimiser divides the
@@ -12,12 +16,18 @@ Loss scaling (``loss_scale_type``):
 * ``dynamic``: ``nn.TrainOneStepWithLossScaleCell`` with a ``DynamicLossScaleUpdateCell``: overflow
   steps are skipped and the scale adapts (Ascend/GPU only: MindSpore refuses it on the CPU).
 """
+import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from model.drop_path import drop_path_factors
+
 from ..config.schema import AMP_LEVELS
 
-__all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "build_train_step", "apply_amp"]
+__all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "DropPathDraws", "build_train_step", "apply_amp"]
+
+#: First entropy word of the drop-path draws, so that their stream is not the data pipeline's.
+DROP_PATH_STREAM = 0x44504154
 
 
 class SoftTargetCrossEntropy(nn.Cell):
@@ -31,15 +41,36 @@ class SoftTargetCrossEntropy(nn.Cell):
 
 
 class NetWithLoss(nn.Cell):
-    """``net(images)`` -> logits (cast to float32) -> loss against soft targets."""
+    """``net(images[, drop_scales])`` -> logits (cast to float32) -> loss against soft targets."""
 
     def __init__(self, net, loss_fn=None):
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss_fn = loss_fn or SoftTargetCrossEntropy()
 
-    def construct(self, images, target):
-        return self.loss_fn(self.net(images), target)
+    def construct(self, images, target, drop_scales=None):
+        if drop_scales is None:
+            return self.loss_fn(self.net(images), target)
+        return self.loss_fn(self.net(images, drop_scales), target)
+
+
+class DropPathDraws:
+    """The drop-path factors of each training step, for a network with ``drop_path_rates`` (one
+    per row, :class:`model.ConvMLP`): ``draws(epoch, step)`` -> the extra inputs of the step cell,
+    ``()`` when no drop path is active, else one (rows, batch_size) float32 tensor
+    (:func:`model.drop_path.drop_path_factors`) drawn from a generator seeded with (seed, rank,
+    0-based epoch, 0-based step in the epoch) alone: the same in every run of the same command, in
+    a run resumed at any step, with or without a compiled-graph cache hit."""
+
+    def __init__(self, net, batch_size: int, seed: int, rank: int = 0):
+        self.rates = tuple(getattr(net, "drop_path_rates", ()))
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+
+    def __call__(self, epoch: int, step: int) -> tuple:
+        if not self.rates:
+            return ()
+        rng = np.random.default_rng([DROP_PATH_STREAM, self.seed, self.rank, epoch, step])
+        return (ms.Tensor(drop_path_factors(self.rates, self.batch_size, rng)),)
 
 
 def apply_amp(net: nn.Cell, amp_level: str) -> nn.Cell:
@@ -76,8 +107,8 @@ def apply_amp(net: nn.Cell, amp_level: str) -> nn.Cell:
 
 def build_train_step(net: nn.Cell, optimizer: nn.Optimizer, loss_fn=None,
                      loss_scale_type: str = "none", loss_scale: float = 1.0) -> nn.Cell:
-    """One cell ``step(images, soft_targets) -> loss`` (and, for dynamic scaling, ``(loss,
-    overflow, scale)``). ``optimizer`` must be built with ``loss_scale=loss_scale`` for the
+    """One cell ``step(images, soft_targets[, drop_scales]) -> loss`` (and, for dynamic scaling,
+    ``(loss, overflow, scale)``). ``optimizer`` must be built with ``loss_scale=loss_scale`` for the
     ``fixed`` type (see module docstring)."""
     with_loss = NetWithLoss(net, loss_fn)
     if loss_scale_type == "dynamic":
