@@ -2,7 +2,7 @@
 it records) and the stop request of Ctrl-C / SIGTERM (:class:`StopRequest`)."""
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,10 +21,12 @@ class RunState:
     best_epoch: int = 0
     saved: Optional[Tuple[int, int]] = None
     resumed_from: Optional[str] = field(default=None)
+    class_names: Optional[List[str]] = None   # the training data's, recorded in every checkpoint
 
     def checkpoint_meta(self, cfg, global_step: int, epoch: int, step_in_epoch: int = 0) -> dict:
         """The metadata of a checkpoint written at (``epoch``, ``step_in_epoch``)."""
-        return training_meta(cfg, epoch, global_step, step_in_epoch, self.best_acc, self.best_epoch)
+        return training_meta(cfg, epoch, global_step, step_in_epoch, self.best_acc, self.best_epoch,
+                             self.class_names)
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
