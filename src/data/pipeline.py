@@ -133,11 +133,11 @@ def dataset_size(cfg, split):
 _SPLITS = {}   # (train root, val_fraction) -> {split: positions}: this process's run (prepare_split)
 
 
-def _tree(cfg, root):
+def _tree(cfg, root, logger=None):
     if root is None:
         raise ConfigError(f"dataset_choose {cfg.dataset_choose} needs train_data_path: the folder of class "
                           "folders, root/<class>/<image> (and val_data_path, or val_fraction)")
-    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images)
+    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger)
 
 
 def _saved_lists(cfg):
@@ -162,13 +162,13 @@ def _split_positions(cfg, tree):
     return _SPLITS[key]
 
 
-def image_split(cfg, split):
+def image_split(cfg, split, logger=None):
     """The checked :class:`.imagefolder.ImageTree` of `split`: the tree of its folder, or with
     ``val_fraction`` its part of ``train_data_path`` (the run's split: :func:`prepare_split`, else the
     lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``)."""
     if cfg.val_fraction is None:
-        return _tree(cfg, _folder(cfg, split))
-    tree = _tree(cfg, cfg.train_data_path)
+        return _tree(cfg, _folder(cfg, split), logger)
+    tree = _tree(cfg, cfg.train_data_path, logger)
     return tree.subset(_split_positions(cfg, tree)[split])
 
 
@@ -178,7 +178,7 @@ def prepare_split(cfg, logger, rank=0, fresh=True):
     resumed run reads the saved lists, so it trains and validates on the same images."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
-    tree = _tree(cfg, cfg.train_data_path)
+    tree = _tree(cfg, cfg.train_data_path, logger)
     lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
     if not fresh and all(os.path.isfile(p) for p in lists.values()):
         parts = {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
@@ -198,7 +198,7 @@ def resolve_classes(cfg, logger=None):
     smaller one is a ConfigError."""
     if data_format(cfg.dataset_choose) == "cifar":
         return list(get_class_names(cfg))
-    train, val = image_split(cfg, "train"), image_split(cfg, "val")
+    train, val = image_split(cfg, "train", logger), image_split(cfg, "val", logger)
     imagefolder.check_same_classes(train.classes, train.root, val)
     n = len(train.classes)
     if cfg.num_classes is None:
@@ -302,6 +302,8 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         raise ConfigError(f"num_shards={num_shards} and shard_id={shard_id}: expected both or neither")
     if num_shards is not None and not 0 <= shard_id < num_shards:
         raise ConfigError(f"shard_id {shard_id} is outside 0..{num_shards - 1} (num_shards {num_shards})")
+    if cfg.num_classes is None:      # an image tree's class folders, counted
+        resolve_classes(cfg)
     source, shape, where = _records(cfg, split)
     num_classes = cfg.num_classes
     if len(source) and int(source.labels.max()) >= num_classes:
