@@ -61,6 +61,15 @@ def _check_pixels(size, path):
                         f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); expected a smaller image")
 
 
+def _open(path):
+    """``Image.open`` without Pillow's warning about a large image: :func:`_check_pixels` decides."""
+    import warnings
+    from PIL import Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _reason(exc):
     reason = first_line(exc)
     if "cannot identify image file" in reason:
@@ -87,9 +96,8 @@ def to_rgb(im):
 def read_image(path):
     """The image at `path` as uint8 RGB HWC (:func:`to_rgb`); DataError naming the file when it
     cannot be decoded or is larger than :data:`MAX_IMAGE_PIXELS`."""
-    from PIL import Image
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             _check_pixels(im.size, path)
             arr = to_rgb(im)
     except DataError:
@@ -116,11 +124,10 @@ def inspect_image(path):
     identifies, at most :data:`MAX_IMAGE_PIXELS`, and its data complete (a JPEG is decoded at 1/8
     scale, a PNG's chunks are checked to the end, other formats are decoded). Returns
     :class:`ImageInfo`; DataError naming the file and the problem otherwise."""
-    from PIL import Image
     try:
         if os.path.getsize(path) == 0:
             raise DataError(f"image '{path}' is an empty file (0 bytes)")
-        with Image.open(path) as im:
+        with _open(path) as im:
             info = ImageInfo(im.size[0], im.size[1], im.mode, im.format)
             _check_pixels(im.size, path)
             if im.format == "PNG":
