@@ -8,7 +8,7 @@ topology, augmentation off, 2 epochs of 8 steps at 16 images per device). Each r
 pipeline decodes its shard of the files (MindSpore's distributed sampler over the checked file
 list). The reference, in its own process, takes each global batch of 32 from the one-shard pipeline
 and averages the gradients of its even and odd rows (BatchNorm statistics per half), one AdamW step.
-Tolerance ``atol=rtol=1e-5`` (measured max |diff| below 1e-6)."""
+Tolerance ``atol=rtol=1e-5`` (measured max |diff| 3.6e-7; the weights moved by up to 1.9)."""
 import os
 import socket
 import subprocess
