@@ -15,6 +15,7 @@ Rules (one ``error:`` line naming the folder or file, or a counted skip):
   :data:`.images.MAX_IMAGE_PIXELS`): the first bad file is an error, or with ``skip_bad_images``
   all bad files are left out and counted.
 """
+import functools
 import logging
 import os
 import re
@@ -153,9 +154,6 @@ def check_images(tree, workers=2, skip_bad=False):
     return out
 
 
-_TREES = {}   # (root, skip_bad) -> (folder stamps, checked ImageTree); a few entries
-
-
 def _stamp(root):
     """The modification times of the root and its first-level folders: they change when a class
     folder's files are added, removed or renamed."""
@@ -166,14 +164,19 @@ def _stamp(root):
 def load_tree(root, workers=2, skip_bad=False, logger=None):
     """The checked :class:`ImageTree` of `root` (:func:`scan_tree`, :func:`check_images`), kept while
     the folders are unchanged, so that a pipeline built again (each epoch) does not check again."""
-    key = (os.path.realpath(root), skip_bad)
     try:
         stamp = _stamp(root)
     except OSError:
-        stamp = None                      # scan_tree reports it
-    hit = _TREES.get(key)
-    if stamp is not None and hit is not None and hit[0] == stamp:
-        return hit[1]
+        return _checked_tree(root, workers, skip_bad, logger)    # scan_tree reports the problem
+    return _checked_tree_of(os.path.realpath(root), stamp, root, workers, skip_bad, logger)
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_tree_of(real_root, stamp, root, workers, skip_bad, logger):
+    return _checked_tree(root, workers, skip_bad, logger)
+
+
+def _checked_tree(root, workers, skip_bad, logger):
     t0 = time.time()
     tree = check_images(scan_tree(root), workers, skip_bad)
     log = logger or _LOG
@@ -182,11 +185,6 @@ def load_tree(root, workers=2, skip_bad=False, logger=None):
         log.info(f"{root}: skipped {len(tree.skipped)} file(s) without an image extension, e.g. {tree.skipped[0]}")
     if tree.bad:
         log.warning(f"{root}: skip_bad_images: left out {len(tree.bad)} bad image file(s), e.g. {tree.bad[0][1]}")
-    if stamp is not None:
-        _TREES.pop(key, None)
-        _TREES[key] = (stamp, tree)
-        while len(_TREES) > 4:
-            _TREES.pop(next(iter(_TREES)))
     return tree
 
 
