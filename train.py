@@ -114,7 +114,6 @@ def start(cfg) -> Run:
     logger = get_logger(rank, os.path.join(cfg.save_checkpoint_path, LOG_FILE))
     if cfg.demo:
         prepare_demo(cfg, logger, rank)
-    prepare_split(cfg, logger, rank, fresh=resume_path(cfg.resume, cfg.save_checkpoint_path) is None)
     prepare_data(cfg, logger, rank)            # ModelArts: data_url to this machine
     logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
@@ -134,8 +133,10 @@ def check_output_folder(run: Run):
 
 
 def build_data(run: Run):
-    """The validation pipeline and the steps per epoch, after every data file was validated."""
+    """The validation pipeline and the steps per epoch, after every data file was validated; an
+    image tree's classes (and with val_fraction its split, saved in the run folder)."""
     cfg, world = run.cfg, run.world
+    prepare_split(cfg, run.logger, run.rank, fresh=resume_path(cfg.resume, cfg.save_checkpoint_path) is None)
     run.class_names = resolve_classes(cfg, run.logger)
     steps_per_epoch = create_dataset(cfg, "train", **run.shard).get_dataset_size()
     if cfg.max_steps_per_epoch:
