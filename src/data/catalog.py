@@ -3,7 +3,8 @@ defaults and the data code share), and the resize interpolations a config may na
 imported only when asked for an interpolation mode: the config schema reads this module."""
 
 __all__ = ["DATASETS", "CIFAR", "IMAGE_FOLDER_DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "SPLIT_FOLDERS",
-           "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "data_format"]
+           "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
+           "data_format"]
 
 #: The CIFAR binary releases (src.data.cifar) and the class-per-folder image trees (src.data.imagefolder):
 #: two named trees with their official recipe, and ``imagefolder``, any tree of a user's images.
@@ -42,3 +43,11 @@ def interpolation_mode(name):
     if name not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
     return Inter[name.upper()]
+
+
+def resize_mode(name):
+    """The ``vision.Inter`` member for resizing (crop and evaluation resize): ``bicubic`` is
+    ``Inter.PILCUBIC``, Pillow's bicubic filter that timm's transforms use (antialiased when
+    shrinking; pixel-identical to Pillow's), the other names as :func:`interpolation_mode`."""
+    from mindspore.dataset.vision import Inter
+    return Inter.PILCUBIC if name == "bicubic" else interpolation_mode(name)

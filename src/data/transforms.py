@@ -5,7 +5,7 @@ import math
 
 import mindspore.dataset.vision as vision
 
-from .catalog import interpolation_mode
+from .catalog import resize_mode
 from .randaugment import rand_augment_ops
 
 __all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_ops"]
@@ -22,7 +22,7 @@ def train_transforms(cfg, shape=None):
     (height, width) of every image when they share one (CIFAR: 32 x 32); with ``crop_scale: [1, 1]``
     the plain resize to ``image_size`` is then left out when they have that size already."""
     size = cfg.image_size
-    inter = interpolation_mode(cfg.interpolation)
+    inter = resize_mode(cfg.interpolation)
     ops = []
     if tuple(cfg.crop_scale) != (1.0, 1.0):
         ops.append(vision.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
@@ -48,7 +48,7 @@ def eval_transforms(cfg, shape=None):
     (CIFAR at 32 px), and so is the crop when they are ``image_size`` squares."""
     size, scale = cfg.image_size, eval_scale_size(cfg)
     resize = shape is None or min(shape) != scale
-    ops = [vision.Resize(scale, interpolation=interpolation_mode(cfg.interpolation))] if resize else []
+    ops = [vision.Resize(scale, interpolation=resize_mode(cfg.interpolation))] if resize else []
     if resize or tuple(shape) != (size, size):
         ops.append(vision.CenterCrop(size))
     return ops + normalize_ops(cfg)
