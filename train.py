@@ -256,7 +256,7 @@ def train_epochs(run: Run, parts: Parts, state):
         state.epoch, state.step = epoch + 1, 0
         if run.world > 1:  # the mean loss over all ranks; one set of BatchNorm statistics
             stats["loss"] = float(run.reduce_fn(np.array([stats["loss"]], np.float32))[0]) / run.world
-            for net in (parts.net, parts.ema_net) if parts.ema_net is not None else (parts.net,):
+            for net in (n for n in (parts.net, parts.ema_net) if n is not None):   # the EMA too (timm distribute_bn)
                 average_bn_statistics(net, run.reduce_fn, run.world)
         end_of_epoch(run, parts, state, stats, metrics)
         parts.graph_cache.commit()   # now with the evaluation graph
