@@ -155,6 +155,20 @@ def test_a_bad_image_is_an_error_naming_it_or_a_counted_skip(small_tree, name):
     assert len(kept) == 12 and [p for p, _ in kept.bad] == [str(path)] and message in kept.bad[0][1]
 
 
+def test_data_after_the_end_of_a_jpeg_is_no_truncation(tmp_path):
+    """Phones append data after a JPEG's end marker (motion photos) or pad it with zeros: such a
+    file decodes, so it is accepted; cut before its end it is not."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb(64, 64)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    for name, content in (("trailer.jpg", data + b"MotionPhoto_Data" * 500), ("padded.jpg", data + bytes(300))):
+        (tmp_path / name).write_bytes(content)
+        assert image_files.inspect_image(str(tmp_path / name))[:2] == (64, 64)
+    (tmp_path / "cut.jpg").write_bytes(data[:-200])
+    with pytest.raises(DataError, match="cannot read image .*cut.jpg'"):
+        image_files.inspect_image(str(tmp_path / "cut.jpg"))
+
+
 def test_skip_bad_images_is_logged_with_the_count(small_tree, caplog):
     make, _ = BAD["empty.png"]
     make(str(small_tree / "cat" / "empty.png"))

@@ -119,17 +119,35 @@ class ImageInfo(tuple):
     width, height, mode, format = (property(lambda self, i=i: self[i]) for i in range(4))
 
 
+_PNG_END = b"\0\0\0\0IEND\xaeB`\x82"
+
+
+def _ends_complete(path, fmt):
+    """Whether a JPEG ends with its end-of-image marker (zero padding allowed) or a PNG with its
+    IEND chunk: then the file was written to the end. (``FF D9`` cannot occur inside a JPEG's
+    entropy-coded data, where every ``FF`` byte is followed by ``00``.)"""
+    if fmt not in ("JPEG", "PNG"):
+        return False
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+        tail = f.read()
+    return tail.rstrip(b"\0").endswith(b"\xff\xd9") if fmt == "JPEG" else tail.endswith(_PNG_END)
+
+
 def inspect_image(path):
-    """Check the file at `path` without building the full image: not empty, an image Pillow
-    identifies, at most :data:`MAX_IMAGE_PIXELS`, and its data complete (a JPEG is decoded at 1/8
-    scale, a PNG's chunks are checked to the end, other formats are decoded). Returns
-    :class:`ImageInfo`; DataError naming the file and the problem otherwise."""
+    """Check the file at `path` without decoding it: not empty, an image Pillow identifies, at most
+    :data:`MAX_IMAGE_PIXELS`, and its data complete. A JPEG or PNG that ends as the format ends
+    (:func:`_ends_complete`) is complete; one that does not (truncated, or data appended after its
+    end) is decoded to tell (a JPEG at 1/8 scale, a PNG's chunks checked to the end), and so is
+    every other format. Returns :class:`ImageInfo`; DataError naming the file and the problem."""
     try:
         if os.path.getsize(path) == 0:
             raise DataError(f"image '{path}' is an empty file (0 bytes)")
         with _open(path) as im:
             info = ImageInfo(im.size[0], im.size[1], im.mode, im.format)
             _check_pixels(im.size, path)
+            if _ends_complete(path, im.format):
+                return info
             if im.format == "PNG":
                 im.verify()
             else:
