@@ -198,7 +198,8 @@ SCHEMA = [
         nullable=True, min=0.05, max=1.0),
     Key("crop_ratio", [0.75, 1.3333333], "floats", "RandomResizedCrop aspect-ratio range.",
         length=2, check=_check_range_pair(0.0, None)),
-    Key("interpolation", "bicubic", "str", "Resize interpolation for crop, eval resize and RandAugment.",
+    Key("interpolation", "bicubic", "str", "Resize interpolation for crop, eval resize and RandAugment (bicubic crops and resizes use "
+        "Pillow's filter, as timm's transforms).",
         choices=INTERPOLATIONS),
     Key("hflip", 0.5, "float", "Horizontal flip probability (0 = off).", min=0.0, max=1.0),
     Key("aa", "rand-m9-mstd0.5-inc1", "str", "RandAugment spec in timm syntax (m = magnitude 0..10, "
