@@ -2,7 +2,9 @@
 
     python dataset.py download --dataset cifar10 --root data      # the official archive, md5-checked
     python dataset.py check --dataset cifar10 --path data/cifar-10-batches-bin
+    python dataset.py check --path data/flowers102                # an image tree (or its split folders)
     python dataset.py generate --dataset cifar10 --out data/demo --train 2000 --val 500
+    python dataset.py generate --format imagefolder --out data/demo/images --classes 5 --train 500 --val 100
 
 The input pipelines that train.py, evl.py and infer.py use are in :mod:`src.data`.
 """
@@ -15,16 +17,20 @@ import sys
 import numpy as np
 
 from src.config import SEED_LIMIT, path_arg as _path
-from src.data import cifar
-from src.data.catalog import DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES
-from src.data.synthetic import write_synthetic
+from src.data import cifar, imagefolder
+from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format
+from src.data.synthetic import write_image_tree, write_synthetic
 from src.platform.bounds import check_disk_space
 from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
 
 __all__ = ["main", "generate", "download", "check"]
 
 #: Upper bounds of the generator's counts: a million records is 3 GB on disk, 20 times CIFAR.
-MAX_RECORDS, MAX_FILES, MAX_NOISE = 10 ** 6, 1000, 10.0
+MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
+#: Where ``generate`` writes by default.
+GENERATE_OUT = {"cifar": "data/demo", "imagefolder": "data/demo/images"}
+#: Sub-folder names that make ``check --path`` check each split of a tree (Flowers-102: train, valid).
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _count(minimum, maximum):
@@ -53,13 +59,18 @@ def _non_negative(text):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(prog="dataset.py", description="CIFAR-10/100 binary data: generate, download, check.")
+    parser = ArgumentParser(prog="dataset.py", description="CIFAR-10/100 binary data and image trees: generate, "
+                            "download, check.")
     parser.add_argument("--verbose", action="store_true", help="also show MindSpore's own log lines")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="write learnable synthetic data in the CIFAR binary format")
-    g.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    g.add_argument("--out", default="data/demo", type=_path, help="parent folder; data goes to OUT/cifar-10-batches-bin "
-                   "or OUT/cifar-100-binary")
+    g = sub.add_parser("generate", help="write learnable synthetic data in the CIFAR binary format or as a tree "
+                       "of JPEG and PNG files")
+    g.add_argument("--format", choices=tuple(GENERATE_OUT), default="cifar")
+    g.add_argument("--dataset", choices=CIFAR, default="cifar10", help="CIFAR format: which of the two")
+    g.add_argument("--classes", type=_count(2, MAX_CLASSES), default=5, help="imagefolder: number of classes")
+    g.add_argument("--out", default=None, type=_path, help="CIFAR: parent folder, data goes to "
+                   "OUT/cifar-10-batches-bin or OUT/cifar-100-binary (default data/demo); imagefolder: OUT/train "
+                   "and OUT/val (default data/demo/images)")
     g.add_argument("--train", type=_count(1, MAX_RECORDS), default=2000, help="train records")
     g.add_argument("--val", type=_count(0, MAX_RECORDS), default=500, help="val records")
     g.add_argument("--files", type=_count(1, MAX_FILES), default=None, help="number of train files (default 5 / 1)")
@@ -69,16 +80,25 @@ def parse_args(argv=None):
     d.add_argument("--dataset", choices=DATASETS, default="cifar10")
     d.add_argument("--root", default="data", type=_path, help="parent folder of cifar-10-batches-bin / cifar-100-binary")
     c = sub.add_parser("check", help="validate a folder and print its splits")
-    c.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    c.add_argument("--path", required=True, type=_path, help="folder holding the .bin files")
+    c.add_argument("--dataset", choices=DATASETS, default=None, help="default: cifar10 for a folder of .bin files, "
+                   "else an image tree")
+    c.add_argument("--path", required=True, type=_path, help="folder holding the .bin files, or an image tree "
+                   "(root/<class>/<image>, or root/train/<class>/<image> and root/val/...)")
+    c.add_argument("--workers", type=_count(1, 256), default=2, help="image trees: threads checking the images")
     return parser.parse_args(argv)
 
 
 def generate(args):
-    """Learnable synthetic data in the CIFAR binary format; only generated data is ever replaced,
-    and the folder then holds exactly the records reported (files of an earlier generation that
-    this one does not write are removed)."""
-    folder = os.path.join(args.out, FOLDERS[args.dataset])
+    """Learnable synthetic data in the CIFAR binary format or as an image tree; only generated data is
+    ever replaced, and the folder then holds exactly what is reported (files of an earlier
+    generation that this one does not write are removed)."""
+    out = args.out or GENERATE_OUT[args.format]
+    if args.format == "imagefolder":
+        paths = write_image_tree(out, args.classes, args.train, args.val, seed=args.seed, noise=args.noise)
+        print(f"wrote {args.train} train + {args.val} val synthetic JPEG/PNG images of {args.classes} classes to "
+              + " and ".join(paths.values()))
+        return
+    folder = os.path.join(out, FOLDERS[args.dataset])
     if args.files is not None and args.files > args.train:
         raise DataError(f"--files {args.files} is more than the {args.train} train records")
     check_disk_space(f"--train {args.train} --val {args.val}", (args.train + args.val) * cifar.RECORD_BYTES[args.dataset],
@@ -103,12 +123,54 @@ def download(args):
 
 
 def check(args):
-    """Validate every file of both splits and print their sizes and class balance."""
+    """Validate every file of both splits and print their sizes and class balance (CIFAR), or every
+    image of a tree (:func:`check_tree`)."""
+    dataset = args.dataset or ("cifar10" if os.path.isdir(args.path) and any(
+        n.endswith(".bin") for n in os.listdir(args.path)) else "imagefolder")
+    if data_format(dataset) == "imagefolder":
+        return check_tree(args.path, args.workers)
+    args.dataset = dataset
     for split in ("train", "val"):
         arr = cifar.read_split(args.path, args.dataset, split)
         counts = np.bincount(arr.labels, minlength=NUM_CLASSES[args.dataset])
         print(f"{split}: {len(arr)} records in {len(arr.files)} file(s); per class min {counts.min()} "
               f"max {counts.max()}")
+
+
+def _describe(tree, bad):
+    counts = tree.counts()
+    w, h = tree.sizes[:, 0], tree.sizes[:, 1]
+    print(f"{tree.root}: {len(tree.classes)} classes, {len(tree)} good images, {len(bad)} bad, "
+          f"{len(tree.skipped)} other files skipped")
+    print(f"  images per class: min {counts.min()} ({tree.classes[counts.argmin()]}), max {counts.max()} "
+          f"({tree.classes[counts.argmax()]}), mean {counts.mean():.1f}")
+    if len(tree.classes) <= 30:
+        print("  " + ", ".join(f"{c} {n}" for c, n in zip(tree.classes, counts)))
+    if len(tree):
+        print(f"  image sizes: width {w.min()}..{w.max()} (median {int(np.median(w))}), height {h.min()}..{h.max()} "
+              f"(median {int(np.median(h))})")
+    for path, why in bad[:20]:
+        print(f"  bad: {why}")
+    for path in tree.skipped[:5]:
+        print(f"  skipped (not an image extension): {path}")
+
+
+def check_tree(path, workers=2):
+    """Check every image of a tree (or of each split folder of it) and report classes, images per
+    class, image sizes and bad files; DataError when there are bad files or the splits' classes differ."""
+    subs = [n for n in os.listdir(path) if not n.startswith(".")] if os.path.isdir(path) else []
+    splits = [n for n in SPLIT_NAMES if n in subs] if subs and set(subs) <= set(SPLIT_NAMES) else []
+    trees, bad = [], []
+    for root in [os.path.join(path, n) for n in splits] or [path]:
+        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True)
+        _describe(tree, tree.bad)
+        trees.append(tree)
+        bad += tree.bad
+    for tree in trees[1:]:
+        imagefolder.check_same_classes(trees[0].classes, trees[0].root, tree, f"{os.path.basename(tree.root)} split")
+    if bad:
+        raise DataError(f"{len(bad)} bad image file(s) in {path} (listed above), e.g. {bad[0][1]}; fix or remove "
+                        "them, or train with skip_bad_images: true")
 
 
 COMMANDS = {"generate": generate, "download": download, "check": check}

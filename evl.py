@@ -1,11 +1,16 @@
-"""Evaluate a ConvMLP checkpoint on the CIFAR-10/100 validation split.
+"""Evaluate a ConvMLP checkpoint on a validation split (CIFAR-10/100, Flowers-102, ImageNet, your images).
 
     python evl.py --checkpoint_path output/best.ckpt
     python evl.py --checkpoint_path output/last.ckpt --dataset_choose cifar100 --json result.json
+    python evl.py --checkpoint_path output/best.ckpt --dataset_choose imagefolder --val_data_path photos/val
+    python evl.py --checkpoint_path output/best.ckpt --use_ema true      # the checkpoint's EMA weights
     python evl.py --demo --checkpoint_path output/demo/best.ckpt
 
 Accepts checkpoints written by train.py (last/best/epoch files) and by pth2ckpt.py. Prints the
-seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy.
+seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy,
+the classes named as the checkpoint recorded them (else from the data). An image tree's validation
+classes must be the checkpoint's. With ``val_fraction`` the validation images are the list the run
+saved beside the checkpoint (``val_files.txt``).
 ``--json FILE`` writes the same numbers as JSON (``--json -``: to the standard output, everything
 else then goes to stderr). Other keys as in train.py (``-h`` lists them).
 """
@@ -14,9 +19,10 @@ import json
 import os
 import sys
 
+from src.checkpoint.files import meta_class_names
 from src.checkpoint.load import load_checkpoint_model
 from src.config import option, parse_command_line
-from src.data.pipeline import create_dataset, dataset_size, get_class_names
+from src.data.pipeline import check_val_classes, create_dataset, data_failure, dataset_size, model_class_names
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
@@ -52,9 +58,14 @@ def evaluate_checkpoint(argv, cfg, json_path):
     if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
         logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta['dataset']}, evaluating on "
                        f"{cfg.dataset_choose}")
-    res = run_evaluation(cfg, net, meta, logger, device, rank, world)
+    saved = meta_class_names(meta)
+    check_val_classes(cfg, saved, cfg.checkpoint_path)
+    try:
+        res = run_evaluation(cfg, net, meta, logger, device, rank, world)
+    except RuntimeError as exc:
+        raise data_failure(exc) or exc
     if rank == 0:
-        names = get_class_names(cfg)
+        names, _ = model_class_names(cfg, cfg.num_classes, logger, saved)
         print_results(res, names)
         if json_path:
             write_json(json_path, json_inputs, cfg, res, names)

@@ -6,7 +6,7 @@
     python export.py --checkpoint_path output/best.ckpt --file_format ONNX --verify
 
 Writes ``FILE_NAME.mindir`` or ``FILE_NAME.onnx`` (default: the checkpoint's path without
-``.ckpt``). The model is the one of the checkpoint: for a train.py checkpoint the arch, custom
+``.ckpt``); ``--use_ema true`` exports the checkpoint's EMA weights. The model is the one of the checkpoint: for a train.py checkpoint the arch, custom
 topology and ``image_size`` come from its saved config and ``num_classes`` from its head, unless
 given on the command line (for a pth2ckpt.py checkpoint give ``--arch`` / the topology keys and
 ``--image_size``). Other keys as in train.py (``-h`` lists them).
@@ -47,6 +47,7 @@ from src.config import option, parse_command_line
 from src.convert.mindir import FORMATS, check_format, export_graph, output_path
 from src.convert.onnx_file import DYNAMIC, DYNAMIC_VERIFY_BATCHES, export_onnx
 from src.convert.names import VERIFY_ATOL
+from src.data.transforms import eval_scale_size
 from src.platform.console import get_logger
 from src.platform.device import resolve_device, setup_runtime
 from src.platform.bounds import check_batch
@@ -128,8 +129,9 @@ def report(cfg, meta, logger, path, shape, diff, how):
     logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
     shown = "(" + ", ".join(["N"] + [str(d) for d in shape[1:]]) + ")" if dynamic else str(shape)
-    logger.info(f"input: float32 {shown} (RGB, resized to {cfg.image_size}x{cfg.image_size} with "
-                f"{cfg.interpolation}, normalised with mean {cfg.mean} std {cfg.std}); output: logits "
+    logger.info(f"input: float32 {shown} (RGB, shorter side resized to {eval_scale_size(cfg)} with "
+                f"{cfg.interpolation}, centre {cfg.image_size}x{cfg.image_size} crop, normalised with mean "
+                f"{cfg.mean} std {cfg.std}, as src.data.images.preprocess does); output: logits "
                 f"({'N' if dynamic else shape[0]}, {cfg.num_classes})"
                 + (", N = any batch size" if dynamic else ""))
     if diff is not None:

@@ -10,17 +10,17 @@ hidden files and other files are skipped). The model is the checkpoint's (arch, 
 ``image_size``, dataset, mean/std and interpolation from a train.py checkpoint's saved config,
 ``num_classes`` from its head, unless given on the command line). Other keys as in train.py.
 
-Preprocessing is evl.py's eval transform: an image is converted to RGB (alpha dropped, EXIF
-orientation applied), resized as a whole (no crop; the aspect ratio is not kept) to
-``image_size`` x ``image_size`` with the config's ``interpolation`` when it has another size, then
-normalised with the dataset's mean/std. A 32x32 image therefore goes through exactly what a CIFAR
-validation image goes through. Larger photos are resized directly to ``image_size``: they are
-sharper than the upsampled 32-pixel CIFAR images the model was fine-tuned on, so expect
-predictions on them to be less sure than the validation accuracy suggests.
+Preprocessing is evl.py's: an image is decoded by the rule training uses
+(``src.data.images.read_image``: RGB, alpha dropped, EXIF orientation applied, 16-bit scaled), its
+shorter side resized to ``image_size / crop_pct`` with the config's ``interpolation`` (the aspect
+ratio kept), the centre ``image_size`` square cropped, then normalised with the dataset's mean/std.
+A 32x32 image therefore goes through exactly what a CIFAR validation image goes through. Photos
+are sharper than the upsampled 32-pixel CIFAR images a CIFAR model was fine-tuned on, so expect
+its predictions on them to be less sure than the validation accuracy suggests.
 
-Class names: the dataset's meta file (``batches.meta.txt`` / ``fine_label_names.txt``) in
-``train_data_path`` when it is there, else the official CIFAR-10 / CIFAR-100 names (``class_<i>``
-when the model has another number of classes).
+Class names: those the checkpoint recorded (train.py saves the training data's), else the dataset's
+(the CIFAR meta file in ``train_data_path`` or the official CIFAR names; an image tree's class
+folders), else ``class_<i>``. ``--use_ema true`` classifies with the checkpoint's EMA weights.
 
 Options of this script (not config keys): ``--json FILE`` writes the results as JSON (``--json -``:
 to the standard output, everything else then goes to stderr);
@@ -36,6 +36,7 @@ import sys
 
 import numpy as np
 
+from src.checkpoint.files import meta_class_names
 from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
 from src.data.images import collect_images, preprocess, read_image
@@ -76,8 +77,8 @@ def classify_images(argv, cmd):
     require_checkpoint_path(cfg)
     logger = get_logger(0)
     setup_runtime(cfg, logger)
-    net, _ = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
-    names, source = model_class_names(cfg, cfg.num_classes, logger)
+    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
+    names, source = model_class_names(cfg, cfg.num_classes, logger, meta_class_names(meta))
     logger.info(f"classifying {len(files)} image(s) with {cfg.checkpoint_path} ({cfg.arch}, "
                 f"{cfg.num_classes} classes, {cfg.image_size}px, {cfg.interpolation}); names from {source}")
     results, errors = classify(net, cfg, files, names, min(cmd.options.top_k, cfg.num_classes))

@@ -11,6 +11,7 @@ Usage::
     python pth2ckpt.py --src tiny.pth --dst tiny.ckpt --blocks 1 2 1 --dims 16 32 64 \\
         --mlp_ratios 2 2 2 --channels 16 --n_conv_blocks 1 --verify             # custom topology
     python pth2ckpt.py --reverse --src output/best.ckpt --dst best.pth --verify  # back to PyTorch
+    python pth2ckpt.py --reverse --src output/best.ckpt --dst best_ema.pth --ema # its EMA weights
 
 Accepted inputs: the released files (plain ``state_dict``) and training checkpoints as the official
 (timm-based) training script saves them (``state_dict``, ``state_dict_ema``, ``optimizer``,
@@ -48,7 +49,9 @@ def parse_args(argv=None):
                    help="released variant; the topology flags below override its settings")
     p.add_argument("--num_classes", type=int, help="classes of the target model; when it differs "
                    "from the checkpoint's head, the head is left out (re-created at fine-tune time)")
-    p.add_argument("--ema", action="store_true", help="use 'state_dict_ema' of a training checkpoint")
+    p.add_argument("--ema", "--use_ema", dest="ema", action="store_true", help="the EMA weights: 'state_dict_ema' "
+                   "of an official training checkpoint; with --reverse the ema.* weights of a train.py checkpoint "
+                   "(model_ema)")
     p.add_argument("--verify", action="store_true", help="compare the logits of the PyTorch reference "
                    f"and the MindSpore model; fail above {VERIFY_ATOL:g}")
     p.add_argument("--verify_size", type=int, help="input size for --verify (default 224 for a "

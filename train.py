@@ -1,7 +1,9 @@
-"""Fine-tune (or train from scratch) ConvMLP on CIFAR-10/100.
+"""Fine-tune (or train from scratch) ConvMLP on CIFAR-10/100, Flowers-102, ImageNet or your own images.
 
     python train.py                                  # config.yaml as it is
     python train.py --dataset_choose cifar100 --pretrained_ckpt convmlp_s_imagenet.ckpt
+    python train.py --dataset_choose flowers102 --pretrained_ckpt convmlp_s_imagenet.ckpt
+    python train.py --dataset_choose imagefolder --train_data_path photos --val_fraction 0.2
     python train.py --demo                           # offline demo on generated CIFAR-format data
     msrun --worker_num=2 --local_worker_num=2 --join=True train.py --is_distributed true
 
@@ -18,16 +20,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
 import mindspore as ms
 
-from src.checkpoint.files import BEST, LAST, read_meta, resume_path, save_training_state
+from src.checkpoint.files import BEST, EMA_PREFIX, LAST, has_ema, read_meta, resume_path, save_training_state
 from src.checkpoint.load import build_model, check_arch, load_training_state
 from src.config import epoch_config, load_config
-from src.data.pipeline import create_dataset, dataset_size, prepare_demo
+from src.data.pipeline import (create_dataset, data_failure, dataset_size, prepare_demo, prepare_split,
+                               resolve_classes)
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory
@@ -35,6 +38,7 @@ from src.platform.device import check_precision, setup_runtime
 from src.platform.errors import EXIT_INTERRUPTED, ClusterError, ConfigError, first_line, run_cli
 from src.platform.fileio import remove_stale_temps
 from src.platform.graph_cache import open_graph_cache
+from src.train.ema import ModelEma, TrainStepWithEma, copy_weights, ema_network
 from src.train.distributed import (average_bn_statistics, check_same_start, is_communication_failure,
                                    make_reduce_fn)
 from src.train.loop import TrainingDiverged, evaluate, train_one_epoch
@@ -56,6 +60,7 @@ class Run:
     rank: int
     world: int
     reduce_fn: Optional[Callable] = None   # sums a vector over the ranks (None for one process)
+    class_names: Optional[list] = None     # the training data's (build_data)
 
     @property
     def shard(self):
@@ -73,6 +78,7 @@ class Parts:
     lrs: Any
     draws: Any                 # src.train.step.DropPathDraws: the drop-path factors of each step
     graph_cache: Any = None    # src.graph_cache.GraphCache, opened before the first compile
+    ema_net: Any = None        # model_ema: the network of the averages (src.train.ema)
 
     def global_step(self) -> int:
         return int(self.optimizer.global_step.asnumpy()[0])
@@ -93,7 +99,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         return save_on_interrupt(run, parts, state)
     except RuntimeError as exc:
-        raise cluster_failure(run, exc) or exc
+        raise cluster_failure(run, exc) or data_failure(exc) or exc
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc}{last_good_checkpoint(cfg)}") from None
     finish(run, parts, state)
@@ -131,8 +137,11 @@ def check_output_folder(run: Run):
 
 
 def build_data(run: Run):
-    """The validation pipeline and the steps per epoch, after every data file was validated."""
+    """The validation pipeline and the steps per epoch, after every data file was validated; an
+    image tree's classes (and with val_fraction its split, saved in the run folder)."""
     cfg, world = run.cfg, run.world
+    prepare_split(cfg, run.logger, run.rank, fresh=resume_path(cfg.resume, cfg.save_checkpoint_path) is None)
+    run.class_names = resolve_classes(cfg, run.logger)
     steps_per_epoch = create_dataset(cfg, "train", **run.shard).get_dataset_size()
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -177,14 +186,19 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
                 weight_decay=cfg.weight_decay, loss_scale=scale)
     step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
     draws = DropPathDraws(net, cfg.batch_size, cfg.seed, run.rank)
-    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs, draws)
+    ema_net = None
+    if cfg.model_ema:   # timm's ModelEmaV2, from the initial (pretrained) weights, updated inside the step
+        ema_net = apply_amp(ema_network(net, lambda: build_model(cfg)), cfg.amp_level)
+        step_cell = TrainStepWithEma(step_cell, ModelEma(net, ema_net, cfg.model_ema_decay))
+        logger.info(f"model EMA: decay {cfg.model_ema_decay:g}, updated after every step, evaluated each epoch")
+    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs, draws, ema_net=ema_net)
 
 
 def resume(run: Run, parts: Parts):
     """The position to start from: the beginning, or a checkpoint's epoch and step with its weights,
     optimiser state and best result. Writes the resolved config next to the checkpoints."""
     cfg = run.cfg
-    state = RunState()
+    state = RunState(class_names=run.class_names)
     resume_file = resume_path(cfg.resume, cfg.save_checkpoint_path)
     if resume_file:
         params = read_checkpoint(resume_file)
@@ -192,10 +206,13 @@ def resume(run: Run, parts: Parts):
         check_arch(meta, cfg.arch, resume_file, "resume")
         check_fit(parts.net, params, resume_file)
         load_training_state(parts.step_cell, params, resume_file)
+        if parts.ema_net is not None and not has_ema(params):   # as timm: the EMA starts from the weights
+            copy_weights(parts.net, parts.ema_net)
+            run.logger.warning(f"{resume_file} has no EMA weights ({EMA_PREFIX}*): the EMA starts from its weights")
         state = RunState(epoch=int(meta.get("epoch", 0)), step=int(meta.get("step_in_epoch", 0)),
                          epoch_losses=list(meta.get("epoch_losses", [])),
                          best_acc=float(meta.get("best_acc", -1.0)), best_epoch=int(meta.get("best_epoch", 0)),
-                         resumed_from=resume_file)
+                         resumed_from=resume_file, class_names=run.class_names)
         state.saved = (state.epoch, state.step)
         if "global_step" in meta and parts.global_step() != int(meta["global_step"]):
             parts.optimizer.global_step.set_data(ms.Tensor([int(meta["global_step"])], ms.int32))
@@ -246,7 +263,8 @@ def train_epochs(run: Run, parts: Parts, state):
         state.epoch, state.step = epoch + 1, 0
         if run.world > 1:  # the mean loss over all ranks; one set of BatchNorm statistics
             stats["loss"] = float(run.reduce_fn(np.array([stats["loss"]], np.float32))[0]) / run.world
-            average_bn_statistics(parts.net, run.reduce_fn, run.world)
+            for net in (n for n in (parts.net, parts.ema_net) if n is not None):   # the EMA too (timm distribute_bn)
+                average_bn_statistics(net, run.reduce_fn, run.world)
         end_of_epoch(run, parts, state, stats, metrics)
         parts.graph_cache.commit()   # now with the evaluation graph
         if epoch + 1 < cfg.epoch_size:
@@ -265,11 +283,10 @@ def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
     line = f"epoch:{epoch} step:{parts.steps_per_epoch}, loss is {stats['loss']:.5f}"
     is_best = False
     if epoch % cfg.eval_interval == 0 or epoch == cfg.epoch_size:
-        res = evaluate(parts.net, parts.val_ds, cfg.num_classes, run.reduce_fn)
-        row.update(val_loss=f"{res['loss']:.5f}", val_top1=f"{res['top1']:.4f}", val_top5=f"{res['top5']:.4f}")
-        line += f" | val top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} loss {res['loss']:.4f}"
-        if res["top1"] > state.best_acc:
-            state.best_acc, state.best_epoch, is_best = res["top1"], epoch, True
+        text, top1 = validate(run, parts, row)
+        line += text
+        if top1 > state.best_acc:
+            state.best_acc, state.best_epoch, is_best = top1, epoch, True
     run.logger.info(line + f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s")
     if run.rank == 0:  # the row first: a kill before the checkpoint leaves a row that resume drops
         metrics.add(row)
@@ -278,6 +295,21 @@ def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
                                    is_best=is_best, keep=cfg.keep_checkpoint_max)
         run.logger.info(f"saved {path}" + (f" (new best top-1 {state.best_acc:.4f})" if is_best else ""))
     state.saved = (epoch, 0)
+
+
+def validate(run: Run, parts: Parts, row) -> Tuple[str, float]:
+    """The validation of the weights and, with model_ema, of the averages; fills the metrics `row`.
+    Returns the log text and the top-1 that ranks checkpoints (the EMA's when on, as timm)."""
+    text, top1 = "", None
+    for prefix, net, label in (("", parts.net, "val"), ("ema_", parts.ema_net, "EMA")):
+        if net is None:
+            continue
+        res = evaluate(net, parts.val_ds, run.cfg.num_classes, run.reduce_fn)
+        row.update({f"{prefix}val_loss": f"{res['loss']:.5f}", f"{prefix}val_top1": f"{res['top1']:.4f}",
+                    f"{prefix}val_top5": f"{res['top5']:.4f}"})
+        text += f" | {label} top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} loss {res['loss']:.4f}"
+        top1 = res["top1"]
+    return text, top1
 
 
 def save_on_interrupt(run: Run, parts: Parts, state) -> int:

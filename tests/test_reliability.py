@@ -506,15 +506,15 @@ CONFIG_CASES = [  # (script, YAML text or None, flags, fragments)
     ("infer", None, ["--top_k", "0", "x.png"], ["--top_k", "'0'"]),
     ("train", None, ["--batch_size", "-4"], ["'batch_size'", "'-4'", ">= 1"]),
     ("train", "batch_size: -4\n", [], ["config file", "'batch_size'", "-4"]),
-    ("train", None, ["--dataset_choose", "imagenet"], ["'dataset_choose'", "'imagenet'", "cifar10, cifar100"]),
-    ("evl", None, ["--dataset_choose", "imagenet"], ["'dataset_choose'", "'imagenet'"]),
+    ("train", None, ["--dataset_choose", "svhn"], ["'dataset_choose'", "'svhn'", "cifar10, cifar100"]),
+    ("evl", None, ["--dataset_choose", "svhn"], ["'dataset_choose'", "'svhn'"]),
     ("train", None, ["--amp_level", "O4"], ["'amp_level'", "'O4'", "O0, O1, O2, O3"]),
     ("train", "amp_level: O5\n", [], ["config file", "'amp_level'", "O5"]),
     ("train", None, ["--loss_scale_type", "dynamic"], ["loss_scale_type dynamic", "CPU"]),
     ("train", None, ["--loss_scale_type", "fixed", "--loss_scale", "0"], ["'loss_scale'", "'0'"]),
     ("export", None, ["--export_batch_size", "-1"], ["--export_batch_size", "'-1'"]),
     ("dataset", None, ["generate", "--train", "-5"], ["--train", "'-5'"]),
-    ("dataset", None, ["check", "--dataset", "imagenet", "--path", "."], ["--dataset", "'imagenet'"]),
+    ("dataset", None, ["check", "--dataset", "svhn", "--path", "."], ["--dataset", "'svhn'"]),
     ("pth2ckpt", None, ["--src", "x.pth", "--dst", "y.ckpt", "--arch", "convmlp_xl"], ["--arch", "'convmlp_xl'"]),
 ]
 

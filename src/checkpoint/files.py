@@ -15,6 +15,7 @@ name and never damages the previous checkpoint (:func:`fileio.atomic_output`); t
 files of a killed run are removed when train.py next starts with the same folder
 (:func:`fileio.remove_stale_temps`).
 """
+import json
 import os
 import shutil
 from typing import Dict, Optional
@@ -26,30 +27,48 @@ from ..config.strict_yaml import load_mapping
 from ..platform.errors import CheckpointError
 from ..platform.fileio import atomic_output
 
-__all__ = ["META_KEYS", "training_meta", "save_atomic", "is_epoch_file", "save_training_state", "read_meta", "saved_config", "saved_config_source",
+__all__ = ["META_KEYS", "EMA_PREFIX", "training_meta", "meta_class_names", "has_ema", "ema_weights", "save_atomic",
+           "is_epoch_file", "save_training_state", "read_meta", "saved_config", "saved_config_source",
            "resume_path", "prune_epochs", "LAST", "BEST"]
 
 LAST = "last.ckpt"
+#: Name prefix of the model EMA's weights in a checkpoint (src.train.ema): ``ema.<parameter name>``.
+EMA_PREFIX = "ema."
 BEST = "best.ckpt"
 #: Metadata stored beside the weights. ``epoch`` = finished epochs; ``step_in_epoch`` > 0 only for
 #: a checkpoint written mid-epoch (Ctrl-C): resuming then skips that many batches of the epoch, and
 #: ``epoch_losses`` (float32, one per step done in that epoch) makes the resumed run report the
-#: epoch's mean loss over all its steps, as the uninterrupted run does.
+#: epoch's mean loss over all its steps, as the uninterrupted run does. ``class_names``: the
+#: training data's class names (a JSON list), so that evl.py and infer.py name the classes without
+#: the data.
 META_KEYS = ("epoch", "global_step", "step_in_epoch", "epoch_losses", "best_acc", "best_epoch", "arch",
-             "num_classes", "image_size", "dataset", "config")
+             "num_classes", "image_size", "dataset", "config", "class_names")
 
 
 def training_meta(cfg, epoch: int, global_step: int, step_in_epoch: int, best_acc: float, best_epoch: int,
-                  epoch_losses=()) -> Dict:
+                  epoch_losses=(), class_names=None) -> Dict:
     """What a training checkpoint records besides the weights and the optimiser state (exactly
-    :data:`META_KEYS`; ``epoch_losses`` None at an epoch end): enough to resume, and the run's
-    config to rebuild the model."""
+    :data:`META_KEYS`; ``epoch_losses`` only mid-epoch): enough to resume, the run's config to
+    rebuild the model, the class names."""
     losses = ms.Tensor(np.asarray(epoch_losses, np.float32)) if step_in_epoch and len(epoch_losses) else None
     meta = {"epoch": epoch, "global_step": global_step, "step_in_epoch": step_in_epoch, "epoch_losses": losses,
             "best_acc": best_acc, "best_epoch": best_epoch, "arch": cfg.arch, "num_classes": cfg.num_classes,
-            "image_size": cfg.image_size, "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
+            "image_size": cfg.image_size, "dataset": cfg.dataset_choose, "config": cfg.to_yaml(),
+            "class_names": None if class_names is None else json.dumps(list(class_names), ensure_ascii=False)}
     assert tuple(meta) == META_KEYS, "training_meta and META_KEYS disagree"
     return meta
+
+
+def meta_class_names(meta: Dict) -> Optional[list]:
+    """The class names a checkpoint recorded (``meta["class_names"]``), or None."""
+    text = meta.get("class_names")
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None):
@@ -163,3 +182,19 @@ def resume_path(resume: Optional[str], save_dir: str) -> Optional[str]:
     if not os.path.isfile(resume):
         raise CheckpointError(f"resume: checkpoint '{resume}' does not exist")
     return resume
+
+
+def has_ema(params):
+    """Whether a checkpoint's entries hold EMA weights."""
+    return any(k.startswith(EMA_PREFIX) for k in params)
+
+
+def ema_weights(params, path):
+    """The EMA weights of a checkpoint under the model's own names (for evaluation, export, inference
+    and conversion), the non-tensor entries (metadata) kept; CheckpointError when it has none."""
+    if not has_ema(params):
+        raise CheckpointError(f"'{path}' holds no EMA weights (ema.*): it was written without model_ema; "
+                              "leave out use_ema (or --ema) to use its weights")
+    out = {k[len(EMA_PREFIX):]: v for k, v in params.items() if k.startswith(EMA_PREFIX)}
+    out.update({k: v for k, v in params.items() if isinstance(v, str)})
+    return out

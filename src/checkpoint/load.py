@@ -5,7 +5,7 @@ from model import TOPOLOGY_KEYS, check_fit, read_checkpoint, require_convmlp
 
 from ..config import cli_keys, convert_value
 from ..platform.errors import CheckpointError, ConfigError, first_line
-from .files import read_meta, saved_config, saved_config_source
+from .files import ema_weights, read_meta, saved_config, saved_config_source
 
 __all__ = ["build_model", "require_checkpoint_path", "adopt_checkpoint_model", "load_checkpoint_model",
            "check_arch", "load_training_state", "MODEL_KEYS", "DEPLOY_KEYS"]
@@ -15,7 +15,7 @@ MODEL_KEYS = ("arch",) + TOPOLOGY_KEYS + ("image_size",)
 
 
 # ... and how its inputs were prepared and named (export.py, infer.py).
-DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "train_data_path")
+DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "crop_pct", "train_data_path")
 
 
 def build_model(cfg, **kwargs):
@@ -75,8 +75,9 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
 
     Arch, topology and image size (and any other `keys`) come from a train.py checkpoint's saved
     config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given
-    (or unless ``classes_from_head`` is off: evl.py keeps the dataset's, so that a checkpoint for
-    another class count is an error naming both counts).
+    (or unless ``classes_from_head`` is off and the dataset has a class count: evl.py keeps the
+    dataset's, so that a checkpoint for another class count is an error naming both counts). With
+    ``use_ema`` the model holds the checkpoint's EMA weights (``ema.*``).
     CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
     """
     import mindspore as ms
@@ -84,6 +85,9 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     path = require_checkpoint_path(cfg)
     params = read_checkpoint(path)
     meta = read_meta(params)
+    if cfg.use_ema:
+        params = ema_weights(params, path)
+        logger.info(f"use_ema: the EMA weights of {path}")
     adopt_checkpoint_model(cfg, meta, argv, logger, keys)
     check_arch(meta, cfg.arch, path, "checkpoint_path")
     require_convmlp(params, path)
@@ -93,7 +97,8 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
                               "fine-tuning (pth2ckpt.py without the head); use a checkpoint written by "
                               "train.py or converted with its head")
     given = cli_keys(argv)
-    if classes_from_head and "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
+    from_head = classes_from_head or cfg.num_classes is None
+    if from_head and "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
         logger.info(f"num_classes={int(head.shape[0])} from the checkpoint's head")
         cfg.num_classes = int(head.shape[0])
     net = build_model(cfg)

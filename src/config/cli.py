@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from .. import REPO_ROOT
-from ..data.catalog import NUM_CLASSES
+from ..data.catalog import CIFAR, NUM_CLASSES, data_format
 from ..platform.errors import ConfigError, short_quote
 from .presets import DEMO_OVERRIDES, apply_dataset_defaults
 from .schema import SCHEMA, SCHEMA_BY_NAME, EPOCH_SEED_STRIDE, SEED_LIMIT, check_path, epoch_seed, option
@@ -168,11 +168,22 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
             raise ConfigError(f"command line: --{name} is given {times} ({shown}); give it once")
 
     cfg = Config(values)
-    _check_cross(cfg)
-    cap_workers(cfg)
+    _check_data_keys(cfg)
     if apply_defaults:
         apply_dataset_defaults(cfg)
+    _check_cross(cfg)
+    cap_workers(cfg)
     return CommandLine(cfg, Config(opts), paths)
+
+
+def _check_data_keys(cfg):
+    """The data keys that go together, before the dataset's defaults fill them."""
+    if cfg.val_fraction is not None and data_format(cfg.dataset_choose) != "imagefolder":
+        raise ConfigError(f"val_fraction {cfg.val_fraction:g} splits an image tree; dataset_choose "
+                          f"{cfg.dataset_choose} has its own validation split (set val_fraction: null)")
+    if cfg.val_fraction is not None and cfg.val_data_path is not None:
+        raise ConfigError(f"val_fraction {cfg.val_fraction:g} takes the validation images from train_data_path, "
+                          f"and val_data_path is {cfg.val_data_path}; give one of them")
 
 
 def _check_cross(cfg):
@@ -181,10 +192,11 @@ def _check_cross(cfg):
     if len({len(v) for v in topo.values()}) > 1:
         raise ConfigError("blocks, dims and mlp_ratios must have the same length, got "
                           + ", ".join(f"{k} {v}" for k, v in topo.items()))
-    if cfg.num_classes is not None and cfg.num_classes < NUM_CLASSES[cfg.dataset_choose]:
+    smallest = NUM_CLASSES[cfg.dataset_choose] if cfg.dataset_choose in CIFAR else None
+    if cfg.num_classes is not None and smallest is not None and cfg.num_classes < smallest:
         raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {cfg.dataset_choose} label "
                           f"range ({NUM_CLASSES[cfg.dataset_choose]}); set num_classes: null")
-    last_seed = epoch_seed(cfg.seed, cfg.epoch_size - 1)
+    last_seed = epoch_seed(cfg.seed, (cfg.epoch_size or 1) - 1)
     if last_seed >= SEED_LIMIT:
         raise ConfigError(f"seed {cfg.seed} is too large for epoch_size {cfg.epoch_size}: the data pipeline of the "
                           f"last epoch would use seed + {EPOCH_SEED_STRIDE} x {cfg.epoch_size - 1} = {last_seed}, "

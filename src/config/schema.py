@@ -146,7 +146,8 @@ def epoch_seed(seed, epoch):
 SCHEMA = [
     # model
     Key("arch", "convmlp_s", "str", "Model variant.", choices=tuple(list_models())),
-    Key("num_classes", None, "int", "Classifier outputs; null = from the dataset (10 or 100).",
+    Key("num_classes", None, "int", "Classifier outputs; null = from the dataset (10, 100, 102, 1000; "
+        "imagefolder: the number of class folders).",
         nullable=True, min=1, max=100000),
     Key("drop_path_rate", 0.1, "float", "Stochastic depth rate.", min=0.0, max=1.0),
     Key("blocks", None, "ints", "Custom topology: Conv-MLP blocks per stage; null = the arch's "
@@ -165,20 +166,29 @@ SCHEMA = [
         "(ImageNet weights converted by pth2ckpt.py); null = train from scratch.", nullable=True,
         check=check_path),
     # data
-    Key("dataset_choose", "cifar10", "str", "Dataset; selects num_classes, mean/std and default paths.",
-        choices=DATASETS),
-    Key("train_data_path", None, "str", "Folder with the training .bin files; null = "
-        "data/cifar-10-batches-bin or data/cifar-100-binary (data/demo/... when demo is on).", nullable=True,
-        check=check_path),
-    Key("val_data_path", None, "str", "Folder with the validation .bin files; null = same default as "
-        "train_data_path.", nullable=True, check=check_path),
+    Key("dataset_choose", "cifar10", "str", "Dataset; selects num_classes, mean/std, default paths and the "
+        "official recipe's values of the keys left null. cifar10/cifar100: the binary release; flowers102, "
+        "imagenet: class-per-folder image trees with their recipes; imagefolder: any tree root/<class>/<image> "
+        "(see data/README.md).", choices=DATASETS),
+    Key("train_data_path", None, "str", "Training data: the folder of .bin files (CIFAR) or of class folders; "
+        "null = data/cifar-10-batches-bin, data/cifar-100-binary, data/flowers102/train, data/imagenet/train "
+        "(data/demo/... when demo is on); imagefolder needs it.", nullable=True, check=check_path),
+    Key("val_data_path", None, "str", "Validation data, as train_data_path; null = the CIFAR folder, "
+        "data/flowers102/valid, data/imagenet/val (none with val_fraction).", nullable=True, check=check_path),
+    Key("val_fraction", None, "float", "Image trees: hold out this fraction of each class of train_data_path "
+        "for validation (seeded by seed, stratified; the two file lists are saved in save_checkpoint_path and "
+        "reused by --resume and evl.py); null = validate on val_data_path.", nullable=True, min=0.001,
+        max=0.999),
+    Key("skip_bad_images", False, "bool", "Image trees: skip unreadable, truncated, empty or oversized image "
+        "files (counted in the log) instead of stopping with an error naming the first."),
     Key("download", False, "bool", "Download and extract the official binary archive when the data "
         "folder is missing."),
     Key("demo", False, "bool", "Use a small generated dataset (written under data/demo if missing) "
         "instead of real CIFAR; for smoke tests."),
     Key("image_size", 224, "int", "Input resolution; 32 = native CIFAR size (no resize).", min=8,
         max=MAX_IMAGE_SIZE),
-    Key("batch_size", 128, "int", "Training batch size per device (the official recipe: 128).", min=1),
+    Key("batch_size", None, "int", "Training batch size per device; null = the dataset's recipe (CIFAR, "
+        "ImageNet 128; Flowers-102 96, L 64).", nullable=True, min=1),
     Key("eval_batch_size", None, "int", "Evaluation batch size per device; null = batch_size.",
         nullable=True, min=1),
     Key("num_parallel_workers", 2, "int", "Workers for the data pipeline's map/batch operations; more "
@@ -189,11 +199,15 @@ SCHEMA = [
     Key("std", None, "floats", "Normalisation std (RGB, 0..1); null = per-dataset value.",
         nullable=True, length=3, check=_check_positive_list),
     # augmentation (official fine-tune recipe)
-    Key("crop_scale", [0.8, 1.0], "floats", "RandomResizedCrop area range (fraction of the image).",
-        length=2, check=_check_range_pair(0.0, 1.0)),
+    Key("crop_scale", None, "floats", "RandomResizedCrop area range (fraction of the image); null = the "
+        "dataset's recipe (0.8, 1; ImageNet 0.08, 1).", nullable=True, length=2, check=_check_range_pair(0.0, 1.0)),
+    Key("crop_pct", None, "float", "Evaluation crop (timm): resize the shorter side to image_size / crop_pct, "
+        "then crop the centre image_size x image_size; null = the dataset's recipe (1.0; ImageNet 0.9).",
+        nullable=True, min=0.05, max=1.0),
     Key("crop_ratio", [0.75, 1.3333333], "floats", "RandomResizedCrop aspect-ratio range.",
         length=2, check=_check_range_pair(0.0, None)),
-    Key("interpolation", "bicubic", "str", "Resize interpolation for crop, eval resize and RandAugment.",
+    Key("interpolation", "bicubic", "str", "Resize interpolation for crop, eval resize and RandAugment (bicubic crops and resizes use "
+        "Pillow's filter, as timm's transforms).",
         choices=INTERPOLATIONS),
     Key("hflip", 0.5, "float", "Horizontal flip probability (0 = off).", min=0.0, max=1.0),
     Key("aa", "rand-m9-mstd0.5-inc1", "str", "RandAugment spec in timm syntax (m = magnitude 0..10, "
@@ -207,17 +221,30 @@ SCHEMA = [
     Key("mixup_switch_prob", 0.5, "float", "Probability of cutmix instead of mixup when both are on.",
         min=0.0, max=1.0),
     # optimisation
-    Key("epoch_size", 60, "int", "Training epochs, cool-down included (the official fine-tune recipe: 50 "
-        "cosine epochs + 10 at min_lr).", min=1, max=100000),
-    Key("cooldown_epochs", 10, "int", "Final epochs at min_lr after the cosine decay (timm's cooldown).",
-        min=0, max=100000),
-    Key("lr", 3e-4, "float", "Peak learning rate (AdamW, cosine schedule). Used as given, not scaled: it "
-        "belongs to the recipe's global batch, so scale it linearly if batch_size x devices changes a lot.",
+    Key("epoch_size", None, "int", "Training epochs, cool-down included; null = the dataset's recipe (fine-"
+        "tuning: 50 cosine epochs + 10 at min_lr = 60; ImageNet 300 + 10 = 310).", nullable=True, min=1,
+        max=100000),
+    Key("cooldown_epochs", None, "int", "Final epochs at min_lr after the cosine decay (timm's cooldown); null "
+        "= the dataset's recipe (10).", nullable=True, min=0, max=100000),
+    Key("lr", None, "float", "Peak learning rate (AdamW, cosine schedule); null = the dataset's recipe (CIFAR "
+        "3e-4; Flowers-102 S 5e-4, M/L 3e-4; ImageNet 5e-4). Used as given, not scaled: it belongs to the "
+        "recipe's global batch, so scale it linearly if batch_size x devices changes a lot.", nullable=True,
         min=0.0),
-    Key("min_lr", 1e-5, "float", "Final learning rate of the cosine schedule.", min=0.0),
-    Key("warmup_lr", 1e-6, "float", "Learning rate at the start of the linear warm-up.", min=0.0),
-    Key("warmup_epochs", 10, "int", "Linear warm-up epochs.", min=0, max=100000),
+    Key("min_lr", None, "float", "Final learning rate of the cosine schedule; null = the dataset's recipe "
+        "(1e-5; Flowers-102 1e-8).", nullable=True, min=0.0),
+    Key("warmup_lr", None, "float", "Learning rate at the start of the linear warm-up; null = the dataset's "
+        "recipe (1e-6; ImageNet 1e-4).", nullable=True, min=0.0),
+    Key("warmup_epochs", None, "int", "Linear warm-up epochs; null = the dataset's recipe (10; ImageNet 5).",
+        nullable=True, min=0, max=100000),
     Key("weight_decay", 0.05, "float", "AdamW weight decay.", min=0.0),
+    Key("model_ema", None, "bool", "Keep an exponential moving average of the weights (timm's ModelEmaV2: "
+        "after every step ema = decay x ema + (1 - decay) x weight, BatchNorm statistics included), evaluated "
+        "each epoch beside the weights and saved as ema.* in the checkpoints; null = the dataset's recipe "
+        "(ImageNet on, else off).", nullable=True),
+    Key("model_ema_decay", None, "float", "Decay of model_ema; null = the dataset's recipe (ImageNet 0.99996, "
+        "else timm's 0.9998).", nullable=True, min=0.0, max=1.0),
+    Key("use_ema", False, "bool", "evl.py, infer.py, export.py: use the checkpoint's EMA weights (ema.*, "
+        "written by train.py with model_ema) instead of its weights."),
     Key("max_steps_per_epoch", None, "int", "Debug cap on steps per epoch; null = the whole dataset.",
         nullable=True, min=1, max=10 ** 9),
     # precision

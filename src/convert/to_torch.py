@@ -20,7 +20,7 @@ import numpy as np
 
 from model import read_checkpoint
 
-from ..checkpoint.files import read_meta, saved_config
+from ..checkpoint.files import ema_weights, read_meta, saved_config
 from ..platform.errors import CheckpointError, ConfigError, short_list
 from ..platform.fileio import atomic_output, check_output_path
 from .names import (MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, infer_topology, max_abs_difference, to_torch_name,
@@ -30,17 +30,19 @@ __all__ = ["read_ms_checkpoint", "checkpoint_topology", "load_into_reference", "
            "reverse_main"]
 
 #: pth2ckpt.py options that describe the PyTorch side and have no meaning with --reverse.
-FORWARD_ONLY = ("arch", "num_classes", "ema", "blocks", "dims", "mlp_ratios", "channels",
-                "n_conv_blocks")
+FORWARD_ONLY = ("arch", "num_classes", "blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
 RELEASED_SIZE, CUSTOM_SIZE = 224, 64
 
 
-def read_ms_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict, list]:
-    """``(weights, meta, other)`` of a MindSpore checkpoint: the model's arrays by MindSpore name,
-    train.py's metadata (:data:`src.checkpoint.files.META_KEYS`), and the names of everything else
-    (optimizer state, step counters, metadata), which the conversion leaves out."""
+def read_ms_checkpoint(path: str, use_ema: bool = False) -> Tuple[Dict[str, np.ndarray], Dict, list]:
+    """``(weights, meta, other)`` of a MindSpore checkpoint: the model's arrays by MindSpore name
+    (with `use_ema`, its EMA weights: :func:`src.checkpoint.files.ema_weights`), train.py's metadata
+    (:data:`src.checkpoint.files.META_KEYS`), and the names of everything else (optimizer state,
+    step counters, metadata), which the conversion leaves out."""
     params = read_checkpoint(path)
     meta = read_meta(params)
+    if use_ema:
+        params = ema_weights(params, path)
     weights, other = OrderedDict(), []
     for name, value in params.items():
         if to_torch_name(name) is None or isinstance(value, str):
@@ -141,13 +143,14 @@ def reverse_main(args) -> int:
         raise ConfigError(f"--reverse takes the model from the checkpoint; {' '.join(given)} "
                           "only applies to .pth -> .ckpt conversion")
     check_output_path(args.dst, ("--src", args.src), label="--dst")
-    weights, meta, other = read_ms_checkpoint(args.src)   # refuses NaN/inf weights (check_finite)
+    weights, meta, other = read_ms_checkpoint(args.src, args.ema)   # refuses NaN/inf weights (check_finite)
     topo, num_classes, source = checkpoint_topology(weights, meta, args.src)
     state = to_torch_state_dict(weights)
     ref = load_into_reference(state, topo, num_classes, args.src)
     counters = [k for k in state if k.endswith(".num_batches_tracked")]
     what = "train.py checkpoint" if "config" in meta else "MindSpore checkpoint"
-    print(f"source      : {args.src} ({what}, {len(weights)} model parameters)")
+    print(f"source      : {args.src} ({what}, {len(weights)} model parameters"
+          + (", its EMA weights)" if args.ema else ")"))
     print(f"model       : {' '.join(f'{k} {topo[k]}' for k in TOPOLOGY_KEYS)}, num_classes "
           f"{num_classes} (from {source})")
     print(f"mapped      : {len(weights)} parameters to official keys "

@@ -2,18 +2,39 @@
 defaults and the data code share), and the resize interpolations a config may name. MindSpore is
 imported only when asked for an interpolation mode: the config schema reads this module."""
 
-__all__ = ["DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "MEAN", "STD", "INTERPOLATIONS", "interpolation_mode"]
+__all__ = ["DATASETS", "CIFAR", "IMAGE_FOLDER_DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "SPLIT_FOLDERS",
+           "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
+           "data_format"]
 
-DATASETS = ("cifar10", "cifar100")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-PRETTY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+#: The CIFAR binary releases (src.data.cifar) and the class-per-folder image trees (src.data.imagefolder):
+#: two named trees with their official recipe, and ``imagefolder``, any tree of a user's images.
+CIFAR = ("cifar10", "cifar100")
+IMAGE_FOLDER_DATASETS = ("flowers102", "imagenet", "imagefolder")
+DATASETS = CIFAR + IMAGE_FOLDER_DATASETS
+#: Classes of the official datasets; ``imagefolder`` counts its class folders.
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "flowers102": 102, "imagenet": 1000}
+PRETTY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers-102",
+                "imagenet": "ImageNet-1k", "imagefolder": "image folder"}
 #: The folder a dataset's files are in, under the data root (``data/`` or ``data/demo/``).
-FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary"}
-#: Per-channel statistics of the training images (RGB, 0..1), used to normalise the inputs.
-MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
-STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2675, 0.2565, 0.2761)}
+FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary", "flowers102": "flowers102",
+           "imagenet": "imagenet"}
+#: The split folders of an image tree under its dataset folder (the official recipes' ``train_split`` /
+#: ``val_split``: Flowers-102 ``train``/``valid``; ImageNet timm's defaults, ``train`` and ``val``).
+SPLIT_FOLDERS = {"flowers102": {"train": "train", "val": "valid"}, "imagenet": {"train": "train", "val": "val"}}
+#: Per-channel statistics of the training images (RGB, 0..1), used to normalise the inputs. A user's
+#: own images are normalised as ImageNet's, which the pretrained weights were trained with.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408),
+        "flowers102": (0.4353, 0.3773, 0.2872), "imagenet": IMAGENET_MEAN, "imagefolder": IMAGENET_MEAN}
+STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2675, 0.2565, 0.2761),
+       "flowers102": (0.2966, 0.2455, 0.2698), "imagenet": IMAGENET_STD, "imagefolder": IMAGENET_STD}
 #: Resize interpolations (MindSpore's ``vision.Inter`` members of the same name, upper case).
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+def data_format(dataset):
+    """``"cifar"`` (binary records) or ``"imagefolder"`` (one folder of image files per class)."""
+    return "cifar" if dataset in CIFAR else "imagefolder"
 
 
 def interpolation_mode(name):
@@ -22,3 +43,11 @@ def interpolation_mode(name):
     if name not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
     return Inter[name.upper()]
+
+
+def resize_mode(name):
+    """The ``vision.Inter`` member for resizing (crop and evaluation resize): ``bicubic`` is
+    ``Inter.PILCUBIC``, Pillow's bicubic filter that timm's transforms use (antialiased when
+    shrinking; pixel-identical to Pillow's), the other names as :func:`interpolation_mode`."""
+    from mindspore.dataset.vision import Inter
+    return Inter.PILCUBIC if name == "bicubic" else interpolation_mode(name)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..platform.download import DownloadError, download_url, md5sum, safe_extract_tar
 from ..platform.errors import DataError
-from .catalog import DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES
+from .catalog import CIFAR, FOLDERS, NUM_CLASSES, PRETTY_NAMES
 
 __all__ = ["CifarArrays", "read_split", "split_files", "count_records", "class_names", "ensure_dataset",
            "archive_url", "check_dataset", "ARCHIVES", "BASE_URL", "CIFAR10_CLASSES", "CIFAR100_CLASSES",
@@ -47,7 +47,7 @@ _LOG = logging.getLogger(__name__)
 NUM_COARSE = 20
 PIXEL_BYTES = 32 * 32 * 3
 LABEL_BYTES = {"cifar10": 1, "cifar100": 2}
-RECORD_BYTES = {d: LABEL_BYTES[d] + PIXEL_BYTES for d in DATASETS}     # 3073, 3074
+RECORD_BYTES = {d: LABEL_BYTES[d] + PIXEL_BYTES for d in CIFAR}     # 3073, 3074
 _PATTERNS = {
     "cifar10": {"train": re.compile(r"^data_batch_\d+\.bin$"), "val": re.compile(r"^test_batch(_\d+)?\.bin$")},
     "cifar100": {"train": re.compile(r"^train(_\d+)?\.bin$"), "val": re.compile(r"^test(_\d+)?\.bin$")},
@@ -99,8 +99,8 @@ def _other(dataset):
 
 
 def check_dataset(dataset):
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset not in CIFAR:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(CIFAR)}")
 
 
 def _natural_key(name):

@@ -1,17 +1,29 @@
-"""A user's own image files: finding them (files and folders), decoding any image Pillow reads to
-RGB (EXIF orientation applied, 16-bit grey scaled), and the evaluation transform for one image."""
+"""A user's own image files: finding them (files and folders), checking one without decoding it all,
+and THE rule that turns any image Pillow reads into uint8 RGB (EXIF orientation applied; grey,
+16-bit, CMYK, palette and alpha converted), which training, evaluation and infer.py all decode
+through; and the evaluation transform for one image."""
 import os
 
 import numpy as np
 
 from ..platform.errors import DataError, first_line
-from .catalog import interpolation_mode
 from .transforms import eval_transforms
 
-__all__ = ["IMAGE_EXTENSIONS", "collect_images", "read_image", "preprocess"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "collect_images", "is_image_name", "read_image", "to_rgb",
+           "inspect_image", "ImageInfo", "preprocess"]
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+#: Largest image accepted (width x height), Pillow's own default limit (about 9459 x 9459): a larger
+#: file is refused before it is decoded, as a decompression bomb (a small file that decodes to
+#: gigabytes) would be.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def is_image_name(name):
+    """A file name with an image extension (any case) that is not hidden."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -26,8 +38,7 @@ def collect_images(paths):
     for p in paths:
         if os.path.isdir(p):
             found = sorted(os.path.join(p, n) for n in os.listdir(p)
-                           if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
-                           and os.path.isfile(os.path.join(p, n)))
+                           if is_image_name(n) and os.path.isfile(os.path.join(p, n)))
             if not found:
                 raise DataError(f"folder '{p}' has no image files ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
@@ -40,39 +51,121 @@ def collect_images(paths):
     return files
 
 
+# --------------------------------------------------------------------------------------------
+# Decoding: one rule for training, evaluation and inference
+# --------------------------------------------------------------------------------------------
+def _check_pixels(size, path):
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"image '{path}' is {width} x {height} = {width * height:,} pixels, more than the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); expected a smaller image")
+
+
+def _open(path):
+    """``Image.open`` without Pillow's warning about a large image: :func:`_check_pixels` decides."""
+    import warnings
+    from PIL import Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _reason(exc):
+    reason = first_line(exc)
+    if "cannot identify image file" in reason:
+        return "not an image Pillow can read (corrupt, empty or another format)"
+    return reason
+
+
+def to_rgb(im):
+    """An open Pillow image as uint8 RGB HWC: EXIF orientation applied, 16/32-bit grey scaled to
+    0..255, everything else (grey, CMYK, palette with or without transparency, alpha) converted with
+    Pillow's ``convert("RGB")`` (alpha dropped)."""
+    from PIL import ImageOps
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: scale to 0..255
+        grey = np.asarray(im, dtype=np.float64)
+        grey = grey / 257.0 if im.mode.startswith("I") and grey.max() > 255 else grey
+        grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:   # the palette's alpha, then dropped (no warning)
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def read_image(path):
-    """The image at `path` as uint8 RGB HWC; DataError naming the file when it cannot be decoded."""
-    from PIL import Image, ImageOps
+    """The image at `path` as uint8 RGB HWC (:func:`to_rgb`); DataError naming the file when it
+    cannot be decoded or is larger than :data:`MAX_IMAGE_PIXELS`."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: scale to 0..255
-                grey = np.asarray(im, dtype=np.float64)
-                grey = grey / 257.0 if im.mode.startswith("I") and grey.max() > 255 else grey
-                grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-                arr = np.repeat(grey[..., None], 3, axis=2)
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with _open(path) as im:
+            _check_pixels(im.size, path)
+            arr = to_rgb(im)
+    except DataError:
+        raise
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-        reason = first_line(exc)
-        if "cannot identify image file" in reason:
-            reason = "not an image Pillow can read (corrupt, empty or another format)"
-        raise DataError(f"cannot read image '{path}': {reason}") from None
+        raise DataError(f"cannot read image '{path}': {_reason(exc)}") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise DataError(f"cannot read image '{path}': empty image")
     return arr
 
 
+class ImageInfo(tuple):
+    """``(width, height, mode, format)`` of a checked image file."""
+    __slots__ = ()
+
+    def __new__(cls, width, height, mode, fmt):
+        return super().__new__(cls, (width, height, mode, fmt))
+
+    width, height, mode, format = (property(lambda self, i=i: self[i]) for i in range(4))
+
+
+_PNG_END = b"\0\0\0\0IEND\xaeB`\x82"
+
+
+def _ends_complete(path, fmt):
+    """Whether a JPEG ends with its end-of-image marker (zero padding allowed) or a PNG with its
+    IEND chunk: then the file was written to the end. (``FF D9`` cannot occur inside a JPEG's
+    entropy-coded data, where every ``FF`` byte is followed by ``00``.)"""
+    if fmt not in ("JPEG", "PNG"):
+        return False
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+        tail = f.read()
+    return tail.rstrip(b"\0").endswith(b"\xff\xd9") if fmt == "JPEG" else tail.endswith(_PNG_END)
+
+
+def inspect_image(path):
+    """Check the file at `path` without decoding it: not empty, an image Pillow identifies, at most
+    :data:`MAX_IMAGE_PIXELS`, and its data complete. A JPEG or PNG that ends as the format ends
+    (:func:`_ends_complete`) is complete; one that does not (truncated, or data appended after its
+    end) is decoded to tell (a JPEG at 1/8 scale, a PNG's chunks checked to the end), and so is
+    every other format. Returns :class:`ImageInfo`; DataError naming the file and the problem."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"image '{path}' is an empty file (0 bytes)")
+        with _open(path) as im:
+            info = ImageInfo(im.size[0], im.size[1], im.mode, im.format)
+            _check_pixels(im.size, path)
+            if _ends_complete(path, im.format):
+                return info
+            if im.format == "PNG":
+                im.verify()
+            else:
+                if im.format == "JPEG":
+                    im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read image '{path}': {_reason(exc)}") from None
+    return info
+
+
 def preprocess(image, cfg):
-    """evl.py's eval transform for an RGB uint8 HWC image of any size: resize (whole image) to
-    ``image_size`` with the config's interpolation unless it has that size already, then
-    :func:`.transforms.eval_transforms`' normalisation and HWC -> CHW. Returns float32 (3, S, S)."""
-    import mindspore.dataset.vision as vision
-    size = cfg.image_size
-    ops = [op for op in eval_transforms(cfg) if not isinstance(op, vision.Resize)]
-    if image.shape[:2] != (size, size):
-        ops.insert(0, vision.Resize((size, size), interpolation=interpolation_mode(cfg.interpolation)))
+    """The evaluation transform (:func:`.transforms.eval_transforms`: shorter side to image_size /
+    crop_pct, centre crop, normalise, HWC -> CHW) on one RGB uint8 HWC image of any size, exactly
+    as evl.py's pipeline applies it. Returns float32 (3, S, S)."""
     out = image
-    for op in ops:
+    for op in eval_transforms(cfg, image.shape[:2]):
         out = op(out)
     return np.ascontiguousarray(out, dtype=np.float32)

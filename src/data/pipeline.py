@@ -1,5 +1,8 @@
-"""Input pipelines on MindSpore's dataset engine: the validated arrays of a split, the batched
-train pipeline (augmentation, mixup/cutmix, shuffled and sharded) and the evaluation pipeline.
+"""Input pipelines on MindSpore's dataset engine: the validated records of a split (the decoded
+arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
+batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
+and the class names. Image files are decoded by :func:`.images.read_image` in
+``num_parallel_workers`` processes: the rule infer.py decodes with.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -18,8 +21,8 @@ Train (each step switchable in the config; a step that is off is not in the pipe
 Steps 5 and 6 run in the batch's ``per_batch_map`` with a NumPy generator seeded from
 (``seed``, shard, epoch, batch), so they are reproducible. Train batches: ``image`` float32
 (B, 3, H, W), ``label`` float32 (B, num_classes), incomplete last batch dropped.
-Val batches: resize to ``image_size`` (bicubic; none at 32), normalise; ``label`` int32 (B,), all
-records kept.
+Val batches: timm's evaluation transform (shorter side to ``image_size / crop_pct``, centre crop;
+none for CIFAR at 32 px), normalise; ``label`` int32 (B,), all records kept.
 
 Sharding (data parallel): train uses MindSpore's distributed sampler (global shuffle each epoch,
 then shard; when the record count is not divisible by ``num_shards`` a few records are repeated so
@@ -29,6 +32,7 @@ that every shard has the same number of steps). Val is split exactly: shard ``k`
 import logging
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -36,12 +40,15 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar
+from . import cifar, imagefolder
+from .catalog import data_format
+from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
 from .transforms import eval_transforms, train_transforms
 
-__all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo"]
+__all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
+           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -112,44 +119,175 @@ def load_split(cfg, split):
 
 
 def dataset_size(cfg, split):
-    """Number of records of `split` in the whole dataset (all shards), from the file sizes."""
+    """Number of records of `split` in the whole dataset (all shards): from the file sizes (CIFAR),
+    or the checked images of the split (image trees)."""
+    if data_format(cfg.dataset_choose) == "imagefolder":
+        return len(image_split(cfg, split))
     folder = _prepare(cfg, split)
     return cifar.count_records(folder, cfg.dataset_choose, split, any_names=_any_names(cfg))
 
 
+# --------------------------------------------------------------------------------------------
+# Image trees (src.data.imagefolder)
+# --------------------------------------------------------------------------------------------
+_SPLITS = {}   # (train root, val_fraction) -> {split: positions}: this process's run (prepare_split)
+
+
+def _tree(cfg, root, logger=None):
+    if root is None:
+        raise ConfigError(f"dataset_choose {cfg.dataset_choose} needs train_data_path: the folder of class "
+                          "folders, root/<class>/<image> (and val_data_path, or val_fraction)")
+    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger)
+
+
+def _saved_lists(cfg):
+    """The split lists of ``val_fraction`` that a run saved: beside ``checkpoint_path`` (evl.py), else
+    in ``save_checkpoint_path``; None when neither folder has them."""
+    folders = ([os.path.dirname(os.path.abspath(cfg.checkpoint_path))] if cfg.checkpoint_path else []) + \
+        [cfg.save_checkpoint_path]
+    for folder in folders:
+        paths = imagefolder.split_list_paths(folder)
+        if all(os.path.isfile(p) for p in paths.values()):
+            return paths
+    return None
+
+
+def _split_positions(cfg, tree):
+    key = (os.path.realpath(cfg.train_data_path), cfg.val_fraction)
+    if key not in _SPLITS:
+        lists = _saved_lists(cfg)
+        if lists:
+            return {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
+        return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+    return _SPLITS[key]
+
+
+def image_split(cfg, split, logger=None):
+    """The checked :class:`.imagefolder.ImageTree` of `split`: the tree of its folder, or with
+    ``val_fraction`` its part of ``train_data_path`` (the run's split: :func:`prepare_split`, else the
+    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``)."""
+    if cfg.val_fraction is None:
+        return _tree(cfg, _folder(cfg, split), logger)
+    tree = _tree(cfg, cfg.train_data_path, logger)
+    return tree.subset(_split_positions(cfg, tree)[split])
+
+
+def prepare_split(cfg, logger, rank=0, fresh=True):
+    """``val_fraction``: fix this run's split of ``train_data_path`` for the whole process. A fresh
+    run draws it (seeded by ``seed``) and rank 0 saves the two lists in ``save_checkpoint_path``; a
+    resumed run reads the saved lists, so it trains and validates on the same images."""
+    if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
+        return
+    tree = _tree(cfg, cfg.train_data_path, logger)
+    lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
+    if not fresh and all(os.path.isfile(p) for p in lists.values()):
+        parts = {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
+        how = f"the saved lists {lists['train']}, {lists['val']}"
+    else:
+        parts = dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        if rank == 0:
+            imagefolder.write_split_lists(cfg.save_checkpoint_path, tree, parts)
+        how = f"val_fraction {cfg.val_fraction:g}, seed {cfg.seed}; lists in {cfg.save_checkpoint_path}"
+    _SPLITS[(os.path.realpath(cfg.train_data_path), cfg.val_fraction)] = parts
+    logger.info(f"split of {cfg.train_data_path}: {len(parts['train'])} train / {len(parts['val'])} val images ({how})")
+
+
+def resolve_classes(cfg, logger=None):
+    """The class names of the training data. Image trees: the validation tree must have the same
+    classes (DataError listing the difference); ``num_classes`` null becomes their number, and a
+    smaller one is a ConfigError."""
+    if data_format(cfg.dataset_choose) == "cifar":
+        return list(get_class_names(cfg))
+    train, val = image_split(cfg, "train", logger), image_split(cfg, "val", logger)
+    imagefolder.check_same_classes(train.classes, train.root, val)
+    n = len(train.classes)
+    if cfg.num_classes is None:
+        cfg.num_classes = n
+    elif cfg.num_classes < n:
+        raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {n} class folders of {train.root}; "
+                          "set num_classes: null (the number of class folders)")
+    elif cfg.num_classes > n and logger:
+        logger.warning(f"num_classes {cfg.num_classes} but {train.root} has {n} class folders: outputs "
+                       f"{n}..{cfg.num_classes - 1} are never trained")
+    return list(train.classes)
+
+
 def get_class_names(cfg):
-    """Class names of the configured dataset (the train folder's meta file, else the official names)."""
+    """Class names of the configured dataset: the CIFAR folder's meta file, else the official names;
+    an image tree's class folders."""
+    if data_format(cfg.dataset_choose) == "imagefolder":
+        return list(image_split(cfg, "train").classes)
     return cifar.class_names(cfg.train_data_path, cfg.dataset_choose)
 
 
-def model_class_names(cfg, num_classes, logger=None):
-    """``(names, where they came from)`` for a model of `num_classes` classes: the dataset's class
-    names (:func:`.cifar.class_names`: the meta file of ``train_data_path``, else the official
-    names); ``class_<i>`` when the model has another number of classes."""
+def _data_class_names(cfg):
+    """``(names, where from)`` of the configured data without reading images; (None, None) when an
+    image tree's folder is not there."""
+    if data_format(cfg.dataset_choose) == "imagefolder":
+        root = cfg.train_data_path
+        try:
+            return (imagefolder.find_classes(root), f"the class folders of {root}") if root else (None, None)
+        except DataError:
+            return None, None
     names, source = cifar.class_names(cfg.train_data_path, cfg.dataset_choose, with_source=True)
-    if source == "official":
-        source = f"the official {cfg.dataset_choose} names"
-    if len(names) != num_classes:
+    return names, (f"the official {cfg.dataset_choose} names" if source == "official" else source)
+
+
+def model_class_names(cfg, num_classes, logger=None, saved=None):
+    """``(names, where they came from)`` for a model of `num_classes` classes: `saved` (the names a
+    checkpoint recorded), else the data's (:func:`_data_class_names`: the CIFAR meta file or the
+    official names, an image tree's class folders); ``class_<i>`` when none has `num_classes` names."""
+    if saved and len(saved) == num_classes:
+        return list(saved), "the checkpoint"
+    names, source = _data_class_names(cfg)
+    if names is None or len(names) != num_classes:
         if logger:
-            logger.warning(f"the model has {num_classes} classes, {source} {len(names)}; using class_<i>")
+            found = f"{source} {len(names)}" if names is not None else "no class names were found"
+            logger.warning(f"the model has {num_classes} classes, {found}; using class_<i>")
         return [f"class_{i}" for i in range(num_classes)], "class_<i>"
-    return names, source
+    return list(names), source
+
+
+def check_val_classes(cfg, names, where):
+    """Image trees: DataError listing the difference when the validation tree's classes are not the
+    model's `names` (recorded in checkpoint `where`); nothing to check for CIFAR or without names."""
+    if names and data_format(cfg.dataset_choose) == "imagefolder":
+        imagefolder.check_same_classes(names, where, image_split(cfg, "val"))
+
+
+def data_failure(exc):
+    """The DataError that a pipeline worker raised (an image that cannot be decoded), from the
+    RuntimeError MindSpore's dataset engine wraps it in; None for any other error."""
+    found = re.findall(r"^(?:[\w.]*\.)?DataError: (.+)$", str(exc), flags=re.MULTILINE)
+    return DataError(found[-1].strip()) if found else None
 
 
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
-class _ArraySource:
-    """Random-access source over the decoded arrays (MindSpore samples, shuffles and shards it)."""
+class _Source:
+    """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
+    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for."""
 
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
+    def __init__(self, images, labels, load=None):
+        self.images, self.labels, self.load = images, labels, load
 
     def __getitem__(self, i):
-        return self.images[i], self.labels[i]
+        image = self.images[i]
+        return (self.load(image) if self.load else image), self.labels[i]
 
     def __len__(self):
         return len(self.labels)
+
+
+def _records(cfg, split):
+    """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
+    image files) and the folder they come from."""
+    if data_format(cfg.dataset_choose) == "imagefolder":
+        tree = image_split(cfg, split)
+        return _Source(tree.files, tree.labels, read_image), None, tree.root
+    arrays = load_split(cfg, split)
+    return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
 
 def create_dataset(cfg, split, num_shards=None, shard_id=None):
@@ -157,40 +295,42 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
 
     Columns: ``image`` float32 (B, 3, image_size, image_size); ``label`` float32 soft targets
     (B, num_classes) for train, int32 (B,) for val. `num_shards`/`shard_id` select this device's
-    part for data-parallel runs. Reads and validates the files first (DataError on any problem);
-    sets MindSpore's dataset seed to ``cfg.seed``.
+    part for data-parallel runs. Reads and validates the files first (DataError on any problem;
+    image trees: :func:`image_split`); sets MindSpore's dataset seed to ``cfg.seed``.
     """
     if (num_shards is None) != (shard_id is None):
         raise ConfigError(f"num_shards={num_shards} and shard_id={shard_id}: expected both or neither")
     if num_shards is not None and not 0 <= shard_id < num_shards:
         raise ConfigError(f"shard_id {shard_id} is outside 0..{num_shards - 1} (num_shards {num_shards})")
-    arrays = load_split(cfg, split)
+    if cfg.num_classes is None:      # an image tree's class folders, counted
+        resolve_classes(cfg)
+    source, shape, where = _records(cfg, split)
     num_classes = cfg.num_classes
-    if int(arrays.labels.max()) >= num_classes:
-        raise ConfigError(f"num_classes {num_classes} is too small for the labels of {arrays.files[0]} "
-                          f"(max {int(arrays.labels.max())}); set num_classes: null")
+    if len(source) and int(source.labels.max()) >= num_classes:
+        raise ConfigError(f"num_classes {num_classes} is too small for the labels of {where} "
+                          f"(max {int(source.labels.max())}); set num_classes: null")
     workers = cfg.num_parallel_workers
     ds.config.set_seed(cfg.seed)
+    files = source.load is not None            # image files: decoded in worker processes
+    reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=files)
 
     if split == "train":
         batch_size = cfg.batch_size
-        data = ds.GeneratorDataset(_ArraySource(arrays.images, arrays.labels), ["image", "label"], shuffle=True,
-                                   num_shards=num_shards, shard_id=shard_id, python_multiprocessing=False)
-        n_local = math.ceil(len(arrays) / num_shards) if num_shards else len(arrays)
+        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
+                                   shard_id=shard_id, **reader)
+        n_local = math.ceil(len(source) / num_shards) if num_shards else len(source)
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
-                              f"{_folder(cfg, split)}; expected batch_size <= {n_local}")
-        data = data.map(train_transforms(cfg), input_columns="image", num_parallel_workers=workers)
+                              f"{where}; expected batch_size <= {n_local}")
+        data = data.map(train_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
         mixer = BatchMixer(num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
                            cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0)
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 
-    images, labels = arrays.images, arrays.labels
     if num_shards:
-        images, labels = images[shard_id::num_shards], labels[shard_id::num_shards]
-    data = ds.GeneratorDataset(_ArraySource(images, labels), ["image", "label"], shuffle=False,
-                               python_multiprocessing=False)
-    data = data.map(eval_transforms(cfg), input_columns="image", num_parallel_workers=workers)
+        source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load)
+    data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
+    data = data.map(eval_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)

@@ -1,5 +1,6 @@
 """Generated data for demos and tests: learnable synthetic images (a class is a hue and a pattern)
-and writing them as a dataset in the exact CIFAR binary format."""
+and writing them as a dataset in the exact CIFAR binary format, or as a class-per-folder tree of
+JPEG and PNG files."""
 import math
 import os
 import re
@@ -13,7 +14,8 @@ from ..platform.fileio import atomic_output
 from .catalog import NUM_CLASSES
 from .cifar import COARSE_META_FILE, META_FILES, NUM_COARSE, PIXEL_BYTES, check_dataset
 
-__all__ = ["synthetic_images", "write_synthetic", "check_replaceable", "DEMO_SIZES"]
+__all__ = ["synthetic_images", "write_synthetic", "check_replaceable", "write_image_tree", "DEMO_SIZES",
+           "TREE_MARKER"]
 
 #: Records of the generated demo sample (``--demo``; written once by src.data.pipeline.prepare_demo).
 DEMO_SIZES = {"train": 3000, "val": 1000}
@@ -217,3 +219,38 @@ def write_synthetic(folder, dataset, n_train, n_val, seed=0, files=None, noise=0
         if new_folder and os.path.exists(target):
             shutil.rmtree(target, ignore_errors=True)
     return folder
+
+
+#: The hidden file that marks a tree :func:`write_image_tree` wrote (and may write again).
+TREE_MARKER = ".generated-image-tree"
+
+
+def write_image_tree(folder, num_classes, n_train, n_val, seed=0, sizes=(40, 72), noise=0.2):
+    """Write a learnable class-per-folder tree: ``folder/train/synthetic_<k>/<n>.jpg|png`` and
+    ``folder/val/...`` (none when `n_val` is 0). Images are :func:`synthetic_images` resized (bicubic)
+    to a random width and height in `sizes`, every other one a JPEG (quality 95) or a PNG; labels
+    balanced. Only a missing or empty folder, or one this function wrote, is written into.
+    Returns ``{"train": path, "val": path}``."""
+    from PIL import Image
+    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, TREE_MARKER)):
+        raise DataError(f"{folder} already holds files that were not generated (no {TREE_MARKER}); generated "
+                        "data would be mixed with them: give another --out (nothing was written)")
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, TREE_MARKER), "w").close()
+    out = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        if not n:
+            continue
+        labels = rng.permutation(np.arange(n) % num_classes)
+        pictures = synthetic_images(labels, num_classes, rng, noise)
+        out[split] = os.path.join(folder, split)
+        for i, (label, pic) in enumerate(zip(labels, pictures)):
+            sub = os.path.join(out[split], f"synthetic_{label}")
+            os.makedirs(sub, exist_ok=True)
+            w, h = (int(v) for v in rng.integers(sizes[0], sizes[1] + 1, 2))
+            image = Image.fromarray(pic).resize((w, h), Image.BICUBIC)
+            path = os.path.join(sub, f"{i:05d}.{'jpg' if i % 2 == 0 else 'png'}")
+            with atomic_output(path) as tmp:
+                image.save(tmp, format="JPEG" if i % 2 == 0 else "PNG", quality=95)
+    return out

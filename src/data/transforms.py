@@ -1,11 +1,14 @@
 """Per-image transforms of the official recipe on MindSpore's dataset engine: the training chain
-(RandomResizedCrop, flip, RandAugment, normalise) and the evaluation resize, on uint8 HWC images."""
+(RandomResizedCrop, flip, RandAugment, normalise) and timm's evaluation resize and centre crop, on
+uint8 HWC images."""
+import math
+
 import mindspore.dataset.vision as vision
 
-from .catalog import interpolation_mode
+from .catalog import resize_mode
 from .randaugment import rand_augment_ops
 
-__all__ = ["train_transforms", "eval_transforms", "normalize_ops"]
+__all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_ops"]
 
 
 def normalize_ops(cfg):
@@ -14,15 +17,17 @@ def normalize_ops(cfg):
     return [vision.Normalize(mean=mean, std=std, is_hwc=True), vision.HWC2CHW()]
 
 
-def train_transforms(cfg):
-    """Per-image train ops on uint8 HWC (crop, flip, RandAugment, normalise, HWC->CHW)."""
+def train_transforms(cfg, shape=None):
+    """Per-image train ops on uint8 HWC (crop, flip, RandAugment, normalise, HWC->CHW). `shape`: the
+    (height, width) of every image when they share one (CIFAR: 32 x 32); with ``crop_scale: [1, 1]``
+    the plain resize to ``image_size`` is then left out when they have that size already."""
     size = cfg.image_size
-    inter = interpolation_mode(cfg.interpolation)
+    inter = resize_mode(cfg.interpolation)
     ops = []
     if tuple(cfg.crop_scale) != (1.0, 1.0):
         ops.append(vision.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
                                             interpolation=inter))
-    elif size != 32:
+    elif shape is None or tuple(shape) != (size, size):
         ops.append(vision.Resize((size, size), interpolation=inter))
     if cfg.hflip > 0:
         ops.append(vision.RandomHorizontalFlip(prob=cfg.hflip))
@@ -31,9 +36,19 @@ def train_transforms(cfg):
     return ops + normalize_ops(cfg)
 
 
-def eval_transforms(cfg):
-    """Per-image eval ops: resize to image_size (not at 32), normalise, HWC->CHW."""
-    ops = []
-    if cfg.image_size != 32:
-        ops.append(vision.Resize((cfg.image_size, cfg.image_size), interpolation=interpolation_mode(cfg.interpolation)))
+def eval_scale_size(cfg):
+    """timm's evaluation resize: the shorter side goes to ``floor(image_size / crop_pct)``."""
+    return int(math.floor(cfg.image_size / cfg.crop_pct))
+
+
+def eval_transforms(cfg, shape=None):
+    """Per-image eval ops (timm's): resize the shorter side to :func:`eval_scale_size` (aspect ratio
+    kept), crop the centre ``image_size`` square, normalise, HWC->CHW. `shape`: the (height, width)
+    of the images when known; the resize is left out when their shorter side has that size already
+    (CIFAR at 32 px), and so is the crop when they are ``image_size`` squares."""
+    size, scale = cfg.image_size, eval_scale_size(cfg)
+    resize = shape is None or min(shape) != scale
+    ops = [vision.Resize(scale, interpolation=resize_mode(cfg.interpolation))] if resize else []
+    if resize or tuple(shape) != (size, size):
+        ops.append(vision.CenterCrop(size))
     return ops + normalize_ops(cfg)

@@ -73,6 +73,7 @@ NOT_IN_GRAPH = frozenset({
     "crop_ratio", "interpolation", "hflip", "aa", "reprob", "smoothing", "mixup", "cutmix",
     "mixup_prob", "mixup_switch_prob", "save_checkpoint_path", "keep_checkpoint_max",
     "eval_interval", "log_interval", "device_target", "device_id", "run_modelarts", "graph_cache",
+    "crop_pct", "val_fraction", "skip_bad_images", "use_ema",
 })
 
 _SOURCE_DIRS = ("model", "src")

@@ -17,7 +17,7 @@ class MetricsLog:
 
     CSV, PNG = "metrics.csv", "curves.png"
     FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
-              "images_per_s", "epoch_time_s"]
+              "images_per_s", "epoch_time_s", "ema_val_loss", "ema_val_top1", "ema_val_top5"]
 
     def __init__(self, save_dir: str, rows: Optional[List[Dict]] = None):
         self.save_dir = save_dir
@@ -71,8 +71,9 @@ class MetricsLog:
         for name in ("train_loss", "val_loss"):
             ax[0].plot(*col(name), marker="o", label=name)
         ax[0].set_title("loss")
-        for name in ("val_top1", "val_top5"):
-            ax[1].plot(*col(name), marker="o", label=name)
+        for name in ("val_top1", "val_top5", "ema_val_top1"):
+            if col(name)[0]:
+                ax[1].plot(*col(name), marker="o", label=name)
         ax[1].set_title("validation accuracy")
         ax[2].plot(*col("lr"), marker="o", label="lr")
         ax[2].set_title("learning rate (end of epoch)")

@@ -31,7 +31,7 @@ import tempfile
 import time
 
 from ..checkpoint.files import is_epoch_file
-from ..data.catalog import FOLDERS
+from ..data.catalog import FOLDERS, data_format
 from ..platform.errors import DataError, UserError, first_line
 from ..platform.fileio import atomic_output
 from .run_folder import RUN_FILES
@@ -144,6 +144,10 @@ def prepare_data(cfg, logger, rank=0, local_root=None):
     Returns the dataset folder, or None when ``run_modelarts`` is off."""
     if not cfg.run_modelarts:
         return None
+    if data_format(cfg.dataset_choose) != "cifar":
+        raise ModelArtsError(f"run_modelarts copies the CIFAR binary folder of data_url; dataset_choose "
+                             f"{cfg.dataset_choose} (an image tree) is not supported there yet: use cifar10 or "
+                             "cifar100, or copy the tree yourself and set train_data_path / val_data_path")
     local_root = os.path.abspath(local_root or cfg.modelarts_data_path)
     marker = os.path.join(local_root, MARKER)
     me = local_rank(cfg, rank)

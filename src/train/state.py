@@ -23,6 +23,7 @@ class RunState:
     best_epoch: int = 0
     saved: Optional[Tuple[int, int]] = None
     resumed_from: Optional[str] = field(default=None)
+    class_names: Optional[List[str]] = None   # the training data's, recorded in every checkpoint
 
     def advance(self, step: int, loss: float):
         """Step ``step`` (1-based) of the current epoch is done, with this loss."""
@@ -32,7 +33,7 @@ class RunState:
     def checkpoint_meta(self, cfg, global_step: int, epoch: int, step_in_epoch: int = 0) -> dict:
         """The metadata of a checkpoint written at (``epoch``, ``step_in_epoch``)."""
         return training_meta(cfg, epoch, global_step, step_in_epoch, self.best_acc, self.best_epoch,
-                             self.epoch_losses[:step_in_epoch])
+                             self.epoch_losses[:step_in_epoch], self.class_names)
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
