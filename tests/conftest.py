@@ -1,20 +1,23 @@
-"""Shared pytest fixtures: the repository on sys.path, small synthetic CIFAR folders, a local HTTP server.
+"""Shared pytest fixtures: generated CIFAR folders, the session's one trained run, the official
+ground truth, a local HTTP server; the ``slow`` marker. What is not a fixture lives in helpers.py.
 
-Keep this file generic; test-specific helpers belong in their test file.
+``python -m pytest tests`` runs every test; ``-m "not slow"`` leaves out the long end-to-end ones.
 """
 import functools
 import http.server
+import json
 import os
-import sys
 import threading
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from helpers import FIXTURES, TRAIN_EPOCHS, TRAIN_FLAGS, data_flags, ok, read_tsv, run_script
+from src.data import synthetic
 
-from src.data import cifar, synthetic  # noqa: E402  (needs REPO on sys.path)
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long end-to-end run (msrun, kill -9 loops, AMP training, "
+                                       "CIFAR-100 end to end); -m \"not slow\" leaves them out")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,6 +34,22 @@ def graph_cache_root(tmp_path_factory):
         os.environ["CONVMLP_GRAPH_CACHE"] = old
 
 
+_COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
+_COMPILE_CACHE_AT_START = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_compile_cache_settings():
+    """No test may change MindSpore's compile-cache variables in this process: every entry script
+    a later test starts would inherit them and reuse another setting's compiled graphs."""
+    yield
+    now = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
+    assert now == _COMPILE_CACHE_AT_START, f"the test changed {now} in the environment"
+
+
+# ------------------------------------------------------------------------------------------------
+# Generated data
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory):
     """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
@@ -44,6 +63,38 @@ def tiny_cifar100(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_cifar100") / "cifar-100-binary"
     return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=301, n_val=101, seed=2))
 
+
+@pytest.fixture(scope="session")
+def learnable_cifar10(tmp_path_factory):
+    """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
+    folder = tmp_path_factory.mktemp("learn10") / "cifar-10-batches-bin"
+    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
+
+
+@pytest.fixture(scope="session")
+def learnable_cifar100(tmp_path_factory):
+    """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
+    folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
+    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
+
+
+# ------------------------------------------------------------------------------------------------
+# The session's trained run
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cifar10, tmp_path_factory):
+    """One train.py run with :data:`helpers.TRAIN_FLAGS` for ``TRAIN_EPOCHS`` epochs on
+    ``tiny_cifar10``, started as a user starts it: its folder (a ``pathlib.Path`` holding last.ckpt,
+    best.ckpt, epoch_000N.ckpt, metrics.csv, config.yaml, train.log) and its stdout. Every test that
+    needs "a train.py checkpoint" or "a finished run" reads it; none may modify it (copy first)."""
+    out = tmp_path_factory.mktemp("trained_run") / "run"
+    proc = ok(run_script("train.py", *TRAIN_FLAGS, *data_flags(tiny_cifar10), "--epoch_size", TRAIN_EPOCHS,
+                         "--save_checkpoint_path", out))
+    return {"dir": out, "stdout": proc.stdout}
+
+
+# ------------------------------------------------------------------------------------------------
+# A local HTTP server
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     timeout = 10  # seconds a connection may stay idle
@@ -72,26 +123,7 @@ def http_root(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Model, parity ground truth and the pth2ckpt.py command line (test_model, test_parity, test_pth2ckpt)
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
-
-
-#: Test-only hooks (fault injection, weight dumps) for subprocesses: put on PYTHONPATH, Python
-#: loads its sitecustomize.py at start-up (see that file).
-PLUGINS = os.path.join(REPO, "tests", "plugins")
-
-
-def plugin_env(**hooks):
-    """Environment entries that load tests/plugins in a subprocess and set its `hooks`."""
-    path = os.pathsep.join(p for p in (PLUGINS, os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, **hooks}
-
-
-#: Ground truth made with the official PyTorch code (see tests/fixtures/README.md).
-FIXTURES = os.path.join(REPO, "tests", "fixtures")
-
+# The model, the official ground truth and the pth2ckpt.py command line
 
 @pytest.fixture(scope="session")
 def parity_dir():
@@ -122,18 +154,6 @@ def tiny_state(tiny):
     """The tiny official state_dict (torch tensors); do not modify it."""
     import torch
     return torch.load(tiny["pth"], map_location="cpu", weights_only=True)
-
-
-def read_tsv(path):
-    """``{key: (shape, dtype, kind)}`` of an official state_dict listing."""
-    out = {}
-    with open(path) as f:
-        header = f.readline().rstrip("\n").split("\t")
-        assert header == ["key", "shape", "dtype", "kind"], f"{path}: unexpected header {header}"
-        for line in f:
-            key, shape, dtype, kind = line.rstrip("\n").split("\t")
-            out[key] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype, kind)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -171,84 +191,5 @@ def run_pth2ckpt():
     """Run ``pth2ckpt.py`` as a user would (subprocess, repo root as cwd); returns the
     ``CompletedProcess`` with text ``stdout``/``stderr``."""
     def run(*args, env=None, timeout=300):
-        full_env = dict(os.environ, **(env or {}))
-        return subprocess.run([sys.executable, os.path.join(REPO, "pth2ckpt.py"), *map(str, args)],
-                              cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+        return run_script("pth2ckpt.py", *args, env=env, timeout=timeout)
     return run
-
-
-def assert_user_error(proc, *fragments):
-    """Exit status 2, one ``error: ...`` line on stderr containing every fragment, no traceback."""
-    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 2, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    assert len(err_lines) == 1, proc.stderr
-    for frag in fragments:
-        assert frag in err_lines[0], f"{frag!r} not in {err_lines[0]!r}"
-    return err_lines[0]
-
-
-@pytest.fixture(scope="session")
-def user_error():
-    """``user_error(proc, "fragment", ...)``: see :func:`assert_user_error`."""
-    return assert_user_error
-
-
-# ------------------------------------------------------------------------------------------------
-# Entry scripts end to end (test_train, test_reliability, test_distributed, ...)
-
-#: A small ConvMLP topology (same code paths as S/M/L, ~0.2 M parameters) for fast CPU runs.
-TINY_TOPOLOGY = ["--blocks", "1,1,1", "--dims", "32,64,128", "--mlp_ratios", "2,2,2",
-                 "--channels", "16", "--n_conv_blocks", "1"]
-#: The recipe's augmentations off, for runs whose numbers must be reproducible or quick to learn.
-NO_AUG = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0",
-          "--crop_scale", "1,1"]
-
-
-def run_script(script, *args, env=None, timeout=900, cwd=None):
-    """Run ``python SCRIPT ARGS`` from the repository root as a user would; returns the
-    ``CompletedProcess`` (text stdout/stderr)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)],
-                          cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def learnable_cifar10(tmp_path_factory):
-    """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
-    folder = tmp_path_factory.mktemp("learn10") / "cifar-10-batches-bin"
-    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
-
-
-@pytest.fixture(scope="session")
-def learnable_cifar100(tmp_path_factory):
-    """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
-    folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
-    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
-
-
-def override(base, *extra):
-    """`base` flags with those that `extra` gives again left out, then `extra`: the scripts refuse a
-    flag given twice, so a test that changes one of a shared list of flags replaces it."""
-    extra = [str(a) for a in extra]
-    given = {a.split("=")[0] for a in extra if a.startswith("--")}
-    out, skipping = [], False
-    for a in map(str, base):
-        if a.startswith("--"):
-            skipping = a.split("=")[0] in given
-        if not skipping:
-            out.append(a)
-    return out + extra
-
-
-_COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
-_COMPILE_CACHE_AT_START = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_compile_cache_settings():
-    """No test may change MindSpore's compile-cache variables in this process: every entry script
-    a later test starts would inherit them and reuse another setting's compiled graphs."""
-    yield
-    now = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
-    assert now == _COMPILE_CACHE_AT_START, f"the test changed {now} in the environment"

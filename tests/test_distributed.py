@@ -47,24 +47,18 @@ import time
 import numpy as np
 import pytest
 
-from conftest import plugin_env
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from helpers import NO_AUG, REPO, TINY_TOPOLOGY, plugin_env
 
 VENV_BIN = os.path.dirname(sys.executable)
 MSRUN = os.path.join(VENV_BIN, "msrun")
 TRAIN = os.path.join(REPO, "train.py")   # run from a temporary folder: MindSpore may write rank_*/ there
 N_TRAIN, N_VAL, PER_DEVICE, WORLD, EPOCHS = 512, 200, 32, 2, 4
-TOPOLOGY = ["--blocks", "1,1,1", "--dims", "32,64,128", "--mlp_ratios", "2,2,2", "--channels", "16",
-            "--n_conv_blocks", "1"]
 # Augmentation off (each switch of the recipe), so both runs see exactly the same pixels.
-NO_AUG = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0",
-          "--crop_scale", "1,1", "--smoothing", "0.1", "--drop_path_rate", "0"]
+SAME_PIXELS = [*NO_AUG, "--smoothing", "0.1", "--drop_path_rate", "0"]
 ATOL, RTOL = 1e-5, 1e-5
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")]
 
 
 def _free_port():
@@ -84,12 +78,12 @@ def _train_args(data, out, epochs=EPOCHS, lr="2e-3"):
     return ["--train_data_path", data, "--val_data_path", data, "--image_size", "32",
             "--epoch_size", str(epochs), "--warmup_epochs", "0", "--lr", lr, "--min_lr", "1e-4",
             "--batch_size", str(PER_DEVICE), "--save_checkpoint_path", out, "--seed", "0",
-            "--log_interval", "1", *TOPOLOGY, *NO_AUG]
+            "--log_interval", "1", *TINY_TOPOLOGY, *SAME_PIXELS]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from src.data import cifar, synthetic
+    from src.data import synthetic
     folder = tmp_path_factory.mktemp("dp_data") / "cifar-10-batches-bin"
     return str(synthetic.write_synthetic(str(folder), "cifar10", N_TRAIN, N_VAL, seed=5))
 
@@ -98,7 +92,7 @@ def data(tmp_path_factory):
 def long_data(tmp_path_factory):
     """Like ``data`` but 64 global batches per epoch, so a stop requested early in epoch 2 lands
     mid-epoch however fast the machine is."""
-    from src.data import cifar, synthetic
+    from src.data import synthetic
     folder = tmp_path_factory.mktemp("dp_long_data") / "cifar-10-batches-bin"
     return str(synthetic.write_synthetic(str(folder), "cifar10", 64 * PER_DEVICE * WORLD, N_VAL, seed=6))
 
@@ -338,7 +332,7 @@ def reference_run(out, argv):
     import mindspore as ms
     from mindspore import nn, ops
     from src.checkpoint.load import build_model
-    from src.config import Config, epoch_config, load_config
+    from src.config import epoch_config, load_config
     from src.data.pipeline import create_dataset
     from src.platform.cpu import uses_only_conv_kernel
     from src.platform.device import configure_runtime

@@ -1,33 +1,21 @@
 """train.py and evl.py end to end, run as a user runs them (subprocesses on generated CIFAR data).
 
 The runs use a small ConvMLP topology (``TINY_TOPOLOGY``: same cells as S/M/L, ~0.2 M parameters)
-at 32 px so that the whole file takes a few minutes on 2 CPU cores.
+at 32 px so that the whole file takes a few minutes on 2 CPU cores. Ctrl-C and resume, and a loss
+that becomes NaN, are in tests/test_reliability.py.
 """
-import hashlib
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error, override, run_script
+from helpers import (NO_AUG, TINY_TOPOLOGY, assert_user_error, data_flags, model_weights, ok, override, run_main,
+                     run_script)
 
 COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_parallel_workers", "2",
                           "--cooldown_epochs", "0"]
-
-
-def data_flags(folder):
-    return ["--train_data_path", folder, "--val_data_path", folder]
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def evaluate_json(ckpt, tmp_path, *extra):
@@ -36,13 +24,6 @@ def evaluate_json(ckpt, tmp_path, *extra):
     assert "accuracy:{'acc': " in proc.stdout
     with open(out) as f:
         return json.load(f), proc
-
-
-def model_weights(ckpt):
-    import mindspore as ms
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(ckpt).items()
-            if not isinstance(v, str) and not k.startswith(("adam_", "global_step", "learning_rate"))
-            and k not in ("epoch", "step_in_epoch", "best_acc", "best_epoch", "num_classes", "image_size")}
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +79,13 @@ def test_evl_reads_arch_and_topology_from_a_train_checkpoint(trained10, learnabl
 
 
 def test_evl_rejects_checkpoint_for_another_number_of_classes(trained10, learnable_cifar10):
+    """As a process: evl.py's exit status (the other refusals run in-process, tests/test_reliability.py)."""
     proc = run_script("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "best.ckpt"),
                       *data_flags(learnable_cifar10), "--num_classes", "100")
     assert_user_error(proc, "best.ckpt", "head.weight")
 
 
+@pytest.mark.slow
 def test_cifar100_format_end_to_end(learnable_cifar100, tmp_path):
     """100 classes (fine labels of the CIFAR-100 binary format): chance is 1 %, threshold 5 %."""
     out = tmp_path / "run100"
@@ -117,8 +100,8 @@ def test_cifar100_format_end_to_end(learnable_cifar100, tmp_path):
 def test_finetune_from_converted_official_checkpoint(tiny, learnable_cifar100, tmp_path):
     """official .pth -> pth2ckpt.py -> train.py --pretrained_ckpt with a new 100-class head."""
     ckpt = tmp_path / "tiny.ckpt"
-    ok(run_script("pth2ckpt.py", "--src", tiny["pth"], "--dst", ckpt, *tiny["flags"],
-                  "--num_classes", str(tiny["num_classes"])))
+    ok(run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", ckpt, *tiny["flags"],
+                "--num_classes", str(tiny["num_classes"])))
     topo = tiny["flags"]
     proc = ok(run_script("train.py", *topo, "--image_size", "32", "--dataset_choose", "cifar100",
                          *data_flags(learnable_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
@@ -131,43 +114,7 @@ def test_finetune_from_converted_official_checkpoint(tiny, learnable_cifar100, t
     assert moved, "the pretrained body was not trained"
 
 
-def _sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def test_ctrl_c_then_resume_ends_with_the_same_weights(learnable_cifar10, tmp_path):
-    """Uninterrupted 3 epochs == (Ctrl-C during epoch 2, saved mid-epoch) + --resume auto.
-
-    Augmentation stays on: each epoch's shuffle and augmentation depend only on (seed, epoch), and
-    the lr follows the optimiser's global step. drop_path is 0 because MindSpore's in-graph random
-    state is not saved in checkpoints (the one documented source of non-bit-exact resumes)."""
-    args = [*COMMON, *data_flags(learnable_cifar10), "--epoch_size", "3", "--warmup_epochs", "1",
-            "--lr", "2e-3", "--drop_path_rate", "0", "--mixup", "0.8", "--log_interval", "1"]
-    ok(run_script("train.py", *args, "--save_checkpoint_path", tmp_path / "straight"))
-
-    run_dir = tmp_path / "interrupted"
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), *args, "--save_checkpoint_path", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if "epoch 2/3 10/62" in line:
-            proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=300) == 130, "".join(out)
-    text = "".join(out)
-    assert "saved resumable" in text and "--resume auto" in text
-
-    resumed = ok(run_script("train.py", *args, "--save_checkpoint_path", run_dir, "--resume", "auto"))
-    assert "resumed from" in resumed.stdout and "1 epoch(s) done +" in resumed.stdout
-    a = model_weights(str(tmp_path / "straight" / "last.ckpt"))
-    b = model_weights(str(run_dir / "last.ckpt"))
-    assert a.keys() == b.keys()
-    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-    assert worst <= 1e-4, f"max abs weight difference {worst}"
-
-
+@pytest.mark.slow
 def test_amp_levels_that_the_cpu_supports_train(learnable_cifar10, tmp_path):
     for level, scale in (("O1", "fixed"), ("O2", "fixed")):
         proc = ok(run_script("train.py", *COMMON, *NO_AUG, *data_flags(learnable_cifar10), "--epoch_size", "1",
@@ -179,21 +126,8 @@ def test_amp_levels_that_the_cpu_supports_train(learnable_cifar10, tmp_path):
 
 
 def test_dynamic_loss_scale_is_refused_on_cpu_before_anything_runs(learnable_cifar10, tmp_path):
+    """As a process: train.py's exit status (the other refusals run in-process, tests/test_reliability.py)."""
     proc = run_script("train.py", *COMMON, *data_flags(learnable_cifar10), "--loss_scale_type", "dynamic",
                       "--save_checkpoint_path", tmp_path / "dyn")
     assert_user_error(proc, "loss_scale_type dynamic", "CPU")
-    assert not (tmp_path / "dyn").exists() or not os.listdir(tmp_path / "dyn")
-
-
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trained10, learnable_cifar10, tmp_path):
-    """Resume the finished run for more epochs with an absurd lr: the loss overflows, the run stops
-    with one clear line, and last.ckpt / best.ckpt are byte-for-byte unchanged."""
-    run_dir = tmp_path / "nan"
-    shutil.copytree(trained10["dir"], run_dir)
-    before = {f: _sha(run_dir / f) for f in ("last.ckpt", "best.ckpt")}
-    proc = run_script("train.py", *COMMON, *NO_AUG, *data_flags(learnable_cifar10), "--epoch_size", "10",
-                      "--lr", "1e30", "--warmup_epochs", "0", "--resume", "auto",
-                      "--save_checkpoint_path", run_dir)
-    line = assert_user_error(proc, "loss became", "last good checkpoint")
-    assert str(run_dir / "last.ckpt") in line
-    assert {f: _sha(run_dir / f) for f in before} == before
+    assert not (tmp_path / "dyn").exists()   # refused before the run folder is made
