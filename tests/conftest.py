@@ -13,6 +13,7 @@ import pytest
 
 from helpers import FIXTURES, TRAIN_EPOCHS, TRAIN_FLAGS, data_flags, ok, read_tsv, run_script
 from src.data import synthetic
+from src.data.catalog import FOLDERS
 
 
 def pytest_configure(config):
@@ -50,32 +51,34 @@ def no_leaked_compile_cache_settings():
 # ------------------------------------------------------------------------------------------------
 # Generated data
 
+def _generated(tmp_path_factory, name, dataset, n_train, n_val, seed):
+    """A generated folder of `dataset`'s binary format, named as the real one."""
+    folder = tmp_path_factory.mktemp(name) / FOLDERS[dataset]
+    return str(synthetic.write_synthetic(str(folder), dataset, n_train=n_train, n_val=n_val, seed=seed))
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory):
     """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
-    folder = tmp_path_factory.mktemp("tiny_cifar10") / "cifar-10-batches-bin"
-    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=203, n_val=61, seed=1))
+    return _generated(tmp_path_factory, "tiny_cifar10", "cifar10", 203, 61, seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_cifar100(tmp_path_factory):
     """Folder ``.../cifar-100-binary`` with 301 train records in ``train.bin`` and 101 val records."""
-    folder = tmp_path_factory.mktemp("tiny_cifar100") / "cifar-100-binary"
-    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=301, n_val=101, seed=2))
+    return _generated(tmp_path_factory, "tiny_cifar100", "cifar100", 301, 101, seed=2)
 
 
 @pytest.fixture(scope="session")
 def learnable_cifar10(tmp_path_factory):
     """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
-    folder = tmp_path_factory.mktemp("learn10") / "cifar-10-batches-bin"
-    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
+    return _generated(tmp_path_factory, "learn10", "cifar10", 2000, 500, seed=3)
 
 
 @pytest.fixture(scope="session")
 def learnable_cifar100(tmp_path_factory):
     """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
-    folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
-    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
+    return _generated(tmp_path_factory, "learn100", "cifar100", 6000, 1000, seed=4)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -206,7 +206,9 @@ def test_a_dead_rank_ends_the_job(long_data, tmp_path):
     gradient AllReduce until the scheduler misses rank 1's heartbeat for MS_NODE_TIMEOUT seconds
     (10 here; MindSpore's default is 30), and must end with one clear error line, not a hang."""
     port, logs = _free_port(), str(tmp_path / "logs")
-    args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, str(tmp_path / "out"), epochs=2)]
+    # the setting of the SIGTERM test below, whose ranks then load these ranks' compiled graphs
+    args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, str(tmp_path / "out"), epochs=2),
+            "--cooldown_epochs", "0"]
     env = _env(MS_NODE_TIMEOUT="10")
     out0, out1 = open(tmp_path / "node0.out", "w"), open(tmp_path / "node1.out", "w")
     node0 = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=1", "--node_rank=0",

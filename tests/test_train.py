@@ -97,14 +97,14 @@ def test_cifar100_format_end_to_end(learnable_cifar100, tmp_path):
     assert res["acc"] >= 0.05 and len(res["per_class"]) == 100
 
 
-def test_finetune_from_converted_official_checkpoint(tiny, learnable_cifar100, tmp_path):
+def test_finetune_from_converted_official_checkpoint(tiny, tiny_cifar100, tmp_path):
     """official .pth -> pth2ckpt.py -> train.py --pretrained_ckpt with a new 100-class head."""
     ckpt = tmp_path / "tiny.ckpt"
     ok(run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", ckpt, *tiny["flags"],
                 "--num_classes", str(tiny["num_classes"])))
     topo = tiny["flags"]
     proc = ok(run_script("train.py", *topo, "--image_size", "32", "--dataset_choose", "cifar100",
-                         *data_flags(learnable_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
+                         *data_flags(tiny_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
                          "--max_steps_per_epoch", "3", "--save_checkpoint_path", tmp_path / "ft"))
     assert "head re-created for 100 classes" in proc.stdout
     assert "FROM SCRATCH" not in proc.stdout
@@ -115,9 +115,9 @@ def test_finetune_from_converted_official_checkpoint(tiny, learnable_cifar100, t
 
 
 @pytest.mark.slow
-def test_amp_levels_that_the_cpu_supports_train(learnable_cifar10, tmp_path):
+def test_amp_levels_that_the_cpu_supports_train(tiny_cifar10, tmp_path):
     for level, scale in (("O1", "fixed"), ("O2", "fixed")):
-        proc = ok(run_script("train.py", *COMMON, *NO_AUG, *data_flags(learnable_cifar10), "--epoch_size", "1",
+        proc = ok(run_script("train.py", *COMMON, *NO_AUG, *data_flags(tiny_cifar10), "--epoch_size", "1",
                              "--max_steps_per_epoch", "4", "--amp_level", level, "--loss_scale_type", scale,
                              "--save_checkpoint_path", tmp_path / level))
         assert f"amp_level {level}" in proc.stdout and "emulated" in proc.stdout
