@@ -280,12 +280,15 @@ def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(
     last.ckpt, and ``--resume auto`` under msrun finishes the run from exactly there.
 
     The workers are frozen (SIGSTOP) as soon as epoch 2 has begun, so where the stop lands does not
-    depend on the machine's speed; each then gets its SIGTERM and is thawed 0.3 s after the other."""
+    depend on the machine's speed; each then gets its SIGTERM and is thawed 0.3 s after the other.
+    The stopped job's scheduler waits MS_NODE_TIMEOUT seconds for the rank that ended first (10
+    here; MindSpore's default is 30) before msrun returns."""
     out, logs = str(tmp_path / "out"), str(tmp_path / "logs")
     steps = 64
     args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, out, epochs=2), "--cooldown_epochs", "0"]
+    env = _env(MS_NODE_TIMEOUT="10")
     job = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
-                            f"--master_port={_free_port()}", *args], cwd=str(tmp_path), env=_env(),
+                            f"--master_port={_free_port()}", *args], cwd=str(tmp_path), env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log0 = os.path.join(logs, "worker_0.log")
     try:
@@ -315,7 +318,7 @@ def test_sigterm_to_every_rank_stops_them_at_the_same_step_and_resume_completes(
     logs2 = str(tmp_path / "logs2")
     resumed = subprocess.run([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs2}",
                               f"--master_port={_free_port()}", *args, "--resume", "auto"], cwd=str(tmp_path),
-                             env=_env(), capture_output=True, text=True, timeout=300)
+                             env=env, capture_output=True, text=True, timeout=300)
     text = open(os.path.join(logs2, "worker_0.log")).read()
     assert resumed.returncode == 0, text[-3000:]
     assert f"1 epoch(s) done + {stopped_at} step(s) of epoch 2" in text and "done: best val top-1" in text
