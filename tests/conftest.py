@@ -1,5 +1,6 @@
 """Shared pytest fixtures: generated CIFAR folders, the session's one trained run, the official
-ground truth, a local HTTP server; the ``slow`` marker. What is not a fixture lives in helpers.py.
+ground truth, a local HTTP server; the ``slow`` marker; the start of the background jobs
+(``helpers.background``). What is not a fixture lives in helpers.py.
 
 ``python -m pytest tests`` runs every test; ``-m "not slow"`` leaves out the long end-to-end ones.
 """
@@ -8,17 +9,26 @@ import http.server
 import json
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 
-from helpers import FIXTURES, TRAIN_EPOCHS, TRAIN_FLAGS, data_flags, ok, read_tsv, run_script
-from src.data import synthetic
-from src.data.catalog import FOLDERS
+from helpers import (FIXTURES, TRAIN_EPOCHS, TRAIN_FLAGS, BackgroundJob, background, data_flags, generated,
+                     learnable, ok, read_tsv, run_script, start_background_jobs)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long end-to-end run (msrun, kill -9 loops, AMP training, "
                                        "CIFAR-100 end to end); -m \"not slow\" leaves them out")
+
+
+def pytest_collection_modifyitems(items):
+    """The files whose tests read a background job of their own run last, so that their jobs
+    overlap every other file's tests (the order within a file is kept)."""
+    own_jobs = {(job.module, job.name) for job in BackgroundJob.defined}
+    last = {item.module.__name__ for item in items if hasattr(item, "module")
+            and any((item.module.__name__, name) in own_jobs for name in item.fixturenames)}
+    items.sort(key=lambda item: hasattr(item, "module") and item.module.__name__ in last)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,48 +61,57 @@ def no_leaked_compile_cache_settings():
 # ------------------------------------------------------------------------------------------------
 # Generated data
 
-def _generated(tmp_path_factory, name, dataset, n_train, n_val, seed):
-    """A generated folder of `dataset`'s binary format, named as the real one."""
-    folder = tmp_path_factory.mktemp(name) / FOLDERS[dataset]
-    return str(synthetic.write_synthetic(str(folder), dataset, n_train=n_train, n_val=n_val, seed=seed))
-
-
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory):
     """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
-    return _generated(tmp_path_factory, "tiny_cifar10", "cifar10", 203, 61, seed=1)
+    return generated(tmp_path_factory.mktemp("tiny_cifar10"), "cifar10", 203, 61, seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_cifar100(tmp_path_factory):
     """Folder ``.../cifar-100-binary`` with 301 train records in ``train.bin`` and 101 val records."""
-    return _generated(tmp_path_factory, "tiny_cifar100", "cifar100", 301, 101, seed=2)
+    return generated(tmp_path_factory.mktemp("tiny_cifar100"), "cifar100", 301, 101, seed=2)
 
 
 @pytest.fixture(scope="session")
 def learnable_cifar10(tmp_path_factory):
-    """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
-    return _generated(tmp_path_factory, "learn10", "cifar10", 2000, 500, seed=3)
+    """A generated CIFAR-10-format folder big enough to learn (``helpers.learnable``)."""
+    return learnable(tmp_path_factory.mktemp("learn10"), "cifar10")
 
 
 @pytest.fixture(scope="session")
 def learnable_cifar100(tmp_path_factory):
-    """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
-    return _generated(tmp_path_factory, "learn100", "cifar100", 6000, 1000, seed=4)
+    """A generated CIFAR-100-format folder big enough to learn (``helpers.learnable``)."""
+    return learnable(tmp_path_factory.mktemp("learn100"), "cifar100")
 
 
 # ------------------------------------------------------------------------------------------------
-# The session's trained run
+# Background jobs, and the session's trained run
 
-@pytest.fixture(scope="session")
-def trained_run(tiny_cifar10, tmp_path_factory):
+@pytest.fixture(scope="session", autouse=True)
+def background_jobs(request, graph_cache_root, tiny_cifar10, tmp_path_factory):
+    """Start, one after the other in a background thread, the jobs (``helpers.background``) that
+    the selected tests read; at the end of the session, wait for the one still running."""
+    wanted = {name for item in request.session.items for name in item.fixturenames}
+    jobs = [job for job in BackgroundJob.defined if job.name in wanted]
+    env = dict(os.environ)   # with the session's graph cache
+    contexts = {job.name: SimpleNamespace(folder=tmp_path_factory.mktemp(job.name), env=env, tiny_cifar10=tiny_cifar10)
+                for job in jobs}
+    thread, stop = start_background_jobs(jobs, contexts)
+    yield
+    stop.set()
+    thread.join()
+
+
+@background
+def trained_run(ctx):
     """One train.py run with :data:`helpers.TRAIN_FLAGS` for ``TRAIN_EPOCHS`` epochs on
     ``tiny_cifar10``, started as a user starts it: its folder (a ``pathlib.Path`` holding last.ckpt,
     best.ckpt, epoch_000N.ckpt, metrics.csv, config.yaml, train.log) and its stdout. Every test that
     needs "a train.py checkpoint" or "a finished run" reads it; none may modify it (copy first)."""
-    out = tmp_path_factory.mktemp("trained_run") / "run"
-    proc = ok(run_script("train.py", *TRAIN_FLAGS, *data_flags(tiny_cifar10), "--epoch_size", TRAIN_EPOCHS,
-                         "--save_checkpoint_path", out))
+    out = ctx.folder / "run"
+    proc = ok(run_script("train.py", *TRAIN_FLAGS, *data_flags(ctx.tiny_cifar10), "--epoch_size", TRAIN_EPOCHS,
+                         "--save_checkpoint_path", out, environ=ctx.env))
     return {"dir": out, "stdout": proc.stdout}
 
 

@@ -16,6 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -65,19 +68,36 @@ def override(base, *extra):
     return out + extra
 
 
-def plugin_env(**hooks):
-    """Environment entries that load tests/plugins in a subprocess and set its `hooks`."""
-    path = os.pathsep.join(p for p in (PLUGINS, os.environ.get("PYTHONPATH")) if p)
+def generated(folder, dataset, n_train, n_val, seed):
+    """A folder of generated images in `dataset`'s binary format, named as the real one, under `folder`."""
+    from src.data import synthetic
+    from src.data.catalog import FOLDERS
+    return str(synthetic.write_synthetic(os.path.join(folder, FOLDERS[dataset]), dataset, n_train=n_train,
+                                         n_val=n_val, seed=seed))
+
+
+def learnable(folder, dataset):
+    """A generated folder big enough to learn, under `folder`: CIFAR-10 2,000 train / 500 val
+    images, CIFAR-100 6,000 / 1,000 (100 classes)."""
+    n_train, n_val, seed = {"cifar10": (2000, 500, 3), "cifar100": (6000, 1000, 4)}[dataset]
+    return generated(folder, dataset, n_train, n_val, seed)
+
+
+def plugin_env(environ=None, **hooks):
+    """Environment entries that load tests/plugins in a subprocess of `environ` (default: this
+    process's environment) and set its `hooks`."""
+    path = os.pathsep.join(p for p in (PLUGINS, (os.environ if environ is None else environ).get("PYTHONPATH")) if p)
     return {"PYTHONPATH": path, **hooks}
 
 
 # ------------------------------------------------------------------------------------------------
 # Running an entry script
 
-def run_script(script, *args, env=None, timeout=900, cwd=None, preexec_fn=None):
+def run_script(script, *args, env=None, timeout=900, cwd=None, preexec_fn=None, environ=None):
     """Run ``python SCRIPT ARGS`` from the repository root as a user would; returns the
-    ``CompletedProcess`` (text stdout/stderr)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    ``CompletedProcess`` (text stdout/stderr). The process gets `environ` (default: this process's
+    environment) with the `env` entries."""
+    full_env = dict(os.environ if environ is None else environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)],
                           cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
                           preexec_fn=preexec_fn)
@@ -95,9 +115,9 @@ def run_main(script, *args, env=None, timeout=300):
     What run_cli and the script set for their process is put back afterwards (signal handlers,
     ``sys.unraisablehook``, log handlers, the C++ kernels switch, the execution mode, run-folder
     locks, the environment), so that runs do not see each other; `env` entries are set in the
-    environment for the run only. A run that would compile graphs
-    into the graph cache (it is per process) is refused: give it ``--graph_cache false``. A run
-    still going after `timeout` seconds (e.g. blocked reading a named pipe) is stopped with
+    environment for the run only. A run that would compile graphs into the graph cache (MindSpore
+    reads its place once per process) is refused: give it ``--graph_cache false``. A run still
+    going after `timeout` seconds (e.g. blocked reading a named pipe) is stopped with
     :class:`InProcessTimeout`."""
     main = importlib.import_module(script[:-3] if script.endswith(".py") else script).main
     from src.platform.errors import run_cli
@@ -182,6 +202,77 @@ def assert_user_error(proc, *fragments):
     for frag in fragments:
         assert frag in err_lines[0], f"{frag!r} not in {err_lines[0]!r}"
     return err_lines[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs that overlap the other tests
+
+class BackgroundJob:
+    """A long run made only of processes (a training run, an msrun job, a kill -9 sequence) that
+    starts in a background thread when the session starts (conftest), so that it overlaps the tests
+    working in this process, whose CPU time would otherwise be the only CPU time used. Defined with
+    :func:`background`; the jobs of a session run one after the other, in the order they are defined."""
+
+    defined = []
+
+    def __init__(self, fn):
+        self.fn, self.name = fn, fn.__name__
+        self.module = fn.__module__
+        self._done, self._value, self._error, self.started = threading.Event(), None, None, False
+        BackgroundJob.defined.append(self)
+
+    def run(self, ctx):
+        try:
+            self._value = self.fn(ctx)
+        except BaseException as exc:   # raised again in the test that reads the result
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self):
+        """The job's return value, once it has finished; its exception if it failed."""
+        assert self.started, f"the background job {self.name} was not started (see conftest)"
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def background(fn):
+    """Make `fn(ctx)` a job started when the session starts and its name a fixture that waits for
+    its result. ``ctx`` has ``folder`` (an empty folder of the job's own), ``env`` (the environment
+    when the session started: the tests change this process's environment as they go, so a job
+    never reads ``os.environ``) and ``tiny_cifar10``. A job must not print (its output would land in
+    whichever test is running) and runs only processes (in-process runs change process-wide state).
+    The tests of a module that defines a job run after the other modules' (conftest)."""
+    job = BackgroundJob(fn)
+
+    @pytest.fixture(scope="session", name=job.name)
+    def fixture():
+        return job.result()
+    fixture.job = job
+    return fixture
+
+
+def start_background_jobs(jobs, contexts):
+    """Run `jobs` one after the other in a thread (``contexts[job.name]`` for each); returns the
+    thread and an event that stops it from starting the next job."""
+    stop = threading.Event()
+
+    def run_all():
+        for job in jobs:
+            if stop.is_set():
+                job._error = RuntimeError(f"the session ended before the background job {job.name} started")
+                job._done.set()
+                continue
+            job.run(contexts[job.name])
+
+    for job in jobs:
+        job.started = True
+    thread = threading.Thread(target=run_all, name="background jobs", daemon=True)
+    thread.start()
+    return thread, stop
+
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """train.py and evl.py end to end, run as a user runs them (subprocesses on generated CIFAR data).
 
 The runs use a small ConvMLP topology (``TINY_TOPOLOGY``: same cells as S/M/L, ~0.2 M parameters)
-at 32 px so that the whole file takes a few minutes on 2 CPU cores. Ctrl-C and resume, and a loss
-that becomes NaN, are in tests/test_reliability.py.
+at 32 px so that the whole file takes a few minutes on 2 CPU cores. The training runs are background
+jobs (``helpers.background``): they start with the test session, while other files' tests run, and
+the tests here read what they left. Ctrl-C and resume, and a loss that becomes NaN, are in
+tests/test_reliability.py.
 """
 import json
 import os
@@ -11,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from helpers import (NO_AUG, TINY_TOPOLOGY, assert_user_error, data_flags, model_weights, ok, override, run_main,
-                     run_script)
+from helpers import (NO_AUG, TINY_TOPOLOGY, assert_user_error, background, data_flags, learnable, model_weights, ok,
+                     override, run_main, run_script)
 
 COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_parallel_workers", "2",
                           "--cooldown_epochs", "0"]
@@ -26,15 +28,17 @@ def evaluate_json(ckpt, tmp_path, *extra):
         return json.load(f), proc
 
 
-@pytest.fixture(scope="module")
-def trained10(learnable_cifar10, tmp_path_factory):
-    """One from-scratch run on CIFAR-10-format data with the full augmentation recipe on."""
-    out = tmp_path_factory.mktemp("run10")
+@background
+def trained10(ctx):
+    """One from-scratch run on CIFAR-10-format data big enough to learn (``data``) with the full
+    augmentation recipe on."""
+    data = learnable(ctx.folder, "cifar10")
+    out = ctx.folder / "run10"
     t0 = time.time()
-    proc = ok(run_script("train.py", *COMMON, *data_flags(learnable_cifar10), "--epoch_size", "8",
+    proc = ok(run_script("train.py", *COMMON, *data_flags(data), "--epoch_size", "8",
                          "--warmup_epochs", "1", "--lr", "1e-3", "--mixup", "0", "--cutmix", "0",
-                         "--save_checkpoint_path", out))
-    return {"dir": str(out), "log": proc.stdout, "seconds": time.time() - t0}
+                         "--save_checkpoint_path", out, environ=ctx.env))
+    return {"dir": str(out), "log": proc.stdout, "seconds": time.time() - t0, "data": data}
 
 
 def test_train_log_tells_a_person_what_is_running(trained10):
@@ -61,39 +65,50 @@ def test_run_folder_has_checkpoints_metrics_and_curves(trained10):
     assert rows[0].startswith("epoch,step,train_loss,val_loss,val_top1") and len(rows) == 9
 
 
-def test_from_scratch_run_learns_far_above_chance(trained10, tmp_path, learnable_cifar10):
+def test_from_scratch_run_learns_far_above_chance(trained10, tmp_path):
     """evl.py on best.ckpt: chance is 10 %; the threshold is 40 % (measured 58-62 % over seeds)."""
     res, proc = evaluate_json(os.path.join(trained10["dir"], "best.ckpt"), tmp_path,
-                              *data_flags(learnable_cifar10))
+                              *data_flags(trained10["data"]))
     assert res["acc"] >= 0.4, proc.stdout
     assert res["top5"] >= res["acc"] and res["n"] == 500
     assert len(res["per_class"]) == 10 and "top-5 accuracy" in proc.stdout
 
 
-def test_evl_reads_arch_and_topology_from_a_train_checkpoint(trained10, learnable_cifar10):
+def test_evl_reads_arch_and_topology_from_a_train_checkpoint(trained10):
     """No topology flags needed: the checkpoint carries its run's config."""
     proc = ok(run_script("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "last.ckpt"),
-                         *data_flags(learnable_cifar10), "--image_size", "32"))
+                         *data_flags(trained10["data"]), "--image_size", "32"))
     assert "from the checkpoint's config" in proc.stdout
     assert "accuracy:{'acc': " in proc.stdout
 
 
-def test_evl_rejects_checkpoint_for_another_number_of_classes(trained10, learnable_cifar10):
+def test_evl_rejects_checkpoint_for_another_number_of_classes(trained10):
     """As a process: evl.py's exit status (the other refusals run in-process, tests/test_reliability.py)."""
     proc = run_script("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "best.ckpt"),
-                      *data_flags(learnable_cifar10), "--num_classes", "100")
+                      *data_flags(trained10["data"]), "--num_classes", "100")
     assert_user_error(proc, "best.ckpt", "head.weight")
 
 
+@background
+def trained100(ctx):
+    """A from-scratch CIFAR-100-format run (recipe augmentation off), then evl.py --json on its best
+    checkpoint."""
+    data, out = learnable(ctx.folder, "cifar100"), ctx.folder / "run100"
+    train = run_script("train.py", *override([*COMMON, *NO_AUG], "--dataset_choose", "cifar100",
+                       *data_flags(data), "--epoch_size", "4", "--warmup_epochs", "1",
+                       "--lr", "3e-3", "--batch_size", "64", "--save_checkpoint_path", out), environ=ctx.env)
+    evaluation = run_script("evl.py", "--checkpoint_path", out / "best.ckpt", "--json", ctx.folder / "eval.json",
+                            "--dataset_choose", "cifar100", *data_flags(data), environ=ctx.env)
+    return {"train": train, "evl": evaluation, "json": ctx.folder / "eval.json"}
+
+
 @pytest.mark.slow
-def test_cifar100_format_end_to_end(learnable_cifar100, tmp_path):
+def test_cifar100_format_end_to_end(trained100):
     """100 classes (fine labels of the CIFAR-100 binary format): chance is 1 %, threshold 5 %."""
-    out = tmp_path / "run100"
-    ok(run_script("train.py", *override([*COMMON, *NO_AUG], "--dataset_choose", "cifar100",
-                  *data_flags(learnable_cifar100), "--epoch_size", "4", "--warmup_epochs", "1",
-                  "--lr", "3e-3", "--batch_size", "64", "--save_checkpoint_path", out)))
-    res, _ = evaluate_json(str(out / "best.ckpt"), tmp_path, "--dataset_choose", "cifar100",
-                           *data_flags(learnable_cifar100))
+    ok(trained100["train"])
+    assert "accuracy:{'acc': " in ok(trained100["evl"]).stdout
+    with open(trained100["json"]) as f:
+        res = json.load(f)
     assert res["acc"] >= 0.05 and len(res["per_class"]) == 100
 
 
@@ -114,20 +129,31 @@ def test_finetune_from_converted_official_checkpoint(tiny, tiny_cifar100, tmp_pa
     assert moved, "the pretrained body was not trained"
 
 
+#: The mixed-precision levels the CPU runs (float16 emulated), each with a fixed loss scale.
+AMP_LEVELS = (("O1", "fixed"), ("O2", "fixed"))
+
+
+@background
+def amp_runs(ctx):
+    """One short train.py run per :data:`AMP_LEVELS` entry."""
+    return {level: run_script("train.py", *COMMON, *NO_AUG, *data_flags(ctx.tiny_cifar10), "--epoch_size", "1",
+                              "--max_steps_per_epoch", "4", "--amp_level", level, "--loss_scale_type", scale,
+                              "--save_checkpoint_path", ctx.folder / level, environ=ctx.env)
+            for level, scale in AMP_LEVELS}
+
+
 @pytest.mark.slow
-def test_amp_levels_that_the_cpu_supports_train(tiny_cifar10, tmp_path):
-    for level, scale in (("O1", "fixed"), ("O2", "fixed")):
-        proc = ok(run_script("train.py", *COMMON, *NO_AUG, *data_flags(tiny_cifar10), "--epoch_size", "1",
-                             "--max_steps_per_epoch", "4", "--amp_level", level, "--loss_scale_type", scale,
-                             "--save_checkpoint_path", tmp_path / level))
+def test_amp_levels_that_the_cpu_supports_train(amp_runs):
+    for level, _ in AMP_LEVELS:
+        proc = ok(amp_runs[level])
         assert f"amp_level {level}" in proc.stdout and "emulated" in proc.stdout
         loss = float(proc.stdout.split("loss is ")[1].split()[0])
         assert np.isfinite(loss)
 
 
-def test_dynamic_loss_scale_is_refused_on_cpu_before_anything_runs(learnable_cifar10, tmp_path):
+def test_dynamic_loss_scale_is_refused_on_cpu_before_anything_runs(tiny_cifar10, tmp_path):
     """As a process: train.py's exit status (the other refusals run in-process, tests/test_reliability.py)."""
-    proc = run_script("train.py", *COMMON, *data_flags(learnable_cifar10), "--loss_scale_type", "dynamic",
+    proc = run_script("train.py", *COMMON, *data_flags(tiny_cifar10), "--loss_scale_type", "dynamic",
                       "--save_checkpoint_path", tmp_path / "dyn")
     assert_user_error(proc, "loss_scale_type dynamic", "CPU")
     assert not (tmp_path / "dyn").exists()   # refused before the run folder is made
