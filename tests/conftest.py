@@ -1,20 +1,34 @@
-"""Shared pytest fixtures: the repository on sys.path, small synthetic CIFAR folders, a local HTTP server.
+"""Shared pytest fixtures: generated CIFAR folders, the session's one trained run, the official
+ground truth, a local HTTP server; the ``slow`` marker; the start of the background jobs
+(``helpers.background``). What is not a fixture lives in helpers.py.
 
-Keep this file generic; test-specific helpers belong in their test file.
+``python -m pytest tests`` runs every test; ``-m "not slow"`` leaves out the long end-to-end ones.
 """
 import functools
 import http.server
+import json
 import os
-import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from helpers import (FIXTURES, TRAIN_EPOCHS, TRAIN_FLAGS, BackgroundJob, background, data_flags, generated,
+                     learnable, ok, read_tsv, run_script, start_background_jobs)
 
-from src.data import cifar, synthetic  # noqa: E402  (needs REPO on sys.path)
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long end-to-end run (msrun, kill -9 loops, AMP training, "
+                                       "CIFAR-100 end to end); -m \"not slow\" leaves them out")
+
+
+def pytest_collection_modifyitems(items):
+    """The files whose tests read a background job of their own run last, so that their jobs
+    overlap every other file's tests (the order within a file is kept)."""
+    own_jobs = {(job.module, job.name) for job in BackgroundJob.defined}
+    last = {item.module.__name__ for item in items if hasattr(item, "module")
+            and any((item.module.__name__, name) in own_jobs for name in item.fixturenames)}
+    items.sort(key=lambda item: hasattr(item, "module") and item.module.__name__ in last)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,19 +45,78 @@ def graph_cache_root(tmp_path_factory):
         os.environ["CONVMLP_GRAPH_CACHE"] = old
 
 
+_COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
+_COMPILE_CACHE_AT_START = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_compile_cache_settings():
+    """No test may change MindSpore's compile-cache variables in this process: every entry script
+    a later test starts would inherit them and reuse another setting's compiled graphs."""
+    yield
+    now = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
+    assert now == _COMPILE_CACHE_AT_START, f"the test changed {now} in the environment"
+
+
+# ------------------------------------------------------------------------------------------------
+# Generated data
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory):
     """Folder ``.../cifar-10-batches-bin`` with 203 train records in 5 files (odd sizes) and 61 val records."""
-    folder = tmp_path_factory.mktemp("tiny_cifar10") / "cifar-10-batches-bin"
-    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=203, n_val=61, seed=1))
+    return generated(tmp_path_factory.mktemp("tiny_cifar10"), "cifar10", 203, 61, seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_cifar100(tmp_path_factory):
     """Folder ``.../cifar-100-binary`` with 301 train records in ``train.bin`` and 101 val records."""
-    folder = tmp_path_factory.mktemp("tiny_cifar100") / "cifar-100-binary"
-    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=301, n_val=101, seed=2))
+    return generated(tmp_path_factory.mktemp("tiny_cifar100"), "cifar100", 301, 101, seed=2)
 
+
+@pytest.fixture(scope="session")
+def learnable_cifar10(tmp_path_factory):
+    """A generated CIFAR-10-format folder big enough to learn (``helpers.learnable``)."""
+    return learnable(tmp_path_factory.mktemp("learn10"), "cifar10")
+
+
+@pytest.fixture(scope="session")
+def learnable_cifar100(tmp_path_factory):
+    """A generated CIFAR-100-format folder big enough to learn (``helpers.learnable``)."""
+    return learnable(tmp_path_factory.mktemp("learn100"), "cifar100")
+
+
+# ------------------------------------------------------------------------------------------------
+# Background jobs, and the session's trained run
+
+@pytest.fixture(scope="session", autouse=True)
+def background_jobs(request, graph_cache_root, tiny_cifar10, tmp_path_factory):
+    """Start, one after the other in a background thread, the jobs (``helpers.background``) that
+    the selected tests read; at the end of the session, wait for the one still running."""
+    wanted = {name for item in request.session.items for name in item.fixturenames}
+    jobs = [job for job in BackgroundJob.defined if job.name in wanted]
+    env = dict(os.environ)   # with the session's graph cache
+    contexts = {job.name: SimpleNamespace(folder=tmp_path_factory.mktemp(job.name), env=env, tiny_cifar10=tiny_cifar10)
+                for job in jobs}
+    thread, stop = start_background_jobs(jobs, contexts)
+    yield
+    stop.set()
+    thread.join()
+
+
+@background
+def trained_run(ctx):
+    """One train.py run with :data:`helpers.TRAIN_FLAGS` for ``TRAIN_EPOCHS`` epochs on
+    ``tiny_cifar10``, started as a user starts it: its folder (a ``pathlib.Path`` holding last.ckpt,
+    best.ckpt, epoch_000N.ckpt, metrics.csv, config.yaml, train.log) and its stdout. Every test that
+    needs "a train.py checkpoint" or "a finished run" reads it; none may modify it (copy first)."""
+    out = ctx.folder / "run"
+    proc = ok(run_script("train.py", *TRAIN_FLAGS, *data_flags(ctx.tiny_cifar10), "--epoch_size", TRAIN_EPOCHS,
+                         "--save_checkpoint_path", out, environ=ctx.env))
+    return {"dir": out, "stdout": proc.stdout}
+
+
+# ------------------------------------------------------------------------------------------------
+# A local HTTP server
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     timeout = 10  # seconds a connection may stay idle
@@ -72,26 +145,7 @@ def http_root(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Model, parity ground truth and the pth2ckpt.py command line (test_model, test_parity, test_pth2ckpt)
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
-
-
-#: Test-only hooks (fault injection, weight dumps) for subprocesses: put on PYTHONPATH, Python
-#: loads its sitecustomize.py at start-up (see that file).
-PLUGINS = os.path.join(REPO, "tests", "plugins")
-
-
-def plugin_env(**hooks):
-    """Environment entries that load tests/plugins in a subprocess and set its `hooks`."""
-    path = os.pathsep.join(p for p in (PLUGINS, os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, **hooks}
-
-
-#: Ground truth made with the official PyTorch code (see tests/fixtures/README.md).
-FIXTURES = os.path.join(REPO, "tests", "fixtures")
-
+# The model, the official ground truth and the pth2ckpt.py command line
 
 @pytest.fixture(scope="session")
 def parity_dir():
@@ -122,18 +176,6 @@ def tiny_state(tiny):
     """The tiny official state_dict (torch tensors); do not modify it."""
     import torch
     return torch.load(tiny["pth"], map_location="cpu", weights_only=True)
-
-
-def read_tsv(path):
-    """``{key: (shape, dtype, kind)}`` of an official state_dict listing."""
-    out = {}
-    with open(path) as f:
-        header = f.readline().rstrip("\n").split("\t")
-        assert header == ["key", "shape", "dtype", "kind"], f"{path}: unexpected header {header}"
-        for line in f:
-            key, shape, dtype, kind = line.rstrip("\n").split("\t")
-            out[key] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype, kind)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -167,105 +209,9 @@ def built_model():
 
 
 @pytest.fixture(scope="session")
-def run_pth2ckpt():
-    """Run ``pth2ckpt.py`` as a user would (subprocess, repo root as cwd); returns the
-    ``CompletedProcess`` with text ``stdout``/``stderr``."""
-    def run(*args, env=None, timeout=300):
-        full_env = dict(os.environ, **(env or {}))
-        return subprocess.run([sys.executable, os.path.join(REPO, "pth2ckpt.py"), *map(str, args)],
-                              cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-    return run
-
-
-def assert_user_error(proc, *fragments):
-    """Exit status 2, one ``error: ...`` line on stderr containing every fragment, no traceback."""
-    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 2, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    assert len(err_lines) == 1, proc.stderr
-    for frag in fragments:
-        assert frag in err_lines[0], f"{frag!r} not in {err_lines[0]!r}"
-    return err_lines[0]
-
-
-@pytest.fixture(scope="session")
-def user_error():
-    """``user_error(proc, "fragment", ...)``: see :func:`assert_user_error`."""
-    return assert_user_error
-
-
-# ------------------------------------------------------------------------------------------------
-# Entry scripts end to end (test_train, test_reliability, test_distributed, ...)
-
-#: A small ConvMLP topology (same code paths as S/M/L, ~0.2 M parameters) for fast CPU runs.
-TINY_TOPOLOGY = ["--blocks", "1,1,1", "--dims", "32,64,128", "--mlp_ratios", "2,2,2",
-                 "--channels", "16", "--n_conv_blocks", "1"]
-#: The recipe's augmentations off, for runs whose numbers must be reproducible or quick to learn.
-NO_AUG = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0",
-          "--crop_scale", "1,1"]
-
-
-def run_script(script, *args, env=None, timeout=900, cwd=None):
-    """Run ``python SCRIPT ARGS`` from the repository root as a user would; returns the
-    ``CompletedProcess`` (text stdout/stderr)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)],
-                          cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def learnable_cifar10(tmp_path_factory):
-    """A generated CIFAR-10-format folder big enough to learn: 2,000 train / 500 val images."""
-    folder = tmp_path_factory.mktemp("learn10") / "cifar-10-batches-bin"
-    return str(synthetic.write_synthetic(str(folder), "cifar10", n_train=2000, n_val=500, seed=3))
-
-
-@pytest.fixture(scope="session")
-def learnable_cifar100(tmp_path_factory):
-    """A generated CIFAR-100-format folder: 6,000 train / 1,000 val images (100 classes)."""
-    folder = tmp_path_factory.mktemp("learn100") / "cifar-100-binary"
-    return str(synthetic.write_synthetic(str(folder), "cifar100", n_train=6000, n_val=1000, seed=4))
-
-
-def override(base, *extra):
-    """`base` flags with those that `extra` gives again left out, then `extra`: the scripts refuse a
-    flag given twice, so a test that changes one of a shared list of flags replaces it."""
-    extra = [str(a) for a in extra]
-    given = {a.split("=")[0] for a in extra if a.startswith("--")}
-    out, skipping = [], False
-    for a in map(str, base):
-        if a.startswith("--"):
-            skipping = a.split("=")[0] in given
-        if not skipping:
-            out.append(a)
-    return out + extra
-
-
-_COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
-_COMPILE_CACHE_AT_START = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_compile_cache_settings():
-    """No test may change MindSpore's compile-cache variables in this process: every entry script
-    a later test starts would inherit them and reuse another setting's compiled graphs."""
-    yield
-    now = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
-    assert now == _COMPILE_CACHE_AT_START, f"the test changed {now} in the environment"
-
-
-# ------------------------------------------------------------------------------------------------
-# A MindSpore checkpoint of the tiny topology (test_outputs, test_bounds, test_checksums)
-
-#: The config flags that describe the official tiny topology (see `tiny`) at 32 px on the CPU.
-TINY_CKPT_FLAGS = ["--blocks", "1,2,1", "--dims", "16,32,64", "--mlp_ratios", "2,2,2", "--channels", "16",
-                   "--n_conv_blocks", "1", "--num_classes", "10", "--image_size", "32", "--device_target", "CPU"]
-
-
-@pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A checkpoint of the tiny topology (fresh weights) written by the repository's writer
-    (``src.checkpoint.files.save_atomic``); evaluate it with :data:`TINY_CKPT_FLAGS`."""
+    (``src.checkpoint.files.save_atomic``); evaluate it with :data:`helpers.TINY_CKPT_FLAGS`."""
     from model import ConvMLP
     from src.checkpoint.files import save_atomic
     net = ConvMLP(num_classes=10, blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16,
@@ -273,3 +219,12 @@ def tiny_ckpt(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt")
     save_atomic(net, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def run_pth2ckpt():
+    """Run ``pth2ckpt.py`` as a user would (subprocess, repo root as cwd); returns the
+    ``CompletedProcess`` with text ``stdout``/``stderr``."""
+    def run(*args, env=None, timeout=300):
+        return run_script("pth2ckpt.py", *args, env=env, timeout=timeout)
+    return run

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import TINY_CKPT_FLAGS, assert_user_error, run_script
+from helpers import TINY_CKPT_FLAGS, assert_user_error, run_script
 from src.checkpoint.files import saved_config
 from src.config import convert_value, load_config
 from src.config.strict_yaml import MAX_ALIAS_NODES, load_mapping

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_CKPT_FLAGS, assert_user_error, run_script
+from helpers import TINY_CKPT_FLAGS, assert_user_error, run_script
 from src.checkpoint.files import save_atomic
 from model import read_checkpoint
 from model.weights import CHECKSUM_TRAILER, verify_checksum

@@ -1,20 +1,17 @@
 """config.py: defaults < YAML < CLI, per-dataset values, and the errors for unknown keys and bad values."""
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 
+from helpers import REPO, run_main
 from src import config
 from src.config import SCHEMA, load_config
 from src.data.randaugment import parse_aa
 from src.platform import device
 from src.platform.device import resolve_device
 from src.platform.errors import ConfigError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_yaml(tmp_path, text, name="cfg.yaml"):
@@ -192,8 +189,8 @@ def test_attribute_access_suggests_close_keys():
 
 
 def test_cli_error_is_one_line_and_exit_status_2():
-    proc = subprocess.run([sys.executable, "-m", "src.config", "--batch_size", "x"],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    """``python -m src.config --batch_size x``, through the run_cli of every entry script."""
+    proc = run_main("src.config.__main__", "--batch_size", "x")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: command line: invalid value 'x' for 'batch_size': "
                                                 "expected an integer >= 1 or null"]

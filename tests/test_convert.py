@@ -9,6 +9,9 @@
 * A checkpoint written by train.py converts, loads strictly into the PyTorch reference and gives
   the MindSpore model's logits; its optimizer state and metadata are left out and reported.
 * Every refusal is one ``error:`` line and writes nothing.
+
+``pth2ckpt.py`` runs in this process (its ``main`` through ``run_cli``); the train.py checkpoint is
+the session's trained run's (conftest ``trained_run``).
 """
 import os
 import re
@@ -17,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TOPOLOGY, run_script
+from helpers import TINY_TOPOLOGY, assert_user_error, ok, run_main
 from src.convert.names import (convert_state_dict, map_name, official_order, to_torch_name,
                          to_torch_state_dict)
 from src.platform.errors import CheckpointError
@@ -26,12 +29,7 @@ COUNTER = ".num_batches_tracked"
 
 
 def pth2ckpt(*args):
-    return run_script("pth2ckpt.py", *args, timeout=600)
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    return run_main("pth2ckpt.py", *args, timeout=600)
 
 
 def verify_diff(stdout):
@@ -119,14 +117,9 @@ def test_round_trip_of_the_official_fixture_is_bit_identical(tmp_path, tiny, tin
 # ------------------------------------------------------------------------------------------------
 # A train.py checkpoint
 
-@pytest.fixture(scope="module")
-def trained_ckpt(tiny_cifar10, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    ok(run_script("train.py", *TINY_TOPOLOGY, "--image_size", "32", "--batch_size", "32",
-                  "--num_parallel_workers", "2", "--epoch_size", "1", "--warmup_epochs", "0",
-                  "--cooldown_epochs", "0", "--train_data_path", tiny_cifar10, "--val_data_path",
-                  tiny_cifar10, "--save_checkpoint_path", out))
-    return str(out / "best.ckpt")
+@pytest.fixture
+def trained_ckpt(trained_run):
+    return str(trained_run["dir"] / "best.ckpt")
 
 
 def test_train_checkpoint_converts_and_loads_strictly(tmp_path, trained_ckpt):
@@ -160,39 +153,39 @@ def test_train_checkpoint_converts_and_loads_strictly(tmp_path, trained_ckpt):
 # ------------------------------------------------------------------------------------------------
 # Refusals: one line, nothing written, the input never overwritten
 
-def test_output_never_overwrites_the_input(tmp_path, trained_ckpt, user_error):
+def test_output_never_overwrites_the_input(tmp_path, trained_ckpt):
     src = tmp_path / "best.ckpt"
     os.link(trained_ckpt, src)
     before = src.read_bytes()
     for dst in (src, f"{tmp_path}/../{tmp_path.name}/best.ckpt"):
-        user_error(pth2ckpt("--reverse", "--src", src, "--dst", dst), "is the --src", "nothing was written")
+        assert_user_error(pth2ckpt("--reverse", "--src", src, "--dst", dst), "is the --src", "nothing was written")
     link = tmp_path / "other_name.ckpt"
     os.link(src, link)  # the same file under another name
-    user_error(pth2ckpt("--reverse", "--src", src, "--dst", link), "is the --src", "through a link")
+    assert_user_error(pth2ckpt("--reverse", "--src", src, "--dst", link), "is the --src", "through a link")
     assert src.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["best.ckpt", "other_name.ckpt"]
 
 
-def test_reverse_refusals_are_one_line(tmp_path, tiny, trained_ckpt, user_error):
+def test_reverse_refusals_are_one_line(tmp_path, tiny, trained_ckpt):
     import mindspore as ms
     dst = tmp_path / "out.pth"
-    user_error(pth2ckpt("--reverse", "--src", tiny["pth"], "--dst", dst), "is a PyTorch (pickle) file")
-    user_error(pth2ckpt("--reverse", "--src", tmp_path / "none.ckpt", "--dst", dst), "does not exist")
-    user_error(pth2ckpt("--reverse", "--dst", dst), "--reverse needs --src")
-    user_error(pth2ckpt("--reverse", "--src", trained_ckpt, "--dst", dst, "--arch", "convmlp_s"),
+    assert_user_error(pth2ckpt("--reverse", "--src", tiny["pth"], "--dst", dst), "is a PyTorch (pickle) file")
+    assert_user_error(pth2ckpt("--reverse", "--src", tmp_path / "none.ckpt", "--dst", dst), "does not exist")
+    assert_user_error(pth2ckpt("--reverse", "--dst", dst), "--reverse needs --src")
+    assert_user_error(pth2ckpt("--reverse", "--src", trained_ckpt, "--dst", dst, "--arch", "convmlp_s"),
                "--reverse takes the model from the checkpoint", "--arch")
 
     params = {k: v for k, v in ms.load_checkpoint(trained_ckpt).items() if not isinstance(v, str)}
     backbone = tmp_path / "backbone.ckpt"
     ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items() if not k.startswith("head.")],
                        str(backbone))
-    user_error(pth2ckpt("--reverse", "--src", backbone, "--dst", dst), "has no classifier head")
+    assert_user_error(pth2ckpt("--reverse", "--src", backbone, "--dst", dst), "has no classifier head")
 
     nan = tmp_path / "nan.ckpt"
     w = params["stages.1.blocks.0.norm1.gamma"].asnumpy().copy()
     w[0] = np.nan
     params["stages.1.blocks.0.norm1.gamma"] = ms.Tensor(w)
     ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(nan))
-    user_error(pth2ckpt("--reverse", "--src", nan, "--dst", dst), "non-finite weights",
+    assert_user_error(pth2ckpt("--reverse", "--src", nan, "--dst", dst), "non-finite weights",
                "stages.1.blocks.0.norm1.gamma (1 NaN of")
     assert sorted(os.listdir(tmp_path)) == ["backbone.ckpt", "nan.ckpt"]
 

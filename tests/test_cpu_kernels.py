@@ -16,10 +16,10 @@ import torch
 import mindspore as ms
 from mindspore import nn
 
+from helpers import REPO
 from model import cpu_kernels
 from model.cpu_kernels import GELU, LayerNorm, MaxPool2d
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.active(),
                                 reason=f"CPU kernels not available here: {cpu_kernels.status()}")

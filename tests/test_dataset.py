@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from src import config
+from helpers import override
 from src.data import cifar, mixing, pipeline, randaugment, synthetic
 from src.config import load_config
 from src.platform.errors import ConfigError, DataError
-from conftest import override
 
 MEAN10 = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD10 = np.array([0.2470, 0.2435, 0.2616], np.float32)

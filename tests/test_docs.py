@@ -2,9 +2,8 @@
 import os
 import re
 
+from helpers import REPO
 from src.config import config_markdown
-
-from conftest import REPO
 
 
 def _readme():

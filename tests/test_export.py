@@ -3,51 +3,23 @@ and atomic output.
 
 The checkpoints are random-init models (the tiny parity topology, ConvMLP-S), saved the way
 train.py saves (weights + metadata + the run's config), so export.py takes the topology from the
-checkpoint.
+checkpoint. export.py's ``main`` runs in this process through ``run_cli``; one refusal runs as a
+subprocess, for the exit status of a process.
 """
-import logging
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import export
+from helpers import assert_user_error, checkpoint_model, ok, run_main, run_script, write_train_checkpoint
 from src.convert import mindir
-from src.convert.names import VERIFY_ATOL
 from src.platform.errors import ConfigError, CheckpointError, UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # MindSpore's own files are bit-exact here (max difference 0.0); the bound leaves room for another
 # backend's kernel choice between the graph run of the MINDIR and the PyNative checkpoint model.
 ROUND_TRIP_ATOL = 1e-5
-
-
-def run(script, *args, timeout=300):
-    """``python SCRIPT ARGS`` from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def write_train_checkpoint(path, topology, image_size=32, dataset="cifar10", head_scale=20.0, extra=()):
-    """A checkpoint laid out as train.py writes it (weights, metadata, the run's config) for a
-    random-init model of `topology`; the head is scaled so that predictions are confident.
-    Returns the config of the run."""
-    import mindspore as ms
-    from src.config import load_config
-    from src.checkpoint.load import build_model
-    flags = sum(([f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-                 for k, v in topology.items()), [])
-    cfg = load_config(flags + ["--image_size", str(image_size), "--dataset_choose", dataset, *extra])
-    net = build_model(cfg)
-    w = net.head.weight
-    w.set_data(ms.Tensor(w.asnumpy() * head_scale))
-    meta = {"epoch": 3, "global_step": 30, "arch": cfg.arch, "num_classes": cfg.num_classes,
-            "image_size": cfg.image_size, "dataset": cfg.dataset_choose, "config": cfg.to_yaml()}
-    ms.save_checkpoint(net, str(path), append_dict=meta)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +29,6 @@ def tiny_ckpt(tmp_path_factory, tiny):
     return str(path)
 
 
-def checkpoint_model(ckpt, *argv):
-    """The model of `ckpt` as export.py/infer.py load it (topology from the saved config)."""
-    from src.checkpoint.load import load_checkpoint_model, DEPLOY_KEYS
-    from src.config import load_config
-    argv = ["--checkpoint_path", ckpt, *argv]
-    cfg = load_config(argv)
-    net, _ = load_checkpoint_model(cfg, argv, logging.getLogger("test"), DEPLOY_KEYS)
-    return net, cfg
-
-
 # ------------------------------------------------------------------------------------------------
 # The round trip
 
@@ -74,9 +36,8 @@ def test_mindir_round_trip_gives_the_checkpoint_models_output(tmp_path, tiny_ckp
     import mindspore as ms
     from mindspore import nn
     out_dir = tmp_path / "deploy"
-    proc = run("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", out_dir / "tiny.mindir",
-               "--file_format", "MINDIR", "--export_batch_size", "2", "--verify")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", out_dir / "tiny.mindir",
+                       "--file_format", "MINDIR", "--export_batch_size", "2", "--verify"))
     path = out_dir / "tiny.mindir"
     assert f"wrote {path}" in proc.stdout
     assert "verified" in proc.stdout and "(2, 3, 32, 32)" in proc.stdout
@@ -115,9 +76,8 @@ def test_batch_size_sets_the_exported_batch(tmp_path, tiny_ckpt):
     ``batch_size`` of config.yaml (128) does not apply."""
     import mindspore as ms
     from mindspore import nn
-    proc = run("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", tmp_path / "b4",
-               "--batch_size", "4")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", tmp_path / "b4",
+                       "--batch_size", "4"))
     assert "input: float32 (4, 3, 32, 32)" in proc.stdout and "logits (4, 10)" in proc.stdout
     graph = nn.GraphCell(ms.load(str(tmp_path / "b4.mindir")))
     x = ms.Tensor(np.zeros((4, 3, 32, 32), np.float32))
@@ -127,9 +87,8 @@ def test_batch_size_sets_the_exported_batch(tmp_path, tiny_ckpt):
 def test_dynamic_batch_mindir_runs_at_any_batch_size(tmp_path, tiny_ckpt):
     import mindspore as ms
     from mindspore import nn
-    proc = run("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", tmp_path / "dyn",
-               "--batch_size", "dynamic", "--verify")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", tmp_path / "dyn",
+                       "--batch_size", "dynamic", "--verify"))
     assert "input: float32 (N, 3, 32, 32)" in proc.stdout and "N = any batch size" in proc.stdout
     verified = next(ln for ln in proc.stdout.splitlines() if "verified" in ln)
     print("\n" + verified)
@@ -177,9 +136,8 @@ def test_onnx_dynamic_file_gives_the_checkpoint_models_logits(tmp_path, request,
     ckpt = request.getfixturevalue(which)
     old = tmp_path / "m.onnx"
     old.write_bytes(b"previous export")  # replaced only by the complete, verified file
-    proc = run("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "m",
-               "--file_format", "ONNX", "--verify")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = ok(run_main("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "m",
+                       "--file_format", "ONNX", "--verify"))
     verified = next(ln for ln in proc.stdout.splitlines() if "verified" in ln)
     print("\n" + verified)
     assert "onnxruntime (CPU)" in verified and "at batch 1, 3" in verified
@@ -209,20 +167,19 @@ def test_onnx_dynamic_file_gives_the_checkpoint_models_logits(tmp_path, request,
 
 def test_onnx_static_batch(tmp_path, tiny_ckpt):
     import onnx
-    proc = run("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", tmp_path / "m2.onnx",
-               "--file_format", "onnx", "--batch_size", "2", "--verify")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", tmp_path / "m2.onnx",
+                       "--file_format", "onnx", "--batch_size", "2", "--verify"))
     assert "input: float32 (2, 3, 32, 32)" in proc.stdout and "at batch 2," in proc.stdout
     dims = onnx.load(str(tmp_path / "m2.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 3, 32, 32]
 
 
-def test_onnx_refuses_a_nan_checkpoint(tmp_path, tiny, user_error):
+def test_onnx_refuses_a_nan_checkpoint_exits_2_as_a_process(tmp_path, tiny):
     ckpt = tmp_path / "nan.ckpt"
     write_train_checkpoint(ckpt, tiny["topology"], head_scale=float("nan"))
-    proc = run("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "m",
-               "--file_format", "ONNX")
-    user_error(proc, f"'{ckpt}' holds non-finite weights", "head.weight", "cannot be used")
+    proc = run_script("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "m",
+                      "--file_format", "ONNX", timeout=300)
+    assert_user_error(proc, f"'{ckpt}' holds non-finite weights", "head.weight", "cannot be used")
     assert os.listdir(tmp_path) == ["nan.ckpt"]
 
 

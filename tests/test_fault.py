@@ -12,10 +12,15 @@ step, including the end-of-epoch evaluation and checkpoint writes.
 A second test kills train.py deterministically right after each file written at an epoch end
 (``CONVMLP_TEST_KILL_AFTER``, tests/plugins): whichever was written last, the resumed run has exactly
 one metrics row per finished epoch.
+
+The runs have the flags of the session's trained run (``helpers.TRAIN_FLAGS``). They are
+background jobs (``helpers.background``): they start with the test session, while other files'
+tests run, keep a copy of ``last.ckpt`` after every kill, and the tests here read what they left.
 """
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,32 +28,37 @@ import threading
 
 import pytest
 
-from conftest import NO_AUG, REPO, TINY_TOPOLOGY, plugin_env, run_script
+from helpers import (REPO, TRAIN_FLAGS, TRAIN_STEPS, background, checkpoint_meta, data_flags, leftovers,
+                     metrics_epochs, ok, plugin_env, run_script)
+
+pytestmark = pytest.mark.slow
 
 EPOCHS = 4
-STEPS = 25                       # 203 train records / batch 8
+STEPS = TRAIN_STEPS              # 203 train records / batch 8
 KILLS = 3
-ARGS = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "8", "--num_parallel_workers", "2", *NO_AUG,
-                        "--epoch_size", str(EPOCHS), "--warmup_epochs", "1", "--lr", "1e-3", "--log_interval", "1",
-                        "--resume", "auto"]
+ARGS = [*TRAIN_FLAGS, "--epoch_size", str(EPOCHS), "--resume", "auto"]
 
 
-def start(run_dir, data):
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), *ARGS, "--train_data_path", data,
-           "--val_data_path", data, "--save_checkpoint_path", str(run_dir)]
+def start(run_dir, data, env):
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), *ARGS, *data_flags(data),
+           "--save_checkpoint_path", str(run_dir)]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+                            env=dict(env, PYTHONUNBUFFERED="1"), start_new_session=True)
 
 
-def kill_during(proc, epoch, step, delay):
+def kill_during(proc, first_epoch, step, delay):
     """Read `proc`'s log until the progress line of (epoch, step), then SIGKILL its process group
-    after `delay` seconds. Returns (log, epochs saved, epoch running at the kill)."""
+    after `delay` seconds; the epoch is `first_epoch`, or the first one the run still has to train
+    when it resumed past it. Returns (log, target epoch, epochs saved, epoch running at the kill)."""
     watchdog = threading.Timer(240, lambda: os.killpg(proc.pid, signal.SIGKILL))
     watchdog.start()
-    lines, saved, running, killer = [], 0, 0, None
+    lines, saved, running, killer, epoch = [], 0, 0, None, first_epoch
     try:
         for line in proc.stdout:
             lines.append(line)
+            m = re.search(r"resumed from .*: (\d+) epoch\(s\) done", line)
+            if m:
+                epoch = min(max(first_epoch, int(m.group(1)) + 1), EPOCHS)
             m = re.search(r"epoch (\d+)/%d (\d+)/%d" % (EPOCHS, STEPS), line)
             if m:
                 running = int(m.group(1))
@@ -61,7 +71,7 @@ def kill_during(proc, epoch, step, delay):
         proc.wait(timeout=60)
     finally:
         watchdog.cancel()
-    return "".join(lines), saved, running
+    return "".join(lines), epoch, saved, running
 
 
 def resumed_epochs(log):
@@ -69,48 +79,67 @@ def resumed_epochs(log):
     return int(m.group(1)) if m else 0
 
 
-def finished_epochs(run_dir):
-    """Epochs finished according to ``last.ckpt`` (what ``--resume auto`` will start from)."""
-    last = run_dir / "last.ckpt"
-    if not last.exists():
-        return 0
-    import mindspore as ms
-    from src.checkpoint.files import read_meta
-    return int(read_meta(ms.load_checkpoint(str(last)))["epoch"])
+def finished_epochs(last):
+    """Epochs finished according to a copy of ``last.ckpt`` (what ``--resume auto`` starts from);
+    0 when there was none."""
+    return int(checkpoint_meta(last)["epoch"]) if os.path.exists(last) else 0
 
 
-def test_kill_9_at_random_moments_then_resume_auto_completes(tiny_cifar10, tmp_path):
+def keep_last(run_dir, copy):
+    """A copy of the run's last.ckpt as it is now (``copy`` names a missing file when there is none)."""
+    if os.path.exists(run_dir / "last.ckpt"):
+        shutil.copyfile(run_dir / "last.ckpt", copy)
+    return copy
+
+
+@background
+def killed_at_random_moments(ctx):
+    """The kills, each with its target (epoch, step, delay), log, the epoch running and the last
+    logged save at the kill and a copy of last.ckpt after it; then the restart and evl.py on its
+    best checkpoint. Kill number i targets epoch i + 1 (or the first epoch its run still trains)."""
     rng = random.Random(20240607)
-    run_dir = tmp_path / "run"
-    done = 0                      # epochs finished, read from last.ckpt before each start
-    history = []                  # (target epoch, step, delay, epoch running at the kill, last logged save, done after)
+    run_dir = ctx.folder / "run"
+    kills = []
     for attempt in range(KILLS):
-        if done == EPOCHS:
-            break
-        # kill number i in epoch i + 1 (1, 2, 3: before any checkpoint, then with some), at a random step
-        epoch = min(max(attempt + 1, done + 1), EPOCHS)
         step, delay = rng.randint(1, STEPS), rng.uniform(0.0, 0.06)
-        proc = start(run_dir, tiny_cifar10)
-        log, saved, running = kill_during(proc, epoch, step, delay)
-        assert proc.returncode == -signal.SIGKILL, f"attempt {attempt}: not killed (rc {proc.returncode})\n{log[-3000:]}"
-        assert "Traceback" not in log
-        assert resumed_epochs(log) == done, log[-3000:]
-        after = finished_epochs(run_dir)
-        history.append((epoch, step, round(delay, 3), running, saved, after))
-        # every epoch whose save was logged is on disk; at most the killed epoch is lost
-        assert saved <= after <= running and running - after <= 1, history
+        proc = start(run_dir, ctx.tiny_cifar10, ctx.env)
+        log, epoch, saved, running = kill_during(proc, attempt + 1, step, delay)
+        kills.append({"target": (epoch, step, round(delay, 3)), "rc": proc.returncode, "log": log, "saved": saved,
+                      "running": running, "last": keep_last(run_dir, ctx.folder / f"last_after_kill_{attempt}.ckpt")})
         if attempt == 0:
             # what a kill in the middle of a checkpoint write leaves: a temporary of the dead process
             (run_dir / f".last.ckpt.tmp-{proc.pid}.ckpt").write_bytes(b"half a checkpoint")
+    final = run_script("train.py", *ARGS, *data_flags(ctx.tiny_cifar10), "--save_checkpoint_path", run_dir,
+                       timeout=300, environ=ctx.env)
+    evaluation = run_script("evl.py", "--checkpoint_path", run_dir / "best.ckpt", *data_flags(ctx.tiny_cifar10),
+                            environ=ctx.env)
+    return {"run_dir": run_dir, "kills": kills, "final": final, "evl": evaluation}
+
+
+def test_kill_9_at_random_moments_then_resume_auto_completes(killed_at_random_moments):
+    run = killed_at_random_moments
+    run_dir = run["run_dir"]
+    done = 0                      # epochs finished, read from last.ckpt before each start
+    history = []                  # (target epoch, step, delay, epoch running at the kill, last logged save, done after)
+    for attempt, kill in enumerate(run["kills"]):
+        log, saved, running = kill["log"], kill["saved"], kill["running"]
+        assert kill["rc"] == -signal.SIGKILL, f"attempt {attempt}: not killed (rc {kill['rc']})\n{log[-3000:]}"
+        assert "Traceback" not in log
+        assert resumed_epochs(log) == done, log[-3000:]
+        after = finished_epochs(kill["last"])
+        history.append((*kill["target"], running, saved, after))
+        # every epoch whose save was logged is on disk; at most the killed epoch is lost
+        assert saved <= after <= running and running - after <= 1, history
         done = after
 
     print("kills (epoch, step, delay, running, last logged save, finished):", history)
-    final = run_script("train.py", *ARGS, "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10,
-                       "--save_checkpoint_path", run_dir, timeout=300)
-    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    final = ok(run["final"])
     assert "Traceback" not in final.stdout + final.stderr
     assert resumed_epochs(final.stdout) == done, (history, final.stdout[-3000:])
-    assert "done: best val top-1" in final.stdout or done == EPOCHS
+    if done < EPOCHS:   # the restart trained the epochs left
+        assert "done: best val top-1" in final.stdout, final.stdout[-3000:]
+    else:               # the kills left nothing to train
+        assert f"nothing to do: the run already finished its {EPOCHS} epochs" in final.stdout, final.stdout[-3000:]
 
     # every restart resumed from the last finished epoch, as the log says
     with open(run_dir / "train.log") as f:
@@ -119,16 +148,13 @@ def test_kill_9_at_random_moments_then_resume_auto_completes(tiny_cifar10, tmp_p
     assert starts == [h[5] for h in history if h[5] > 0], (starts, history)
     assert "removed 1 temporary file(s) left by a killed run" in full_log
 
-    with open(run_dir / "metrics.csv") as f:
-        epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
+    epochs = metrics_epochs(run_dir)
     assert epochs == list(range(1, EPOCHS + 1)), epochs
-    assert finished_epochs(run_dir) == EPOCHS
+    assert finished_epochs(run_dir / "last.ckpt") == EPOCHS
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f], os.listdir(run_dir)
     assert {"last.ckpt", "best.ckpt", f"epoch_{EPOCHS:04d}.ckpt"} <= set(os.listdir(run_dir))
 
-    ev = run_script("evl.py", "--checkpoint_path", run_dir / "best.ckpt", "--train_data_path", tiny_cifar10,
-                    "--val_data_path", tiny_cifar10)
-    assert ev.returncode == 0, ev.stderr[-3000:]
+    ev = ok(run["evl"])
     assert "accuracy:{'acc': " in ev.stdout and "images: 61" in ev.stdout
 
 
@@ -140,26 +166,43 @@ def test_kill_9_at_random_moments_then_resume_auto_completes(tiny_cifar10, tmp_p
 EPOCH_END_WRITES = ["metrics.csv", "curves.png", "epoch_0001.ckpt", "last.ckpt", "best.ckpt"]
 
 
+#: Epochs of the runs killed at an epoch end (the kill is at the end of epoch 1).
+KILL_AFTER_EPOCHS = 2
+
+
+@background
+def killed_after_epoch_end_writes(ctx):
+    """For each of :data:`EPOCH_END_WRITES`: train.py killed right after writing it, a copy of
+    last.ckpt and whether epoch_0001.ckpt exists after the kill, then the resumed run."""
+    out = {}
+    for written in EPOCH_END_WRITES:
+        run_dir = ctx.folder / written / "run"
+        args = [*TRAIN_FLAGS, "--epoch_size", KILL_AFTER_EPOCHS, "--resume", "auto", *data_flags(ctx.tiny_cifar10),
+                "--save_checkpoint_path", run_dir]
+        killed = run_script("train.py", *args, env=plugin_env(ctx.env, CONVMLP_TEST_KILL_AFTER=written),
+                            timeout=300, environ=ctx.env)
+        out[written] = {"run_dir": run_dir, "killed": killed, "epoch_saved": os.path.isfile(run_dir / "epoch_0001.ckpt"),
+                        "last": keep_last(run_dir, ctx.folder / written / "last_after_kill.ckpt"),
+                        "resumed": run_script("train.py", *args, timeout=300, environ=ctx.env)}
+    return out
+
+
 @pytest.mark.parametrize("written", EPOCH_END_WRITES)
 def test_kill_9_right_after_an_epoch_end_write_then_resume_keeps_one_metrics_row_per_epoch(
-        written, tiny_cifar10, tmp_path):
+        written, killed_after_epoch_end_writes):
     """The test plugin's ``CONVMLP_TEST_KILL_AFTER`` (tests/plugins) makes train.py SIGKILL itself right after it has
     replaced `written` at the end of epoch 1. ``--resume auto`` then finishes the run, and
     metrics.csv has rows 1 and 2, once each, whichever file was the last one written."""
-    run_dir = tmp_path / "run"
-    args = [*ARGS[:ARGS.index("--epoch_size")], "--epoch_size", "2", *ARGS[ARGS.index("--epoch_size") + 2:],
-            "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10, "--save_checkpoint_path", run_dir]
-    killed = run_script("train.py", *args, env=plugin_env(CONVMLP_TEST_KILL_AFTER=written), timeout=300)
+    run = killed_after_epoch_end_writes[written]
+    run_dir, killed = run["run_dir"], run["killed"]
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     epoch_saved = written.endswith(".ckpt")           # epoch_0001.ckpt marks the epoch finished
-    assert finished_epochs(run_dir) == (1 if written in ("last.ckpt", "best.ckpt") else 0)
-    assert os.path.isfile(run_dir / "epoch_0001.ckpt") == epoch_saved
+    assert finished_epochs(run["last"]) == (1 if written in ("last.ckpt", "best.ckpt") else 0)
+    assert run["epoch_saved"] == epoch_saved
 
-    resumed = run_script("train.py", *args, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = ok(run["resumed"])
     assert resumed_epochs(resumed.stdout) == (1 if written in ("last.ckpt", "best.ckpt") else 0), resumed.stdout[-3000:]
-    with open(run_dir / "metrics.csv") as f:
-        epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
-    assert epochs == [1, 2], (written, epochs)
-    assert finished_epochs(run_dir) == 2 and os.path.isfile(run_dir / "curves.png")
-    assert not [f for f in os.listdir(run_dir) if ".tmp" in f or f.endswith(".lock")], os.listdir(run_dir)
+    epochs = metrics_epochs(run_dir)
+    assert epochs == list(range(1, KILL_AFTER_EPOCHS + 1)), (written, epochs)
+    assert finished_epochs(run_dir / "last.ckpt") == KILL_AFTER_EPOCHS and os.path.isfile(run_dir / "curves.png")
+    assert not leftovers(run_dir), os.listdir(run_dir)

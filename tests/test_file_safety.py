@@ -2,7 +2,7 @@
 one of the inputs.
 
 The rules live in two places, each tested here first on its own and then through the real entry
-scripts (subprocesses):
+scripts:
 
 * ``src/platform/fileio.py``: :func:`atomic_output`, the one writer of every output file (temporary file in
   the same folder, verified, flushed, renamed; on failure the old file is intact, the temporary is
@@ -13,6 +13,9 @@ scripts (subprocesses):
 
 End-to-end cases check, like tests/test_reliability.py: the exit status, exactly one ``error:``
 line naming the culprit, the SHA-256 of every file that was there before, and no temporary file.
+They run the scripts' ``main`` through ``run_cli`` in this process, except where processes are the
+point (the lock between two runs) and for whole training runs (a demo run replacing another), which
+load their graphs from the session's graph cache.
 """
 import os
 import shutil
@@ -20,32 +23,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error
+from helpers import (REPO, TRAIN_EPOCHS, TRAIN_FLAGS, Snapshot, assert_user_error, data_flags,
+                     expect_clean_failure, leftovers, metrics_epochs, ok, run_main, run_script)
+from src.convert import mindir
 from src.platform.errors import UserError
 from src.platform.fileio import OutputError, atomic_output, check_not_input, temp_name
-from test_reliability import Snapshot, expect_clean_failure, run, snapshot
 
-COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "8", "--num_parallel_workers", "2",
-                          *NO_AUG, "--warmup_epochs", "1", "--lr", "1e-3"]
-EPOCHS = 2
-
-
-def data_flags(folder):
-    return ["--train_data_path", str(folder), "--val_data_path", str(folder)]
-
-
-def leftovers(folder):
-    """Temporary and lock files in `folder`."""
-    return [f for f in os.listdir(folder) if ".tmp" in f or f.endswith(".lock")]
-
-
-def metrics_epochs(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
+#: The session's trained run's flags: the runs here load its compiled graphs from the graph cache.
+COMMON = TRAIN_FLAGS
+EPOCHS = TRAIN_EPOCHS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,10 +187,10 @@ def test_two_runs_into_one_folder_one_is_refused_naming_the_other(same_moment):
 
 
 @pytest.fixture
-def real_run(same_moment, tmp_path):
-    """A copy of the finished (non-demo) run."""
+def real_run(trained_run, tmp_path):
+    """A copy of the session's finished (non-demo) run."""
     out = tmp_path / "real_run"
-    shutil.copytree(same_moment["dir"], out)
+    shutil.copytree(trained_run["dir"], out)
     return out
 
 
@@ -210,21 +199,23 @@ def real_run(same_moment, tmp_path):
 
 def test_demo_into_a_real_runs_folder_is_refused(real_run, tiny_cifar10):
     before = Snapshot(real_run, tiny_cifar10)
-    proc = run("train.py", "--demo", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1,
-               "--save_checkpoint_path", real_run)
+    proc = run_main("train.py", "--demo", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1,
+                    "--save_checkpoint_path", real_run)
     expect_clean_failure(proc, before, f"save_checkpoint_path {real_run} holds a run that is not a demo run",
                          str(real_run / "config.yaml"), "--resume auto")
     assert not leftovers(real_run)
 
 
-def test_demo_replaces_a_previous_demo_run(tiny_cifar10, tmp_path):
+def test_demo_replaces_a_previous_demo_run(trained_run, tiny_cifar10, tmp_path):
+    """The previous demo run: a copy of the session's run (TRAIN_EPOCHS epochs) whose config.yaml says
+    ``demo: true``, as a demo run's does."""
     run_dir = tmp_path / "demo"
-    first = run("train.py", "--demo", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 2,
-                "--save_checkpoint_path", run_dir)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run("train.py", "--demo", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1,
-                 "--save_checkpoint_path", run_dir)
-    assert second.returncode == 0, second.stderr[-3000:]
+    shutil.copytree(trained_run["dir"], run_dir)
+    config = (run_dir / "config.yaml").read_text()
+    assert "demo: false" in config
+    (run_dir / "config.yaml").write_text(config.replace("demo: false", "demo: true"))
+    second = ok(run_script("train.py", "--demo", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1,
+                           "--save_checkpoint_path", run_dir))
     assert f"demo: starting over in {run_dir} (the previous demo run is replaced)" in second.stdout
     # nothing of the first demo run is left beside the second one (its log is appended to)
     assert metrics_epochs(run_dir) == [1]
@@ -244,8 +235,8 @@ def test_a_run_folder_whose_files_are_the_pretrained_checkpoint_is_refused(real_
     fresh.mkdir()
     os.link(real_run / "epoch_0001.ckpt", fresh / "best.ckpt")
     before = Snapshot(fresh, real_run, tiny_cifar10)
-    proc = run("train.py", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1, "--save_checkpoint_path", fresh,
-               "--pretrained_ckpt", real_run / "epoch_0001.ckpt")
+    proc = run_main("train.py", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1, "--save_checkpoint_path",
+                    fresh, "--pretrained_ckpt", real_run / "epoch_0001.ckpt")
     expect_clean_failure(proc, before, f"run file '{fresh / 'best.ckpt'}' is the pretrained_ckpt",
                          str(real_run / "epoch_0001.ckpt"), "through a link")
 
@@ -263,25 +254,20 @@ def test_pth2ckpt_never_writes_over_its_source(how, tiny, tmp_path):
     elif how == "hard-link":
         os.link(src, dst)
     before = Snapshot(tmp_path)
-    proc = run("pth2ckpt.py", "--src", src, "--dst", dst, *tiny["flags"])
+    proc = run_main("pth2ckpt.py", "--src", src, "--dst", dst, *tiny["flags"])
     expect_clean_failure(proc, before, f"--dst '{dst}' is the --src '{src}'", "nothing was written")
 
 
 # ------------------------------------------------------------------------------------------------
 # export.py --verify: replace only after the verification
 
-VERIFY_FAILS = ("import sys, export; from src.convert import mindir; from src.platform.errors import run_cli; "
-                "mindir.VERIFY_ATOL = -1.0; run_cli(export.main)")   # no file can pass this check
-
-
-def test_a_failed_verification_keeps_the_good_export(real_run, tmp_path):
+def test_a_failed_verification_keeps_the_good_export(real_run, tmp_path, monkeypatch):
     good = tmp_path / "model.mindir"
-    ok = run("export.py", "--checkpoint_path", real_run / "best.ckpt", "--file_name", good, "--verify")
-    assert ok.returncode == 0 and "verified:" in ok.stdout, ok.stderr[-3000:]
+    done = ok(run_main("export.py", "--checkpoint_path", real_run / "best.ckpt", "--file_name", good, "--verify"))
+    assert "verified:" in done.stdout
     before = Snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", VERIFY_FAILS, "--checkpoint_path", str(real_run / "best.ckpt"),
-                           "--file_name", str(good), "--verify"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    monkeypatch.setattr(mindir, "VERIFY_ATOL", -1.0)   # no file can pass this check
+    proc = run_main("export.py", "--checkpoint_path", real_run / "best.ckpt", "--file_name", good, "--verify")
     line = expect_clean_failure(proc, before, f"'{good}' would not reproduce the checkpoint model",
                                 "an existing file of that name is unchanged")
     assert ".tmp" not in line
@@ -300,7 +286,7 @@ def test_evl_json_that_cannot_be_a_result_file(target, real_run, tiny_cifar10, t
                            "checkpoint": (ckpt, f"is the checkpoint_path '{ckpt}'"),
                            "under-a-file": (folder / "keep.txt" / "r.json", "is not a folder")}[target]
     before = Snapshot(tmp_path, real_run)
-    proc = run("evl.py", "--checkpoint_path", ckpt, *data_flags(tiny_cifar10), "--json", json_path)
+    proc = run_main("evl.py", "--checkpoint_path", ckpt, *data_flags(tiny_cifar10), "--json", json_path)
     line = expect_clean_failure(proc, before, f"--json '{json_path}'", fragment)
     assert ".tmp" not in line and not leftovers(tmp_path) and not leftovers(folder)
 
@@ -311,7 +297,7 @@ def test_infer_json_over_an_image_is_refused(real_run, tmp_path):
     image = tmp_path / "cat.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
     before = Snapshot(tmp_path)
-    proc = run("infer.py", "--checkpoint_path", real_run / "best.ckpt", image, "--json", image)
+    proc = run_main("infer.py", "--checkpoint_path", real_run / "best.ckpt", image, "--json", image)
     expect_clean_failure(proc, before, f"--json '{image}' is the image '{image}'")
 
 
@@ -323,10 +309,9 @@ def test_generate_into_a_real_dataset_folder_is_refused(tiny_cifar10, tmp_path):
     shutil.copytree(tiny_cifar10, real)
     (real / "batches.meta.txt").write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n")
     before = Snapshot(tmp_path)
-    proc = run("dataset.py", "generate", "--out", tmp_path / "data", "--train", 20, "--val", 10)
+    proc = run_main("dataset.py", "generate", "--out", tmp_path / "data", "--train", 20, "--val", 10)
     expect_clean_failure(proc, before, str(real), "not generated", "--out")
     again = tmp_path / "gen"            # generated data may be generated again
     for _ in range(2):
-        ok = run("dataset.py", "generate", "--out", again, "--train", 20, "--val", 10)
-        assert ok.returncode == 0, ok.stderr
+        ok(run_main("dataset.py", "generate", "--out", again, "--train", 20, "--val", 10))
     assert not leftovers(again / "cifar-10-batches-bin")

@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, TINY_TOPOLOGY, override, run_script
+from helpers import NO_AUG, TINY_TOPOLOGY, data_flags, ok, override, run_script
 from src.platform import graph_cache
 from src.config import SCHEMA, load_config
 from model.cache import MARKER
@@ -22,11 +22,6 @@ from src.platform.graph_cache import MANIFEST, NOT_IN_GRAPH, cache_key, graph_fi
 
 COMMON = TINY_TOPOLOGY + NO_AUG + ["--image_size", "32", "--batch_size", "32", "--epoch_size", "1",
                                    "--warmup_epochs", "0", "--cooldown_epochs", "0", "--num_parallel_workers", "1"]
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def cache_lines(proc):
@@ -65,9 +60,8 @@ def first_run(tiny_cifar10, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
 
     def train(name, *extra, cache_root=root):
-        return run_script("train.py", *override(COMMON, *extra), "--train_data_path", tiny_cifar10,
-                          "--val_data_path", tiny_cifar10, "--save_checkpoint_path", base / name,
-                          env={"CONVMLP_GRAPH_CACHE": str(cache_root)})
+        return run_script("train.py", *override(COMMON, *extra), *data_flags(tiny_cifar10),
+                          "--save_checkpoint_path", base / name, env={"CONVMLP_GRAPH_CACHE": str(cache_root)})
 
     proc = ok(train("first"))
     return {"root": root, "base": base, "train": train, "proc": proc, "files": cached_files(root)}
@@ -108,7 +102,9 @@ def test_another_image_size_misses(first_run):
     assert [ln.split(" (")[0] for ln in cache_lines(proc)] == ["graph cache: miss"]
     assert "48px" in proc.stdout and "epoch:1 step:6," in proc.stdout
     folders = {n for n in os.listdir(first_run["root"]) if not n.endswith(".lock")}
-    assert len(folders) >= 2   # the 32 px folder is still there
+    px32, px48 = (os.path.basename(re.search(r"graph cache: miss \((.*)\)", p.stdout).group(1))
+                  for p in (first_run["proc"], proc))
+    assert px48 != px32 and {px32, px48} <= folders   # its own folder; the 32 px folder is still there
 
 
 def test_damaged_cache_recompiles_with_one_warning(first_run, tmp_path):
@@ -138,8 +134,8 @@ def test_damaged_cache_recompiles_with_one_warning(first_run, tmp_path):
 def test_evl_has_its_own_folder_and_hits_the_second_time(first_run, tiny_cifar10):
     ckpt = first_run["base"] / "first" / "best.ckpt"
     env = {"CONVMLP_GRAPH_CACHE": str(first_run["root"])}
-    runs = [ok(run_script("evl.py", "--checkpoint_path", ckpt, "--val_data_path", tiny_cifar10,
-                          "--train_data_path", tiny_cifar10, env=env)) for _ in range(2)]
+    runs = [ok(run_script("evl.py", "--checkpoint_path", ckpt, *data_flags(tiny_cifar10), env=env))
+            for _ in range(2)]
     states = [cache_lines(p)[0].split(" (")[0] for p in runs]
     assert states == ["graph cache: miss", "graph cache: hit"]
     assert "/eval-" in cache_lines(runs[0])[0]

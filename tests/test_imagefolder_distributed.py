@@ -18,11 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, TINY_TOPOLOGY, override, plugin_env
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from helpers import NO_AUG, REPO, TINY_TOPOLOGY, override, plugin_env
 
 VENV_BIN = os.path.dirname(sys.executable)
 MSRUN = os.path.join(VENV_BIN, "msrun")

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, TINY_TOPOLOGY, assert_user_error, override, plugin_env, run_script
+from helpers import NO_AUG, TINY_TOPOLOGY, assert_user_error, override, plugin_env, run_script
 
 CLASSES = [f"synthetic_{i}" for i in range(5)]
 N_TRAIN, N_VAL, EPOCHS = 300, 100, 4

@@ -1,6 +1,9 @@
 """infer.py: images written from the synthetic CIFAR generator are classified as the checkpoint model
 classifies the same preprocessed tensor; names, probabilities, JSON, and the errors for bad paths
-and unreadable images. The checkpoint is a random-init tiny model saved as train.py saves."""
+and unreadable images. The checkpoint is a random-init tiny model saved as train.py saves.
+
+infer.py runs as a process where its exit status with some images unreadable is the point, else
+its ``main`` runs in this process through ``run_cli``."""
 import json
 import os
 
@@ -13,7 +16,7 @@ from src.data import images as image_files
 import infer
 from src.platform.errors import DataError
 from src.config import parse_command_line
-from test_export import checkpoint_model, run, write_train_checkpoint
+from helpers import assert_user_error, checkpoint_model, ok, run_main, run_script, write_train_checkpoint
 
 PROB_ATOL = 1e-5  # graph mode in the script vs PyNative here; softmax in float64
 
@@ -63,8 +66,8 @@ def test_folder_top_k_equals_the_model_on_the_preprocessed_tensor(tmp_path, tiny
                                                                  tiny_cifar10):
     folder, good, corrupt = images
     out = tmp_path / "pred.json"
-    proc = run("infer.py", "--checkpoint_path", tiny_ckpt, folder, "--json", out, "--top_k", "10",
-               "--train_data_path", tiny_cifar10)
+    proc = run_script("infer.py", "--checkpoint_path", tiny_ckpt, folder, "--json", out, "--top_k", "10",
+                      "--train_data_path", tiny_cifar10, timeout=300)
     # the corrupt file is reported on one line naming it; the others are classified; exit status 2
     assert proc.returncode == 2, proc.stderr + proc.stdout
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -91,8 +94,7 @@ def test_folder_top_k_equals_the_model_on_the_preprocessed_tensor(tmp_path, tiny
 
 def test_single_image_prints_top5_with_the_official_names(tiny_ckpt, model, images):
     folder, good, _ = images
-    proc = run("infer.py", "--checkpoint_path", tiny_ckpt, folder / good[0])
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = ok(run_main("infer.py", "--checkpoint_path", tiny_ckpt, folder / good[0]))
     lines = proc.stdout.splitlines()
     i = lines.index(str(folder / good[0]))
     ranked = lines[i + 1:i + 6]
@@ -103,10 +105,10 @@ def test_single_image_prints_top5_with_the_official_names(tiny_ckpt, model, imag
     assert ranked[0].split()[1] == cifar.CIFAR10_CLASSES[top1]
 
 
-def test_a_corrupt_image_alone_is_one_error_line(tiny_ckpt, images, user_error):
+def test_a_corrupt_image_alone_is_one_error_line(tiny_ckpt, images):
     folder, _, corrupt = images
-    proc = run("infer.py", "--checkpoint_path", tiny_ckpt, folder / corrupt)
-    user_error(proc, f"cannot read image '{folder / corrupt}'")
+    proc = run_main("infer.py", "--checkpoint_path", tiny_ckpt, folder / corrupt)
+    assert_user_error(proc, f"cannot read image '{folder / corrupt}'")
 
 
 # ------------------------------------------------------------------------------------------------

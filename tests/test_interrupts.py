@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, TINY_CKPT_FLAGS, TINY_TOPOLOGY, plugin_env
+from helpers import REPO, TINY_CKPT_FLAGS, TINY_TOPOLOGY, plugin_env
 
 
 def interrupted_in_compile(script, signame, args, tmp_path):

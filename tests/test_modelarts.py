@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import NO_AUG, TINY_TOPOLOGY, assert_user_error, run_script
+from helpers import NO_AUG, TINY_TOPOLOGY, assert_user_error, ok, run_main, run_script
 from src.data import cifar, synthetic
 from src.config import load_config
 from src.platform.errors import ConfigError, DataError
@@ -95,9 +95,8 @@ def test_run_modelarts_requires_data_url_and_train_url(sdk, missing):
     assert load_config([]).data_url is None                               # off: not needed
 
 
-def test_train_py_without_data_url_is_a_one_line_error(moxing_dir, tmp_path):
-    proc = run_script("train.py", "--run_modelarts", "true", "--train_url", tmp_path / "obs_out",
-                      env={"PYTHONPATH": moxing_dir, "FAKE_MOXING_LOG": str(tmp_path / "log")}, timeout=300)
+def test_train_py_without_data_url_is_a_one_line_error(sdk, tmp_path):
+    proc = run_main("train.py", "--run_modelarts", "true", "--train_url", tmp_path / "obs_out")
     assert_user_error(proc, "run_modelarts: true needs data_url", "--data_url")
 
 
@@ -232,7 +231,7 @@ def modelarts_run(moxing_dir, tmp_path_factory):
                       "--train_url", obs_out, "--modelarts_data_path", local_data,
                       "--save_checkpoint_path", local_out,
                       env={"PYTHONPATH": moxing_dir, "FAKE_MOXING_LOG": log})
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    ok(proc)
     return {"proc": proc, "calls": read_calls(log), "obs_data": str(obs_data), "obs_out": str(obs_out),
             "local_data": str(local_data), "local_out": str(local_out)}
 

@@ -21,7 +21,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_CKPT_FLAGS, assert_user_error, run_script
+from helpers import REPO, TINY_CKPT_FLAGS, assert_user_error, run_script
 from src.checkpoint.files import save_atomic
 from src.platform.fileio import OutputError, atomic_output
 from model import read_checkpoint

@@ -1,8 +1,9 @@
 """pth2ckpt.py: the name mapping, safe loading of PyTorch files, and the command line.
 
-The command-line tests run ``python pth2ckpt.py ...`` as a subprocess from the repository root and
-check the exit status, the message and that no traceback is printed. Full-size checkpoints are
-built from the official key/shape lists (zeros), so nothing is downloaded.
+The command-line tests run ``pth2ckpt.py``'s ``main`` through ``run_cli`` in this process (one of
+them as a subprocess, for the exit status of a process) and check the exit status, the message and
+that no traceback is printed. Full-size checkpoints are built from the official key/shape lists
+(zeros), so nothing is downloaded.
 """
 import argparse
 import os
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import pth2ckpt
+from helpers import assert_user_error, ok, run_main, run_script
 from src.platform.errors import CheckpointError
 from src.convert.names import convert_state_dict, infer_topology, map_name
 from src.convert.torch_files import extract_state_dict
@@ -134,13 +136,12 @@ def load_ckpt(path):
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
 
-def test_cli_converts_training_checkpoint_and_ema(tmp_path, tiny, tiny_state, run_pth2ckpt):
+def test_cli_converts_training_checkpoint_and_ema(tmp_path, tiny, tiny_state):
     src = tmp_path / "train_ckpt.pth"
     torch.save(training_checkpoint(tiny_state), src)
 
     dst = tmp_path / "model.ckpt"
-    proc = run_pth2ckpt("--src", src, "--dst", dst, *tiny["flags"])
-    assert proc.returncode == 0, proc.stderr
+    proc = ok(run_main("pth2ckpt.py", "--src", src, "--dst", dst, *tiny["flags"]))
     print(proc.stdout)
     assert "training checkpoint, 'state_dict' (arch convmlp_s, epoch 299), 'module.' prefix removed" \
         in proc.stdout
@@ -150,18 +151,16 @@ def test_cli_converts_training_checkpoint_and_ema(tmp_path, tiny, tiny_state, ru
     np.testing.assert_array_equal(weights["norm.gamma"], tiny_state["norm.weight"].numpy())
 
     dst_ema = tmp_path / "model_ema.ckpt"
-    proc = run_pth2ckpt("--src", src, "--dst", dst_ema, *tiny["flags"], "--ema")
-    assert proc.returncode == 0, proc.stderr
+    proc = ok(run_main("pth2ckpt.py", "--src", src, "--dst", dst_ema, *tiny["flags"], "--ema"))
     assert "'state_dict_ema'" in proc.stdout
     np.testing.assert_allclose(load_ckpt(dst_ema)["norm.gamma"], tiny_state["norm.weight"].numpy() + 0.5)
     assert sorted(os.listdir(tmp_path)) == ["model.ckpt", "model_ema.ckpt", "train_ckpt.pth"]
 
 
-def test_cli_num_classes_drops_head_and_load_pretrained_recreates_it(tmp_path, tiny, run_pth2ckpt):
+def test_cli_num_classes_drops_head_and_load_pretrained_recreates_it(tmp_path, tiny):
     from model import ConvMLP, load_pretrained
     dst = tmp_path / "backbone.ckpt"
-    proc = run_pth2ckpt("--src", tiny["pth"], "--dst", dst, *tiny["flags"], "--num_classes", 5)
-    assert proc.returncode == 0, proc.stderr
+    proc = ok(run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", dst, *tiny["flags"], "--num_classes", 5))
     assert "dropped     : 2 keys (head of 10 classes, target has 5" in proc.stdout
     assert "head.weight, head.bias" in proc.stdout
     assert not any(k.startswith("head.") for k in load_ckpt(dst))
@@ -183,12 +182,11 @@ def fake_s_and_m(tmp_path_factory, fake_official_state):
     return paths
 
 
-def test_cli_s_checkpoint_for_arch_m_fails_naming_keys(tmp_path, fake_s_and_m, run_pth2ckpt,
-                                                       user_error):
+def test_cli_s_checkpoint_for_arch_m_fails_naming_keys(tmp_path, fake_s_and_m):
     dst = tmp_path / "m.ckpt"
     dst.write_bytes(b"previous file")  # must survive a failed conversion
-    proc = run_pth2ckpt("--src", fake_s_and_m["convmlp_s"], "--dst", dst, "--arch", "convmlp_m")
-    line = user_error(proc, "does not fit convmlp_m", "missing: conv_stages.conv_blocks.2.0.weight",
+    proc = run_main("pth2ckpt.py", "--src", fake_s_and_m["convmlp_s"], "--dst", dst, "--arch", "convmlp_m")
+    line = assert_user_error(proc, "does not fit convmlp_m", "missing: conv_stages.conv_blocks.2.0.weight",
                       "of another shape: stages.0.blocks.0.channel_mlp1.fc1.weight (256, 128) vs "
                       "model (384, 128)", "looks like", "(= convmlp_s)", "nothing was written")
     print(line[:300])
@@ -196,11 +194,10 @@ def test_cli_s_checkpoint_for_arch_m_fails_naming_keys(tmp_path, fake_s_and_m, r
     assert dst.read_bytes() == b"previous file" and os.listdir(tmp_path) == ["m.ckpt"]
 
 
-def test_cli_m_checkpoint_for_arch_s_fails_naming_unexpected_keys(tmp_path, fake_s_and_m,
-                                                                  run_pth2ckpt, user_error):
+def test_cli_m_checkpoint_for_arch_s_fails_naming_unexpected_keys(tmp_path, fake_s_and_m):
     dst = tmp_path / "s.ckpt"
-    proc = run_pth2ckpt("--src", fake_s_and_m["convmlp_m"], "--dst", dst, "--arch", "convmlp_s")
-    user_error(proc, "does not fit convmlp_s", "unexpected: conv_stages.conv_blocks.2.0.weight",
+    proc = run_main("pth2ckpt.py", "--src", fake_s_and_m["convmlp_m"], "--dst", dst, "--arch", "convmlp_s")
+    assert_user_error(proc, "does not fit convmlp_s", "unexpected: conv_stages.conv_blocks.2.0.weight",
                "(= convmlp_m)")
     assert not dst.exists() and os.listdir(tmp_path) == []
 
@@ -213,9 +210,10 @@ def test_main_writes_nothing_when_verify_fails(tmp_path, tiny, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_needs_arch_or_full_topology(tmp_path, tiny, run_pth2ckpt, user_error):
-    proc = run_pth2ckpt("--src", tiny["pth"], "--dst", tmp_path / "x.ckpt", "--dims", 16, 32, 64)
-    user_error(proc, "--arch", "missing: --blocks --mlp_ratios --channels --n_conv_blocks")
+def test_cli_needs_arch_or_full_topology_exits_2_as_a_process(tmp_path, tiny):
+    proc = run_script("pth2ckpt.py", "--src", tiny["pth"], "--dst", tmp_path / "x.ckpt", "--dims", 16, 32, 64,
+                      timeout=300)
+    assert_user_error(proc, "--arch", "missing: --blocks --mlp_ratios --channels --n_conv_blocks")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,15 +241,14 @@ class OpensAndWrites:
     (WritesFile, True, "posix.system"),
     (OpensAndWrites, False, "eval"),
 ], ids=["zip-os.system", "legacy-open.write"])
-def test_cli_refuses_pickled_code_and_does_not_run_it(tmp_path, tiny_state, run_pth2ckpt, user_error,
-                                                      payload, zip_format, needs):
+def test_cli_refuses_pickled_code_and_does_not_run_it(tmp_path, tiny_state, payload, zip_format, needs):
     marker = tmp_path / "pwned.txt"
     src = tmp_path / "evil.pth"
     torch.save({"state_dict": dict(tiny_state), "args": payload(marker)}, src,
                _use_new_zipfile_serialization=zip_format)
     dst = tmp_path / "out.ckpt"
-    proc = run_pth2ckpt("--src", src, "--dst", dst, "--arch", "convmlp_s")
-    user_error(proc, f"refusing to load '{src}'", needs, "not an allowed type", "nothing in it was executed")
+    proc = run_main("pth2ckpt.py", "--src", src, "--dst", dst, "--arch", "convmlp_s")
+    assert_user_error(proc, f"refusing to load '{src}'", needs, "not an allowed type", "nothing in it was executed")
     assert not marker.exists(), "the pickled code ran"
     assert not dst.exists()
 
@@ -274,11 +271,11 @@ def _truncated(path, tiny_path):
     (_text, "not a PyTorch checkpoint"),
     (_truncated, "truncated or corrupt zip archive"),
 ], ids=["random-bytes", "text", "truncated"])
-def test_cli_refuses_broken_files_with_one_line(tmp_path, tiny, run_pth2ckpt, user_error, make, fragment):
+def test_cli_refuses_broken_files_with_one_line(tmp_path, tiny, make, fragment):
     src = tmp_path / "broken.pth"
     make(src, tiny["pth"])
-    proc = run_pth2ckpt("--src", src, "--dst", tmp_path / "out.ckpt", *tiny["flags"])
-    user_error(proc, f"cannot read '{src}'", fragment)
+    proc = run_main("pth2ckpt.py", "--src", src, "--dst", tmp_path / "out.ckpt", *tiny["flags"])
+    assert_user_error(proc, f"cannot read '{src}'", fragment)
     assert os.listdir(tmp_path) == ["broken.pth"]
 
 
@@ -292,26 +289,25 @@ def test_safe_globals_allow_only_harmless_types():
 # ------------------------------------------------------------------------------------------------
 # Download of the released weights (against a local server; offline error)
 
-def test_cli_downloads_the_release_into_the_cache(tmp_path, http_root, fake_s_and_m, run_pth2ckpt):
+def test_cli_downloads_the_release_into_the_cache(tmp_path, http_root, fake_s_and_m):
     root, base_url = http_root  # a local HTTP server (conftest) stands in for shi-labs.com
     os.symlink(fake_s_and_m["convmlp_s"], os.path.join(root, "convmlp_s_imagenet.pth"))
     cache, dst = tmp_path / "cache", tmp_path / "convmlp_s.ckpt"
-    proc = run_pth2ckpt("--arch", "convmlp_s", "--dst", dst, "--cache_dir", cache,
-                        env={"CONVMLP_WEIGHTS_URL": base_url}, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = ok(run_main("pth2ckpt.py", "--arch", "convmlp_s", "--dst", dst, "--cache_dir", cache,
+                       env={"CONVMLP_WEIGHTS_URL": base_url}, timeout=120))
     assert f"downloading {base_url}convmlp_s_imagenet.pth" in proc.stdout
     assert os.listdir(cache) == ["convmlp_s_imagenet.pth"]  # no .part left
     assert len(load_ckpt(dst)) == 175
 
 
-def test_cli_offline_says_where_to_put_the_file(tmp_path, run_pth2ckpt, user_error):
+def test_cli_offline_says_where_to_put_the_file(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cache = tmp_path / "cache"
-    proc = run_pth2ckpt("--arch", "convmlp_m", "--dst", tmp_path / "m.ckpt", "--cache_dir", cache,
-                        env={"CONVMLP_WEIGHTS_URL": f"http://127.0.0.1:{port}"}, timeout=120)
-    user_error(proc, f"http://127.0.0.1:{port}/convmlp_m_imagenet.pth",
+    proc = run_main("pth2ckpt.py", "--arch", "convmlp_m", "--dst", tmp_path / "m.ckpt", "--cache_dir", cache,
+                    env={"CONVMLP_WEIGHTS_URL": f"http://127.0.0.1:{port}"}, timeout=120)
+    assert_user_error(proc, f"http://127.0.0.1:{port}/convmlp_m_imagenet.pth",
                f"put it at {cache / 'convmlp_m_imagenet.pth'}", "--src")
     assert not (tmp_path / "m.ckpt").exists()
-    assert not cache.exists() or os.listdir(cache) == []  # no partial download left
+    assert os.listdir(cache) == []  # no partial download left (the folder was made for it)

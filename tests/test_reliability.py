@@ -1,8 +1,9 @@
 """Reliability matrix: every entry script meets bad input with one clear line, exit status 2
 and no traceback, and leaves what is already on disk as it was.
 
-Each case runs the real entry script as a subprocess (train.py, evl.py, export.py, infer.py,
-pth2ckpt.py, dataset.py) and checks three things:
+Each case runs an entry script (train.py, evl.py, export.py, infer.py, pth2ckpt.py, dataset.py)
+through the same ``run_cli`` as a user's process, in this process (``helpers.run_main``), and
+checks three things:
 
 * the exit status (2 for an expected error, 130 for Ctrl-C);
 * one ``error: ...`` line on stderr that names the culprit (file, key or value), no traceback;
@@ -10,13 +11,16 @@ pth2ckpt.py, dataset.py) and checks three things:
   run folder with its last/best checkpoints, metrics and config) is the same after, and no
   temporary file was left. ``train.log`` is append-only and may grow.
 
+What only a process shows runs the script as a subprocess: Ctrl-C, a file the process may not
+read, ``dataset.py``'s exit status.
+
 The data is generated (``tiny_cifar10``: 203 train / 61 val records); the model is the small
-``TINY_TOPOLOGY`` at 32 px, so a run that trains takes seconds. The one trained run of the module
-is the Ctrl-C case: it is interrupted in epoch 2 and resumed to the end; its folder is then the
-"existing run" that the other cases must not damage.
+``TINY_TOPOLOGY`` at 32 px. The "existing run" that the cases must not damage is a copy of the
+session's trained run (conftest ``trained_run``, ``TRAIN_EPOCHS`` epochs). The Ctrl-C case trains
+the same run again, interrupts it in epoch 2 and resumes it to the end: it ends with the weights of
+the uninterrupted run.
 """
 import ctypes
-import hashlib
 import os
 import pickle
 import shutil
@@ -28,81 +32,24 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TOPOLOGY, NO_AUG, assert_user_error, override
+from helpers import (NO_AUG, REPO, TINY_TOPOLOGY, TRAIN_EPOCHS, TRAIN_FLAGS, TRAIN_STEPS, Snapshot,
+                     checkpoint_meta, data_flags, expect_clean_failure, model_weights, ok,
+                     override, run_main, run_script, snapshot, temp_files)
 
-# batch 8: 25 steps per epoch on the 203 train records, so Ctrl-C lands well inside an epoch
-COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "8", "--num_parallel_workers", "2",
-                          *NO_AUG, "--warmup_epochs", "1", "--lr", "1e-3", "--log_interval", "1"]
-STEPS = 25
-EPOCHS = 3
 # pth2ckpt.py takes the topology lists space-separated
 PTH_TOPOLOGY = [t for a in TINY_TOPOLOGY for t in (a.split(",") if not a.startswith("--") else [a])]
 
 
-def data_flags(folder):
-    return ["--train_data_path", str(folder), "--val_data_path", str(folder)]
-
-
-def run(script, *args, preexec_fn=None, timeout=300):
-    """``python SCRIPT ARGS`` from the repository root as a user runs it."""
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=preexec_fn)
-
-
-def sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def snapshot(*roots):
-    """``{path: sha256}`` of every file under `roots` (files or folders); special files and folders
-    are recorded by kind. ``train.log`` (append-only) is left out."""
-    out = {}
-    for root in map(str, roots):
-        if not os.path.isdir(root):
-            out[root] = sha(root) if os.path.isfile(root) else "missing" if not os.path.lexists(root) else "special"
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            for d in dirnames:
-                out[os.path.join(dirpath, d)] = "folder"
-            for f in filenames:
-                p = os.path.join(dirpath, f)
-                if f != "train.log":
-                    out[p] = sha(p) if os.path.isfile(p) else "special"
-    return out
-
-
-def temp_files(folder):
-    return [f for f in os.listdir(folder) if ".tmp" in f]
-
-
-def expect_clean_failure(proc, before, *fragments):
-    """Exit status 2, one ``error:`` line with every fragment, no traceback, nothing changed on disk.
-    Returns the error line."""
-    line = assert_user_error(proc, *fragments)
-    after = snapshot(*before.roots)
-    assert after == dict(before), f"files changed on disk: {set(after.items()) ^ set(before.items())}"
-    return line
-
-
-class Snapshot(dict):
-    """A :func:`snapshot` that remembers its roots, to be taken again after the run."""
-
-    def __init__(self, *roots):
-        super().__init__(snapshot(*roots))
-        self.roots = roots
-
-
 # ------------------------------------------------------------------------------------------------
-# The module's run: Ctrl-C in epoch 2, then --resume auto to the end
+# Ctrl-C in epoch 2, then --resume auto to the end
 
 @pytest.fixture(scope="module")
-def interrupted_run(tiny_cifar10, tmp_path_factory):
-    """train.py interrupted with SIGINT at step 5 of epoch 2, then resumed with ``--resume auto``.
-    Returns the folder, both outputs and the hashes of the epoch-1 files taken before the signal."""
+def interrupted_run(trained_run, tiny_cifar10, tmp_path_factory):
+    """The session's trained run started again, interrupted with SIGINT at step 5 of epoch 2, then
+    resumed with ``--resume auto``. Returns the folder, both outputs and the hashes of the epoch-1
+    files taken before the signal."""
     out = tmp_path_factory.mktemp("ctrl_c") / "run"
-    args = [*COMMON, *data_flags(tiny_cifar10), "--epoch_size", EPOCHS, "--save_checkpoint_path", out]
+    args = [*TRAIN_FLAGS, *data_flags(tiny_cifar10), "--epoch_size", TRAIN_EPOCHS, "--save_checkpoint_path", out]
     err_path = out.parent / "stderr.txt"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=REPO,
@@ -114,7 +61,7 @@ def interrupted_run(tiny_cifar10, tmp_path_factory):
         try:
             for line in proc.stdout:
                 lines.append(line)
-                if f"epoch 2/{EPOCHS} 5/{STEPS}" in line and epoch1 is None:
+                if f"epoch 2/{TRAIN_EPOCHS} 5/{TRAIN_STEPS}" in line and epoch1 is None:
                     epoch1 = snapshot(out / "epoch_0001.ckpt", out / "best.ckpt")
                     proc.send_signal(signal.SIGINT)
             rc = proc.wait(timeout=60)
@@ -123,18 +70,18 @@ def interrupted_run(tiny_cifar10, tmp_path_factory):
     first = {"rc": rc, "stdout": "".join(lines), "stderr": err_path.read_text()}
     meta = checkpoint_meta(out / "last.ckpt")
     files_after_stop = set(os.listdir(out))
-    second = run("train.py", *args, "--resume", "auto")
+    second = run_script("train.py", *args, "--resume", "auto", timeout=300)
     return {"dir": out, "first": first, "second": second, "epoch1": epoch1, "meta_after_stop": meta,
             "files_after_stop": files_after_stop}
 
 
-def checkpoint_meta(path):
-    import mindspore as ms
-    from src.checkpoint.files import read_meta
-    return read_meta(ms.load_checkpoint(str(path)))
+def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_ends_with_the_same_weights(
+        interrupted_run, trained_run):
+    """Uninterrupted == (Ctrl-C during epoch 2, saved mid-epoch) + --resume auto.
 
-
-def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_completes(interrupted_run):
+    Augmentation stays on: each epoch's shuffle and augmentation depend only on (seed, epoch), and
+    the lr follows the optimiser's global step. drop_path is 0 because MindSpore's in-graph random
+    state is not saved in checkpoints (the one documented source of non-bit-exact resumes)."""
     first, second = interrupted_run["first"], interrupted_run["second"]
     assert first["rc"] == 130, first["stdout"][-2000:] + first["stderr"][-2000:]
     assert "Traceback" not in first["stderr"] + first["stdout"]
@@ -142,26 +89,33 @@ def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_completes(
     assert "stopping after the current step" in first["stdout"]
     assert "saved resumable" in first["stdout"] and "--resume auto" in first["stdout"]
     meta = interrupted_run["meta_after_stop"]
-    assert meta["epoch"] == 1 and 5 <= meta["step_in_epoch"] < STEPS, meta
+    assert meta["epoch"] == 1 and 5 <= meta["step_in_epoch"] < TRAIN_STEPS, meta
     assert not [f for f in interrupted_run["files_after_stop"] if ".tmp" in f]
     # the epoch-1 files written before the signal were not touched by the interrupt
     assert interrupted_run["epoch1"] == snapshot(*interrupted_run["epoch1"])
 
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    ok(second)
     assert f"1 epoch(s) done + {meta['step_in_epoch']} step(s) of epoch 2" in second.stdout
     out = interrupted_run["dir"]
     with open(out / "metrics.csv") as f:
         epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
-    assert epochs == list(range(1, EPOCHS + 1))
-    assert checkpoint_meta(out / "last.ckpt")["epoch"] == EPOCHS
+    assert epochs == list(range(1, TRAIN_EPOCHS + 1))
+    assert checkpoint_meta(out / "last.ckpt")["epoch"] == TRAIN_EPOCHS
     assert not temp_files(out)
 
+    a, b = model_weights(trained_run["dir"] / "last.ckpt"), model_weights(out / "last.ckpt")
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst <= 1e-4, f"max abs weight difference {worst}"
 
-@pytest.fixture(scope="module")
-def finished(interrupted_run):
-    """The finished run's folder (do not modify it: tests copy what they change)."""
-    assert interrupted_run["second"].returncode == 0, interrupted_run["second"].stderr[-3000:]
-    return interrupted_run["dir"]
+
+# ------------------------------------------------------------------------------------------------
+# The existing run the cases must leave as it is
+
+@pytest.fixture
+def finished(trained_run):
+    """The session's finished run (do not modify it: tests copy what they change)."""
+    return trained_run["dir"]
 
 
 @pytest.fixture
@@ -175,9 +129,15 @@ def run_dir(finished, tmp_path):
     return out
 
 
+#: The flags of the cases that train: the run's, augmentation off.
+COMMON = override(TRAIN_FLAGS, *NO_AUG)
+
+
 def train_into(run_dir, *args):
-    return run("train.py", *override([*COMMON, "--epoch_size", EPOCHS + 1, "--resume", "auto",
-                                      "--save_checkpoint_path", run_dir], *args))
+    """train.py continuing the run in `run_dir` for one more epoch, in this process (its graphs
+    are compiled without the per-process graph cache)."""
+    return run_main("train.py", *override([*COMMON, "--epoch_size", TRAIN_EPOCHS + 1, "--resume", "auto",
+                                           "--save_checkpoint_path", run_dir, "--graph_cache", "false"], *args))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,14 +235,15 @@ def test_bad_val_data_evl(tiny_cifar10, tmp_path, finished):
     os.rename(folder / "data_batch_2.bin", folder / "test_batch.bin")
     fragments[0] = str(folder / "test_batch.bin")
     before = Snapshot(folder, finished / "best.ckpt")
-    proc = run("evl.py", "--checkpoint_path", finished / "best.ckpt", *data_flags(folder))
+    proc = run_main("evl.py", "--checkpoint_path", finished / "best.ckpt", *data_flags(folder))
     expect_clean_failure(proc, before, *fragments)
 
 
-def test_bad_data_cifar_check(tiny_cifar10, tmp_path):
+def test_bad_data_cifar_check_exits_2_as_a_process(tiny_cifar10, tmp_path):
+    """dataset.py's exit status is that of a process (the other cases run in this one)."""
     folder, fragments = label_out_of_range(tiny_cifar10, None, tmp_path)
     before = Snapshot(folder)
-    expect_clean_failure(run("dataset.py", "check", "--path", folder), before, *fragments)
+    expect_clean_failure(run_script("dataset.py", "check", "--path", folder, timeout=300), before, *fragments)
 
 
 def _drop_dac_capabilities():
@@ -321,8 +282,8 @@ def test_unreadable_data_file(tiny_cifar10, tmp_path, run_dir, unprivileged):
     path = folder / "data_batch_2.bin"
     path.chmod(0)
     before = Snapshot(folder, run_dir)
-    proc = run("train.py", *COMMON, *data_flags(folder), "--resume", "auto", "--save_checkpoint_path", run_dir,
-               preexec_fn=unprivileged)
+    proc = run_script("train.py", *COMMON, *data_flags(folder), "--resume", "auto", "--save_checkpoint_path",
+                      run_dir, preexec_fn=unprivileged, timeout=300)
     line = expect_clean_failure(proc, before, str(path), "cannot be read")
     assert "permission denied" in line.lower()
 
@@ -332,7 +293,8 @@ def test_unreadable_checkpoint(tiny_cifar10, tmp_path, finished, unprivileged):
     shutil.copyfile(finished / "best.ckpt", ckpt)
     ckpt.chmod(0)
     before = Snapshot(ckpt)
-    proc = run("evl.py", "--checkpoint_path", ckpt, *data_flags(tiny_cifar10), preexec_fn=unprivileged)
+    proc = run_script("evl.py", "--checkpoint_path", ckpt, *data_flags(tiny_cifar10), preexec_fn=unprivileged,
+                      timeout=300)
     expect_clean_failure(proc, before, str(ckpt), "Permission denied")
 
 
@@ -340,8 +302,8 @@ def test_unreadable_checkpoint(tiny_cifar10, tmp_path, finished, unprivileged):
 # Checkpoints
 
 @pytest.fixture(scope="module")
-def bad_checkpoints(tmp_path_factory, tiny, finished):
-    """Files that are not a checkpoint of the module's model."""
+def bad_checkpoints(tmp_path_factory, tiny, trained_run):
+    """Files that are not a checkpoint of the run's model."""
     import mindspore as ms
     import torch
     folder = tmp_path_factory.mktemp("bad_ckpts")
@@ -351,10 +313,9 @@ def bad_checkpoints(tmp_path_factory, tiny, finished):
                         {"name": "fc.bias", "data": ms.Tensor(np.zeros(10, np.float32))}],
                        str(folder / "other_network.ckpt"))
     # a ConvMLP of another topology: the official tiny checkpoint converted by pth2ckpt.py
-    proc = run("pth2ckpt.py", "--src", tiny["pth"], "--dst", folder / "other_convmlp.ckpt", *tiny["flags"],
-               "--num_classes", tiny["num_classes"])
-    assert proc.returncode == 0, proc.stderr
-    data = (finished / "best.ckpt").read_bytes()
+    ok(run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", folder / "other_convmlp.ckpt", *tiny["flags"],
+                "--num_classes", tiny["num_classes"]))
+    data = (trained_run["dir"] / "best.ckpt").read_bytes()
     (folder / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (folder / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
     (folder / "text.pth").write_text("ConvMLP weights: https://shi-labs.com/projects/convmlp/\n")
@@ -407,15 +368,15 @@ ARCH_CASES = [  # (entry script and its flags for FILE, checkpoint, fragments)
 
 
 def run_entry(entry, ckpt, run_dir, data, tmp_path):
-    """Give `ckpt` to an entry script as a user would (topology flags of the module's model)."""
+    """Give `ckpt` to an entry script as a user would (topology flags of the run's model)."""
     if entry == "evl":
-        return run("evl.py", "--checkpoint_path", ckpt, *COMMON, *data_flags(data))
+        return run_main("evl.py", "--checkpoint_path", ckpt, *COMMON, *data_flags(data))
     if entry == "export":
-        return run("export.py", "--checkpoint_path", ckpt, *TINY_TOPOLOGY, "--image_size", "32",
-                   "--file_name", tmp_path / "exported")
+        return run_main("export.py", "--checkpoint_path", ckpt, *TINY_TOPOLOGY, "--image_size", "32",
+                        "--file_name", tmp_path / "exported")
     if entry == "pretrained":  # a fresh run (a folder holding a run needs --resume)
-        return run("train.py", *COMMON, *data_flags(data), "--pretrained_ckpt", ckpt,
-                   "--save_checkpoint_path", tmp_path / "fresh_run")
+        return run_main("train.py", *COMMON, *data_flags(data), "--pretrained_ckpt", ckpt,
+                        "--save_checkpoint_path", tmp_path / "fresh_run")
     assert entry == "resume"
     return train_into(run_dir, *data_flags(data), "--resume", ckpt)
 
@@ -433,7 +394,7 @@ def test_bad_checkpoint(entry, name, fragments, bad_checkpoints, run_dir, tiny_c
 def test_fresh_run_into_a_folder_holding_a_run_is_refused(run_dir, tiny_cifar10):
     """Without --resume, train.py does not overwrite another run's checkpoints."""
     before = Snapshot(run_dir, tiny_cifar10)
-    proc = run("train.py", *COMMON, *data_flags(tiny_cifar10), "--save_checkpoint_path", run_dir)
+    proc = run_main("train.py", *COMMON, *data_flags(tiny_cifar10), "--save_checkpoint_path", run_dir)
     expect_clean_failure(proc, before, str(run_dir / "last.ckpt"), "already holds a run", "--resume auto")
 
 
@@ -449,8 +410,8 @@ def test_truncated_last_ckpt_with_resume_auto(run_dir, tiny_cifar10):
 def test_checkpoint_for_another_number_of_classes_to_evl(finished, tiny_cifar100):
     """A 10-class checkpoint evaluated on CIFAR-100: the class counts are named."""
     before = Snapshot(finished, tiny_cifar100)
-    proc = run("evl.py", "--checkpoint_path", finished / "best.ckpt", "--dataset_choose", "cifar100",
-               *data_flags(tiny_cifar100))
+    proc = run_main("evl.py", "--checkpoint_path", finished / "best.ckpt", "--dataset_choose", "cifar100",
+                    *data_flags(tiny_cifar100))
     expect_clean_failure(proc, before, str(finished / "best.ckpt"), "10 classes", "num_classes 100")
 
 
@@ -463,7 +424,7 @@ def test_pth_that_is_not_a_checkpoint(name, fragment, bad_checkpoints, finished,
     dst = tmp_path / "converted.ckpt"
     shutil.copyfile(finished / "best.ckpt", dst)
     before = Snapshot(bad_checkpoints / name, dst)
-    proc = run("pth2ckpt.py", "--src", bad_checkpoints / name, "--dst", dst, *PTH_TOPOLOGY)
+    proc = run_main("pth2ckpt.py", "--src", bad_checkpoints / name, "--dst", dst, *PTH_TOPOLOGY)
     expect_clean_failure(proc, before, str(bad_checkpoints / name), fragment)
     assert not temp_files(tmp_path)
 
@@ -474,19 +435,19 @@ def test_pth_of_another_arch(bad_checkpoints, finished, tmp_path):
     shutil.copyfile(finished / "best.ckpt", dst)
     src = bad_checkpoints / "tiny_official.pth"
     before = Snapshot(src, dst)
-    proc = run("pth2ckpt.py", "--src", src, "--dst", dst, "--arch", "convmlp_s")
+    proc = run_main("pth2ckpt.py", "--src", src, "--dst", dst, "--arch", "convmlp_s")
     expect_clean_failure(proc, before, str(src), "does not fit convmlp_s", "conv_stages")
     assert not temp_files(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy", "plain"])
 @pytest.mark.parametrize("entry", ["pth2ckpt", "evl", "pretrained"])
-def test_malicious_pickle_never_runs(kind, entry, malicious, finished, run_dir, tiny_cifar10, tmp_path):
+def test_malicious_pickle_never_runs(kind, entry, malicious, run_dir, tiny_cifar10, tmp_path):
     paths, marker = malicious
     src = paths[kind]
     before = Snapshot(src, run_dir, tiny_cifar10)
     if entry == "pth2ckpt":
-        proc = run("pth2ckpt.py", "--src", src, "--dst", run_dir / "last.ckpt", *PTH_TOPOLOGY)
+        proc = run_main("pth2ckpt.py", "--src", src, "--dst", run_dir / "last.ckpt", *PTH_TOPOLOGY)
         fragments = ["refusing to load", "posix.system", "nothing in it was executed"]
     else:
         proc = run_entry(entry, src, run_dir, tiny_cifar10, tmp_path)
@@ -521,7 +482,7 @@ CONFIG_CASES = [  # (script, YAML text or None, flags, fragments)
 
 @pytest.mark.parametrize("script, yaml_text, flags, fragments", CONFIG_CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(CONFIG_CASES)])
-def test_bad_config(script, yaml_text, flags, fragments, run_dir, finished, tiny_cifar10, tmp_path):
+def test_bad_config(script, yaml_text, flags, fragments, run_dir, tiny_cifar10, tmp_path):
     args = list(flags)
     if yaml_text is not None:
         cfg = tmp_path / "my_config.yaml"
@@ -537,7 +498,7 @@ def test_bad_config(script, yaml_text, flags, fragments, run_dir, finished, tiny
         args = [a if a != "." else str(tiny_cifar10) for a in args] + (["--out", tmp_path / "gen"]
                                                                        if "generate" in args else [])
     before = Snapshot(run_dir, tiny_cifar10)
-    proc = run(f"{script}.py", *args)
+    proc = run_main(f"{script}.py", *args)
     expect_clean_failure(proc, before, *fragments)
     assert not os.path.exists(tmp_path / "gen")
 
@@ -550,7 +511,7 @@ def test_loss_going_nan_keeps_every_file(run_dir, tiny_cifar10):
     good checkpoint; checkpoints and metrics unchanged."""
     before = Snapshot(*[run_dir / f for f in ("last.ckpt", "best.ckpt", "metrics.csv")], tiny_cifar10)
     proc = train_into(run_dir, *data_flags(tiny_cifar10), "--lr", "1e30", "--warmup_epochs", "0")
-    line = expect_clean_failure(proc, before, "loss became", f"at epoch {EPOCHS + 1} step",
+    line = expect_clean_failure(proc, before, "loss became", f"at epoch {TRAIN_EPOCHS + 1} step",
                                 str(run_dir / "last.ckpt"))
     assert "last good checkpoint" in line
     assert not temp_files(run_dir)
@@ -590,12 +551,12 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
 
-@pytest.mark.parametrize("free, culprit", [(64 * 1024, "epoch_0004.ckpt"), (0, "config.yaml")],
+@pytest.mark.parametrize("free, culprit", [(64 * 1024, f"epoch_{TRAIN_EPOCHS + 1:04d}.ckpt"), (0, "config.yaml")],
                          ids=["full-during-checkpoint-save", "full-from-the-start"])
 def test_full_disk(free, culprit, small_fs, finished, tiny_cifar10):
-    """The run folder on a tiny tmpfs holding last.ckpt: with 64 KiB free the run trains epoch 4
-    and cannot save it; with nothing free it cannot even write config.yaml. Either way: one line
-    naming the file and the cause, last.ckpt intact, no temporary file left."""
+    """The run folder on a tiny tmpfs holding last.ckpt: with 64 KiB free the run trains one more
+    epoch and cannot save it; with nothing free it cannot even write config.yaml. Either way: one
+    line naming the file and the cause, last.ckpt intact, no temporary file left."""
     mnt = small_fs([finished / "last.ckpt"], free)
     before = Snapshot(mnt / "last.ckpt", tiny_cifar10)
     proc = train_into(mnt, *data_flags(tiny_cifar10))

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TOPOLOGY, override, run_script
+from helpers import REPO, TINY_TOPOLOGY, override, run_script
 
 EPOCHS = 3
 STEPS = 6                          # max_steps_per_epoch (the data has 12 batches of 16)

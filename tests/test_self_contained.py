@@ -1,6 +1,6 @@
-"""The test suite needs nothing outside the repository: a clone in an empty folder, with no
-``shared`` folder (or anything else) beside it, passes the parity tests, which read the official
-ground truth. The clone is of the committed state, so this test checks what CI will see."""
+"""The test suite needs nothing outside the repository: a clone in an empty folder, with nothing
+beside it, passes the parity tests, which read the official ground truth. The clone is of the
+committed state, so this test checks what CI will see."""
 import os
 import shutil
 import subprocess
@@ -8,19 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
-
-def test_no_test_reads_outside_the_repository():
-    outside = ("../" + "shared", "CONVMLP_" + "SHARED")   # the old ground-truth location and its variable
-    offenders = []
-    for name in sorted(os.listdir(os.path.join(REPO, "tests"))):
-        if name.endswith(".py") and name != os.path.basename(__file__):
-            with open(os.path.join(REPO, "tests", name), encoding="utf-8") as f:
-                text = f.read()
-            if any(word in text for word in outside):
-                offenders.append(name)
-    assert offenders == []
+from helpers import REPO
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")),

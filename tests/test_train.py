@@ -1,33 +1,23 @@
 """train.py and evl.py end to end, run as a user runs them (subprocesses on generated CIFAR data).
 
 The runs use a small ConvMLP topology (``TINY_TOPOLOGY``: same cells as S/M/L, ~0.2 M parameters)
-at 32 px so that the whole file takes a few minutes on 2 CPU cores.
+at 32 px so that the whole file takes a few minutes on 2 CPU cores. The training runs are background
+jobs (``helpers.background``): they start with the test session, while other files' tests run, and
+the tests here read what they left. Ctrl-C and resume, and a loss that becomes NaN, are in
+tests/test_reliability.py.
 """
-import hashlib
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import NO_AUG, REPO, TINY_TOPOLOGY, assert_user_error, override, run_script
+from helpers import (NO_AUG, TINY_TOPOLOGY, assert_user_error, background, data_flags, learnable, model_weights, ok,
+                     override, run_main, run_script)
 
 COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_parallel_workers", "2",
                           "--cooldown_epochs", "0"]
-
-
-def data_flags(folder):
-    return ["--train_data_path", folder, "--val_data_path", folder]
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def evaluate_json(ckpt, tmp_path, *extra):
@@ -38,22 +28,17 @@ def evaluate_json(ckpt, tmp_path, *extra):
         return json.load(f), proc
 
 
-def model_weights(ckpt):
-    import mindspore as ms
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(ckpt).items()
-            if not isinstance(v, str) and not k.startswith(("adam_", "global_step", "learning_rate"))
-            and k not in ("epoch", "step_in_epoch", "best_acc", "best_epoch", "num_classes", "image_size")}
-
-
-@pytest.fixture(scope="module")
-def trained10(learnable_cifar10, tmp_path_factory):
-    """One from-scratch run on CIFAR-10-format data with the full augmentation recipe on."""
-    out = tmp_path_factory.mktemp("run10")
+@background
+def trained10(ctx):
+    """One from-scratch run on CIFAR-10-format data big enough to learn (``data``) with the full
+    augmentation recipe on."""
+    data = learnable(ctx.folder, "cifar10")
+    out = ctx.folder / "run10"
     t0 = time.time()
-    proc = ok(run_script("train.py", *COMMON, *data_flags(learnable_cifar10), "--epoch_size", "8",
+    proc = ok(run_script("train.py", *COMMON, *data_flags(data), "--epoch_size", "8",
                          "--warmup_epochs", "1", "--lr", "1e-3", "--mixup", "0", "--cutmix", "0",
-                         "--save_checkpoint_path", out))
-    return {"dir": str(out), "log": proc.stdout, "seconds": time.time() - t0}
+                         "--save_checkpoint_path", out, environ=ctx.env))
+    return {"dir": str(out), "log": proc.stdout, "seconds": time.time() - t0, "data": data}
 
 
 def test_train_log_tells_a_person_what_is_running(trained10):
@@ -80,48 +65,61 @@ def test_run_folder_has_checkpoints_metrics_and_curves(trained10):
     assert rows[0].startswith("epoch,step,train_loss,val_loss,val_top1") and len(rows) == 9
 
 
-def test_from_scratch_run_learns_far_above_chance(trained10, tmp_path, learnable_cifar10):
+def test_from_scratch_run_learns_far_above_chance(trained10, tmp_path):
     """evl.py on best.ckpt: chance is 10 %; the threshold is 40 % (measured 58-62 % over seeds)."""
     res, proc = evaluate_json(os.path.join(trained10["dir"], "best.ckpt"), tmp_path,
-                              *data_flags(learnable_cifar10))
+                              *data_flags(trained10["data"]))
     assert res["acc"] >= 0.4, proc.stdout
     assert res["top5"] >= res["acc"] and res["n"] == 500
     assert len(res["per_class"]) == 10 and "top-5 accuracy" in proc.stdout
 
 
-def test_evl_reads_arch_and_topology_from_a_train_checkpoint(trained10, learnable_cifar10):
+def test_evl_reads_arch_and_topology_from_a_train_checkpoint(trained10):
     """No topology flags needed: the checkpoint carries its run's config."""
     proc = ok(run_script("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "last.ckpt"),
-                         *data_flags(learnable_cifar10), "--image_size", "32"))
+                         *data_flags(trained10["data"]), "--image_size", "32"))
     assert "from the checkpoint's config" in proc.stdout
     assert "accuracy:{'acc': " in proc.stdout
 
 
-def test_evl_rejects_checkpoint_for_another_number_of_classes(trained10, learnable_cifar10):
+def test_evl_rejects_checkpoint_for_another_number_of_classes(trained10):
+    """As a process: evl.py's exit status (the other refusals run in-process, tests/test_reliability.py)."""
     proc = run_script("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "best.ckpt"),
-                      *data_flags(learnable_cifar10), "--num_classes", "100")
+                      *data_flags(trained10["data"]), "--num_classes", "100")
     assert_user_error(proc, "best.ckpt", "head.weight")
 
 
-def test_cifar100_format_end_to_end(learnable_cifar100, tmp_path):
+@background
+def trained100(ctx):
+    """A from-scratch CIFAR-100-format run (recipe augmentation off), then evl.py --json on its best
+    checkpoint."""
+    data, out = learnable(ctx.folder, "cifar100"), ctx.folder / "run100"
+    train = run_script("train.py", *override([*COMMON, *NO_AUG], "--dataset_choose", "cifar100",
+                       *data_flags(data), "--epoch_size", "4", "--warmup_epochs", "1",
+                       "--lr", "3e-3", "--batch_size", "64", "--save_checkpoint_path", out), environ=ctx.env)
+    evaluation = run_script("evl.py", "--checkpoint_path", out / "best.ckpt", "--json", ctx.folder / "eval.json",
+                            "--dataset_choose", "cifar100", *data_flags(data), environ=ctx.env)
+    return {"train": train, "evl": evaluation, "json": ctx.folder / "eval.json"}
+
+
+@pytest.mark.slow
+def test_cifar100_format_end_to_end(trained100):
     """100 classes (fine labels of the CIFAR-100 binary format): chance is 1 %, threshold 5 %."""
-    out = tmp_path / "run100"
-    ok(run_script("train.py", *override([*COMMON, *NO_AUG], "--dataset_choose", "cifar100",
-                  *data_flags(learnable_cifar100), "--epoch_size", "4", "--warmup_epochs", "1",
-                  "--lr", "3e-3", "--batch_size", "64", "--save_checkpoint_path", out)))
-    res, _ = evaluate_json(str(out / "best.ckpt"), tmp_path, "--dataset_choose", "cifar100",
-                           *data_flags(learnable_cifar100))
+    ok(trained100["train"])
+    assert "accuracy:{'acc': " in ok(trained100["evl"]).stdout
+    with open(trained100["json"]) as f:
+        res = json.load(f)
     assert res["acc"] >= 0.05 and len(res["per_class"]) == 100
 
 
-def test_finetune_from_converted_official_checkpoint(tiny, learnable_cifar100, tmp_path):
+def test_finetune_from_converted_official_checkpoint(tiny, tiny_cifar100, tmp_path):
     """official .pth -> pth2ckpt.py -> train.py --pretrained_ckpt with a new 100-class head."""
     ckpt = tmp_path / "tiny.ckpt"
-    ok(run_script("pth2ckpt.py", "--src", tiny["pth"], "--dst", ckpt, *tiny["flags"],
-                  "--num_classes", str(tiny["num_classes"])))
+    ok(run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", ckpt, *tiny["flags"],
+                "--num_classes", str(tiny["num_classes"])))
     topo = tiny["flags"]
     proc = ok(run_script("train.py", *topo, "--image_size", "32", "--dataset_choose", "cifar100",
-                         *data_flags(learnable_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
+                         *data_flags(tiny_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
                          "--max_steps_per_epoch", "3", "--save_checkpoint_path", tmp_path / "ft"))
     assert "head re-created for 100 classes" in proc.stdout
     assert "FROM SCRATCH" not in proc.stdout
@@ -131,69 +129,31 @@ def test_finetune_from_converted_official_checkpoint(tiny, learnable_cifar100, t
     assert moved, "the pretrained body was not trained"
 
 
-def _sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+#: The mixed-precision levels the CPU runs (float16 emulated), each with a fixed loss scale.
+AMP_LEVELS = (("O1", "fixed"), ("O2", "fixed"))
 
 
-def test_ctrl_c_then_resume_ends_with_the_same_weights(learnable_cifar10, tmp_path):
-    """Uninterrupted 3 epochs == (Ctrl-C during epoch 2, saved mid-epoch) + --resume auto.
-
-    Augmentation stays on: each epoch's shuffle and augmentation depend only on (seed, epoch), and
-    the lr follows the optimiser's global step. drop_path is 0 because MindSpore's in-graph random
-    state is not saved in checkpoints (the one documented source of non-bit-exact resumes)."""
-    args = [*COMMON, *data_flags(learnable_cifar10), "--epoch_size", "3", "--warmup_epochs", "1",
-            "--lr", "2e-3", "--drop_path_rate", "0", "--mixup", "0.8", "--log_interval", "1"]
-    ok(run_script("train.py", *args, "--save_checkpoint_path", tmp_path / "straight"))
-
-    run_dir = tmp_path / "interrupted"
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), *args, "--save_checkpoint_path", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if "epoch 2/3 10/62" in line:
-            proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=300) == 130, "".join(out)
-    text = "".join(out)
-    assert "saved resumable" in text and "--resume auto" in text
-
-    resumed = ok(run_script("train.py", *args, "--save_checkpoint_path", run_dir, "--resume", "auto"))
-    assert "resumed from" in resumed.stdout and "1 epoch(s) done +" in resumed.stdout
-    a = model_weights(str(tmp_path / "straight" / "last.ckpt"))
-    b = model_weights(str(run_dir / "last.ckpt"))
-    assert a.keys() == b.keys()
-    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-    assert worst <= 1e-4, f"max abs weight difference {worst}"
+@background
+def amp_runs(ctx):
+    """One short train.py run per :data:`AMP_LEVELS` entry."""
+    return {level: run_script("train.py", *COMMON, *NO_AUG, *data_flags(ctx.tiny_cifar10), "--epoch_size", "1",
+                              "--max_steps_per_epoch", "4", "--amp_level", level, "--loss_scale_type", scale,
+                              "--save_checkpoint_path", ctx.folder / level, environ=ctx.env)
+            for level, scale in AMP_LEVELS}
 
 
-def test_amp_levels_that_the_cpu_supports_train(learnable_cifar10, tmp_path):
-    for level, scale in (("O1", "fixed"), ("O2", "fixed")):
-        proc = ok(run_script("train.py", *COMMON, *NO_AUG, *data_flags(learnable_cifar10), "--epoch_size", "1",
-                             "--max_steps_per_epoch", "4", "--amp_level", level, "--loss_scale_type", scale,
-                             "--save_checkpoint_path", tmp_path / level))
+@pytest.mark.slow
+def test_amp_levels_that_the_cpu_supports_train(amp_runs):
+    for level, _ in AMP_LEVELS:
+        proc = ok(amp_runs[level])
         assert f"amp_level {level}" in proc.stdout and "emulated" in proc.stdout
         loss = float(proc.stdout.split("loss is ")[1].split()[0])
         assert np.isfinite(loss)
 
 
-def test_dynamic_loss_scale_is_refused_on_cpu_before_anything_runs(learnable_cifar10, tmp_path):
-    proc = run_script("train.py", *COMMON, *data_flags(learnable_cifar10), "--loss_scale_type", "dynamic",
+def test_dynamic_loss_scale_is_refused_on_cpu_before_anything_runs(tiny_cifar10, tmp_path):
+    """As a process: train.py's exit status (the other refusals run in-process, tests/test_reliability.py)."""
+    proc = run_script("train.py", *COMMON, *data_flags(tiny_cifar10), "--loss_scale_type", "dynamic",
                       "--save_checkpoint_path", tmp_path / "dyn")
     assert_user_error(proc, "loss_scale_type dynamic", "CPU")
-    assert not (tmp_path / "dyn").exists() or not os.listdir(tmp_path / "dyn")
-
-
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trained10, learnable_cifar10, tmp_path):
-    """Resume the finished run for more epochs with an absurd lr: the loss overflows, the run stops
-    with one clear line, and last.ckpt / best.ckpt are byte-for-byte unchanged."""
-    run_dir = tmp_path / "nan"
-    shutil.copytree(trained10["dir"], run_dir)
-    before = {f: _sha(run_dir / f) for f in ("last.ckpt", "best.ckpt")}
-    proc = run_script("train.py", *COMMON, *NO_AUG, *data_flags(learnable_cifar10), "--epoch_size", "10",
-                      "--lr", "1e30", "--warmup_epochs", "0", "--resume", "auto",
-                      "--save_checkpoint_path", run_dir)
-    line = assert_user_error(proc, "loss became", "last good checkpoint")
-    assert str(run_dir / "last.ckpt") in line
-    assert {f: _sha(run_dir / f) for f in before} == before
+    assert not (tmp_path / "dyn").exists()   # refused before the run folder is made

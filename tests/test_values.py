@@ -2,11 +2,12 @@
 UTF-8 or repeat a key, flags given twice, a training folder that holds only the test file, and a
 Ctrl-C or SIGTERM at any moment.
 
-As in tests/test_reliability.py every case runs the real entry script as a subprocess and checks
-the exit status (2 for an expected error, 130 for an interrupt), exactly one ``error: ...`` line
-naming the culprit, no traceback, and that every file that was on disk before is byte-identical
-after, with nothing new written. The checkpoints come from one short train.py run of the small
-``TINY_TOPOLOGY`` model; the damaged ones are copies with NaN, infinity or float32-limit weights.
+As in tests/test_reliability.py every case runs the real entry script's ``main`` through
+``run_cli`` in this process (an interrupt: as a subprocess) and checks the exit status (2 for an
+expected error, 130 for an interrupt), exactly one ``error: ...`` line naming the culprit, no
+traceback, and that every file that was on disk before is byte-identical after, with nothing new
+written. The checkpoints come from the session's trained run of the small ``TINY_TOPOLOGY`` model
+(conftest ``trained_run``); the damaged ones are copies with NaN, infinity or float32-limit weights.
 """
 import os
 import shutil
@@ -18,21 +19,21 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TOPOLOGY, override
-from test_reliability import COMMON, Snapshot, data_flags, expect_clean_failure, run
+from helpers import (REPO, TINY_TOPOLOGY, TRAIN_EPOCHS, TRAIN_FLAGS, Snapshot, data_flags, expect_clean_failure,
+                     ok, override, run_main)
+
+#: The run's flags; a train.py case continues the run for one more epoch.
+COMMON = TRAIN_FLAGS
+MORE_EPOCHS = TRAIN_EPOCHS + 1
 
 
 # ------------------------------------------------------------------------------------------------
 # A finished run and damaged copies of its checkpoint
 
-@pytest.fixture(scope="module")
-def good_run(tiny_cifar10, tmp_path_factory):
-    """A one-epoch run (2 steps) of the tiny model: its folder, with last.ckpt and config.yaml."""
-    out = tmp_path_factory.mktemp("values") / "run"
-    proc = run("train.py", *COMMON, *data_flags(tiny_cifar10), "--epoch_size", 1, "--max_steps_per_epoch", 2,
-               "--save_checkpoint_path", out)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+@pytest.fixture
+def good_run(trained_run):
+    """The session's trained run: its folder, with last.ckpt and config.yaml (do not modify it)."""
+    return trained_run["dir"]
 
 
 def rewrite_checkpoint(src, dst, weights=None, meta=None):
@@ -77,9 +78,9 @@ def _float32_limit_head(name, arr):
 
 
 @pytest.fixture(scope="module")
-def damaged(good_run, tmp_path_factory):
+def damaged(trained_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("damaged")
-    src = good_run / "last.ckpt"
+    src = trained_run["dir"] / "last.ckpt"
     return {
         "nan_head": rewrite_checkpoint(src, folder / "nan_head.ckpt", _nan_head),
         "nan_conv": rewrite_checkpoint(src, folder / "nan_conv.ckpt", _one_nan_in_first_conv),
@@ -119,20 +120,22 @@ NAN_CASES = [  # (entry, checkpoint, fragments)
 
 
 def run_with_checkpoint(entry, ckpt, tmp_path, data, run_dir, *extra):
-    """Give `ckpt` to an entry script as a user would."""
+    """Give `ckpt` to an entry script as a user would (in this process: evl.py's graphs are
+    compiled without the per-process graph cache)."""
     if entry == "evl":
-        return run("evl.py", "--checkpoint_path", ckpt, *data_flags(data), "--json", tmp_path / "eval.json", *extra)
+        return run_main("evl.py", "--checkpoint_path", ckpt, *data_flags(data), "--json", tmp_path / "eval.json",
+                        "--graph_cache", "false", *extra)
     if entry == "infer":
-        return run("infer.py", "--checkpoint_path", ckpt, tmp_path / "img.png", "--json", tmp_path / "pred.json",
-                   *extra)
+        return run_main("infer.py", "--checkpoint_path", ckpt, tmp_path / "img.png", "--json",
+                        tmp_path / "pred.json", *extra)
     if entry == "export":
-        return run("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "exported", *extra)
+        return run_main("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "exported", *extra)
     if entry == "pretrained":
-        return run("train.py", *COMMON, *data_flags(data), "--pretrained_ckpt", ckpt,
-                   "--save_checkpoint_path", tmp_path / "fresh_run", *extra)
+        return run_main("train.py", *COMMON, *data_flags(data), "--pretrained_ckpt", ckpt,
+                        "--save_checkpoint_path", tmp_path / "fresh_run", *extra)
     assert entry == "resume"
-    return run("train.py", *override([*COMMON, *data_flags(data), "--epoch_size", 2,
-                                      "--save_checkpoint_path", run_dir], "--resume", ckpt, *extra))
+    return run_main("train.py", *override([*COMMON, *data_flags(data), "--epoch_size", MORE_EPOCHS,
+                                           "--save_checkpoint_path", run_dir], "--resume", ckpt, *extra))
 
 
 def _png(path):
@@ -156,7 +159,7 @@ def test_weights_that_overflow_make_evaluation_an_error_not_nan(damaged, tiny_ci
     """Finite weights at the float32 limit: evl.py names the checkpoint instead of printing 'mean loss: nan'."""
     before = Snapshot(tmp_path, tiny_cifar10)
     proc = run_with_checkpoint("evl", damaged["overflow"], tmp_path, tiny_cifar10, None)
-    line = expect_clean_failure(proc, before, str(damaged["overflow"]), "non-finite outputs", "mean loss")
+    expect_clean_failure(proc, before, str(damaged["overflow"]), "non-finite outputs", "mean loss")
     assert "nan" not in proc.stdout.lower(), proc.stdout
 
 
@@ -201,7 +204,7 @@ def test_pth_with_nan_weights_is_refused(bad_pth, tiny, good_run, tmp_path):
     dst = tmp_path / "converted.ckpt"
     shutil.copyfile(good_run / "last.ckpt", dst)
     before = Snapshot(tmp_path, bad_pth)
-    proc = run("pth2ckpt.py", "--src", bad_pth / "nan.pth", "--dst", dst, *tiny["flags"])
+    proc = run_main("pth2ckpt.py", "--src", bad_pth / "nan.pth", "--dst", dst, *tiny["flags"])
     expect_clean_failure(proc, before, str(bad_pth / "nan.pth"), "non-finite weights",
                          "tokenizer.block.0.weight (1 NaN", "nothing was written")
 
@@ -210,7 +213,7 @@ def test_pth2ckpt_verify_with_a_nan_difference_fails_and_writes_nothing(bad_pth,
     dst = tmp_path / "converted.ckpt"
     shutil.copyfile(good_run / "last.ckpt", dst)
     before = Snapshot(tmp_path, bad_pth)
-    proc = run("pth2ckpt.py", "--src", bad_pth / "overflow.pth", "--dst", dst, *tiny["flags"], "--verify")
+    proc = run_main("pth2ckpt.py", "--src", bad_pth / "overflow.pth", "--dst", dst, *tiny["flags"], "--verify")
     expect_clean_failure(proc, before, "verify failed", "max abs diff nan", "nothing was written")
     assert "max abs diff nan" in proc.stdout and ": FAIL" in proc.stdout
 
@@ -231,7 +234,7 @@ def test_pth2ckpt_flags_have_the_schema_bounds(flags, fragments, tiny, tmp_path)
     dst = tmp_path / "out.ckpt"
     dst.write_bytes(b"previous")
     before = Snapshot(tmp_path)
-    proc = run("pth2ckpt.py", "--src", tiny["pth"], *override(["--dst", dst], *flags))
+    proc = run_main("pth2ckpt.py", "--src", tiny["pth"], *override(["--dst", dst], *flags))
     expect_clean_failure(proc, before, *fragments)
 
 
@@ -255,18 +258,18 @@ CONFIG_CASES = [  # (flags, fragments)
                                                                  enumerate(CONFIG_CASES)])
 def test_out_of_range_values_are_one_line(flags, fragments, run_copy, tiny_cifar10):
     before = Snapshot(run_copy, tiny_cifar10)
-    proc = run("train.py", *override([*COMMON, *data_flags(tiny_cifar10), "--epoch_size", 2, "--resume", "auto",
-                                      "--save_checkpoint_path", run_copy], *flags))
+    proc = run_main("train.py", *override([*COMMON, *data_flags(tiny_cifar10), "--epoch_size", MORE_EPOCHS,
+                                           "--resume", "auto", "--save_checkpoint_path", run_copy], *flags))
     expect_clean_failure(proc, before, *fragments)
 
 
 def test_a_seed_that_would_overflow_in_a_later_epoch_is_refused_before_resuming(run_copy, tiny_cifar10):
-    """The run finished epoch 1 with a valid seed; continuing to 10**6 epochs would overflow the
+    """The run finished its epochs with a valid seed; continuing to 10**6 epochs would overflow the
     per-epoch seed long after a checkpoint was written: refused at the start instead."""
     before = Snapshot(run_copy, tiny_cifar10)
-    proc = run("train.py", *override([*COMMON, *data_flags(tiny_cifar10), "--resume", "auto",
-                                      "--save_checkpoint_path", run_copy], "--epoch_size", "100000",
-                                     "--seed", str(2 ** 32 - 10 ** 6)))
+    proc = run_main("train.py", *override([*COMMON, *data_flags(tiny_cifar10), "--resume", "auto",
+                                           "--save_checkpoint_path", run_copy], "--epoch_size", "100000",
+                                          "--seed", str(2 ** 32 - 10 ** 6)))
     expect_clean_failure(proc, before, "seed 4293967296", "epoch_size 100000", "32-bit")
 
 
@@ -288,7 +291,7 @@ def test_dims_alone_keeps_the_arch_rest_and_a_length_mismatch_is_one_line(good_r
             ("evl.py", ["--checkpoint_path", good_run / "last.ckpt", *data_flags(tiny_cifar10), "--dims", "16,32"],
              "blocks [1, 1, 1] (given)")):
         before = Snapshot(run_copy, good_run, tiny_cifar10)
-        expect_clean_failure(run(script, *args), before, where, "dims [16, 32] (given)", "need one entry per stage")
+        expect_clean_failure(run_main(script, *args), before, where, "dims [16, 32] (given)", "need one entry per stage")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,7 +321,7 @@ def test_config_files_that_are_not_utf8_or_repeat_a_key(script, run_copy, tiny_c
             args = [*TINY_TOPOLOGY, *args, "--resume", "auto", "--save_checkpoint_path", run_copy]
         else:
             args = ["--checkpoint_path", run_copy / "last.ckpt", *args]
-        expect_clean_failure(run(f"{script}.py", *args), before, f"config file {path}", *fragments)
+        expect_clean_failure(run_main(f"{script}.py", *args), before, f"config file {path}", *fragments)
 
 
 SAVED_CONFIG_CASES = [  # (checkpoint, fragments)
@@ -343,8 +346,7 @@ def test_reverse_conversion_reads_the_topology_off_the_weights_when_the_saved_co
     that evl.py refuses (same reader, src.checkpoint.saved_config) is passed over, and the output
     says where the topology came from."""
     out = tmp_path / "back.pth"
-    proc = run("pth2ckpt.py", "--reverse", "--src", damaged[name], "--dst", out, "--verify")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = ok(run_main("pth2ckpt.py", "--reverse", "--src", damaged[name], "--dst", out, "--verify"))
     assert "(from the weights' shapes)" in proc.stdout and os.path.isfile(out)
 
 
@@ -360,16 +362,15 @@ def test_flags_given_twice_in_the_other_scripts(good_run, tiny, tmp_path):
              ["--train is given twice", "'10'", "'20'"]),
             ("evl.py", ["--checkpoint_path", ckpt, "--checkpoint_path", ckpt],
              ["--checkpoint_path is given twice"])):
-        expect_clean_failure(run(script, *args), before, *fragments)
+        expect_clean_failure(run_main(script, *args), before, *fragments)
 
 
 def test_too_many_workers_is_lowered_to_the_core_count_with_one_warning(good_run, tiny_cifar10, tmp_path):
     """MindSpore's data pipeline refuses more workers than cores (a traceback); the config lowers
     the value and says so once."""
     cores = os.cpu_count()
-    proc = run("evl.py", "--checkpoint_path", good_run / "last.ckpt", *data_flags(tiny_cifar10),
-               "--num_parallel_workers", cores + 1)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = ok(run_main("evl.py", "--checkpoint_path", good_run / "last.ckpt", *data_flags(tiny_cifar10),
+                       "--num_parallel_workers", cores + 1, "--graph_cache", "false"))
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: num_parallel_workers")]
     assert warnings == [f"warning: num_parallel_workers {cores + 1} is more than the {cores} CPU core(s) of this "
                         f"machine; using {cores}"]
@@ -386,9 +387,9 @@ def test_a_train_folder_holding_only_the_test_file_is_refused(tiny_cifar10, run_
     train.mkdir()
     shutil.copyfile(os.path.join(tiny_cifar10, "test_batch.bin"), train / "test_batch.bin")
     before = Snapshot(train, run_copy, tiny_cifar10)
-    proc = run("train.py", *override([*COMMON, "--epoch_size", 2, "--resume", "auto",
-                                      "--save_checkpoint_path", run_copy],
-                                     "--train_data_path", train, "--val_data_path", tiny_cifar10))
+    proc = run_main("train.py", *override([*COMMON, "--epoch_size", MORE_EPOCHS, "--resume", "auto",
+                                           "--save_checkpoint_path", run_copy],
+                                          "--train_data_path", train, "--val_data_path", tiny_cifar10))
     expect_clean_failure(proc, before, str(train / "test_batch.bin"), "holds only val-split files",
                          "would train on the test set", "data_batch_<n>.bin")
 
@@ -398,8 +399,8 @@ def test_a_val_folder_holding_only_training_files_is_refused(tiny_cifar10, good_
     val.mkdir()
     shutil.copyfile(os.path.join(tiny_cifar10, "data_batch_1.bin"), val / "data_batch_1.bin")
     before = Snapshot(val, good_run, tiny_cifar10)
-    proc = run("evl.py", "--checkpoint_path", good_run / "last.ckpt", "--train_data_path", tiny_cifar10,
-               "--val_data_path", val)
+    proc = run_main("evl.py", "--checkpoint_path", good_run / "last.ckpt", "--train_data_path", tiny_cifar10,
+                    "--val_data_path", val)
     expect_clean_failure(proc, before, str(val / "data_batch_1.bin"), "holds only train-split files",
                          "would evaluate on training data")
 
