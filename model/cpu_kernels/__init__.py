@@ -6,10 +6,11 @@ on (:func:`set_enabled`, config key ``cpu_kernels``) and built (``g++``, on firs
 and for the cases they do not implement, MindSpore's own kernels run. :mod:`.build` compiles and
 caches the libraries, :mod:`.ops` registers the primitives, :mod:`.layers` holds the cells.
 """
-from .build import active, conv_library_path, enabled, library_path, mindspore_onednn_library, set_enabled, status
+from .build import (KERNEL_ISA_ENV, KERNEL_ISAS, active, conv_library_path, enabled, kernel_isa, library_path,
+                    mindspore_onednn_library, set_enabled, status)
 from .layers import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d
 from .ops import depthwise_conv_nhwc, scale_samples
 
 __all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "depthwise_conv_nhwc", "scale_samples",
            "mindspore_onednn_library", "set_enabled", "enabled", "active", "library_path", "conv_library_path",
-           "status"]
+           "status", "kernel_isa", "KERNEL_ISAS", "KERNEL_ISA_ENV"]

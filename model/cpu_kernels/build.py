@@ -27,7 +27,7 @@ from ..cache import cache_dir
 from ..errors import first_line
 
 __all__ = ["set_enabled", "enabled", "active", "status", "library_path", "conv_library_path",
-           "mindspore_onednn_library"]
+           "mindspore_onednn_library", "kernel_isa", "KERNEL_ISAS", "KERNEL_ISA_ENV"]
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -41,6 +41,11 @@ _CONV_SOURCE = "conv_onednn.cc"
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
 _CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"
+
+#: ``$CONVMLP_KERNEL_ISA`` value -> g++ target flags (x86-64 micro-architecture levels: v3 is AVX2 +
+#: FMA without AVX-512, v4 adds AVX-512); unset or ``native``: the building machine's own.
+KERNEL_ISAS = {"native": ["-march=native"], "avx2": ["-march=x86-64-v3"], "avx512": ["-march=x86-64-v4"]}
+KERNEL_ISA_ENV = "CONVMLP_KERNEL_ISA"
 
 _enabled = True
 _lock = threading.Lock()
@@ -138,7 +143,21 @@ def _compiler():
     return cxx, version
 
 
+def kernel_isa() -> str:
+    """The instruction set the kernels are built for: ``$CONVMLP_KERNEL_ISA`` (one of
+    :data:`KERNEL_ISAS`), default ``native``. RuntimeError for another value."""
+    isa = (os.environ.get(KERNEL_ISA_ENV) or "native").strip().lower()
+    if isa not in KERNEL_ISAS:
+        raise RuntimeError(f"{KERNEL_ISA_ENV}={isa!r} is not one of {', '.join(KERNEL_ISAS)}")
+    return isa
+
+
 def _arch_flags():
+    isa = kernel_isa()
+    if isa != "native":
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            raise RuntimeError(f"{KERNEL_ISA_ENV}={isa} names an x86 target; this machine is {platform.machine()}")
+        return list(KERNEL_ISAS[isa])
     return ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "aarch64") else []
 
 
@@ -180,7 +199,7 @@ def _compile_object(cxx, arch_flags, source, extra, include, obj):
     try:
         _run(cmd)
     except RuntimeError:
-        if not arch_flags:
+        if arch_flags != KERNEL_ISAS["native"]:
             raise
         _run([a for a in cmd if a not in arch_flags])  # a compiler without -march=native
 
@@ -260,4 +279,4 @@ def status() -> str:
     if library_path() is None:
         return f"unavailable ({_failure})"
     conv = "on" if _conv_library else f"MindSpore's ({_conv_failure})"
-    return f"on ({os.path.dirname(_library)}); convolutions: {conv}"
+    return f"on ({os.path.dirname(_library)}, built for {kernel_isa()}); convolutions: {conv}"
