@@ -21,8 +21,10 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 
 On the CPU, the convolutions (oneDNN with blocked layouts), LayerNorm, GELU, the channel MLPs'
 bias, BatchNorm+ReLU, the tokenizer's max-pool and the blocks' depthwise conv run as the C++ kernels
-of :mod:`model.cpu_kernels` (same functions, faster than MindSpore 2.10's); config key
-``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`) keeps MindSpore's kernels.
+of :mod:`model.cpu_kernels` (same functions, faster than MindSpore 2.10's); in evaluation mode the
+cells take the fused path of :mod:`model.cpu_kernels.inference` (BatchNorm folded, blocked layouts,
+LayerNorm + MLP in one op). Config key ``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`)
+keeps MindSpore's kernels.
 """
 import math
 from typing import Optional, Sequence
@@ -35,26 +37,12 @@ from mindspore.ops import constexpr
 
 from . import cpu_kernels
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
-from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d
+from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d, inference
 from .weights import load_pretrained
 
-__all__ = [
-    "ConvMLP",
-    "ConvTokenizer",
-    "ConvStage",
-    "ConvMLPBlock",
-    "ConvMLPStage",
-    "ConvDownsample",
-    "Mlp",
-    "DropPath",
-    "convmlp_s",
-    "convmlp_m",
-    "convmlp_l",
-    "default_cfgs",
-    "model_entrypoints",
-    "TOPOLOGY_KEYS",
-    "HEAD_PREFIX",
-]
+__all__ = ["ConvMLP", "ConvTokenizer", "ConvStage", "ConvMLPBlock", "ConvMLPStage", "ConvDownsample", "Mlp",
+           "DropPath", "convmlp_s", "convmlp_m", "convmlp_l", "default_cfgs", "model_entrypoints", "TOPOLOGY_KEYS",
+           "HEAD_PREFIX"]
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default; MindSpore's default is 1e-7
 BN_EPS = 1e-5
@@ -210,6 +198,7 @@ class ConvMLPBlock(nn.Cell):
         self.norm2 = LayerNorm((embedding_dim,), epsilon=LN_EPS)
         self.channel_mlp2 = Mlp(embedding_dim, dim_feedforward)
         self.connect_kernel = cpu_kernels.active()
+        inference.prepare_block(self, LN_EPS)
 
     def _depthwise(self, x):
         if self.connect_kernel and x.dtype == ms.float32:
@@ -223,6 +212,10 @@ class ConvMLPBlock(nn.Cell):
         return self.connect(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
 
     def construct(self, x):
+        if self.fused_inference and not self.training and x.dtype == ms.float32:
+            x = self.mlp_op(x, *self.mlp1_params, self.ln_eps)
+            x = self.dw_op(x, *self.connect_params, self.ln_eps)
+            return self.mlp_op(x, *self.mlp2_params, self.ln_eps)
         x = x + self.drop_path(self.channel_mlp1(self.norm1(x)))
         x = self._depthwise(self.connect_norm(x))
         x = x + self.drop_path(self.channel_mlp2(self.norm2(x)))
@@ -236,8 +229,11 @@ class ConvDownsample(nn.Cell):
         super().__init__()
         self.downsample = Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
                                  padding=1, has_bias=True)
+        inference.prepare_downsample(self)
 
     def construct(self, x):
+        if self.fused_inference and not self.training and x.dtype == ms.float32:
+            return self.stack_op(x, *self.stack_params, self.stack_eps, self.stack_cfg)
         x = self.downsample(x.transpose(0, 3, 1, 2))
         return x.transpose(0, 2, 3, 1)
 
@@ -306,6 +302,14 @@ class ConvMLP(nn.Cell):
             self.norm = None
             self.head = None
         self._init_weights()
+        inference.prepare_front(self)
+
+    def disable_fused_inference(self):
+        """Evaluate through the separate kernels (what mixed precision needs: the fused ops are
+        float32 throughout)."""
+        for _, cell in self.cells_and_names():
+            if getattr(cell, "fused_inference", False):
+                cell.fused_inference = False
 
     def _init_weights(self):
         """The official init: trunc-normal(0.02) Dense with zero bias, Kaiming-normal fan_out
@@ -344,9 +348,10 @@ class ConvMLP(nn.Cell):
 
     def forward_features(self, x):
         """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
-        x = self.tokenizer(x)
-        x = self.conv_stages(x)
-        x = x.transpose(0, 2, 3, 1)
+        if self.fused_inference and not self.training and x.dtype == ms.float32:
+            x = self.stack_op(x, *self.stack_params, self.stack_eps, self.stack_cfg)
+        else:
+            x = self.conv_stages(self.tokenizer(x)).transpose(0, 2, 3, 1)
         for stage in self.stages:
             x = stage(x)
         return x

@@ -36,8 +36,9 @@ _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 #: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
             "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
-#: the convolution, built as a library of its own against MindSpore's libdnnl.so.3 (optional)
-_CONV_SOURCE = "conv_onednn.cc"
+#: the convolutions and the fused inference path, built as a library of its own against MindSpore's
+#: libdnnl.so.3 (optional)
+_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"]}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
 _CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"
@@ -170,7 +171,7 @@ def _cache_key(version, arch_flags, dnnl_id):
             continue
         with open(os.path.join(_SRC_DIR, name), "rb") as f:
             digest.update(name.encode() + b"\0" + f.read())
-    digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _cpu_flags(), platform.machine(),
+    digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _CONV_SOURCES, _cpu_flags(), platform.machine(),
                         dnnl_id)).encode())
     return digest.hexdigest()[:20]
 
@@ -235,7 +236,7 @@ def _build():
     include, lib_dir = dnnl
     conv_target = os.path.join(folder, _CONV_LIBRARY_NAME)
     try:
-        _compile_library(cxx, arch_flags, {_CONV_SOURCE: ["-pthread"]}, conv_target, include=["-I" + include],
+        _compile_library(cxx, arch_flags, _CONV_SOURCES, conv_target, include=["-I" + include],
                          link=["-pthread", "-L" + lib_dir, "-l:libdnnl.so.3", "-Wl,-rpath," + lib_dir,
                                "-Wl,--no-undefined"])
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
