@@ -31,14 +31,14 @@ __all__ = ["set_enabled", "enabled", "active", "status", "library_path", "conv_l
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-#: source file -> extra compile flags. gelu.cc is compiled with -ffast-math so that GCC may
-#: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
-#: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
+#: source file -> extra compile flags. gelu.cc and gelu_rows.cc are compiled with -ffast-math so that
+#: GCC may vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC
+#: links crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
             "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
 #: the convolutions and the fused inference path, built as a library of its own against MindSpore's
 #: libdnnl.so.3 (optional)
-_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"]}
+_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"]}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
 _CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"

@@ -9,8 +9,8 @@
 //   blocked layout from the first layer to the last (plain NCHW or NHWC only at the two ends).
 // LayerNormMlpInference: x + fc2(GELU(fc1(LayerNorm(x)))) on channels-last rows, in tiles of rows
 //   small enough for the hidden activations to stay in the core's cache, one tile per task of
-//   the thread pool; bias and exact GELU (erf) of fc1 and the bias and residual of fc2 as
-//   post-ops of oneDNN's matrix products.
+//   the thread pool; the biases and fc2's residual inside oneDNN's matrix products, the exact
+//   GELU (erf, gelu_rows.cc) on the tile between them.
 // LayerNormDepthwiseInference: depthwise KxK convolution (stride 1, padding K/2) of
 //   LayerNorm(x), channels-last, as the training kernels compute them.
 #include <algorithm>
@@ -27,6 +27,10 @@
 
 #include "common.h"
 #include "onednn_common.h"
+
+namespace convmlp {
+void GeluInPlace(float *x, int64_t n);  // gelu_rows.cc
+}  // namespace convmlp
 
 namespace {
 
@@ -134,32 +138,46 @@ dnnl::primitive_attr ConvAttr(int flags, const dnnl::memory::desc &saved) {
   return attr;
 }
 
-// The convolution of layer `l` reading `src`: on that layout when oneDNN has a non-reference
-// kernel for it, else on the layout oneDNN prefers (the caller reorders); the output on `dst`
-// when given (the residual's layout, the op's output), else on oneDNN's choice.
-void PlanConv(StackLayer *l, const dnnl::memory::desc &src, const dnnl::memory::desc *dst_fixed,
+// The convolution of layer `l` reading `src` (the previous layer's output; with `from_input`, the
+// op's own input): oneDNN's blocked layouts (its direct kernels; for channels-last input and output
+// they beat its channels-last kernels on these small maps), the previous layer's layout read as it
+// is; the op's own NCHW input read as it is when oneDNN has a non-reference kernel for it (the
+// first, 3-channel convolution). The output on the residual's layout for a bottleneck's last
+// convolution, else on oneDNN's choice (the caller reorders the last one into the output).
+void PlanConv(StackLayer *l, const dnnl::memory::desc &src, bool from_input, bool nhwc_input,
               const dnnl::memory::desc &saved, const dims &wdims, const dims &ddims) {
   const dims strides{l->stride, l->stride}, pad_l{l->pad, l->pad};
   const dims pad_r{(ddims[2] - 1) * l->stride + wdims[2] - src.get_dims()[2] - l->pad,
                    (ddims[3] - 1) * l->stride + wdims[3] - src.get_dims()[3] - l->pad};
   const dnnl::memory::desc wei(wdims, dt::f32, tag::any), bias({wdims[0]}, dt::f32, tag::a);
-  const dnnl::memory::desc src_any(src.get_dims(), dt::f32, tag::any), dst_any(ddims, dt::f32, tag::any);
+  const dnnl::memory::desc src_any(src.get_dims(), dt::f32, tag::any);
+  const dnnl::memory::desc dst = (l->flags & kAddSaved) ? saved : dnnl::memory::desc(ddims, dt::f32, tag::any);
   const auto attr = ConvAttr(l->flags, saved);
-  auto make = [&](const dnnl::memory::desc &s, const dnnl::memory::desc &d) {
+  auto make = [&](const dnnl::memory::desc &s) {
     return dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_inference,
-                                                     dnnl::algorithm::convolution_direct, s, wei, bias, d, strides,
+                                                     dnnl::algorithm::convolution_direct, s, wei, bias, dst, strides,
                                                      pad_l, pad_r, attr);
   };
-  const dnnl::memory::desc &want_dst = dst_fixed ? *dst_fixed : dst_any;
-  l->conv_pd = make(src, want_dst);
-  if (IsReference(l->conv_pd)) {
-    l->conv_pd = make(src_any, want_dst);
-    l->reorder_src = l->conv_pd.src_desc() != src;
+  if (from_input && nhwc_input) {
+    // oneDNN would pick its channels-last kernel (brgconv) here, 3-5x slower on these small maps
+    // than its blocked direct kernel: ask for the blocked layouts by name (16 channels per block
+    // for AVX-512, 8 for AVX2)
+    l->conv_pd = make(src_any);
+    for (tag blocked : {tag::aBcd16b, tag::aBcd8b}) {
+      try {
+        auto pd = make(dnnl::memory::desc(src.get_dims(), dt::f32, blocked));
+        if (!IsReference(pd) && std::string(pd.impl_info_str()).find("brg") == std::string::npos) {
+          l->conv_pd = pd;
+          break;
+        }
+      } catch (const dnnl::error &) {
+      }
+    }
+  } else {
+    l->conv_pd = make(src);
+    if (IsReference(l->conv_pd)) l->conv_pd = make(src_any);
   }
-  if (IsReference(l->conv_pd) && dst_fixed && !(l->flags & kAddSaved)) {
-    l->conv_pd = make(src_any, dst_any);  // the caller reorders the result into the output
-    l->reorder_src = l->conv_pd.src_desc() != src;
-  }
+  l->reorder_src = l->conv_pd.src_desc() != src;
   l->conv = dnnl::convolution_forward(l->conv_pd);
   l->dst = l->conv_pd.dst_desc();
   l->weights_plain = dnnl::memory::desc(wdims, dt::f32, tag::oihw);
@@ -217,12 +235,10 @@ StackPlan *GetStackPlan(const int32_t *cfg, int64_t n, const int64_t *x, int64_t
       if (wdims[1] != in[1]) return nullptr;
       const dims ddims{in[0], wdims[0], (in[2] + 2 * l.pad - wdims[2]) / l.stride + 1,
                        (in[3] + 2 * l.pad - wdims[3]) / l.stride + 1};
-      const bool last = i == layers - 1;
-      const dnnl::memory::desc out = Plain(ddims, out_layout);
       if ((l.flags & kAddSaved) && saved.get_dims() != ddims) return nullptr;
-      PlanConv(&l, cur, (l.flags & kAddSaved) ? &saved : (last ? &out : nullptr), saved, wdims, ddims);
+      PlanConv(&l, cur, i == 0, in_layout == kNhwc, saved, wdims, ddims);
       l.out_channels = wdims[0];
-      l.to_output = last && l.dst == out;
+      l.to_output = i == layers - 1 && l.dst == Plain(ddims, out_layout);
       p += 1 + ((l.flags & kBn) ? 4 : 0) + ((l.flags & kBias) ? 1 : 0);
     } else if (l.kind == kMaxPool) {
       PlanPool(&l, cur);
@@ -266,7 +282,9 @@ void FoldedWeights(const StackLayer &l, void **params, int p, float eps, dnnl::s
     std::memset(b, 0, sizeof(float) * o);
   }
   dnnl::memory plain(l.weights_plain, Engine(), const_cast<float *>(wsrc));
-  *weights = ToLayout(plain, l.conv_pd.weights_desc(), s, scratch);
+  // the kept copy for weights of their own (a BatchNorm-folded copy is new on every call)
+  *weights = (l.flags & kBn) ? ToLayout(plain, l.conv_pd.weights_desc(), s, scratch)
+                             : convmlp::Packed().Get(plain, l.conv_pd.weights_desc(), s, scratch);
   *bias = dnnl::memory(dnnl::memory::desc({o}, dt::f32, tag::a), Engine(), b);
 }
 
@@ -345,11 +363,11 @@ MlpPlan *GetMlpPlan(int64_t rows, int64_t c, int64_t h) {
   if (it != cache.end()) return it->second.get();
   auto plan = std::make_unique<MlpPlan>();
   plan->tile = t;
-  dnnl::post_ops gelu, residual;
-  gelu.append_eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  // (GELU as a post-op would take oneDNN's older GEMM with a separate post-processing pass; it
+  // runs on the tile in cache instead, see MlpTile)
+  dnnl::post_ops residual;
   residual.append_binary(dnnl::algorithm::binary_add, dnnl::memory::desc({t, c}, dt::f32, tag::ab));
   dnnl::primitive_attr attr1, attr2;
-  attr1.set_post_ops(gelu);
   attr2.set_post_ops(residual);
   attr1.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr2.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -387,6 +405,7 @@ void MlpTile(const MlpPlan &plan, const float *x, const float *gamma, const floa
   dnnl::stream &s = ThreadStream();
   plan.mm1.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, w1}, {DNNL_ARG_BIAS, b1}, {DNNL_ARG_DST, hm},
                        {DNNL_ARG_SCRATCHPAD, pm}});
+  convmlp::GeluInPlace(hidden, t * h);
   plan.mm2.execute(s, {{DNNL_ARG_SRC, hm}, {DNNL_ARG_WEIGHTS, w2}, {DNNL_ARG_BIAS, b2}, {DNNL_ARG_DST, ym},
                        {DNNL_ARG_SCRATCHPAD, pm}, {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, xm}});
 }
@@ -400,8 +419,8 @@ void RunMlp(void **params, int64_t rows, int64_t c, int64_t h, float eps, float 
   // Dense weights are (out, in) row-major: the (in, out) matrix of the product in "ba" order.
   dnnl::memory w1p(dnnl::memory::desc({c, h}, dt::f32, tag::ba), Engine(), params[3]);
   dnnl::memory w2p(dnnl::memory::desc({h, c}, dt::f32, tag::ba), Engine(), params[5]);
-  dnnl::memory w1 = ToLayout(w1p, plan.pd1.weights_desc(), s, scratch);
-  dnnl::memory w2 = ToLayout(w2p, plan.pd2.weights_desc(), s, scratch);
+  dnnl::memory w1 = convmlp::Packed().Get(w1p, plan.pd1.weights_desc(), s, scratch);
+  dnnl::memory w2 = convmlp::Packed().Get(w2p, plan.pd2.weights_desc(), s, scratch);
   s.wait();
   dnnl::memory b1(dnnl::memory::desc({1, h}, dt::f32, tag::ab), Engine(), params[4]);
   dnnl::memory b2(dnnl::memory::desc({1, c}, dt::f32, tag::ab), Engine(), params[6]);

@@ -13,10 +13,13 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <list>
 #include <map>
 #include <mutex>
 #include <new>
@@ -235,6 +238,72 @@ inline dnnl::memory ToLayout(const dnnl::memory &plain, const dnnl::memory::desc
 inline void FromLayout(dnnl::memory &result, dnnl::memory &plain, dnnl::stream &s) {
   if (result.get_desc() == plain.get_desc()) return;
   dnnl::reorder(result, plain).execute(s, result, plain);
+}
+
+// Weights in a primitive's layout, kept between calls of the inference ops (the reorder of a
+// large weight matrix costs as much as its product with a small batch). An entry is used only
+// while the plain weights are bit-for-bit the copy it was made from, so a training step, a
+// checkpoint load or any other write in between makes the next call rebuild it. At most
+// kMaxBytes of copies are kept; past that, entries unused for kStaleSeconds make room, else the
+// weights are reordered for the call only.
+class PackedWeights {
+ public:
+  dnnl::memory Get(const dnnl::memory &plain, const dnnl::memory::desc &want, dnnl::stream &s, Scratch &scratch) {
+    if (plain.get_desc() == want) return plain;
+    const char *ptr = static_cast<const char *>(plain.get_data_handle());
+    const size_t bytes = plain.get_desc().get_size();
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mutex_);
+    Entry *entry = nullptr;
+    for (auto &e : entries_) {
+      if (e.ptr == ptr && e.want == want) entry = &e;
+    }
+    if (entry != nullptr && entry->plain.size() == bytes && std::memcmp(entry->plain.data(), ptr, bytes) == 0) {
+      entry->used = now;
+      return entry->packed;
+    }
+    const size_t cost = bytes + want.get_size();
+    if (entry == nullptr && !MakeRoom(cost, now)) return ToLayout(plain, want, s, scratch);
+    if (entry == nullptr) {
+      entries_.push_back(Entry{ptr, want, {}, dnnl::memory(want, Engine()), now});
+      entry = &entries_.back();
+      bytes_ += cost;
+    }
+    entry->plain.assign(ptr, ptr + bytes);
+    entry->used = now;
+    dnnl::reorder(plain, entry->packed).execute(s, const_cast<dnnl::memory &>(plain), entry->packed);
+    return entry->packed;
+  }
+
+ private:
+  struct Entry {
+    const char *ptr;
+    dnnl::memory::desc want;
+    std::vector<char> plain;
+    dnnl::memory packed;
+    std::chrono::steady_clock::time_point used;
+  };
+  bool MakeRoom(size_t cost, std::chrono::steady_clock::time_point now) {
+    for (auto it = entries_.begin(); it != entries_.end() && bytes_ + cost > kMaxBytes;) {
+      if (now - it->used > std::chrono::seconds(kStaleSeconds)) {
+        bytes_ -= it->plain.size() + it->want.get_size();
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return bytes_ + cost <= kMaxBytes;
+  }
+  static constexpr size_t kMaxBytes = size_t(256) << 20;
+  static constexpr int kStaleSeconds = 30;
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+  size_t bytes_ = 0;
+};
+
+inline PackedWeights &Packed() {
+  static PackedWeights *cache = new PackedWeights();  // never destroyed (see Pool())
+  return *cache;
 }
 
 template <typename F>

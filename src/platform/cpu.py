@@ -81,10 +81,13 @@ def uses_only_conv_kernel(cpu_kernels_on=True, amp_level="O0", device_target="CP
 def release_compile_memory():
     """Return the heap that graph compilation freed to the OS (``gc.collect()`` then glibc's
     ``malloc_trim(0)``), so that the first step's allocations reuse it instead of growing the
-    process. Call after ``cell.compile(...)`` and before the first step; a no-op where glibc is not
-    the C library. Returns True when the trim ran."""
+    process, and move the objects that survive (the model, MindSpore's modules) out of the cyclic
+    garbage collector's sight (``gc.freeze()``): the collections that the steps' short-lived
+    objects trigger no longer walk them. Call after ``cell.compile(...)`` and before the first
+    step; the trim is a no-op where glibc is not the C library. Returns True when the trim ran."""
     import gc
     gc.collect()
+    gc.freeze()
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim(0)
