@@ -35,7 +35,7 @@ _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 #: GCC may vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC
 #: links crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
-            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
+            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": [], "adamw.cc": ["-pthread"]}
 #: the convolutions and the fused inference path, built as a library of its own against MindSpore's
 #: libdnnl.so.3 (optional)
 _CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"]}
@@ -230,7 +230,7 @@ def _build():
     dnnl, dnnl_id, conv_failure = _onednn()
     folder = _cache_folder(_cache_key(version, arch_flags, dnnl_id), with_conv=dnnl is not None)
     target = os.path.join(folder, _LIBRARY_NAME)
-    _compile_library(cxx, arch_flags, _SOURCES, target)
+    _compile_library(cxx, arch_flags, _SOURCES, target, link=["-pthread"])
     if dnnl is None:
         return target, None, conv_failure
     include, lib_dir = dnnl
