@@ -19,12 +19,10 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 (see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
 1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
 
-On the CPU, the convolutions (oneDNN with blocked layouts), LayerNorm, GELU, the channel MLPs'
-bias, BatchNorm+ReLU, the tokenizer's max-pool and the blocks' depthwise conv run as the C++ kernels
-of :mod:`model.cpu_kernels` (same functions, faster than MindSpore 2.10's); in evaluation mode the
-cells take the fused path of :mod:`model.cpu_kernels.inference` (BatchNorm folded, blocked layouts,
-LayerNorm + MLP in one op). Config key ``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`)
-keeps MindSpore's kernels.
+On the CPU the convolutions, LayerNorm, GELU, the MLPs' bias, BatchNorm+ReLU, the max-pool and the
+depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels`, and evaluation takes the fused
+path of :mod:`model.cpu_kernels.inference` (BatchNorm folded, blocked layouts, LayerNorm + MLP in one
+op); config key ``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`) keeps MindSpore's.
 """
 import math
 from typing import Optional, Sequence
@@ -178,13 +176,10 @@ class ConvMLPBlock(nn.Cell):
     ``x = x + drop_path(mlp1(norm1(x)))``; ``x = connect(connect_norm(x))`` (depthwise 3x3, no bias,
     no residual); ``x = x + drop_path(mlp2(norm2(x)))``.
 
-    On the CPU (float32) the depthwise 3x3 ``connect`` runs as the channels-last C++ kernel of
-    :mod:`model.cpu_kernels` with the ``Conv2d``'s weight (faster: no transposes). Otherwise it
-    runs as the grouped ``Conv2d`` (NCHW, between two transposes), except on maps of at most
-    ``SMALL_MAP_POSITIONS`` positions (the last stages at low resolution, e.g. 2x2 and 1x1 for 32 px
-    images), where it is computed directly on channels-last tokens as
+    On the CPU (float32) the depthwise ``connect`` runs as the channels-last C++ kernel with the
+    ``Conv2d``'s weight; otherwise as the grouped ``Conv2d`` between two transposes, except on maps
+    of at most ``SMALL_MAP_POSITIONS`` positions (e.g. 2x2 and 1x1 at 32 px), where it is
     ``out[b, p, c] = sum_q x[b, q, c] * M[p, q, c]`` with ``M`` built from the same 3x3 weights.
-    Same function, same parameter in every case.
     """
 
     def __init__(self, embedding_dim: int, dim_feedforward: int, drop_path_rate: float = 0.0):
@@ -303,10 +298,12 @@ class ConvMLP(nn.Cell):
             self.head = None
         self._init_weights()
         inference.prepare_front(self)
+        inference.prepare_head(self, LN_EPS)
 
     def disable_fused_inference(self):
         """Evaluate through the separate kernels (what mixed precision needs: the fused ops are
         float32 throughout)."""
+        self.fused_head = False
         for _, cell in self.cells_and_names():
             if getattr(cell, "fused_inference", False):
                 cell.fused_inference = False
@@ -345,6 +342,7 @@ class ConvMLP(nn.Cell):
             head = nn.Identity()
         self.head = head
         self.head.update_parameters_name(HEAD_PREFIX)
+        inference.prepare_head(self, LN_EPS)
 
     def forward_features(self, x):
         """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
@@ -358,6 +356,8 @@ class ConvMLP(nn.Cell):
 
     def forward_head(self, x, pre_logits: bool = False):
         """Channels-last features -> LayerNorm -> mean over positions -> Dense logits."""
+        if self.fused_head and not pre_logits and not self.training and x.dtype == ms.float32:
+            return self.head_op(x, *self.head_params, self.head_eps)
         x = self.norm(x)
         x = x.mean(axis=(1, 2))
         if pre_logits:

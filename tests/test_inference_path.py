@@ -176,6 +176,24 @@ def test_kept_packed_weights_follow_a_change_of_the_weights():
     np.testing.assert_allclose(after, _separate(net)(x).asnumpy(), rtol=RTOL, atol=ATOL)
 
 
+def test_a_replaced_head_is_the_one_evaluated():
+    net = _model()
+    net.reset_classifier(7)
+    net.head.bias.set_data(tensor(rand(7, seed=17)))
+    assert net.fused_head
+    x = tensor(rand(3, 3, 64, 64, seed=18))
+    got = net(x).asnumpy()
+    assert got.shape == (3, 7)
+    other = ConvMLP(num_classes=7, drop_path_rate=0.0, **TOPOLOGY)
+    ms.load_param_into_net(other, {p.name: ms.Parameter(p.value(), name=p.name) for p in net.get_parameters()})
+    other.disable_fused_inference()
+    other.set_train(False)
+    np.testing.assert_allclose(got, other(x).asnumpy(), rtol=RTOL, atol=ATOL)
+    pooled = net.forward_head(net.forward_features(x), pre_logits=True).asnumpy()   # the separate cells
+    np.testing.assert_allclose(pooled @ net.head.weight.asnumpy().T + net.head.bias.asnumpy(), got,
+                               rtol=RTOL, atol=ATOL)
+
+
 def test_training_mode_and_mixed_precision_do_not_take_the_fused_path():
     from src.train.step import apply_amp
     net = _model(drop_path_rate=0.0)
@@ -185,4 +203,5 @@ def test_training_mode_and_mixed_precision_do_not_take_the_fused_path():
     reference.set_train(True)
     np.testing.assert_array_equal(net(x).asnumpy(), reference(x).asnumpy())   # batch statistics
     apply_amp(net, "O1")
-    assert not net.fused_inference and not any(b.fused_inference for s in net.stages for b in s.blocks)
+    assert not net.fused_inference and not net.fused_head
+    assert not any(b.fused_inference for s in net.stages for b in s.blocks)

@@ -8,6 +8,7 @@ keeps the separate kernels, and a model built for export (kernels off) keeps Min
 * :func:`prepare_downsample`: a Conv-MLP stage's downsampling convolution on channels-last tokens.
 * :func:`prepare_block`: a Conv-MLP block as three ops, ``x + fc2(GELU(fc1(LayerNorm(x))))``
   (twice) and the depthwise "connect" convolution of ``LayerNorm(x)``.
+* :func:`prepare_head`: LayerNorm, mean over positions and the Dense head as one op.
 
 Each ``prepare_*`` sets the cell's ``fused_inference`` flag (whether its construct may take the
 path: evaluation mode, float32 input) and the ops and parameters the path calls. The ops have no
@@ -19,12 +20,13 @@ import zlib
 
 import numpy as np
 import mindspore as ms
+from mindspore import nn
 
 from .build import active, conv_library_path
 from .ops import _alias, _op
 
-__all__ = ["available", "hold", "prepare_front", "prepare_downsample", "prepare_block", "layer_norm_mlp",
-           "layer_norm_depthwise"]
+__all__ = ["available", "hold", "prepare_front", "prepare_downsample", "prepare_block", "prepare_head",
+           "layer_norm_mlp", "layer_norm_depthwise"]
 
 NCHW, NHWC = 0, 1                                 # ConvStackInference's layouts
 CONV, MAX_POOL = 1, 2                             # ... layer kinds
@@ -153,6 +155,20 @@ def prepare_block(block, eps):
                             ("mlp2_params", block.norm2, block.channel_mlp2)):
         hold(block, name, (norm.gamma, norm.beta, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
     hold(block, "connect_params", (block.connect_norm.gamma, block.connect_norm.beta, block.connect.weight))
+
+
+def prepare_head(model, eps):
+    """The same for a model's classifier head (``norm``, mean over positions, ``head``), after
+    :func:`prepare_front` (off where the model's path is off): ``model.fused_head`` and
+    ``model.head_op(x, *model.head_params, model.head_eps)``. Call again when the head is replaced."""
+    head = getattr(model, "head", None)
+    model.fused_head = (getattr(model, "fused_inference", False) and isinstance(head, nn.Dense) and head.has_bias
+                        and head.activation is None)
+    if model.fused_head:
+        model.head_op = _shared("head", lambda: _op(conv_library_path(), "HeadInference",
+                                                   lambda x, g, b, w, *rest: [x[0], w[0]], lambda x, *rest: x))
+        model.head_eps = ms.Tensor(np.array([eps], np.float32))
+        hold(model, "head_params", (model.norm.gamma, model.norm.beta, head.weight, head.bias))
 
 
 def _shared(name, make):

@@ -13,6 +13,7 @@
 //   GELU (erf, gelu_rows.cc) on the tile between them.
 // LayerNormDepthwiseInference: depthwise KxK convolution (stride 1, padding K/2) of
 //   LayerNorm(x), channels-last, as the training kernels compute them.
+// HeadInference: the classifier head, Dense(mean over positions of LayerNorm(x)).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -478,7 +479,76 @@ void RunLayerNormDepthwise(void **params, const int64_t *shape, int64_t k, float
   });
 }
 
+// ------------------------------------------------------------------------------------------------
+// HeadInference
+
+struct HeadPlan {
+  dnnl::matmul::primitive_desc pd;
+  dnnl::matmul mm;
+};
+
+HeadPlan *GetHeadPlan(int64_t n, int64_t c, int64_t k) {
+  static std::map<std::vector<int64_t>, std::unique_ptr<HeadPlan>> cache;
+  static std::mutex mutex;
+  const std::vector<int64_t> key{n, c, k};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second.get();
+  auto plan = std::make_unique<HeadPlan>();
+  auto md = [](int64_t a, int64_t b, tag f) { return dnnl::memory::desc({a, b}, dt::f32, f); };
+  plan->pd = dnnl::matmul::primitive_desc(Engine(), md(n, c, tag::ab), md(c, k, tag::any), md(1, k, tag::ab),
+                                          md(n, k, tag::ab));
+  plan->mm = dnnl::matmul(plan->pd);
+  HeadPlan *raw = plan.get();
+  cache[key] = std::move(plan);
+  return raw;
+}
+
+// The pooled features: per sample, the mean over its positions of LayerNorm(x).
+void PooledFeatures(const float *x, const float *gamma, const float *beta, float eps, int64_t n, int64_t positions,
+                    int64_t c, float *pooled) {
+  ParallelRange(n, [&](int64_t s0, int64_t s1) {
+    float *row = ThreadBuffer(0, c);
+    for (int64_t b = s0; b < s1; ++b) {
+      float *out = pooled + b * c;
+      std::memset(out, 0, sizeof(float) * c);
+      for (int64_t q = 0; q < positions; ++q) {
+        LayerNormRows(x + (b * positions + q) * c, gamma, beta, eps, 1, c, row);
+#pragma omp simd
+        for (int64_t i = 0; i < c; ++i) out[i] += row[i];
+      }
+      const float inv = 1.0f / static_cast<float>(positions);
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) out[i] *= inv;
+    }
+  });
+}
+
 }  // namespace
+
+// Inputs: x (N, H, W, C), gamma (C), beta (C), weight (K, C), bias (K), eps (1). Output: logits
+// (N, K) = Dense(mean over H, W of LayerNorm(x)): the classifier head.
+extern "C" int HeadInference(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                             void *extra) {
+  if (nparam != 7 || ndims[0] != 4 || ndims[3] != 2) return 1;
+  const int64_t n = shapes[0][0], positions = shapes[0][1] * shapes[0][2], c = shapes[0][3], k = shapes[3][0];
+  if (shapes[3][1] != c || shapes[4][0] != k || n == 0) return 1;
+  const float eps = *static_cast<const float *>(params[5]);
+  return Guarded([&] {
+    const HeadPlan &plan = *GetHeadPlan(n, c, k);
+    Scratch scratch;
+    float *pooled = scratch.Floats(n * c);
+    PooledFeatures(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                   static_cast<const float *>(params[2]), eps, n, positions, c, pooled);
+    dnnl::stream s = convmlp::PoolStream();
+    dnnl::memory wp(dnnl::memory::desc({c, k}, dt::f32, tag::ba), Engine(), params[3]);
+    dnnl::memory w = convmlp::Packed().Get(wp, plan.pd.weights_desc(), s, scratch);
+    auto md = [](int64_t a, int64_t b) { return dnnl::memory::desc({a, b}, dt::f32, tag::ab); };
+    dnnl::memory src(md(n, c), Engine(), pooled), bias(md(1, k), Engine(), params[4]), dst(md(n, k), Engine(), params[6]);
+    plan.mm.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst}});
+    s.wait();
+  });
+}
 
 // Inputs: x (N, C, H, W) or (N, H, W, C), per convolution its weight (O, C, KH, KW) then gamma,
 // beta, moving mean, moving variance (BatchNorm folded) or its bias; eps (1); cfg int32 (see
