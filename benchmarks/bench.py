@@ -144,8 +144,9 @@ def run_case(name, mode, size, batch, args):
 
 
 def machine():
-    import torch
-    import mindspore
+    """The CPU, cores and versions (read from the packages' metadata: the driver imports no
+    framework)."""
+    from importlib.metadata import version
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -156,7 +157,7 @@ def machine():
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "mindspore": mindspore.__version__, "torch": torch.__version__}
+            "mindspore": version("mindspore"), "torch": version("torch"), "onnxruntime": version("onnxruntime")}
 
 
 def parse_args(argv):
@@ -181,7 +182,7 @@ def parse_args(argv):
     p.add_argument("--verbose", action="store_true", help="show the workers' stderr")
     # internal: worker mode
     p.add_argument("--worker", choices=["ms", "pt", "ort", "mindir", "export"], help=argparse.SUPPRESS)
-    p.add_argument("--mode", choices=["train", "infer"], help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=["train", "infer", "isa"], help=argparse.SUPPRESS)
     p.add_argument("--spawn-time", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--cache-root", default=None, help=argparse.SUPPRESS)
     p.add_argument("--export-dir", default=None, help=argparse.SUPPRESS)
@@ -210,15 +211,22 @@ def row(name, batch, r, cold):
     return text
 
 
-def print_isa(results, isa):
-    """The instruction set each framework reported (per framework, each distinct report once)."""
+def probe_isa(names, args):
+    """``{framework: ISA it reports}`` for the frameworks of the cases, each from a short process
+    with that framework's worker environment (no model built)."""
+    fws = [fw for fw in NAMES if any(fw in FRAMEWORKS[CASES[c][0]] for c in names)]
+    found = {}
+    for fw in fws:
+        probe = Worker(fw, "isa", 0, 0, args)
+        found[fw] = probe.read()["isa"]
+        probe.proc.wait()
+    return found
+
+
+def print_isa(found, isa):
     print(f"instruction set (--isa {isa}), as each framework reports it:")
-    seen = set()
-    for r in results:
-        for fw in FRAMEWORKS[r["mode"]]:
-            if (fw, r[fw]["isa"]) not in seen:
-                seen.add((fw, r[fw]["isa"]))
-                print(f"  {NAMES[fw]}: {r[fw]['isa']}")
+    for fw, text in found.items():
+        print(f"  {NAMES[fw]}: {text}")
 
 
 def main(argv=None):
@@ -230,7 +238,8 @@ def main(argv=None):
     args.export_dir = os.path.join(workdir, "exported")
     args.cache_root = os.path.join(workdir, "graphs") if args.graph_cache == "on" else None
     print(f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, "
-          f"mindspore {info['mindspore']}, torch {info['torch']}; threads {args.threads}; --isa {args.isa}; "
+          f"mindspore {info['mindspore']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}; "
+          f"threads {args.threads}; --isa {args.isa}; "
           f"{args.variant}, {args.repeats} repeats x >= {args.min_time:g} s, warm-up {args.warmup}", flush=True)
     load_before = os.getloadavg()
     cold = args.cache_root is not None
@@ -240,21 +249,22 @@ def main(argv=None):
               + (f" {'cold MiB':>8} {'cold mem':>8} {'cold comp':>9} {'cold 1st':>8}" if cold else ""))
     results = []
     try:
+        info["isa"] = probe_isa(names, args)
+        print_isa(info["isa"], args.isa)
+        print(header, flush=True)
         for name in names:
             mode, size, batch = CASES[name]
             size, batch = args.size or size, args.batch or batch
             results.append(run_case(name, mode, size, batch, args))
-            if len(results) == 1:   # the header, once the workers have said what they run with
-                print_isa(results, args.isa)
-                print(header)
             print(row(name, batch, results[-1], cold), flush=True)
             r = results[-1]
             if cold and (r["ms_cold"]["graph_cache"], r["ms"]["graph_cache"]) != ("miss", "hit"):
                 print(f"  note: graph cache {r['ms_cold']['graph_cache']} then {r['ms']['graph_cache']} "
                       "(expected miss then hit)")
-        if len({(fw, r[fw]["isa"]) for r in results for fw in FRAMEWORKS[r["mode"]]}) > \
-                len({(fw, r["mode"]) for r in results for fw in FRAMEWORKS[r["mode"]]}):
-            print_isa(results, args.isa)   # a framework reported different ISAs in different cases
+            changed = [fw for fw in FRAMEWORKS[mode] if r[fw]["isa"] != info["isa"][fw]]
+            if changed:
+                print("  note: the workers reported another ISA: "
+                      + "; ".join(f"{NAMES[fw]}: {r[fw]['isa']}" for fw in changed))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary(results, info, args, load_before)

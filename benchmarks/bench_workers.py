@@ -32,6 +32,16 @@ def emit(obj):
 
 
 def peak_rss_mib():
+    """This process's peak resident memory: ``VmHWM`` (its own address space's high-water mark;
+    ``ru_maxrss`` keeps the parent's figure across exec, so a worker would report at least the
+    driver's size), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -134,15 +144,19 @@ def _torch_onednn_isa(torch):
     return f"{isa} (convolution: {impl})"
 
 
+def pt_isa(torch):
+    return (f"ATen {torch.backends.cpu.get_cpu_capability()}; oneDNN {_torch_onednn_isa(torch)}"
+            + (f"; MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}"
+               if os.environ.get("MKL_ENABLE_INSTRUCTIONS") else ""))
+
+
 def pt_worker(args, t_start):
     import torch
     import torch.nn.functional as F
     from model.torch_convmlp import torch_convmlp
 
     torch.set_num_threads(args.threads)
-    isa = (f"ATen {torch.backends.cpu.get_cpu_capability()}; oneDNN {_torch_onednn_isa(torch)}"
-           + (f"; MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}"
-              if os.environ.get("MKL_ENABLE_INSTRUCTIONS") else ""))
+    isa = pt_isa(torch)
     net = torch_convmlp(args.variant, num_classes=1000)
     images, soft = case_data(args.size, args.batch, 1000)
     x, y = torch.from_numpy(images), torch.from_numpy(soft)
@@ -170,6 +184,11 @@ def pt_worker(args, t_start):
     return step, {"compile_s": 0.0, "first_step_s": time.perf_counter() - t_start, "isa": isa}
 
 
+def ort_isa():
+    import onnxruntime as ort
+    return f"onnxruntime {ort.__version__}: MLAS picks its kernels from CPUID (no cap)"
+
+
 def ort_worker(args, t_start):
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -183,8 +202,12 @@ def ort_worker(args, t_start):
     def step():
         session.run(None, feed)
     step()
-    return step, {"compile_s": compile_s, "first_step_s": time.perf_counter() - t_start,
-                  "isa": f"onnxruntime {ort.__version__}: MLAS picks its kernels from CPUID (no cap)"}
+    return step, {"compile_s": compile_s, "first_step_s": time.perf_counter() - t_start, "isa": ort_isa()}
+
+
+def mindir_isa():
+    from src.platform.cpu import effective_onednn_isa, onednn_isa
+    return f"oneDNN {effective_onednn_isa()} (cap: {onednn_isa()}); no C++ kernels (a portable file)"
 
 
 def mindir_worker(args, t_start):
@@ -200,9 +223,7 @@ def mindir_worker(args, t_start):
 
     def step():
         graph(x).asnumpy()
-    from src.platform.cpu import effective_onednn_isa, onednn_isa
-    return step, {"compile_s": compile_s, "first_step_s": time.perf_counter() - t_start,
-                  "isa": f"oneDNN {effective_onednn_isa()} (cap: {onednn_isa()}); no C++ kernels (a portable file)"}
+    return step, {"compile_s": compile_s, "first_step_s": time.perf_counter() - t_start, "isa": mindir_isa()}
 
 
 def export_files(args):
@@ -230,11 +251,28 @@ def export_files(args):
 WORKERS = {"ms": ms_worker, "pt": pt_worker, "ort": ort_worker, "mindir": mindir_worker}
 
 
+def isa_probe(fw, args):
+    """What a framework's worker reports as its instruction set, without building a model (for the
+    header, before the first case)."""
+    if fw == "pt":
+        import torch
+        return pt_isa(torch)
+    if fw == "ort":
+        return ort_isa()
+    from src.platform.cpu import uses_only_conv_kernel
+    from src.platform.device import configure_runtime
+    configure_runtime(threads=args.threads, mode="graph",
+                      own_convolutions=fw == "mindir" or not uses_only_conv_kernel())
+    return _ms_isa() if fw == "ms" else mindir_isa()
+
+
 def worker(args):
     """The worker loop: build, warm up, report ``ready``, then serve ``run`` / ``quit``."""
     sys.path.insert(0, ROOT)
     if args.worker == "export":
         return export_files(args)
+    if args.mode == "isa":
+        return emit({"isa": isa_probe(args.worker, args)})
     # perf_counter-based start: the spawn moment (wall clock, from the driver) mapped onto it.
     t_start = time.perf_counter() - (time.time() - args.spawn_time)
     step, info = WORKERS[args.worker](args, t_start)
