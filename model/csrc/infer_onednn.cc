@@ -85,27 +85,11 @@ void ParallelRange(int64_t n, F fn) {
   Pool().parallel_for(static_cast<int>(tasks), [&](int i, int t) { fn(n * i / t, n * (i + 1) / t); });
 }
 
-// LayerNorm of `rows` rows of `c` values, as layer_norm.cc computes it (two-pass variance).
+// LayerNorm of `rows` rows of `c` values, as layer_norm.cc computes it.
 void LayerNormRows(const float *x, const float *gamma, const float *beta, float eps, int64_t rows, int64_t c,
                    float *y) {
-  const float inv_c = 1.0f / static_cast<float>(c);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *xr = x + r * c;
-    float *yr = y + r * c;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < c; ++i) sum += xr[i];
-    const float mean = sum * inv_c;
-    float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < c; ++i) {
-      const float d = xr[i] - mean;
-      sq += d * d;
-    }
-    const float rstd = 1.0f / std::sqrt(sq * inv_c + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - mean) * rstd * gamma[i] + beta[i];
-  }
+  float mean, rstd;
+  for (int64_t r = 0; r < rows; ++r) convmlp::LayerNormRow(x + r * c, gamma, beta, eps, c, y + r * c, &mean, &rstd);
 }
 
 // ------------------------------------------------------------------------------------------------
