@@ -258,7 +258,7 @@ class PackedWeights {
     for (auto &e : entries_) {
       if (e.ptr == ptr && e.want == want) entry = &e;
     }
-    if (entry != nullptr && entry->plain.size() == bytes && std::memcmp(entry->plain.data(), ptr, bytes) == 0) {
+    if (entry != nullptr && entry->plain.size() == bytes && Equal(entry->plain.data(), ptr, bytes)) {
       entry->used = now;
       return entry->packed;
     }
@@ -283,6 +283,17 @@ class PackedWeights {
     dnnl::memory packed;
     std::chrono::steady_clock::time_point used;
   };
+  // memcmp(a, b, n) == 0, in slices on the pool's threads for large n
+  static bool Equal(const char *a, const char *b, size_t n) {
+    const int slices = n >= (size_t(1) << 20) ? Pool().get_num_threads() : 1;
+    if (slices <= 1) return std::memcmp(a, b, n) == 0;
+    std::atomic<bool> same{true};
+    Pool().parallel_for(slices, [&](int i, int k) {
+      const size_t lo = n * i / k, hi = n * (i + 1) / k;
+      if (same.load(std::memory_order_relaxed) && std::memcmp(a + lo, b + lo, hi - lo) != 0) same = false;
+    });
+    return same.load();
+  }
   bool MakeRoom(size_t cost, std::chrono::steady_clock::time_point now) {
     for (auto it = entries_.begin(); it != entries_.end() && bytes_ + cost > kMaxBytes;) {
       if (now - it->used > std::chrono::seconds(kStaleSeconds)) {
