@@ -19,10 +19,10 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 (see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
 1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
 
-On the CPU, the convolutions (oneDNN with blocked layouts), LayerNorm, GELU, the channel MLPs'
-bias, BatchNorm+ReLU, the tokenizer's max-pool and the blocks' depthwise conv run as the C++ kernels
-of :mod:`model.cpu_kernels` (same functions, faster than MindSpore 2.10's); config key
-``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`) keeps MindSpore's kernels.
+On the CPU the convolutions, LayerNorm, GELU, the MLPs' bias, BatchNorm+ReLU, the max-pool and the
+depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels`, and evaluation takes the fused
+path of :mod:`model.cpu_kernels.inference` (BatchNorm folded, blocked layouts, LayerNorm + MLP in one
+op); config key ``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`) keeps MindSpore's.
 """
 import math
 from typing import Optional, Sequence
@@ -35,27 +35,13 @@ from mindspore.ops import constexpr
 
 from . import cpu_kernels
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
-from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d
+from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d, inference
 from .drop_path import DropPath
 from .weights import load_pretrained
 
-__all__ = [
-    "ConvMLP",
-    "ConvTokenizer",
-    "ConvStage",
-    "ConvMLPBlock",
-    "ConvMLPStage",
-    "ConvDownsample",
-    "Mlp",
-    "DropPath",
-    "convmlp_s",
-    "convmlp_m",
-    "convmlp_l",
-    "default_cfgs",
-    "model_entrypoints",
-    "TOPOLOGY_KEYS",
-    "HEAD_PREFIX",
-]
+__all__ = ["ConvMLP", "ConvTokenizer", "ConvStage", "ConvMLPBlock", "ConvMLPStage", "ConvDownsample", "Mlp",
+           "DropPath", "convmlp_s", "convmlp_m", "convmlp_l", "default_cfgs", "model_entrypoints", "TOPOLOGY_KEYS",
+           "HEAD_PREFIX"]
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default; MindSpore's default is 1e-7
 BN_EPS = 1e-5
@@ -170,13 +156,10 @@ class ConvMLPBlock(nn.Cell):
     no residual); ``x = x + drop_path(mlp2(norm2(x)))``. The two drop paths take rows
     ``scale_rows`` of the model's ``drop_scales`` input when it is given (see :class:`ConvMLP`).
 
-    On the CPU (float32) the depthwise 3x3 ``connect`` runs as the channels-last C++ kernel of
-    :mod:`model.cpu_kernels` with the ``Conv2d``'s weight (faster: no transposes). Otherwise it
-    runs as the grouped ``Conv2d`` (NCHW, between two transposes), except on maps of at most
-    ``SMALL_MAP_POSITIONS`` positions (the last stages at low resolution, e.g. 2x2 and 1x1 for 32 px
-    images), where it is computed directly on channels-last tokens as
+    On the CPU (float32) the depthwise ``connect`` runs as the channels-last C++ kernel with the
+    ``Conv2d``'s weight; otherwise as the grouped ``Conv2d`` between two transposes, except on maps
+    of at most ``SMALL_MAP_POSITIONS`` positions (e.g. 2x2 and 1x1 at 32 px), where it is
     ``out[b, p, c] = sum_q x[b, q, c] * M[p, q, c]`` with ``M`` built from the same 3x3 weights.
-    Same function, same parameter in every case.
     """
 
     def __init__(self, embedding_dim: int, dim_feedforward: int, drop_path_rate: float = 0.0):
@@ -191,6 +174,7 @@ class ConvMLPBlock(nn.Cell):
         self.channel_mlp2 = Mlp(embedding_dim, dim_feedforward)
         self.connect_kernel = cpu_kernels.active()
         self.scale_rows = (0, 1)   # set by ConvMLP
+        inference.prepare_block(self, LN_EPS)
 
     def _depthwise(self, x):
         if self.connect_kernel and x.dtype == ms.float32:
@@ -204,6 +188,10 @@ class ConvMLPBlock(nn.Cell):
         return self.connect(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
 
     def construct(self, x, drop_scales=None):
+        if self.fused_inference and not self.training and x.dtype == ms.float32:
+            x = self.mlp_op(x, *self.mlp1_params, self.ln_eps)
+            x = self.dw_op(x, *self.connect_params, self.ln_eps)
+            return self.mlp_op(x, *self.mlp2_params, self.ln_eps)
         first = second = None
         if drop_scales is not None and self.drop_path.drop_prob > 0:
             first, second = drop_scales[self.scale_rows[0]], drop_scales[self.scale_rows[1]]
@@ -220,8 +208,11 @@ class ConvDownsample(nn.Cell):
         super().__init__()
         self.downsample = Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
                                  padding=1, has_bias=True)
+        inference.prepare_downsample(self)
 
     def construct(self, x):
+        if self.fused_inference and not self.training and x.dtype == ms.float32:
+            return self.stack_op(x, *self.stack_params, self.stack_eps, self.stack_cfg)
         x = self.downsample(x.transpose(0, 3, 1, 2))
         return x.transpose(0, 2, 3, 1)
 
@@ -301,6 +292,16 @@ class ConvMLP(nn.Cell):
                     blk.scale_rows = (len(self.drop_path_rates), len(self.drop_path_rates) + 1)
                     self.drop_path_rates += (blk.drop_path.drop_prob,) * 2
         self._init_weights()
+        inference.prepare_front(self)
+        inference.prepare_head(self, LN_EPS)
+
+    def disable_fused_inference(self):
+        """Evaluate through the separate kernels (what mixed precision needs: the fused ops are
+        float32 throughout)."""
+        self.fused_head = False
+        for _, cell in self.cells_and_names():
+            if getattr(cell, "fused_inference", False):
+                cell.fused_inference = False
 
     def _init_weights(self):
         """The official init: trunc-normal(0.02) Dense with zero bias, Kaiming-normal fan_out
@@ -336,18 +337,22 @@ class ConvMLP(nn.Cell):
             head = nn.Identity()
         self.head = head
         self.head.update_parameters_name(HEAD_PREFIX)
+        inference.prepare_head(self, LN_EPS)
 
     def forward_features(self, x, drop_scales=None):
         """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
-        x = self.tokenizer(x)
-        x = self.conv_stages(x)
-        x = x.transpose(0, 2, 3, 1)
+        if self.fused_inference and not self.training and x.dtype == ms.float32:
+            x = self.stack_op(x, *self.stack_params, self.stack_eps, self.stack_cfg)
+        else:
+            x = self.conv_stages(self.tokenizer(x)).transpose(0, 2, 3, 1)
         for stage in self.stages:
             x = stage(x, drop_scales)
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
         """Channels-last features -> LayerNorm -> mean over positions -> Dense logits."""
+        if self.fused_head and not pre_logits and not self.training and x.dtype == ms.float32:
+            return self.head_op(x, *self.head_params, self.head_eps)
         x = self.norm(x)
         x = x.mean(axis=(1, 2))
         if pre_logits:

@@ -29,22 +29,28 @@ from ..cache import cache_dir, cache_root, is_marked, make_folder
 from ..errors import first_line
 
 __all__ = ["set_enabled", "enabled", "active", "status", "library_path", "conv_library_path",
-           "mindspore_onednn_library"]
+           "mindspore_onednn_library", "kernel_isa", "KERNEL_ISAS", "KERNEL_ISA_ENV"]
 
 _LOG = logging.getLogger(__name__)
 _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-#: source file -> extra compile flags. gelu.cc is compiled with -ffast-math so that GCC may
-#: vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC links
-#: crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
+#: source file -> extra compile flags. gelu.cc and gelu_rows.cc are compiled with -ffast-math so that
+#: GCC may vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC
+#: links crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
-            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
-#: the convolution, built as a library of its own against MindSpore's libdnnl.so.3 (optional)
-_CONV_SOURCE = "conv_onednn.cc"
+            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": [], "adamw.cc": ["-pthread"]}
+#: the convolutions and the fused inference path, built as a library of its own against MindSpore's
+#: libdnnl.so.3 (optional)
+_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"]}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
 _CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"
 #: The subfolder used when the kernel cache root holds things this cache did not make.
 _OWN_SUBFOLDER = "convmlp_kernel_cache"
+
+#: ``$CONVMLP_KERNEL_ISA`` value -> g++ target flags (x86-64 micro-architecture levels: v3 is AVX2 +
+#: FMA without AVX-512, v4 adds AVX-512); unset or ``native``: the building machine's own.
+KERNEL_ISAS = {"native": ["-march=native"], "avx2": ["-march=x86-64-v3"], "avx512": ["-march=x86-64-v4"]}
+KERNEL_ISA_ENV = "CONVMLP_KERNEL_ISA"
 
 _enabled = True
 _lock = threading.Lock()
@@ -142,7 +148,21 @@ def _compiler():
     return cxx, version
 
 
+def kernel_isa() -> str:
+    """The instruction set the kernels are built for: ``$CONVMLP_KERNEL_ISA`` (one of
+    :data:`KERNEL_ISAS`), default ``native``. RuntimeError for another value."""
+    isa = (os.environ.get(KERNEL_ISA_ENV) or "native").strip().lower()
+    if isa not in KERNEL_ISAS:
+        raise RuntimeError(f"{KERNEL_ISA_ENV}={isa!r} is not one of {', '.join(KERNEL_ISAS)}")
+    return isa
+
+
 def _arch_flags():
+    isa = kernel_isa()
+    if isa != "native":
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            raise RuntimeError(f"{KERNEL_ISA_ENV}={isa} names an x86 target; this machine is {platform.machine()}")
+        return list(KERNEL_ISAS[isa])
     return ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "aarch64") else []
 
 
@@ -155,7 +175,7 @@ def _cache_key(version, arch_flags, dnnl_id):
             continue
         with open(os.path.join(_SRC_DIR, name), "rb") as f:
             digest.update(name.encode() + b"\0" + f.read())
-    digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _cpu_flags(), platform.machine(),
+    digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _CONV_SOURCES, _cpu_flags(), platform.machine(),
                         dnnl_id)).encode())
     return digest.hexdigest()[:20]
 
@@ -184,7 +204,7 @@ def _compile_object(cxx, arch_flags, source, extra, include, obj):
     try:
         _run(cmd)
     except RuntimeError:
-        if not arch_flags:
+        if arch_flags != KERNEL_ISAS["native"]:
             raise
         _run([a for a in cmd if a not in arch_flags])  # a compiler without -march=native
 
@@ -214,13 +234,13 @@ def _build():
     dnnl, dnnl_id, conv_failure = _onednn()
     folder = _cache_folder(_cache_key(version, arch_flags, dnnl_id), with_conv=dnnl is not None)
     target = os.path.join(folder, _LIBRARY_NAME)
-    _compile_library(cxx, arch_flags, _SOURCES, target)
+    _compile_library(cxx, arch_flags, _SOURCES, target, link=["-pthread"])
     if dnnl is None:
         return target, None, conv_failure
     include, lib_dir = dnnl
     conv_target = os.path.join(folder, _CONV_LIBRARY_NAME)
     try:
-        _compile_library(cxx, arch_flags, {_CONV_SOURCE: ["-pthread"]}, conv_target, include=["-I" + include],
+        _compile_library(cxx, arch_flags, _CONV_SOURCES, conv_target, include=["-I" + include],
                          link=["-pthread", "-L" + lib_dir, "-l:libdnnl.so.3", "-Wl,-rpath," + lib_dir,
                                "-Wl,--no-undefined"])
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -264,4 +284,4 @@ def status() -> str:
     if library_path() is None:
         return f"unavailable ({_failure})"
     conv = "on" if _conv_library else f"MindSpore's ({_conv_failure})"
-    return f"on ({os.path.dirname(_library)}); convolutions: {conv}"
+    return f"on ({os.path.dirname(_library)}, built for {kernel_isa()}); convolutions: {conv}"

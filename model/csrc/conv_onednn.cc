@@ -9,150 +9,26 @@
 // plain layouts where oneDNN has a GEMM kernel for them (under src/platform/cpu.py's AVX2 cap: reordering
 // the input and output cost more than the blocked forward saved, 224 px inference 13 % slower)
 // and takes the blocked ones where it would fall back to a reference kernel (AVX-512 uncapped);
-// the two backward passes use the blocked ones. MindSpore's oneDNN is built for the "threadpool"
-// CPU runtime, so the streams
-// here get a small thread pool of their own: as many threads as the process may use cores, or
-// $CONVMLP_CONV_THREADS.
-#include <sched.h>
-#include <sys/mman.h>
-
-#include <atomic>
-#include <cstdlib>
-#include <condition_variable>
+// the two backward passes use the blocked ones. The thread pool, the engine and the cache of
+// buffers for the blocked copies are in onednn_common.h.
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <string>
 #include <tuple>
-#include <unordered_map>
-#include <utility>
-#include <thread>
-#include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "oneapi/dnnl/dnnl_threadpool.hpp"
+#include "onednn_common.h"
 
 namespace {
 
-// A fixed pool of worker threads implementing oneDNN's threadpool interface: parallel_for(n, fn)
-// runs fn(i, n) for every i, on the workers and the calling thread, and returns when all are done.
-class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
- public:
-  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
-  }
-  ~ThreadPool() override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (auto &w : workers_) w.join();
-  }
-  int get_num_threads() const override { return threads_; }
-  bool get_in_parallel() const override { return inside_; }
-  uint64_t get_flags() const override { return 0; }  // synchronous
-  void wait() override {}
-  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
-    if (n <= 0) return;
-    if (threads_ == 1 || n == 1 || inside_) {
-      for (int i = 0; i < n; ++i) fn(i, n);
-      return;
-    }
-    std::lock_guard<std::mutex> serial(submit_);  // one job at a time
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &fn;
-      n_ = n;
-      next_.store(0);
-      done_.store(0);
-      ++generation_;
-    }
-    wake_.notify_all();
-    Run(&fn, n);
-    std::unique_lock<std::mutex> lock(mutex_);
-    // every index done and every worker that joined this job out of it: only then may the
-    // next job reset the shared counters
-    finished_.wait(lock, [&] { return done_.load() == n && active_ == 0; });
-    job_ = nullptr;
-  }
-
- private:
-  void Run(const std::function<void(int, int)> *job, int n) {
-    inside_ = true;
-    for (int i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) {
-      (*job)(i, n);
-      done_.fetch_add(1);
-    }
-    inside_ = false;
-  }
-  void Work() {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(int, int)> *job;
-      int n;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        if (job_ == nullptr) continue;  // woke after that job ended
-        job = job_;
-        n = n_;
-        ++active_;
-      }
-      Run(job, n);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        --active_;
-      }
-      finished_.notify_all();
-    }
-  }
-
-  const int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mutex_, submit_;
-  std::condition_variable wake_, finished_;
-  const std::function<void(int, int)> *job_ = nullptr;
-  int n_ = 0;
-  int active_ = 0;
-  std::atomic<int> next_{0}, done_{0};
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  static thread_local bool inside_;
-};
-
-thread_local bool ThreadPool::inside_ = false;
-
-int UsableCores() {
-  if (const char *env = std::getenv("CONVMLP_CONV_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
-}
-
-ThreadPool &Pool() {
-  // Never destroyed: joining workers from a static destructor at process exit could wait on a
-  // thread MindSpore is still tearing down; the OS ends them with the process.
-  static ThreadPool *pool = new ThreadPool(UsableCores());
-  return *pool;
-}
-
+using convmlp::Engine;
+using convmlp::FromLayout;
+using convmlp::Guarded;
+using convmlp::Scratch;
+using convmlp::ToLayout;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
-
-dnnl::engine &Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
 struct Key {
   int64_t n, c, h, w, o, kh, kw, oh, ow, stride, pad;
@@ -209,100 +85,9 @@ Prims *GetPrims(const Key &k) {
   return raw;
 }
 
-// Buffers for the blocked copies, kept between calls for the next calls. Taking them from malloc
-// on every call made glibc's arena of MindSpore's launch thread keep ~390 MiB (224 px training,
-// batch 16) for ~100 MiB of distinct buffers, and fresh pages cost page faults. A request takes
-// the smallest idle buffer of at least its size and at most twice it, else maps a new one; at
-// most kMaxIdleBytes of idle buffers are kept, the rest go back to the system.
-class BufferCache {
- public:
-  // A buffer of at least `bytes`; its actual size in `*size`.
-  void *Take(size_t bytes, size_t *size) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = idle_.lower_bound(bytes);
-      if (it != idle_.end() && it->first / 2 <= bytes) {
-        void *p = it->second;
-        *size = it->first;
-        idle_bytes_ -= it->first;
-        idle_.erase(it);
-        return p;
-      }
-    }
-    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    *size = bytes;
-    return p;
-  }
-  void Give(void *p, size_t bytes) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (idle_bytes_ + bytes <= kMaxIdleBytes) {
-        idle_.emplace(bytes, p);
-        idle_bytes_ += bytes;
-        return;
-      }
-    }
-    munmap(p, bytes);
-  }
-
- private:
-  static constexpr size_t kMaxIdleBytes = size_t(512) << 20;
-  std::mutex mutex_;
-  std::multimap<size_t, void *> idle_;
-  size_t idle_bytes_ = 0;
-};
-
-BufferCache &Buffers() {
-  static BufferCache *cache = new BufferCache();  // never destroyed (see Pool())
-  return *cache;
-}
-
-// The blocked copies of one call; their buffers return to the cache when the call ends.
-class Scratch {
- public:
-  ~Scratch() {
-    for (auto &b : held_) Buffers().Give(b.first, b.second);
-  }
-  dnnl::memory Memory(const dnnl::memory::desc &desc) {
-    size_t size = 0;
-    void *p = Buffers().Take(desc.get_size(), &size);
-    held_.emplace_back(p, size);
-    return dnnl::memory(desc, Engine(), p);
-  }
-
- private:
-  std::vector<std::pair<void *, size_t>> held_;
-};
-
-// A memory in the primitive's layout holding `plain` (reordered when the layouts differ).
-dnnl::memory ToLayout(const dnnl::memory &plain, const dnnl::memory::desc &want, dnnl::stream &s,
-                      Scratch &scratch) {
-  if (plain.get_desc() == want) return plain;
-  dnnl::memory m = scratch.Memory(want);
-  dnnl::reorder(plain, m).execute(s, const_cast<dnnl::memory &>(plain), m);
-  return m;
-}
-
-// Write `result` (primitive layout) into `plain` (NCHW/OIHW), when they differ.
-void FromLayout(dnnl::memory &result, dnnl::memory &plain, dnnl::stream &s) {
-  if (result.get_desc() == plain.get_desc()) return;
-  dnnl::reorder(result, plain).execute(s, result, plain);
-}
-
 bool MakeKey(const int64_t *x, const int64_t *w, const int64_t *y, const int32_t *cfg, Key *k) {
   *k = Key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], cfg[0], cfg[1]};
   return w[1] == x[1] && y[0] == x[0] && y[1] == w[0] && cfg[0] > 0 && cfg[1] >= 0;
-}
-
-template <typename F>
-int Guarded(F f) {
-  try {
-    f();
-    return 0;
-  } catch (...) {
-    return 1;
-  }
 }
 
 }  // namespace
@@ -316,7 +101,7 @@ extern "C" int ConvForward(int nparam, void **params, int *ndims, int64_t **shap
   return Guarded([&] {
     Prims *p = GetPrims(k);
     Scratch scratch;
-    dnnl::stream s = dnnl::threadpool_interop::make_stream(Engine(), &Pool());
+    dnnl::stream s = convmlp::PoolStream();
     dnnl::memory x(p->src_plain, Engine(), params[0]), w(p->weights_plain, Engine(), params[1]);
     dnnl::memory y(p->dst_plain, Engine(), params[3]);
     dnnl::memory xs = ToLayout(x, p->fwd_pd.src_desc(), s, scratch);
@@ -337,7 +122,7 @@ extern "C" int ConvBackwardData(int nparam, void **params, int *ndims, int64_t *
   return Guarded([&] {
     Prims *p = GetPrims(k);
     Scratch scratch;
-    dnnl::stream s = dnnl::threadpool_interop::make_stream(Engine(), &Pool());
+    dnnl::stream s = convmlp::PoolStream();
     dnnl::memory dy(p->dst_plain, Engine(), params[0]), w(p->weights_plain, Engine(), params[1]);
     dnnl::memory dx(p->src_plain, Engine(), params[4]);
     dnnl::memory dys = ToLayout(dy, p->bwd_data_pd.diff_dst_desc(), s, scratch);
@@ -359,7 +144,7 @@ extern "C" int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_
   return Guarded([&] {
     Prims *p = GetPrims(k);
     Scratch scratch;
-    dnnl::stream s = dnnl::threadpool_interop::make_stream(Engine(), &Pool());
+    dnnl::stream s = convmlp::PoolStream();
     dnnl::memory dy(p->dst_plain, Engine(), params[0]), x(p->src_plain, Engine(), params[1]);
     dnnl::memory dw(p->weights_plain, Engine(), params[4]);
     dnnl::memory dys = ToLayout(dy, p->bwd_weights_pd.diff_dst_desc(), s, scratch);

@@ -26,25 +26,8 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
   const int64_t c = shapes[0][ndims[0] - 1];
   if (c <= 0) return 0;
   const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
-  const float inv_c = 1.0f / static_cast<float>(c);
   for (int64_t r = 0; r < rows; ++r) {
-    const float *xr = x + r * c;
-    float *yr = y + r * c;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < c; ++i) sum += xr[i];
-    const float mean = sum * inv_c;
-    float sq = 0.0f;  // two-pass variance: no cancellation for rows with a large mean
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < c; ++i) {
-      const float d = xr[i] - mean;
-      sq += d * d;
-    }
-    const float rstd = 1.0f / std::sqrt(sq * inv_c + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - mean) * rstd * gamma[i] + beta[i];
-    mean_out[r] = mean;
-    rstd_out[r] = rstd;
+    convmlp::LayerNormRow(x + r * c, gamma, beta, eps, c, y + r * c, mean_out + r, rstd_out + r);
   }
   return 0;
 }

@@ -14,11 +14,16 @@ measurements behind this and behind ``release_compile_memory()`` are in ``benchm
 import ctypes
 import os
 
-__all__ = ["cap_onednn_isa", "uses_only_conv_kernel", "onednn_isa", "release_compile_memory", "ONEDNN_ISA"]
+__all__ = ["cap_onednn_isa", "uses_only_conv_kernel", "onednn_isa", "effective_onednn_isa",
+           "release_compile_memory", "ONEDNN_ISA"]
 
 #: oneDNN's ISA cap for MindSpore's own CPU convolutions (see module docstring).
 ONEDNN_ISA = "AVX2"
-_DNNL_ISA_CODES = {"AVX2": 0x7}   # dnnl_cpu_isa_t (oneapi/dnnl/dnnl_types.h)
+#: dnnl_cpu_isa_t (oneapi/dnnl/dnnl_types.h): name -> code
+_DNNL_ISA_CODES = {"SSE41": 0x1, "AVX": 0x3, "AVX2": 0x7, "AVX2_VNNI": 0xf, "AVX2_VNNI_2": 0x1f,
+                   "AVX512_CORE": 0x27, "AVX512_CORE_VNNI": 0x67, "AVX512_CORE_BF16": 0xe7,
+                   "AVX10_1_512": 0x1ef, "AVX10_1_512_AMX": 0xfef, "AVX10_1_512_AMX_FP16": 0x1fef,
+                   "AVX10_2": 0x201ff, "AVX10_2_AMX_2": 0x22fff}
 _isa_note = "not set (src.platform.device.configure_runtime not called, or not an x86 CPU)"
 
 
@@ -32,15 +37,28 @@ def cap_onednn_isa(own_convolutions=True):
     leave it uncapped when every convolution runs the C++ kernel. Returns what is in effect (also
     kept for :func:`onednn_isa`)."""
     global _isa_note
-    _isa_note = _cap(ONEDNN_ISA) if own_convolutions else "not capped (every convolution runs the C++ kernel)"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # the user's (or bench.py --isa's) cap, read by oneDNN itself
+        _isa_note = f"{os.environ['ONEDNN_MAX_CPU_ISA']} (from ONEDNN_MAX_CPU_ISA)"
+    else:
+        _isa_note = _cap(ONEDNN_ISA) if own_convolutions else "not capped (every convolution runs the C++ kernel)"
     return _isa_note
+
+
+def effective_onednn_isa():
+    """The instruction set MindSpore's oneDNN runs with, read back from oneDNN
+    (``dnnl_get_effective_cpu_isa``; after it, the cap can no longer change), or ``unknown (why)``."""
+    from model.cpu_kernels import mindspore_onednn_library
+    try:
+        code = ctypes.CDLL(mindspore_onednn_library()).dnnl_get_effective_cpu_isa()
+    except (OSError, AttributeError) as exc:
+        return f"unknown ({exc})"
+    names = {v: k for k, v in _DNNL_ISA_CODES.items()}
+    return names.get(code, f"dnnl_cpu_isa {code:#x}")
 
 
 def _cap(isa):
     """Cap the oneDNN that MindSpore loaded at `isa` for this process. Returns what is in effect,
     for the run log. oneDNN accepts the cap only before its first primitive."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
-        return f"{os.environ['ONEDNN_MAX_CPU_ISA']} (from ONEDNN_MAX_CPU_ISA)"
     from model.cpu_kernels import mindspore_onednn_library
     lib = mindspore_onednn_library()
     try:
@@ -63,10 +81,13 @@ def uses_only_conv_kernel(cpu_kernels_on=True, amp_level="O0", device_target="CP
 def release_compile_memory():
     """Return the heap that graph compilation freed to the OS (``gc.collect()`` then glibc's
     ``malloc_trim(0)``), so that the first step's allocations reuse it instead of growing the
-    process. Call after ``cell.compile(...)`` and before the first step; a no-op where glibc is not
-    the C library. Returns True when the trim ran."""
+    process, and move the objects that survive (the model, MindSpore's modules) out of the cyclic
+    garbage collector's sight (``gc.freeze()``): the collections that the steps' short-lived
+    objects trigger no longer walk them. Call after ``cell.compile(...)`` and before the first
+    step; the trim is a no-op where glibc is not the C library. Returns True when the trim ran."""
     import gc
     gc.collect()
+    gc.freeze()
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim(0)

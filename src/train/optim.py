@@ -7,6 +7,11 @@ weights with a short warmup is sensitive to that, so this module implements the 
     p <- p * (1 - lr * wd)
     m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
     p <- p - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+
+On the CPU with the C++ kernels (:mod:`model.cpu_kernels`) the whole update is one kernel over all
+parameters (``model/csrc/adamw.cc``, torch's element-wise formula); otherwise MindSpore's fused
+``AdamWeightDecay`` runs once per parameter tensor with the bias correction folded into its
+learning rate, epsilon and weight decay.
 """
 import math
 from typing import List
@@ -14,6 +19,8 @@ from typing import List
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Tensor
+
+from model import cpu_kernels
 
 __all__ = ["AdamW", "param_groups_weight_decay", "cosine_schedule", "describe_schedule", "log_schedule"]
 
@@ -60,12 +67,23 @@ class AdamW(nn.Optimizer):
         wds = [float(w.asnumpy() if hasattr(w, "asnumpy") else w) / float(loss_scale) for w in wds]
         self.wd_values = tuple(Tensor(w, ms.float32) for w in wds)
         self.fused_op = ops.operations.AdamWeightDecay()
+        # one kernel for all parameters: float32 parameters (their gradients are float32 too) on the CPU
+        self.all_at_once = cpu_kernels.active() and all(p.dtype == ms.float32 for p in self._parameters)
+        if self.all_at_once:
+            self.update_all = cpu_kernels.adamw_update()
+            self.betas_eps = Tensor(np.array([beta1, beta2, eps], np.float64))
+            self.wd_all = Tensor(np.array(wds, np.float64))
 
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)
         gradients = self.scale_grad(gradients)
         lr = self.get_lr()
         self.assignadd(self.global_step, self.global_step_increase_tensor)
+        if self.all_at_once:
+            hyper = ops.concat((ops.cast(lr, ms.float64).reshape((1,)), self.betas_eps,
+                                ops.cast(self.global_step, ms.float64).reshape((1,))))
+            return self.update_all(hyper, self.wd_all, *self._parameters, *self.moments1, *self.moments2,
+                                   *gradients)
         t = ops.cast(self.global_step, ms.float32).reshape(())
         bc1 = 1.0 - ops.pow(self.beta1, t)
         sqrt_bc2 = ops.sqrt(1.0 - ops.pow(self.beta2, t))

@@ -1,0 +1,332 @@
+// oneDNN helpers shared by the C++ kernels that drive the oneDNN library MindSpore ships
+// (lib/libdnnl.so.3): conv_onednn.cc (training convolutions) and infer_onednn.cc (the fused
+// inference path). One thread pool, one engine and one buffer cache per process (inline
+// functions: the libraries' translation units share them).
+//
+// MindSpore's oneDNN is built for the "threadpool" CPU runtime, so the streams here get a small
+// thread pool of their own: as many threads as the process may use cores, or
+// $CONVMLP_CONV_THREADS.
+#ifndef CONVMLP_CSRC_ONEDNN_COMMON_H_
+#define CONVMLP_CSRC_ONEDNN_COMMON_H_
+
+#include <sched.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <list>
+#include <map>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_threadpool.hpp"
+
+namespace convmlp {
+
+// A fixed pool of worker threads implementing oneDNN's threadpool interface: parallel_for(n, fn)
+// runs fn(i, n) for every i, on the workers and the calling thread, and returns when all are done.
+class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
+ public:
+  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
+  }
+  ~ThreadPool() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto &w : workers_) w.join();
+  }
+  int get_num_threads() const override { return threads_; }
+  bool get_in_parallel() const override { return inside_; }
+  uint64_t get_flags() const override { return 0; }  // synchronous
+  void wait() override {}
+  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
+    if (n <= 0) return;
+    if (threads_ == 1 || n == 1 || inside_) {
+      for (int i = 0; i < n; ++i) fn(i, n);
+      return;
+    }
+    std::lock_guard<std::mutex> serial(submit_);  // one job at a time
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &fn;
+      n_ = n;
+      next_.store(0);
+      done_.store(0);
+      ++generation_;
+    }
+    wake_.notify_all();
+    Run(&fn, n);
+    std::unique_lock<std::mutex> lock(mutex_);
+    // every index done and every worker that joined this job out of it: only then may the
+    // next job reset the shared counters
+    finished_.wait(lock, [&] { return done_.load() == n && active_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void Run(const std::function<void(int, int)> *job, int n) {
+    inside_ = true;
+    for (int i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) {
+      (*job)(i, n);
+      done_.fetch_add(1);
+    }
+    inside_ = false;
+  }
+  void Work() {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int, int)> *job;
+      int n;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        if (job_ == nullptr) continue;  // woke after that job ended
+        job = job_;
+        n = n_;
+        ++active_;
+      }
+      Run(job, n);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --active_;
+      }
+      finished_.notify_all();
+    }
+  }
+
+  const int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_, submit_;
+  std::condition_variable wake_, finished_;
+  const std::function<void(int, int)> *job_ = nullptr;
+  int n_ = 0;
+  int active_ = 0;
+  std::atomic<int> next_{0}, done_{0};
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  static inline thread_local bool inside_ = false;
+};
+
+inline int UsableCores() {
+  if (const char *env = std::getenv("CONVMLP_CONV_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+inline ThreadPool &Pool() {
+  // Never destroyed: joining workers from a static destructor at process exit could wait on a
+  // thread MindSpore is still tearing down; the OS ends them with the process.
+  static ThreadPool *pool = new ThreadPool(UsableCores());
+  return *pool;
+}
+
+inline dnnl::engine &Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+inline dnnl::stream PoolStream() { return dnnl::threadpool_interop::make_stream(Engine(), &Pool()); }
+
+// Buffers for the blocked copies, kept between calls for the next calls. Taking them from malloc
+// on every call made glibc's arena of MindSpore's launch thread keep ~390 MiB (224 px training,
+// batch 16) for ~100 MiB of distinct buffers, and fresh pages cost page faults. A request takes
+// the smallest idle buffer of at least its size and at most twice it, else maps a new one; at
+// most kMaxIdleBytes of idle buffers are kept, the rest go back to the system.
+class BufferCache {
+ public:
+  // A buffer of at least `bytes`; its actual size in `*size`.
+  void *Take(size_t bytes, size_t *size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = idle_.lower_bound(bytes);
+      if (it != idle_.end() && it->first / 2 <= bytes) {
+        void *p = it->second;
+        *size = it->first;
+        idle_bytes_ -= it->first;
+        idle_.erase(it);
+        return p;
+      }
+    }
+    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    *size = bytes;
+    return p;
+  }
+  void Give(void *p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (idle_bytes_ + bytes <= kMaxIdleBytes) {
+        idle_.emplace(bytes, p);
+        idle_bytes_ += bytes;
+        return;
+      }
+    }
+    munmap(p, bytes);
+  }
+
+ private:
+  static constexpr size_t kMaxIdleBytes = size_t(512) << 20;
+  std::mutex mutex_;
+  std::multimap<size_t, void *> idle_;
+  size_t idle_bytes_ = 0;
+};
+
+inline BufferCache &Buffers() {
+  static BufferCache *cache = new BufferCache();  // never destroyed (see Pool())
+  return *cache;
+}
+
+// The buffers of one call (blocked copies, intermediate results); they return to the cache when
+// the call ends, or earlier through Release.
+class Scratch {
+ public:
+  ~Scratch() {
+    for (auto &b : held_) Buffers().Give(b.first, b.second);
+  }
+  void *Bytes(size_t bytes) {
+    size_t size = 0;
+    void *p = Buffers().Take(bytes < 64 ? 64 : bytes, &size);
+    held_.emplace_back(p, size);
+    return p;
+  }
+  float *Floats(size_t n) { return static_cast<float *>(Bytes(n * sizeof(float))); }
+  dnnl::memory Memory(const dnnl::memory::desc &desc) { return dnnl::memory(desc, Engine(), Bytes(desc.get_size())); }
+  // Hand the buffer at `p` (from this Scratch) back to the cache now; other pointers are ignored.
+  void Release(void *p) {
+    for (auto it = held_.begin(); it != held_.end(); ++it) {
+      if (it->first == p) {
+        Buffers().Give(it->first, it->second);
+        held_.erase(it);
+        return;
+      }
+    }
+  }
+
+ private:
+  std::vector<std::pair<void *, size_t>> held_;
+};
+
+// A memory in the primitive's layout holding `plain` (reordered when the layouts differ).
+inline dnnl::memory ToLayout(const dnnl::memory &plain, const dnnl::memory::desc &want, dnnl::stream &s,
+                             Scratch &scratch) {
+  if (plain.get_desc() == want) return plain;
+  dnnl::memory m = scratch.Memory(want);
+  dnnl::reorder(plain, m).execute(s, const_cast<dnnl::memory &>(plain), m);
+  return m;
+}
+
+// Write `result` (primitive layout) into `plain` (NCHW/OIHW), when they differ.
+inline void FromLayout(dnnl::memory &result, dnnl::memory &plain, dnnl::stream &s) {
+  if (result.get_desc() == plain.get_desc()) return;
+  dnnl::reorder(result, plain).execute(s, result, plain);
+}
+
+// Weights in a primitive's layout, kept between calls of the inference ops (the reorder of a
+// large weight matrix costs as much as its product with a small batch). An entry is used only
+// while the plain weights are bit-for-bit the copy it was made from, so a training step, a
+// checkpoint load or any other write in between makes the next call rebuild it. At most
+// kMaxBytes of copies are kept; past that, entries unused for kStaleSeconds make room, else the
+// weights are reordered for the call only.
+class PackedWeights {
+ public:
+  dnnl::memory Get(const dnnl::memory &plain, const dnnl::memory::desc &want, dnnl::stream &s, Scratch &scratch) {
+    if (plain.get_desc() == want) return plain;
+    const char *ptr = static_cast<const char *>(plain.get_data_handle());
+    const size_t bytes = plain.get_desc().get_size();
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mutex_);
+    Entry *entry = nullptr;
+    for (auto &e : entries_) {
+      if (e.ptr == ptr && e.want == want) entry = &e;
+    }
+    if (entry != nullptr && entry->plain.size() == bytes && Equal(entry->plain.data(), ptr, bytes)) {
+      entry->used = now;
+      return entry->packed;
+    }
+    const size_t cost = bytes + want.get_size();
+    if (entry == nullptr && !MakeRoom(cost, now)) return ToLayout(plain, want, s, scratch);
+    if (entry == nullptr) {
+      entries_.push_back(Entry{ptr, want, {}, dnnl::memory(want, Engine()), now});
+      entry = &entries_.back();
+      bytes_ += cost;
+    }
+    entry->plain.assign(ptr, ptr + bytes);
+    entry->used = now;
+    dnnl::reorder(plain, entry->packed).execute(s, const_cast<dnnl::memory &>(plain), entry->packed);
+    return entry->packed;
+  }
+
+ private:
+  struct Entry {
+    const char *ptr;
+    dnnl::memory::desc want;
+    std::vector<char> plain;
+    dnnl::memory packed;
+    std::chrono::steady_clock::time_point used;
+  };
+  // memcmp(a, b, n) == 0, in slices on the pool's threads for large n
+  static bool Equal(const char *a, const char *b, size_t n) {
+    const int slices = n >= (size_t(1) << 20) ? Pool().get_num_threads() : 1;
+    if (slices <= 1) return std::memcmp(a, b, n) == 0;
+    std::atomic<bool> same{true};
+    Pool().parallel_for(slices, [&](int i, int k) {
+      const size_t lo = n * i / k, hi = n * (i + 1) / k;
+      if (same.load(std::memory_order_relaxed) && std::memcmp(a + lo, b + lo, hi - lo) != 0) same = false;
+    });
+    return same.load();
+  }
+  bool MakeRoom(size_t cost, std::chrono::steady_clock::time_point now) {
+    for (auto it = entries_.begin(); it != entries_.end() && bytes_ + cost > kMaxBytes;) {
+      if (now - it->used > std::chrono::seconds(kStaleSeconds)) {
+        bytes_ -= it->plain.size() + it->want.get_size();
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return bytes_ + cost <= kMaxBytes;
+  }
+  static constexpr size_t kMaxBytes = size_t(256) << 20;
+  static constexpr int kStaleSeconds = 30;
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+  size_t bytes_ = 0;
+};
+
+inline PackedWeights &Packed() {
+  static PackedWeights *cache = new PackedWeights();  // never destroyed (see Pool())
+  return *cache;
+}
+
+template <typename F>
+inline int Guarded(F f) {
+  try {
+    f();
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+}  // namespace convmlp
+
+#endif  // CONVMLP_CSRC_ONEDNN_COMMON_H_

@@ -1,0 +1,207 @@
+"""The fused inference path (``model/cpu_kernels/inference.py``, ``model/csrc/infer_onednn.cc``).
+
+Each op is checked against a float64 reference (numpy / PyTorch) on shapes that exercise the
+edges (row counts that are not a multiple of the tile, a single row, odd channel counts, odd map
+sizes), then the model: in evaluation mode it computes the same function as the separate kernels
+and as the float64 PyTorch reference with BatchNorm statistics that are not the identity, the
+official tiny checkpoint gives the official logits within 1e-5, kept packed weights follow a
+change of the weights, and training mode and mixed precision never take the fused path.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import mindspore as ms
+from mindspore import nn
+
+from model import ConvMLP, cpu_kernels
+from model.cpu_kernels import inference
+
+pytestmark = pytest.mark.skipif(not inference.available(),
+                                reason=f"fused inference path not available here: {cpu_kernels.status()}")
+
+TOPOLOGY = dict(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=2)
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def rand(*shape, scale=1.0, seed=0):
+    return (np.random.RandomState(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def tensor(a):
+    return ms.Tensor(np.ascontiguousarray(a, dtype=np.float32))
+
+
+class Op(nn.Cell):
+    """A Custom op with fixed extra inputs, run in GRAPH mode."""
+
+    def __init__(self, op, *extra):
+        super().__init__()
+        self.op = op
+        inference.hold(self, "extra", [tensor(e) for e in extra])
+
+    def construct(self, x):
+        return self.op(x, *self.extra)
+
+
+def layer_norm64(x, gamma, beta, eps=1e-5):
+    x = x.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * gamma + beta
+
+
+def gelu64(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The ops
+
+@pytest.mark.parametrize("shape,hidden", [((3, 5, 5, 16), 32), ((1, 1, 1, 64), 128), ((2, 14, 14, 24), 72),
+                                          ((4101, 40), 80), ((7, 33), 99)])
+def test_layer_norm_mlp_matches_float64(shape, hidden):
+    c = shape[-1]
+    x = rand(*shape, scale=2.0, seed=1) + 1.0
+    gamma, beta = rand(c, seed=2) * 0.5 + 1.0, rand(c, seed=3) * 0.5
+    w1, b1 = rand(hidden, c, scale=0.2, seed=4), rand(hidden, seed=5) * 0.1
+    w2, b2 = rand(c, hidden, scale=0.2, seed=6), rand(c, seed=7) * 0.1
+    got = Op(inference.layer_norm_mlp(), gamma, beta, w1, b1, w2, b2, [1e-5])(tensor(x)).asnumpy()
+    h = gelu64(layer_norm64(x, gamma, beta) @ w1.T.astype(np.float64) + b1)
+    want = x + h @ w2.T.astype(np.float64) + b2
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("shape,k", [((2, 4, 4, 128), 3), ((3, 7, 5, 24), 3), ((2, 1, 1, 512), 3), ((1, 9, 6, 16), 5)])
+def test_layer_norm_depthwise_matches_float64(shape, k):
+    c = shape[-1]
+    x = rand(*shape, scale=2.0, seed=8) - 1.0
+    gamma, beta = rand(c, seed=9) * 0.5 + 1.0, rand(c, seed=10) * 0.5
+    weight = rand(c, 1, k, k, seed=11)
+    got = Op(inference.layer_norm_depthwise(), gamma, beta, weight, [1e-5])(tensor(x)).asnumpy()
+    xt = torch.tensor(layer_norm64(x, gamma, beta).transpose(0, 3, 1, 2))
+    want = torch.nn.functional.conv2d(xt, torch.tensor(weight, dtype=torch.float64), padding=k // 2,
+                                      groups=c).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("shape,cout", [((2, 4, 4, 32), 64), ((3, 7, 9, 16), 24), ((2, 2, 2, 256), 512)])
+def test_downsampling_convolution_on_channels_last_tokens_matches_float64(shape, cout):
+    from model.convmlp import ConvDownsample
+    cell = ConvDownsample(shape[-1], cout)
+    assert cell.fused_inference
+    cell.downsample.bias.set_data(tensor(rand(cout, seed=12)))
+    cell.set_train(False)
+    x = rand(*shape, seed=13)
+    got = cell(tensor(x)).asnumpy()
+    conv = cell.downsample
+    want = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64),
+                                      torch.tensor(conv.weight.asnumpy(), dtype=torch.float64),
+                                      torch.tensor(conv.bias.asnumpy(), dtype=torch.float64), stride=2, padding=1)
+    np.testing.assert_allclose(got, want.numpy().transpose(0, 2, 3, 1), rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+def _model(seed=0, drop_path_rate=0.1):
+    """A small model whose norms and BatchNorm statistics are not the identity (folding them in is
+    then visible)."""
+    ms.set_seed(seed)
+    net = ConvMLP(num_classes=10, drop_path_rate=drop_path_rate, **TOPOLOGY)
+    rng = np.random.RandomState(seed + 1)
+    for p in net.get_parameters():
+        if p.name.endswith(("moving_mean", "beta", "bias")):
+            p.set_data(tensor(rng.normal(0, 0.2, p.shape)))
+        elif p.name.endswith(("moving_variance", "gamma")):
+            p.set_data(tensor(rng.uniform(0.5, 1.5, p.shape)))
+    net.set_train(False)
+    return net
+
+
+def _separate(net):
+    """A copy of `net` (same parameter values) that evaluates through the separate kernels."""
+    other = ConvMLP(num_classes=10, drop_path_rate=0.0, **TOPOLOGY)
+    ms.load_param_into_net(other, {p.name: ms.Parameter(p.value(), name=p.name) for p in net.get_parameters()})
+    other.disable_fused_inference()
+    other.set_train(False)
+    return other
+
+
+def _torch64(net):
+    from model.torch_convmlp import TorchConvMLP
+    from src.convert.names import to_torch_state_dict
+    ref = TorchConvMLP(num_classes=10, **TOPOLOGY).double().eval()
+    state = to_torch_state_dict({p.name: p.asnumpy() for p in net.get_parameters()})
+    ref.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return ref
+
+
+@pytest.mark.parametrize("size,batch", [(32, 5), (64, 3), (45, 2)])
+def test_model_in_evaluation_is_the_same_function_fused_separate_and_float64(size, batch):
+    net = _model()
+    assert net.fused_inference and all(b.fused_inference for s in net.stages for b in s.blocks)
+    x = rand(batch, 3, size, size, seed=14)
+    fused = net(tensor(x)).asnumpy()
+    separate = _separate(net)(tensor(x)).asnumpy()
+    with torch.no_grad():
+        want = _torch64(net)(torch.tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(fused, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(separate, want, rtol=RTOL, atol=ATOL)
+    features = net.forward_features(tensor(x)).asnumpy()
+    assert features.shape == (batch, -(-size // 32), -(-size // 32), TOPOLOGY["dims"][-1])
+
+
+def test_official_tiny_checkpoint_gives_the_official_logits_within_1e_5(tiny, tiny_state):
+    from src.convert.names import convert_state_dict
+    net = ConvMLP(num_classes=tiny["num_classes"], **tiny["topology"])
+    assert net.fused_inference
+    ms.load_param_into_net(net, {k: ms.Parameter(tensor(v), name=k)
+                                 for k, v in convert_state_dict(tiny_state).items()}, strict_load=True)
+    net.set_train(False)
+    got = net(tensor(tiny["input"])).asnumpy()
+    assert float(np.abs(got - tiny["logits"]).max()) <= 1e-5
+
+
+def test_kept_packed_weights_follow_a_change_of_the_weights():
+    net = _model()
+    x = tensor(rand(4, 3, 32, 32, seed=15))
+    before = net(x).asnumpy()
+    np.testing.assert_array_equal(net(x).asnumpy(), before)      # the kept copies: the same numbers
+    for p in (net.stages[2].blocks[0].channel_mlp1.fc1.weight, net.stages[0].downsample_mlp.downsample.weight):
+        p.set_data(tensor(p.asnumpy() * 1.5))                      # the same tensors, new values
+    after = net(x).asnumpy()
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, _separate(net)(x).asnumpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_a_replaced_head_is_the_one_evaluated():
+    net = _model()
+    net.reset_classifier(7)
+    net.head.bias.set_data(tensor(rand(7, seed=17)))
+    assert net.fused_head
+    x = tensor(rand(3, 3, 64, 64, seed=18))
+    got = net(x).asnumpy()
+    assert got.shape == (3, 7)
+    other = ConvMLP(num_classes=7, drop_path_rate=0.0, **TOPOLOGY)
+    ms.load_param_into_net(other, {p.name: ms.Parameter(p.value(), name=p.name) for p in net.get_parameters()})
+    other.disable_fused_inference()
+    other.set_train(False)
+    np.testing.assert_allclose(got, other(x).asnumpy(), rtol=RTOL, atol=ATOL)
+    pooled = net.forward_head(net.forward_features(x), pre_logits=True).asnumpy()   # the separate cells
+    np.testing.assert_allclose(pooled @ net.head.weight.asnumpy().T + net.head.bias.asnumpy(), got,
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_training_mode_and_mixed_precision_do_not_take_the_fused_path():
+    from src.train.step import apply_amp
+    net = _model(drop_path_rate=0.0)
+    x = tensor(rand(4, 3, 32, 32, seed=16))
+    reference = _separate(net)
+    net.set_train(True)
+    reference.set_train(True)
+    np.testing.assert_array_equal(net(x).asnumpy(), reference(x).asnumpy())   # batch statistics
+    apply_amp(net, "O1")
+    assert not net.fused_inference and not net.fused_head
+    assert not any(b.fused_inference for s in net.stages for b in s.blocks)
