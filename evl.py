@@ -15,7 +15,6 @@ saved beside the checkpoint (``val_files.txt``).
 else then goes to stderr). Other keys as in train.py (``-h`` lists them).
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
-import json
 import os
 import sys
 
@@ -27,7 +26,7 @@ from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
 from src.platform.errors import run_cli
-from src.platform.fileio import STDOUT, atomic_output, check_output_path
+from src.platform.fileio import STDOUT, check_output_path, write_json
 from src.platform.graph_cache import open_graph_cache
 from src.train.distributed import make_reduce_fn
 from src.train.loop import evaluate
@@ -68,7 +67,7 @@ def evaluate_checkpoint(argv, cfg, json_path):
         names, _ = model_class_names(cfg, cfg.num_classes, logger, saved)
         print_results(res, names)
         if json_path:
-            write_json(json_path, json_inputs, cfg, res, names)
+            write_results(json_path, json_inputs, cfg, res, names)
     return 0
 
 
@@ -97,18 +96,13 @@ def print_results(res, names):
               f"  {i:3d} {name:<20s}   n/a  (0 images)")
 
 
-def write_json(json_path, json_inputs, cfg, res, names):
+def write_results(json_path, json_inputs, cfg, res, names):
     out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
            "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": res["top1"],
            "top5": res["top5"], "loss": res["loss"], "n": res["n"],
            "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
                          for i, a in enumerate(res["per_class_acc"])}}
-    with atomic_output(json_path, inputs=json_inputs, label="--json", dash_is_stdout=True) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-    if json_path != STDOUT:
-        print(f"wrote {json_path}")
+    write_json(json_path, out, inputs=json_inputs)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ An image that cannot be read is reported as one ``error: ...`` line naming the f
 others are still classified; the exit status is then 2 (0 when every image was classified).
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
-import json
 import os
 import sys
 
@@ -45,7 +44,7 @@ from src.platform.bounds import check_batch
 from src.platform.console import get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
 from src.platform.errors import DataError, run_cli
-from src.platform.fileio import STDOUT, atomic_output, check_output_path
+from src.platform.fileio import STDOUT, check_output_path, write_json
 from model import require_finite_outputs
 
 #: infer.py's own options (everything else is a config key; other arguments are images/folders).
@@ -83,7 +82,7 @@ def classify_images(argv, cmd):
                 f"{cfg.num_classes} classes, {cfg.image_size}px, {cfg.interpolation}); names from {source}")
     results, errors = classify(net, cfg, files, names, min(cmd.options.top_k, cfg.num_classes))
     if json_path:
-        write_json(json_path, json_inputs, cfg, source, results, errors)
+        write_results(json_path, json_inputs, cfg, source, results, errors)
     if errors:
         if results:
             print(f"{len(results)} image(s) classified, {len(errors)} could not be read (see the errors above)")
@@ -124,17 +123,12 @@ def classify(net, cfg, files, names, top_k):
     return results, errors
 
 
-def write_json(json_path, json_inputs, cfg, source, results, errors):
+def write_results(json_path, json_inputs, cfg, source, results, errors):
     out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
            "dataset": cfg.dataset_choose, "num_classes": cfg.num_classes, "image_size": cfg.image_size,
            "interpolation": cfg.interpolation, "mean": cfg.mean, "std": cfg.std, "class_names": source,
            "results": results, "errors": errors}
-    with atomic_output(json_path, inputs=json_inputs, label="--json", dash_is_stdout=True) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-    if json_path != STDOUT:
-        print(f"wrote {json_path}")
+    write_json(json_path, out, inputs=json_inputs)
 
 
 if __name__ == "__main__":

@@ -366,6 +366,26 @@ def read_tsv(path):
 
 
 # ------------------------------------------------------------------------------------------------
+# References computed in this process
+
+def gradient_cell(loss_net, params):
+    """A compiled cell ``(images, target) -> gradients`` of `loss_net`'s loss with respect to
+    `params` (BatchNorm's moving statistics update as in a training step): the reference that
+    averages per-shard gradients by hand (test_distributed, test_imagefolder_distributed)."""
+    from mindspore import nn, ops
+
+    class Gradients(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.loss_net, self.params = loss_net, params
+            self.grad = ops.GradOperation(get_by_list=True)
+
+        def construct(self, images, target):
+            return self.grad(self.loss_net, self.params)(images, target)
+    return Gradients()
+
+
+# ------------------------------------------------------------------------------------------------
 # Checkpoints made without training
 
 def write_train_checkpoint(path, topology, image_size=32, dataset="cifar10", head_scale=20.0, extra=()):

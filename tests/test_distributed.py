@@ -361,7 +361,7 @@ def reference_run(out, argv):
     BatchNorm moving statistics = the mean of the two halves' updates. Writes the final
     parameters to ``out`` and the initial ones to ``out`` with ``_init``."""
     import mindspore as ms
-    from mindspore import nn, ops
+    from helpers import gradient_cell
     from src.checkpoint.load import build_model
     from src.config import epoch_config, load_config
     from src.data.pipeline import create_dataset
@@ -369,17 +369,6 @@ def reference_run(out, argv):
     from src.platform.device import configure_runtime
     from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
     from src.train.step import NetWithLoss
-
-    class Gradients(nn.Cell):
-        """The gradients of the loss of one batch (compiled; updates BatchNorm's moving statistics)."""
-
-        def __init__(self, loss_net, params):
-            super().__init__(auto_prefix=False)
-            self.loss_net, self.params = loss_net, params
-            self.grad = ops.GradOperation(get_by_list=True)
-
-        def construct(self, images, target):
-            return self.grad(self.loss_net, self.params)(images, target)
 
     cfg = load_config(argv)
     # oneDNN's ISA as train.py sets it, so that both run the same convolution kernels
@@ -394,7 +383,7 @@ def reference_run(out, argv):
                 weight_decay=cfg.weight_decay)
     loss_net = NetWithLoss(net)
     loss_net.set_train(True)
-    gradients = Gradients(loss_net, opt.parameters)
+    gradients = gradient_cell(loss_net, opt.parameters)
     bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
     for epoch in range(cfg.epoch_size):
         one = epoch_config(cfg, epoch)

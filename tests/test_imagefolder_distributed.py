@@ -91,7 +91,7 @@ def reference_run(out, argv):
     its even and odd rows (BatchNorm statistics per half, moving statistics averaged), one AdamW
     step. Writes the final parameters to `out` and the initial ones to `out` with ``_init``."""
     import mindspore as ms
-    from mindspore import nn, ops
+    from helpers import gradient_cell
     from src.checkpoint.load import build_model
     from src.config import epoch_config, load_config
     from src.data.pipeline import create_dataset, resolve_classes
@@ -99,15 +99,6 @@ def reference_run(out, argv):
     from src.platform.device import configure_runtime
     from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
     from src.train.step import NetWithLoss
-
-    class Gradients(nn.Cell):
-        def __init__(self, loss_net, params):
-            super().__init__(auto_prefix=False)
-            self.loss_net, self.params = loss_net, params
-            self.grad = ops.GradOperation(get_by_list=True)
-
-        def construct(self, images, target):
-            return self.grad(self.loss_net, self.params)(images, target)
 
     cfg = load_config(argv)
     configure_runtime(mode=cfg.mode, device_target="CPU",
@@ -122,7 +113,7 @@ def reference_run(out, argv):
                                           cfg.cooldown_epochs)), weight_decay=cfg.weight_decay)
     loss_net = NetWithLoss(net)
     loss_net.set_train(True)
-    gradients = Gradients(loss_net, opt.parameters)
+    gradients = gradient_cell(loss_net, opt.parameters)
     bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
     for epoch in range(cfg.epoch_size):
         one = epoch_config(cfg, epoch)

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Optional
 from .errors import UserError, check_interrupted, first_line, short_quote
 
 __all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "check_name_length",
-           "same_file", "temp_name", "remove_stale_temps", "is_stream", "STDOUT"]
+           "same_file", "temp_name", "remove_stale_temps", "is_stream", "STDOUT", "write_json"]
 
 #: The output name that means the standard output (where a script accepts it, e.g. ``--json -``).
 STDOUT = "-"
@@ -361,3 +361,15 @@ def atomic_output(path, verify: Optional[Callable[[str], None]] = None, inputs: 
             raise
     if not stream:
         _fsync(folder, directory=True)
+
+
+def write_json(path, obj, inputs: Iterable = (), label: str = "--json"):
+    """`obj` as indented UTF-8 JSON to `path` through :func:`atomic_output` (``-`` is stdout);
+    prints ``wrote PATH`` for a file."""
+    import json
+    with atomic_output(path, inputs=inputs, label=label, dash_is_stdout=True) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    if path != STDOUT:
+        print(f"wrote {path}")
