@@ -18,8 +18,9 @@ class TrainingDiverged(UserError):
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    with np.errstate(invalid="ignore", over="ignore"):   # non-finite logits are reported by the caller
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callable] = None,
