@@ -18,24 +18,21 @@ import time
 import numpy as np
 import pytest
 
-from helpers import NO_AUG, REPO, TINY_TOPOLOGY, override, plugin_env
+from helpers import NO_AUG, REPO, TINY_TOPOLOGY, background, override, plugin_env
 
 VENV_BIN = os.path.dirname(sys.executable)
 MSRUN = os.path.join(VENV_BIN, "msrun")
 N_TRAIN, N_VAL, PER_DEVICE, WORLD, EPOCHS = 256, 64, 16, 2, 2
 ATOL = RTOL = 1e-5
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")]
 
 
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _env(**extra):
-    return dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), **extra)
 
 
 def train_args(paths, out):
@@ -46,31 +43,36 @@ def train_args(paths, out):
             "--num_parallel_workers", "1"]
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
+@background
+def dp_tree_runs(ctx):
+    """A generated 5-class tree, the 2-worker msrun run on it (each rank's final weights dumped) and
+    the single-process reference in its own process: the paths of the dumps and the run's times."""
     from src.data.synthetic import write_image_tree
-    return write_image_tree(str(tmp_path_factory.mktemp("dp_tree") / "data"), 5, N_TRAIN, N_VAL, seed=6)
-
-
-def test_two_workers_on_an_image_tree_equal_a_single_process(tree, tmp_path):
-    out, logs, dump = str(tmp_path / "out"), str(tmp_path / "logs"), str(tmp_path / "dump")
+    tree = write_image_tree(str(ctx.folder / "data"), 5, N_TRAIN, N_VAL, seed=6)
+    out, logs, dump = str(ctx.folder / "out"), str(ctx.folder / "logs"), str(ctx.folder / "dump")
+    env = dict(ctx.env, PATH=VENV_BIN + os.pathsep + ctx.env.get("PATH", ""))
     cmd = [MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
            f"--master_port={_free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true",
            *train_args(tree, out)]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=_env(**plugin_env(CONVMLP_TEST_DUMP_WEIGHTS=dump)),
+    proc = subprocess.run(cmd, cwd=str(ctx.folder), env=dict(env, **plugin_env(env, CONVMLP_TEST_DUMP_WEIGHTS=dump)),
                           capture_output=True, text=True, timeout=600)
+    seconds = time.time() - t0
     log0 = open(os.path.join(logs, "worker_0.log")).read() if os.path.isfile(os.path.join(logs, "worker_0.log")) else ""
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{log0[-3000:]}"
-    print(f"\n2-worker msrun on the image tree: {time.time() - t0:.1f} s")
-    assert "rank 0 / world size 2" in log0 and f"batch {PER_DEVICE} per device x 2 = {2 * PER_DEVICE} global, 8 steps" \
-        in log0
-
-    ref = str(tmp_path / "reference.npz")
+    ref = str(ctx.folder / "reference.npz")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "reference", ref,
-                           *train_args(tree, str(tmp_path / "unused"))], cwd=str(tmp_path), env=_env(),
+                           *train_args(tree, str(ctx.folder / "unused"))], cwd=str(ctx.folder), env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"log0": log0, "seconds": seconds, "dump": dump, "ref": ref}
+
+
+def test_two_workers_on_an_image_tree_equal_a_single_process(dp_tree_runs):
+    log0, dump, ref = dp_tree_runs["log0"], dp_tree_runs["dump"], dp_tree_runs["ref"]
+    print(f"\n2-worker msrun on the image tree: {dp_tree_runs['seconds']:.1f} s")
+    assert "rank 0 / world size 2" in log0 and f"batch {PER_DEVICE} per device x 2 = {2 * PER_DEVICE} global, 8 steps" \
+        in log0
     want, init = np.load(ref), np.load(ref.replace(".npz", "_init.npz"))
     r0, r1 = np.load(os.path.join(dump, "rank0.npz")), np.load(os.path.join(dump, "rank1.npz"))
     assert sorted(r0.files) == sorted(want.files) and any("moving_mean" in k for k in r0.files)

@@ -11,18 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import NO_AUG, TINY_TOPOLOGY, assert_user_error, override, plugin_env, run_script
+from helpers import NO_AUG, TINY_TOPOLOGY, assert_user_error, background, ok, override, plugin_env, run_script
 
 CLASSES = [f"synthetic_{i}" for i in range(5)]
 N_TRAIN, N_VAL, EPOCHS = 300, 100, 4
 TRAIN = [*TINY_TOPOLOGY, *NO_AUG, "--dataset_choose", "imagefolder", "--image_size", "32", "--batch_size", "30",
          "--epoch_size", str(EPOCHS), "--warmup_epochs", "0", "--cooldown_epochs", "0", "--lr", "2e-3",
          "--drop_path_rate", "0", "--model_ema", "true", "--model_ema_decay", "0.8", "--log_interval", "1"]
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def epoch_lines(text):
@@ -34,15 +29,15 @@ def logged(line, label):
     return float(line.split(f"{label} top-1 ")[1].split()[0])
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@background
+def trained(ctx):
     """dataset.py generate, then train.py with EMA; the training folder is then removed."""
-    root = tmp_path_factory.mktemp("own_images")
+    root = ctx.folder
     ok(run_script("dataset.py", "generate", "--format", "imagefolder", "--out", root / "data", "--classes", "5",
-                  "--train", N_TRAIN, "--val", N_VAL, "--seed", "3"))
+                  "--train", N_TRAIN, "--val", N_VAL, "--seed", "3", environ=ctx.env))
     out = root / "run"
     proc = ok(run_script("train.py", *TRAIN, "--train_data_path", root / "data" / "train", "--val_data_path",
-                         root / "data" / "val", "--save_checkpoint_path", out))
+                         root / "data" / "val", "--save_checkpoint_path", out, environ=ctx.env))
     shutil.move(str(root / "data" / "train"), str(root / "train_elsewhere"))
     return {"root": root, "out": out, "val": root / "data" / "val", "log": proc.stdout}
 
@@ -137,15 +132,25 @@ def test_use_ema_on_a_checkpoint_without_ema_is_one_error(trained, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # val_fraction and resume
 
-def test_a_killed_val_fraction_run_resumes_on_its_saved_split_with_its_ema(tmp_path):
+@background
+def val_fraction_runs(ctx):
+    """A val_fraction run straight through, and the same run killed (-9) after its first epoch's
+    last.ckpt, then resumed: the folder of both and the killed run's and the resume's outputs."""
     from src.data.synthetic import write_image_tree
-    tree = write_image_tree(str(tmp_path / "data"), 5, 200, 0, seed=4)["train"]
+    tree = write_image_tree(str(ctx.folder / "data"), 5, 200, 0, seed=4)["train"]
     args = override(TRAIN, "--epoch_size", "2", "--train_data_path", tree, "--val_fraction", "0.2")
-    ok(run_script("train.py", *args, "--save_checkpoint_path", tmp_path / "straight"))
-    killed = run_script("train.py", *args, "--save_checkpoint_path", tmp_path / "killed",
-                        env=plugin_env(CONVMLP_TEST_KILL_AFTER="last.ckpt"))
+    ok(run_script("train.py", *args, "--save_checkpoint_path", ctx.folder / "straight", environ=ctx.env))
+    killed = run_script("train.py", *args, "--save_checkpoint_path", ctx.folder / "killed", environ=ctx.env,
+                        env=plugin_env(ctx.env, CONVMLP_TEST_KILL_AFTER="last.ckpt"))
+    resumed = run_script("train.py", *args, "--save_checkpoint_path", ctx.folder / "killed", "--resume", "auto",
+                         environ=ctx.env)
+    return ctx.folder, killed, resumed
+
+
+def test_a_killed_val_fraction_run_resumes_on_its_saved_split_with_its_ema(val_fraction_runs):
+    tmp_path, killed, resumed = val_fraction_runs
     assert killed.returncode == -9, killed.stdout[-2000:]
-    resumed = ok(run_script("train.py", *args, "--save_checkpoint_path", tmp_path / "killed", "--resume", "auto"))
+    ok(resumed)
     assert "1 epoch(s) done" in resumed.stdout and "the saved lists" in resumed.stdout
     for name in ("train_files.txt", "val_files.txt"):
         assert (tmp_path / "straight" / name).read_text() == (tmp_path / "killed" / name).read_text()

@@ -20,6 +20,7 @@ of the forward pass.
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_TOPOLOGY, override, run_script
+from helpers import REPO, TINY_TOPOLOGY, background, ok, override, run_script
 
 EPOCHS = 3
 STEPS = 6                          # max_steps_per_epoch (the data has 12 batches of 16)
@@ -46,17 +47,12 @@ def train_args(data, run_dir, *extra):
             *extra]
 
 
-def ok(proc):
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def stop_in_epoch_2(args, sig, env):
-    """Run train.py with `args` until its progress shows step 1 of epoch 2, then send `sig`
-    (SIGKILL: to its process group). Returns (exit status, log)."""
+def stop_in_epoch_2(args, sig, environ):
+    """Run train.py with `args` and the environment `environ` until its progress shows step 1 of
+    epoch 2, then send `sig` (SIGKILL: to its process group). Returns (exit status, log)."""
     cmd = [sys.executable, os.path.join(REPO, "train.py"), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", **env), start_new_session=True)
+                            env=dict(environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     watchdog = threading.Timer(300, lambda: os.killpg(proc.pid, signal.SIGKILL))
     watchdog.start()
     lines, sent = [], False
@@ -82,24 +78,25 @@ def read_meta(path):
     return read(ms.load_checkpoint(str(path)))
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_cifar10, tmp_path_factory):
-    """The four run folders (see the module docstring) and the logs of the interrupted runs."""
-    root = tmp_path_factory.mktemp("reproducible")
-    env = {"CONVMLP_GRAPH_CACHE": str(root / "graphs")}          # the first run's is a miss
-    dirs = {name: root / name for name in ("first", "second", "sigterm", "sigkill")}
+@background
+def runs(ctx):
+    """The four run folders (see the module docstring), the logs of the interrupted runs and a copy
+    of the mid-epoch checkpoint the SIGTERM left (``sigterm_stop.ckpt``)."""
+    env = dict(ctx.env, CONVMLP_GRAPH_CACHE=str(ctx.folder / "graphs"))     # the first run's is a miss
+    dirs = {name: ctx.folder / name for name in ("first", "second", "sigterm", "sigkill")}
+    data = ctx.tiny_cifar10
     for name in ("first", "second"):
-        ok(run_script("train.py", *train_args(tiny_cifar10, dirs[name]), env=env))
+        ok(run_script("train.py", *train_args(data, dirs[name]), environ=env))
     logs = {}
-    rc, logs["sigterm"] = stop_in_epoch_2(train_args(tiny_cifar10, dirs["sigterm"]), signal.SIGTERM, env)
+    rc, logs["sigterm"] = stop_in_epoch_2(train_args(data, dirs["sigterm"]), signal.SIGTERM, env)
     assert rc == 130, logs["sigterm"][-3000:]
-    logs["sigterm_meta"] = read_meta(dirs["sigterm"] / "last.ckpt")
-    rc, logs["sigkill"] = stop_in_epoch_2(train_args(tiny_cifar10, dirs["sigkill"]), signal.SIGKILL, env)
+    shutil.copyfile(dirs["sigterm"] / "last.ckpt", ctx.folder / "sigterm_stop.ckpt")
+    rc, logs["sigkill"] = stop_in_epoch_2(train_args(data, dirs["sigkill"]), signal.SIGKILL, env)
     assert rc == -signal.SIGKILL, logs["sigkill"][-3000:]
     for name in ("sigterm", "sigkill"):
-        resumed = run_script("train.py", *train_args(tiny_cifar10, dirs[name], "--resume", "auto"), env=env)
+        resumed = run_script("train.py", *train_args(data, dirs[name], "--resume", "auto"), environ=env)
         logs[name + "_resumed"] = ok(resumed).stdout
-    return dirs, logs
+    return dirs, logs, ctx.folder / "sigterm_stop.ckpt"
 
 
 def checkpoint_entries(path):
@@ -116,10 +113,10 @@ def metrics_numbers(run_dir):
 
 
 def test_the_runs_stopped_where_they_were_meant_to(runs):
-    dirs, logs = runs
+    dirs, logs, stop_ckpt = runs
     assert "graph cache: miss" in (dirs["first"] / "train.log").read_text()
     assert "graph cache: hit" in (dirs["second"] / "train.log").read_text()
-    meta = logs["sigterm_meta"]                          # a mid-epoch checkpoint of epoch 2
+    meta = read_meta(stop_ckpt)                          # a mid-epoch checkpoint of epoch 2
     assert meta["epoch"] == 1 and 0 < meta["step_in_epoch"] < STEPS, meta
     assert len(meta["epoch_losses"]) == meta["step_in_epoch"]
     assert f"1 epoch(s) done + {meta['step_in_epoch']} step(s) of epoch 2" in logs["sigterm_resumed"]
@@ -128,7 +125,7 @@ def test_the_runs_stopped_where_they_were_meant_to(runs):
 
 @pytest.mark.parametrize("other", ["second", "sigterm", "sigkill"])
 def test_every_checkpoint_tensor_is_equal_to_the_first_run(runs, other):
-    dirs, _ = runs
+    dirs = runs[0]
     for name in CHECKPOINTS:
         a = checkpoint_entries(dirs["first"] / name)
         b = checkpoint_entries(dirs[other] / name)
@@ -142,7 +139,7 @@ def test_every_checkpoint_tensor_is_equal_to_the_first_run(runs, other):
 def test_the_weights_moved_and_the_drop_path_was_active(runs):
     """The comparison is not vacuous: the run trained, and its blocks did drop paths."""
     from model import ConvMLP
-    dirs, _ = runs
+    dirs = runs[0]
     start = checkpoint_entries(dirs["first"] / "epoch_0001.ckpt")
     end = checkpoint_entries(dirs["first"] / "epoch_0003.ckpt")
     assert not np.array_equal(start["head.weight"], end["head.weight"])
