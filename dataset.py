@@ -27,6 +27,8 @@ __all__ = ["main", "generate", "download", "check"]
 
 #: Upper bounds of the generator's counts: a million records is 3 GB on disk, 20 times CIFAR.
 MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
+#: The most one generated image file takes on disk (a 72 x 72 PNG of noise and its folder entry).
+IMAGE_FILE_BYTES = 20_000
 #: Where ``generate`` writes by default.
 GENERATE_OUT = {"cifar": "data/demo", "imagefolder": "data/demo/images"}
 #: Sub-folder names that make ``check --path`` check each split of a tree (Flowers-102: train, valid).
@@ -94,6 +96,8 @@ def generate(args):
     generation that this one does not write are removed)."""
     out = args.out or GENERATE_OUT[args.format]
     if args.format == "imagefolder":
+        check_disk_space(f"--train {args.train} --val {args.val}", (args.train + args.val) * IMAGE_FILE_BYTES, out,
+                         "give smaller counts or another --out")
         paths = write_image_tree(out, args.classes, args.train, args.val, seed=args.seed, noise=args.noise)
         print(f"wrote {args.train} train + {args.val} val synthetic JPEG/PNG images of {args.classes} classes to "
               + " and ".join(paths.values()))

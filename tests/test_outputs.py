@@ -311,6 +311,32 @@ def test_generate_over_an_earlier_generation_leaves_exactly_the_new_records(tmp_
     assert (folder / "my_notes.txt").read_text() == "the user's"
 
 
+def test_an_image_tree_generated_again_holds_exactly_the_new_images(tmp_path):
+    from src.data.imagefolder import scan_tree
+    from src.data.synthetic import write_image_tree
+    folder = tmp_path / "images"
+    write_image_tree(str(folder), 4, 40, 12, seed=1)
+    (folder / "train" / "synthetic_3" / "my_photo.jpg").write_bytes(b"the user's")
+    paths = write_image_tree(str(folder), 2, 6, 0, seed=2)
+    assert sorted(os.listdir(folder)) == [".generated-image-tree", "train"]       # no val split left
+    assert sorted(os.listdir(folder / "train")) == ["synthetic_0", "synthetic_1", "synthetic_3"]
+    assert os.listdir(folder / "train" / "synthetic_3") == ["my_photo.jpg"]       # the user's file stays
+    tree = scan_tree(paths["train"])
+    assert tree.classes == ["synthetic_0", "synthetic_1", "synthetic_3"]
+    assert sum(1 for p in (folder / "train").rglob("*.*") if p.name != "my_photo.jpg") == 6
+
+
+def test_generating_an_image_tree_checks_the_disk_space_first(tmp_path, monkeypatch):
+    import shutil as sh
+    from helpers import run_main
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage._replace(free=1000))
+    proc = run_main("dataset.py", "generate", "--format", "imagefolder", "--out", tmp_path / "t", "--train", "10",
+                    "--val", "0")
+    assert_user_error(proc, "--train 10 --val 0 needs", "of disk space in", "give smaller counts or another --out")
+    assert not (tmp_path / "t").exists()
+
+
 def test_generate_refuses_a_folder_it_did_not_write(tmp_path):
     from src.data import synthetic
     from src.platform.errors import DataError

@@ -229,8 +229,9 @@ def write_image_tree(folder, num_classes, n_train, n_val, seed=0, sizes=(40, 72)
     """Write a learnable class-per-folder tree: ``folder/train/synthetic_<k>/<n>.jpg|png`` and
     ``folder/val/...`` (none when `n_val` is 0). Images are :func:`synthetic_images` resized (bicubic)
     to a random width and height in `sizes`, every other one a JPEG (quality 95) or a PNG; labels
-    balanced. Only a missing or empty folder, or one this function wrote, is written into.
-    Returns ``{"train": path, "val": path}``."""
+    balanced. Only a missing or empty folder, or one this function wrote, is written into; images of
+    an earlier generation there that this one does not write are removed (only the names it
+    writes), so that the tree holds exactly what was asked for. Returns ``{"train": path, "val": path}``."""
     from PIL import Image
     if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, TREE_MARKER)):
         raise DataError(f"{folder} already holds files that were not generated (no {TREE_MARKER}); generated "
@@ -238,7 +239,7 @@ def write_image_tree(folder, num_classes, n_train, n_val, seed=0, sizes=(40, 72)
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     open(os.path.join(folder, TREE_MARKER), "w").close()
-    out = {}
+    out, written = {}, set()
     for split, n in (("train", n_train), ("val", n_val)):
         if not n:
             continue
@@ -253,4 +254,31 @@ def write_image_tree(folder, num_classes, n_train, n_val, seed=0, sizes=(40, 72)
             path = os.path.join(sub, f"{i:05d}.{'jpg' if i % 2 == 0 else 'png'}")
             with atomic_output(path) as tmp:
                 image.save(tmp, format="JPEG" if i % 2 == 0 else "PNG", quality=95)
+            written.add(path)
+    _remove_stale_images(folder, written)
     return out
+
+
+_GENERATED_IMAGE = re.compile(r"\d{5}\.(jpg|png)")
+_GENERATED_CLASS = re.compile(r"synthetic_\d+")
+
+
+def _remove_stale_images(folder, written):
+    """Delete the images of an earlier :func:`write_image_tree` in `folder` that this one did not
+    write, and the class folders they leave empty; other files are the user's and stay."""
+    for split in ("train", "val"):
+        root = os.path.join(folder, split)
+        if not os.path.isdir(root) or os.path.islink(root):
+            continue
+        for cls in os.listdir(root):
+            sub = os.path.join(root, cls)
+            if not _GENERATED_CLASS.fullmatch(cls) or not os.path.isdir(sub) or os.path.islink(sub):
+                continue
+            for name in os.listdir(sub):
+                path = os.path.join(sub, name)
+                if path not in written and _GENERATED_IMAGE.fullmatch(name) and os.path.isfile(path):
+                    os.remove(path)
+            if not os.listdir(sub):
+                os.rmdir(sub)
+        if not os.listdir(root):
+            os.rmdir(root)
