@@ -2,7 +2,7 @@
 pipeline (src.data.pipeline.create_dataset on MindSpore's dataset engine) against torchvision's
 ``ImageFolder`` + ``DataLoader`` with the same transforms and the same number of workers, in one run.
 
-    python benchmarks/bench_imagefolder.py --torch-python /work/tv-venv/bin/python [--workers 2]
+    python benchmarks/bench_imagefolder.py --torch-python ~/tv-venv/bin/python [--workers 2]
 
 Both sides: decode (Pillow, RGB), RandomResizedCrop(224, scale (0.8, 1), ratio (3/4, 4/3), bicubic),
 horizontal flip 0.5, RandAugment as the recipe applies it (two ops, each applied with probability
@@ -13,8 +13,8 @@ random erasing are off (torchvision has no batch mixing in its loader). Ours als
 orientation (no cost for these files) and makes one-hot targets (label smoothing) per batch.
 
 torchvision cannot be installed beside this repository's torch; give an interpreter that has it with
-``--torch-python`` (e.g. a venv outside the repository: ``python3 -m venv /work/tv-venv &&
-/work/tv-venv/bin/pip install torch torchvision pillow numpy``). Without it only our side runs.
+``--torch-python`` (e.g. a venv outside the repository: ``python3 -m venv ~/tv-venv &&
+~/tv-venv/bin/pip install torch torchvision pillow numpy``). Without it only our side runs.
 The images: --images synthetic pictures (src.data.synthetic) resized to about 500 x 375 px (ImageNet's
 typical size) and saved as JPEG (quality 90) in 10 class folders. Each side runs --rounds times,
 alternating; the first batch (start-up) is not timed; a round stops after --seconds or one epoch.
