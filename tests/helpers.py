@@ -94,6 +94,23 @@ def plugin_env(environ=None, **hooks):
     return {"PYTHONPATH": path, **hooks}
 
 
+#: msrun of this environment (installed with MindSpore, next to its python), and its bin folder, which
+#: msrun's workers need first on PATH.
+VENV_BIN = os.path.dirname(sys.executable)
+MSRUN = os.path.join(VENV_BIN, "msrun")
+#: The marks of a module that starts msrun jobs: long, and skipped where msrun is not installed.
+MSRUN_MARKS = [pytest.mark.slow,
+               pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")]
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (msrun's scheduler)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # ------------------------------------------------------------------------------------------------
 # Running an entry script
 
@@ -370,8 +387,7 @@ def read_tsv(path):
 
 def gradient_cell(loss_net, params):
     """A compiled cell ``(images, target) -> gradients`` of `loss_net`'s loss with respect to
-    `params` (BatchNorm's moving statistics update as in a training step): the reference that
-    averages per-shard gradients by hand (test_distributed, test_imagefolder_distributed)."""
+    `params` (BatchNorm's moving statistics update as in a training step)."""
     from mindspore import nn, ops
 
     class Gradients(nn.Cell):
@@ -383,6 +399,61 @@ def gradient_cell(loss_net, params):
         def construct(self, images, target):
             return self.grad(self.loss_net, self.params)(images, target)
     return Gradients()
+
+
+def data_parallel_reference(out, argv, world):
+    """What `world` data-parallel ranks of ``train.py ARGV --is_distributed true`` compute, in one
+    process (test_distributed, test_imagefolder_distributed): per global batch of ``world x
+    batch_size`` from the one-shard pipeline, the mean of the gradients of rank r's rows (r, r +
+    world, ...; BatchNorm statistics per part), one AdamW step with train.py's schedule; BatchNorm
+    moving statistics = the mean of the parts' updates. Writes the final parameters to `out` (.npz)
+    and the initial ones beside it (``_init.npz``)."""
+    import numpy as np
+    import mindspore as ms
+    from src.checkpoint.load import build_model
+    from src.config import epoch_config, load_config
+    from src.data.pipeline import create_dataset, resolve_classes
+    from src.platform.cpu import uses_only_conv_kernel
+    from src.platform.device import configure_runtime
+    from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
+    from src.train.step import NetWithLoss
+
+    cfg = load_config(argv)
+    # oneDNN's ISA as train.py sets it, so that both run the same convolution kernels
+    configure_runtime(mode=cfg.mode, device_target="CPU",
+                      own_convolutions=not uses_only_conv_kernel(cfg.cpu_kernels, cfg.amp_level))
+    resolve_classes(cfg)
+    ms.set_seed(cfg.seed)
+    steps = create_dataset(cfg, "train", num_shards=world, shard_id=0).get_dataset_size()
+    net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
+    np.savez(out.replace(".npz", "_init.npz"), **{p.name: p.asnumpy() for p in net.get_parameters()})
+    lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size, steps,
+                          cfg.cooldown_epochs)
+    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
+                weight_decay=cfg.weight_decay)
+    loss_net = NetWithLoss(net)
+    loss_net.set_train(True)
+    gradients = gradient_cell(loss_net, opt.parameters)
+    bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
+    for epoch in range(cfg.epoch_size):
+        one = epoch_config(cfg, epoch)
+        one.batch_size = cfg.batch_size * world
+        batches = create_dataset(one, "train", num_shards=1, shard_id=0).create_tuple_iterator(
+            num_epochs=1, output_numpy=True)
+        for i, (images, target) in enumerate(batches):
+            if i >= steps:
+                break
+            before, grads, moved = [p.asnumpy() for p in bn], [], []
+            for r in range(world):          # rank r's batch: rows r, r + world, ...
+                for p, b in zip(bn, before):
+                    p.set_data(ms.Tensor(b))
+                grads.append([g.asnumpy() for g in gradients(ms.Tensor(images[r::world]),
+                                                             ms.Tensor(target[r::world]))])
+                moved.append([p.asnumpy() for p in bn])
+            for j, p in enumerate(bn):
+                p.set_data(ms.Tensor(np.mean([m[j] for m in moved], axis=0)))
+            opt(tuple(ms.Tensor(np.mean([g[j] for g in grads], axis=0)) for j in range(len(grads[0]))))
+    np.savez(out, **{p.name: p.asnumpy() for p in net.get_parameters()})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ other files' tests run, and the tests here read what they left.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,10 +50,9 @@ import time
 import numpy as np
 import pytest
 
-from helpers import NO_AUG, REPO, TINY_TOPOLOGY, background, generated, plugin_env
+from helpers import (MSRUN, MSRUN_MARKS, NO_AUG, REPO, TINY_TOPOLOGY, VENV_BIN, background, free_port, generated,
+                     plugin_env)
 
-VENV_BIN = os.path.dirname(sys.executable)
-MSRUN = os.path.join(VENV_BIN, "msrun")
 TRAIN = os.path.join(REPO, "train.py")   # run from a temporary folder: MindSpore may write rank_*/ there
 N_TRAIN, N_VAL, PER_DEVICE, WORLD, EPOCHS = 512, 200, 32, 2, 4
 #: Steps per epoch of the jobs on the long data (the dead rank's and the SIGTERM job): 64 global batches.
@@ -63,14 +61,7 @@ LONG_STEPS = 64
 SAME_PIXELS = [*NO_AUG, "--smoothing", "0.1", "--drop_path_rate", "0"]
 ATOL, RTOL = 1e-5, 1e-5
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = MSRUN_MARKS
 
 
 def _env(base, **extra):
@@ -105,7 +96,7 @@ def dp_run(ctx):
     root.mkdir()
     out, logs, dump = str(root / "out"), str(root / "logs"), str(root / "dump")
     cmd = [MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
-           f"--master_port={_free_port()}", TRAIN, "--is_distributed", "true", *_train_args(data, out)]
+           f"--master_port={free_port()}", TRAIN, "--is_distributed", "true", *_train_args(data, out)]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=str(root), env=_env(ctx.env, **plugin_env(ctx.env, CONVMLP_TEST_DUMP_WEIGHTS=dump)),
                           capture_output=True, text=True, timeout=480)
@@ -211,7 +202,7 @@ def test_two_workers_validation_is_the_whole_split_and_above_chance(dp_run):
 def dead_rank(ctx):
     """Two machines emulated on one (see the test); returns msrun's exit status on node 0, rank 0's
     log and the seconds from the kill to the end of the job."""
-    long_data, logs, port = _long_data(ctx.folder / "data"), str(ctx.folder / "logs"), _free_port()
+    long_data, logs, port = _long_data(ctx.folder / "data"), str(ctx.folder / "logs"), free_port()
     # the setting of the SIGTERM test below, whose ranks then load these ranks' compiled graphs
     args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, str(ctx.folder / "out"), epochs=2),
             "--cooldown_epochs", "0"]
@@ -298,7 +289,7 @@ def sigterm_then_resume(ctx):
     args = [TRAIN, "--is_distributed", "true", *_train_args(long_data, out, epochs=2), "--cooldown_epochs", "0"]
     env = _env(ctx.env, MS_NODE_TIMEOUT="10")
     job = subprocess.Popen([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
-                            f"--master_port={_free_port()}", *args], cwd=str(ctx.folder), env=env,
+                            f"--master_port={free_port()}", *args], cwd=str(ctx.folder), env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log0 = os.path.join(logs, "worker_0.log")
     try:
@@ -322,7 +313,7 @@ def sigterm_then_resume(ctx):
     res = {"text0": _read(log0), "text1": _read(os.path.join(logs, "worker_1.log"))}
     logs2 = str(ctx.folder / "logs2")
     res["resumed"] = subprocess.run([MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True",
-                                     f"--log_dir={logs2}", f"--master_port={_free_port()}", *args, "--resume", "auto"],
+                                     f"--log_dir={logs2}", f"--master_port={free_port()}", *args, "--resume", "auto"],
                                     cwd=str(ctx.folder), env=env, capture_output=True, text=True, timeout=300)
     res["text"] = _read(os.path.join(logs2, "worker_0.log"))
     res["metrics"] = [r.split(",")[0] for r in _read(os.path.join(out, "metrics.csv")).strip().splitlines()[1:]]
@@ -360,51 +351,8 @@ def reference_run(out, argv):
     of the gradients of its even and odd rows (BatchNorm statistics per half), one AdamW step;
     BatchNorm moving statistics = the mean of the two halves' updates. Writes the final
     parameters to ``out`` and the initial ones to ``out`` with ``_init``."""
-    import mindspore as ms
-    from helpers import gradient_cell
-    from src.checkpoint.load import build_model
-    from src.config import epoch_config, load_config
-    from src.data.pipeline import create_dataset
-    from src.platform.cpu import uses_only_conv_kernel
-    from src.platform.device import configure_runtime
-    from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.train.step import NetWithLoss
-
-    cfg = load_config(argv)
-    # oneDNN's ISA as train.py sets it, so that both run the same convolution kernels
-    configure_runtime(mode=cfg.mode, device_target="CPU",
-                      own_convolutions=not uses_only_conv_kernel(cfg.cpu_kernels, cfg.amp_level))
-    ms.set_seed(cfg.seed)
-    steps = create_dataset(cfg, "train", num_shards=WORLD, shard_id=0).get_dataset_size()
-    net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
-    np.savez(out.replace(".npz", "_init.npz"), **{p.name: p.asnumpy() for p in net.get_parameters()})
-    lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size, steps)
-    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
-                weight_decay=cfg.weight_decay)
-    loss_net = NetWithLoss(net)
-    loss_net.set_train(True)
-    gradients = gradient_cell(loss_net, opt.parameters)
-    bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
-    for epoch in range(cfg.epoch_size):
-        one = epoch_config(cfg, epoch)
-        one.batch_size = cfg.batch_size * WORLD
-        batches = create_dataset(one, "train", num_shards=1, shard_id=0).create_tuple_iterator(
-            num_epochs=1, output_numpy=True)
-        for i, (images, target) in enumerate(batches):
-            if i >= steps:
-                break
-            before = [p.asnumpy() for p in bn]
-            grads, moved = [], []
-            for r in range(WORLD):          # rank r's batch: rows r, r + WORLD, ...
-                for p, b in zip(bn, before):
-                    p.set_data(ms.Tensor(b))
-                grads.append([g.asnumpy() for g in gradients(ms.Tensor(images[r::WORLD]),
-                                                             ms.Tensor(target[r::WORLD]))])
-                moved.append([p.asnumpy() for p in bn])
-            for j, p in enumerate(bn):
-                p.set_data(ms.Tensor(np.mean([m[j] for m in moved], axis=0)))
-            opt(tuple(ms.Tensor(np.mean([g[j] for g in grads], axis=0)) for j in range(len(grads[0]))))
-    np.savez(out, **{p.name: p.asnumpy() for p in net.get_parameters()})
+    from helpers import data_parallel_reference
+    data_parallel_reference(out, argv, WORLD)
 
 
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "reference":

@@ -10,29 +10,19 @@ list). The reference, in its own process, takes each global batch of 32 from the
 and averages the gradients of its even and odd rows (BatchNorm statistics per half), one AdamW step.
 Tolerance ``atol=rtol=1e-5`` (measured max |diff| 3.6e-7; the weights moved by up to 1.9)."""
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
-import pytest
 
-from helpers import NO_AUG, REPO, TINY_TOPOLOGY, background, override, plugin_env
+from helpers import (MSRUN, MSRUN_MARKS, NO_AUG, REPO, TINY_TOPOLOGY, VENV_BIN, background, free_port, override,
+                     plugin_env)
 
-VENV_BIN = os.path.dirname(sys.executable)
-MSRUN = os.path.join(VENV_BIN, "msrun")
 N_TRAIN, N_VAL, PER_DEVICE, WORLD, EPOCHS = 256, 64, 16, 2, 2
 ATOL = RTOL = 1e-5
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.isfile(MSRUN), reason="msrun is not installed next to python")]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = MSRUN_MARKS
 
 
 def train_args(paths, out):
@@ -52,7 +42,7 @@ def dp_tree_runs(ctx):
     out, logs, dump = str(ctx.folder / "out"), str(ctx.folder / "logs"), str(ctx.folder / "dump")
     env = dict(ctx.env, PATH=VENV_BIN + os.pathsep + ctx.env.get("PATH", ""))
     cmd = [MSRUN, "--worker_num=2", "--local_worker_num=2", "--join=True", f"--log_dir={logs}",
-           f"--master_port={_free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true",
+           f"--master_port={free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true",
            *train_args(tree, out)]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=str(ctx.folder), env=dict(env, **plugin_env(env, CONVMLP_TEST_DUMP_WEIGHTS=dump)),
@@ -92,49 +82,8 @@ def reference_run(out, argv):
     """Per global batch of 2 x batch_size from the one-shard pipeline: the mean of the gradients of
     its even and odd rows (BatchNorm statistics per half, moving statistics averaged), one AdamW
     step. Writes the final parameters to `out` and the initial ones to `out` with ``_init``."""
-    import mindspore as ms
-    from helpers import gradient_cell
-    from src.checkpoint.load import build_model
-    from src.config import epoch_config, load_config
-    from src.data.pipeline import create_dataset, resolve_classes
-    from src.platform.cpu import uses_only_conv_kernel
-    from src.platform.device import configure_runtime
-    from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.train.step import NetWithLoss
-
-    cfg = load_config(argv)
-    configure_runtime(mode=cfg.mode, device_target="CPU",
-                      own_convolutions=not uses_only_conv_kernel(cfg.cpu_kernels, cfg.amp_level))
-    resolve_classes(cfg)
-    ms.set_seed(cfg.seed)
-    steps = create_dataset(cfg, "train", num_shards=WORLD, shard_id=0).get_dataset_size()
-    net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
-    np.savez(out.replace(".npz", "_init.npz"), **{p.name: p.asnumpy() for p in net.get_parameters()})
-    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay),
-                ms.Tensor(cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size, steps,
-                                          cfg.cooldown_epochs)), weight_decay=cfg.weight_decay)
-    loss_net = NetWithLoss(net)
-    loss_net.set_train(True)
-    gradients = gradient_cell(loss_net, opt.parameters)
-    bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
-    for epoch in range(cfg.epoch_size):
-        one = epoch_config(cfg, epoch)
-        one.batch_size = cfg.batch_size * WORLD
-        batches = create_dataset(one, "train", num_shards=1, shard_id=0).create_tuple_iterator(
-            num_epochs=1, output_numpy=True)
-        for i, (images, target) in enumerate(batches):
-            if i >= steps:
-                break
-            before, grads, moved = [p.asnumpy() for p in bn], [], []
-            for r in range(WORLD):
-                for p, b in zip(bn, before):
-                    p.set_data(ms.Tensor(b))
-                grads.append([g.asnumpy() for g in gradients(ms.Tensor(images[r::WORLD]), ms.Tensor(target[r::WORLD]))])
-                moved.append([p.asnumpy() for p in bn])
-            for j, p in enumerate(bn):
-                p.set_data(ms.Tensor(np.mean([m[j] for m in moved], axis=0)))
-            opt(tuple(ms.Tensor(np.mean([g[j] for g in grads], axis=0)) for j in range(len(grads[0]))))
-    np.savez(out, **{p.name: p.asnumpy() for p in net.get_parameters()})
+    from helpers import data_parallel_reference
+    data_parallel_reference(out, argv, WORLD)
 
 
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "reference":
