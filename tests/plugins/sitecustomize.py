@@ -10,6 +10,10 @@ product never reads these variables.
 * ``CONVMLP_TEST_SIGNAL_IN_COMPILE=INT|TERM[:FILE]``: the process sends itself SIGINT or SIGTERM from
   the 20th call of MindSpore's graph parser (``resolve_symbol``), that is while a graph compiles,
   after writing FILE when given (tests/test_interrupts.py).
+* ``CONVMLP_TEST_SIGNAL_AT_STEP=TERM|KILL:EPOCH:STEP``: right after step STEP (1-based) of epoch
+  EPOCH (1-based) of train.py's loop, the process sends SIGTERM to itself, or SIGKILL to its process
+  group (start it in a session of its own), wherever a reader of its output happens to be
+  (tests/test_reproducible.py).
 """
 import importlib.abc
 import importlib.util
@@ -90,9 +94,31 @@ def _signal_in_compile(spec):
     sys.meta_path.insert(0, _AfterImport("mindspore.graph._parse.parser", patch))
 
 
+def _signal_at_step(spec):
+    name, epoch, step = spec.split(":")
+    epoch, step = int(epoch), int(step)
+
+    def patch(loop):
+        train_one_epoch = loop.train_one_epoch
+
+        def with_signal(step_cell, dataset, at_epoch, *args, on_step=None, **kwargs):
+            def advance(i, loss):
+                if on_step is not None:
+                    on_step(i, loss)
+                if at_epoch == epoch and i == step:
+                    if name == "KILL":
+                        os.killpg(os.getpgid(0), signal.SIGKILL)
+                    os.kill(os.getpid(), getattr(signal, "SIG" + name))
+            return train_one_epoch(step_cell, dataset, at_epoch, *args, on_step=advance, **kwargs)
+        loop.train_one_epoch = with_signal
+    sys.meta_path.insert(0, _AfterImport("src.train.loop", patch))
+
+
 if os.environ.get("CONVMLP_TEST_KILL_AFTER"):
     _kill_after(os.environ["CONVMLP_TEST_KILL_AFTER"])
 if os.environ.get("CONVMLP_TEST_DUMP_WEIGHTS"):
     _dump_weights(os.environ["CONVMLP_TEST_DUMP_WEIGHTS"])
 if os.environ.get("CONVMLP_TEST_SIGNAL_IN_COMPILE"):
     _signal_in_compile(os.environ["CONVMLP_TEST_SIGNAL_IN_COMPILE"])
+if os.environ.get("CONVMLP_TEST_SIGNAL_AT_STEP"):
+    _signal_at_step(os.environ["CONVMLP_TEST_SIGNAL_AT_STEP"])
