@@ -1,6 +1,9 @@
-"""Outputs: a path that is not a regular file is written in place, never replaced; any name the
-OS accepts works for every writer; a generated data folder holds exactly what was reported; only
-the run's outputs are uploaded.
+"""Outputs: a path that is not a regular file is written in place, never replaced (a FIFO that no
+process reads is one error after a bounded wait); a pipe whose reader has gone ends a script quietly
+with exit status 141; a killed writer's private scratch folder is removed by the next write, a live
+one's never; any name the OS accepts works for every writer; a generated data folder holds exactly
+what was reported; only the run's outputs are uploaded. The system temp folder is compared before
+and after a test, never assumed empty.
 
 The rules live in ``src/platform/fileio.py`` (:func:`atomic_output`, the one writer) and are tested
 there in-process first. The device cases use a character device made with ``mknod`` in the test's

@@ -338,10 +338,12 @@ def _lock_free(lock_path: str) -> Optional[int]:
     """A descriptor of `lock_path` holding its exclusive lock when no process holds it (its owner
     is gone), else None (held, or not there)."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a lock file of ours")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
