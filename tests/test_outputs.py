@@ -350,6 +350,20 @@ def test_evl_json_to_a_fifo_that_no_process_reads_is_one_error(tiny_ckpt, tiny_c
     assert "accuracy:{'acc': " in proc.stdout and os.listdir(tmp_path) == ["results"]
 
 
+@pytest.mark.parametrize("script,label", [("pth2ckpt.py", "--dst"), ("export.py", "export file")])
+def test_other_outputs_to_a_fifo_that_no_process_reads_are_one_error(script, label, tiny, tiny_ckpt, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(fileio, "FIFO_READER_WAIT", 0.3)
+    fifo = str(tmp_path / ("weights.ckpt" if script == "pth2ckpt.py" else "model.mindir"))
+    os.mkfifo(fifo)
+    args = {"pth2ckpt.py": ["--src", tiny["pth"], "--dst", fifo, *tiny["flags"]],
+            "export.py": ["--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, "--file_name", fifo]}[script]
+    proc = run_main(script, *args)
+    assert_user_error(proc, f"{label} '{fifo}' is a FIFO that no process reads (none opened it for reading within "
+                      "0.3 s); start its reader first")
+    assert os.listdir(tmp_path) == [os.path.basename(fifo)]
+
+
 def test_infer_json_to_a_fifo_with_a_reader_delivers_the_json(tiny_ckpt, image_folder, tmp_path):
     fifo = str(tmp_path / "predictions")
     os.mkfifo(fifo)
