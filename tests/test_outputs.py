@@ -403,6 +403,8 @@ def test_infer_piped_into_head_1_ends_quietly(tiny_ckpt, image_folder):
 
 
 def test_dataset_check_into_a_pipe_closed_before_it_writes_ends_quietly(tiny_cifar10):
+    """Its report goes out in one piece at the end (a pipe is block-buffered), so ``| head -1`` reads
+    all of it and the script exits 0; a reader gone before that is the closed pipe."""
     proc = run_script_reader_leaves("dataset.py", "check", "--path", tiny_cifar10, lines=0)
     assert_quiet_end(proc)
 
