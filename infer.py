@@ -11,7 +11,9 @@ hidden files and other files are skipped). The model is the checkpoint's (arch, 
 ``num_classes`` from its head, unless given on the command line). Other keys as in train.py.
 
 Preprocessing is evl.py's: an image is decoded by the rule training uses
-(``src.data.images.read_image``: RGB, alpha dropped, EXIF orientation applied, 16-bit scaled), its
+(``src.data.images.read_image``: RGB, alpha dropped, EXIF orientation applied, 16-bit scaled; a
+large JPEG such as a 200-megapixel photo decoded at reduced size, no smaller than twice the resize
+below needs), its
 shorter side resized to ``image_size / crop_pct`` with the config's ``interpolation`` (the aspect
 ratio kept), the centre ``image_size`` square cropped, then normalised with the dataset's mean/std.
 A 32x32 image therefore goes through exactly what a CIFAR validation image goes through. Photos

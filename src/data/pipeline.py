@@ -2,7 +2,9 @@
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
 and the class names. Image files are decoded by :func:`.images.read_image` in
-``num_parallel_workers`` processes: the rule infer.py decodes with.
+``num_parallel_workers`` processes: the rule infer.py decodes with. With ``skip_bad_images`` a file
+that fails to decode there is replaced by the next good record of its split and counted
+(:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
