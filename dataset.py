@@ -5,6 +5,8 @@
     python dataset.py check --path data/flowers102                # an image tree (or its split folders)
     python dataset.py generate --dataset cifar10 --out data/demo --train 2000 --val 500
     python dataset.py generate --format imagefolder --out data/demo/images --classes 5 --train 500 --val 100
+    python dataset.py pack --path data/imagenet --out data/imagenet.mindrecord   # MindRecord shards (src/data/packed.py)
+    python dataset.py check --path data/imagenet.mindrecord                      # every shard hashed, every record read
 
 The input pipelines that train.py, evl.py and infer.py use are in :mod:`src.data`.
 """
@@ -17,13 +19,13 @@ import sys
 import numpy as np
 
 from src.config import SEED_LIMIT, path_arg as _path
-from src.data import cifar, imagefolder
+from src.data import cifar, imagefolder, packed
 from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format
 from src.data.synthetic import write_image_tree, write_synthetic
 from src.platform.bounds import check_disk_space
 from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
 
-__all__ = ["main", "generate", "download", "check"]
+__all__ = ["main", "generate", "download", "check", "pack"]
 
 #: Upper bounds of the generator's counts: a million records is 3 GB on disk, 20 times CIFAR.
 MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
@@ -87,6 +89,21 @@ def parse_args(argv=None):
     c.add_argument("--path", required=True, type=_path, help="folder holding the .bin files, or an image tree "
                    "(root/<class>/<image>, or root/train/<class>/<image> and root/val/...)")
     c.add_argument("--workers", type=_count(1, 256), default=2, help="image trees: threads checking the images")
+    p = sub.add_parser("pack", help="write an image tree or a CIFAR folder as MindRecord shards (NAME.mindrecord), "
+                       "which train.py, evl.py and check read wherever they read a folder")
+    p.add_argument("--path", required=True, type=_path, help="an image tree (root/<class>/<image>, or root/train/... "
+                   "and root/val/...) or a CIFAR folder of .bin files")
+    p.add_argument("--out", required=True, type=_path, help="the pack, a folder NAME.mindrecord (an earlier pack there "
+                   "is replaced, anything else refused)")
+    p.add_argument("--dataset", choices=CIFAR, default=None, help="a CIFAR folder: which of the two (default cifar10 "
+                   "for a folder of .bin files)")
+    p.add_argument("--max_side", type=_count(8, 65535), default=None, help="re-encode images longer than this many "
+                   f"px on their longer side (JPEG quality {packed.JPEG_QUALITY}); default: the original bytes")
+    p.add_argument("--shard_size", type=_count(1, 10 ** 7), default=packed.DEFAULT_SHARD_SIZE,
+                   help=f"records per shard (default {packed.DEFAULT_SHARD_SIZE}, about 1 GB of ImageNet JPEGs)")
+    p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out (counted) instead "
+                   "of stopping at the first")
+    p.add_argument("--workers", type=_count(1, 256), default=2, help="threads checking the images")
     return parser.parse_args(argv)
 
 
@@ -129,6 +146,8 @@ def download(args):
 def check(args):
     """Validate every file of both splits and print their sizes and class balance (CIFAR), or every
     image of a tree (:func:`check_tree`)."""
+    if packed.is_packed(args.path):
+        return packed.check_pack(args.path)
     dataset = args.dataset or ("cifar10" if os.path.isdir(args.path) and any(
         n.endswith(".bin") for n in os.listdir(args.path)) else "imagefolder")
     if data_format(dataset) == "imagefolder":
@@ -177,7 +196,16 @@ def check_tree(path, workers=2):
                         "them, or train with skip_bad_images: true")
 
 
-COMMANDS = {"generate": generate, "download": download, "check": check}
+def pack(args):
+    """MindRecord shards of an image tree or a CIFAR folder (:func:`src.data.packed.pack`)."""
+    manifest = packed.pack(args.path, args.out, args.dataset, args.shard_size, args.max_side, args.workers,
+                           args.skip_bad_images)
+    parts = ", ".join(f"{name} {s['records']} records in {len(s['shards'])} shard(s)"
+                      for name, s in manifest["splits"].items())
+    print(f"packed {args.path} into {args.out}: {len(manifest['classes'])} classes; {parts}")
+
+
+COMMANDS = {"generate": generate, "download": download, "check": check, "pack": pack}
 
 
 def main(argv=None):

@@ -1,0 +1,264 @@
+"""Packed data (``dataset.py pack``, src/data/packed.py): an image tree or a CIFAR folder written as
+MindRecord shards, read by train.py, evl.py and ``dataset.py check`` wherever they read a folder.
+
+* a generated 5-class tree packed with its original bytes trains, and evl.py gives the checkpoint the
+  same top-1 and loss on the pack as on the folder (the pipelines' batches are equal, pixel for pixel);
+* CIFAR binaries pack into their train and val splits (lossless PNG) and train;
+* a pack killed after its second shard resumes: the finished shards are verified and kept (one that
+  was damaged since is written again) and the result equals an uninterrupted pack, byte for byte;
+* bad input is one ``error:`` line and nothing written: a bad image (or it is skipped and counted),
+  an output inside the tree, an output that is not a pack, a full disk (up front, and mid-write),
+  ``val_fraction`` on a pack; a truncated or changed shard is one line naming it;
+* under msrun two workers train on a pack, each rank reading a disjoint half of it."""
+import errno
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from helpers import (MSRUN, MSRUN_MARKS, NO_AUG, REPO, TINY_TOPOLOGY, VENV_BIN, Snapshot, assert_user_error,
+                     expect_clean_failure, free_port, generated, ok, plugin_env, run_main, run_script, sha)
+
+N_TRAIN, N_VAL, CLASSES = 60, 30, 5
+TRAIN = [*TINY_TOPOLOGY, *NO_AUG, "--dataset_choose", "imagefolder", "--image_size", "32", "--batch_size", "10",
+         "--epoch_size", "2", "--warmup_epochs", "0", "--cooldown_epochs", "0", "--lr", "2e-3", "--drop_path_rate", "0",
+         "--num_parallel_workers", "1", "--graph_cache", "false"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A generated tree (train/ and val/ of JPEG and PNG files) and its pack, 20 records per shard."""
+    root = tmp_path_factory.mktemp("packed")
+    ok(run_main("dataset.py", "generate", "--format", "imagefolder", "--out", root / "tree", "--classes", CLASSES,
+                "--train", N_TRAIN, "--val", N_VAL, "--seed", "2"))
+    proc = ok(run_main("dataset.py", "pack", "--path", root / "tree", "--out", root / "tree.mindrecord",
+                       "--shard_size", "20"))
+    assert "train 60 records in 3 shard(s), val 30 records in 2 shard(s)" in proc.stdout
+    return root
+
+
+def manifest(pack):
+    with open(os.path.join(pack, "manifest.json")) as f:
+        return json.load(f)
+
+
+def pack_files(pack):
+    """``{name: sha256}`` of a pack's files, and its manifest without the files' recorded times."""
+    out = {n: sha(os.path.join(pack, n)) for n in sorted(os.listdir(pack)) if n != "manifest.json"}
+    m = manifest(pack)
+    m.pop("stamps")
+    return out, m
+
+
+# ------------------------------------------------------------------------------------------------
+# The same images, the same numbers
+def test_pack_holds_each_split_class_names_and_checksums(tree):
+    m = manifest(tree / "tree.mindrecord")
+    assert m["classes"] == [f"synthetic_{i}" for i in range(CLASSES)] and m["max_side"] is None
+    assert [s["file"] for s in m["splits"]["train"]["shards"]] == [f"train-0000{k}-of-00003.mindrecord" for k in range(3)]
+    assert [s["records"] for s in m["splits"]["val"]["shards"]] == [20, 10]
+    assert sum(m["splits"]["train"]["counts"]) == N_TRAIN
+    proc = ok(run_main("dataset.py", "check", "--path", tree / "tree.mindrecord"))
+    assert "train: 60 records in 3 shard(s)" in proc.stdout and "val: 30 records in 2 shard(s)" in proc.stdout
+    assert proc.stdout.count("checksums verified") == 2
+
+
+def _batches(cfg_argv, split, **shard):
+    from src.config import load_config
+    from src.data.pipeline import create_dataset
+    cfg = load_config(cfg_argv)
+    data = create_dataset(cfg, split, **shard)
+    return [(img, lab) for img, lab in data.create_tuple_iterator(output_numpy=True, num_epochs=1)]
+
+
+def test_packed_evaluation_batches_equal_the_folders(tree):
+    folder = _batches([*TRAIN, "--train_data_path", str(tree / "tree" / "train"), "--val_data_path",
+                       str(tree / "tree" / "val")], "val")
+    packed = _batches([*TRAIN, "--train_data_path", str(tree / "tree.mindrecord"), "--val_data_path",
+                       str(tree / "tree.mindrecord")], "val")
+    assert len(folder) == len(packed) == 3
+    for (a, la), (b, lb) in zip(folder, packed):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+
+
+def test_train_on_the_pack_then_evaluate_gives_the_folders_top1_and_loss(tree):
+    out = tree / "run"
+    proc = ok(run_main("train.py", *TRAIN, "--train_data_path", tree / "tree.mindrecord", "--val_data_path",
+                       tree / "tree.mindrecord", "--save_checkpoint_path", out))
+    assert "train 60 images" in proc.stdout and "val 30 images" in proc.stdout
+    results = {}
+    for name, val in (("pack", tree / "tree.mindrecord"), ("folder", tree / "tree" / "val")):
+        train_path = tree / "tree.mindrecord" if name == "pack" else tree / "tree" / "train"
+        ok(run_main("evl.py", *TRAIN, "--checkpoint_path", out / "last.ckpt", "--train_data_path", train_path,
+                    "--val_data_path", val, "--json", tree / f"{name}.json"))
+        with open(tree / f"{name}.json") as f:
+            results[name] = json.load(f)
+    print(f"\nevaluation: pack top-1 {results['pack']['acc']} loss {results['pack']['loss']}; folder top-1 "
+          f"{results['folder']['acc']} loss {results['folder']['loss']}")
+    assert results["pack"]["n"] == results["folder"]["n"] == N_VAL
+    assert results["pack"]["acc"] == results["folder"]["acc"]
+    assert results["pack"]["loss"] == results["folder"]["loss"]
+    assert results["pack"]["per_class"] == results["folder"]["per_class"]
+    assert list(results["pack"]["per_class"]) == [f"synthetic_{i}" for i in range(CLASSES)]
+
+
+def test_cifar_binaries_pack_into_train_and_val_and_train(tmp_path):
+    folder = generated(str(tmp_path), "cifar10", 40, 20, seed=5)
+    ok(run_main("dataset.py", "pack", "--path", folder, "--out", tmp_path / "c10.mindrecord"))
+    m = manifest(tmp_path / "c10.mindrecord")
+    assert m["kind"] == "cifar10" and list(m["splits"]) == ["train", "val"] and m["splits"]["val"]["shape"] == [32, 32]
+    argv = [*TINY_TOPOLOGY, *NO_AUG, "--image_size", "32", "--batch_size", "10", "--num_parallel_workers", "1"]
+    binary = _batches([*argv, "--train_data_path", folder, "--val_data_path", folder], "val")
+    packed = _batches([*argv, "--train_data_path", str(tmp_path / "c10.mindrecord"), "--val_data_path",
+                       str(tmp_path / "c10.mindrecord")], "val")
+    for (a, la), (b, lb) in zip(binary, packed):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+    proc = ok(run_main("train.py", *argv, "--epoch_size", "1", "--warmup_epochs", "0", "--cooldown_epochs", "0",
+                       "--graph_cache", "false", "--train_data_path", tmp_path / "c10.mindrecord", "--val_data_path",
+                       tmp_path / "c10.mindrecord", "--save_checkpoint_path", tmp_path / "run"))
+    assert "train 40 images" in proc.stdout and "val 20 images" in proc.stdout
+
+
+def test_train_shards_are_disjoint_halves_reshuffled_each_epoch(tree):
+    argv = [*TRAIN, "--train_data_path", str(tree / "tree.mindrecord"), "--val_data_path", str(tree / "tree.mindrecord")]
+    halves = [[img.tobytes() for batch, _ in _batches(argv, "train", num_shards=2, shard_id=k) for img in batch]
+              for k in range(2)]
+    assert len(halves[0]) == len(halves[1]) == N_TRAIN // 2
+    assert not set(halves[0]) & set(halves[1]) and len(set(halves[0]) | set(halves[1])) == N_TRAIN
+    again = [img.tobytes() for batch, _ in _batches(argv, "train", num_shards=2, shard_id=0) for img in batch]
+    assert again == halves[0]                               # the seed decides the order
+    other = [img.tobytes() for batch, _ in _batches(override_seed(argv, 7), "train", num_shards=2, shard_id=0)
+             for img in batch]
+    assert other != halves[0]
+
+
+def override_seed(argv, seed):
+    return [*argv, "--seed", str(seed)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Resuming a killed pack
+def test_a_killed_pack_resumes_to_the_same_bytes(tree, tmp_path):
+    ref = tree / "tree.mindrecord"
+    out = tmp_path / "again.mindrecord"
+    proc = run_script("dataset.py", "pack", "--path", tree / "tree", "--out", out, "--shard_size", "20",
+                      env=plugin_env(CONVMLP_TEST_KILL_AFTER="train-00001-of-00003.mindrecord.done"))
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    partial = tmp_path / ".again.mindrecord.partial"
+    assert not out.exists() and sorted(os.listdir(partial)) == [
+        "plan.json", "train-00000-of-00003.mindrecord", "train-00000-of-00003.mindrecord.db",
+        "train-00000-of-00003.mindrecord.done", "train-00001-of-00003.mindrecord",
+        "train-00001-of-00003.mindrecord.db", "train-00001-of-00003.mindrecord.done"]
+    with open(partial / "train-00001-of-00003.mindrecord", "r+b") as f:   # damaged since: written again
+        f.seek(1000)
+        f.write(b"\xff" * 16)
+    kept = os.stat(partial / "train-00000-of-00003.mindrecord").st_mtime_ns
+    proc = ok(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", out, "--shard_size", "20"))
+    assert "1 finished shard(s) verified and kept" in proc.stderr + proc.stdout
+    assert not partial.exists()
+    assert os.stat(out / "train-00000-of-00003.mindrecord").st_mtime_ns == kept
+    assert pack_files(out) == pack_files(ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line, nothing written
+def test_a_bad_image_is_refused_by_name_or_skipped_and_counted(tree, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(tree / "tree" / "train", src)
+    bad = src / "synthetic_1" / sorted(os.listdir(src / "synthetic_1"))[0]
+    with open(bad, "r+b") as f:
+        f.truncate(60)
+    before = Snapshot(tmp_path)
+    expect_clean_failure(run_main("dataset.py", "pack", "--path", src, "--out", tmp_path / "p.mindrecord"), before,
+                         str(bad), "skip_bad_images")
+    proc = ok(run_main("dataset.py", "pack", "--path", src, "--out", tmp_path / "p.mindrecord", "--skip_bad_images"))
+    assert "left out 1 bad image file(s)" in proc.stdout + proc.stderr
+    assert manifest(tmp_path / "p.mindrecord")["splits"]["all"]["records"] == N_TRAIN - 1
+
+
+def test_outputs_inside_the_tree_or_over_other_files_are_refused(tree, tmp_path):
+    (tmp_path / "taken.mindrecord").mkdir()
+    (tmp_path / "taken.mindrecord" / "notes.txt").write_text("mine")
+    before = Snapshot(tree / "tree", tmp_path)
+    for out, fragments in ((tree / "tree" / "train" / "x.mindrecord", ("inside the input",)),
+                           (tmp_path / "taken.mindrecord", ("is not a pack that dataset.py wrote",)),
+                           (tmp_path / "plain", ("expected a name ending with .mindrecord",))):
+        expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", out), before,
+                             str(out), *fragments)
+
+
+def test_an_earlier_pack_is_replaced(tree, tmp_path):
+    out = tmp_path / "p.mindrecord"
+    ok(run_main("dataset.py", "pack", "--path", tree / "tree" / "val", "--out", out))
+    assert list(manifest(out)["splits"]) == ["all"]
+    ok(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", out, "--shard_size", "20"))
+    assert pack_files(out) == pack_files(tree / "tree.mindrecord") and os.listdir(tmp_path) == ["p.mindrecord"]
+
+
+def test_a_full_disk_is_refused_up_front_and_mid_write(tree, tmp_path, monkeypatch):
+    import collections
+    from src.data import packed
+    from src.platform import bounds
+    before = Snapshot(tmp_path)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(bounds.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", tmp_path / "p.mindrecord"),
+                         before, "needs", "of disk space", "free some space or give another --out")
+    monkeypatch.undo()
+    write, calls = packed._write_shard, []
+
+    def fills_the_disk(path, *args):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, *args)
+    monkeypatch.setattr(packed, "_write_shard", fills_the_disk)
+    expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", tmp_path / "p.mindrecord",
+                                  "--shard_size", "20"), before, "p.mindrecord", "no space left on device",
+                         "nothing was written")
+    assert len(calls) == 2
+
+
+def test_val_fraction_on_a_pack_is_refused(tree, tmp_path):
+    proc = run_main("train.py", *TRAIN, "--train_data_path", tree / "tree.mindrecord", "--val_fraction", "0.2",
+                    "--save_checkpoint_path", tmp_path / "run")
+    assert_user_error(proc, "val_fraction 0.2", "is packed")
+
+
+def test_a_truncated_or_changed_shard_is_named(tree, tmp_path):
+    pack = tmp_path / "copy.mindrecord"
+    shutil.copytree(tree / "tree.mindrecord", pack)          # new times: each shard is hashed once more
+    argv = [*TRAIN, "--train_data_path", pack, "--val_data_path", pack, "--save_checkpoint_path", tmp_path / "run"]
+    shard = pack / "val-00001-of-00002.mindrecord"
+    with open(shard, "r+b") as f:
+        f.seek(3000)
+        f.write(b"\xff" * 8)
+    assert_user_error(run_main("train.py", *argv), str(shard), "does not match its sha256")
+    assert_user_error(run_main("dataset.py", "check", "--path", pack), str(shard), "does not match its sha256")
+    with open(shard, "r+b") as f:
+        f.truncate(5000)
+    assert_user_error(run_main("train.py", *argv), str(shard), "truncated")
+    assert_user_error(run_main("dataset.py", "check", "--path", pack), str(shard), "truncated")
+
+
+# ------------------------------------------------------------------------------------------------
+# msrun
+@pytest.mark.parametrize("world", [pytest.param(2, marks=MSRUN_MARKS)])
+def test_two_workers_train_on_a_pack(tree, tmp_path, world):
+    logs = tmp_path / "logs"
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [MSRUN, f"--worker_num={world}", f"--local_worker_num={world}", "--join=True", f"--log_dir={logs}",
+           f"--master_port={free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true", *TRAIN,
+           "--epoch_size", "1", "--batch_size", "10", "--train_data_path", str(tree / "tree.mindrecord"),
+           "--val_data_path", str(tree / "tree.mindrecord"), "--save_checkpoint_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    log0 = (logs / "worker_0.log").read_text() if (logs / "worker_0.log").exists() else ""
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{log0[-3000:]}"
+    assert "rank 0 / world size 2" in log0 and "batch 10 per device x 2 = 20 global, 3 steps" in log0
