@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from helpers import (MSRUN, MSRUN_MARKS, NO_AUG, REPO, TINY_TOPOLOGY, VENV_BIN, Snapshot, assert_user_error,
-                     expect_clean_failure, free_port, generated, ok, plugin_env, run_main, run_script, sha)
+                     expect_clean_failure, free_port, generated, ok, override, plugin_env, run_main, run_script, sha)
 
 N_TRAIN, N_VAL, CLASSES = 60, 30, 5
 TRAIN = [*TINY_TOPOLOGY, *NO_AUG, "--dataset_choose", "imagefolder", "--image_size", "32", "--batch_size", "10",
@@ -132,13 +132,39 @@ def test_train_shards_are_disjoint_halves_reshuffled_each_epoch(tree):
     assert not set(halves[0]) & set(halves[1]) and len(set(halves[0]) | set(halves[1])) == N_TRAIN
     again = [img.tobytes() for batch, _ in _batches(argv, "train", num_shards=2, shard_id=0) for img in batch]
     assert again == halves[0]                               # the seed decides the order
-    other = [img.tobytes() for batch, _ in _batches(override_seed(argv, 7), "train", num_shards=2, shard_id=0)
+    other = [img.tobytes() for batch, _ in _batches(override(argv, "--seed", "7"), "train", num_shards=2, shard_id=0)
              for img in batch]
     assert other != halves[0]
 
 
-def override_seed(argv, seed):
-    return [*argv, "--seed", str(seed)]
+def test_max_side_reencodes_large_images_upright_and_keeps_small_files(tmp_path):
+    from PIL import Image
+    from src.data import packed
+    from src.data.images import read_image
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # EXIF orientation: rotate 90 degrees to display
+    large = tmp_path / "tree" / "a" / "large.jpg"
+    y, x = np.mgrid[0:200, 0:400]
+    smooth = np.stack([x * 255 // 399, y * 255 // 199, (x + y) * 255 // 598], axis=-1).astype(np.uint8)
+    Image.fromarray(smooth).save(large, quality=95, exif=exif)    # 400 wide x 200 high, shown 200 x 400
+    small = tmp_path / "tree" / "b" / "small.png"
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(small)
+    ok(run_main("dataset.py", "pack", "--path", tmp_path / "tree", "--out", tmp_path / "p.mindrecord",
+                "--max_side", "100"))
+    m = manifest(tmp_path / "p.mindrecord")
+    assert (m["max_side"], m["jpeg_quality"]) == (100, 95)
+    import mindspore.dataset as ds
+    part = packed.open_pack(str(tmp_path / "p.mindrecord"), "train")
+    raw = {str(r["name"]): r["image"].tobytes() for r in ds.MindDataset(part.files, columns_list=["image", "name"],
+           shuffle=False).create_dict_iterator(output_numpy=True, num_epochs=1)}
+    assert raw["b/small.png"] == small.read_bytes()
+    stored = packed.decode_record(raw["a/large.jpg"], "a/large.jpg")
+    assert stored.shape == (100, 50, 3)                 # upright, the longer side at 100 px
+    want = np.asarray(Image.fromarray(read_image(str(large))).resize((50, 100), Image.BICUBIC), np.float64)
+    assert np.abs(stored.astype(np.float64) - want).mean() < 3       # JPEG quality 95 of the same pixels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,6 +189,16 @@ def test_a_killed_pack_resumes_to_the_same_bytes(tree, tmp_path):
     assert not partial.exists()
     assert os.stat(out / "train-00000-of-00003.mindrecord").st_mtime_ns == kept
     assert pack_files(out) == pack_files(ref)
+
+
+def test_a_killed_pack_of_other_options_is_not_continued(tree, tmp_path):
+    out = tmp_path / "again.mindrecord"
+    proc = run_script("dataset.py", "pack", "--path", tree / "tree", "--out", out, "--shard_size", "10",
+                      env=plugin_env(CONVMLP_TEST_KILL_AFTER="train-00001-of-00006.mindrecord.done"))
+    assert proc.returncode == -9 and (tmp_path / ".again.mindrecord.partial").is_dir()
+    proc = ok(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", out, "--shard_size", "20"))
+    assert "resuming" not in proc.stdout and os.listdir(tmp_path) == ["again.mindrecord"]
+    assert pack_files(out) == pack_files(tree / "tree.mindrecord")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,8 +291,8 @@ def test_two_workers_train_on_a_pack(tree, tmp_path, world):
     logs = tmp_path / "logs"
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
     cmd = [MSRUN, f"--worker_num={world}", f"--local_worker_num={world}", "--join=True", f"--log_dir={logs}",
-           f"--master_port={free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true", *TRAIN,
-           "--epoch_size", "1", "--batch_size", "10", "--train_data_path", str(tree / "tree.mindrecord"),
+           f"--master_port={free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true",
+           *override(TRAIN, "--epoch_size", "1"), "--train_data_path", str(tree / "tree.mindrecord"),
            "--val_data_path", str(tree / "tree.mindrecord"), "--save_checkpoint_path", str(tmp_path / "out")]
     proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     log0 = (logs / "worker_0.log").read_text() if (logs / "worker_0.log").exists() else ""

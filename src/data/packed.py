@@ -308,14 +308,26 @@ def pack(source, out, dataset=None, shard_size=DEFAULT_SHARD_SIZE, max_side=None
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, UserError):
             raise
-        raise OutputError(f"cannot write {out}: {_reason(exc)}; nothing was written") from None
+        raise OutputError(f"cannot write {out}: {_reason(exc, os.path.dirname(os.path.abspath(out)))}; nothing "
+                          "was written") from None
     return manifest
 
 
-def _reason(exc):
+def _reason(exc, folder):
+    """The cause of a failed write in one phrase: MindRecord's own ``[ERROR]`` line for its writer's
+    RuntimeError; "no space left on device" for ENOSPC or when the disk is full afterwards."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "no space left on device"
-    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0])
+    try:
+        if shutil.disk_usage(folder).free < (1 << 20):
+            return "no space left on device"
+    except OSError:
+        pass
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln[len("[ERROR]"):].strip() for ln in lines if ln.startswith("[ERROR]")]
+    return (errors or lines or [type(exc).__name__])[0]
 
 
 def _resume(partial, plan, log):
@@ -479,9 +491,12 @@ def _split_name(manifest, path, split):
                     f"expected {' or '.join(wanted)}")
 
 
+_HASHED = set()   # (path, size, time, sha256) of the shard files this process hashed and found as recorded
+
+
 def _verify(path, name, facts, recorded_mtime, full):
     """DataError naming the shard file when it is missing, of another size, or (hashed when `full`
-    or when its time is not the recorded one) of another sha256."""
+    or when its time is not the recorded one, once per process while it stays so) of another sha256."""
     file = os.path.join(path, name)
     try:
         st = os.stat(file)
@@ -491,9 +506,13 @@ def _verify(path, name, facts, recorded_mtime, full):
     if st.st_size != size:
         raise DataError(f"packed shard {file} is {st.st_size} bytes, the manifest says {size} (truncated or "
                         "changed); restore it or pack the data again")
-    if (full or st.st_mtime_ns != recorded_mtime) and _sha256(file) != digest:
+    key = (os.path.realpath(file), st.st_size, st.st_mtime_ns, digest)
+    if not (full or st.st_mtime_ns != recorded_mtime) or (not full and key in _HASHED):
+        return
+    if _sha256(file) != digest:
         raise DataError(f"packed shard {file} does not match its sha256 in {MANIFEST} (corrupt or changed); "
                         "restore it or pack the data again")
+    _HASHED.add(key)
 
 
 def open_pack(path, split, full=False):
