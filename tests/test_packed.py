@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -287,14 +288,38 @@ def test_a_truncated_or_changed_shard_is_named(tree, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # msrun
 @pytest.mark.parametrize("world", [pytest.param(2, marks=MSRUN_MARKS)])
-def test_two_workers_train_on_a_pack(tree, tmp_path, world):
-    logs = tmp_path / "logs"
+def test_two_workers_on_a_pack_each_read_their_half(tree, tmp_path, world):
+    """Each rank's MindRecord reader takes its shard of the seeded global shuffle (records r, r + 2, ...
+    of it): the two ranks' final weights equal one process that takes each global batch of 20 from the
+    one-shard pipeline and averages the gradients of its even and odd rows (tests/helpers.py
+    data_parallel_reference), as tests/test_imagefolder_distributed.py shows for a folder."""
+    logs, dump, ref = tmp_path / "logs", tmp_path / "dump", str(tmp_path / "reference.npz")
+    argv = [*TRAIN, "--train_data_path", str(tree / "tree.mindrecord"), "--val_data_path", str(tree / "tree.mindrecord"),
+            "--seed", "0"]
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
     cmd = [MSRUN, f"--worker_num={world}", f"--local_worker_num={world}", "--join=True", f"--log_dir={logs}",
-           f"--master_port={free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true",
-           *override(TRAIN, "--epoch_size", "1"), "--train_data_path", str(tree / "tree.mindrecord"),
-           "--val_data_path", str(tree / "tree.mindrecord"), "--save_checkpoint_path", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+           f"--master_port={free_port()}", os.path.join(REPO, "train.py"), "--is_distributed", "true", *argv,
+           "--save_checkpoint_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=dict(env, **plugin_env(env, CONVMLP_TEST_DUMP_WEIGHTS=str(dump))),
+                          capture_output=True, text=True, timeout=600)
     log0 = (logs / "worker_0.log").read_text() if (logs / "worker_0.log").exists() else ""
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{log0[-3000:]}"
     assert "rank 0 / world size 2" in log0 and "batch 10 per device x 2 = 20 global, 3 steps" in log0
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "reference", ref, str(world), *argv],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    want, init = np.load(ref), np.load(ref.replace(".npz", "_init.npz"))
+    r0, r1 = np.load(dump / "rank0.npz"), np.load(dump / "rank1.npz")
+    assert sorted(r0.files) == sorted(want.files)
+    worst = max(float(np.abs(r0[k] - want[k]).max()) for k in r0.files)
+    moved = max(float(np.abs(r0[k] - init[k]).max()) for k in r0.files)
+    print(f"\n2 ranks on a pack vs one process: max |diff| {worst:.3g} (largest change {moved:.3g})")
+    assert moved > 1e-3
+    for k in r0.files:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)
+        np.testing.assert_allclose(r0[k], want[k], atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "reference":
+    from helpers import data_parallel_reference
+    data_parallel_reference(sys.argv[2], sys.argv[4:], int(sys.argv[3]))
