@@ -221,9 +221,12 @@ def test_a_bad_image_is_refused_by_name_or_skipped_and_counted(tree, tmp_path):
 def test_outputs_inside_the_tree_or_over_other_files_are_refused(tree, tmp_path):
     (tmp_path / "taken.mindrecord").mkdir()
     (tmp_path / "taken.mindrecord" / "notes.txt").write_text("mine")
+    shutil.copytree(tree / "tree.mindrecord", tmp_path / "annotated.mindrecord")
+    (tmp_path / "annotated.mindrecord" / "notes.txt").write_text("mine")
     before = Snapshot(tree / "tree", tmp_path)
     for out, fragments in ((tree / "tree" / "train" / "x.mindrecord", ("inside the input",)),
                            (tmp_path / "taken.mindrecord", ("is not a pack that dataset.py wrote",)),
+                           (tmp_path / "annotated.mindrecord", ("also holds notes.txt",)),
                            (tmp_path / "plain", ("expected a name ending with .mindrecord",))):
         expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", out), before,
                              str(out), *fragments)

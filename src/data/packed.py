@@ -275,6 +275,10 @@ def _check_output(out, source):
         if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
             raise OutputError(f"--out {out} exists and is not a pack that dataset.py wrote; give another --out "
                               "(only an earlier pack is replaced; nothing was written)")
+        others = sorted(n for n in os.listdir(out) if not _ours(n) or not os.path.isfile(os.path.join(out, n)))
+        if others:
+            raise OutputError(f"--out {out} is an earlier pack that also holds {', '.join(others[:3])}, which "
+                              "replacing it would delete; move them away or give another --out (nothing was written)")
 
 
 def pack(source, out, dataset=None, shard_size=DEFAULT_SHARD_SIZE, max_side=None, workers=2, skip_bad=False,
@@ -282,21 +286,20 @@ def pack(source, out, dataset=None, shard_size=DEFAULT_SHARD_SIZE, max_side=None
     """Pack the image tree or CIFAR folder `source` into the folder `out` (``NAME.mindrecord``), as
     the module docstring says; an earlier pack at `out` is replaced, anything else there refused.
     Progress and warnings go to `report` (one line each). Returns the manifest."""
-    log = report
     _check_output(out, source)
     kind, classes, splits = _sources(source, dataset, workers, skip_bad, report)
     nbytes = sum(RECORD_OVERHEAD + (CIFAR_PNG_BYTES if not isinstance(i, str) else os.path.getsize(i))
                  for s in splits for i in s.items)
     partial = _partial_of(out)
     plan = _plan(kind, classes, splits, shard_size, max_side)
-    done = _resume(partial, plan, log)
+    done = _resume(partial, plan, report)
     if not done:
         check_disk_space(f"packing {source}", nbytes, os.path.dirname(os.path.abspath(out)),
                          "free some space or give another --out")
     os.makedirs(partial, exist_ok=True)
     try:
         _write_json(os.path.join(partial, "plan.json"), {"plan": plan})
-        manifest = _write_splits(partial, splits, shard_size, max_side, done, log)
+        manifest = _write_splits(partial, splits, shard_size, max_side, done, report)
         manifest.update(format=FORMAT, version=VERSION, kind=kind, classes=classes, shard_size=shard_size,
                         max_side=max_side, jpeg_quality=JPEG_QUALITY if max_side else None)
         for name in os.listdir(partial):
@@ -330,7 +333,7 @@ def _reason(exc, folder):
     return (errors or lines or [type(exc).__name__])[0]
 
 
-def _resume(partial, plan, log):
+def _resume(partial, plan, report):
     """The finished shards (name -> checksums) of a partial pack of the same plan that still match
     their checksums; a partial pack of another plan is removed."""
     if not os.path.isdir(partial):
@@ -353,11 +356,11 @@ def _resume(partial, plan, log):
             done[name[:-len(".done")]] = facts
         else:
             os.remove(os.path.join(partial, name))
-    log(f"resuming the interrupted pack in {partial}: {len(done)} finished shard(s) verified and kept")
+    report(f"resuming the interrupted pack in {partial}: {len(done)} finished shard(s) verified and kept")
     return done
 
 
-def _write_splits(partial, splits, shard_size, max_side, done, log):
+def _write_splits(partial, splits, shard_size, max_side, done, report):
     manifest = {"splits": {}, "stamps": {}}
     for split in splits:
         n_shards = max(1, -(-len(split.items) // shard_size))
@@ -376,7 +379,7 @@ def _write_splits(partial, splits, shard_size, max_side, done, log):
                 facts = {"file": _file_facts(path)[0], "db": _file_facts(path + ".db")[0]}
                 _write_json(path + ".done", facts)
                 done[name] = facts
-                log(f"{split.name}: shard {k + 1}/{n_shards} written ({hi - lo} records)")
+                report(f"{split.name}: shard {k + 1}/{n_shards} written ({hi - lo} records)")
             facts = done[name]
             shards.append({"file": name, "records": hi - lo, "bytes": facts["file"]["bytes"],
                            "sha256": facts["file"]["sha256"], "db_bytes": facts["db"]["bytes"],
