@@ -20,7 +20,7 @@ import numpy as np
 
 from src.config import SEED_LIMIT, path_arg as _path
 from src.data import cifar, imagefolder, packed
-from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format
+from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format, split_folders
 from src.data.synthetic import write_image_tree, write_synthetic
 from src.platform.bounds import check_disk_space
 from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
@@ -33,8 +33,6 @@ MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
 IMAGE_FILE_BYTES = 20_000
 #: Where ``generate`` writes by default.
 GENERATE_OUT = {"cifar": "data/demo", "imagefolder": "data/demo/images"}
-#: Sub-folder names that make ``check --path`` check each split of a tree (Flowers-102: train, valid).
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _count(minimum, maximum):
@@ -181,8 +179,7 @@ def _describe(tree, bad):
 def check_tree(path, workers=2):
     """Check every image of a tree (or of each split folder of it) and report classes, images per
     class, image sizes and bad files; DataError when there are bad files or the splits' classes differ."""
-    subs = [n for n in os.listdir(path) if not n.startswith(".")] if os.path.isdir(path) else []
-    splits = [n for n in SPLIT_NAMES if n in subs] if subs and set(subs) <= set(SPLIT_NAMES) else []
+    splits = split_folders(os.listdir(path)) if os.path.isdir(path) else []
     trees, bad = [], []
     for root in [os.path.join(path, n) for n in splits] or [path]:
         tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True)

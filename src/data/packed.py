@@ -46,7 +46,7 @@ from ..platform.bounds import check_disk_space, format_bytes
 from ..platform.errors import ConfigError, DataError, UserError
 from ..platform.fileio import OutputError, atomic_output, check_name_length
 from . import cifar, imagefolder
-from .catalog import CIFAR
+from .catalog import CIFAR, SPLIT_NAMES, split_folders
 from .images import read_image
 
 __all__ = ["SUFFIX", "MANIFEST", "JPEG_QUALITY", "DEFAULT_SHARD_SIZE", "is_packed", "pack", "open_pack",
@@ -60,10 +60,6 @@ FORMAT, VERSION = "convmlp-packed", 1
 JPEG_QUALITY = 95
 #: Records per shard by default: about 1 GB of ImageNet's JPEG files (110 kB on average).
 DEFAULT_SHARD_SIZE = 10_000
-#: Other names of the validation split, looked for in this order after ``val``.
-VAL_NAMES = ("val", "valid", "validation", "test")
-#: Split folders of a tree (as ``dataset.py check`` recognises them).
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 #: Room on disk per record besides the image bytes (MindRecord's page and index overhead), and the
 #: most a CIFAR record takes as PNG.
 RECORD_OVERHEAD, CIFAR_PNG_BYTES = 256, 4096
@@ -85,8 +81,7 @@ def _sha256(path):
 
 
 def _file_facts(path):
-    st = os.stat(path)
-    return {"bytes": st.st_size, "sha256": _sha256(path)}, st.st_mtime_ns
+    return {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,13 +98,13 @@ class _Split:
 
 
 def _tree_splits(path, workers, skip_bad, report):
-    subs = [n for n in os.listdir(path) if not n.startswith(".")]
-    folders = [n for n in SPLIT_NAMES if n in subs] if subs and set(subs) <= set(SPLIT_NAMES) else []
     splits, classes, first = [], None, None
-    for name, root in [(n, os.path.join(path, n)) for n in folders] or [("all", path)]:
+    for name, root in [(n, os.path.join(path, n)) for n in split_folders(os.listdir(path))] or [("all", path)]:
         tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=skip_bad)
         if tree.bad:
             report(f"warning: {root}: --skip_bad_images: left out {len(tree.bad)} bad image file(s), e.g. {tree.bad[0][1]}")
+        if tree.skipped:
+            report(f"{root}: skipped {len(tree.skipped)} file(s) without an image extension, e.g. {tree.skipped[0]}")
         if classes is None:
             classes, first = list(tree.classes), root
         else:
@@ -349,7 +344,7 @@ def _resume(partial, plan, report):
         facts = _read_json(os.path.join(partial, name))
         shard = os.path.join(partial, name[:-len(".done")])
         try:
-            ok = facts["file"] == _file_facts(shard)[0] and facts["db"] == _file_facts(shard + ".db")[0]
+            ok = facts["file"] == _file_facts(shard) and facts["db"] == _file_facts(shard + ".db")
         except (OSError, KeyError, TypeError):
             ok = False
         if ok:
@@ -376,7 +371,7 @@ def _write_splits(partial, splits, shard_size, max_side, done, report):
                 records = ({"image": _encode(split.items[i], max_side), "label": int(split.labels[i]),
                             "name": split.names[i]} for i in range(lo, hi))
                 _write_shard(path, records, max(_bound(split.items[i], max_side) for i in range(lo, hi)), hi - lo)
-                facts = {"file": _file_facts(path)[0], "db": _file_facts(path + ".db")[0]}
+                facts = {"file": _file_facts(path), "db": _file_facts(path + ".db")}
                 _write_json(path + ".done", facts)
                 done[name] = facts
                 report(f"{split.name}: shard {k + 1}/{n_shards} written ({hi - lo} records)")
@@ -484,7 +479,7 @@ def _manifest(path):
 
 def _split_name(manifest, path, split):
     splits = list(manifest["splits"])
-    wanted = (split,) if split == "train" else VAL_NAMES if split == "val" else (split,)
+    wanted = SPLIT_NAMES[1:] if split == "val" else (split,)
     for name in wanted:
         if name in splits:
             return name
