@@ -125,7 +125,7 @@ def test_cifar_binaries_pack_into_train_and_val_and_train(tmp_path):
     assert "train 40 images" in proc.stdout and "val 20 images" in proc.stdout
 
 
-def test_train_shards_are_disjoint_halves_reshuffled_each_epoch(tree):
+def test_train_shards_are_disjoint_halves_in_an_order_the_seed_decides(tree):
     argv = [*TRAIN, "--train_data_path", str(tree / "tree.mindrecord"), "--val_data_path", str(tree / "tree.mindrecord")]
     halves = [[img.tobytes() for batch, _ in _batches(argv, "train", num_shards=2, shard_id=k) for img in batch]
               for k in range(2)]
@@ -224,12 +224,13 @@ def test_outputs_inside_the_tree_or_over_other_files_are_refused(tree, tmp_path)
     shutil.copytree(tree / "tree.mindrecord", tmp_path / "annotated.mindrecord")
     (tmp_path / "annotated.mindrecord" / "notes.txt").write_text("mine")
     before = Snapshot(tree / "tree", tmp_path)
-    for out, fragments in ((tree / "tree" / "train" / "x.mindrecord", ("inside the input",)),
-                           (tmp_path / "taken.mindrecord", ("is not a pack that dataset.py wrote",)),
-                           (tmp_path / "annotated.mindrecord", ("also holds notes.txt",)),
-                           (tmp_path / "plain", ("expected a name ending with .mindrecord",))):
-        expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", out), before,
-                             str(out), *fragments)
+    for out, fragments in ((tree / "tree" / "train" / "x.mindrecord", ("x.mindrecord", "inside the input")),
+                           (tmp_path / "new" / "p.mindrecord", ("--path", "missing", "does not exist")),
+                           (tmp_path / "taken.mindrecord", ("taken.mindrecord", "is not a pack that dataset.py wrote")),
+                           (tmp_path / "annotated.mindrecord", ("annotated.mindrecord", "also holds notes.txt")),
+                           (tmp_path / "plain", ("plain", "expected a name ending with .mindrecord"))):
+        path = tmp_path / "missing" if "missing" in fragments else tree / "tree"
+        expect_clean_failure(run_main("dataset.py", "pack", "--path", path, "--out", out), before, *fragments)
 
 
 def test_an_earlier_pack_is_replaced(tree, tmp_path):
@@ -240,6 +241,22 @@ def test_an_earlier_pack_is_replaced(tree, tmp_path):
     assert pack_files(out) == pack_files(tree / "tree.mindrecord") and os.listdir(tmp_path) == ["p.mindrecord"]
 
 
+def test_a_second_pack_of_the_same_output_waits_for_none(tree, tmp_path):
+    lock = tmp_path / ".p.mindrecord.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = Snapshot(tmp_path)
+        expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", tmp_path / "p.mindrecord"),
+                             before, "another dataset.py pack is writing", "p.mindrecord")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_full_disk_is_refused_up_front_and_mid_write(tree, tmp_path, monkeypatch):
     import collections
     from src.data import packed
@@ -247,7 +264,8 @@ def test_a_full_disk_is_refused_up_front_and_mid_write(tree, tmp_path, monkeypat
     before = Snapshot(tmp_path)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(bounds.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
-    expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", tmp_path / "p.mindrecord"),
+    expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out",
+                                  tmp_path / "new" / "p.mindrecord"),       # the folder made for it goes again
                          before, "needs", "of disk space", "free some space or give another --out")
     monkeypatch.undo()
     write, calls = packed._write_shard, []

@@ -31,7 +31,9 @@ Rules:
 * **Reading is verified**: each shard's size and modification time are compared with the manifest
   (a shard with another time is hashed once more); ``dataset.py check`` hashes every file.
 """
+import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -255,6 +257,37 @@ def _partial_of(out):
     return os.path.join(folder, f".{name}.partial")
 
 
+@contextlib.contextmanager
+def _one_writer(out):
+    """Hold ``.NAME.mindrecord.lock`` beside `out` while packing (a POSIX lock: the kernel releases
+    it when the process dies); OutputError when another pack of the same output holds it. A folder
+    made for `out` is removed again when the pack fails."""
+    folder, name = os.path.split(os.path.abspath(out))
+    made, up = [], folder
+    while not os.path.lexists(up) and os.path.dirname(up) != up:
+        made.append(up)                   # deepest first
+        up = os.path.dirname(up)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f".{name}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputError(f"another dataset.py pack is writing {out} (it holds {path}); wait for it to finish "
+                          "or give another --out") from None
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        os.remove(path)      # while still locked
+        os.close(fd)
+        for made_folder in made if not ok else ():
+            with contextlib.suppress(OSError):
+                os.rmdir(made_folder)      # only when empty (a killed pack's partial folder stays)
+
+
 def _check_output(out, source):
     """OutputError, before anything is written, when `out` is not a NAME.mindrecord name, is inside
     the input (or holds it), or is something other than an earlier pack."""
@@ -281,8 +314,14 @@ def pack(source, out, dataset=None, shard_size=DEFAULT_SHARD_SIZE, max_side=None
     """Pack the image tree or CIFAR folder `source` into the folder `out` (``NAME.mindrecord``), as
     the module docstring says; an earlier pack at `out` is replaced, anything else there refused.
     Progress and warnings go to `report` (one line each). Returns the manifest."""
+    out = os.path.normpath(out)
     _check_output(out, source)
     kind, classes, splits = _sources(source, dataset, workers, skip_bad, report)
+    with _one_writer(out):
+        return _pack(source, out, kind, classes, splits, shard_size, max_side, report)
+
+
+def _pack(source, out, kind, classes, splits, shard_size, max_side, report):
     nbytes = sum(RECORD_OVERHEAD + (CIFAR_PNG_BYTES if not isinstance(i, str) else os.path.getsize(i))
                  for s in splits for i in s.items)
     partial = _partial_of(out)
