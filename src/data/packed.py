@@ -20,8 +20,8 @@ Rules:
   CIFAR). Read back, ``image`` is decoded by :func:`.images.read_image`: the rule a folder is read with.
 * **Splits**: a tree whose sub-folders are split folders (``train``, ``val``, ...), and a CIFAR
   folder (``train``, ``val``), give one split each; any other tree is the one split ``all``. A
-  reader of split ``val`` takes ``val``, else ``valid``/``validation``/``test``; a pack of one split
-  serves every split (as the same folder given twice would).
+  reader of split ``val`` takes ``val``, else ``valid``/``validation``/``test``; the split ``all``
+  serves both (as the same folder given twice would). A split without records is left out.
 * **Writing is atomic**: the shards are written in ``.NAME.mindrecord.partial`` beside the output, one
   at a time, each followed by a small ``.done`` file holding its checksums; the manifest comes last
   and the folder is then renamed to ``NAME.mindrecord``, so a pack appears whole or not at all. A pack
@@ -65,6 +65,8 @@ DEFAULT_SHARD_SIZE = 10_000
 #: Room on disk per record besides the image bytes (MindRecord's page and index overhead), and the
 #: most a CIFAR record takes as PNG.
 RECORD_OVERHEAD, CIFAR_PNG_BYTES = 256, 4096
+#: The one split of a tree without split folders; it serves as train and as val.
+WHOLE = "all"
 _SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}, "name": {"type": "string"}}
 _COLUMNS = ["image", "label", "name"]
 
@@ -101,7 +103,7 @@ class _Split:
 
 def _tree_splits(path, workers, skip_bad, report):
     splits, classes, first = [], None, None
-    for name, root in [(n, os.path.join(path, n)) for n in split_folders(os.listdir(path))] or [("all", path)]:
+    for name, root in [(n, os.path.join(path, n)) for n in split_folders(os.listdir(path))] or [(WHOLE, path)]:
         tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=skip_bad)
         if tree.bad:
             report(f"warning: {root}: --skip_bad_images: left out {len(tree.bad)} bad image file(s), e.g. {tree.bad[0][1]}")
@@ -336,11 +338,11 @@ def _pack(source, out, kind, classes, splits, shard_size, max_side, report):
         manifest = _write_splits(partial, splits, shard_size, max_side, done, report)
         manifest.update(format=FORMAT, version=VERSION, kind=kind, classes=classes, shard_size=shard_size,
                         max_side=max_side, jpeg_quality=JPEG_QUALITY if max_side else None)
-        for name in os.listdir(partial):
-            if name.endswith(".done") or name == "plan.json":
-                os.remove(os.path.join(partial, name))
         _write_json(os.path.join(partial, MANIFEST), manifest)
         _commit(partial, out)
+        for name in os.listdir(out):     # the partial pack's own notes (kept until here for a resume)
+            if name.endswith(".done") or name == "plan.json":
+                os.remove(os.path.join(out, name))
     except (UserError, OSError, RuntimeError, ValueError) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, UserError):
@@ -397,7 +399,10 @@ def _resume(partial, plan, report):
 def _write_splits(partial, splits, shard_size, max_side, done, report):
     manifest = {"splits": {}, "stamps": {}}
     for split in splits:
-        n_shards = max(1, -(-len(split.items) // shard_size))
+        if not split.items:
+            report(f"{split.name}: no records, left out of the pack")
+            continue
+        n_shards = -(-len(split.items) // shard_size)
         shards = []
         for k in range(n_shards):
             name = _shard_name(split.name, k, n_shards)
@@ -425,14 +430,21 @@ def _write_splits(partial, splits, shard_size, max_side, done, report):
     return manifest
 
 
+def _replaced(out):
+    folder, name = os.path.split(os.path.abspath(out))
+    return os.path.join(folder, f".{name}.old")
+
+
 def _commit(partial, out):
-    """Put the finished pack at `out` in one rename (an earlier pack there is moved aside, then removed)."""
-    old = None
+    """Put the finished pack at `out` in one rename. An earlier pack there is moved aside first
+    (``.NAME.mindrecord.old``), then removed; one that a killed pack left there is removed before."""
+    old = _replaced(out)
+    if os.path.isdir(old):
+        _remove_ours(old)
     if os.path.lexists(out):
-        old = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(os.path.abspath(out))}.old-{os.getpid()}")
         os.replace(out, old)
     os.replace(partial, out)
-    if old:
+    if os.path.isdir(old):
         _remove_ours(old)
 
 
@@ -442,12 +454,12 @@ def _commit(partial, out):
 class _Named(io.BytesIO):
     """A record's bytes that call themselves by the record's name in error messages."""
 
-    def __init__(self, data, name):
+    def __init__(self, data, record):
         super().__init__(data)
-        self.name = name
+        self.record = record
 
     def __str__(self):
-        return self.name
+        return self.record
 
 
 def decode_record(image, name):
@@ -522,9 +534,9 @@ def _split_name(manifest, path, split):
     for name in wanted:
         if name in splits:
             return name
-    if len(splits) == 1:
-        return splits[0]
-    raise DataError(f"packed data {path} has the splits {', '.join(splits)}, none for {split}; "
+    if splits == [WHOLE]:
+        return WHOLE
+    raise DataError(f"packed data {path} has the split(s) {', '.join(splits)}, none for {split}; "
                     f"expected {' or '.join(wanted)}")
 
 
