@@ -18,12 +18,13 @@ import sys
 
 import numpy as np
 
-from src.config import SEED_LIMIT, path_arg as _path
+from src.config import SEED_LIMIT, load_config, path_arg as _path
 from src.data import cifar, imagefolder, packed
 from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format, split_folders
 from src.data.synthetic import write_image_tree, write_synthetic
+from src.data.transforms import decode_min_side
 from src.platform.bounds import check_disk_space
-from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
+from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote, shown_name
 
 __all__ = ["main", "generate", "download", "check", "pack"]
 
@@ -161,19 +162,27 @@ def check(args):
 def _describe(tree, bad):
     counts = tree.counts()
     w, h = tree.sizes[:, 0], tree.sizes[:, 1]
-    print(f"{tree.root}: {len(tree.classes)} classes, {len(tree)} good images, {len(bad)} bad, "
+    print(f"{shown_name(tree.root, quoted=False)}: {len(tree.classes)} classes, {len(tree)} good images, "
+          f"{len(bad)} bad, "
           f"{len(tree.skipped)} other files skipped")
-    print(f"  images per class: min {counts.min()} ({tree.classes[counts.argmin()]}), max {counts.max()} "
-          f"({tree.classes[counts.argmax()]}), mean {counts.mean():.1f}")
+    names = [shown_name(c, quoted=False) for c in tree.classes]
+    print(f"  images per class: min {counts.min()} ({names[counts.argmin()]}), max {counts.max()} "
+          f"({names[counts.argmax()]}), mean {counts.mean():.1f}")
     if len(tree.classes) <= 30:
-        print("  " + ", ".join(f"{c} {n}" for c, n in zip(tree.classes, counts)))
+        print("  " + ", ".join(f"{c} {n}" for c, n in zip(names, counts)))
     if len(tree):
         print(f"  image sizes: width {w.min()}..{w.max()} (median {int(np.median(w))}), height {h.min()}..{h.max()} "
               f"(median {int(np.median(h))})")
     for path, why in bad[:20]:
         print(f"  bad: {why}")
     for path in tree.skipped[:5]:
-        print(f"  skipped (not an image extension): {path}")
+        print(f"  skipped (not an image extension): {shown_name(path)}")
+
+
+def _default_min_side():
+    """The decoding rule's ``min_side`` of train.py's defaults for an image tree (check and pack
+    judge the images as a run with them decodes)."""
+    return decode_min_side(load_config(["--dataset_choose", "imagefolder"]))
 
 
 def check_tree(path, workers=2):
@@ -181,8 +190,9 @@ def check_tree(path, workers=2):
     class, image sizes and bad files; DataError when there are bad files or the splits' classes differ."""
     splits = split_folders(os.listdir(path)) if os.path.isdir(path) else []
     trees, bad = [], []
+    min_side = _default_min_side()
     for root in [os.path.join(path, n) for n in splits] or [path]:
-        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True)
+        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True, min_side=min_side)
         _describe(tree, tree.bad)
         trees.append(tree)
         bad += tree.bad
@@ -196,7 +206,7 @@ def check_tree(path, workers=2):
 def pack(args):
     """MindRecord shards of an image tree or a CIFAR folder (:func:`src.data.packed.pack`)."""
     manifest = packed.pack(args.path, args.out, args.dataset, args.shard_size, args.max_side, args.workers,
-                           args.skip_bad_images)
+                           args.skip_bad_images, _default_min_side())
     parts = ", ".join(f"{name} {s['records']} records in {len(s['shards'])} shard(s)"
                       for name, s in manifest["splits"].items())
     print(f"packed {args.path} into {args.out}: {len(manifest['classes'])} classes; {parts}")

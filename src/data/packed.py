@@ -101,10 +101,10 @@ class _Split:
     shape: Optional[list] = None
 
 
-def _tree_splits(path, workers, skip_bad, report):
+def _tree_splits(path, workers, skip_bad, min_side, report):
     splits, classes, first = [], None, None
     for name, root in [(n, os.path.join(path, n)) for n in split_folders(os.listdir(path))] or [(WHOLE, path)]:
-        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=skip_bad)
+        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=skip_bad, min_side=min_side)
         if tree.bad:
             report(f"warning: {root}: --skip_bad_images: left out {len(tree.bad)} bad image file(s), e.g. {tree.bad[0][1]}")
         if tree.skipped:
@@ -127,14 +127,14 @@ def _cifar_splits(path, dataset):
     return dataset, cifar.class_names(path, dataset), splits
 
 
-def _sources(path, dataset, workers, skip_bad, report):
+def _sources(path, dataset, workers, skip_bad, min_side, report):
     """``(kind, classes, splits)`` of the folder `path`: a CIFAR folder (.bin files) or an image tree."""
     if not os.path.isdir(path):
         raise DataError(f"--path {path}: " + ("not a folder" if os.path.exists(path) else "does not exist")
                         + "; expected an image tree (root/<class>/<image>) or a CIFAR folder of .bin files")
     if dataset in CIFAR or (dataset is None and any(n.endswith(".bin") for n in os.listdir(path))):
         return _cifar_splits(path, dataset or "cifar10")
-    return _tree_splits(path, workers, skip_bad, report)
+    return _tree_splits(path, workers, skip_bad, min_side, report)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def _encode(item, max_side):
         size = im.size
     if max(size) <= max_side:     # small enough: kept as it is (the read rule applies EXIF orientation)
         return data
-    rgb = read_image(item)
+    rgb = read_image(item, max_side)       # a large JPEG decoded at reduced size, still >= max_side
     h, w = rgb.shape[:2]
     scale = max_side / max(h, w)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -312,13 +312,14 @@ def _check_output(out, source):
 
 
 def pack(source, out, dataset=None, shard_size=DEFAULT_SHARD_SIZE, max_side=None, workers=2, skip_bad=False,
-         report=print):
+         min_side=None, report=print):
     """Pack the image tree or CIFAR folder `source` into the folder `out` (``NAME.mindrecord``), as
     the module docstring says; an earlier pack at `out` is replaced, anything else there refused.
+    Images are checked as training checks them (:func:`.imagefolder.check_images` with `min_side`).
     Progress and warnings go to `report` (one line each). Returns the manifest."""
     out = os.path.normpath(out)
     _check_output(out, source)
-    kind, classes, splits = _sources(source, dataset, workers, skip_bad, report)
+    kind, classes, splits = _sources(source, dataset, workers, skip_bad, min_side, report)
     with _one_writer(out):
         return _pack(source, out, kind, classes, splits, shard_size, max_side, report)
 
@@ -462,20 +463,20 @@ class _Named(io.BytesIO):
         return self.record
 
 
-def decode_record(image, name):
-    """A record's image as uint8 RGB HWC by :func:`.images.read_image` (the rule of image files);
-    DataError naming ``PACK:name`` when it cannot be decoded."""
-    return read_image(_Named(image.tobytes() if hasattr(image, "tobytes") else image, str(name)))
+def decode_record(image, name, min_side=None):
+    """A record's image as uint8 RGB HWC by :func:`.images.read_image` with `min_side` (the rule of
+    image files); DataError naming the record when it cannot be decoded."""
+    return read_image(_Named(image.tobytes() if hasattr(image, "tobytes") else image, str(name)), min_side)
 
 
 class _Decoder:
     """The decoding map of a pack's pipeline (picklable for worker processes)."""
 
-    def __init__(self, where):
-        self.where = where
+    def __init__(self, where, min_side):
+        self.where, self.min_side = where, min_side
 
     def __call__(self, image, name):
-        return decode_record(image, f"{self.where}:{name}")
+        return decode_record(image, f"{self.where}:{name}", self.min_side)
 
 
 @dataclass
@@ -498,10 +499,12 @@ class PackedSplit:
     def labels(self):
         return np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts)
 
-    def dataset(self, shuffle, num_shards=None, shard_id=None, workers=1):
+    def dataset(self, shuffle, num_shards=None, shard_id=None, workers=1, min_side=None):
         """``mindspore.dataset`` of (``image`` uint8 HWC, ``label`` int32): shuffled (seeded by
         MindSpore's dataset seed) and sharded by MindRecord's reader for training; without shuffle,
-        shard ``k`` of ``num_shards`` gets records ``k, k + num_shards, ...`` (no padding)."""
+        shard ``k`` of ``num_shards`` gets records ``k, k + num_shards, ...`` (no padding). Images are
+        decoded as files are (:func:`decode_record`; `min_side`: :func:`.transforms.decode_min_side`)
+        in `workers` processes."""
         import mindspore.dataset as ds
         if shuffle:
             data = ds.MindDataset(self.files, columns_list=_COLUMNS, shuffle=True, num_shards=num_shards,
@@ -510,7 +513,7 @@ class PackedSplit:
             sampler = ds.SubsetSampler(list(range(shard_id, len(self), num_shards))) if num_shards else None
             data = ds.MindDataset(self.files, columns_list=_COLUMNS, shuffle=False if sampler is None else None,
                                   sampler=sampler, num_parallel_workers=1)
-        data = data.map(_Decoder(self.root), input_columns=["image", "name"], output_columns=["image"],
+        data = data.map(_Decoder(self.root, min_side), input_columns=["image", "name"], output_columns=["image"],
                         num_parallel_workers=workers, python_multiprocessing=workers > 1)
         return data.project(["image", "label"])
 
