@@ -227,7 +227,7 @@ def test_outputs_inside_the_tree_or_over_other_files_are_refused(tree, tmp_path)
     for out, fragments in ((tree / "tree" / "train" / "x.mindrecord", ("x.mindrecord", "inside the input")),
                            (tmp_path / "new" / "p.mindrecord", ("--path", "missing", "does not exist")),
                            (tmp_path / "taken.mindrecord", ("taken.mindrecord", "is not a pack that dataset.py wrote")),
-                           (tmp_path / "annotated.mindrecord", ("annotated.mindrecord", "also holds notes.txt")),
+                           (tmp_path / "annotated.mindrecord", ("annotated.mindrecord", "also holds 'notes.txt'")),
                            (tmp_path / "plain", ("plain", "expected a name ending with .mindrecord"))):
         path = tmp_path / "missing" if "missing" in fragments else tree / "tree"
         expect_clean_failure(run_main("dataset.py", "pack", "--path", path, "--out", out), before, *fragments)

@@ -45,7 +45,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..platform.bounds import check_disk_space, format_bytes
-from ..platform.errors import ConfigError, DataError, UserError
+from ..platform.errors import ConfigError, DataError, UserError, shown_name
 from ..platform.fileio import OutputError, atomic_output, check_name_length
 from . import cifar, imagefolder
 from .catalog import CIFAR, SPLIT_NAMES, split_folders
@@ -106,31 +106,39 @@ def _tree_splits(path, workers, skip_bad, min_side, report):
     for name, root in [(n, os.path.join(path, n)) for n in split_folders(os.listdir(path))] or [(WHOLE, path)]:
         tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=skip_bad, min_side=min_side)
         if tree.bad:
-            report(f"warning: {root}: --skip_bad_images: left out {len(tree.bad)} bad image file(s), e.g. {tree.bad[0][1]}")
+            report(f"warning: {shown_name(root)}: --skip_bad_images: left out {len(tree.bad)} bad image file(s), "
+                   f"e.g. {tree.bad[0][1]}")
         if tree.skipped:
-            report(f"{root}: skipped {len(tree.skipped)} file(s) without an image extension, e.g. {tree.skipped[0]}")
+            report(f"{shown_name(root)}: skipped {len(tree.skipped)} file(s) without an image extension, "
+                   f"e.g. {shown_name(tree.skipped[0])}")
         if classes is None:
             classes, first = list(tree.classes), root
         else:
             imagefolder.check_same_classes(classes, first, tree, f"{name} split")
-        names = [os.path.relpath(p, path).replace(os.sep, "/") for p in tree.files]
+        names = [_record_name(os.path.relpath(p, path)) for p in tree.files]
         splits.append(_Split(name, list(tree.files), tree.labels, names))
     return "imagefolder", classes, splits
+
+
+def _record_name(relpath):
+    """A file's path under the tree as a record names it (for messages): ``/``-separated, and bytes
+    that are not UTF-8 (kept by Python as surrogates) written as ``\\xNN``."""
+    return relpath.replace(os.sep, "/").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _cifar_splits(path, dataset):
     splits = []
     for split in ("train", "val"):
         arrays = cifar.read_split(path, dataset, split)
-        splits.append(_Split(split, list(arrays.images), arrays.labels, [f"{split}/{i:06d}" for i in range(len(arrays))],
-                             shape=list(arrays.images.shape[1:3])))
+        names = [f"{split}/{i:06d}" for i in range(len(arrays))]
+        splits.append(_Split(split, list(arrays.images), arrays.labels, names, shape=list(arrays.images.shape[1:3])))
     return dataset, cifar.class_names(path, dataset), splits
 
 
 def _sources(path, dataset, workers, skip_bad, min_side, report):
     """``(kind, classes, splits)`` of the folder `path`: a CIFAR folder (.bin files) or an image tree."""
     if not os.path.isdir(path):
-        raise DataError(f"--path {path}: " + ("not a folder" if os.path.exists(path) else "does not exist")
+        raise DataError(f"--path {shown_name(path)}: " + ("not a folder" if os.path.exists(path) else "does not exist")
                         + "; expected an image tree (root/<class>/<image>) or a CIFAR folder of .bin files")
     if dataset in CIFAR or (dataset is None and any(n.endswith(".bin") for n in os.listdir(path))):
         return _cifar_splits(path, dataset or "cifar10")
@@ -250,7 +258,8 @@ def _remove_ours(folder):
     try:
         os.rmdir(folder)
     except OSError:
-        raise OutputError(f"{folder} holds files that a pack does not write: {', '.join(sorted(os.listdir(folder))[:3])}; "
+        others = ", ".join(shown_name(n) for n in sorted(os.listdir(folder))[:3])
+        raise OutputError(f"{shown_name(folder)} holds files that a pack does not write: {others}; "
                           "move them away or give another --out") from None
 
 
@@ -276,7 +285,8 @@ def _one_writer(out):
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise OutputError(f"another dataset.py pack is writing {out} (it holds {path}); wait for it to finish "
+        raise OutputError(f"another dataset.py pack is writing {shown_name(out)} (it holds {shown_name(path)}); "
+                          "wait for it to finish "
                           "or give another --out") from None
     ok = False
     try:
@@ -294,20 +304,23 @@ def _check_output(out, source):
     """OutputError, before anything is written, when `out` is not a NAME.mindrecord name, is inside
     the input (or holds it), or is something other than an earlier pack."""
     if not is_packed(out):
-        raise OutputError(f"--out {out}: expected a name ending with {SUFFIX} (the pack's folder)")
+        raise OutputError(f"--out {shown_name(out)}: expected a name ending with {SUFFIX} (the pack's folder)")
     check_name_length(out, "--out")
     real_out, real_src = os.path.realpath(out), os.path.realpath(source)
     if real_out == real_src or real_out.startswith(real_src + os.sep) or real_src.startswith(real_out + os.sep):
-        raise OutputError(f"--out {out} is inside the input {source} (or holds it): the pack would be read as data; "
+        raise OutputError(f"--out {shown_name(out)} is inside the input {shown_name(source)} (or holds it): the pack "
+                          "would be read as data; "
                           "give an --out outside the tree (nothing was written)")
     if os.path.lexists(out):
         manifest = _read_json(os.path.join(out, MANIFEST)) if os.path.isdir(out) else None
         if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
-            raise OutputError(f"--out {out} exists and is not a pack that dataset.py wrote; give another --out "
+            raise OutputError(f"--out {shown_name(out)} exists and is not a pack that dataset.py wrote; give another "
+                              "--out "
                               "(only an earlier pack is replaced; nothing was written)")
         others = sorted(n for n in os.listdir(out) if not _ours(n) or not os.path.isfile(os.path.join(out, n)))
         if others:
-            raise OutputError(f"--out {out} is an earlier pack that also holds {', '.join(others[:3])}, which "
+            raise OutputError(f"--out {shown_name(out)} is an earlier pack that also holds "
+                              f"{', '.join(shown_name(n) for n in others[:3])}, which "
                               "replacing it would delete; move them away or give another --out (nothing was written)")
 
 
@@ -331,7 +344,7 @@ def _pack(source, out, kind, classes, splits, shard_size, max_side, report):
     plan = _plan(kind, classes, splits, shard_size, max_side)
     done = _resume(partial, plan, report)
     if not done:
-        check_disk_space(f"packing {source}", nbytes, os.path.dirname(os.path.abspath(out)),
+        check_disk_space(f"packing {shown_name(source)}", nbytes, os.path.dirname(os.path.abspath(out)),
                          "free some space or give another --out")
     os.makedirs(partial, exist_ok=True)
     try:
@@ -348,7 +361,8 @@ def _pack(source, out, kind, classes, splits, shard_size, max_side, report):
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, UserError):
             raise
-        raise OutputError(f"cannot write {out}: {_reason(exc, os.path.dirname(os.path.abspath(out)))}; nothing "
+        why = _reason(exc, os.path.dirname(os.path.abspath(out)))
+        raise OutputError(f"cannot write {shown_name(out)}: {why}; nothing "
                           "was written") from None
     return manifest
 
@@ -393,7 +407,7 @@ def _resume(partial, plan, report):
             done[name[:-len(".done")]] = facts
         else:
             os.remove(os.path.join(partial, name))
-    report(f"resuming the interrupted pack in {partial}: {len(done)} finished shard(s) verified and kept")
+    report(f"resuming the interrupted pack in {shown_name(partial)}: {len(done)} finished shard(s) verified and kept")
     return done
 
 
@@ -520,13 +534,16 @@ class PackedSplit:
 
 def _manifest(path):
     if not os.path.exists(path):
-        raise DataError(f"packed data {path} does not exist; write it with: python dataset.py pack --path TREE "
-                        f"--out {path}")
+        raise DataError(f"packed data {shown_name(path)} does not exist; write it with: python dataset.py pack "
+                        "--path TREE "
+                        f"--out {shown_name(path)}")
     manifest = _read_json(os.path.join(path, MANIFEST))
     if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
-        raise DataError(f"{path} is not a pack that dataset.py wrote (no readable {MANIFEST}); pack the data again")
+        raise DataError(f"{shown_name(path)} is not a pack that dataset.py wrote (no readable {MANIFEST}); pack the "
+                        "data again")
     if manifest.get("version") != VERSION:
-        raise DataError(f"{path} is a pack of format version {manifest.get('version')}, this code reads version "
+        raise DataError(f"{shown_name(path)} is a pack of format version {manifest.get('version')}, this code reads "
+                        "version "
                         f"{VERSION}; pack the data again")
     return manifest
 
@@ -539,7 +556,7 @@ def _split_name(manifest, path, split):
             return name
     if splits == [WHOLE]:
         return WHOLE
-    raise DataError(f"packed data {path} has the split(s) {', '.join(splits)}, none for {split}; "
+    raise DataError(f"packed data {shown_name(path)} has the split(s) {', '.join(splits)}, none for {split}; "
                     f"expected {' or '.join(wanted)}")
 
 
@@ -553,16 +570,18 @@ def _verify(path, name, facts, recorded_mtime, full):
     try:
         st = os.stat(file)
     except OSError:
-        raise DataError(f"packed shard {file} is missing; restore it or pack the data again") from None
+        raise DataError(f"packed shard {shown_name(file)} is missing; restore it or pack the data again") from None
     size, digest = facts
     if st.st_size != size:
-        raise DataError(f"packed shard {file} is {st.st_size} bytes, the manifest says {size} (truncated or "
+        raise DataError(f"packed shard {shown_name(file)} is {st.st_size} bytes, the manifest says {size} "
+                        "(truncated or "
                         "changed); restore it or pack the data again")
     key = (os.path.realpath(file), st.st_size, st.st_mtime_ns, digest)
     if not (full or st.st_mtime_ns != recorded_mtime) or (not full and key in _HASHED):
         return
     if _sha256(file) != digest:
-        raise DataError(f"packed shard {file} does not match its sha256 in {MANIFEST} (corrupt or changed); "
+        raise DataError(f"packed shard {shown_name(file)} does not match its sha256 in {MANIFEST} (corrupt or "
+                        "changed); "
                         "restore it or pack the data again")
     _HASHED.add(key)
 
@@ -588,7 +607,7 @@ def check_pack(path):
     """``dataset.py check`` of a pack: every shard hashed, then every record read and decoded; prints
     each split. DataError naming the first bad shard or record."""
     manifest = _manifest(path)
-    print(f"{path}: packed {manifest['kind']} data, {len(manifest['classes'])} classes"
+    print(f"{shown_name(path)}: packed {manifest['kind']} data, {len(manifest['classes'])} classes"
           + (f", images re-encoded at most {manifest['max_side']} px (JPEG quality {manifest['jpeg_quality']})"
              if manifest.get("max_side") else ", the original image bytes"))
     for name in manifest["splits"]:
@@ -600,10 +619,10 @@ def check_pack(path):
                 n += 1
         except RuntimeError as exc:
             from .pipeline import data_failure
-            raise (data_failure(exc) or DataError(f"cannot read the shards of {path} ({name}): "
+            raise (data_failure(exc) or DataError(f"cannot read the shards of {shown_name(path)} ({name}): "
                                                   f"{str(exc).strip().splitlines()[0]}")) from None
         if n != len(part):
-            raise DataError(f"packed data {path} ({name}): read {n} records, the manifest says {len(part)}")
+            raise DataError(f"packed data {shown_name(path)} ({name}): read {n} records, the manifest says {len(part)}")
         size = sum(os.path.getsize(f) for f in part.files)
         print(f"  {name}: {n} records in {len(part.files)} shard(s), {format_bytes(size)}, checksums verified; "
               f"per class min {part.counts.min()} max {part.counts.max()}")
@@ -612,5 +631,6 @@ def check_pack(path):
 def refuse_val_fraction(cfg):
     """ConfigError: ``val_fraction`` splits an image tree, and a pack is not one."""
     raise ConfigError(f"val_fraction {cfg.val_fraction:g} splits an image tree, and train_data_path "
-                      f"{cfg.train_data_path} is packed; pack a tree with train/ and val/ folders (or pack the "
+                      f"{shown_name(cfg.train_data_path)} is packed; pack a tree with train/ and val/ folders (or "
+                      "pack the "
                       "validation images on their own and give val_data_path)")
