@@ -86,6 +86,29 @@ def test_packed_evaluation_batches_equal_the_folders(tree):
         np.testing.assert_array_equal(la, lb)
 
 
+def test_large_jpegs_decode_at_the_folders_reduced_size(tmp_path):
+    """640 x 480 photos at image_size 32: both forms decode them at 1/4 (the decoding rule's min_side)."""
+    from PIL import Image
+    from src.data.images import read_image
+    rng = np.random.default_rng(1)
+    for c in ("cat", "dog"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(3):
+            small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(tmp_path / "photos" / c / f"{i}.jpg")
+    ok(run_main("dataset.py", "pack", "--path", tmp_path / "photos", "--out", tmp_path / "photos.mindrecord"))
+    argv = override(TRAIN, "--batch_size", "3")
+    folder = _batches([*argv, "--train_data_path", str(tmp_path / "photos"), "--val_data_path",
+                       str(tmp_path / "photos")], "val")
+    packed = _batches([*argv, "--train_data_path", str(tmp_path / "photos.mindrecord"), "--val_data_path",
+                       str(tmp_path / "photos.mindrecord")], "val")
+    assert read_image(str(tmp_path / "photos" / "cat" / "0.jpg"), 64).shape == (120, 160, 3)
+    assert len(folder) == len(packed) == 2
+    for (a, la), (b, lb) in zip(folder, packed):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+
+
 def test_train_on_the_pack_then_evaluate_gives_the_folders_top1_and_loss(tree):
     out = tree / "run"
     proc = ok(run_main("train.py", *TRAIN, "--train_data_path", tree / "tree.mindrecord", "--val_data_path",
