@@ -2,14 +2,17 @@
 MindRecord shards, read by train.py, evl.py and ``dataset.py check`` wherever they read a folder.
 
 * a generated 5-class tree packed with its original bytes trains, and evl.py gives the checkpoint the
-  same top-1 and loss on the pack as on the folder (the pipelines' batches are equal, pixel for pixel);
+  same top-1 and loss on the pack as on the folder (the pipelines' batches are equal, pixel for pixel,
+  large JPEGs decoded at the same reduced size); ``--max_side`` re-encodes large images upright;
 * CIFAR binaries pack into their train and val splits (lossless PNG) and train;
 * a pack killed after its second shard resumes: the finished shards are verified and kept (one that
   was damaged since is written again) and the result equals an uninterrupted pack, byte for byte;
 * bad input is one ``error:`` line and nothing written: a bad image (or it is skipped and counted),
-  an output inside the tree, an output that is not a pack, a full disk (up front, and mid-write),
-  ``val_fraction`` on a pack; a truncated or changed shard is one line naming it;
-* under msrun two workers train on a pack, each rank reading a disjoint half of it."""
+  an output inside the tree, an output that is not a pack (or a pack holding other files), a second
+  pack of the same output, a full disk (up front, and mid-write), ``val_fraction`` on a pack; a
+  truncated or changed shard is one line naming it;
+* the train shards are disjoint halves in the seed's order; under msrun two workers on a pack equal
+  one process over the same global batches."""
 import errno
 import json
 import os

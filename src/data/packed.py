@@ -27,9 +27,15 @@ Rules:
   and the folder is then renamed to ``NAME.mindrecord``, so a pack appears whole or not at all. A pack
   that was killed resumes: the same input and options find the partial folder, keep each finished
   shard whose checksums still match and write the rest; the result is the same, byte for byte, as
-  an uninterrupted pack. On an error the partial folder is removed.
+  an uninterrupted pack. On an error the partial folder is removed. One pack writes an output at a
+  time (a POSIX lock on ``.NAME.mindrecord.lock``); only an earlier pack is replaced.
 * **Reading is verified**: each shard's size and modification time are compared with the manifest
-  (a shard with another time is hashed once more); ``dataset.py check`` hashes every file.
+  (a shard with another time is hashed, once per process); ``dataset.py check`` hashes every file
+  and decodes every record. Images were checked when packed (``--skip_bad_images`` leaves bad ones
+  out there); a record that still fails to decode stops a run with one line naming it.
+* **Reading is sharded** by MindRecord's reader: for training a seeded global shuffle of which shard
+  ``k`` of ``n`` takes every ``n``-th record from the ``k``-th (the distributed sampler's rule for a
+  folder); for evaluation records ``k, k + n, ...`` without padding.
 """
 import contextlib
 import errno
