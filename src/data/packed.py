@@ -68,9 +68,10 @@ FORMAT, VERSION = "convmlp-packed", 1
 JPEG_QUALITY = 95
 #: Records per shard by default: about 1 GB of ImageNet's JPEG files (110 kB on average).
 DEFAULT_SHARD_SIZE = 10_000
-#: Room on disk per record besides the image bytes (MindRecord's page and index overhead), and the
-#: most a CIFAR record takes as PNG.
-RECORD_OVERHEAD, CIFAR_PNG_BYTES = 256, 4096
+#: Room on disk per record besides its image bytes (MindRecord's header, written at its full size,
+#: and index), the share of the image bytes that pages leave unused, and the most a CIFAR record
+#: takes as PNG: the free space a pack needs is estimated from these before it starts.
+RECORD_OVERHEAD, PAGE_SLACK, CIFAR_PNG_BYTES = 1024, 0.1, 4096
 #: The one split of a tree without split folders; it serves as train and as val.
 WHOLE = "all"
 _SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}, "name": {"type": "string"}}
@@ -344,8 +345,8 @@ def pack(source, out, dataset=None, shard_size=DEFAULT_SHARD_SIZE, max_side=None
 
 
 def _pack(source, out, kind, classes, splits, shard_size, max_side, report):
-    nbytes = sum(RECORD_OVERHEAD + (CIFAR_PNG_BYTES if not isinstance(i, str) else os.path.getsize(i))
-                 for s in splits for i in s.items)
+    nbytes = int(sum(RECORD_OVERHEAD + (1 + PAGE_SLACK) * (CIFAR_PNG_BYTES if not isinstance(i, str) else
+                                                           os.path.getsize(i)) for s in splits for i in s.items))
     partial = _partial_of(out)
     plan = _plan(kind, classes, splits, shard_size, max_side)
     done = _resume(partial, plan, report)
