@@ -97,9 +97,15 @@ def decode_plan(size, fmt, mode, file_bytes, path, min_side=None):
     return reduction, out
 
 
+def _size(path):
+    """The bytes of the image file `path`, or of an image held in memory (a ``BytesIO``: a record of
+    a pack, :mod:`.packed`, whose ``str()`` names it)."""
+    return path.getbuffer().nbytes if hasattr(path, "getbuffer") else os.path.getsize(path)
+
+
 def _plan(im, path, min_side):
     """:func:`decode_plan` for the open image `im`; a JPEG to be reduced is set to draft mode."""
-    reduction, out = decode_plan(im.size, im.format, im.mode, os.path.getsize(path), path, min_side)
+    reduction, out = decode_plan(im.size, im.format, im.mode, _size(path), path, min_side)
     if reduction > 1:
         im.draft(im.mode, out)
     return reduction

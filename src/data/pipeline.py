@@ -46,7 +46,7 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, imagefolder
+from . import cifar, imagefolder, packed
 from .catalog import data_format
 from .images import read_image
 from .mixing import BatchMixer
@@ -127,11 +127,28 @@ def load_split(cfg, split):
 
 def dataset_size(cfg, split):
     """Number of records of `split` in the whole dataset (all shards): from the file sizes (CIFAR),
-    or the checked images of the split (image trees)."""
+    the checked images of the split (image trees), or a pack's manifest."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return len(part)
     if data_format(cfg.dataset_choose) == "imagefolder":
         return len(image_split(cfg, split))
     folder = _prepare(cfg, split)
     return cifar.count_records(folder, cfg.dataset_choose, split, any_names=_any_names(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Packed data (src.data.packed): a NAME.mindrecord data path, read wherever a folder is
+# --------------------------------------------------------------------------------------------
+def _packed(cfg, split):
+    """The verified :class:`.packed.PackedSplit` of `split` when its data path names a pack, else
+    None; ``val_fraction`` on a pack is a ConfigError (a pack's splits are fixed when it is written)."""
+    path = cfg.train_data_path if split == "train" or cfg.val_fraction is not None else cfg.val_data_path
+    if not packed.is_packed(path):
+        return None
+    if cfg.val_fraction is not None:
+        packed.refuse_val_fraction(cfg)
+    return packed.open_pack(path, split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +189,11 @@ def _split_positions(cfg, tree):
 def image_split(cfg, split, logger=None):
     """The checked :class:`.imagefolder.ImageTree` of `split`: the tree of its folder, or with
     ``val_fraction`` its part of ``train_data_path`` (the run's split: :func:`prepare_split`, else the
-    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``)."""
+    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``); a pack's split
+    (:func:`_packed`) has the same ``classes``, ``labels`` and ``root``."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return part
     if cfg.val_fraction is None:
         return _tree(cfg, _folder(cfg, split), logger)
     tree = _tree(cfg, cfg.train_data_path, logger)
@@ -185,6 +206,8 @@ def prepare_split(cfg, logger, rank=0, fresh=True):
     resumed run reads the saved lists, so it trains and validates on the same images."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
+    if packed.is_packed(cfg.train_data_path):
+        packed.refuse_val_fraction(cfg)
     tree = _tree(cfg, cfg.train_data_path, logger)
     lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
     if not fresh and all(os.path.isfile(p) for p in lists.values()):
@@ -221,15 +244,20 @@ def resolve_classes(cfg, logger=None):
 
 def get_class_names(cfg):
     """Class names of the configured dataset: the CIFAR folder's meta file, else the official names;
-    an image tree's class folders."""
-    if data_format(cfg.dataset_choose) == "imagefolder":
+    an image tree's class folders; a pack's."""
+    if data_format(cfg.dataset_choose) == "imagefolder" or packed.is_packed(cfg.train_data_path):
         return list(image_split(cfg, "train").classes)
     return cifar.class_names(cfg.train_data_path, cfg.dataset_choose)
 
 
 def _data_class_names(cfg):
     """``(names, where from)`` of the configured data without reading images; (None, None) when an
-    image tree's folder is not there."""
+    image tree's folder or a pack is not there."""
+    if packed.is_packed(cfg.train_data_path):
+        try:
+            return packed.open_pack(cfg.train_data_path, "train").classes, f"the pack {cfg.train_data_path}"
+        except DataError:
+            return None, None
     if data_format(cfg.dataset_choose) == "imagefolder":
         root = cfg.train_data_path
         try:
@@ -357,7 +385,10 @@ class _Source:
 
 def _records(cfg, split):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
-    image files) and the folder they come from."""
+    image files) and the folder they come from; a pack's split is its own source (:func:`_packed`)."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return part, part.shape, part.root
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
         load = functools.partial(read_image, min_side=decode_min_side(cfg))
@@ -393,8 +424,11 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
 
     if split == "train":
         batch_size = cfg.batch_size
-        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
-                                   shard_id=shard_id, **reader)
+        if isinstance(source, packed.PackedSplit):
+            data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
+        else:
+            data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
+                                       shard_id=shard_id, **reader)
         n_local = math.ceil(len(source) / num_shards) if num_shards else len(source)
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
@@ -405,10 +439,13 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 
-    if num_shards:
-        source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
-                         source.tally)
-    data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
+    if isinstance(source, packed.PackedSplit):
+        data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
+    else:
+        if num_shards:
+            source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
+                             source.tally)
+        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)
