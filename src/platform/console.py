@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -32,7 +33,7 @@ def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     fmt = _Formatter("%(asctime)s %(message)s" if rank == 0 else
                      f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
-    h = logging.StreamHandler(sys.stdout)
+    h = _StreamHandler(sys.stdout)
     h.setFormatter(fmt)
     logger.addHandler(h)
     if log_file and rank == 0:
@@ -50,6 +51,27 @@ class _Formatter(logging.Formatter):
 
     def format(self, record):
         return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _StreamHandler(logging.StreamHandler):
+    """The log on the console. When it is a pipe whose reader has gone (``train.py | head``), the
+    ``BrokenPipeError`` ends the script as any other output to that pipe does (run_cli: quietly,
+    exit status 141) instead of logging's report of the error for every line; a log line of another
+    thread is then dropped, and so are the lines after it."""
+
+    broken = False
+
+    def emit(self, record):
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record):
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, BrokenPipeError):
+            return super().handleError(record)
+        self.broken = True
+        if threading.current_thread() is threading.main_thread():
+            raise exc
 
 
 class _FileHandler(logging.FileHandler):
