@@ -1,0 +1,182 @@
+"""ConvMLP as a backbone: ``create_model(..., features_only=True, out_indices=...)``,
+``feature_info`` and ``forward_intermediates``, tested as timm and mindcv test feature extraction.
+
+* Levels, channels and reductions of S, M and L are those of the official ``DetConvMLP``.
+* The maps equal a hand-written multi-output forward, and the official backbone's maps
+  (``tests/fixtures/features_tiny_*``, made by ``make_feature_fixtures.py`` with the official code)
+  for inputs of 64x64 and 72x88, in GRAPH and PYNATIVE mode.
+* ``out_indices`` selects and orders (negative from the end); a wrong one is a one-line error.
+* Gradients reach every backbone parameter; the features cell has no head parameters.
+"""
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import ops
+
+from helpers import FIXTURES
+from model import ConvMLP, FeatureListNet, create_model
+from src.convert.names import convert_state_dict
+from src.platform.errors import ConfigError
+
+TINY = dict(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=1)
+TOL = 1e-5
+
+OFFICIAL_LEVELS = {   # (channels, reduction) of the four maps of DetConvMLPSmall/Medium/Large
+    "convmlp_s": [(64, 4), (128, 8), (256, 16), (512, 32)],
+    "convmlp_m": [(64, 4), (128, 8), (256, 16), (512, 32)],
+    "convmlp_l": [(96, 4), (192, 8), (384, 16), (768, 32)],
+}
+
+
+@pytest.fixture(params=["PYNATIVE", "GRAPH"])
+def mode(request):
+    old = ms.get_context("mode")
+    ms.set_context(mode=getattr(ms, request.param + "_MODE"))
+    yield request.param
+    ms.set_context(mode=old)
+
+
+def images(*shape, seed=0):
+    return ms.Tensor(np.random.RandomState(seed).standard_normal(shape).astype(np.float32))
+
+
+def tiny_backbone(out_indices=(0, 1, 2, 3)):
+    return FeatureListNet(ConvMLP(classifier_head=False, **TINY), out_indices)
+
+
+def hand_written_maps(net, x):
+    """The official DetConvMLP forward, written out on the cells of a head-less ConvMLP."""
+    t = net.tokenizer(x)
+    c = net.conv_stages(t)
+    s = c.transpose(0, 2, 3, 1)
+    s0 = net.stages[0](s)
+    s2 = net.stages[2](net.stages[1](s0))
+    return [t, c, s0.transpose(0, 3, 1, 2), s2.transpose(0, 3, 1, 2)]
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL_LEVELS))
+def test_levels_channels_and_reductions_of_the_released_variants(variant):
+    net = create_model(variant, features_only=True)
+    expected = OFFICIAL_LEVELS[variant]
+    assert net.feature_info.channels() == [c for c, _ in expected]
+    assert net.feature_info.reduction() == [r for _, r in expected]
+    assert net.feature_info.module_name() == ["tokenizer", "conv_stages", "stages.0", "stages.2"]
+    for info in net.feature_info:   # mindcv's words for the same facts
+        assert (info["chs"], info["reduction"], info["name"]) == (info["num_chs"], info["reduction"], info["module"])
+    names = [p.name for p in net.get_parameters()]
+    assert not [n for n in names if n.startswith(("head.", "norm."))]
+    classifier = {p.name for p in create_model(variant).get_parameters()}
+    assert set(names) == {n for n in classifier if not n.startswith(("head.", "norm."))}
+
+
+def test_convmlp_s_maps_have_the_stated_shapes_for_an_input_not_a_multiple_of_32():
+    net = create_model("convmlp_s", features_only=True)
+    net.set_train(False)
+    maps = net(images(1, 3, 72, 88))
+    assert [tuple(m.shape) for m in maps] == [(1, 64, 18, 22), (1, 128, 9, 11), (1, 256, 5, 6), (1, 512, 3, 3)]
+    assert all(np.isfinite(m.asnumpy()).all() for m in maps)
+
+
+def test_maps_equal_a_hand_written_multi_output_forward(mode):
+    net = tiny_backbone()
+    net.set_train(False)
+    x = images(2, 3, 72, 88)
+    got = net(x)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    want = hand_written_maps(net.net, x)
+    assert len(got) == 4
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=0, atol=TOL)
+    # the deepest map is the classifier's forward_features, channels first
+    np.testing.assert_allclose(got[3].asnumpy(), net.net.forward_features(x).asnumpy().transpose(0, 3, 1, 2),
+                               rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("out_indices, levels", [((1, 3), [1, 3]), ((3, 0), [3, 0]), ((-1, -4), [3, 0]),
+                                                  ((2,), [2])])
+def test_out_indices_select_and_order_the_levels(out_indices, levels):
+    full, part = tiny_backbone(), tiny_backbone(out_indices)
+    ms.load_param_into_net(part, {p.name: p for p in full.get_parameters()}, strict_load=True)
+    full.set_train(False)
+    part.set_train(False)
+    x = images(1, 3, 64, 64)
+    every, got = full(x), part(x)
+    assert len(got) == len(levels)
+    assert part.feature_info.channels() == [full.feature_info.channels(i) for i in levels]
+    assert part.feature_info.reduction() == [full.feature_info.reduction(i) for i in levels]
+    for g, i in zip(got, levels):
+        np.testing.assert_array_equal(g.asnumpy(), every[i].asnumpy())
+
+
+@pytest.mark.parametrize("out_indices, fragment", [
+    ((0, 4), "level 4 does not exist; the backbone has 4 levels, 0 to 3"),
+    ((-5,), "level -5 does not exist"),
+    ((1, 1), "each level may be taken once"),
+    ((), "expected a non-empty list of integer level indices"),
+    (("a",), "expected a non-empty list of integer level indices"),
+])
+def test_invalid_out_indices_are_a_one_line_error(out_indices, fragment):
+    with pytest.raises(ConfigError) as err:
+        create_model("convmlp_s", features_only=True, out_indices=out_indices)
+    message = str(err.value)
+    assert "out_indices" in message and fragment in message and "\n" not in message
+
+
+def test_maps_equal_the_official_detection_backbone(mode, tiny_state):
+    """Official DetConvMLP (tiny configuration, weights of convmlp_tiny.pth) vs the converted
+    backbone, inputs 64x64 and 72x88: max abs diff <= 1e-5 of the map's scale (its largest
+    magnitude, at least 1; the conv stage's map reaches about 24, where float32 steps by 2e-6)."""
+    weights = {k: v for k, v in convert_state_dict(tiny_state).items() if not k.startswith(("head.", "norm."))}
+    net = tiny_backbone()
+    not_loaded, unused = ms.load_param_into_net(
+        net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()}, strict_load=True)
+    assert not_loaded == [] and unused == []
+    net.set_train(False)
+    for size in ("64x64", "72x88"):
+        x = np.load(os.path.join(FIXTURES, f"features_tiny_input_{size}.npy"))
+        got = net(ms.Tensor(x))
+        for level, g in enumerate(got):
+            want = np.load(os.path.join(FIXTURES, f"features_tiny_{size}_level{level}.npy"))
+            diff = float(np.abs(g.asnumpy() - want).max())
+            scale = max(1.0, float(np.abs(want).max()))
+            print(f"{mode} {size} level {level} {want.shape}: max abs diff {diff:.2e}, scale {scale:.1f}")
+            assert g.shape == want.shape and diff <= TOL * scale
+
+
+def test_gradients_reach_every_backbone_parameter(mode):
+    net = tiny_backbone()
+    net.set_train(True)
+    params = net.trainable_params()
+
+    def loss_fn(x):
+        return sum((m * m).mean() for m in net(x))
+
+    grads = ms.value_and_grad(loss_fn, None, params)(images(2, 3, 64, 64))[1]
+    without = [p.name for p, g in zip(params, grads) if not float(ops.abs(g).max()) > 0]
+    assert len(grads) == len(params) and without == []
+    assert not [p.name for p in params if p.name.startswith(("head.", "norm."))]
+
+
+def test_forward_intermediates_as_timm_defines_it():
+    net = ConvMLP(num_classes=10, **TINY)
+    net.set_train(False)
+    x = images(1, 3, 64, 64)
+    maps = hand_written_maps(net, x)
+    final, inter = net.forward_intermediates(x)
+    np.testing.assert_allclose(final.asnumpy(), net.forward_features(x).asnumpy(), rtol=0, atol=TOL)
+    assert len(inter) == 4
+    for g, w in zip(inter, maps):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=0, atol=TOL)
+    # an int takes the last n, sorted; NHWC on request; stop_early stops at the deepest asked for
+    only = net.forward_intermediates(x, indices=2, intermediates_only=True, output_fmt="NHWC")
+    assert [tuple(m.shape) for m in only] == [(1, 4, 4, 32), (1, 2, 2, 64)]
+    final, inter = net.forward_intermediates(x, indices=[1], stop_early=True)
+    np.testing.assert_allclose(final.asnumpy(), maps[1].asnumpy().transpose(0, 2, 3, 1), rtol=0, atol=TOL)
+    # norm: the head's LayerNorm on the last level
+    _, inter = net.forward_intermediates(x, indices=[-1], norm=True)
+    want = net.norm(maps[3].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(inter[0].asnumpy(), want.asnumpy(), rtol=0, atol=TOL)
+    with pytest.raises(ConfigError, match="output_fmt 'NCWH': expected NCHW or NHWC"):
+        net.forward_intermediates(x, output_fmt="NCWH")
