@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import ops
 
 from helpers import FIXTURES
-from model import ConvMLP, FeatureListNet, create_model
+from model import ConvMLP, FeatureListNet, create_model, load_pretrained
 from src.convert.names import convert_state_dict
 from src.platform.errors import ConfigError
 
@@ -180,3 +180,93 @@ def test_forward_intermediates_as_timm_defines_it():
     np.testing.assert_allclose(inter[0].asnumpy(), want.asnumpy(), rtol=0, atol=TOL)
     with pytest.raises(ConfigError, match="output_fmt 'NCWH': expected NCHW or NHWC"):
         net.forward_intermediates(x, output_fmt="NCWH")
+
+
+# ------------------------------------------------------------------------------------------------
+# The official detection/segmentation checkpoints (mmdet/mmseg layout) as backbones
+
+def dense_checkpoint(path, tiny_state, seg=True):
+    """An official-layout dense-task checkpoint: ``meta``, ``state_dict`` with the backbone's keys
+    (the tiny classifier's minus its ``norm``/``head``) under ``backbone.`` and a neck and heads
+    beside them, ``optimizer``."""
+    import torch
+    state = {"backbone." + k: v for k, v in tiny_state.items() if not k.startswith(("norm.", "head."))}
+    state.update({f"neck.lateral_convs.{i}.conv.weight": torch.ones(8, c, 1, 1) for i, c in enumerate((16, 16, 32, 64))})
+    state.update({"neck.fpn_convs.0.conv.weight": torch.ones(8, 8, 3, 3), "neck.fpn_convs.0.conv.bias": torch.zeros(8)})
+    if seg:
+        state.update({"decode_head.conv_seg.weight": torch.ones(4, 8, 1, 1), "decode_head.conv_seg.bias": torch.zeros(4),
+                      "auxiliary_head.conv_seg.weight": torch.ones(4, 8, 1, 1)})
+    else:
+        state.update({"rpn_head.rpn_conv.weight": torch.ones(8, 8, 3, 3), "roi_head.bbox_head.fc_cls.weight": torch.ones(5, 8)})
+    torch.save({"meta": {"mmseg_version": "0.11.0", "CLASSES": ("a", "b"), "iter": 40000},
+                "state_dict": state,
+                "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]}},
+               path)
+    return state
+
+
+def test_pth2ckpt_takes_the_backbone_of_an_official_dense_checkpoint(tmp_path, tiny, tiny_state, run_pth2ckpt):
+    """The backbone is written (the neck and heads left out, counted per part) and a features_only
+    model loading it gives the official DetConvMLP maps; a classifier starts from it with a new head."""
+    src, dst = tmp_path / "fpn_convmlp_tiny.pth", tmp_path / "backbone.ckpt"
+    dense_checkpoint(src, tiny_state)
+    proc = run_pth2ckpt("--src", src, "--dst", dst, *tiny["flags"])
+    assert proc.returncode == 0, proc.stderr
+    print("\n" + proc.stdout)
+    for line in ("dropped     : 6 keys (the neck of the dense-task model, not the backbone)",
+                 "dropped     : 2 keys (the decode_head of the dense-task model, not the backbone)",
+                 "dropped     : 1 keys (the auxiliary_head of the dense-task model, not the backbone)",
+                 "backbone (no head)", "mapped      : 96 keys", "dropped     : 6 keys (BatchNorm counter"):
+        assert line in proc.stdout
+    saved = {k for k in ms.load_checkpoint(str(dst))}
+    assert not [k for k in saved if k.startswith(("head.", "norm.", "backbone.", "neck."))]
+
+    net = create_model("convmlp_s", features_only=True, pretrained_ckpt=str(dst), **tiny["topology"])
+    net.set_train(False)
+    x = np.load(os.path.join(FIXTURES, "features_tiny_input_72x88.npy"))
+    for level, g in enumerate(net(ms.Tensor(x))):
+        want = np.load(os.path.join(FIXTURES, f"features_tiny_72x88_level{level}.npy"))
+        assert float(np.abs(g.asnumpy() - want).max()) <= TOL * max(1.0, float(np.abs(want).max()))
+
+    classifier = create_model("convmlp_s", num_classes=3, **tiny["topology"])
+    report = load_pretrained(classifier, str(dst))
+    assert report["head_reinitialised"] and len(report["loaded"]) == len(saved)
+    assert np.all(classifier.norm.gamma.asnumpy() == 1) and classifier.head.weight.shape == (3, 64)
+
+
+def test_pth2ckpt_detection_checkpoint_and_flags_that_do_not_apply(tmp_path, tiny, tiny_state, run_pth2ckpt):
+    src, dst = tmp_path / "retinanet_convmlp_tiny.pth", tmp_path / "backbone.ckpt"
+    dense_checkpoint(src, tiny_state, seg=False)
+    proc = run_pth2ckpt("--src", src, "--dst", dst, *tiny["flags"], "--verify")
+    assert proc.returncode == 2 and not dst.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --verify does not apply to")
+    proc = run_pth2ckpt("--src", src, "--dst", dst, *tiny["flags"])
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped     : 1 keys (the rpn_head of the dense-task model" in proc.stdout
+    assert "dropped     : 1 keys (the roi_head of the dense-task model" in proc.stdout
+
+
+def test_a_classifier_checkpoint_loads_as_a_backbone_with_one_warning(tmp_path, capsys):
+    from src.checkpoint.files import save_atomic
+    classifier = ConvMLP(num_classes=10, **TINY)
+    path = str(tmp_path / "classifier.ckpt")
+    save_atomic(classifier, path)
+    net = create_model("convmlp_s", features_only=True, pretrained_ckpt=path, **TINY)
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "left out" in line]
+    assert warnings == [f"warning: '{path}': the classifier head (4 parameters: norm.*, head.*) is not part of "
+                        "the backbone and is left out"]
+    mine = {p.name: p.asnumpy() for p in classifier.get_parameters()}
+    for p in net.get_parameters():
+        np.testing.assert_array_equal(p.asnumpy(), mine[p.name])
+
+
+def test_split_dense_checkpoint_strips_the_backbone_prefix_before_the_one_name_mapping():
+    from src.convert.names import map_name, split_dense_checkpoint
+    state = {"backbone.tokenizer.block.1.weight": 1, "backbone.stages.0.blocks.0.norm1.bias": 2,
+             "neck.fpn_convs.0.conv.weight": 3, "decode_head.conv_seg.bias": 4, "neck.lateral_convs.0.conv.bias": 5}
+    backbone, others = split_dense_checkpoint(state)
+    assert backbone == {"tokenizer.block.1.weight": 1, "stages.0.blocks.0.norm1.bias": 2}
+    assert others == {"neck": 2, "decode_head": 1}
+    assert [map_name(k) for k in backbone] == ["tokenizer.block.1.gamma", "stages.0.blocks.0.norm1.beta"]
+    assert split_dense_checkpoint({"tokenizer.block.1.weight": 1, "head.weight": 2}) is None
