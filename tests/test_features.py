@@ -15,7 +15,7 @@ import pytest
 import mindspore as ms
 from mindspore import ops
 
-from helpers import FIXTURES
+from helpers import FIXTURES, TINY_CKPT_FLAGS, ok, run_main
 from model import ConvMLP, FeatureListNet, create_model, load_pretrained
 from src.convert.names import convert_state_dict
 from src.platform.errors import ConfigError
@@ -270,3 +270,48 @@ def test_split_dense_checkpoint_strips_the_backbone_prefix_before_the_one_name_m
     assert others == {"neck": 2, "decode_head": 1}
     assert [map_name(k) for k in backbone] == ["tokenizer.block.1.gamma", "stages.0.blocks.0.norm1.beta"]
     assert split_dense_checkpoint({"tokenizer.block.1.weight": 1, "head.weight": 2}) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# export.py --features_only: MINDIR and ONNX files with the four maps
+
+def export_flags(image_size):
+    """The tiny checkpoint's topology flags (helpers.TINY_CKPT_FLAGS) with another image size."""
+    at = TINY_CKPT_FLAGS.index("--image_size")
+    return TINY_CKPT_FLAGS[:at] + ["--image_size", str(image_size)] + TINY_CKPT_FLAGS[at + 2:]
+
+
+def checkpoint_backbone(ckpt):
+    net = create_model("convmlp_s", features_only=True, pretrained_ckpt=str(ckpt), **TINY)
+    net.set_train(False)
+    return net
+
+
+def test_export_features_only_mindir_gives_the_four_maps(tmp_path, tiny_ckpt):
+    from mindspore import nn
+    path = tmp_path / "backbone.mindir"
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", path, "--features_only", "true",
+                       "--batch_size", "2", *export_flags(64), "--verify"))
+    assert ("output: the backbone's feature maps (2, 16, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4), (2, 64, 2, 2), "
+            "NCHW, strides [4, 8, 16, 32]") in proc.stdout
+    assert "gives the checkpoint model's feature maps" in proc.stdout
+    graph = nn.GraphCell(ms.load(str(path)))
+    x = images(2, 3, 64, 64, seed=3)
+    got, want = graph(x), checkpoint_backbone(tiny_ckpt)(x)
+    assert len(got) == 4
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=0, atol=1e-4)
+
+
+def test_export_features_only_onnx_gives_the_four_maps_at_any_batch(tmp_path, tiny_ckpt):
+    import onnxruntime as ort
+    path = tmp_path / "backbone.onnx"
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", path, "--features_only", "true",
+                       "--file_format", "ONNX", *export_flags(72), "--verify"))
+    assert "(N, 64, 3, 3), NCHW" in proc.stdout
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["features_0", "features_1", "features_2", "features_3"]
+    x = np.random.default_rng(4).standard_normal((3, 3, 72, 72)).astype(np.float32)
+    got, want = session.run(None, {"input": x}), checkpoint_backbone(tiny_ckpt)(ms.Tensor(x))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.asnumpy(), rtol=0, atol=1e-4)
