@@ -113,7 +113,8 @@ def main(argv=None):
     else:
         (path, diff), how = export_graph(net, shape, None, opts.file_format, opts.verify, sources, final), \
             "nn.GraphCell"
-    report(cfg, meta, logger, path, shape, diff if opts.verify else None, how, getattr(net, "feature_info", None))
+    report(cfg, meta, logger, path, shape, diff if opts.verify else None, how,
+           net.feature_info if opts.features_only else None)
     return 0
 
 
