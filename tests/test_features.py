@@ -315,3 +315,17 @@ def test_export_features_only_onnx_gives_the_four_maps_at_any_batch(tmp_path, ti
     got, want = session.run(None, {"input": x}), checkpoint_backbone(tiny_ckpt)(ms.Tensor(x))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.asnumpy(), rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# The dense-task example
+
+@pytest.mark.slow
+def test_segmentation_fpn_example_beats_chance_clearly():
+    """examples/segmentation_fpn.py as a user runs it (default settings): its held-out mIoU is well
+    above chance (the better of all-background and class-frequency guessing)."""
+    import re
+    proc = ok(run_main("examples.segmentation_fpn", timeout=1800))
+    print("\n" + proc.stdout)
+    miou, chance = map(float, re.search(r"mIoU (\S+) \(chance (\S+)\)", proc.stdout).groups())
+    assert miou >= chance + 0.2
