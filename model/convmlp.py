@@ -13,6 +13,9 @@ The network is, in order:
   ``x + MLP(LN(x))``, with a 3x3 stride-2 conv between stages,
 * a head: LayerNorm, mean over positions, Dense.
 
+As a backbone (the official detection and segmentation code): ``feature_info``, ``feature_maps``,
+``forward_intermediates`` and ``create_model(..., features_only=True)`` (:mod:`model.features`).
+
 Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.weight``,
 ``stages.1.blocks.0.channel_mlp1.fc1.weight`` ...), with MindSpore's names for norm parameters
 (``gamma``/``beta``/``moving_mean``/``moving_variance``) so that weight conversion is a rename
