@@ -18,7 +18,7 @@ import numpy as np
 
 from src.config import SEED_LIMIT, path_arg as _path
 from src.data import cifar, imagefolder
-from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format
+from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, SPLIT_NAMES, data_format
 from src.data.synthetic import write_image_tree, write_synthetic
 from src.platform.bounds import check_disk_space
 from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
@@ -31,8 +31,6 @@ MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
 IMAGE_FILE_BYTES = 20_000
 #: Where ``generate`` writes by default.
 GENERATE_OUT = {"cifar": "data/demo", "imagefolder": "data/demo/images"}
-#: Sub-folder names that make ``check --path`` check each split of a tree (Flowers-102: train, valid).
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _count(minimum, maximum):
@@ -96,6 +94,11 @@ def generate(args):
     generation that this one does not write are removed)."""
     out = args.out or GENERATE_OUT[args.format]
     if args.format == "imagefolder":
+        for split, n in (("train", args.train), ("val", args.val)):
+            if 0 < n < args.classes:   # a split without some classes: train.py would refuse the tree
+                raise DataError(f"--{split} {n} is fewer than --classes {args.classes}: every class folder of the "
+                                f"{split} split needs an image; give --{split} >= {args.classes}"
+                                + (" (or --val 0)" if split == "val" else "") + " (nothing was written)")
         check_disk_space(f"--train {args.train} --val {args.val}", (args.train + args.val) * IMAGE_FILE_BYTES, out,
                          "give smaller counts or another --out")
         paths = write_image_tree(out, args.classes, args.train, args.val, seed=args.seed, noise=args.noise)

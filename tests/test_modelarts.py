@@ -226,7 +226,7 @@ def modelarts_run(moxing_dir, tmp_path_factory):
     local_data, local_out = root / "cache" / "data", root / "output"
     log = str(root / "moxing_calls.jsonl")
     proc = run_script("train.py", *TINY_TOPOLOGY, *NO_AUG, "--image_size", "32", "--batch_size", "32",
-                      "--epoch_size", "2", "--warmup_epochs", "1", "--cooldown_epochs", "1",
+                      "--epoch_size", "2", "--warmup_epochs", "1", "--cooldown_epochs", "0",
                       "--device_target", "CPU", "--run_modelarts", "true", "--data_url", obs_data,
                       "--train_url", obs_out, "--modelarts_data_path", local_data,
                       "--save_checkpoint_path", local_out,

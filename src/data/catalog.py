@@ -3,7 +3,7 @@ defaults and the data code share), and the resize interpolations a config may na
 imported only when asked for an interpolation mode: the config schema reads this module."""
 
 __all__ = ["DATASETS", "CIFAR", "IMAGE_FOLDER_DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "SPLIT_FOLDERS",
-           "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
+           "SPLIT_NAMES", "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
            "data_format"]
 
 #: The CIFAR binary releases (src.data.cifar) and the class-per-folder image trees (src.data.imagefolder):
@@ -21,6 +21,9 @@ FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary", "f
 #: The split folders of an image tree under its dataset folder (the official recipes' ``train_split`` /
 #: ``val_split``: Flowers-102 ``train``/``valid``; ImageNet timm's defaults, ``train`` and ``val``).
 SPLIT_FOLDERS = {"flowers102": {"train": "train", "val": "valid"}, "imagenet": {"train": "train", "val": "val"}}
+#: Folder names that mark the splits of an image tree, not its classes (``dataset.py check`` checks each;
+#: train.py refuses a train_data_path whose only folders they are).
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 #: Per-channel statistics of the training images (RGB, 0..1), used to normalise the inputs. A user's
 #: own images are normalised as ImageNet's, which the pretrained weights were trained with.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
