@@ -68,14 +68,14 @@ def check_resumed_config(cfg, path, logger):
                        + ", ".join(f"{k} {_text(new)} (was {_text(old)})" for k, old, new in warned))
 
 
-def check_saved_split(cfg, path, lists_folder):
+def check_saved_split(cfg, path, lists_folder, seed_given=True):
     """evl.py with ``val_fraction``: the images evaluated are the validation list the run saved in
-    `lists_folder`; ConfigError when ``val_fraction`` or ``seed`` differ from the run's config at
-    `path` (that list is not the split they ask for)."""
+    `lists_folder`; ConfigError when ``val_fraction`` (or, when given, ``seed``) differs from the run's
+    config at `path` (that list is not the split they ask for)."""
     saved = read_run_config(path)
     if saved is None:
         return
-    changed = _changed(cfg, saved, ("val_fraction", "seed"))
+    changed = _changed(cfg, saved, ("val_fraction", "seed") if seed_given else ("val_fraction",))
     if changed:
         given = " ".join(f"--{k} {_text(new)}" for k, _, new in changed)
         runs = " ".join(f"--{k} {_text(old)}" for k, old, _ in changed)
