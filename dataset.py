@@ -122,8 +122,13 @@ def generate(args):
 def download(args):
     """The official archive, md5-checked and safely extracted, unless the folder is there."""
     folder = os.path.join(args.root, FOLDERS[args.dataset])
-    if os.path.exists(folder):
-        print(f"{folder} already exists; nothing to do")
+    if os.path.exists(folder):   # said only of a folder that holds the dataset (DataError otherwise)
+        if data_format(args.dataset) != "cifar":
+            print(f"{folder} already exists; nothing to do (check it with: python dataset.py check --path {folder})")
+            return
+        n = {split: cifar.count_records(folder, args.dataset, split) for split in ("train", "val")}
+        print(f"{folder} already holds {n['train']} train + {n['val']} val {PRETTY_NAMES[args.dataset]} records; "
+              "nothing to do")
     else:
         cifar.ensure_dataset(folder, args.dataset, download=True)
         print(f"{PRETTY_NAMES[args.dataset]} is in {folder}")

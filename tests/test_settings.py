@@ -364,3 +364,15 @@ def test_evl_refuses_a_split_other_than_the_one_the_run_saved(flags, given, runs
                     out / "last.ckpt", *flags)
     expect_clean_failure(proc, before, f"{given} asks for another split than the run's", runs,
                          str(out / "config.yaml"), f"validation list in {out}")
+
+
+def test_download_says_what_an_existing_folder_holds_or_what_is_wrong_with_it(tiny_cifar10, tmp_path):
+    """Not "already exists; nothing to do" for any folder of that name: the records it holds, or an
+    error naming what is missing."""
+    proc = ok(run_main("dataset.py", "download", "--dataset", "cifar10", "--root", os.path.dirname(tiny_cifar10)))
+    assert f"{tiny_cifar10} already holds 203 train + 61 val CIFAR-10 records; nothing to do" in proc.stdout
+    empty = tmp_path / "cifar-10-batches-bin"
+    empty.mkdir()
+    before = Snapshot(tmp_path)
+    expect_clean_failure(run_main("dataset.py", "download", "--dataset", "cifar10", "--root", tmp_path), before,
+                         str(empty))
