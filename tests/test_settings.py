@@ -155,6 +155,32 @@ def test_a_schedule_that_fits_or_is_the_recipes_is_accepted():
         load_config(flags, script="train.py")
 
 
+@pytest.mark.parametrize("flags, key, why", [
+    (["--loss_scale", "512"], "loss_scale", "loss_scale_type is none"),
+    (["--model_ema_decay", "0.9", "--model_ema", "false"], "model_ema_decay", "model_ema is off"),
+    (["--warmup_lr", "1e-5", "--warmup_epochs", "0"], "warmup_lr", "warmup_epochs is 0"),
+    (["--mixup_prob", "0.5", "--mixup", "0", "--cutmix", "0"], "mixup_prob", "mixup and cutmix are 0"),
+    (["--mixup_switch_prob", "0.3", "--cutmix", "0"], "mixup_switch_prob", "one of them is 0"),
+    (["--crop_ratio", "0.5,2", "--crop_scale", "1,1"], "crop_ratio", "turns the random crop off"),
+    (["--train_url", "obs://b/out"], "train_url", "run_modelarts is false"),
+])
+def test_a_key_given_that_another_setting_turns_off_is_named_in_one_warning(flags, key, why, tmp_path):
+    """Given on the command line (the config file holds every key: no warning for its values)."""
+    from src.config import load_config
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        load_config(flags, script="train.py")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: --{key} has no effect: ") and why in lines[0], lines
+    with contextlib.redirect_stderr(io.StringIO()) as quiet:     # the same value from the config file: no warning
+        config = tmp_path / "c.yaml"
+        config.write_text("".join(f"{a[2:]}: {b}\n" for a, b in zip(flags[::2], flags[1::2])))
+        load_config(["--config", str(config)], script="train.py")
+    assert quiet.getvalue() == ""
+
+
 # ------------------------------------------------------------------------------------------------
 # Splits of an image tree
 

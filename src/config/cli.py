@@ -187,6 +187,7 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
     _check_cross(cfg)
     if script in (None, "train.py") and apply_defaults:
         _check_training(cfg, given)
+        _warn_inert(cfg, set(cli))
     cap_workers(cfg)
     return CommandLine(cfg, Config(opts), paths)
 
@@ -252,6 +253,27 @@ def _check_training(cfg, given):
         return
     if given & {"warmup_epochs", "cooldown_epochs"}:
         raise ConfigError(f"{text}: {effect}; {fix}")
+
+
+#: Training keys that another key's value turns off: ``(key, is off, why)``.
+_INERT = [
+    ("loss_scale", lambda c: c.loss_scale_type == "none", "loss_scale_type is none"),
+    ("model_ema_decay", lambda c: not c.model_ema, "model_ema is off"),
+    ("warmup_lr", lambda c: c.warmup_epochs == 0, "warmup_epochs is 0"),
+    ("mixup_prob", lambda c: c.mixup == 0 and c.cutmix == 0, "mixup and cutmix are 0"),
+    ("mixup_switch_prob", lambda c: c.mixup == 0 or c.cutmix == 0, "it switches between mixup and cutmix, and one of them is 0"),
+    ("crop_ratio", lambda c: list(c.crop_scale or []) == [1.0, 1.0], "crop_scale 1,1 turns the random crop off"),
+    ("data_url", lambda c: not c.run_modelarts, "run_modelarts is false"),
+    ("train_url", lambda c: not c.run_modelarts, "run_modelarts is false"),
+    ("modelarts_data_path", lambda c: not c.run_modelarts, "run_modelarts is false"),
+]
+
+
+def _warn_inert(cfg, given):
+    """One warning line for each key given on the command line that another setting turns off."""
+    for key, off, why in _INERT:
+        if key in given and off(cfg):
+            print(f"warning: --{key} has no effect: {why}", file=sys.stderr, flush=True)
 
 
 def cap_workers(cfg, cores=None):
