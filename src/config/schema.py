@@ -310,8 +310,10 @@ EVAL_ONLY = ("use_ema", "checkpoint_path")
 #: ``train.py --resume``: a key whose new value would change what the saved state means (the model, the
 #: classes, the split, the step positions, what best.ckpt ranks) is refused; a key that only changes
 #: how training goes on is named in one warning; the rest (where and how it runs) may change freely.
-RESUME_REFUSED = ("arch", "blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks", "num_classes",
-                  "dataset_choose", "val_fraction", "batch_size", "max_steps_per_epoch", "model_ema")
+RESUME_REFUSED = ("num_classes", "dataset_choose", "val_fraction", "batch_size", "max_steps_per_epoch", "model_ema")
+#: The model's keys are checked against the checkpoint's weights themselves (src.checkpoint.load.check_arch,
+#: model.check_fit), which name the mismatching tensors.
+RESUME_BY_CHECKPOINT = ("arch", "blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
 RESUME_FREE = ("resume", "save_checkpoint_path", "keep_checkpoint_max", "log_interval", "device_target", "device_id",
                "mode", "cpu_kernels", "graph_cache", "is_distributed", "run_modelarts", "data_url", "train_url",
                "modelarts_data_path", "download", "demo", "checkpoint_path", "use_ema", "eval_batch_size",
@@ -320,7 +322,7 @@ RESUME_FREE = ("resume", "save_checkpoint_path", "keep_checkpoint_max", "log_int
 
 def _placed(key):
     scripts = ("train.py",) if key.name in TRAIN_ONLY else EVAL_SCRIPTS if key.name in EVAL_ONLY else SCRIPTS
-    on_resume = None if key.name in RESUME_FREE or key.name in EVAL_ONLY else \
+    on_resume = None if key.name in RESUME_FREE + RESUME_BY_CHECKPOINT + EVAL_ONLY else \
         "refuse" if key.name in RESUME_REFUSED else "warn"
     return dataclasses.replace(key, scripts=scripts, on_resume=on_resume)
 
