@@ -61,6 +61,9 @@ def test_every_training_key_is_foreign_to_the_evaluating_scripts_and_back():
     for key in ("lr", "epoch_size", "model_ema", "model_ema_decay", "mixup", "resume", "pretrained_ckpt", "aa"):
         assert {("evl.py", key), ("infer.py", key), ("export.py", key)} <= pairs
     assert {("train.py", "use_ema"), ("train.py", "checkpoint_path")} <= pairs
+    for key in ("val_data_path", "val_fraction", "skip_bad_images", "save_checkpoint_path", "graph_cache"):
+        assert {("infer.py", key), ("export.py", key)} <= pairs and ("evl.py", key) not in pairs
+    assert ("export.py", "eval_batch_size") in pairs and ("infer.py", "eval_batch_size") not in pairs
     assert not [p for p in pairs if p[1] in ("image_size", "arch", "num_classes", "crop_pct", "mean")]
 
 

@@ -1,6 +1,6 @@
 """The configuration schema: every key of ``config.yaml`` and the command line with its default,
-type, help text and bounds, and the bounds that more than one module relies on (seeds, image
-size, topology)."""
+type, help text, bounds, the scripts that read it and what ``--resume`` does with a new value, and
+the bounds that more than one module relies on (seeds, topology; sizes: src/platform/bounds.py)."""
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -43,7 +43,7 @@ class Key:
     length: Optional[int] = None   # list length ("floats"/"ints"); None = any length >= 1
     check: Optional[Callable[[Any], Optional[str]]] = None   # returns an explanation when invalid
     option: bool = False           # an option of one script (not a config key): named "--name" in messages
-    scripts: tuple = ()            # the entry scripts that read the key (set from SCRIPT_KEYS below)
+    scripts: tuple = ()            # the entry scripts that read the key (set by _placed below)
     on_resume: Optional[str] = None   # train.py --resume with another value: "refuse" | "warn" | None (free)
 
     @property
@@ -136,8 +136,6 @@ SEED_LIMIT = 2 ** 32
 #: The data pipeline of epoch E (0-based) is seeded with ``seed + EPOCH_SEED_STRIDE * E``
 #: (:func:`epoch_seed`), so the shuffle and augmentation of an epoch do not depend on a resume.
 EPOCH_SEED_STRIDE = 1000
-
-
 
 
 #: Upper bounds of the custom topology (the largest official variant, L: blocks 4-8-3, dims up to
@@ -299,13 +297,21 @@ SCRIPTS = ("train.py", "evl.py", "infer.py", "export.py")
 EVAL_SCRIPTS = SCRIPTS[1:]
 
 #: The keys only training reads (augmentation, optimisation, EMA, checkpoints written, ModelArts)
-#: and those only the evaluating scripts read; every other key is read by all four.
+#: and those only the evaluating scripts read; every other key is read by all four, but for the two
+#: tables after these.
 TRAIN_ONLY = ("pretrained_ckpt", "drop_path_rate", "crop_scale", "crop_ratio", "hflip", "aa", "reprob", "smoothing",
               "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "epoch_size", "cooldown_epochs", "lr", "min_lr",
               "warmup_lr", "warmup_epochs", "weight_decay", "model_ema", "model_ema_decay", "max_steps_per_epoch",
               "loss_scale_type", "loss_scale", "resume", "keep_checkpoint_max", "eval_interval", "run_modelarts",
               "data_url", "train_url", "modelarts_data_path")
 EVAL_ONLY = ("use_ema", "checkpoint_path")
+#: The keys of reading a dataset split (its folders, its bad files, the run folder's split lists, the
+#: progress log and the graph cache of the evaluation loop), which infer.py and export.py do not read;
+#: and the keys export.py alone leaves out (it batches by its own --batch_size and traces MindSpore's
+#: own kernels).
+DATA_ONLY = ("val_data_path", "val_fraction", "skip_bad_images", "download", "save_checkpoint_path",
+             "num_parallel_workers", "log_interval", "graph_cache")
+NOT_EXPORT = ("eval_batch_size", "cpu_kernels")
 
 #: ``train.py --resume``: a key whose new value would change what the saved state means (the model, the
 #: classes, the split, the step positions, what best.ckpt ranks) is refused; a key that only changes
@@ -321,7 +327,8 @@ RESUME_FREE = ("resume", "save_checkpoint_path", "keep_checkpoint_max", "log_int
 
 
 def _placed(key):
-    scripts = ("train.py",) if key.name in TRAIN_ONLY else EVAL_SCRIPTS if key.name in EVAL_ONLY else SCRIPTS
+    scripts = ("train.py",) if key.name in TRAIN_ONLY else EVAL_SCRIPTS if key.name in EVAL_ONLY else \
+        ("train.py", "evl.py") if key.name in DATA_ONLY else SCRIPTS[:3] if key.name in NOT_EXPORT else SCRIPTS
     on_resume = None if key.name in RESUME_FREE + RESUME_BY_CHECKPOINT + EVAL_ONLY else \
         "refuse" if key.name in RESUME_REFUSED else "warn"
     return dataclasses.replace(key, scripts=scripts, on_resume=on_resume)
