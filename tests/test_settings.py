@@ -5,7 +5,7 @@ one ``error:`` line (or named in one ``warning:`` line) before anything is writt
   ``Key.scripts``, for every key and script);
 - values each within bounds whose combination is impossible: the evaluation resize
   ``image_size / crop_pct``, a warm-up and cool-down that do not fit in ``epoch_size``, an EMA decay
-  that freezes or copies the weights;
+  that freezes or copies the weights; a key given that another setting turns off (one warning);
 - splits that leave classes or the validation set empty, or too few images for one batch;
 - a ``train_data_path`` that holds the split folders ``train/`` and ``val/`` instead of classes;
 - ``--resume`` with settings that change what the saved state means (refused) or how training goes
