@@ -184,6 +184,15 @@ def test_a_key_given_that_another_setting_turns_off_is_named_in_one_warning(flag
     assert quiet.getvalue() == ""
 
 
+def test_an_eval_interval_longer_than_the_run_is_named_in_one_warning(capsys):
+    from src.config import load_config
+    load_config(["--epoch_size", "20", "--eval_interval", "25"], script="train.py")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: eval_interval 25 is more than epoch_size 20: the run is validated only after its last epoch"]
+    load_config(["--epoch_size", "20", "--eval_interval", "20"], script="train.py")
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------------------------
 # Splits of an image tree
 

@@ -231,7 +231,8 @@ def _check_cross(cfg):
 
 
 def _check_training(cfg, given):
-    """The training schedule's keys together (:func:`src.train.optim.cosine_schedule`): a cool-down
+    """The training schedule's keys together (:func:`src.train.optim.cosine_schedule`; an
+    eval_interval longer than the run is named in one warning): a cool-down
     that leaves the cosine decay no epoch after the warm-up is dropped there, and a warm-up longer
     than the run is compressed into it. Refused when the user gave warmup_epochs or cooldown_epochs;
     when both are the recipe's, :func:`src.train.optim.log_schedule` names the change in one warning.
@@ -239,6 +240,9 @@ def _check_training(cfg, given):
     warm, cool, epochs = cfg.warmup_epochs, cfg.cooldown_epochs, cfg.epoch_size
     if None in (warm, cool, epochs):
         return
+    if cfg.eval_interval > epochs:
+        print(f"warning: eval_interval {cfg.eval_interval} is more than epoch_size {epochs}: the run is validated "
+              "only after its last epoch", file=sys.stderr, flush=True)
     if cool > 0 and warm + cool >= epochs:
         text = (f"warmup_epochs {warm} + cooldown_epochs {cool} leave no epoch of epoch_size {epochs} for the "
                 "cosine decay")

@@ -266,7 +266,7 @@ SCHEMA = [
         check=check_path),
     Key("keep_checkpoint_max", 5, "int", "Number of most recent checkpoints to keep.", min=1, max=10000),
     Key("checkpoint_path", None, "str", "Checkpoint evaluated by evl.py.", nullable=True, check=check_path),
-    Key("eval_interval", 1, "int", "Evaluate every N epochs during training.", min=1, max=100000),
+    Key("eval_interval", 1, "int", "Evaluate every N epochs during training, and after the last epoch.", min=1, max=100000),
     Key("log_interval", 20, "int", "Log every N steps.", min=1, max=10 ** 9),
     # runtime
     Key("device_target", "auto", "str", "Device; auto = Ascend, then GPU, then CPU.",
