@@ -146,8 +146,7 @@ def check_resumed_settings(run: Run):
     warning (src/config/runs.py)."""
     resume_file = resume_path(run.cfg.resume, run.cfg.save_checkpoint_path)
     if resume_file:
-        check_resumed_config(run.cfg, os.path.join(os.path.dirname(os.path.abspath(resume_file)), CONFIG_FILE),
-                             run.logger)
+        check_resumed_config(run.cfg, os.path.join(os.path.dirname(os.path.abspath(resume_file)), CONFIG_FILE))
 
 
 def build_data(run: Run):

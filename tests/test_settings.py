@@ -103,8 +103,8 @@ def test_an_ema_decay_that_freezes_or_copies_the_weights_is_refused(decay, tmp_p
 def test_an_ema_decay_inside_the_open_interval_is_kept():
     from src.config import load_config
     for decay in (1e-6, 0.5, 0.9998, 0.99996, 1 - 1e-9):
-        assert load_config(["--model_ema", "true", "--model_ema_decay", str(decay)], script="train.py").model_ema_decay \
-            == decay
+        cfg = load_config(["--model_ema", "true", "--model_ema_decay", str(decay)], script="train.py")
+        assert cfg.model_ema_decay == decay
 
 
 @pytest.mark.parametrize("image_size, crop_pct, side", [(1024, 0.05, 20480), (512, 0.1, 5120), (224, 0.05, 4480),
@@ -340,8 +340,8 @@ def test_a_resume_with_other_training_settings_names_them_in_one_warning(run_cop
     proc = ok(run_main("train.py", *override([*COMMON, *data_flags(tiny_cifar10), "--epoch_size", TRAIN_EPOCHS,
                                               "--resume", "auto", "--save_checkpoint_path", run_copy],
                                              "--lr", "1e-3", "--seed", "5", "--log_interval", "7")))
-    warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "resuming with settings" in ln]
-    assert len(warnings) == 1 and warnings[0].startswith("warning: "), proc.stdout + proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "resuming with settings" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), proc.stderr
     assert "lr 0.001 (was 0.002)" in warnings[0] and "seed 5 (was 0)" in warnings[0]
     assert "log_interval" not in warnings[0]                     # where and how it runs: free
     assert "nothing to do" in proc.stdout + proc.stderr
@@ -391,10 +391,11 @@ def test_class_folders_added_before_resume_are_named(added, fragments, tree_run,
     assert "num_classes" not in line
 
 
-@pytest.mark.parametrize("flags, given, runs", [(["--val_fraction", "0.5"], "--val_fraction 0.5", "--val_fraction 0.25"),
-                                                (["--val_fraction", "0.25", "--seed", "3"], "--seed 3", "--seed 0"),
-                                                (["--val_fraction", "0.1", "--seed", "1"],
-                                                 "--val_fraction 0.1 --seed 1", "--val_fraction 0.25 --seed 0")])
+@pytest.mark.parametrize("flags, given, runs", [
+    (["--val_fraction", "0.5"], "--val_fraction 0.5", "--val_fraction 0.25"),
+    (["--val_fraction", "0.25", "--seed", "3"], "--seed 3", "--seed 0"),
+    (["--val_fraction", "0.1", "--seed", "1"], "--val_fraction 0.1 --seed 1", "--val_fraction 0.25 --seed 0"),
+])
 def test_evl_refuses_a_split_other_than_the_one_the_run_saved(flags, given, runs, tree_run, tmp_path):
     tree, out = _copy_tree_run(tree_run, tmp_path)
     before = Snapshot(tree, out)

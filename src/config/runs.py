@@ -3,6 +3,7 @@ refuses a change of a key that would change what the saved state means and names
 one warning (:attr:`.schema.Key.on_resume`); ``evl.py`` refuses a split other than the one the run
 saved."""
 import os
+import sys
 
 from ..platform.errors import ConfigError, UserError
 from .schema import SCHEMA, SCHEMA_BY_NAME
@@ -48,10 +49,11 @@ def _changed(cfg, saved, keys):
             and not (k == "num_classes" and getattr(cfg, k) is None)]
 
 
-def check_resumed_config(cfg, path, logger):
+def check_resumed_config(cfg, path):
     """``train.py --resume``: compare `cfg` with the run's saved config at `path`. A changed key whose
     ``on_resume`` is "refuse" is a ConfigError naming the key, the run's value and the new one; the
-    changed "warn" keys are named in one warning line. Nothing to compare without a saved config."""
+    changed "warn" keys are named in one ``warning:`` line on stderr (as the other warnings of the
+    settings). Nothing to compare without a saved config."""
     saved = read_run_config(path)
     if saved is None:
         return
@@ -64,8 +66,9 @@ def check_resumed_config(cfg, path, logger):
                           "save_checkpoint_path")
     warned = _changed(cfg, saved, [k.name for k in SCHEMA if k.on_resume == "warn"])
     if warned:
-        logger.warning("resuming with settings that differ from the run's (" + path + "): "
-                       + ", ".join(f"{k} {_text(new)} (was {_text(old)})" for k, old, new in warned))
+        changes = ", ".join(f"{k} {_text(new)} (was {_text(old)})" for k, old, new in warned)
+        print(f"warning: resuming with settings that differ from the run's ({path}): {changes}", file=sys.stderr,
+              flush=True)
 
 
 def check_saved_split(cfg, path, lists_folder, seed_given=True):

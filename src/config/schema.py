@@ -79,7 +79,8 @@ def _check_positive_list(v):
 
 
 def _check_open_unit(v):
-    return None if 0 < v < 1 else "a number in (0, 1) (exclusive: 1 keeps the EMA at its start, 0 makes it a copy of the weights)"
+    return None if 0 < v < 1 else ("a number in (0, 1) (exclusive: 1 keeps the EMA at its start, 0 makes it a copy "
+                                   "of the weights)")
 
 
 _check_open_unit.bounds = "in (0, 1)"
@@ -266,7 +267,8 @@ SCHEMA = [
         check=check_path),
     Key("keep_checkpoint_max", 5, "int", "Number of most recent checkpoints to keep.", min=1, max=10000),
     Key("checkpoint_path", None, "str", "Checkpoint evaluated by evl.py.", nullable=True, check=check_path),
-    Key("eval_interval", 1, "int", "Evaluate every N epochs during training, and after the last epoch.", min=1, max=100000),
+    Key("eval_interval", 1, "int", "Evaluate every N epochs during training, and after the last epoch.", min=1,
+        max=100000),
     Key("log_interval", 20, "int", "Log every N steps.", min=1, max=10 ** 9),
     # runtime
     Key("device_target", "auto", "str", "Device; auto = Ascend, then GPU, then CPU.",

@@ -3,8 +3,8 @@ defaults and the data code share), and the resize interpolations a config may na
 imported only when asked for an interpolation mode: the config schema reads this module."""
 
 __all__ = ["DATASETS", "CIFAR", "IMAGE_FOLDER_DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "SPLIT_FOLDERS",
-           "SPLIT_NAMES", "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
-           "data_format"]
+           "SPLIT_NAMES", "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode",
+           "resize_mode", "data_format"]
 
 #: The CIFAR binary releases (src.data.cifar) and the class-per-folder image trees (src.data.imagefolder):
 #: two named trees with their official recipe, and ``imagefolder``, any tree of a user's images.

@@ -206,7 +206,8 @@ def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
         if len(parts["train"]) < cfg.batch_size * world:
             raise ConfigError(f"val_fraction {cfg.val_fraction:g} leaves {len(parts['train'])} train images of "
                               f"{tree.root}, fewer than batch_size {cfg.batch_size} x {world} device(s); expected "
-                              f"batch_size <= {len(parts['train']) // world} (or more images, or a smaller val_fraction)")
+                              f"batch_size <= {len(parts['train']) // world} (or more images, or a smaller "
+                              "val_fraction)")
         if rank == 0:
             imagefolder.write_split_lists(cfg.save_checkpoint_path, tree, parts)
         how = f"val_fraction {cfg.val_fraction:g}, seed {cfg.seed}; lists in {cfg.save_checkpoint_path}"

@@ -1,6 +1,5 @@
-"""What every script tells a person while it works: log lines (``HH:MM:SS message``; a warning is
-one line ``warning: message``, as every other warning of the scripts) and the progress bar of a long
-loop. Only rank 0 of a data-parallel run prints its progress."""
+"""What every script tells a person while it works: log lines (``HH:MM:SS message``) and the
+progress bar of a long loop. Only rank 0 of a data-parallel run prints its progress."""
 import contextlib
 import logging
 import os
@@ -31,9 +30,8 @@ def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = _Formatter("%(asctime)s %(message)s" if rank == 0 else
-                     f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
-    fmt.rank = rank
+    fmt = logging.Formatter("%(asctime)s %(message)s" if rank == 0 else
+                            f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
     h = logging.StreamHandler(sys.stdout)
     h.setFormatter(fmt)
     logger.addHandler(h)
@@ -43,17 +41,6 @@ def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
-
-
-class _Formatter(logging.Formatter):
-    """``HH:MM:SS message``; a warning (or worse) as ``warning: message``."""
-    rank = 0
-
-    def format(self, record):
-        if record.levelno < logging.WARNING:
-            return super().format(record)
-        where = f"[rank {self.rank}] " if self.rank else ""
-        return f"warning: {where}{record.getMessage()}"
 
 
 class _FileHandler(logging.FileHandler):
