@@ -124,6 +124,28 @@ def run_script(script, *args, env=None, timeout=900, cwd=None, preexec_fn=None, 
                           preexec_fn=preexec_fn)
 
 
+def run_script_reader_leaves(script, *args, lines=1, stream="stdout", timeout=600):
+    """``python SCRIPT ARGS | head -LINES`` as a user runs it (no ``PYTHONUNBUFFERED``: a pipe is
+    block-buffered): the reader of `stream` (``"stdout"`` or ``"stderr"``) reads `lines` lines and
+    closes its end while the script goes on (``lines=0``: before it writes anything). Returns the
+    ``CompletedProcess``; that stream's text is the lines read, the other's everything written."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader, other = (proc.stdout, proc.stderr) if stream == "stdout" else (proc.stderr, proc.stdout)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        got = "".join(reader.readline() for _ in range(lines))
+        reader.close()
+        rest = other.read()
+        rc = proc.wait()
+    finally:
+        watchdog.cancel()
+    out, err = (got, rest) if stream == "stdout" else (rest, got)
+    return subprocess.CompletedProcess(proc.args, rc, out, err)
+
+
 class InProcessTimeout(BaseException):
     """An in-process run took longer than its timeout (a subprocess would have been killed)."""
 

@@ -159,14 +159,15 @@ def test_other_local_ranks_wait_for_local_rank_0_and_use_its_copy(sdk, tmp_path,
     copier = modelarts_cfg(obs, tmp_path / "out", local)          # a single process: local rank 0
 
     def copy_later():
-        time.sleep(0.5)
+        time.sleep(0.5)                     # the waiter is polling by then
         modelarts.prepare_data(copier, LOG, rank=0)
     thread = threading.Thread(target=copy_later)
-    t0 = time.time()
     thread.start()
     folder = modelarts.prepare_data(waiter, LOG, rank=1)
+    copies_when_it_returned = len(read_calls(sdk))
     thread.join()
-    assert time.time() - t0 >= 0.5 and folder == str(local / "cifar-10-batches-bin") == waiter.val_data_path
+    assert copies_when_it_returned == 1                             # it returned only after rank 0's copy
+    assert folder == str(local / "cifar-10-batches-bin") == waiter.val_data_path
     assert len(read_calls(sdk)) == 1                                 # only local rank 0 copied
 
     bad = tmp_path / "missing"
