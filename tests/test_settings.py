@@ -42,6 +42,8 @@ def _scripts_and_foreign_keys():
 
 def _flag_value(key):
     """A valid command-line value of `key` (its default; null for a nullable key without one)."""
+    if key.type == "bool":          # a word a boolean flag takes (infer.py reads "null" as an image path)
+        return "false" if key.default is False else "true"
     if key.default is None:
         return {"bool": "true", "str": "x", "int": "1", "float": "0.5"}[key.type] if not key.nullable else "null"
     if isinstance(key.default, bool):
@@ -68,13 +70,31 @@ def test_every_training_key_is_foreign_to_the_evaluating_scripts_and_back():
 
 
 @pytest.mark.parametrize("script, key", FOREIGN, ids=[f"{s}-{k.name}" for s, k in FOREIGN])
-def test_a_key_the_script_does_not_read_is_refused(script, key, tmp_path):
+def test_a_key_the_script_does_not_read_is_refused_by_train_py_and_named_by_the_others(script, key, tmp_path):
+    """train.py refuses an evaluation key (it asks for what training does not do); the evaluating
+    scripts name the training keys they leave unread (a training command line reused) in one warning."""
     before = Snapshot(tmp_path)
     positional = [tmp_path / "img.png"] if script == "infer.py" else []
     proc = run_main(script, f"--{key.name}", _flag_value(key), "--save_checkpoint_path" if script == "train.py"
-                    else "--checkpoint_path", tmp_path / "x", *positional)
-    line = expect_clean_failure(proc, before, f"--{key.name} is not read by {script}", "leave it out")
-    assert all(s in line for s in key.scripts)
+                    else "--checkpoint_path", tmp_path / "missing.ckpt", *positional)
+    if script == "train.py":
+        line = expect_clean_failure(proc, before, f"--{key.name} is not read by {script}", "leave it out")
+        assert all(s in line for s in key.scripts)
+        return
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: {script} does not read --{key.name} (keys of {', '.join(key.scripts)}); "
+                        "they have no effect here"], proc.stderr
+    line = expect_clean_failure(proc, before)     # the run went on to what it does read: the missing input
+    assert "missing.ckpt" in line or "img.png" in line
+
+
+def test_the_training_command_line_given_to_evl_py_is_named_in_one_warning(tmp_path):
+    proc = run_main("evl.py", *COMMON, *NO_AUG, "--checkpoint_path", tmp_path / "missing.ckpt")
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, proc.stderr
+    for flag in ("--warmup_epochs", "--cooldown_epochs", "--lr", "--drop_path_rate", "--aa", "--mixup"):
+        assert flag in warnings[0]
+    assert "--image_size" not in warnings[0] and "--batch_size" not in warnings[0]
 
 
 def test_a_config_file_may_hold_every_key(tmp_path):

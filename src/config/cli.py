@@ -141,8 +141,8 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
     that are not ``--key value`` pairs (e.g. image paths).
 
     `script` (``train.py``, ``evl.py``, ...): a config key given on the command line that the script
-    does not read (:attr:`.schema.Key.scripts`) is refused; the config file may hold every key (one
-    file serves all the scripts). The checks of training's own keys run for train.py (and without
+    does not read is refused or named (:func:`_check_foreign_keys`); the config file may hold every key
+    (one file serves all the scripts). The checks of training's own keys run for train.py (and without
     `script`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # An option may take a config key's name (export.py's --batch_size): on that script's command
@@ -168,11 +168,7 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
                 opts[name] = convert_key(own[name], val, "command line")
             else:
                 values[name] = convert_key(SCHEMA_BY_NAME[name], val, "command line")
-    for name in cli:
-        key = SCHEMA_BY_NAME.get(name)
-        if script and name not in own and key is not None and script not in key.scripts:
-            raise ConfigError(f"command line: --{name} is not read by {script} (only by {', '.join(key.scripts)}); "
-                              "leave it out")
+    _check_foreign_keys(script, [n for n in cli if n not in own])
     for name, vals in cli.items():
         if len(vals) > 1:
             shown = " and ".join(repr(v) for v in vals)
@@ -190,6 +186,24 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
         _warn_inert(cfg, set(cli))
     cap_workers(cfg)
     return CommandLine(cfg, Config(opts), paths)
+
+
+def _check_foreign_keys(script, names):
+    """Config keys given on the command line of `script` that it does not read (:attr:`.schema.Key.scripts`):
+    train.py refuses an evaluation key (``--use_ema``, ``--checkpoint_path`` ask for what training does
+    not do); evl.py, infer.py and export.py name the training keys they leave unread in one warning
+    line (the training command line reused for an evaluation changes nothing of it)."""
+    foreign = [n for n in names if script and n in SCHEMA_BY_NAME and script not in SCHEMA_BY_NAME[n].scripts]
+    if not foreign:
+        return
+    if script == "train.py":
+        key = SCHEMA_BY_NAME[foreign[0]]
+        raise ConfigError(f"command line: --{key.name} is not read by train.py (only by {', '.join(key.scripts)}); "
+                          "leave it out")
+    print(f"warning: {script} does not read " + ", ".join(f"--{n}" for n in foreign)
+          + " (keys of " + ", ".join(s for s in SCRIPTS if any(s in SCHEMA_BY_NAME[n].scripts for n in foreign))
+          + "); "
+          "they have no effect here", file=sys.stderr, flush=True)
 
 
 def _check_data_keys(cfg):
