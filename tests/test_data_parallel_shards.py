@@ -50,12 +50,12 @@ def _record_images(cfg):
     return np.stack([np.asarray(transform(image), np.float32).ravel() for image in images])
 
 
-def _shards(cfg, epoch, world):
+def _shards(cfg, epoch, world, records):
     """``[rank 0's record indices, rank 1's, ...]`` in the order each rank's pipeline of `epoch`
-    (0-based) yields them: each yielded image named by the one record it equals."""
+    (0-based) yields them: each yielded image named by the one of `records` (:func:`_record_images`)
+    it equals."""
     from src.config import epoch_config
     from src.data.pipeline import create_dataset
-    records = _record_images(cfg)
     shards = []
     for rank in range(world):
         pipeline = create_dataset(epoch_config(cfg, epoch), "train", num_shards=world, shard_id=rank)
@@ -93,9 +93,9 @@ def test_each_epoch_the_ranks_read_disjoint_shards_covering_the_cifar_records(tm
     n, world, batch, epochs = CASES[case]
     data = generated(tmp_path, "cifar10", n, 20, seed=5)
     cfg = _config(data, data, "--batch_size", str(batch))
-    orders = []
+    records, orders = _record_images(cfg), []
     for epoch in range(epochs):
-        shards = _shards(cfg, epoch, world)
+        shards = _shards(cfg, epoch, world, records)
         _assert_disjoint_cover(shards, n)
         orders.append(shards)
     assert all(orders[e][0] != orders[e + 1][0] for e in range(epochs - 1)), "the same shard in two epochs"
@@ -107,9 +107,9 @@ def test_each_epoch_the_ranks_read_disjoint_shards_covering_the_image_tree(tmp_p
     world, epochs = 2, 2
     tree = write_image_tree(str(tmp_path / "tree"), 5, n_train, 10, seed=6)
     cfg = _config(tree["train"], tree["val"], "--dataset_choose", "imagefolder", "--batch_size", str(batch))
-    orders = []
+    records, orders = _record_images(cfg), []
     for epoch in range(epochs):
-        shards = _shards(cfg, epoch, world)
+        shards = _shards(cfg, epoch, world, records)
         _assert_disjoint_cover(shards, n_train)
         orders.append(shards)
     assert orders[0][0] != orders[1][0], "the same shard in two epochs"

@@ -235,7 +235,9 @@ def test_two_workers_validation_is_the_whole_split_and_above_chance(dp_run):
     with open(dp_run["eval_json"]) as f:
         res = json.load(f)
     assert res["n"] == N_VAL
-    assert res["acc"] >= 0.2, res["acc"]   # chance 0.10 (10 classes; 200 images: sd 0.02); ~0.28 seen
+    # chance 0.10 (10 classes; 200 images: sd 0.021): 0.16 is 3 sd above it. With the recipe on
+    # (mixup/cutmix, RandAugment) 32 steps learn less than without: 0.195 measured (0.28 without).
+    assert res["acc"] >= 0.16, res["acc"]
     # the ranks' logged val top-1 (shard counts summed) is that of the whole split in one process
     last = [ln for ln in _info_lines(dp_run["log0"]) if ln.split(" ", 1)[1].startswith(f"epoch:{EPOCHS} ")]
     assert len(last) == 1 and f"val top-1 {res['acc']:.4f}" in last[0], (last, res["acc"])
