@@ -16,12 +16,13 @@ import sys
 
 import numpy as np
 
-from src.config import SEED_LIMIT, path_arg as _path
+from src.config import SEED_LIMIT, load_config, path_arg as _path
 from src.data import cifar, imagefolder
 from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format
 from src.data.synthetic import write_image_tree, write_synthetic
+from src.data.transforms import decode_min_side
 from src.platform.bounds import check_disk_space
-from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
+from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote, shown_name
 
 __all__ = ["main", "generate", "download", "check"]
 
@@ -144,19 +145,21 @@ def check(args):
 def _describe(tree, bad):
     counts = tree.counts()
     w, h = tree.sizes[:, 0], tree.sizes[:, 1]
-    print(f"{tree.root}: {len(tree.classes)} classes, {len(tree)} good images, {len(bad)} bad, "
+    print(f"{shown_name(tree.root, quoted=False)}: {len(tree.classes)} classes, {len(tree)} good images, "
+          f"{len(bad)} bad, "
           f"{len(tree.skipped)} other files skipped")
-    print(f"  images per class: min {counts.min()} ({tree.classes[counts.argmin()]}), max {counts.max()} "
-          f"({tree.classes[counts.argmax()]}), mean {counts.mean():.1f}")
+    names = [shown_name(c, quoted=False) for c in tree.classes]
+    print(f"  images per class: min {counts.min()} ({names[counts.argmin()]}), max {counts.max()} "
+          f"({names[counts.argmax()]}), mean {counts.mean():.1f}")
     if len(tree.classes) <= 30:
-        print("  " + ", ".join(f"{c} {n}" for c, n in zip(tree.classes, counts)))
+        print("  " + ", ".join(f"{c} {n}" for c, n in zip(names, counts)))
     if len(tree):
         print(f"  image sizes: width {w.min()}..{w.max()} (median {int(np.median(w))}), height {h.min()}..{h.max()} "
               f"(median {int(np.median(h))})")
     for path, why in bad[:20]:
         print(f"  bad: {why}")
     for path in tree.skipped[:5]:
-        print(f"  skipped (not an image extension): {path}")
+        print(f"  skipped (not an image extension): {shown_name(path)}")
 
 
 def check_tree(path, workers=2):
@@ -165,8 +168,9 @@ def check_tree(path, workers=2):
     subs = [n for n in os.listdir(path) if not n.startswith(".")] if os.path.isdir(path) else []
     splits = [n for n in SPLIT_NAMES if n in subs] if subs and set(subs) <= set(SPLIT_NAMES) else []
     trees, bad = [], []
+    min_side = decode_min_side(load_config(["--dataset_choose", "imagefolder"]))   # as train.py's defaults decode
     for root in [os.path.join(path, n) for n in splits] or [path]:
-        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True)
+        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True, min_side=min_side)
         _describe(tree, tree.bad)
         trees.append(tree)
         bad += tree.bad

@@ -2,7 +2,9 @@
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
 and the class names. Image files are decoded by :func:`.images.read_image` in
-``num_parallel_workers`` processes: the rule infer.py decodes with.
+``num_parallel_workers`` processes: the rule infer.py decodes with. With ``skip_bad_images`` a file
+that fails to decode there is replaced by the next good record of its split and counted
+(:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -29,10 +31,14 @@ then shard; when the record count is not divisible by ``num_shards`` a few recor
 that every shard has the same number of steps). Val is split exactly: shard ``k`` gets records
 ``k, k + num_shards, ...`` (no overlap, no padding, so metrics summed over shards are exact).
 """
+import atexit
+import functools
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -45,10 +51,11 @@ from .catalog import data_format
 from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
-from .transforms import eval_transforms, train_transforms
+from .transforms import decode_min_side, eval_transforms, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
-           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure"]
+           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure",
+           "decode_skips", "log_decode_skips"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -137,7 +144,7 @@ def _tree(cfg, root, logger=None):
     if root is None:
         raise ConfigError(f"dataset_choose {cfg.dataset_choose} needs train_data_path: the folder of class "
                           "folders, root/<class>/<image> (and val_data_path, or val_fraction)")
-    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger)
+    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger, decode_min_side(cfg))
 
 
 def _saved_lists(cfg):
@@ -265,16 +272,84 @@ def data_failure(exc):
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
+class _SkipTally:
+    """Where the pipeline's worker processes record the images that ``skip_bad_images`` replaced
+    while decoding (:meth:`_Source.__getitem__`): one line each, appended to a file in a folder this
+    process made (removed at its exit), so that the count reaches the log whichever process decoded."""
+
+    _path = None
+
+    @classmethod
+    def path(cls):
+        if cls._path is None:
+            folder = tempfile.mkdtemp(prefix="convmlp-skipped-")
+            atexit.register(shutil.rmtree, folder, True)
+            cls._path, cls._read = os.path.join(folder, "skipped.txt"), 0
+            open(cls._path, "w").close()
+        return cls._path
+
+    @classmethod
+    def take(cls):
+        """``(count, first reason)`` of the images recorded since the last call."""
+        if cls._path is None:
+            return 0, None
+        with open(cls._path, "rb") as f:
+            f.seek(cls._read)
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]       # a line still being written is read next time
+        cls._read += len(data)
+        lines = data.decode("utf-8", "replace").splitlines()
+        return len(lines), (lines[0] if lines else None)
+
+
+def _record_skip(tally, reason):
+    """Append one replaced image's reason (one line) to `tally` (:class:`_SkipTally`), in one write."""
+    line = (" ".join(str(reason).split()) + "\n").encode("utf-8", "backslashreplace")
+    fd = os.open(tally, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def decode_skips():
+    """``(count, e.g. reason)``: the images that could not be decoded and were replaced since the
+    last call (``skip_bad_images``)."""
+    return _SkipTally.take()
+
+
+def log_decode_skips(logger, when):
+    """One warning line with the images replaced since the last call (:func:`decode_skips`), if any."""
+    n, reason = decode_skips()
+    if n:
+        logger.warning(f"skip_bad_images: {n} image(s) could not be decoded {when} and were replaced by the next "
+                       f"good image of their split, e.g. {reason}")
+
+
 class _Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
-    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for."""
+    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for.
+    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there and replaced
+    by the next record of the split that decodes (the same one whichever worker asks, so batches keep
+    their size and a run its seed's result); without it the DataError stops the pipeline."""
 
-    def __init__(self, images, labels, load=None):
-        self.images, self.labels, self.load = images, labels, load
+    def __init__(self, images, labels, load=None, tally=None):
+        self.images, self.labels, self.load, self.tally = images, labels, load, tally
 
     def __getitem__(self, i):
-        image = self.images[i]
-        return (self.load(image) if self.load else image), self.labels[i]
+        if self.load is None:
+            return self.images[i], self.labels[i]
+        if self.tally is None:
+            return self.load(self.images[i]), self.labels[i]
+        first = None
+        for k in range(len(self.labels)):
+            j = (i + k) % len(self.labels)
+            try:
+                return self.load(self.images[j]), self.labels[j]
+            except DataError as exc:
+                _record_skip(self.tally, exc)
+                first = first or exc
+        raise DataError(f"no image of this split could be decoded, e.g. {first}")
 
     def __len__(self):
         return len(self.labels)
@@ -285,7 +360,9 @@ def _records(cfg, split):
     image files) and the folder they come from."""
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        return _Source(tree.files, tree.labels, read_image), None, tree.root
+        load = functools.partial(read_image, min_side=decode_min_side(cfg))
+        tally = _SkipTally.path() if cfg.skip_bad_images else None
+        return _Source(tree.files, tree.labels, load, tally), None, tree.root
     arrays = load_split(cfg, split)
     return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
@@ -329,7 +406,8 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 
     if num_shards:
-        source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load)
+        source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
+                         source.tally)
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
