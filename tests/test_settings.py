@@ -168,13 +168,15 @@ def test_a_schedule_that_cannot_do_what_was_asked_is_refused(flags, fragments, t
 
 
 def test_a_schedule_that_fits_or_is_the_recipes_is_accepted():
-    """What fits is kept; the recipe's warm-up and cool-down in a short run are the schedule's
+    """What fits is kept; the recipe's warm-up or cool-down that a short run changes is the schedule's
     warning to name (src.train.optim.describe_schedule), not an error of a value the user gave."""
     from src.config import load_config
     for flags in (["--epoch_size", "5", "--warmup_epochs", "1", "--cooldown_epochs", "3"],
                   ["--epoch_size", "3", "--warmup_epochs", "3", "--cooldown_epochs", "0"],
                   ["--epoch_size", "1", "--warmup_epochs", "0", "--cooldown_epochs", "0"],
-                  ["--epoch_size", "5"]):
+                  ["--epoch_size", "5"],
+                  ["--epoch_size", "3", "--warmup_epochs", "0"],       # the recipe's cool-down (10) is the one dropped
+                  ["--epoch_size", "3", "--cooldown_epochs", "0"]):    # the recipe's warm-up (10) is the one compressed
         load_config(flags, script="train.py")
 
 

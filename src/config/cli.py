@@ -246,31 +246,26 @@ def _check_cross(cfg):
 
 def _check_training(cfg, given):
     """The training schedule's keys together (:func:`src.train.optim.cosine_schedule`; an
-    eval_interval longer than the run is named in one warning): a cool-down
-    that leaves the cosine decay no epoch after the warm-up is dropped there, and a warm-up longer
-    than the run is compressed into it. Refused when the user gave warmup_epochs or cooldown_epochs;
-    when both are the recipe's, :func:`src.train.optim.log_schedule` names the change in one warning.
-    `given`: the recipe keys not left to the recipe."""
+    eval_interval longer than the run is named in one warning): a cool-down that leaves the cosine
+    decay no epoch after the warm-up is dropped there, and a warm-up longer than the run is compressed
+    into it. Refused when the key that would be dropped or compressed was given; when it is the
+    recipe's, :func:`src.train.optim.log_schedule` names the change in one warning. `given`: the recipe
+    keys not left to the recipe."""
     warm, cool, epochs = cfg.warmup_epochs, cfg.cooldown_epochs, cfg.epoch_size
     if None in (warm, cool, epochs):
         return
     if cfg.eval_interval > epochs:
         print(f"warning: eval_interval {cfg.eval_interval} is more than epoch_size {epochs}: the run is validated "
               "only after its last epoch", file=sys.stderr, flush=True)
-    if cool > 0 and warm + cool >= epochs:
-        text = (f"warmup_epochs {warm} + cooldown_epochs {cool} leave no epoch of epoch_size {epochs} for the "
-                "cosine decay")
+    if cool > 0 and warm + cool >= epochs and "cooldown_epochs" in given:
         example = f"--cooldown_epochs {epochs - warm - 1}" if warm < epochs else \
             f"--warmup_epochs {epochs - 1} --cooldown_epochs 0"
-        fix = f"expected warmup_epochs + cooldown_epochs < epoch_size (e.g. {example})"
-        effect = "the cool-down would be dropped"
-    elif warm > epochs:
-        text = f"warmup_epochs {warm} is longer than epoch_size {epochs}"
-        fix, effect = "expected warmup_epochs <= epoch_size", "the warm-up would be compressed into the run"
-    else:
-        return
-    if given & {"warmup_epochs", "cooldown_epochs"}:
-        raise ConfigError(f"{text}: {effect}; {fix}")
+        raise ConfigError(f"warmup_epochs {warm} + cooldown_epochs {cool} leave no epoch of epoch_size {epochs} for "
+                          f"the cosine decay: the cool-down would be dropped; expected warmup_epochs + cooldown_epochs "
+                          f"< epoch_size (e.g. {example})")
+    if warm > epochs and "warmup_epochs" in given:
+        raise ConfigError(f"warmup_epochs {warm} is longer than epoch_size {epochs}: the warm-up would be compressed "
+                          f"into the run; expected warmup_epochs <= epoch_size")
 
 
 #: Training keys that another key's value turns off: ``(key, is off, why)``.
