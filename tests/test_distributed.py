@@ -166,8 +166,9 @@ def dp_run_kernels_off(ctx):
 
 
 def _info_lines(log):
-    """train.py's own lines of a worker log (MindSpore's [INFO]/[WARNING] lines dropped)."""
-    return [ln for ln in log.splitlines() if ln[:2].isdigit() and ln[2:3] == ":"]
+    """train.py's own lines of a worker log, time-stamped or ``warning: ...`` (MindSpore's
+    [INFO]/[WARNING] lines dropped)."""
+    return [ln for ln in log.splitlines() if (ln[:2].isdigit() and ln[2:3] == ":") or ln.startswith("warning: ")]
 
 
 def test_two_workers_log_rank_world_size_and_global_batch(dp_run):
