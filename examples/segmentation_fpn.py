@@ -190,7 +190,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained_ckpt", help="backbone or classifier checkpoint for the backbone")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=4e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--train_images", type=int, default=256)
     p.add_argument("--val_images", type=int, default=64)

@@ -13,7 +13,7 @@ stride 16 after the first Conv-MLP stage and 32 after the last, NCHW, with ``cha
 ``feature_info`` speaks timm's words (``num_chs``, ``reduction``, ``module``) and mindcv's
 (``chs``, ``reduction``, ``name``).
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from mindspore import nn
 
