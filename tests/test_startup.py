@@ -264,3 +264,27 @@ def test_the_file_lists_hold_no_python_object_per_file(tmp_path, cache):
     assert len(pickle.dumps(_Source(listed.files, listed.labels))) / n < 60
     part = listed.subset(np.arange(1, n, 2))
     assert list(part.files) == list(listed.files)[1::2] and part.labels.tolist() == listed.labels[1::2].tolist()
+
+
+def test_a_process_that_holds_the_tree_too_long_is_waited_for_within_a_bound(tree, cache, inspected, monkeypatch,
+                                                                            caplog):
+    """Another process holds the tree's lock and never finishes: this one says that it waits, and after
+    WAIT_S checks on its own (with one warning) instead of waiting for ever."""
+    import fcntl
+    imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    lock = os.open(os.path.dirname(checked.cache_file(str(tree))) + ".lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)               # as the other process would hold it
+    monkeypatch.setattr(checked, "WAIT_S", 1.0)
+    caplog.set_level(logging.INFO)
+    inspected.clear()
+    try:
+        got = imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    finally:
+        os.close(lock)                             # as that process's end releases it
+    assert len(got) == 12 and len(inspected) == 12
+    said = [r for r in caplog.records if str(tree) in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO", "WARNING"] and "waiting for another process" in said[0].getMessage()
+    assert "checking them without the cache" in said[1].getMessage()
+    inspected.clear()
+    imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    assert inspected == []

@@ -38,7 +38,7 @@ from ..platform.fileio import atomic_output
 from . import images
 from .images import inspect_image
 
-__all__ = ["image_sizes", "default_root", "cache_file", "ENV_ROOT", "KEEP", "WAIT_S", "PROGRESS_FROM"]
+__all__ = ["image_sizes", "default_root", "cache_file", "ENV_ROOT", "KEEP", "WAIT_S", "SAY_EVERY_S", "PROGRESS_FROM"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ _LOG = logging.getLogger(__name__)
 ENV_ROOT = "CONVMLP_IMAGE_CACHE"
 #: Trees whose results are kept (the least recently checked beyond this are removed).
 KEEP = 64
-#: Seconds a process waits for another one checking the same tree before it checks on its own.
-WAIT_S = 900.0
+#: Seconds a process waits for another one checking the same tree before it checks on its own
+#: (a first check of ImageNet's 1.28 M files takes some minutes of 2 cores).
+WAIT_S = 3600.0
+#: While it waits, a process says so every this many seconds.
+SAY_EVERY_S = 300.0
 #: A check of this many files or more shows its progress.
 PROGRESS_FROM = 2000
 _FILE = "checked.npz"
@@ -87,10 +90,12 @@ def cache_file(tree_root, root=None):
 # One process per tree
 # --------------------------------------------------------------------------------------------
 def _lock(path, tree_root, logger):
-    """An exclusive lock on `path` (a descriptor to close), waiting for another process that holds
-    it for at most :data:`WAIT_S` seconds (None then)."""
+    """An exclusive lock on `path` (a descriptor to close). While another process holds it (it is
+    checking the tree) this one waits, saying so at once and every :data:`SAY_EVERY_S` seconds, for
+    at most :data:`WAIT_S` seconds (then None). A process that ends, however it ends, releases its
+    lock: a failed first process never leaves the others waiting."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    t0, said = time.time(), False
+    t0, said = time.time(), -SAY_EVERY_S
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,9 +110,10 @@ def _lock(path, tree_root, logger):
             logger.warning(f"another process has been checking the images of {tree_root} for {waited:.0f} s "
                            f"(lock {path}); checking them without the cache")
             return None
-        if not said and waited > 2:
-            logger.info(f"waiting for another process that is checking the images of {tree_root} (lock {path})")
-            said = True
+        if waited - said >= SAY_EVERY_S:
+            logger.info(f"waiting for another process that is checking the images of {tree_root} "
+                        f"({waited:.0f} s; lock {path})")
+            said = waited
         time.sleep(0.2)
 
 
