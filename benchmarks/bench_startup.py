@@ -7,7 +7,7 @@
 For each N it makes a tree of N small JPEG files in 10 class folders under a temporary folder (a
 few real JPEG files of 48 x 40 px, hard-linked under distinct names: what the listing, the check
 and the cache see is N files; the decoding of training reads the same few bytes), with a new empty
-image-check cache root, and runs each command twice, as a user starts it again:
+image-check cache root per command, and runs each command twice, as a user starts it again:
 
 * ``dataset.py check --path TREE``: to its end;
 * ``train.py`` on the tree (``--val_data_path`` a separate 200-image tree, ``--epoch_size 1
@@ -15,9 +15,11 @@ image-check cache root, and runs each command twice, as a user starts it again:
   (its first progress line); then it is stopped.
 
 Per run: seconds from the start of the process to the end of the command (check) or to the first
-step (train), and the peak resident memory of the process (``VmHWM``; train.py's main process, read
-when the first step is logged). The first start checks every image and compiles the graphs; the
-second finds the check kept (and the graphs cached). The trees are deleted at the end.
+step (train), the CPU seconds (user + system) of the process over the same span (less sensitive to
+other load on the machine than the wall time), and the peak resident memory of the process
+(``VmHWM``; train.py's main process, read when the first step is logged). The first start checks
+every image and compiles the graphs; the second finds the check kept (and the graphs cached). The
+trees are deleted at the end.
 """
 import argparse
 import io
@@ -65,27 +67,35 @@ def vm_hwm(pid):
     return float("nan")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far (its own, not its children's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(cmd, env, until=None):
-    """``(seconds, peak MiB)`` of `cmd`: to its end, or to the first line matching `until` (then it is
-    stopped)."""
+    """``(seconds, CPU seconds, peak MiB)`` of `cmd`: to its end, or to the first line matching `until`
+    (then it is stopped)."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, seconds, peak = [], None, None
+    lines, seconds, cpu, peak = [], None, None, None
     for line in proc.stdout:
         lines.append(line)
         if until is not None and until.search(line):
-            seconds, peak = time.time() - t0, vm_hwm(proc.pid)
+            seconds, cpu, peak = time.time() - t0, cpu_seconds(proc.pid), vm_hwm(proc.pid)
             proc.terminate()
             break
     if seconds is None:
         _, status, usage = os.wait4(proc.pid, 0)
         seconds, peak = time.time() - t0, usage.ru_maxrss / 1024
+        cpu = usage.ru_utime + usage.ru_stime
         if os.waitstatus_to_exitcode(status) != 0 or until is not None:
             raise SystemExit(f"{' '.join(cmd[1:3])} failed:\n{''.join(lines[-20:])}")
     else:
         proc.stdout.close()
         proc.wait()
-    return seconds, peak
+    return seconds, cpu, peak
 
 
 def main(argv=None):
@@ -103,20 +113,22 @@ def main(argv=None):
             t0 = time.time()
             make_tree(tree, n)
             print(f"N = {n}: tree made in {time.time() - t0:.1f} s", flush=True)
-            env = dict(os.environ, PYTHONUNBUFFERED="1", CONVMLP_IMAGE_CACHE=os.path.join(tmp, f"checks{n}"),
-                       CONVMLP_GRAPH_CACHE=os.path.join(tmp, f"graphs{n}"))
-            commands = [("dataset.py check", lambda start: [sys.executable, "dataset.py", "check", "--path", tree], None)]
+            commands = [("dataset.py check", lambda start: [sys.executable, "dataset.py", "check", "--path", tree],
+                         None)]
             if not args.no_train:
                 commands.append(("train.py to step 1", lambda start: [
                     sys.executable, "train.py", *TINY, "--dataset_choose", "imagefolder", "--train_data_path", tree,
                     "--val_data_path", val, "--image_size", "32", "--batch_size", "16", "--epoch_size", "1",
                     "--max_steps_per_epoch", "1", "--log_interval", "1", "--num_parallel_workers", "2",
-                    "--drop_path_rate", "0", "--save_checkpoint_path", os.path.join(tmp, f"run{n}-{start}")], FIRST_STEP))
-            for name, cmd, until in commands:
+                    "--drop_path_rate", "0", "--save_checkpoint_path", os.path.join(tmp, f"run{n}-{start}")],
+                    FIRST_STEP))
+            for k, (name, cmd, until) in enumerate(commands):     # each command's first start checks the tree
+                env = dict(os.environ, PYTHONUNBUFFERED="1", CONVMLP_IMAGE_CACHE=os.path.join(tmp, f"checks{n}-{k}"),
+                           CONVMLP_GRAPH_CACHE=os.path.join(tmp, f"graphs{n}"))
                 for start in ("first", "second"):
-                    seconds, peak = run(cmd(start), env, until)
-                    print(f"N = {n:>7}: {name:<18} {start:<6} start {seconds:6.1f} s, VmHWM {peak:5.0f} MiB",
-                          flush=True)
+                    seconds, cpu, peak = run(cmd(start), env, until)
+                    print(f"N = {n:>7}: {name:<18} {start:<6} start {seconds:6.1f} s (CPU {cpu:6.1f} s), "
+                          f"VmHWM {peak:5.0f} MiB", flush=True)
             shutil.rmtree(tree)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,12 @@ Rules (one ``error:`` line naming the folder or file, or a counted skip):
 * a missing or empty root, a root without class folders and a class folder without images are errors;
 * every image is checked (:func:`.images.inspect_image`: empty, unreadable, truncated, larger than
   :data:`.images.MAX_IMAGE_PIXELS`): the first bad file is an error, or with ``skip_bad_images``
-  all bad files are left out and counted.
+  all bad files are left out and counted. The check's results are kept per version of the tree
+  (:mod:`.checked`): a later start checks only new or changed files.
+
+Scale: the listing is one ``os.scandir`` per folder and one stat per image, sorted by a key of the
+same order as timm's that is cheaper to build; the paths are held as one buffer per tree
+(:class:`FileList`), not as a Python string per file.
 """
 import logging
 import os
@@ -29,8 +34,8 @@ from ..platform.fileio import atomic_output
 from . import checked
 from .images import IMAGE_EXTENSIONS, is_image_name
 
-__all__ = ["ImageTree", "FileList", "natural_key", "find_classes", "scan_tree", "check_images", "load_tree", "split_tree",
-           "check_same_classes", "split_list_paths", "write_split_lists", "read_split_list", "SPLIT_LISTS"]
+__all__ = ["ImageTree", "FileList", "natural_key", "find_classes", "scan_tree", "check_images", "load_tree",
+           "split_tree",           "check_same_classes", "split_list_paths", "write_split_lists", "read_split_list", "SPLIT_LISTS"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,10 +71,10 @@ class FileList:
         return os.fsdecode(self.buffer[self.starts[i]:self.ends[i]].tobytes())
 
     def __getitem__(self, i):
-        if isinstance(i, slice) or not np.isscalar(i):
+        if isinstance(i, slice) or np.ndim(i) > 0:
             index = np.arange(len(self))[i] if isinstance(i, slice) else np.asarray(i, np.int64)
             return FileList(self.prefix, self.buffer, self.starts[index], self.ends[index])
-        return self.prefix + self.relative(i)
+        return self.prefix + self.relative(int(i))
 
     def __iter__(self):
         for i in range(len(self)):
@@ -97,6 +102,10 @@ class ImageTree:
     bad: List[Tuple[str, str]] = field(default_factory=list)
     sizes: np.ndarray = None
     stamps: np.ndarray = None
+
+    def __post_init__(self):
+        if not isinstance(self.files, FileList):      # paths given one by one: held as they are
+            self.files = FileList.of("", list(self.files))
 
     def __len__(self):
         return len(self.files)
@@ -195,16 +204,20 @@ def _walk(path, relative, out):
             is_dir = e.is_dir()
         except OSError:
             is_dir = False
-        (dirs if is_dir else files).append(e.name)
-    by_name = {e.name: e for e in entries}
-    for name in sorted(files, key=_sort_key):
-        if is_image_name(name):
-            out.images.append(relative + name)
-            out.stamps.append(_stat(by_name[name]))
+        (dirs if is_dir else files).append(e)
+    files.sort(key=_entry_key)
+    for e in files:
+        if e.name.lower().endswith(IMAGE_EXTENSIONS):       # is_image_name: hidden ones are gone
+            out.images.append(relative + e.name)
+            out.stamps.append(_stat(e))
         else:
-            out.others.append(os.path.join(path, name))
-    for name in sorted(dirs, key=_sort_key):
-        _walk(os.path.join(path, name), relative + name + os.sep, out)
+            out.others.append(os.path.join(path, e.name))
+    for e in sorted(dirs, key=_entry_key):
+        _walk(os.path.join(path, e.name), relative + e.name + os.sep, out)
+
+
+def _entry_key(entry):
+    return _sort_key(entry.name)
 
 
 def scan_tree(root):
@@ -225,7 +238,8 @@ def scan_tree(root):
     lengths = [len(c.buffer) for c in chunks]
     shift = np.repeat(np.cumsum([0] + lengths[:-1]), counts)
     files = FileList(os.path.join(root, ""), np.concatenate([c.buffer for c in chunks]),
-                     np.concatenate([c.starts for c in chunks]) + shift, np.concatenate([c.ends for c in chunks]) + shift)
+                     np.concatenate([c.starts for c in chunks]) + shift,
+                     np.concatenate([c.ends for c in chunks]) + shift)
     labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
     return ImageTree(root, classes, files, labels, out.others, stamps=np.concatenate(stamps))
 
@@ -276,7 +290,7 @@ def _checked_tree(root, workers, skip_bad, logger):
     t0 = time.time()
     log = logger or _LOG
     tree = check_images(scan_tree(root), workers, skip_bad, log)
-    log.info(f"{root}: {len(tree)} images in {len(tree.classes)} classes, listed and checked in {time.time() - t0:.1f}s")
+    log.info(f"{root}: {len(tree)} images in {len(tree.classes)} classes, checked in {time.time() - t0:.1f}s")
     if tree.skipped:
         log.info(f"{root}: skipped {len(tree.skipped)} file(s) without an image extension, e.g. {tree.skipped[0]}")
     if tree.bad:
