@@ -74,11 +74,11 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(cmd, env, until=None):
+def run(cmd, env, until=None, repo=REPO):
     """``(seconds, CPU seconds, peak MiB)`` of `cmd`: to its end, or to the first line matching `until`
     (then it is stopped)."""
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, seconds, cpu, peak = [], None, None, None
     for line in proc.stdout:
         lines.append(line)
@@ -103,6 +103,8 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 200000])
     parser.add_argument("--no-train", action="store_true", help="measure dataset.py check only")
     parser.add_argument("--tmp", default=None, help="where to make the trees (default: the system's temp folder)")
+    parser.add_argument("--repo", default=REPO, help="the checkout whose dataset.py and train.py run (default: this "
+                        "one; another commit's checkout gives the figures before a change)")
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="bench-startup-", dir=args.tmp)
     try:
@@ -126,7 +128,7 @@ def main(argv=None):
                 env = dict(os.environ, PYTHONUNBUFFERED="1", CONVMLP_IMAGE_CACHE=os.path.join(tmp, f"checks{n}-{k}"),
                            CONVMLP_GRAPH_CACHE=os.path.join(tmp, f"graphs{n}"))
                 for start in ("first", "second"):
-                    seconds, cpu, peak = run(cmd(start), env, until)
+                    seconds, cpu, peak = run(cmd(start), env, until, args.repo)
                     print(f"N = {n:>7}: {name:<18} {start:<6} start {seconds:6.1f} s (CPU {cpu:6.1f} s), "
                           f"VmHWM {peak:5.0f} MiB", flush=True)
             shutil.rmtree(tree)
