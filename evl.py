@@ -21,11 +21,12 @@ import sys
 from src.checkpoint.files import meta_class_names
 from src.checkpoint.load import load_checkpoint_model
 from src.config import option, parse_command_line
-from src.data.pipeline import check_val_classes, create_dataset, data_failure, dataset_size, model_class_names
+from src.data.pipeline import (check_val_classes, create_dataset, data_failure, dataset_size, log_decode_skips,
+                               model_class_names)
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
-from src.platform.errors import run_cli
+from src.platform.errors import run_cli, shown_name
 from src.platform.fileio import STDOUT, check_output_path, write_json
 from src.platform.graph_cache import open_graph_cache
 from src.train.distributed import make_reduce_fn
@@ -81,6 +82,7 @@ def run_evaluation(cfg, net, meta, logger, device, rank, world):
     bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0, log_interval=cfg.log_interval)
     res = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
     bar.close()
+    log_decode_skips(logger, "during the evaluation")
     graph_cache.commit()
     require_finite_outputs(res["loss"], cfg.checkpoint_path, f"mean loss on {cfg.val_data_path}")
     return res
@@ -91,7 +93,7 @@ def print_results(res, names):
     print(f"top-5 accuracy: {res['top5']:.4f} | mean loss: {res['loss']:.4f} | images: {res['n']}")
     print("per-class accuracy:")
     for i, (acc, cnt) in enumerate(zip(res["per_class_acc"], res["per_class_count"])):
-        name = names[i] if i < len(names) else str(i)
+        name = shown_name(names[i], quoted=False) if i < len(names) else str(i)
         print(f"  {i:3d} {name:<20s} {acc:.4f} ({cnt} images)" if cnt else
               f"  {i:3d} {name:<20s}   n/a  (0 images)")
 

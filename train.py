@@ -29,8 +29,8 @@ import mindspore as ms
 from src.checkpoint.files import BEST, EMA_PREFIX, LAST, has_ema, read_meta, resume_path, save_training_state
 from src.checkpoint.load import build_model, check_arch, load_training_state
 from src.config import epoch_config, load_config
-from src.data.pipeline import (create_dataset, data_failure, dataset_size, prepare_demo, prepare_split,
-                               resolve_classes)
+from src.data.pipeline import (create_dataset, data_failure, dataset_size, log_decode_skips, prepare_demo,
+                               prepare_split, resolve_classes)
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory
@@ -288,6 +288,7 @@ def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
         if top1 > state.best_acc:
             state.best_acc, state.best_epoch, is_best = top1, epoch, True
     run.logger.info(line + f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s")
+    log_decode_skips(run.logger, f"in epoch {epoch}")
     if run.rank == 0:  # the row first: a kill before the checkpoint leaves a row that resume drops
         metrics.add(row)
         path = save_training_state(parts.step_cell, cfg.save_checkpoint_path,

@@ -3,6 +3,7 @@ file lists; src/data/checked.py: the image check kept per version of a tree): th
 is the order of a plain walk, every image is checked once (the next start checks only what changed),
 the kept results survive damage and concurrent processes, the cache deletes only what it made, and
 the memory per file is bounded. The timings at scale are benchmarks/bench_startup.py's."""
+import fcntl
 import logging
 import os
 import pickle
@@ -53,11 +54,16 @@ def inspected(monkeypatch):
     calls = []
     real = checked.inspect_image
 
-    def counting(path):
+    def counting(path, *args):
         calls.append(path)
-        return real(path)
+        return real(path, *args)
     monkeypatch.setattr(checked, "inspect_image", counting)
     return calls
+
+
+def kept_files(cache):
+    """The kept results under the cache root `cache`."""
+    return sorted(str(p) for p in cache.rglob("checked.npz"))
 
 
 def check(root):
@@ -118,7 +124,10 @@ def test_a_second_start_checks_nothing_again(tree, cache, inspected):
     assert sorted(inspected) == sorted(str(p) for p in tree.rglob("*.jpg"))
     inspected.clear()
     assert check(tree) == first and inspected == []
-    kept = imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    imagefolder.check_images(imagefolder.scan_tree(str(tree)), min_side=None)
+    assert len(inspected) == 12         # another decoding rule (what an image may cost): its own result
+    inspected.clear()
+    kept = imagefolder.check_images(imagefolder.scan_tree(str(tree)), min_side=None)
     assert inspected == [] and kept.sizes.tolist() == [[20, 16]] * 12 and kept.sizes.dtype == np.int32
 
 
@@ -152,7 +161,7 @@ def test_a_bad_file_is_checked_at_every_start_and_named_as_given(tree, cache, in
 
 def test_a_damaged_cache_file_is_one_warning_and_made_again(tree, cache, inspected, caplog):
     check(tree)
-    kept = checked.cache_file(str(tree))
+    [kept] = kept_files(cache)
     with open(kept, "r+b") as f:       # cut in the middle, as a full disk or a crash could leave it
         f.truncate(os.path.getsize(kept) // 2)
     inspected.clear()
@@ -211,10 +220,10 @@ RANK = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from src.data import checked, imagefolder
     calls, real = [], checked.inspect_image
-    def slow(path):
+    def slow(path, *args):
         calls.append(path)
         time.sleep(0.05)
-        return real(path)
+        return real(path, *args)
     checked.inspect_image = slow
     open(sys.argv[1] + ".ready", "w").close()
     while not os.path.exists(sys.argv[2] + ".ready"):      # both start checking at the same time
@@ -267,3 +276,29 @@ def test_the_file_lists_hold_no_python_object_per_file(tmp_path, cache):
     assert len(pickle.dumps(_Source(listed.files, listed.labels))) / n < 60
     part = listed.subset(np.arange(1, n, 2))
     assert list(part.files) == as_str[1::2] and part.labels.tolist() == listed.labels[1::2].tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# A process that holds a tree too long
+
+def test_a_process_that_holds_the_tree_too_long_is_waited_for_within_a_bound(tree, cache, inspected, monkeypatch,
+                                                                            caplog):
+    """Another process holds the tree's lock and never finishes: this one says that it waits, and after
+    WAIT_S checks on its own (with one warning) instead of waiting for ever."""
+    imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    lock = os.open(os.path.dirname(checked.cache_file(str(tree))) + ".lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)               # as the other process would hold it
+    monkeypatch.setattr(checked, "WAIT_S", 1.0)
+    caplog.set_level(logging.INFO)
+    inspected.clear()
+    try:
+        got = imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    finally:
+        os.close(lock)                             # as that process's end releases it
+    assert len(got) == 12 and len(inspected) == 12
+    said = [r for r in caplog.records if str(tree) in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO", "WARNING"] and "waiting for another process" in said[0].getMessage()
+    assert "checking them without the cache" in said[1].getMessage()
+    inspected.clear()
+    imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    assert inspected == []

@@ -1,9 +1,10 @@
 """The kept results of the image check (:func:`.images.inspect_image`), so that every image of a
 tree is checked once per version of the tree, not at every start of every process.
 
-* **What is kept.** Per tree (its real path), one file ``<root>/<key>/checked.npz``: the images'
-  paths relative to the tree, their size and modification time as listed, and the width and height
-  of each good one. A later check of the tree checks again only the files that are new or whose
+* **What is kept.** Per tree (its real path) and decoding rule (``min_side``: what an image may
+  cost depends on it, :func:`.images.decode_plan`), one file ``<root>/<key>/checked.npz``: the
+  images' paths relative to the tree, their size and modification time as listed, and the width and
+  height of each good one. A later check of the tree checks again only the files that are new or whose
   size or time changed (and the bad ones, whose message names the path as given); files that are
   gone are dropped. A change of the check's rules (``images.py``) checks everything again.
 * **Where.** ``$CONVMLP_IMAGE_CACHE``, else ``$XDG_CACHE_HOME/convmlp_mindspore/image_checks``, else
@@ -72,15 +73,16 @@ def _rules():
     return digest.hexdigest()
 
 
-def _key(tree_root):
-    return hashlib.sha256(os.fsencode(os.path.realpath(tree_root))).hexdigest()[:20]
+def _key(tree_root, min_side):
+    text = os.fsencode(os.path.realpath(tree_root)) + f"\0{min_side}".encode()
+    return hashlib.sha256(text).hexdigest()[:20]
 
 
-def cache_file(tree_root, root=None):
-    """The file that keeps the results for the tree at `tree_root` (under `root`, default
-    :func:`default_root`); the folders are made when missing."""
+def cache_file(tree_root, root=None, min_side=None):
+    """The file that keeps the results for the tree at `tree_root` checked with `min_side` (under
+    `root`, default :func:`default_root`); the folders are made when missing."""
     base = cache_root(root or default_root(), _OWN_SUBFOLDER)
-    folder = make_folder(base, _key(tree_root))
+    folder = make_folder(base, _key(tree_root, min_side))
     if not is_marked(folder):
         raise FileExistsError(f"{folder} exists and was not made by this cache")
     return os.path.join(folder, _FILE)
@@ -177,19 +179,19 @@ def _reuse(kept, buffer, offsets, stamps):
     return sizes
 
 
-def _inspect(path):
+def _inspect(path, min_side):
     try:
-        info = inspect_image(path)
+        info = inspect_image(path, min_side)
         return info.width, info.height, None
     except DataError as exc:
         return -1, -1, str(exc)
 
 
-def _inspect_block(paths):
-    return [_inspect(path) for path in paths]
+def _inspect_block(paths, min_side):
+    return [_inspect(path, min_side) for path in paths]
 
 
-def _check(files, todo, workers, logger, root):
+def _check(files, todo, workers, logger, root, min_side):
     """``(sizes, reasons)`` of the files at positions `todo`, checked by `workers` threads, a block of
     files at a time (a million files are never a million tasks). Threads, not processes: processes
     checked about 1.4 x faster on 2 cores (Pillow's header parsing holds the GIL), but a fork of a
@@ -208,7 +210,8 @@ def _check(files, todo, workers, logger, root):
                 start = next(starts, None)
                 if start is None:
                     break
-                running.append((start, pool.submit(_inspect_block, [files[i] for i in todo[start:start + block]])))
+                running.append((start, pool.submit(_inspect_block, [files[i] for i in todo[start:start + block]],
+                                                        min_side)))
             if not running:
                 break
             start, future = running.popleft()
@@ -221,18 +224,19 @@ def _check(files, todo, workers, logger, root):
     return sizes, reasons
 
 
-def image_sizes(tree, workers=2, logger=None, root=None):
+def image_sizes(tree, workers=2, logger=None, root=None, min_side=None):
     """``(sizes, reasons)`` of every file of `tree` (an unchecked :class:`.imagefolder.ImageTree`
-    with its ``stamps``): ``sizes`` int32 (N, 2) width and height, -1 for a bad file; ``reasons``
-    {position: the DataError message} of the bad files. Files the cache (under `root`, default
-    :func:`default_root`) holds unchanged are not checked again."""
+    with its ``stamps``) checked with `min_side` (:func:`.images.inspect_image`): ``sizes`` int32
+    (N, 2) width and height, -1 for a bad file; ``reasons`` {position: the DataError message} of the
+    bad files. Files the cache (under `root`, default :func:`default_root`) holds unchanged are not
+    checked again."""
     logger = logger or _LOG
     rules = _rules()
     buffer, offsets = _contiguous(tree.files)
     stamps = tree.stamps if tree.stamps is not None else np.full((len(tree.files), 2), -1, np.int64)
     fd = path = None
     try:
-        path = cache_file(tree.root, root)
+        path = cache_file(tree.root, root, min_side)
         fd = _lock(os.path.dirname(path) + ".lock", tree.root, logger)
     except OSError as exc:
         logger.warning(f"cannot keep the image check in {root or default_root()} ({first_line(exc)}); "
@@ -241,7 +245,7 @@ def image_sizes(tree, workers=2, logger=None, root=None):
         kept = _read(path, rules, logger) if fd is not None else None
         sizes = _reuse(kept, buffer, offsets, stamps)
         todo = np.flatnonzero(sizes[:, 0] < 0)
-        checked, reasons = _check(tree.files, todo, workers, logger, tree.root)
+        checked, reasons = _check(tree.files, todo, workers, logger, tree.root, min_side)
         sizes[todo] = checked
         unchanged = kept is not None and len(reasons) == len(todo) and np.array_equal(kept[1], offsets) and \
             np.array_equal(kept[2], stamps) and np.array_equal(kept[0], buffer)

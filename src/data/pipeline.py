@@ -2,7 +2,9 @@
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
 and the class names. Image files are decoded by :func:`.images.read_image` in
-``num_parallel_workers`` processes: the rule infer.py decodes with.
+``num_parallel_workers`` processes: the rule infer.py decodes with. With ``skip_bad_images`` a file
+that fails to decode there is replaced by the next good record of its split and counted
+(:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -29,10 +31,14 @@ then shard; when the record count is not divisible by ``num_shards`` a few recor
 that every shard has the same number of steps). Val is split exactly: shard ``k`` gets records
 ``k, k + num_shards, ...`` (no overlap, no padding, so metrics summed over shards are exact).
 """
+import atexit
+import functools
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -40,15 +46,16 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, imagefolder
+from . import cifar, imagefolder, packed
 from .catalog import data_format
 from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
-from .transforms import eval_transforms, train_transforms
+from .transforms import decode_min_side, eval_transforms, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
-           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure"]
+           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure",
+           "decode_skips", "log_decode_skips"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -120,11 +127,28 @@ def load_split(cfg, split):
 
 def dataset_size(cfg, split):
     """Number of records of `split` in the whole dataset (all shards): from the file sizes (CIFAR),
-    or the checked images of the split (image trees)."""
+    the checked images of the split (image trees), or a pack's manifest."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return len(part)
     if data_format(cfg.dataset_choose) == "imagefolder":
         return len(image_split(cfg, split))
     folder = _prepare(cfg, split)
     return cifar.count_records(folder, cfg.dataset_choose, split, any_names=_any_names(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Packed data (src.data.packed): a NAME.mindrecord data path, read wherever a folder is
+# --------------------------------------------------------------------------------------------
+def _packed(cfg, split):
+    """The verified :class:`.packed.PackedSplit` of `split` when its data path names a pack, else
+    None; ``val_fraction`` on a pack is a ConfigError (a pack's splits are fixed when it is written)."""
+    path = cfg.train_data_path if split == "train" or cfg.val_fraction is not None else cfg.val_data_path
+    if not packed.is_packed(path):
+        return None
+    if cfg.val_fraction is not None:
+        packed.refuse_val_fraction(cfg)
+    return packed.open_pack(path, split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +161,7 @@ def _tree(cfg, root, logger=None):
     if root is None:
         raise ConfigError(f"dataset_choose {cfg.dataset_choose} needs train_data_path: the folder of class "
                           "folders, root/<class>/<image> (and val_data_path, or val_fraction)")
-    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger)
+    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger, decode_min_side(cfg))
 
 
 def _saved_lists(cfg):
@@ -165,7 +189,11 @@ def _split_positions(cfg, tree):
 def image_split(cfg, split, logger=None):
     """The checked :class:`.imagefolder.ImageTree` of `split`: the tree of its folder, or with
     ``val_fraction`` its part of ``train_data_path`` (the run's split: :func:`prepare_split`, else the
-    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``)."""
+    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``); a pack's split
+    (:func:`_packed`) has the same ``classes``, ``labels`` and ``root``."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return part
     if cfg.val_fraction is None:
         return _tree(cfg, _folder(cfg, split), logger)
     tree = _tree(cfg, cfg.train_data_path, logger)
@@ -178,6 +206,8 @@ def prepare_split(cfg, logger, rank=0, fresh=True):
     resumed run reads the saved lists, so it trains and validates on the same images."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
+    if packed.is_packed(cfg.train_data_path):
+        packed.refuse_val_fraction(cfg)
     tree = _tree(cfg, cfg.train_data_path, logger)
     lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
     if not fresh and all(os.path.isfile(p) for p in lists.values()):
@@ -214,15 +244,20 @@ def resolve_classes(cfg, logger=None):
 
 def get_class_names(cfg):
     """Class names of the configured dataset: the CIFAR folder's meta file, else the official names;
-    an image tree's class folders."""
-    if data_format(cfg.dataset_choose) == "imagefolder":
+    an image tree's class folders; a pack's."""
+    if data_format(cfg.dataset_choose) == "imagefolder" or packed.is_packed(cfg.train_data_path):
         return list(image_split(cfg, "train").classes)
     return cifar.class_names(cfg.train_data_path, cfg.dataset_choose)
 
 
 def _data_class_names(cfg):
     """``(names, where from)`` of the configured data without reading images; (None, None) when an
-    image tree's folder is not there."""
+    image tree's folder or a pack is not there."""
+    if packed.is_packed(cfg.train_data_path):
+        try:
+            return packed.open_pack(cfg.train_data_path, "train").classes, f"the pack {cfg.train_data_path}"
+        except DataError:
+            return None, None
     if data_format(cfg.dataset_choose) == "imagefolder":
         root = cfg.train_data_path
         try:
@@ -265,16 +300,84 @@ def data_failure(exc):
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
+class _SkipTally:
+    """Where the pipeline's worker processes record the images that ``skip_bad_images`` replaced
+    while decoding (:meth:`_Source.__getitem__`): one line each, appended to a file in a folder this
+    process made (removed at its exit), so that the count reaches the log whichever process decoded."""
+
+    _path = None
+
+    @classmethod
+    def path(cls):
+        if cls._path is None:
+            folder = tempfile.mkdtemp(prefix="convmlp-skipped-")
+            atexit.register(shutil.rmtree, folder, True)
+            cls._path, cls._read = os.path.join(folder, "skipped.txt"), 0
+            open(cls._path, "w").close()
+        return cls._path
+
+    @classmethod
+    def take(cls):
+        """``(count, first reason)`` of the images recorded since the last call."""
+        if cls._path is None:
+            return 0, None
+        with open(cls._path, "rb") as f:
+            f.seek(cls._read)
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]       # a line still being written is read next time
+        cls._read += len(data)
+        lines = data.decode("utf-8", "replace").splitlines()
+        return len(lines), (lines[0] if lines else None)
+
+
+def _record_skip(tally, reason):
+    """Append one replaced image's reason (one line) to `tally` (:class:`_SkipTally`), in one write."""
+    line = (" ".join(str(reason).split()) + "\n").encode("utf-8", "backslashreplace")
+    fd = os.open(tally, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def decode_skips():
+    """``(count, e.g. reason)``: the images that could not be decoded and were replaced since the
+    last call (``skip_bad_images``)."""
+    return _SkipTally.take()
+
+
+def log_decode_skips(logger, when):
+    """One warning line with the images replaced since the last call (:func:`decode_skips`), if any."""
+    n, reason = decode_skips()
+    if n:
+        logger.warning(f"skip_bad_images: {n} image(s) could not be decoded {when} and were replaced by the next "
+                       f"good image of their split, e.g. {reason}")
+
+
 class _Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
-    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for."""
+    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for.
+    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there and replaced
+    by the next record of the split that decodes (the same one whichever worker asks, so batches keep
+    their size and a run its seed's result); without it the DataError stops the pipeline."""
 
-    def __init__(self, images, labels, load=None):
-        self.images, self.labels, self.load = images, labels, load
+    def __init__(self, images, labels, load=None, tally=None):
+        self.images, self.labels, self.load, self.tally = images, labels, load, tally
 
     def __getitem__(self, i):
-        image = self.images[i]
-        return (self.load(image) if self.load else image), self.labels[i]
+        if self.load is None:
+            return self.images[i], self.labels[i]
+        if self.tally is None:
+            return self.load(self.images[i]), self.labels[i]
+        first = None
+        for k in range(len(self.labels)):
+            j = (i + k) % len(self.labels)
+            try:
+                return self.load(self.images[j]), self.labels[j]
+            except DataError as exc:
+                _record_skip(self.tally, exc)
+                first = first or exc
+        raise DataError(f"no image of this split could be decoded, e.g. {first}")
 
     def __len__(self):
         return len(self.labels)
@@ -282,10 +385,15 @@ class _Source:
 
 def _records(cfg, split):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
-    image files) and the folder they come from."""
+    image files) and the folder they come from; a pack's split is its own source (:func:`_packed`)."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return part, part.shape, part.root
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        return _Source(tree.files, tree.labels, read_image), None, tree.root
+        load = functools.partial(read_image, min_side=decode_min_side(cfg))
+        tally = _SkipTally.path() if cfg.skip_bad_images else None
+        return _Source(tree.files, tree.labels, load, tally), None, tree.root
     arrays = load_split(cfg, split)
     return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
@@ -316,8 +424,11 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
 
     if split == "train":
         batch_size = cfg.batch_size
-        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
-                                   shard_id=shard_id, **reader)
+        if isinstance(source, packed.PackedSplit):
+            data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
+        else:
+            data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
+                                       shard_id=shard_id, **reader)
         n_local = math.ceil(len(source) / num_shards) if num_shards else len(source)
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
@@ -328,9 +439,13 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 
-    if num_shards:
-        source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load)
-    data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
+    if isinstance(source, packed.PackedSplit):
+        data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
+    else:
+        if num_shards:
+            source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
+                             source.tally)
+        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)

@@ -30,17 +30,26 @@ def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(message)s" if rank == 0 else
-                            f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
+    fmt = _Formatter("%(asctime)s %(message)s" if rank == 0 else
+                     f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
     h = logging.StreamHandler(sys.stdout)
     h.setFormatter(fmt)
     logger.addHandler(h)
     if log_file and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        fh = _FileHandler(log_file)
+        fh = _FileHandler(log_file, encoding="utf-8")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
+
+
+class _Formatter(logging.Formatter):
+    """Log lines that any terminal and file can take: a character that UTF-8 cannot encode (the
+    undecodable bytes of a file name, kept as surrogates) is written as its escape (``\\udcff``)
+    instead of failing the line; names are quoted at the source (``errors.shown_name``)."""
+
+    def format(self, record):
+        return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _FileHandler(logging.FileHandler):

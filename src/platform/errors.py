@@ -16,10 +16,23 @@ import sys
 from model.errors import CheckpointError, ConfigError, UserError, first_line, short_list, short_quote
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
-           "first_line", "short_list", "short_quote", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
+           "first_line", "short_list", "short_quote", "shown_name", "Interrupted", "check_interrupted",
+           "EXIT_INTERRUPTED"]
 
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
+
+
+def shown_name(name, quoted=True) -> str:
+    """A file, folder or class name as every message, log line and table prints it: whole, on one
+    line, and printable in any terminal. A name a file system allows may hold a newline, a tab, a
+    carriage return, leading or trailing spaces, or bytes that are not UTF-8 (which Python keeps as
+    surrogates, ``os.fsdecode``); such a name is printed as its Python literal (``'a\\nb'``,
+    ``'\\udcff.png'``). With `quoted` false a plain name is printed bare (tables, infer.py's
+    output), else always in quotes (messages)."""
+    text = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    plain = text.isprintable() and text == text.strip() and "\\" not in text and "'" not in text
+    return text if plain and not quoted else f"'{text}'" if plain else repr(text)
 
 
 class DataError(UserError):
@@ -166,7 +179,7 @@ _MESSAGE_LIMIT = 2000
 
 
 def _fail(msg, status):
-    msg = " ".join(msg.split("\n"))
+    msg = " ".join(msg.splitlines())
     if len(msg) > _MESSAGE_LIMIT:
         msg = f"{msg[:_MESSAGE_LIMIT]}... ({len(msg)} characters)"
     print(f"error: {msg}", file=sys.stderr, flush=True)
