@@ -20,6 +20,7 @@ from PIL import Image
 from model.cache import MARKER
 from src.data import checked, imagefolder
 from src.data.pipeline import _Source
+from src.platform.fileio import OutputError
 from helpers import REPO, run_main
 
 
@@ -302,3 +303,24 @@ def test_a_process_that_holds_the_tree_too_long_is_waited_for_within_a_bound(tre
     inspected.clear()
     imagefolder.check_images(imagefolder.scan_tree(str(tree)))
     assert inspected == []
+
+
+def test_a_cache_that_cannot_be_used_is_one_warning_and_the_check_goes_on(tree, tmp_path, monkeypatch, inspected,
+                                                                         caplog):
+    not_a_folder = tmp_path / "cache_file"
+    not_a_folder.write_text("mine")
+    monkeypatch.setenv(checked.ENV_ROOT, str(not_a_folder))
+    got = imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    assert len(got) == 12 and len(inspected) == 12 and not_a_folder.read_text() == "mine"
+    said = [r for r in caplog.records if "cannot keep the image check" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"] and str(not_a_folder) in said[0].getMessage()
+
+    monkeypatch.setenv(checked.ENV_ROOT, str(tmp_path / "cache"))          # a disk that fills up
+
+    def full(path, *args):
+        raise OutputError(f"cannot write {path}: No space left on device")
+    monkeypatch.setattr(checked, "_write", full)
+    caplog.clear()
+    got = imagefolder.check_images(imagefolder.scan_tree(str(tree)))
+    said = [r for r in caplog.records if "cannot keep the image check" in r.getMessage()]
+    assert len(got) == 12 and [r.levelname for r in said] == ["WARNING"] and "No space left" in said[0].getMessage()

@@ -35,7 +35,7 @@ from model.cache import cache_dir, cache_root, is_marked, make_folder
 
 from ..platform.console import Progress
 from ..platform.errors import DataError, first_line
-from ..platform.fileio import atomic_output
+from ..platform.fileio import OutputError, atomic_output
 from . import images
 from .images import inspect_image
 
@@ -253,7 +253,7 @@ def image_sizes(tree, workers=2, logger=None, root=None, min_side=None):
             try:
                 _write(path, rules, buffer, offsets, stamps, sizes)
                 _prune(os.path.dirname(os.path.dirname(path)), os.path.dirname(path))
-            except OSError as exc:
+            except (OSError, OutputError) as exc:     # a full disk, a read-only cache: the run goes on
                 logger.warning(f"cannot keep the image check in {path} ({first_line(exc)}); the next start checks "
                                "again")
     finally:
