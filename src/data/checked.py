@@ -3,10 +3,10 @@ tree is checked once per version of the tree, not at every start of every proces
 
 * **What is kept.** Per tree (its real path) and decoding rule (``min_side``: what an image may
   cost depends on it, :func:`.images.decode_plan`), one file ``<root>/<key>/checked.npz``: the
-  images' paths relative to the tree, their size and modification time as listed, and the width and
-  height of each good one. A later check of the tree checks again only the files that are new or whose
-  size or time changed (and the bad ones, whose message names the path as given); files that are
-  gone are dropped. A change of the check's rules (``images.py``) checks everything again.
+  images' paths relative to the tree, their size and modification time as listed, and the width
+  and height of each good one. A later check of the tree checks again only the files that are new
+  or whose size or time changed (and the bad ones, whose message names the path as given); files
+  that are gone are dropped. A change of the check's rules (``images.py``) checks everything again.
 * **Where.** ``$CONVMLP_IMAGE_CACHE``, else ``$XDG_CACHE_HOME/convmlp_mindspore/image_checks``, else
   ``~/.cache/convmlp_mindspore/image_checks``. As every cache of the repository
   (:mod:`model.cache`), it deletes only what it made: each tree's folder carries the cache's
