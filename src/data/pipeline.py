@@ -47,15 +47,15 @@ import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
 from . import cifar, imagefolder, packed
-from .catalog import data_format
+from .catalog import data_format, split_folders
 from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
 from .transforms import decode_min_side, eval_transforms, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
-           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure",
-           "decode_skips", "log_decode_skips"]
+           "image_split", "prepare_split", "resolve_classes", "check_layout", "saved_split_lists",
+           "check_val_classes", "data_failure", "decode_skips", "log_decode_skips"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _tree(cfg, root, logger=None):
     return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger, decode_min_side(cfg))
 
 
-def _saved_lists(cfg):
+def saved_split_lists(cfg):
     """The split lists of ``val_fraction`` that a run saved: beside ``checkpoint_path`` (evl.py), else
     in ``save_checkpoint_path``; None when neither folder has them."""
     folders = ([os.path.dirname(os.path.abspath(cfg.checkpoint_path))] if cfg.checkpoint_path else []) + \
@@ -179,11 +179,27 @@ def _saved_lists(cfg):
 def _split_positions(cfg, tree):
     key = (os.path.realpath(cfg.train_data_path), cfg.val_fraction)
     if key not in _SPLITS:
-        lists = _saved_lists(cfg)
+        lists = saved_split_lists(cfg)
         if lists:
             return {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
-        return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        return _draw_split(cfg, tree)
     return _SPLITS[key]
+
+
+def _draw_split(cfg, tree):
+    """``val_fraction``'s split of `tree` (:func:`.imagefolder.split_tree`); ConfigError naming the
+    classes too small to give validation an image (a class of one image would be missing from
+    validation, and with every class so small, validation would be empty)."""
+    counts = np.bincount(tree.labels, minlength=len(tree.classes))
+    small = [c for c, n in zip(tree.classes, counts) if n < 2]
+    if small:
+        shown = ", ".join(repr(c) for c in small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+        whole = "so the validation split would be empty" if len(small) == len(tree.classes) else \
+            "so validation would miss them"
+        raise ConfigError(f"val_fraction {cfg.val_fraction:g}: {len(small)} of the {len(tree.classes)} classes of "
+                          f"{tree.root} have fewer than 2 images ({shown}), {whole}; expected at least 2 images per "
+                          "class (one to train, one to validate), or give val_data_path instead of val_fraction")
+    return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
 
 
 def image_split(cfg, split, logger=None):
@@ -200,10 +216,11 @@ def image_split(cfg, split, logger=None):
     return tree.subset(_split_positions(cfg, tree)[split])
 
 
-def prepare_split(cfg, logger, rank=0, fresh=True):
+def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
     """``val_fraction``: fix this run's split of ``train_data_path`` for the whole process. A fresh
     run draws it (seeded by ``seed``) and rank 0 saves the two lists in ``save_checkpoint_path``; a
-    resumed run reads the saved lists, so it trains and validates on the same images."""
+    resumed run reads the saved lists, so it trains and validates on the same images. A train part
+    too small for one batch on each of the `world` devices is refused before any list is written."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
     if packed.is_packed(cfg.train_data_path):
@@ -214,12 +231,39 @@ def prepare_split(cfg, logger, rank=0, fresh=True):
         parts = {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
         how = f"the saved lists {lists['train']}, {lists['val']}"
     else:
-        parts = dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        parts = _draw_split(cfg, tree)
+        if len(parts["train"]) < cfg.batch_size * world:
+            raise ConfigError(f"val_fraction {cfg.val_fraction:g} leaves {len(parts['train'])} train images of "
+                              f"{tree.root}, fewer than batch_size {cfg.batch_size} x {world} device(s); expected "
+                              f"batch_size <= {len(parts['train']) // world} (or more images, or a smaller "
+                              "val_fraction)")
         if rank == 0:
             imagefolder.write_split_lists(cfg.save_checkpoint_path, tree, parts)
         how = f"val_fraction {cfg.val_fraction:g}, seed {cfg.seed}; lists in {cfg.save_checkpoint_path}"
     _SPLITS[(os.path.realpath(cfg.train_data_path), cfg.val_fraction)] = parts
     logger.info(f"split of {cfg.train_data_path}: {len(parts['train'])} train / {len(parts['val'])} val images ({how})")
+
+
+def check_layout(cfg):
+    """Image trees, before any image is read: a data folder whose only sub-folders are split names
+    (``X/train`` and ``X/val``, as ``dataset.py generate`` and Flowers-102 lay them out;
+    :func:`.catalog.split_folders`) would be read as classes named after the splits; ConfigError naming
+    the folders to give instead."""
+    if data_format(cfg.dataset_choose) != "imagefolder":
+        return
+    for key in ("train_data_path", "val_data_path"):
+        root = getattr(cfg, key)
+        if not root or packed.is_packed(root):
+            continue
+        try:
+            splits = split_folders(imagefolder.find_classes(root))
+        except DataError:
+            continue                                   # reported when the tree is read
+        if "train" not in splits or len(splits) < 2:
+            continue
+        raise ConfigError(f"{key} {root} holds the split folders {', '.join(splits)}, not class folders; give "
+                          f"--train_data_path {os.path.join(root, 'train')} --val_data_path "
+                          f"{os.path.join(root, splits[1])}")
 
 
 def resolve_classes(cfg, logger=None):
