@@ -1,8 +1,11 @@
 """Input pipelines on MindSpore's dataset engine: the validated records of a split (the decoded
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
-and the class names. Image files are decoded by :func:`.images.read_image` in
-``num_parallel_workers`` processes: the rule infer.py decodes with.
+and the class names. Image files are decoded by :func:`.images.read_image` (the rule infer.py
+decodes with) in ``num_parallel_workers`` threads of the source, in this process: Pillow releases
+the GIL while it decodes, and the decoded array goes to the C++ ops without a copy between
+processes (no worker processes; measured in benchmarks/RESULTS.md: Pillow decodes these files
+faster than the engine's C++ ``vision.Decode``, to the same pixels).
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -311,8 +314,8 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
                           f"(max {int(source.labels.max())}); set num_classes: null")
     workers = cfg.num_parallel_workers
     ds.config.set_seed(cfg.seed)
-    files = source.load is not None            # image files: decoded in worker processes
-    reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=files)
+    files = source.load is not None            # image files: decoded by Pillow in the source's threads
+    reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=False)
 
     if split == "train":
         batch_size = cfg.batch_size

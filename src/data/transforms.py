@@ -12,9 +12,11 @@ __all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_
 
 
 def normalize_ops(cfg):
+    """uint8 HWC -> normalised float32 CHW: the transpose first, on the uint8 image (a quarter of the
+    bytes to move; the same numbers as normalising first)."""
     mean = [255.0 * v for v in cfg.mean]
     std = [255.0 * v for v in cfg.std]
-    return [vision.Normalize(mean=mean, std=std, is_hwc=True), vision.HWC2CHW()]
+    return [vision.HWC2CHW(), vision.Normalize(mean=mean, std=std, is_hwc=False)]
 
 
 def train_transforms(cfg, shape=None):
