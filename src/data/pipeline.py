@@ -1,11 +1,11 @@
 """Input pipelines on MindSpore's dataset engine: the validated records of a split (the decoded
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
-and the class names. Image files are decoded by :func:`.images.read_image` (the rule infer.py
-decodes with) in ``num_parallel_workers`` threads of the source, in this process: Pillow releases
-the GIL while it decodes, and the decoded array goes to the C++ ops without a copy between
-processes (no worker processes; measured in benchmarks/RESULTS.md: Pillow decodes these files
-faster than the engine's C++ ``vision.Decode``, to the same pixels).
+and the class names. Image files are read in ``num_parallel_workers`` threads of the source, in
+this process (no worker processes, no copy between processes): for training as file bytes decoded
+by the engine's C++ ``vision.Decode`` in the map's threads, with the pixels of
+:func:`.images.read_image` (:mod:`.encoded`: any file that decoder would read otherwise is decoded
+by read_image itself); for evaluation by read_image, the rule infer.py decodes with.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -45,6 +45,7 @@ import mindspore.dataset.transforms as T
 from ..platform.errors import ConfigError, DataError
 from . import cifar, imagefolder
 from .catalog import data_format
+from .encoded import read_encoded
 from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
@@ -285,10 +286,12 @@ class _Source:
 
 def _records(cfg, split):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
-    image files) and the folder they come from."""
+    image files) and the folder they come from. Train image files come as encoded bytes
+    (:func:`.encoded.read_encoded`, decoded by the engine's C++ ``Decode``), val image files as
+    :func:`.images.read_image`'s arrays."""
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        return _Source(tree.files, tree.labels, read_image), None, tree.root
+        return _Source(tree.files, tree.labels, read_encoded if split == "train" else read_image), None, tree.root
     arrays = load_split(cfg, split)
     return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
@@ -314,7 +317,8 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
                           f"(max {int(source.labels.max())}); set num_classes: null")
     workers = cfg.num_parallel_workers
     ds.config.set_seed(cfg.seed)
-    files = source.load is not None            # image files: decoded by Pillow in the source's threads
+    files = source.load is not None            # image files: read in the source's threads
+    encoded = source.load is read_encoded      # file bytes, decoded in the C++ map
     reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=False)
 
     if split == "train":
@@ -325,7 +329,7 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
                               f"{where}; expected batch_size <= {n_local}")
-        data = data.map(train_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
+        data = data.map(train_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
         mixer = BatchMixer(num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
                            cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0)
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
