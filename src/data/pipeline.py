@@ -2,10 +2,10 @@
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
 and the class names. Image files are read in ``num_parallel_workers`` threads of the source, in
-this process (no worker processes, no copy between processes): for training as file bytes decoded
-by the engine's C++ ``vision.Decode`` in the map's threads, with the pixels of
-:func:`.images.read_image` (:mod:`.encoded`: any file that decoder would read otherwise is decoded
-by read_image itself); for evaluation by read_image, the rule infer.py decodes with.
+this process (no worker processes, no copy between processes), as file bytes that the engine's C++
+``vision.Decode`` decodes in the map's threads to the pixels of :func:`.images.read_image`, the rule
+infer.py decodes with (:mod:`.encoded`: a file that decoder would read otherwise is decoded by
+read_image itself).
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -46,7 +46,6 @@ from ..platform.errors import ConfigError, DataError
 from . import cifar, imagefolder
 from .catalog import data_format
 from .encoded import read_encoded
-from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
 from .transforms import eval_transforms, train_transforms
@@ -271,7 +270,8 @@ def data_failure(exc):
 # --------------------------------------------------------------------------------------------
 class _Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
-    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for."""
+    decoded images, or image files read by `load` when asked for (:func:`.encoded.read_encoded`: the
+    bytes the engine's ``Decode`` decodes)."""
 
     def __init__(self, images, labels, load=None):
         self.images, self.labels, self.load = images, labels, load
@@ -286,12 +286,11 @@ class _Source:
 
 def _records(cfg, split):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
-    image files) and the folder they come from. Train image files come as encoded bytes
-    (:func:`.encoded.read_encoded`, decoded by the engine's C++ ``Decode``), val image files as
-    :func:`.images.read_image`'s arrays."""
+    image files) and the folder they come from. Image files come as encoded bytes
+    (:func:`.encoded.read_encoded`, decoded by the engine's C++ ``Decode``)."""
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        return _Source(tree.files, tree.labels, read_encoded if split == "train" else read_image), None, tree.root
+        return _Source(tree.files, tree.labels, read_encoded), None, tree.root
     arrays = load_split(cfg, split)
     return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
@@ -338,6 +337,6 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
     if num_shards:
         source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load)
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
-    data = data.map(eval_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
+    data = data.map(eval_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)

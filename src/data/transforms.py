@@ -45,14 +45,17 @@ def eval_scale_size(cfg):
     return int(math.floor(cfg.image_size / cfg.crop_pct))
 
 
-def eval_transforms(cfg, shape=None):
+def eval_transforms(cfg, shape=None, encoded=False):
     """Per-image eval ops (timm's): resize the shorter side to :func:`eval_scale_size` (aspect ratio
     kept), crop the centre ``image_size`` square, normalise, HWC->CHW. `shape`: the (height, width)
     of the images when known; the resize is left out when their shorter side has that size already
-    (CIFAR at 32 px), and so is the crop when they are ``image_size`` squares."""
+    (CIFAR at 32 px), and so is the crop when they are ``image_size`` squares. `encoded`: as
+    :func:`train_transforms`."""
     size, scale = cfg.image_size, eval_scale_size(cfg)
     resize = shape is None or min(shape) != scale
-    ops = [vision.Resize(scale, interpolation=resize_mode(cfg.interpolation))] if resize else []
+    ops = [vision.Decode()] if encoded else []
+    if resize:
+        ops.append(vision.Resize(scale, interpolation=resize_mode(cfg.interpolation)))
     if resize or tuple(shape) != (size, size):
         ops.append(vision.CenterCrop(size))
     return ops + normalize_ops(cfg)
