@@ -5,6 +5,8 @@
     python dataset.py check --path data/flowers102                # an image tree (or its split folders)
     python dataset.py generate --dataset cifar10 --out data/demo --train 2000 --val 500
     python dataset.py generate --format imagefolder --out data/demo/images --classes 5 --train 500 --val 100
+    python dataset.py pack --path data/imagenet --out data/imagenet.mindrecord   # MindRecord shards (src/data/packed.py)
+    python dataset.py check --path data/imagenet.mindrecord                      # every shard hashed, every record read
 
 The input pipelines that train.py, evl.py and infer.py use are in :mod:`src.data`.
 """
@@ -16,14 +18,15 @@ import sys
 
 import numpy as np
 
-from src.config import SEED_LIMIT, path_arg as _path
-from src.data import cifar, imagefolder
-from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format
+from src.config import SEED_LIMIT, load_config, path_arg as _path
+from src.data import cifar, imagefolder, packed
+from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format, split_folders
 from src.data.synthetic import write_image_tree, write_synthetic
+from src.data.transforms import decode_min_side
 from src.platform.bounds import check_disk_space
-from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote
+from src.platform.errors import ArgumentParser, DataError, run_cli, short_quote, shown_name
 
-__all__ = ["main", "generate", "download", "check"]
+__all__ = ["main", "generate", "download", "check", "pack"]
 
 #: Upper bounds of the generator's counts: a million records is 3 GB on disk, 20 times CIFAR.
 MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
@@ -31,8 +34,6 @@ MAX_RECORDS, MAX_FILES, MAX_NOISE, MAX_CLASSES = 10 ** 6, 1000, 10.0, 1000
 IMAGE_FILE_BYTES = 20_000
 #: Where ``generate`` writes by default.
 GENERATE_OUT = {"cifar": "data/demo", "imagefolder": "data/demo/images"}
-#: Sub-folder names that make ``check --path`` check each split of a tree (Flowers-102: train, valid).
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _count(minimum, maximum):
@@ -87,6 +88,21 @@ def parse_args(argv=None):
     c.add_argument("--path", required=True, type=_path, help="folder holding the .bin files, or an image tree "
                    "(root/<class>/<image>, or root/train/<class>/<image> and root/val/...)")
     c.add_argument("--workers", type=_count(1, 256), default=2, help="image trees: threads checking the images")
+    p = sub.add_parser("pack", help="write an image tree or a CIFAR folder as MindRecord shards (NAME.mindrecord), "
+                       "which train.py, evl.py and check read wherever they read a folder")
+    p.add_argument("--path", required=True, type=_path, help="an image tree (root/<class>/<image>, or root/train/... "
+                   "and root/val/...) or a CIFAR folder of .bin files")
+    p.add_argument("--out", required=True, type=_path, help="the pack, a folder NAME.mindrecord (an earlier pack there "
+                   "is replaced, anything else refused)")
+    p.add_argument("--dataset", choices=CIFAR, default=None, help="a CIFAR folder: which of the two (default cifar10 "
+                   "for a folder of .bin files)")
+    p.add_argument("--max_side", type=_count(8, 65535), default=None, help="re-encode images longer than this many "
+                   f"px on their longer side (JPEG quality {packed.JPEG_QUALITY}); default: the original bytes")
+    p.add_argument("--shard_size", type=_count(1, 10 ** 7), default=packed.DEFAULT_SHARD_SIZE,
+                   help=f"records per shard (default {packed.DEFAULT_SHARD_SIZE}, about 1 GB of ImageNet JPEGs)")
+    p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out (counted) instead "
+                   "of stopping at the first")
+    p.add_argument("--workers", type=_count(1, 256), default=2, help="threads checking the images")
     return parser.parse_args(argv)
 
 
@@ -96,6 +112,11 @@ def generate(args):
     generation that this one does not write are removed)."""
     out = args.out or GENERATE_OUT[args.format]
     if args.format == "imagefolder":
+        for split, n in (("train", args.train), ("val", args.val)):
+            if 0 < n < args.classes:   # a split without some classes: train.py would refuse the tree
+                raise DataError(f"--{split} {n} is fewer than --classes {args.classes}: every class folder of the "
+                                f"{split} split needs an image; give --{split} >= {args.classes}"
+                                + (" (or --val 0)" if split == "val" else "") + " (nothing was written)")
         check_disk_space(f"--train {args.train} --val {args.val}", (args.train + args.val) * IMAGE_FILE_BYTES, out,
                          "give smaller counts or another --out")
         paths = write_image_tree(out, args.classes, args.train, args.val, seed=args.seed, noise=args.noise)
@@ -119,8 +140,13 @@ def generate(args):
 def download(args):
     """The official archive, md5-checked and safely extracted, unless the folder is there."""
     folder = os.path.join(args.root, FOLDERS[args.dataset])
-    if os.path.exists(folder):
-        print(f"{folder} already exists; nothing to do")
+    if os.path.exists(folder):   # said only of a folder that holds the dataset (DataError otherwise)
+        if data_format(args.dataset) != "cifar":
+            print(f"{folder} already exists; nothing to do (check it with: python dataset.py check --path {folder})")
+            return
+        n = {split: cifar.count_records(folder, args.dataset, split) for split in ("train", "val")}
+        print(f"{folder} already holds {n['train']} train + {n['val']} val {PRETTY_NAMES[args.dataset]} records; "
+              "nothing to do")
     else:
         cifar.ensure_dataset(folder, args.dataset, download=True)
         print(f"{PRETTY_NAMES[args.dataset]} is in {folder}")
@@ -129,6 +155,8 @@ def download(args):
 def check(args):
     """Validate every file of both splits and print their sizes and class balance (CIFAR), or every
     image of a tree (:func:`check_tree`)."""
+    if packed.is_packed(args.path):
+        return packed.check_pack(args.path)
     dataset = args.dataset or ("cifar10" if os.path.isdir(args.path) and any(
         n.endswith(".bin") for n in os.listdir(args.path)) else "imagefolder")
     if data_format(dataset) == "imagefolder":
@@ -144,29 +172,37 @@ def check(args):
 def _describe(tree, bad):
     counts = tree.counts()
     w, h = tree.sizes[:, 0], tree.sizes[:, 1]
-    print(f"{tree.root}: {len(tree.classes)} classes, {len(tree)} good images, {len(bad)} bad, "
+    print(f"{shown_name(tree.root, quoted=False)}: {len(tree.classes)} classes, {len(tree)} good images, "
+          f"{len(bad)} bad, "
           f"{len(tree.skipped)} other files skipped")
-    print(f"  images per class: min {counts.min()} ({tree.classes[counts.argmin()]}), max {counts.max()} "
-          f"({tree.classes[counts.argmax()]}), mean {counts.mean():.1f}")
+    names = [shown_name(c, quoted=False) for c in tree.classes]
+    print(f"  images per class: min {counts.min()} ({names[counts.argmin()]}), max {counts.max()} "
+          f"({names[counts.argmax()]}), mean {counts.mean():.1f}")
     if len(tree.classes) <= 30:
-        print("  " + ", ".join(f"{c} {n}" for c, n in zip(tree.classes, counts)))
+        print("  " + ", ".join(f"{c} {n}" for c, n in zip(names, counts)))
     if len(tree):
         print(f"  image sizes: width {w.min()}..{w.max()} (median {int(np.median(w))}), height {h.min()}..{h.max()} "
               f"(median {int(np.median(h))})")
     for path, why in bad[:20]:
         print(f"  bad: {why}")
     for path in tree.skipped[:5]:
-        print(f"  skipped (not an image extension): {path}")
+        print(f"  skipped (not an image extension): {shown_name(path)}")
+
+
+def _default_min_side():
+    """The decoding rule's ``min_side`` of train.py's defaults for an image tree (check and pack
+    judge the images as a run with them decodes)."""
+    return decode_min_side(load_config(["--dataset_choose", "imagefolder"]))
 
 
 def check_tree(path, workers=2):
     """Check every image of a tree (or of each split folder of it) and report classes, images per
     class, image sizes and bad files; DataError when there are bad files or the splits' classes differ."""
-    subs = [n for n in os.listdir(path) if not n.startswith(".")] if os.path.isdir(path) else []
-    splits = [n for n in SPLIT_NAMES if n in subs] if subs and set(subs) <= set(SPLIT_NAMES) else []
+    splits = split_folders(os.listdir(path)) if os.path.isdir(path) else []
     trees, bad = [], []
+    min_side = _default_min_side()
     for root in [os.path.join(path, n) for n in splits] or [path]:
-        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True)
+        tree = imagefolder.check_images(imagefolder.scan_tree(root), workers, skip_bad=True, min_side=min_side)
         _describe(tree, tree.bad)
         trees.append(tree)
         bad += tree.bad
@@ -177,7 +213,16 @@ def check_tree(path, workers=2):
                         "them, or train with skip_bad_images: true")
 
 
-COMMANDS = {"generate": generate, "download": download, "check": check}
+def pack(args):
+    """MindRecord shards of an image tree or a CIFAR folder (:func:`src.data.packed.pack`)."""
+    manifest = packed.pack(args.path, args.out, args.dataset, args.shard_size, args.max_side, args.workers,
+                           args.skip_bad_images, _default_min_side())
+    parts = ", ".join(f"{name} {s['records']} records in {len(s['shards'])} shard(s)"
+                      for name, s in manifest["splits"].items())
+    print(f"packed {args.path} into {args.out}: {len(manifest['classes'])} classes; {parts}")
+
+
+COMMANDS = {"generate": generate, "download": download, "check": check, "pack": pack}
 
 
 def main(argv=None):

@@ -79,7 +79,7 @@ ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size ve
 
 def parse_options(argv):
     """export.py's command line: ``(cfg, ExportOptions)``; the batch is an int or :data:`DYNAMIC`."""
-    cmd = parse_command_line(argv, OPTIONS)
+    cmd = parse_command_line(argv, OPTIONS, script="export.py")
     o = cmd.options
     given = {f"--{k}": getattr(o, k) for k in ("batch_size", "export_batch_size") if getattr(o, k) is not None}
     values = {k: DYNAMIC if v.strip().lower() == DYNAMIC else int(v) for k, v in given.items()}

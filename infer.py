@@ -11,7 +11,9 @@ hidden files and other files are skipped). The model is the checkpoint's (arch, 
 ``num_classes`` from its head, unless given on the command line). Other keys as in train.py.
 
 Preprocessing is evl.py's: an image is decoded by the rule training uses
-(``src.data.images.read_image``: RGB, alpha dropped, EXIF orientation applied, 16-bit scaled), its
+(``src.data.images.read_image``: RGB, alpha dropped, EXIF orientation applied, 16-bit scaled; a
+large JPEG such as a 200-megapixel photo decoded at reduced size, no smaller than twice the resize
+below needs), its
 shorter side resized to ``image_size / crop_pct`` with the config's ``interpolation`` (the aspect
 ratio kept), the centre ``image_size`` square cropped, then normalised with the dataset's mean/std.
 A 32x32 image therefore goes through exactly what a CIFAR validation image goes through. Photos
@@ -39,11 +41,12 @@ from src.checkpoint.files import meta_class_names
 from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
 from src.data.images import collect_images, preprocess, read_image
+from src.data.transforms import decode_min_side
 from src.data.pipeline import model_class_names
 from src.platform.bounds import check_batch
 from src.platform.console import get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
-from src.platform.errors import DataError, run_cli
+from src.platform.errors import DataError, run_cli, shown_name
 from src.platform.fileio import STDOUT, check_output_path, write_json
 from model import require_finite_outputs
 
@@ -61,7 +64,7 @@ def softmax(logits):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = parse_command_line(argv, OPTIONS, positionals=True)
+    cmd = parse_command_line(argv, OPTIONS, positionals=True, script="infer.py")
     with messages_to_stderr(cmd.options.json == STDOUT):
         return classify_images(argv, cmd)
 
@@ -101,7 +104,7 @@ def classify(net, cfg, files, names, top_k):
         chunk, tensors = [], []
         for path in files[start:start + batch]:
             try:
-                tensors.append(preprocess(read_image(path), cfg))
+                tensors.append(preprocess(read_image(path, decode_min_side(cfg)), cfg))
                 chunk.append(path)
             except DataError as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -112,14 +115,14 @@ def classify(net, cfg, files, names, top_k):
         if len(x) < batch:  # one input shape for every call: no recompilation for the last chunk
             x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], np.float32)])
         logits = net(ms.Tensor(x)).asnumpy()[:len(chunk)]
-        require_finite_outputs(logits, cfg.checkpoint_path, f"logits of {', '.join(chunk[:3])}")
+        require_finite_outputs(logits, cfg.checkpoint_path, f"logits of {', '.join(map(shown_name, chunk[:3]))}")
         for path, p in zip(chunk, softmax(logits)):
             order = np.argsort(-p, kind="stable")[:top_k]
             top = [{"class": int(c), "name": names[c], "prob": float(p[c])} for c in order]
             results.append({"file": path, "top": top})
-            print(path)
+            print(shown_name(path, quoted=False))
             for rank, t in enumerate(top, 1):
-                print(f"  {rank}. {t['name']:<20s} {t['prob']:.4f}  (class {t['class']})")
+                print(f"  {rank}. {shown_name(t['name'], quoted=False):<20s} {t['prob']:.4f}  (class {t['class']})")
     return results, errors
 
 

@@ -159,14 +159,15 @@ def test_other_local_ranks_wait_for_local_rank_0_and_use_its_copy(sdk, tmp_path,
     copier = modelarts_cfg(obs, tmp_path / "out", local)          # a single process: local rank 0
 
     def copy_later():
-        time.sleep(0.5)
+        time.sleep(0.5)                     # the waiter is polling by then
         modelarts.prepare_data(copier, LOG, rank=0)
     thread = threading.Thread(target=copy_later)
-    t0 = time.time()
     thread.start()
     folder = modelarts.prepare_data(waiter, LOG, rank=1)
+    copies_when_it_returned = len(read_calls(sdk))
     thread.join()
-    assert time.time() - t0 >= 0.5 and folder == str(local / "cifar-10-batches-bin") == waiter.val_data_path
+    assert copies_when_it_returned == 1                             # it returned only after rank 0's copy
+    assert folder == str(local / "cifar-10-batches-bin") == waiter.val_data_path
     assert len(read_calls(sdk)) == 1                                 # only local rank 0 copied
 
     bad = tmp_path / "missing"
@@ -226,7 +227,7 @@ def modelarts_run(moxing_dir, tmp_path_factory):
     local_data, local_out = root / "cache" / "data", root / "output"
     log = str(root / "moxing_calls.jsonl")
     proc = run_script("train.py", *TINY_TOPOLOGY, *NO_AUG, "--image_size", "32", "--batch_size", "32",
-                      "--epoch_size", "2", "--warmup_epochs", "1", "--cooldown_epochs", "1",
+                      "--epoch_size", "2", "--warmup_epochs", "1", "--cooldown_epochs", "0",
                       "--device_target", "CPU", "--run_modelarts", "true", "--data_url", obs_data,
                       "--train_url", obs_out, "--modelarts_data_path", local_data,
                       "--save_checkpoint_path", local_out,
@@ -267,5 +268,4 @@ def test_train_log_states_the_learning_rate_plan(modelarts_run):
     out = modelarts_run["proc"].stdout
     assert ("lr plan (2 epochs): 1 warm-up epoch from 1e-06 to 3e-04, 1 cosine epoch to 1e-05, "
             "no cool-down") in out
-    warning = [ln for ln in out.splitlines() if "no room for the cool-down" in ln]
-    assert len(warning) == 1 and "--cooldown_epochs" in warning[0]
+    assert not [ln for ln in out.splitlines() if "cool-down" in ln and ln.startswith("warning:")]

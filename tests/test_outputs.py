@@ -1,6 +1,9 @@
-"""Outputs: a path that is not a regular file is written in place, never replaced; any name the
-OS accepts works for every writer; a generated data folder holds exactly what was reported; only
-the run's outputs are uploaded.
+"""Outputs: a path that is not a regular file is written in place, never replaced (a FIFO that no
+process reads is one error after a bounded wait); a pipe whose reader has gone ends a script quietly
+with exit status 141; a killed writer's private scratch folder is removed by the next write, a live
+one's never; any name the OS accepts works for every writer; a generated data folder holds exactly
+what was reported; only the run's outputs are uploaded. The system temp folder is compared before
+and after a test, never assumed empty.
 
 The rules live in ``src/platform/fileio.py`` (:func:`atomic_output`, the one writer) and are tested
 there in-process first. The device cases use a character device made with ``mknod`` in the test's
@@ -8,6 +11,7 @@ own folder and a FIFO made with ``os.mkfifo``; the entry scripts that write to `
 ``/dev/full`` and ``/dev/null`` run in a private mount namespace (``unshare -m``) whose ``/dev``
 is a tmpfs with nodes of the test's own, so the machine's ``/dev`` is never at risk.
 """
+import io
 import json
 import os
 import shutil
@@ -21,17 +25,26 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_CKPT_FLAGS, assert_user_error, run_script
+from helpers import (REPO, TINY_CKPT_FLAGS, assert_user_error, data_flags, ok, run_main, run_script,
+                     run_script_reader_leaves)
 from src.checkpoint.files import save_atomic
-from src.platform.fileio import OutputError, atomic_output
+from src.platform import fileio
+from src.platform.errors import EXIT_BROKEN_PIPE
+from src.platform.fileio import SCRATCH_PREFIX, OutputError, atomic_output
 from model import read_checkpoint
 
 LONG = "x" * 300   # more than NAME_MAX (255 bytes) of every common file system
 
 
-def scratch_outputs():
-    """The private temporary folders that atomic_output makes for streams and unusual folders."""
-    return sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith("convmlp-out-"))
+@pytest.fixture
+def left_behind():
+    """A function listing what the test left in the system temp folder: the private folders that
+    atomic_output makes for streams and unusual folders (named with this process's id) that were
+    not there when the test started. Whatever else the folder holds, and what other processes put
+    there meanwhile, is not the test's doing."""
+    temp = tempfile.gettempdir()
+    before, ours = set(os.listdir(temp)), f"{SCRATCH_PREFIX}{os.getpid()}-"
+    return lambda: sorted(n for n in set(os.listdir(temp)) - before if n.startswith(ours))
 
 
 def write(path, text="content\n", **kw):
@@ -68,23 +81,23 @@ def image_folder(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 # Streams: written in place, never replaced (in-process)
 
-def test_a_character_device_is_written_in_place(tmp_path):
+def test_a_character_device_is_written_in_place(tmp_path, left_behind):
     null = device(tmp_path, "null", 3)
     before = node(null)
     write(null, "x" * 100_000)
-    assert node(null) == before and sorted(os.listdir(tmp_path)) == ["null"] and not scratch_outputs()
+    assert node(null) == before and sorted(os.listdir(tmp_path)) == ["null"] and not left_behind()
 
 
-def test_a_device_that_refuses_the_data_is_one_error_and_stays(tmp_path):
+def test_a_device_that_refuses_the_data_is_one_error_and_stays(tmp_path, left_behind):
     full = device(tmp_path, "full", 7)
     before = node(full)
     with pytest.raises(OutputError) as err:
         write(full)
     assert str(err.value) == f"cannot write '{full}': No space left on device"
-    assert node(full) == before and sorted(os.listdir(tmp_path)) == ["full"] and not scratch_outputs()
+    assert node(full) == before and sorted(os.listdir(tmp_path)) == ["full"] and not left_behind()
 
 
-def test_a_fifo_receives_the_verified_content_in_place(tmp_path):
+def test_a_fifo_receives_the_verified_content_in_place(tmp_path, left_behind):
     fifo = str(tmp_path / "pipe")
     os.mkfifo(fifo)
     before, got = node(fifo), []
@@ -94,10 +107,42 @@ def test_a_fifo_receives_the_verified_content_in_place(tmp_path):
     write(fifo, "y" * 200_000, verify=lambda tmp: seen.append(os.path.getsize(tmp)))
     reader.join(10)
     assert got == [b"y" * 200_000] and seen == [200_000]     # verified complete before any byte went out
-    assert node(fifo) == before and os.listdir(tmp_path) == ["pipe"] and not scratch_outputs()
+    assert node(fifo) == before and os.listdir(tmp_path) == ["pipe"] and not left_behind()
 
 
-def test_a_socket_and_a_folder_are_one_error_each(tmp_path):
+def test_a_fifo_that_no_process_reads_is_one_error_after_the_bound(tmp_path, monkeypatch, left_behind):
+    """Opened without blocking and tried again for FIFO_READER_WAIT seconds (small here), then one
+    error naming it; nothing is left behind, the FIFO stays."""
+    monkeypatch.setattr(fileio, "FIFO_READER_WAIT", 0.3)
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    before = node(fifo)
+    with pytest.raises(OutputError) as err:
+        write(fifo, label="--json")
+    assert str(err.value) == (f"--json '{fifo}' is a FIFO that no process reads (none opened it for reading "
+                              "within 0.3 s); start its reader first (nothing was written)")
+    assert node(fifo) == before and os.listdir(tmp_path) == ["pipe"] and not left_behind()
+
+
+def test_a_fifo_reader_that_comes_during_the_wait_gets_the_bytes(tmp_path, monkeypatch, left_behind):
+    monkeypatch.setattr(fileio, "FIFO_READER_WAIT", 120)
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    got, polled = [], threading.Event()
+    sleep = fileio.time.sleep
+
+    def polling(seconds):          # the writer found no reader and waits: the reader comes now
+        polled.set()
+        sleep(seconds)
+    monkeypatch.setattr(fileio.time, "sleep", polling)
+    reader = threading.Thread(target=lambda: polled.wait(60) and got.append(open(fifo, "rb").read()))
+    reader.start()
+    write(fifo, "late reader\n")
+    reader.join(60)
+    assert polled.is_set() and got == [b"late reader\n"] and not left_behind()
+
+
+def test_a_socket_and_a_folder_are_one_error_each(tmp_path, left_behind):
     sock_path = str(tmp_path / "s.sock")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(sock_path)
@@ -110,7 +155,7 @@ def test_a_socket_and_a_folder_are_one_error_each(tmp_path):
         sock.close()
     with pytest.raises(OutputError, match="is a folder; expected a file name"):
         write(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["s.sock"] and not scratch_outputs()
+    assert sorted(os.listdir(tmp_path)) == ["s.sock"] and not left_behind()
 
 
 def test_links_stay_links(tmp_path):
@@ -144,15 +189,15 @@ NAMES = ["weights", "weights.CKPT", "weights.ckpt.bak", "wé ights.ckpt", "-", "
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_any_file_name_holds_a_checkpoint_that_reads_back(name, tmp_path):
+def test_any_file_name_holds_a_checkpoint_that_reads_back(name, tmp_path, left_behind):
     import mindspore as ms
     path = tmp_path / name
     save_atomic([{"name": "w", "data": ms.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))}], str(path))
     np.testing.assert_array_equal(read_checkpoint(str(path))["w"].asnumpy(), np.arange(6).reshape(2, 3))
-    assert sorted(os.listdir(path.parent)) == [os.path.basename(name)] and not scratch_outputs()
+    assert sorted(os.listdir(path.parent)) == [os.path.basename(name)] and not left_behind()
 
 
-def test_mindir_export_to_a_folder_and_name_mindspore_refuses(tmp_path):
+def test_mindir_export_to_a_folder_and_name_mindspore_refuses(tmp_path, left_behind):
     import mindspore as ms
     from mindspore import nn
     from src.convert.mindir import export_atomic, verify_export
@@ -164,7 +209,7 @@ def test_mindir_export_to_a_folder_and_name_mindspore_refuses(tmp_path):
     checked = []
     export_atomic(net, [x], None, "MINDIR", check=lambda tmp: checked.append(verify_export(net, tmp, [[x]])),
                   final=final)
-    assert checked == [0.0] and os.listdir(folder) == ["mödel v2.MINDIR"] and not scratch_outputs()
+    assert checked == [0.0] and os.listdir(folder) == ["mödel v2.MINDIR"] and not left_behind()
 
 
 def test_a_name_over_the_limit_is_one_error_naming_the_path(tmp_path):
@@ -177,7 +222,7 @@ def test_a_name_over_the_limit_is_one_error_naming_the_path(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_failing_writer_leaves_nothing_in_an_unusual_folder(tmp_path):
+def test_a_failing_writer_leaves_nothing_in_an_unusual_folder(tmp_path, left_behind):
     folder = tmp_path / "sp ace é"
     folder.mkdir()
     (folder / "r.json").write_text("old")
@@ -185,7 +230,7 @@ def test_a_failing_writer_leaves_nothing_in_an_unusual_folder(tmp_path):
         with atomic_output(folder / "r.json") as tmp:
             open(tmp, "w").write("half")
             raise OSError(28, "No space left on device")
-    assert os.listdir(folder) == ["r.json"] and (folder / "r.json").read_text() == "old" and not scratch_outputs()
+    assert os.listdir(folder) == ["r.json"] and (folder / "r.json").read_text() == "old" and not left_behind()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,6 +337,214 @@ def test_train_with_a_run_folder_name_over_the_limit_is_one_error(tiny_cifar10, 
                       "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
     assert_user_error(proc, "save_checkpoint_path '", "has 300 bytes, more than this file system takes")
     assert os.listdir(tmp_path) == []
+
+
+def test_evl_json_to_a_fifo_that_no_process_reads_is_one_error(tiny_ckpt, tiny_cifar10, tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "FIFO_READER_WAIT", 0.5)
+    fifo = str(tmp_path / "results")
+    os.mkfifo(fifo)
+    proc = run_main("evl.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, *data_flags(tiny_cifar10),
+                    "--graph_cache", "false", "--json", fifo)
+    assert_user_error(proc, f"--json '{fifo}' is a FIFO that no process reads (none opened it for reading within "
+                      "0.5 s)")
+    assert "accuracy:{'acc': " in proc.stdout and os.listdir(tmp_path) == ["results"]
+
+
+@pytest.mark.parametrize("script,label", [("pth2ckpt.py", "--dst"), ("export.py", "export file")])
+def test_other_outputs_to_a_fifo_that_no_process_reads_are_one_error(script, label, tiny, tiny_ckpt, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(fileio, "FIFO_READER_WAIT", 0.3)
+    fifo = str(tmp_path / ("weights.ckpt" if script == "pth2ckpt.py" else "model.mindir"))
+    os.mkfifo(fifo)
+    args = {"pth2ckpt.py": ["--src", tiny["pth"], "--dst", fifo, *tiny["flags"]],
+            "export.py": ["--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, "--file_name", fifo]}[script]
+    proc = run_main(script, *args)
+    assert_user_error(proc, f"{label} '{fifo}' is a FIFO that no process reads (none opened it for reading within "
+                      "0.3 s); start its reader first")
+    assert os.listdir(tmp_path) == [os.path.basename(fifo)]
+
+
+def test_infer_json_to_a_fifo_with_a_reader_delivers_the_json(tiny_ckpt, image_folder, tmp_path):
+    fifo = str(tmp_path / "predictions")
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    proc = ok(run_main("infer.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, image_folder, "--json", fifo))
+    reader.join(60)
+    result = json.loads(got[0])
+    assert [r["file"] for r in result["results"]] == [os.path.join(image_folder, f"img{i}.png") for i in range(2)]
+    assert f"wrote {fifo}" in proc.stdout and os.listdir(tmp_path) == ["predictions"]
+
+
+# ------------------------------------------------------------------------------------------------
+# A pipe whose reader has gone: the script ends quietly, exit status 141 (as a Unix tool)
+
+def assert_quiet_end(proc):
+    assert proc.returncode == EXIT_BROKEN_PIPE == 141, f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    for text in (proc.stdout, proc.stderr):
+        assert "Traceback" not in text and "Exception ignored" not in text and "error:" not in text, text
+
+
+def test_evl_piped_into_head_1_ends_quietly(tiny_ckpt, tiny_cifar10):
+    """``evl.py | head -1``: the reader leaves after the first log line, the evaluation's progress
+    and results then meet a closed pipe."""
+    proc = run_script_reader_leaves("evl.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS,
+                                    *data_flags(tiny_cifar10))
+    assert_quiet_end(proc)
+    assert proc.stdout.count("\n") == 1 and f"evaluating {tiny_ckpt}" in proc.stdout
+
+
+def test_infer_piped_into_head_1_ends_quietly(tiny_ckpt, image_folder):
+    """``infer.py | head -1``: the predictions, buffered, meet a closed pipe when they are written."""
+    proc = run_script_reader_leaves("infer.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, image_folder)
+    assert_quiet_end(proc)
+    assert proc.stdout.count("\n") == 1 and "classifying 2 image(s)" in proc.stdout
+
+
+def test_dataset_check_into_a_pipe_closed_before_it_writes_ends_quietly(tiny_cifar10):
+    """Its report goes out in one piece at the end (a pipe is block-buffered), so ``| head -1`` reads
+    all of it and the script exits 0; a reader gone before that is the closed pipe."""
+    proc = run_script_reader_leaves("dataset.py", "check", "--path", tiny_cifar10, lines=0)
+    assert_quiet_end(proc)
+
+
+def test_evl_with_json_on_stdout_and_its_messages_into_head_1_ends_quietly(tiny_ckpt, tiny_cifar10):
+    """``evl.py --json - 2>&1 >out | head -1``: the messages (on stderr) meet a closed pipe; the JSON
+    (after the evaluation) is never written."""
+    proc = run_script_reader_leaves("evl.py", "--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS,
+                                    *data_flags(tiny_cifar10), "--json", "-", stream="stderr")
+    assert_quiet_end(proc)
+    assert f"evaluating {tiny_ckpt}" in proc.stderr and proc.stdout == ""
+
+
+class ClosedPipe(io.StringIO):
+    """A standard stream whose reader has gone; with `buffered`, a write is kept until the flush."""
+
+    def __init__(self, buffered=False):
+        super().__init__()
+        self.buffered = buffered
+
+    def write(self, text):
+        if not self.buffered:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+    def flush(self):
+        if self.getvalue() or not self.buffered:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.fixture
+def cli_state():
+    """run_cli's signal handlers and the log's handlers put back after the test."""
+    import logging
+    import signal
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, logger = sys.unraisablehook, logging.getLogger("convmlp")
+    log_handlers = logger.handlers[:]
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    sys.unraisablehook, logger.handlers[:] = hook, log_handlers
+
+
+@pytest.mark.parametrize("where", ["print", "buffered", "log", "error line"])
+def test_run_cli_ends_quietly_on_a_closed_pipe_wherever_it_is_met(where, monkeypatch, capsys, cli_state):
+    """Met by a print, by the final flush of what was buffered, by a log line (the logger's
+    handler) or by the error line on stderr: exit status 141 and no word."""
+    from src.platform.console import get_logger
+    from src.platform.errors import ConfigError, run_cli
+    monkeypatch.setattr(sys, "stderr" if where == "error line" else "stdout", ClosedPipe(buffered=where == "buffered"))
+
+    def main(argv):
+        if where in ("print", "buffered"):
+            print("accuracy")
+        elif where == "log":
+            get_logger(0).info("evaluating")
+        else:
+            raise ConfigError("a bad value")
+        return 0
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [])
+    monkeypatch.undo()
+    assert exit_.value.code == EXIT_BROKEN_PIPE and capsys.readouterr() == ("", "")
+
+
+def test_a_log_line_of_another_thread_into_a_closed_pipe_is_dropped_quietly(monkeypatch, capsys, cli_state):
+    from src.platform.console import get_logger
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    logger, raised = get_logger(0), []
+
+    def log():
+        try:
+            logger.info("from a worker")
+        except BaseException as exc:
+            raised.append(exc)
+    worker = threading.Thread(target=log)
+    worker.start()
+    worker.join()
+    logger.info("dropped too")                       # the handler stopped writing to the closed pipe
+    monkeypatch.undo()
+    assert raised == [] and capsys.readouterr() == ("", "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Private scratch folders: a killed writer's are removed by the next run, a live one's never
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from src.platform.fileio import atomic_output
+with atomic_output("/dev/null") as tmp:      # a stream: the content is made in a private folder
+    open(tmp, "w").write("half")
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def start_writer(temp):
+    """A process in the middle of writing to /dev/null, its private folder in `temp`."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=REPO)], env=dict(os.environ, TMPDIR=str(temp)),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "writing\n"
+    return proc
+
+
+def test_the_next_write_removes_a_killed_writers_scratch_and_nothing_else(tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    foreign = {"convmlp-out-1-notours": "data", "convmlp-out-abcd1234": "output.json", "other-program": "x"}
+    for name, inside in foreign.items():     # our name pattern without our lock file, an older name, others
+        (temp / name).mkdir()
+        (temp / name / inside).write_text("theirs")
+    (temp / "convmlp-out-2-file").write_text("a file, not a folder")
+    killed, live = start_writer(temp), start_writer(temp)
+    try:
+        killed.kill()                         # kill -9 in the middle of the write
+        killed.wait()
+        scratch = {p.pid: [n for n in os.listdir(temp) if n.startswith(f"convmlp-out-{p.pid}-")]
+                   for p in (killed, live)}
+        assert [len(v) for v in scratch.values()] == [1, 1]
+        assert sorted(os.listdir(temp / scratch[killed.pid][0])) == ["output", "owner.lock"]
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        write(tmp_path / "result.json")       # the next run, writing a regular file
+        assert sorted(os.listdir(temp)) == sorted([*foreign, "convmlp-out-2-file", *scratch[live.pid]])
+        assert all((temp / name / inside).read_text() == "theirs" for name, inside in foreign.items())
+    finally:
+        live.kill()
+        live.wait()
+    write(tmp_path / "result.json")           # the live writer is gone now: its folder is stale too
+    assert sorted(os.listdir(temp)) == sorted([*foreign, "convmlp-out-2-file"])
+
+
+def test_a_scratch_folder_is_stale_by_its_lock_not_by_its_process_id(tmp_path):
+    """A dead writer's process id may belong to another process now (here: this one): the folder is
+    still stale, since no process holds its lock."""
+    stale = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-reused"
+    stale.mkdir()
+    (stale / "owner.lock").write_text(f"{os.getpid()}\n")
+    assert fileio.remove_stale_scratch(str(tmp_path)) == [stale.name] and os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------------------------

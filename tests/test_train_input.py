@@ -117,6 +117,17 @@ def test_other_files_are_decoded_by_read_image_and_handed_over_without_loss(tmp_
         assert want.shape[:2] == ((40, 30) if "rotated" in name and "exif" in name else (30, 40)), name
 
 
+def test_a_jpeg_that_read_image_decodes_at_reduced_size_goes_through_read_image(tmp_path):
+    """A JPEG large enough for read_image's reduced-size decoding (here 1/2, with min_side 200) is
+    not passed as bytes: the engine gets read_image's reduced pixels."""
+    path = plain_jpeg(str(tmp_path), "420.jpg", 600, 800)
+    data = open(path, "rb").read()
+    assert encoded.engine_decodes(data) and not encoded.engine_decodes(data, min_side=200)
+    got = vision.Decode()(encoded.read_encoded(path, min_side=200))
+    assert got.shape == (300, 400, 3)
+    np.testing.assert_array_equal(got, read_image(path, min_side=200))
+
+
 def test_a_broken_jpeg_is_read_images_error_naming_it(tmp_path):
     """A JPEG cut short (no end-of-image marker) is not passed on as bytes: read_image decides,
     with its DataError naming the file."""

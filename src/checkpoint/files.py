@@ -71,9 +71,11 @@ def meta_class_names(meta: Dict) -> Optional[list]:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
-def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None):
+def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: Optional[int] = None,
+                label: str = "output"):
     """``mindspore.save_checkpoint`` to ``path`` (any file name) through :func:`fileio.atomic_output`
-    (then ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner).
+    (then ``chmod`` to `mode` when given: MindSpore makes the file read-only for its owner); errors
+    name it as `label` (the option that gave it).
 
     Every checkpoint carries MindSpore's CRC-32 of its whole content (``crc_check=True``), which
     :func:`model.weights.read_checkpoint` verifies: MindSpore computes it while writing (no second
@@ -82,7 +84,7 @@ def save_atomic(save_obj, path: str, append_dict: Optional[dict] = None, mode: O
     temporary file is removed, ``path`` keeps its old content, and :class:`fileio.OutputError`
     names the file and the cause.
     """
-    with atomic_output(path, failures=(Exception,), suffix=".ckpt") as tmp:
+    with atomic_output(path, failures=(Exception,), label=label, suffix=".ckpt") as tmp:
         try:
             ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True)
             if mode is not None:

@@ -77,7 +77,7 @@ def save_ckpt_atomic(weights: Mapping[str, np.ndarray], dst: str, src: Optional[
     ``dst`` is either the old file or the complete new one, never partial, and never ``src``."""
     import mindspore as ms
     check_not_input(dst, ("--src", src), label="--dst")
-    save_atomic([{"name": k, "data": ms.Tensor(v)} for k, v in weights.items()], dst, mode=0o644)
+    save_atomic([{"name": k, "data": ms.Tensor(v)} for k, v in weights.items()], dst, mode=0o644, label="--dst")
 
 
 def verify(torch_state: Mapping, weights: Mapping[str, np.ndarray], topo: dict, num_classes: int,

@@ -4,7 +4,7 @@ imported only when asked for an interpolation mode: the config schema reads this
 
 __all__ = ["DATASETS", "CIFAR", "IMAGE_FOLDER_DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "SPLIT_FOLDERS",
            "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
-           "data_format"]
+           "data_format", "SPLIT_NAMES", "split_folders"]
 
 #: The CIFAR binary releases (src.data.cifar) and the class-per-folder image trees (src.data.imagefolder):
 #: two named trees with their official recipe, and ``imagefolder``, any tree of a user's images.
@@ -21,6 +21,10 @@ FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary", "f
 #: The split folders of an image tree under its dataset folder (the official recipes' ``train_split`` /
 #: ``val_split``: Flowers-102 ``train``/``valid``; ImageNet timm's defaults, ``train`` and ``val``).
 SPLIT_FOLDERS = {"flowers102": {"train": "train", "val": "valid"}, "imagenet": {"train": "train", "val": "val"}}
+#: Sub-folder names that make a tree a tree of splits (``dataset.py check`` and ``pack`` take each on its
+#: own; train.py refuses a train_data_path whose only folders they are), the validation split's names in
+#: the order they are looked for after ``train``.
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 #: Per-channel statistics of the training images (RGB, 0..1), used to normalise the inputs. A user's
 #: own images are normalised as ImageNet's, which the pretrained weights were trained with.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,6 +39,13 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 def data_format(dataset):
     """``"cifar"`` (binary records) or ``"imagefolder"`` (one folder of image files per class)."""
     return "cifar" if dataset in CIFAR else "imagefolder"
+
+
+def split_folders(names):
+    """The split folders among a tree's sub-folder `names` in :data:`SPLIT_NAMES` order, when every
+    one of them is a split name; else [] (a tree of class folders)."""
+    names = [n for n in names if not n.startswith(".")]
+    return [n for n in SPLIT_NAMES if n in names] if names and set(names) <= set(SPLIT_NAMES) else []
 
 
 def interpolation_mode(name):

@@ -4,8 +4,9 @@ copied into the engine).
 
 A file is passed as it is only when that decoder gives exactly the pixels of
 :func:`.images.read_image`: a complete baseline or progressive 8-bit JPEG with one (grey) or three
-(YCbCr/RGB) components, without an EXIF or XMP orientation other than 1, and within
-:data:`.images.MAX_IMAGE_PIXELS`. Every other file (PNG, CMYK, EXIF-rotated, truncated, ...) is
+(YCbCr/RGB) components, without an EXIF or XMP orientation other than 1, within
+:data:`.images.MAX_IMAGE_PIXELS`, and not so large that read_image decodes it at reduced size
+(:func:`.images.decode_plan`). Every other file (PNG, CMYK, EXIF-rotated, truncated, ...) is
 decoded by :func:`.images.read_image` (the one rule, its errors included) and handed over as an
 uncompressed BMP, which the engine's decoder reads back without loss."""
 import io
@@ -13,7 +14,7 @@ import struct
 
 import numpy as np
 
-from .images import MAX_IMAGE_PIXELS, read_image
+from .images import MAX_IMAGE_PIXELS, decode_plan, read_image
 
 __all__ = ["jpeg_info", "engine_decodes", "read_encoded"]
 
@@ -80,9 +81,10 @@ def jpeg_info(data):
     return None
 
 
-def engine_decodes(data):
+def engine_decodes(data, min_side=None):
     """Whether MindSpore's ``vision.Decode`` turns these file bytes into exactly the pixels
-    :func:`.images.read_image` gives (see the module docstring)."""
+    ``read_image(path, min_side)`` gives (see the module docstring): not for a JPEG that read_image
+    decodes at reduced size (:func:`.images.decode_plan`)."""
     data = bytes(data)
     info = jpeg_info(data)
     if not info:
@@ -92,18 +94,20 @@ def engine_decodes(data):
         return False
     if not 0 < width * height <= MAX_IMAGE_PIXELS:
         return False
+    if decode_plan((width, height), "JPEG", "RGB", len(data), None, min_side)[0] != 1:
+        return False
     tail = data[-64:].rstrip(b"\0")      # complete: ends with the end-of-image marker
     return tail.endswith(b"\xff\xd9")
 
 
-def read_encoded(path):
+def read_encoded(path, min_side=None):
     """The bytes of the image at `path` for ``vision.Decode``: the file itself when
-    :func:`engine_decodes`, else :func:`.images.read_image`'s RGB pixels as an uncompressed BMP
+    :func:`engine_decodes`, else ``read_image(path, min_side)``'s RGB pixels as an uncompressed BMP
     (DataError naming the file, as read_image, when it cannot be decoded)."""
     data = np.fromfile(path, dtype=np.uint8)
-    if engine_decodes(data):
+    if engine_decodes(data, min_side):
         return data
     from PIL import Image
     out = io.BytesIO()
-    Image.fromarray(read_image(path)).save(out, format="BMP")
+    Image.fromarray(read_image(path, min_side)).save(out, format="BMP")
     return np.frombuffer(out.getvalue(), dtype=np.uint8)

@@ -11,9 +11,12 @@ Rules (one ``error:`` line naming the folder or file, or a counted skip):
 * hidden files and folders (``.name``) are ignored; files without an image extension
   (:data:`.images.IMAGE_EXTENSIONS`) are skipped and counted;
 * a missing or empty root, a root without class folders and a class folder without images are errors;
-* every image is checked (:func:`.images.inspect_image`: empty, unreadable, truncated, larger than
-  :data:`.images.MAX_IMAGE_PIXELS`): the first bad file is an error, or with ``skip_bad_images``
-  all bad files are left out and counted.
+* every image is checked (:func:`.images.inspect_image`: empty, unreadable, truncated, too costly to
+  decode by :func:`.images.decode_plan`): the first bad file is an error, or with ``skip_bad_images``
+  all bad files are left out and counted -- but a tree without a usable image, or a class whose
+  images are all bad, is still an error (:func:`require_usable`);
+* names are whatever the file system allows: the split lists escape them (:func:`encode_name`) and
+  messages print them on one line (:func:`src.platform.errors.shown_name`).
 """
 import functools
 import logging
@@ -26,12 +29,13 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..platform.errors import DataError
+from ..platform.errors import DataError, shown_name
 from ..platform.fileio import atomic_output
 from .images import IMAGE_EXTENSIONS, inspect_image, is_image_name
 
 __all__ = ["ImageTree", "natural_key", "find_classes", "scan_tree", "check_images", "load_tree", "split_tree",
-           "check_same_classes", "split_list_paths", "write_split_lists", "read_split_list", "SPLIT_LISTS"]
+           "check_same_classes", "split_list_paths", "write_split_lists", "read_split_list", "SPLIT_LISTS",
+           "encode_name", "decode_name", "require_usable"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ class ImageTree:
         index = np.asarray(index, dtype=np.int64)
         return replace(self, files=[self.files[i] for i in index], labels=self.labels[index],
                        sizes=None if self.sizes is None else self.sizes[index])
+
+
+def _bare(name):
+    """A folder, class or file name as this module's messages print it (:func:`shown_name`)."""
+    return shown_name(name, quoted=False)
 
 
 def natural_key(name):
@@ -122,7 +131,7 @@ def scan_tree(root):
     for label, name in enumerate(classes):
         images, others = _walk(os.path.join(root, name))
         if not images:
-            raise DataError(f"class folder {os.path.join(root, name)} has no image files (expected "
+            raise DataError(f"class folder {_bare(os.path.join(root, name))} has no image files (expected "
                             f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
         files += images
         labels += [label] * len(images)
@@ -130,13 +139,13 @@ def scan_tree(root):
     return ImageTree(root, classes, files, np.asarray(labels, np.int32), skipped)
 
 
-def check_images(tree, workers=2, skip_bad=False):
-    """Check every image of `tree` (:func:`.images.inspect_image`, in `workers` threads); returns the
+def check_images(tree, workers=2, skip_bad=False, min_side=None):
+    """Check every image of `tree` (:func:`.images.inspect_image` with `min_side`, in `workers` threads); returns the
     tree with ``sizes`` set, the bad files left out and listed in ``bad`` when `skip_bad`, else
     DataError for the first bad file (with the number of others)."""
     def one(path):
         try:
-            info = inspect_image(path)
+            info = inspect_image(path, min_side)
             return (info.width, info.height), None
         except DataError as exc:
             return None, str(exc)
@@ -154,6 +163,27 @@ def check_images(tree, workers=2, skip_bad=False):
     return out
 
 
+def require_usable(tree):
+    """`tree` after ``skip_bad_images`` left its bad files out; DataError when nothing usable is left
+    (no image at all, or a class whose every image is bad: training without it would silently change
+    the label space). An image tree with bad files is then a DataError at start, never a surprise
+    later (a batch size larger than nothing, a class the model never sees)."""
+    if not tree.bad:
+        return tree
+    if not len(tree):
+        raise DataError(f"no usable images in {_bare(tree.root)}: all {len(tree.bad)} image file(s) are bad, "
+                        f"e.g. {tree.bad[0][1]}; fix or replace them")
+    empty = [c for c, n in zip(tree.classes, tree.counts()) if n == 0]
+    if empty:
+        bad = [(p, why) for p, why in tree.bad if _relative(p, tree.root).split("/")[0] == empty[0]]
+        more = f" ({len(empty) - 1} more class(es) like it: {', '.join(map(_bare, empty[1:4]))})" \
+            if len(empty) > 1 else ""
+        raise DataError(f"class {_bare(empty[0])} of {_bare(tree.root)} has no usable image: all its "
+                        f"{len(bad)} image file(s) are bad, e.g. {bad[0][1] if bad else '?'}{more}; skip_bad_images "
+                        "leaves bad images out, not classes: fix the images or remove the class folder")
+    return tree
+
+
 def _stamp(root):
     """The modification times of the root and its first-level folders: they change when a class
     folder's files are added, removed or renamed."""
@@ -161,28 +191,29 @@ def _stamp(root):
     return tuple((n, os.stat(os.path.join(root, n)).st_mtime_ns) for n in names) + (os.stat(root).st_mtime_ns,)
 
 
-def load_tree(root, workers=2, skip_bad=False, logger=None):
+def load_tree(root, workers=2, skip_bad=False, logger=None, min_side=None):
     """The checked :class:`ImageTree` of `root` (:func:`scan_tree`, :func:`check_images`), kept while
     the folders are unchanged, so that a pipeline built again (each epoch) does not check again."""
     try:
         stamp = _stamp(root)
     except OSError:
-        return _checked_tree(root, workers, skip_bad, logger)    # scan_tree reports the problem
-    return _checked_tree_of(os.path.realpath(root), stamp, root, workers, skip_bad, logger)
+        return _checked_tree(root, workers, skip_bad, logger, min_side)    # scan_tree reports the problem
+    return _checked_tree_of(os.path.realpath(root), stamp, root, workers, skip_bad, logger, min_side)
 
 
 @functools.lru_cache(maxsize=4)
-def _checked_tree_of(real_root, stamp, root, workers, skip_bad, logger):
-    return _checked_tree(root, workers, skip_bad, logger)
+def _checked_tree_of(real_root, stamp, root, workers, skip_bad, logger, min_side):
+    return _checked_tree(root, workers, skip_bad, logger, min_side)
 
 
-def _checked_tree(root, workers, skip_bad, logger):
+def _checked_tree(root, workers, skip_bad, logger, min_side=None):
     t0 = time.time()
-    tree = check_images(scan_tree(root), workers, skip_bad)
+    tree = require_usable(check_images(scan_tree(root), workers, skip_bad, min_side))
     log = logger or _LOG
     log.info(f"{root}: {len(tree)} images in {len(tree.classes)} classes, checked in {time.time() - t0:.1f}s")
     if tree.skipped:
-        log.info(f"{root}: skipped {len(tree.skipped)} file(s) without an image extension, e.g. {tree.skipped[0]}")
+        log.info(f"{root}: skipped {len(tree.skipped)} file(s) without an image extension, e.g. "
+                 f"{_bare(tree.skipped[0])}")
     if tree.bad:
         log.warning(f"{root}: skip_bad_images: left out {len(tree.bad)} bad image file(s), e.g. {tree.bad[0][1]}")
     return tree
@@ -195,8 +226,8 @@ def check_same_classes(expected, where, tree, what="validation"):
         return
     only_train = [c for c in expected if c not in set(tree.classes)]
     only_val = [c for c in tree.classes if c not in set(expected)]
-    parts = [f"only in {where}: {', '.join(only_train[:8])}" if only_train else "",
-             f"only in {tree.root}: {', '.join(only_val[:8])}" if only_val else ""]
+    parts = [f"only in {where}: {', '.join(map(_bare, only_train[:8]))}" if only_train else "",
+             f"only in {tree.root}: {', '.join(map(_bare, only_val[:8]))}" if only_val else ""]
     detail = "; ".join(p for p in parts if p) or "the same names in another order"
     raise DataError(f"the {what} classes are not the training classes ({detail}); expected the same class "
                     "folders in both")
@@ -224,27 +255,99 @@ def split_list_paths(folder):
     return {split: os.path.join(folder, name) for split, name in SPLIT_LISTS.items()}
 
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNESCAPES = {v[1]: k for k, v in _ESCAPES.items()}
+
+
+def encode_name(name):
+    """`name` (a path as ``os.fsdecode`` gives it) as one line of ASCII-safe UTF-8 text: a backslash,
+    newline, carriage return and tab as ``\\\\ \\n \\r \\t``, other control characters as ``\\xHH``,
+    and each byte that is not UTF-8 (a surrogate of ``surrogateescape``) as ``\\xHH`` with HH >= 80;
+    spaces and every other character are kept. :func:`decode_name` reads it back exactly."""
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode_name(line):
+    """The name :func:`encode_name` wrote as `line`; ValueError for an escape it never writes."""
+    out, i = [], 0
+    while i < len(line):
+        ch = line[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        kind = line[i + 1:i + 2]
+        if kind in _UNESCAPES:
+            out.append(_UNESCAPES[kind])
+            i += 2
+        elif kind in ("x", "u") and re.fullmatch(r"[0-9a-f]{2}" if kind == "x" else r"[0-9a-f]{4}",
+                                                 line[i + 2:i + (4 if kind == "x" else 6)]):
+            width = 2 if kind == "x" else 4
+            code = int(line[i + 2:i + 2 + width], 16)
+            out.append(chr(0xDC00 + code if kind == "x" and code >= 0x80 else code))
+            i += 2 + width
+        else:
+            raise ValueError(f"unknown escape {line[i:i + 2]!r} at character {i + 1}")
+    return "".join(out)
+
+
+def _relative(path, root):
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
 def write_split_lists(folder, tree, parts):
-    """Save each split's files (`parts`: split -> positions in `tree`), relative to the tree's root."""
+    """Save each split's files (`parts`: split -> positions in `tree`), relative to the tree's root,
+    one per line, each name escaped (:func:`encode_name`) so that every name a file system allows
+    reads back exactly (a plain name is written as it is: lists written before escaping was
+    introduced read the same, unless a name holds a backslash)."""
     os.makedirs(folder, exist_ok=True)
     for split, path in split_list_paths(folder).items():
-        lines = [os.path.relpath(tree.files[i], tree.root).replace(os.sep, "/") for i in parts[split]]
+        lines = [encode_name(_relative(tree.files[i], tree.root)) for i in parts[split]]
         with atomic_output(path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(line + "\n" for line in lines))
+
+
+def _read_names(path):
+    """The names a split list holds, one escaped name a line (:func:`decode_name`)."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    names = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            names.append(decode_name(line))
+        except ValueError as exc:
+            raise DataError(f"split list {_bare(path)} line {number}: {exc}; expected names written by "
+                            "train.py (start a new run to write the lists again)") from None
+    return names
 
 
 def read_split_list(path, tree):
     """Positions in `tree` of the files a saved list names; DataError naming the list and the first
     file that is no longer a checked image of the tree."""
-    where = {os.path.relpath(p, tree.root).replace(os.sep, "/"): i for i, p in enumerate(tree.files)}
+    where = {_relative(p, tree.root): i for i, p in enumerate(tree.files)}
     try:
-        with open(path, encoding="utf-8") as f:
-            names = [line.rstrip("\n") for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the split list {path}: {exc}") from None
+        names = _read_names(path)
+    except OSError as exc:
+        raise DataError(f"cannot read the split list {_bare(path)}: {exc.strerror}") from None
     missing = [n for n in names if n not in where]
     if missing:
-        raise DataError(f"split list {path} names {len(missing)} file(s) that are not images of {tree.root} any "
-                        f"more, e.g. {missing[0]}; restore them, or start a new run (another save_checkpoint_path)")
+        raise DataError(f"split list {_bare(path)} names {len(missing)} file(s) that are not images of "
+                        f"{_bare(tree.root)} any more, e.g. {_bare(missing[0])}; restore them, or start a "
+                        "new run (another save_checkpoint_path)")
     return np.asarray([where[n] for n in names], np.int64)

@@ -6,19 +6,31 @@ import os
 
 import numpy as np
 
-from ..platform.errors import DataError, first_line
+from ..platform.errors import DataError, first_line, shown_name
 from .transforms import eval_transforms
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "collect_images", "is_image_name", "read_image", "to_rgb",
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "MAX_DECODE_BYTES", "MAX_COMPRESSION", "decode_plan",
+           "collect_images", "is_image_name", "read_image", "to_rgb",
            "inspect_image", "ImageInfo", "preprocess"]
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-#: Largest image accepted (width x height), Pillow's own default limit (about 9459 x 9459): a larger
-#: file is refused before it is decoded, as a decompression bomb (a small file that decodes to
-#: gigabytes) would be.
+#: Images up to this many pixels (Pillow's own default limit, about 9459 x 9459) are decoded without
+#: further question. A larger one is judged by what decoding it costs (:func:`decode_plan`).
 MAX_IMAGE_PIXELS = 89_478_485
+#: Most memory one image may take to decode (its pixels after any reduction, in its own mode and
+#: as RGB): 1 GiB, e.g. a 178-megapixel PNG; a JPEG is first reduced (:func:`decode_plan`).
+MAX_DECODE_BYTES = 1 << 30
+#: Decoded bytes per byte of file above which an image over :data:`MAX_IMAGE_PIXELS` is a
+#: decompression bomb (a small file that decodes to gigabytes: a flat PNG compresses about 1000
+#: times, a forged header millions of times); a photo of 100-200 megapixels compresses 5-50 times.
+MAX_COMPRESSION = 500
+#: JPEG's DCT scaling: a JPEG can be decoded at 1/2, 1/4 or 1/8 of its size at a fraction of the cost.
+JPEG_REDUCTIONS = (8, 4, 2)
+#: Bytes per pixel of Pillow's modes while decoding (4 for a mode not listed).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "RGB": 3, "YCbCr": 3,
+               "LAB": 3, "HSV": 3}
 
 
 def is_image_name(name):
@@ -40,30 +52,68 @@ def collect_images(paths):
             found = sorted(os.path.join(p, n) for n in os.listdir(p)
                            if is_image_name(n) and os.path.isfile(os.path.join(p, n)))
             if not found:
-                raise DataError(f"folder '{p}' has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+                raise DataError(f"folder {shown_name(p)} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
         elif os.path.isfile(p):
             files.append(p)
         elif os.path.exists(p):
-            raise DataError(f"'{p}' is neither a file nor a folder")
+            raise DataError(f"{shown_name(p)} is neither a file nor a folder")
         else:
-            raise DataError(f"image path '{p}' does not exist")
+            raise DataError(f"image path {shown_name(p)} does not exist")
     return files
 
 
 # --------------------------------------------------------------------------------------------
 # Decoding: one rule for training, evaluation and inference
 # --------------------------------------------------------------------------------------------
-def _check_pixels(size, path):
+def decode_plan(size, fmt, mode, file_bytes, path, min_side=None):
+    """THE rule of what an image may cost, and at which reduction it is decoded: ``(reduction,
+    decoded size)``. A JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 (Pillow's ``draft``)
+    while its shorter side stays at least `min_side` (:func:`.transforms.decode_min_side`: twice what
+    the transforms ask for; None: no reduction); other formats are decoded whole. An image up to
+    :data:`MAX_IMAGE_PIXELS` is accepted; a larger one is refused (DataError naming the file) when its
+    file is compressed more than :data:`MAX_COMPRESSION` times (a decompression bomb), or when
+    decoding it, after the reduction, would take more than :data:`MAX_DECODE_BYTES`."""
     width, height = size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DataError(f"image '{path}' is {width} x {height} = {width * height:,} pixels, more than the limit of "
-                        f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); expected a smaller image")
+    reduction = 1
+    if fmt == "JPEG" and min_side:
+        reduction = next((r for r in JPEG_REDUCTIONS if min(width, height) // r >= min_side), 1)
+    out = (-(-width // reduction), -(-height // reduction))
+    pixels, depth = width * height, _MODE_BYTES.get(mode, 4)
+    if pixels <= MAX_IMAGE_PIXELS:
+        return reduction, out
+    ratio = pixels * depth / max(1, file_bytes)
+    if ratio > MAX_COMPRESSION:
+        raise DataError(f"image {shown_name(path)} is {width} x {height} = {pixels:,} pixels, more than the limit of "
+                        f"{MAX_IMAGE_PIXELS:,}, in a file of {file_bytes:,} bytes (compressed {ratio:,.0f} times, "
+                        f"more than {MAX_COMPRESSION}): a decompression bomb; expected a real image")
+    cost = out[0] * out[1] * (depth + 3)
+    if cost > MAX_DECODE_BYTES:
+        how = f" at 1/{reduction} size" if reduction > 1 else ""
+        raise DataError(f"image {shown_name(path)} is {width} x {height} = {pixels:,} pixels: decoding it{how} "
+                        f"would take {cost / 2 ** 20:,.0f} MiB, more than the limit of {MAX_DECODE_BYTES // 2 ** 20:,} "
+                        "MiB; expected a smaller image (a JPEG is decoded at reduced size when the model's input "
+                        "allows it)")
+    return reduction, out
+
+
+def _size(path):
+    """The bytes of the image file `path`, or of an image held in memory (a ``BytesIO``: a record of
+    a pack, :mod:`.packed`, whose ``str()`` names it)."""
+    return path.getbuffer().nbytes if hasattr(path, "getbuffer") else os.path.getsize(path)
+
+
+def _plan(im, path, min_side):
+    """:func:`decode_plan` for the open image `im`; a JPEG to be reduced is set to draft mode."""
+    reduction, out = decode_plan(im.size, im.format, im.mode, _size(path), path, min_side)
+    if reduction > 1:
+        im.draft(im.mode, out)
+    return reduction
 
 
 def _open(path):
     """``Image.open`` with Pillow's own size limit off (its warning, its error at twice the limit):
-    :func:`_check_pixels` decides, from the header, before anything is decoded."""
+    :func:`decode_plan` decides, from the header, before anything is decoded."""
     from PIL import Image
     Image.MAX_IMAGE_PIXELS = None
     return Image.open(path)
@@ -92,19 +142,20 @@ def to_rgb(im):
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def read_image(path):
-    """The image at `path` as uint8 RGB HWC (:func:`to_rgb`); DataError naming the file when it
-    cannot be decoded or is larger than :data:`MAX_IMAGE_PIXELS`."""
+def read_image(path, min_side=None):
+    """The image at `path` as uint8 RGB HWC (:func:`to_rgb`), a large JPEG decoded at reduced size
+    with its shorter side at least `min_side` (:func:`decode_plan`); DataError naming the file when
+    it cannot be decoded or costs too much to decode."""
     try:
         with _open(path) as im:
-            _check_pixels(im.size, path)
+            _plan(im, path, min_side)
             arr = to_rgb(im)
     except DataError:
         raise
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-        raise DataError(f"cannot read image '{path}': {_reason(exc)}") from None
+        raise DataError(f"cannot read image {shown_name(path)}: {_reason(exc)}") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise DataError(f"cannot read image '{path}': empty image")
+        raise DataError(f"cannot read image {shown_name(path)}: empty image")
     return arr
 
 
@@ -133,18 +184,19 @@ def _ends_complete(path, fmt):
     return tail.rstrip(b"\0").endswith(b"\xff\xd9") if fmt == "JPEG" else tail.endswith(_PNG_END)
 
 
-def inspect_image(path):
-    """Check the file at `path` without decoding it: not empty, an image Pillow identifies, at most
-    :data:`MAX_IMAGE_PIXELS`, and its data complete. A JPEG or PNG that ends as the format ends
+def inspect_image(path, min_side=None):
+    """Check the file at `path` without decoding it: not empty, an image Pillow identifies, within
+    :func:`decode_plan`'s rule (decoded as :func:`read_image` with `min_side` would), and its data
+    complete. A JPEG or PNG that ends as the format ends
     (:func:`_ends_complete`) is complete; one that does not (truncated, or data appended after its
     end) is decoded to tell (a JPEG at 1/8 scale, a PNG's chunks checked to the end), and so is
     every other format. Returns :class:`ImageInfo`; DataError naming the file and the problem."""
     try:
         if os.path.getsize(path) == 0:
-            raise DataError(f"image '{path}' is an empty file (0 bytes)")
+            raise DataError(f"image {shown_name(path)} is an empty file (0 bytes)")
         with _open(path) as im:
             info = ImageInfo(im.size[0], im.size[1], im.mode, im.format)
-            _check_pixels(im.size, path)
+            decode_plan(im.size, im.format, im.mode, os.path.getsize(path), path, min_side)
             if _ends_complete(path, im.format):
                 return info
             if im.format == "PNG":
@@ -156,7 +208,7 @@ def inspect_image(path):
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot read image '{path}': {_reason(exc)}") from None
+        raise DataError(f"cannot read image {shown_name(path)}: {_reason(exc)}") from None
     return info
 
 

@@ -4,8 +4,10 @@ batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the e
 and the class names. Image files are read in ``num_parallel_workers`` threads of the source, in
 this process (no worker processes, no copy between processes), as file bytes that the engine's C++
 ``vision.Decode`` decodes in the map's threads to the pixels of :func:`.images.read_image`, the rule
-infer.py decodes with (:mod:`.encoded`: a file that decoder would read otherwise is decoded by
-read_image itself).
+infer.py decodes with (:mod:`.encoded`: a file that decoder would read otherwise, or that is decoded
+at reduced size, is decoded by read_image itself). With ``skip_bad_images`` a file that fails to
+decode there is replaced by the next good record of its split and counted (:func:`log_decode_skips`:
+one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -32,10 +34,14 @@ then shard; when the record count is not divisible by ``num_shards`` a few recor
 that every shard has the same number of steps). Val is split exactly: shard ``k`` gets records
 ``k, k + num_shards, ...`` (no overlap, no padding, so metrics summed over shards are exact).
 """
+import atexit
+import functools
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -43,15 +49,16 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, imagefolder
-from .catalog import data_format
+from . import cifar, imagefolder, packed
+from .catalog import data_format, split_folders
 from .encoded import read_encoded
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
-from .transforms import eval_transforms, train_transforms
+from .transforms import decode_min_side, eval_transforms, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
-           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure"]
+           "image_split", "prepare_split", "resolve_classes", "check_layout", "saved_split_lists",
+           "check_val_classes", "data_failure", "decode_skips", "log_decode_skips"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -123,11 +130,28 @@ def load_split(cfg, split):
 
 def dataset_size(cfg, split):
     """Number of records of `split` in the whole dataset (all shards): from the file sizes (CIFAR),
-    or the checked images of the split (image trees)."""
+    the checked images of the split (image trees), or a pack's manifest."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return len(part)
     if data_format(cfg.dataset_choose) == "imagefolder":
         return len(image_split(cfg, split))
     folder = _prepare(cfg, split)
     return cifar.count_records(folder, cfg.dataset_choose, split, any_names=_any_names(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Packed data (src.data.packed): a NAME.mindrecord data path, read wherever a folder is
+# --------------------------------------------------------------------------------------------
+def _packed(cfg, split):
+    """The verified :class:`.packed.PackedSplit` of `split` when its data path names a pack, else
+    None; ``val_fraction`` on a pack is a ConfigError (a pack's splits are fixed when it is written)."""
+    path = cfg.train_data_path if split == "train" or cfg.val_fraction is not None else cfg.val_data_path
+    if not packed.is_packed(path):
+        return None
+    if cfg.val_fraction is not None:
+        packed.refuse_val_fraction(cfg)
+    return packed.open_pack(path, split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,10 +164,10 @@ def _tree(cfg, root, logger=None):
     if root is None:
         raise ConfigError(f"dataset_choose {cfg.dataset_choose} needs train_data_path: the folder of class "
                           "folders, root/<class>/<image> (and val_data_path, or val_fraction)")
-    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger)
+    return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger, decode_min_side(cfg))
 
 
-def _saved_lists(cfg):
+def saved_split_lists(cfg):
     """The split lists of ``val_fraction`` that a run saved: beside ``checkpoint_path`` (evl.py), else
     in ``save_checkpoint_path``; None when neither folder has them."""
     folders = ([os.path.dirname(os.path.abspath(cfg.checkpoint_path))] if cfg.checkpoint_path else []) + \
@@ -158,41 +182,91 @@ def _saved_lists(cfg):
 def _split_positions(cfg, tree):
     key = (os.path.realpath(cfg.train_data_path), cfg.val_fraction)
     if key not in _SPLITS:
-        lists = _saved_lists(cfg)
+        lists = saved_split_lists(cfg)
         if lists:
             return {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
-        return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        return _draw_split(cfg, tree)
     return _SPLITS[key]
+
+
+def _draw_split(cfg, tree):
+    """``val_fraction``'s split of `tree` (:func:`.imagefolder.split_tree`); ConfigError naming the
+    classes too small to give validation an image (a class of one image would be missing from
+    validation, and with every class so small, validation would be empty)."""
+    counts = np.bincount(tree.labels, minlength=len(tree.classes))
+    small = [c for c, n in zip(tree.classes, counts) if n < 2]
+    if small:
+        shown = ", ".join(repr(c) for c in small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+        whole = "so the validation split would be empty" if len(small) == len(tree.classes) else \
+            "so validation would miss them"
+        raise ConfigError(f"val_fraction {cfg.val_fraction:g}: {len(small)} of the {len(tree.classes)} classes of "
+                          f"{tree.root} have fewer than 2 images ({shown}), {whole}; expected at least 2 images per "
+                          "class (one to train, one to validate), or give val_data_path instead of val_fraction")
+    return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
 
 
 def image_split(cfg, split, logger=None):
     """The checked :class:`.imagefolder.ImageTree` of `split`: the tree of its folder, or with
     ``val_fraction`` its part of ``train_data_path`` (the run's split: :func:`prepare_split`, else the
-    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``)."""
+    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``); a pack's split
+    (:func:`_packed`) has the same ``classes``, ``labels`` and ``root``."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return part
     if cfg.val_fraction is None:
         return _tree(cfg, _folder(cfg, split), logger)
     tree = _tree(cfg, cfg.train_data_path, logger)
     return tree.subset(_split_positions(cfg, tree)[split])
 
 
-def prepare_split(cfg, logger, rank=0, fresh=True):
+def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
     """``val_fraction``: fix this run's split of ``train_data_path`` for the whole process. A fresh
     run draws it (seeded by ``seed``) and rank 0 saves the two lists in ``save_checkpoint_path``; a
-    resumed run reads the saved lists, so it trains and validates on the same images."""
+    resumed run reads the saved lists, so it trains and validates on the same images. A train part
+    too small for one batch on each of the `world` devices is refused before any list is written."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
+    if packed.is_packed(cfg.train_data_path):
+        packed.refuse_val_fraction(cfg)
     tree = _tree(cfg, cfg.train_data_path, logger)
     lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
     if not fresh and all(os.path.isfile(p) for p in lists.values()):
         parts = {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
         how = f"the saved lists {lists['train']}, {lists['val']}"
     else:
-        parts = dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        parts = _draw_split(cfg, tree)
+        if len(parts["train"]) < cfg.batch_size * world:
+            raise ConfigError(f"val_fraction {cfg.val_fraction:g} leaves {len(parts['train'])} train images of "
+                              f"{tree.root}, fewer than batch_size {cfg.batch_size} x {world} device(s); expected "
+                              f"batch_size <= {len(parts['train']) // world} (or more images, or a smaller "
+                              "val_fraction)")
         if rank == 0:
             imagefolder.write_split_lists(cfg.save_checkpoint_path, tree, parts)
         how = f"val_fraction {cfg.val_fraction:g}, seed {cfg.seed}; lists in {cfg.save_checkpoint_path}"
     _SPLITS[(os.path.realpath(cfg.train_data_path), cfg.val_fraction)] = parts
     logger.info(f"split of {cfg.train_data_path}: {len(parts['train'])} train / {len(parts['val'])} val images ({how})")
+
+
+def check_layout(cfg):
+    """Image trees, before any image is read: a data folder whose only sub-folders are split names
+    (``X/train`` and ``X/val``, as ``dataset.py generate`` and Flowers-102 lay them out;
+    :func:`.catalog.split_folders`) would be read as classes named after the splits; ConfigError naming
+    the folders to give instead."""
+    if data_format(cfg.dataset_choose) != "imagefolder":
+        return
+    for key in ("train_data_path", "val_data_path"):
+        root = getattr(cfg, key)
+        if not root or packed.is_packed(root):
+            continue
+        try:
+            splits = split_folders(imagefolder.find_classes(root))
+        except DataError:
+            continue                                   # reported when the tree is read
+        if "train" not in splits or len(splits) < 2:
+            continue
+        raise ConfigError(f"{key} {root} holds the split folders {', '.join(splits)}, not class folders; give "
+                          f"--train_data_path {os.path.join(root, 'train')} --val_data_path "
+                          f"{os.path.join(root, splits[1])}")
 
 
 def resolve_classes(cfg, logger=None):
@@ -217,15 +291,20 @@ def resolve_classes(cfg, logger=None):
 
 def get_class_names(cfg):
     """Class names of the configured dataset: the CIFAR folder's meta file, else the official names;
-    an image tree's class folders."""
-    if data_format(cfg.dataset_choose) == "imagefolder":
+    an image tree's class folders; a pack's."""
+    if data_format(cfg.dataset_choose) == "imagefolder" or packed.is_packed(cfg.train_data_path):
         return list(image_split(cfg, "train").classes)
     return cifar.class_names(cfg.train_data_path, cfg.dataset_choose)
 
 
 def _data_class_names(cfg):
     """``(names, where from)`` of the configured data without reading images; (None, None) when an
-    image tree's folder is not there."""
+    image tree's folder or a pack is not there."""
+    if packed.is_packed(cfg.train_data_path):
+        try:
+            return packed.open_pack(cfg.train_data_path, "train").classes, f"the pack {cfg.train_data_path}"
+        except DataError:
+            return None, None
     if data_format(cfg.dataset_choose) == "imagefolder":
         root = cfg.train_data_path
         try:
@@ -268,17 +347,85 @@ def data_failure(exc):
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
+class _SkipTally:
+    """Where the pipeline's readers (its threads, a pack's worker processes) record the images that ``skip_bad_images`` replaced
+    while decoding (:meth:`_Source.__getitem__`): one line each, appended to a file in a folder this
+    process made (removed at its exit), so that the count reaches the log whichever process decoded."""
+
+    _path = None
+
+    @classmethod
+    def path(cls):
+        if cls._path is None:
+            folder = tempfile.mkdtemp(prefix="convmlp-skipped-")
+            atexit.register(shutil.rmtree, folder, True)
+            cls._path, cls._read = os.path.join(folder, "skipped.txt"), 0
+            open(cls._path, "w").close()
+        return cls._path
+
+    @classmethod
+    def take(cls):
+        """``(count, first reason)`` of the images recorded since the last call."""
+        if cls._path is None:
+            return 0, None
+        with open(cls._path, "rb") as f:
+            f.seek(cls._read)
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]       # a line still being written is read next time
+        cls._read += len(data)
+        lines = data.decode("utf-8", "replace").splitlines()
+        return len(lines), (lines[0] if lines else None)
+
+
+def _record_skip(tally, reason):
+    """Append one replaced image's reason (one line) to `tally` (:class:`_SkipTally`), in one write."""
+    line = (" ".join(str(reason).split()) + "\n").encode("utf-8", "backslashreplace")
+    fd = os.open(tally, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def decode_skips():
+    """``(count, e.g. reason)``: the images that could not be decoded and were replaced since the
+    last call (``skip_bad_images``)."""
+    return _SkipTally.take()
+
+
+def log_decode_skips(logger, when):
+    """One warning line with the images replaced since the last call (:func:`decode_skips`), if any."""
+    n, reason = decode_skips()
+    if n:
+        logger.warning(f"skip_bad_images: {n} image(s) could not be decoded {when} and were replaced by the next "
+                       f"good image of their split, e.g. {reason}")
+
+
 class _Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
     decoded images, or image files read by `load` when asked for (:func:`.encoded.read_encoded`: the
-    bytes the engine's ``Decode`` decodes)."""
+    bytes the engine's ``Decode`` decodes). With a `tally` (``skip_bad_images``) a file that cannot be
+    decoded is recorded there and replaced by the next record of the split that decodes (the same one
+    whichever thread asks, so batches keep their size and a run its seed's result); without it the
+    DataError stops the pipeline."""
 
-    def __init__(self, images, labels, load=None):
-        self.images, self.labels, self.load = images, labels, load
+    def __init__(self, images, labels, load=None, tally=None):
+        self.images, self.labels, self.load, self.tally = images, labels, load, tally
 
     def __getitem__(self, i):
-        image = self.images[i]
-        return (self.load(image) if self.load else image), self.labels[i]
+        if self.load is None:
+            return self.images[i], self.labels[i]
+        if self.tally is None:
+            return self.load(self.images[i]), self.labels[i]
+        first = None
+        for k in range(len(self.labels)):
+            j = (i + k) % len(self.labels)
+            try:
+                return self.load(self.images[j]), self.labels[j]
+            except DataError as exc:
+                _record_skip(self.tally, exc)
+                first = first or exc
+        raise DataError(f"no image of this split could be decoded, e.g. {first}")
 
     def __len__(self):
         return len(self.labels)
@@ -286,11 +433,17 @@ class _Source:
 
 def _records(cfg, split):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
-    image files) and the folder they come from. Image files come as encoded bytes
-    (:func:`.encoded.read_encoded`, decoded by the engine's C++ ``Decode``)."""
+    image files) and the folder they come from; a pack's split is its own source (:func:`_packed`).
+    Image files come as encoded bytes (:func:`.encoded.read_encoded`, decoded by the engine's C++
+    ``Decode``)."""
+    part = _packed(cfg, split)
+    if part is not None:
+        return part, part.shape, part.root
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        return _Source(tree.files, tree.labels, read_encoded), None, tree.root
+        load = functools.partial(read_encoded, min_side=decode_min_side(cfg))
+        tally = _SkipTally.path() if cfg.skip_bad_images else None
+        return _Source(tree.files, tree.labels, load, tally), None, tree.root
     arrays = load_split(cfg, split)
     return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
@@ -316,14 +469,18 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
                           f"(max {int(source.labels.max())}); set num_classes: null")
     workers = cfg.num_parallel_workers
     ds.config.set_seed(cfg.seed)
-    files = source.load is not None            # image files: read in the source's threads
-    encoded = source.load is read_encoded      # file bytes, decoded in the C++ map
+    load = getattr(source, "load", None)
+    files = load is not None                   # image files: read in the source's threads
+    encoded = getattr(load, "func", load) is read_encoded      # file bytes, decoded in the C++ map
     reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=False)
 
     if split == "train":
         batch_size = cfg.batch_size
-        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
-                                   shard_id=shard_id, **reader)
+        if isinstance(source, packed.PackedSplit):
+            data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
+        else:
+            data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
+                                       shard_id=shard_id, **reader)
         n_local = math.ceil(len(source) / num_shards) if num_shards else len(source)
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
@@ -334,9 +491,13 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 
-    if num_shards:
-        source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load)
-    data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
+    if isinstance(source, packed.PackedSplit):
+        data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
+    else:
+        if num_shards:
+            source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
+                             source.tally)
+        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)

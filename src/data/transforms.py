@@ -8,7 +8,7 @@ import mindspore.dataset.vision as vision
 from .catalog import resize_mode
 from .randaugment import rand_augment_ops
 
-__all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_ops"]
+__all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_ops", "decode_min_side"]
 
 
 def normalize_ops(cfg):
@@ -59,3 +59,14 @@ def eval_transforms(cfg, shape=None, encoded=False):
     if resize or tuple(shape) != (size, size):
         ops.append(vision.CenterCrop(size))
     return ops + normalize_ops(cfg)
+
+
+def decode_min_side(cfg):
+    """The shorter side below which a large JPEG is not decoded at reduced size
+    (:func:`.images.decode_plan`): twice the largest side the transforms ask for -- the evaluation
+    resize (:func:`eval_scale_size`), and the shorter side at which RandomResizedCrop's smallest crop
+    (``crop_scale[0]`` of the area) still has ``image_size`` pixels. Images far larger than that keep
+    the transforms' output as it would be at full resolution, at a fraction of the decoding cost."""
+    scale = cfg.crop_scale or (1.0, 1.0)
+    train = cfg.image_size / math.sqrt(max(min(scale), 1e-6))
+    return int(math.ceil(2 * max(train, eval_scale_size(cfg))))

@@ -4,7 +4,9 @@ Every expected failure (bad config value, broken data file, checkpoint of anothe
 raises a subclass of :class:`UserError` with a message that names the culprit (file, key, value)
 and what was expected. Entry scripts wrap their ``main`` in :func:`run_cli`, which prints
 ``error: <message>`` on stderr and exits with status 2 -- no traceback for expected errors.
-Ctrl-C and SIGTERM end every script the same way: one line, exit status 130.
+Ctrl-C and SIGTERM end every script the same way: one line, exit status 130. Output to a pipe
+whose reader has gone (``evl.py | head -1``: stdout, stderr, the log, ``--json -`` or a FIFO) ends
+the script quietly with exit status 141, as a Unix tool that SIGPIPE ends (128 + 13).
 """
 import argparse
 import errno
@@ -16,10 +18,26 @@ import sys
 from model.errors import CheckpointError, ConfigError, UserError, first_line, short_list, short_quote
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "ClusterError", "ArgumentParser", "run_cli",
-           "first_line", "short_list", "short_quote", "Interrupted", "check_interrupted", "EXIT_INTERRUPTED"]
+           "first_line", "short_list", "short_quote", "shown_name", "Interrupted", "check_interrupted",
+           "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
 
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
+#: Exit status after output to a pipe whose reader has gone (128 + SIGPIPE, what the shell shows for
+#: a tool that SIGPIPE ended, e.g. ``yes | head -1``).
+EXIT_BROKEN_PIPE = 141
+
+
+def shown_name(name, quoted=True) -> str:
+    """A file, folder or class name as every message, log line and table prints it: whole, on one
+    line, and printable in any terminal. A name a file system allows may hold a newline, a tab, a
+    carriage return, leading or trailing spaces, or bytes that are not UTF-8 (which Python keeps as
+    surrogates, ``os.fsdecode``); such a name is printed as its Python literal (``'a\\nb'``,
+    ``'\\udcff.png'``). With `quoted` false a plain name is printed bare (tables, infer.py's
+    output), else always in quotes (messages)."""
+    text = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    plain = text.isprintable() and text == text.strip() and "\\" not in text and "'" not in text
+    return text if plain and not quoted else f"'{text}'" if plain else repr(text)
 
 
 class DataError(UserError):
@@ -166,11 +184,39 @@ _MESSAGE_LIMIT = 2000
 
 
 def _fail(msg, status):
-    msg = " ".join(msg.split("\n"))
+    msg = " ".join(msg.splitlines())
     if len(msg) > _MESSAGE_LIMIT:
         msg = f"{msg[:_MESSAGE_LIMIT]}... ({len(msg)} characters)"
-    print(f"error: {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    except BrokenPipeError:   # nobody reads stderr any more
+        _end_broken_pipe()
     sys.exit(status)
+
+
+def _end_broken_pipe():
+    """End quietly after output to a pipe whose reader has gone: the standard streams are pointed at
+    the null device (what Python still holds for them is flushed there at exit, instead of a second
+    ``BrokenPipeError`` and an ``Exception ignored`` message), exit status 141."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):   # not a file (a test's StringIO): nothing to redirect
+                continue
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _flush_standard_streams():
+    """Write out what is still buffered for stdout and stderr (a pipe is block-buffered), so that a
+    reader that has gone is noticed here, not by the interpreter's shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
 
 
 def _interrupted(signum):
@@ -199,16 +245,26 @@ def run_cli(main, argv=None):
     system, ...) is reported the same way; Ctrl-C or SIGTERM outside the places that handle them
     (train.py saves a resumable checkpoint first) exits with status 130 and one line, without a
     traceback. The files a script writes go through temporary names, so an interrupt leaves
-    the previous ones as they were."""
+    the previous ones as they were. Output to a pipe whose reader has gone (``| head``) ends the
+    script quietly, exit status 141 (:data:`EXIT_BROKEN_PIPE`)."""
     _install_signal_handlers()
     try:
         try:
             rc = main(argv)
             check_interrupted()
+            _flush_standard_streams()
         finally:
             _restore_stderr()   # the terminal's stderr back for the one line below
     except KeyboardInterrupt as exc:
         _interrupted(getattr(exc, "signum", signal.SIGINT))
+    except BrokenPipeError:
+        _end_broken_pipe()
+    except SystemExit:   # e.g. argparse's -h: what it printed is still buffered
+        try:
+            _flush_standard_streams()
+        except BrokenPipeError:
+            _end_broken_pipe()
+        raise
     except Exception as exc:
         if _received:   # the framework turned the interrupt into an error of its own
             _interrupted(_received[-1])

@@ -23,29 +23,40 @@ through :func:`atomic_output`::
   FIFO, ``/dev/stdout``, ``/dev/fd/N``, a link to one of those) is written to directly, never
   replaced or renamed over: the content is made and verified in a private temporary folder, then
   copied into it. A socket, or a device that refuses the data (``/dev/full``), is one error.
-  With ``dash_is_stdout`` the name ``-`` means the standard output.
+  With ``dash_is_stdout`` the name ``-`` means the standard output. A FIFO is opened without
+  blocking: when no process opens it for reading within :data:`FIFO_READER_WAIT` seconds, that is
+  one error naming it (instead of waiting forever); a reader that comes within the wait gets the
+  bytes. Writing to a pipe whose reader has gone raises ``BrokenPipeError``, which
+  :func:`~src.platform.errors.run_cli` ends quietly (exit status 141, as a Unix tool).
 * **On any failure** the temporary file is removed and the error names the user's path, never the
   temporary file. Temporary files of a process that was killed (``kill -9``, power loss) carry its
   process id; the next writer of the same file, or :func:`remove_stale_temps` for a whole folder,
-  removes them.
+  removes them. The private temporary folders (``<temp>/convmlp-out-<pid>-*``) hold a lock file
+  that their process keeps locked (``flock``) while it lives; the kernel releases the lock when the
+  process dies, however it dies, so the next writer removes the folders of dead processes
+  (:func:`remove_stale_scratch`) and never a live process's or one it did not make.
 
 :func:`check_not_input` refuses an output that is one of the files being read, compared by
 resolved path and by (device, inode), so symbolic and hard links count as the same file.
 """
 import contextlib
+import errno
+import fcntl
 import os
 import re
 import shutil
 import stat
 import sys
 import tempfile
+import time
 import zlib
 from typing import Callable, Iterable, Optional
 
 from .errors import UserError, check_interrupted, first_line, short_quote
 
 __all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "check_name_length",
-           "same_file", "temp_name", "remove_stale_temps", "is_stream", "STDOUT", "write_json"]
+           "same_file", "temp_name", "remove_stale_temps", "remove_stale_scratch", "is_stream", "STDOUT",
+           "write_json", "FIFO_READER_WAIT", "SCRATCH_PREFIX"]
 
 #: The output name that means the standard output (where a script accepts it, e.g. ``--json -``).
 STDOUT = "-"
@@ -57,6 +68,15 @@ _LEGACY_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?P<ext>\.[^.]*)
 #: Paths that name one of this process's open files (the standard streams, ``/dev/fd/N``).
 _FD_ALIAS = re.compile(r"/dev/(?P<std>stdin|stdout|stderr)|/dev/fd/(?P<fd>\d+)|/proc/(?P<pid>self|thread-self|\d+)/fd/(?P<pfd>\d+)")
 _STD_FDS = {"stdin": 0, "stdout": 1, "stderr": 2}
+#: Seconds a FIFO output waits for a process to open it for reading before it is an error.
+FIFO_READER_WAIT = 10.0
+#: How often the FIFO is tried again during that wait.
+_FIFO_POLL_S = 0.05
+#: The private temporary folders' name in the system temp folder: ``convmlp-out-<pid>-<random>``.
+SCRATCH_PREFIX = "convmlp-out-"
+_SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"(?P<pid>\d+)-[0-9A-Za-z_]+")
+#: The lock file in a private temporary folder that its process keeps locked while it lives.
+_SCRATCH_LOCK = "owner.lock"
 
 
 class OutputError(UserError):
@@ -178,6 +198,8 @@ def check_output_path(path, *inputs, label: str = "output", dash_is_stdout: bool
         raise OutputError(f"{label} '{path}' is a folder; expected a file name (nothing was written)")
     if is_stream(path):
         check_not_input(path, *inputs, label=label)
+        if _fd_alias(path) is None and os.path.exists(path) and not os.access(path, os.W_OK):
+            raise OutputError(f"{label} '{path}': permission denied (nothing was written)")
         return
     check_name_length(path, label)
     parent = os.path.dirname(os.path.abspath(path))
@@ -264,7 +286,34 @@ def _named(text: str, tmp: str, path: str) -> str:
     return text.replace(tmp, path).replace(os.path.basename(tmp), os.path.basename(path))
 
 
-def _copy_into(tmp: str, path: str, dash_is_stdout: bool):
+def _open_stream(path: str, label: str) -> int:
+    """A write descriptor of the existing non-regular file `path`. A FIFO is opened without
+    blocking and tried again until a process opens it for reading, at most
+    :data:`FIFO_READER_WAIT` seconds (then one OutputError); it then blocks as a pipe does."""
+    try:
+        fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        fifo = False
+    if not fifo:
+        return os.open(path, os.O_WRONLY | os.O_NOCTTY)
+    deadline = time.monotonic() + FIFO_READER_WAIT
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            break
+        except OSError as exc:   # ENXIO: no process has the FIFO open for reading
+            if exc.errno != errno.ENXIO:
+                raise
+        if time.monotonic() >= deadline:
+            raise OutputError(f"{label} '{path}' is a FIFO that no process reads (none opened it for reading "
+                              f"within {FIFO_READER_WAIT:g} s); start its reader first (nothing was written)")
+        check_interrupted()
+        time.sleep(_FIFO_POLL_S)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _copy_into(tmp: str, path: str, dash_is_stdout: bool, label: str):
     """Write the content of `tmp` into the existing stream `path` in place (no create, no rename)."""
     fd_number = 1 if dash_is_stdout and path == STDOUT else _fd_alias(path)
     if fd_number is not None:
@@ -273,7 +322,7 @@ def _copy_into(tmp: str, path: str, dash_is_stdout: bool):
                 stream.flush()
         fd, own = fd_number, False
     else:
-        fd, own = os.open(path, os.O_WRONLY | os.O_NOCTTY), True
+        fd, own = _open_stream(path, label), True
     try:
         with open(tmp, "rb") as src:
             for block in iter(lambda: src.read(1 << 20), b""):
@@ -285,29 +334,90 @@ def _copy_into(tmp: str, path: str, dash_is_stdout: bool):
             os.close(fd)
 
 
+def _lock_free(lock_path: str) -> Optional[int]:
+    """A descriptor of `lock_path` holding its exclusive lock when no process holds it (its owner
+    is gone), else None (held, or not there)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a lock file of ours")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_scratch(folder: Optional[str] = None) -> list:
+    """Delete the private temporary folders (``convmlp-out-<pid>-*`` in `folder`, default the system
+    temp folder) of processes that died while writing: a folder whose lock file no process holds.
+    A live process's folder and anything without that name and lock file are kept. Returns the
+    names removed."""
+    folder = tempfile.gettempdir() if folder is None else folder
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _SCRATCH_RE.fullmatch(entry):
+            continue
+        scratch = os.path.join(folder, entry)
+        if os.path.islink(scratch) or not os.path.isdir(scratch):
+            continue
+        fd = _lock_free(os.path.join(scratch, _SCRATCH_LOCK))
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def _scratch_folder():
+    """A private temporary folder for this process, locked (see :func:`remove_stale_scratch`) until
+    it is removed at the end of the block."""
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    fd = None
+    try:
+        # Locked under another name, then renamed: a folder whose lock file exists is always locked.
+        pending = os.path.join(scratch, ".owner.pending")
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.rename(pending, os.path.join(scratch, _SCRATCH_LOCK))
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def _workspace(path: str, suffix: Optional[str], stream: bool):
     """``(name handed to the writer, the temporary file's real path)`` and the private folder to
-    remove afterwards (or None): see the module docstring."""
+    remove afterwards (or None): see the module docstring. Every write first removes the private
+    folders that dead processes left (:func:`remove_stale_scratch`)."""
+    remove_stale_scratch()
     if stream:
-        scratch = tempfile.mkdtemp(prefix="convmlp-out-")
-        tmp = os.path.join(scratch, "output" + (_plain_suffix(path) if suffix is None else suffix))
-        try:
+        with _scratch_folder() as scratch:
+            tmp = os.path.join(scratch, "output" + (_plain_suffix(path) if suffix is None else suffix))
             yield tmp, tmp
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         return
     tmp = temp_name(path, suffix)
     folder = os.path.dirname(tmp)
     if _PLAIN.fullmatch(folder):
         yield tmp, tmp
         return
-    scratch = tempfile.mkdtemp(prefix="convmlp-out-")
-    try:
+    with _scratch_folder() as scratch:
         os.symlink(folder, os.path.join(scratch, "folder"))
         yield os.path.join(scratch, "folder", os.path.basename(tmp)), tmp
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -344,12 +454,14 @@ def atomic_output(path, verify: Optional[Callable[[str], None]] = None, inputs: 
                 verify(handed)
             check_interrupted()   # a Ctrl-C/SIGTERM whose exception was swallowed: keep the old file
             if stream:
-                _copy_into(tmp, path, dash_is_stdout)
+                _copy_into(tmp, path, dash_is_stdout, label)
             else:
                 _fsync(tmp)
                 os.replace(tmp, final)
         except BaseException as exc:
             _remove(tmp)
+            if isinstance(exc, BrokenPipeError):   # the reader went away: run_cli ends quietly
+                raise
             if isinstance(exc, UserError):
                 exc.args = tuple(_named(_named(a, handed, path), tmp, path) if isinstance(a, str) else a
                                  for a in exc.args)
