@@ -12,7 +12,8 @@ normalise, CHW float32, batches of --batch with the last incomplete one dropped.
 random erasing are off (torchvision has no batch mixing in its loader). Ours also applies the EXIF
 orientation (no cost for these files) and makes one-hot targets (label smoothing) per batch. Each
 side runs in its own process; ``--isa avx2`` caps both sides' CPU dispatch at AVX2 (OpenCV, ATen,
-oneDNN). ``--source`` picks the form our side reads the same images in (:data:`SOURCES`).
+oneDNN). ``--source packed`` makes our side read the same images as MindRecord shards
+(``dataset.py pack``; :data:`SOURCES`), torchvision still the folder.
 
 torchvision cannot be installed beside this repository's torch; give an interpreter that has it with
 ``--torch-python`` (e.g. a venv outside the repository: ``python3 -m venv ~/tv-venv &&
@@ -102,14 +103,23 @@ def write_tree(root, n, seed=0):
         Image.fromarray(pic).resize((w, h), Image.BICUBIC).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
 
 
-def _folder_flags(root, args):
-    """Config flags of a class-folder tree of JPEG files (``dataset_choose: imagefolder``)."""
-    return ["--dataset_choose", "imagefolder", "--train_data_path", root, "--val_data_path", root]
+def _folder(root, tmp):
+    """The generated tree itself, read as a folder."""
+    return root
 
 
-#: --source -> config flags of our pipeline reading the generated tree `root` in that form. Another
-#: form of the same images (e.g. packed shards written from the tree) is one more entry here.
-SOURCES = {"folder": _folder_flags}
+def _packed(root, tmp):
+    """The generated tree written as MindRecord shards (``dataset.py pack``; src.data.packed)."""
+    from src.data import packed
+    out = os.path.join(tmp, "jpeg.mindrecord")
+    packed.pack(root, out, report=lambda line: None)
+    return out
+
+
+#: --source -> the data path our side reads, made once per run from the generated tree `root` (in
+#: the folder `tmp`): the tree itself, or the same images in another form.
+SOURCES = {"folder": _folder, "packed": _packed}
+
 
 #: --isa -> side -> environment of its process (OpenCV and ATen dispatch by CPU; libjpeg-turbo's
 #: SIMD is AVX2 at most).
@@ -126,7 +136,7 @@ def _ours_rate(root, args):
     """Images/s of this repository's image-folder train pipeline (run in its own process)."""
     from src.config import load_config
     from src.data.pipeline import create_dataset
-    cfg = load_config(SOURCES[args.source](root, args) + [
+    cfg = load_config(["--dataset_choose", "imagefolder", "--train_data_path", root, "--val_data_path", root,
         "--image_size", str(args.size), "--batch_size", str(args.batch), "--num_parallel_workers",
         str(args.workers), "--crop_scale", "0.8,1", "--hflip", "0.5", "--aa", "rand-m9-inc1",
         "--mixup", "0", "--cutmix", "0", "--reprob", "0"])
@@ -191,18 +201,19 @@ def main(argv=None):
     if not compare:
         print(f"torchvision not found (--torch-python {args.torch_python}): measuring our pipeline only")
     with tempfile.TemporaryDirectory() as tmp:
-        root = os.path.join(tmp, "jpeg")
-        write_tree(root, args.images)
+        tree = os.path.join(tmp, "jpeg")
+        write_tree(tree, args.images)
+        root = SOURCES[args.source](tree, tmp)
         print(f"{args.images} JPEG files (~500x375) in 10 classes, {args.size} px, batch {args.batch}, "
               f"{args.workers} workers, {os.cpu_count()} CPU cores; source {args.source}, --isa {args.isa}; "
               f"load {os.getloadavg()[0]:.2f}")
-        sides = [("ours", "ours (MindSpore dataset engine)", ours)]
+        sides = [("ours", "ours (MindSpore dataset engine)", ours, root)]
         if compare:
-            sides.append(("torchvision", "torchvision ImageFolder + DataLoader", theirs))
-        runs = {side: [] for side, _, _ in sides}
+            sides.append(("torchvision", "torchvision ImageFolder + DataLoader", theirs, tree))
+        runs = {side: [] for side, _, _, _ in sides}
         for r in range(args.rounds):
-            for side, name, measure in sides:
-                got = measure(root, args)
+            for side, name, measure, data in sides:
+                got = measure(data, args)
                 if got is None:
                     return 1
                 runs[side].append(got)
