@@ -24,7 +24,7 @@ _ORIENTATION = 0x0112
 
 
 def _exif_orientation(segment):
-    """The orientation tag of an APP1 ``Exif`` segment's first IFD (1 when absent or unreadable)."""
+    """The orientation tag of an APP1 ``Exif`` segment's first IFD: 1 when absent, None when unreadable."""
     tiff = segment[6:]
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return None
