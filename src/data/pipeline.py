@@ -41,6 +41,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 
@@ -151,7 +152,15 @@ def _packed(cfg, split):
         return None
     if cfg.val_fraction is not None:
         packed.refuse_val_fraction(cfg)
+    if cfg.skip_bad_images and path not in _SKIP_NAMED:
+        _SKIP_NAMED.add(path)
+        print(f"warning: skip_bad_images applies to image folders; {path} is packed, and its images were "
+              "checked when it was packed (dataset.py pack --skip_bad_images leaves bad ones out): a record "
+              "that cannot be decoded stops the run, naming it", file=sys.stderr, flush=True)
     return packed.open_pack(path, split)
+
+
+_SKIP_NAMED = set()   # the packs whose skip_bad_images warning this process printed
 
 
 # --------------------------------------------------------------------------------------------
