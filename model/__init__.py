@@ -2,7 +2,7 @@
 
 ``convmlp`` holds the cells and one builder per released variant, ``configs`` their settings,
 ``helpers`` building by name, ``weights`` reading checkpoints into a model, ``cpu_kernels`` the
-C++ CPU kernels, ``torch_convmlp`` the PyTorch reference, ``cache`` the user cache folder. The
+C++ CPU kernels applied to a built network (``apply_cpu_kernels``, ``fuse_for_inference``), ``torch_convmlp`` the PyTorch reference, ``cache`` the user cache folder. The
 package imports nothing from outside itself."""
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
 from .convmlp import (ConvMLP, ConvMLPBlock, ConvMLPStage, ConvStage, ConvTokenizer, ConvDownsample, DropPath, Mlp,
