@@ -154,9 +154,9 @@ class ChannelsLastDepthwise(nn.Conv2d):
     it is ``out[b, p, c] = sum_q x[b, q, c] * M[p, q, c]`` with ``M`` built from the same weights
     (the map size is static in GRAPH mode: the form is chosen at compile time)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, weight_init=None):
         super().__init__(channels, channels, 3, stride=1, pad_mode="pad", padding=1, group=channels,
-                         has_bias=False)
+                         has_bias=False, weight_init=weight_init)
 
     def construct(self, x):
         b, h, w, c = x.shape
@@ -165,7 +165,7 @@ class ChannelsLastDepthwise(nn.Conv2d):
             taps = ops.cast(_tap_matrix(h, w), kernel.dtype)  # float16 under AMP
             m = ops.matmul(taps.T, kernel.T).reshape(1, h * w, h * w, c)
             return (x.reshape(b, 1, h * w, c) * m).sum(axis=2).reshape(b, h, w, c)
-        return super().construct(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+        return self.conv2d(x.transpose(0, 3, 1, 2), self.weight).transpose(0, 2, 3, 1)   # nn.Conv2d's op
 
 
 class ConvMLPBlock(nn.Cell):

@@ -203,9 +203,10 @@ def test_training_and_mixed_precision_evaluate_the_network_itself():
     net = apply_cpu_kernels(_model(drop_path_rate=0.0))
     x = tensor(rand(4, 3, 32, 32, seed=16))
     reference = _separate(net)
-    fused = fuse_for_inference(net)          # built beside the network: training is unchanged
     net.set_train(True)
     reference.set_train(True)
+    fused = fuse_for_inference(net)          # built beside the network: its training mode is kept
+    assert all(cell.training for _, cell in net.cells_and_names())
     np.testing.assert_array_equal(net(x).asnumpy(), reference(x).asnumpy())   # batch statistics
     assert isinstance(inference_network(net, SimpleNamespace(cpu_kernels=True, amp_level="O0")), FusedConvMLP)
     assert inference_network(net, SimpleNamespace(cpu_kernels=False, amp_level="O0")) is net

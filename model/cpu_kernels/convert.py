@@ -1,7 +1,10 @@
 """Applying the C++ kernels to a built network (in the spirit of timm's ``convert_sync_batchnorm``):
 :func:`apply_cpu_kernels` swaps each plain cell that a kernel cell implements for that kernel cell,
 holding the very same ``Parameter`` objects under the same names (checkpoints, optimisers and EMA
-see no difference). The network itself never chooses a backend."""
+see no difference). The kernel cells are built with constant initial values and the drop paths keep
+their ``Dropout`` cells, so that applying the kernels draws nothing from MindSpore's random state:
+a run with a given seed draws what it would draw without them. The network itself never chooses a
+backend."""
 import mindspore as ms
 from mindspore import nn
 
@@ -15,6 +18,7 @@ __all__ = ["apply_cpu_kernels", "KERNEL_CELLS"]
 #: the kernel cell classes :func:`apply_cpu_kernels` swaps in
 KERNEL_CELLS = (layers.LayerNorm, layers.GELU, layers.MaxPool2d, layers.Dense, layers.BatchNorm2d, layers.Conv2d,
                 layers.DepthwiseNHWC, layers.DropPath)
+_ZEROS = "zeros"   # initial values of a kernel cell's own parameters, replaced by the plain cell's
 _PARAMETERS = ("weight", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -38,7 +42,7 @@ def _kernel_cell(cell, following):
     if kind is nn.GELU and cell.approximate == "none":
         return layers.GELU(approximate=False), False
     if kind is nn.Dense and cell.has_bias and cell.activation is None:
-        return layers.Dense(cell.in_channels, cell.out_channels), False
+        return layers.Dense(cell.in_channels, cell.out_channels, _ZEROS, _ZEROS), False
     if kind is nn.MaxPool2d and cell.use_pad and cell.format == "NCHW" and not cell.return_indices:
         pad = cell.padding
         if _square(cell.kernel_size) and _square(cell.stride) and pad[0] == 0 and pad[1] == pad[2] \
@@ -49,15 +53,15 @@ def _kernel_cell(cell, following):
         k, s = _square(cell.kernel_size), _square(cell.stride)
         if k and s:
             return layers.Conv2d(cell.in_channels, cell.out_channels, k, s, "pad", cell.padding,
-                                 has_bias=cell.has_bias), False
+                                 has_bias=cell.has_bias, weight_init=_ZEROS, bias_init=_ZEROS), False
     if kind is nn.BatchNorm2d and type(following) is nn.ReLU and cell.use_batch_statistics is None \
             and cell.format == "NCHW" and cell.gamma.requires_grad:
         return layers.BatchNorm2d(cell.num_features, eps=cell.eps, momentum=1.0 - cell.momentum,
                                   fuse_relu=True), True
     if kind is ChannelsLastDepthwise:
-        return layers.DepthwiseNHWC(cell.in_channels), False
+        return layers.DepthwiseNHWC(cell.in_channels, _ZEROS), False
     if kind is PlainDropPath and cell.dropout is not None:
-        return layers.DropPath(cell.drop_prob), False
+        return layers.DropPath(cell.drop_prob, cell.dropout), False
     return None, False
 
 

@@ -194,7 +194,6 @@ class FusedConvMLP(nn.Cell):
         self.fused_head = (net.classifier_head and isinstance(head, nn.Dense) and head.has_bias
                            and head.activation is None)
         self.head = _Head(net.norm, head) if self.fused_head else None
-        self.set_train(False)
 
     def construct(self, x):
         x = self.body(self.front(x))
@@ -206,12 +205,12 @@ class FusedConvMLP(nn.Cell):
 
 
 def fuse_for_inference(net: nn.Cell) -> nn.Cell:
-    """The fused evaluation cell of the ConvMLP `net` (:class:`FusedConvMLP`), or `net` itself (in
-    evaluation mode) where the fused ops cannot run (another device, no compiler or no oneDNN
-    headers: one ``warning:`` line from the build). `net` is left as it is; the fused cell is for
-    float32 evaluation only (mixed precision keeps `net`)."""
+    """The fused evaluation cell of the ConvMLP `net` (:class:`FusedConvMLP`), or `net` itself where
+    the fused ops cannot run (another device, no compiler or no oneDNN headers: one ``warning:``
+    line from the build). `net` is left as it is (its training mode included: a training run builds
+    its evaluation cell beside the network it trains); the fused cell is for float32 evaluation only
+    (mixed precision keeps `net`)."""
     if not available():
-        net.set_train(False)
         return net
     return FusedConvMLP(net)
 

@@ -180,8 +180,8 @@ class DepthwiseNHWC(ChannelsLastDepthwise):
     """The model's channels-last depthwise 3x3 (:class:`model.convmlp.ChannelsLastDepthwise`) as the
     C++ kernel on float32 CPU input (no transposes), with the same weight."""
 
-    def __init__(self, channels):
-        super().__init__(channels)
+    def __init__(self, channels, weight_init=None):
+        super().__init__(channels, weight_init)
         self.use_kernel = active()
         if self.use_kernel:
             self.kernel = _primitives()["depthwise"]
@@ -196,8 +196,11 @@ class DropPath(PlainDropPath):
     """Stochastic depth whose per-sample scaling runs the C++ kernel on float32 CPU input
     (MindSpore's broadcasting ``Mul`` keeps index vectors of the input's size); the same numbers."""
 
-    def __init__(self, drop_prob=0.0):
-        super().__init__(drop_prob)
+    def __init__(self, drop_prob=0.0, dropout=None):
+        super().__init__(0.0 if dropout is not None else drop_prob)
+        if dropout is not None:   # the draws of an existing cell (no new random-op seed taken)
+            self.drop_prob = float(drop_prob)
+            self.dropout = dropout
         self.use_kernel = self.dropout is not None and active()
         if self.use_kernel:
             self.kernel = _primitives()["scale_samples"]
