@@ -112,6 +112,11 @@ def generate(args):
     generation that this one does not write are removed)."""
     out = args.out or GENERATE_OUT[args.format]
     if args.format == "imagefolder":
+        for split, n in (("train", args.train), ("val", args.val)):
+            if 0 < n < args.classes:   # a split without some classes: train.py would refuse the tree
+                raise DataError(f"--{split} {n} is fewer than --classes {args.classes}: every class folder of the "
+                                f"{split} split needs an image; give --{split} >= {args.classes}"
+                                + (" (or --val 0)" if split == "val" else "") + " (nothing was written)")
         check_disk_space(f"--train {args.train} --val {args.val}", (args.train + args.val) * IMAGE_FILE_BYTES, out,
                          "give smaller counts or another --out")
         paths = write_image_tree(out, args.classes, args.train, args.val, seed=args.seed, noise=args.noise)
@@ -135,8 +140,13 @@ def generate(args):
 def download(args):
     """The official archive, md5-checked and safely extracted, unless the folder is there."""
     folder = os.path.join(args.root, FOLDERS[args.dataset])
-    if os.path.exists(folder):
-        print(f"{folder} already exists; nothing to do")
+    if os.path.exists(folder):   # said only of a folder that holds the dataset (DataError otherwise)
+        if data_format(args.dataset) != "cifar":
+            print(f"{folder} already exists; nothing to do (check it with: python dataset.py check --path {folder})")
+            return
+        n = {split: cifar.count_records(folder, args.dataset, split) for split in ("train", "val")}
+        print(f"{folder} already holds {n['train']} train + {n['val']} val {PRETTY_NAMES[args.dataset]} records; "
+              "nothing to do")
     else:
         cifar.ensure_dataset(folder, args.dataset, download=True)
         print(f"{PRETTY_NAMES[args.dataset]} is in {folder}")

@@ -10,7 +10,8 @@ Accepts checkpoints written by train.py (last/best/epoch files) and by pth2ckpt.
 seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy,
 the classes named as the checkpoint recorded them (else from the data). An image tree's validation
 classes must be the checkpoint's. With ``val_fraction`` the validation images are the list the run
-saved beside the checkpoint (``val_files.txt``).
+saved beside the checkpoint (``val_files.txt``); a val_fraction (or a ``--seed``) other than the
+run's is refused.
 ``--json FILE`` writes the same numbers as JSON (``--json -``: to the standard output, everything
 else then goes to stderr). Other keys as in train.py (``-h`` lists them).
 """
@@ -20,9 +21,11 @@ import sys
 
 from src.checkpoint.files import meta_class_names
 from src.checkpoint.load import load_checkpoint_model
-from src.config import option, parse_command_line
-from src.data.pipeline import (check_val_classes, create_dataset, data_failure, dataset_size, log_decode_skips,
-                               model_class_names)
+from src.config import cli_keys, option, parse_command_line
+from src.config.runs import check_saved_split
+from src.data.catalog import data_format
+from src.data.pipeline import (check_layout, check_val_classes, create_dataset, data_failure, dataset_size,
+                               log_decode_skips, model_class_names, saved_split_lists)
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
@@ -31,6 +34,7 @@ from src.platform.fileio import STDOUT, check_output_path, write_json
 from src.platform.graph_cache import open_graph_cache
 from src.train.distributed import make_reduce_fn
 from src.train.loop import evaluate
+from src.train.run_folder import CONFIG_FILE
 from model import require_finite_outputs
 
 #: evl.py's own options (everything else is a config key).
@@ -40,7 +44,7 @@ OPTIONS = [option("json", None, "str", "Also write the results as JSON to this f
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = parse_command_line(argv, OPTIONS)
+    cmd = parse_command_line(argv, OPTIONS, script="evl.py")
     with messages_to_stderr(cmd.options.json == STDOUT):
         return evaluate_checkpoint(argv, cmd.cfg, cmd.options.json)
 
@@ -50,6 +54,7 @@ def evaluate_checkpoint(argv, cfg, json_path):
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)]
     if json_path:
         check_output_path(json_path, *json_inputs, label="--json", dash_is_stdout=True)
+    check_data_settings(cfg, argv)
     device, rank, world = setup_runtime(cfg, get_logger(0))
     logger = get_logger(rank)
     net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
@@ -70,6 +75,18 @@ def evaluate_checkpoint(argv, cfg, json_path):
         if json_path:
             write_results(json_path, json_inputs, cfg, res, names)
     return 0
+
+
+def check_data_settings(cfg, argv):
+    """Image trees: no split folders given as a tree of classes; with val_fraction, the split the run
+    saved (its val_files.txt) must be the one val_fraction (and --seed, when given) ask for
+    (src/config/runs.py)."""
+    check_layout(cfg)
+    lists = saved_split_lists(cfg) if cfg.val_fraction is not None and data_format(cfg.dataset_choose) == \
+        "imagefolder" else None
+    if lists:
+        folder = os.path.dirname(lists["val"])
+        check_saved_split(cfg, os.path.join(folder, CONFIG_FILE), folder, seed_given="seed" in cli_keys(argv))
 
 
 def run_evaluation(cfg, net, meta, logger, device, rank, world):

@@ -13,7 +13,9 @@ given on the command line (for a pth2ckpt.py checkpoint give ``--arch`` / the to
 
 The exported graph takes a float32 tensor ``(batch_size, 3, image_size, image_size)``, already
 resized and normalised with the dataset's mean/std (as evl.py and infer.py do), and returns the
-logits ``(batch_size, num_classes)``.
+logits ``(batch_size, num_classes)``; with ``--features_only true`` the backbone's four feature maps
+instead (``model.create_model(..., features_only=True)``: NCHW, strides 4, 8, 16, 32; ONNX outputs
+``features_0`` ... ``features_3``), from a classifier's or a backbone's checkpoint.
 
 Options of this script (not config keys):
 
@@ -24,6 +26,7 @@ Options of this script (not config keys):
   ``dynamic`` exports a graph that takes any batch size (MINDIR input ``[None, 3, H, W]``, ONNX
   input dimension ``batch``); with ``--file_format ONNX`` the default is ``dynamic``.
   ``--export_batch_size`` is the same option under its older name.
+* ``--features_only true``: export the backbone's feature maps (see above).
 * ``--verify``: run the written file (MINDIR: ``nn.GraphCell``; ONNX: onnxruntime on the CPU) on
   a random input and check that it gives the checkpoint model's output (max abs difference
   <= 1e-4; a dynamic batch is checked at batch sizes 1 and 3).
@@ -71,15 +74,17 @@ OPTIONS = [
     option("export_batch_size", None, "str", "The older name of --batch_size.", nullable=True,
            check=_check_batch),
     option("verify", False, "bool", "Run the written file and compare it with the checkpoint model."),
+    option("features_only", False, "bool", "Export the backbone: the feature maps of every level (strides 4, "
+           "8, 16, 32) instead of the logits."),
 ]
 
 #: What export.py was asked to do, besides the config.
-ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size verify")
+ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size verify features_only")
 
 
 def parse_options(argv):
     """export.py's command line: ``(cfg, ExportOptions)``; the batch is an int or :data:`DYNAMIC`."""
-    cmd = parse_command_line(argv, OPTIONS)
+    cmd = parse_command_line(argv, OPTIONS, script="export.py")
     o = cmd.options
     given = {f"--{k}": getattr(o, k) for k in ("batch_size", "export_batch_size") if getattr(o, k) is not None}
     values = {k: DYNAMIC if v.strip().lower() == DYNAMIC else int(v) for k, v in given.items()}
@@ -87,7 +92,7 @@ def parse_options(argv):
         raise ConfigError(f"command line: --batch_size {given['--batch_size']} and --export_batch_size "
                           f"{given['--export_batch_size']} disagree; give one of them")
     batch = next(iter(values.values()), DYNAMIC if o.file_format == "ONNX" else 1)
-    return cmd.cfg, ExportOptions(o.file_name, o.file_format, batch, o.verify)
+    return cmd.cfg, ExportOptions(o.file_name, o.file_format, batch, o.verify, o.features_only)
 
 
 def main(argv=None):
@@ -98,7 +103,8 @@ def main(argv=None):
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
     # local .so): the plain network, with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
     setup_runtime(cfg, logger, cpu_kernels_on=False)
-    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS, kernels=False)
+    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS, features_only=opts.features_only,
+                                      kernels=False)
     if opts.batch_size != DYNAMIC:   # the image size is the checkpoint's now
         check_batch("--batch_size", opts.batch_size, cfg.image_size)
     shape = (None if opts.batch_size == DYNAMIC else opts.batch_size, 3, cfg.image_size, cfg.image_size)
@@ -108,7 +114,8 @@ def main(argv=None):
     else:
         (path, diff), how = export_graph(net, shape, None, opts.file_format, opts.verify, sources, final), \
             "nn.GraphCell"
-    report(cfg, meta, logger, path, shape, diff if opts.verify else None, how)
+    report(cfg, meta, logger, path, shape, diff if opts.verify else None, how,
+           net.feature_info if opts.features_only else None)
     return 0
 
 
@@ -122,21 +129,29 @@ def check_request(cfg, opts):
     return final, sources
 
 
-def report(cfg, meta, logger, path, shape, diff, how):
+def report(cfg, meta, logger, path, shape, diff, how, feature_info=None):
     """What was written, the input and output it expects, and the verification's difference."""
     dynamic = shape[0] is None
     size_mb = os.path.getsize(path) / 2 ** 20
-    logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
+    n = "N" if dynamic else shape[0]
+    if feature_info is not None:
+        maps = ", ".join(f"({n}, {c}, {-(-shape[2] // r)}, {-(-shape[3] // r)})"
+                         for c, r in zip(feature_info.channels(), feature_info.reduction()))
+        output = f"the backbone's feature maps {maps}, NCHW, strides {feature_info.reduction()}"
+    else:
+        output = f"logits ({n}, {cfg.num_classes})"
+    logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, "
+                + ("backbone" if feature_info is not None else f"{cfg.num_classes} classes")
                 + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
     shown = "(" + ", ".join(["N"] + [str(d) for d in shape[1:]]) + ")" if dynamic else str(shape)
     logger.info(f"input: float32 {shown} (RGB, shorter side resized to {eval_scale_size(cfg)} with "
                 f"{cfg.interpolation}, centre {cfg.image_size}x{cfg.image_size} crop, normalised with mean "
-                f"{cfg.mean} std {cfg.std}, as src.data.images.preprocess does); output: logits "
-                f"({'N' if dynamic else shape[0]}, {cfg.num_classes})"
+                f"{cfg.mean} std {cfg.std}, as src.data.images.preprocess does); output: {output}"
                 + (", N = any batch size" if dynamic else ""))
     if diff is not None:
         batches = ", ".join(map(str, DYNAMIC_VERIFY_BATCHES if dynamic else [shape[0]]))
-        logger.info(f"verified: {path} run with {how} gives the checkpoint model's logits "
+        logger.info(f"verified: {path} run with {how} gives the checkpoint model's "
+                    f"{'feature maps' if feature_info is not None else 'logits'} "
                     f"(max abs difference {diff:.3g} at batch {batches}, tolerance {VERIFY_ATOL:g})")
     print(f"wrote {path}")
 

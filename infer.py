@@ -64,7 +64,7 @@ def softmax(logits):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = parse_command_line(argv, OPTIONS, positionals=True)
+    cmd = parse_command_line(argv, OPTIONS, positionals=True, script="infer.py")
     with messages_to_stderr(cmd.options.json == STDOUT):
         return classify_images(argv, cmd)
 

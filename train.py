@@ -26,16 +26,19 @@ import numpy as np
 
 import mindspore as ms
 
-from src.checkpoint.files import BEST, EMA_PREFIX, LAST, has_ema, read_meta, resume_path, save_training_state
+from src.checkpoint.files import (BEST, EMA_PREFIX, LAST, has_ema, meta_class_names, read_meta, resume_path,
+                                 save_training_state)
 from src.checkpoint.load import build_model, check_arch, inference_network, load_training_state
 from src.config import epoch_config, load_config
-from src.data.pipeline import (create_dataset, data_failure, dataset_size, log_decode_skips, prepare_demo,
-                               prepare_split, resolve_classes)
+from src.config.runs import check_resumed_config
+from src.data.catalog import data_format
+from src.data.pipeline import (check_layout, create_dataset, data_failure, dataset_size, log_decode_skips,
+                               prepare_demo, prepare_split, resolve_classes)
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory
 from src.platform.device import check_precision, cpu_kernels_wanted, setup_runtime
-from src.platform.errors import EXIT_INTERRUPTED, ClusterError, ConfigError, first_line, run_cli
+from src.platform.errors import EXIT_INTERRUPTED, ClusterError, ConfigError, DataError, first_line, run_cli
 from src.platform.fileio import remove_stale_temps
 from src.platform.graph_cache import open_graph_cache
 from src.train.ema import ModelEma, TrainStepWithEma, copy_weights, ema_network
@@ -87,9 +90,10 @@ class Parts:
 
 
 def main(argv=None):
-    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv), script="train.py")
     run = start(cfg)
     check_output_folder(run)
+    check_resumed_settings(run)
     parts = build_parts(run, *build_data(run))
     state = resume(run, parts)
     if state.epoch >= cfg.epoch_size:
@@ -138,11 +142,22 @@ def check_output_folder(run: Run):
     check_fresh_start(cfg.save_checkpoint_path, cfg.resume, cfg.demo, logger, owner=run.rank == 0)
 
 
+def check_resumed_settings(run: Run):
+    """``--resume``: the settings against the run's saved config.yaml (beside the checkpoint): a key
+    whose change would change what the saved state means is refused, the others are named in one
+    warning (src/config/runs.py)."""
+    resume_file = resume_path(run.cfg.resume, run.cfg.save_checkpoint_path)
+    if resume_file:
+        check_resumed_config(run.cfg, os.path.join(os.path.dirname(os.path.abspath(resume_file)), CONFIG_FILE))
+
+
 def build_data(run: Run):
     """The validation pipeline and the steps per epoch, after every data file was validated; an
     image tree's classes (and with val_fraction its split, saved in the run folder)."""
     cfg, world = run.cfg, run.world
-    prepare_split(cfg, run.logger, run.rank, fresh=resume_path(cfg.resume, cfg.save_checkpoint_path) is None)
+    check_layout(cfg)
+    prepare_split(cfg, run.logger, run.rank, fresh=resume_path(cfg.resume, cfg.save_checkpoint_path) is None,
+                  world=world)
     run.class_names = resolve_classes(cfg, run.logger)
     steps_per_epoch = create_dataset(cfg, "train", **run.shard).get_dataset_size()
     if cfg.max_steps_per_epoch:
@@ -210,6 +225,7 @@ def resume(run: Run, parts: Parts):
         params = read_checkpoint(resume_file)
         meta = read_meta(params)
         check_arch(meta, cfg.arch, resume_file, "resume")
+        check_same_classes(run, meta, resume_file)
         check_fit(parts.net, params, resume_file)
         load_training_state(parts.step_cell, params, resume_file)
         if parts.ema_net is not None and not has_ema(params):   # as timm: the EMA starts from the weights
@@ -231,6 +247,22 @@ def resume(run: Run, parts: Parts):
     if run.world > 1:
         check_same_start(run.reduce_fn, run.world, run.rank, state.epoch, state.step, cfg.save_checkpoint_path)
     return state
+
+
+def check_same_classes(run: Run, meta, resume_file):
+    """An image tree's classes must be those the resumed run was trained on (its checkpoint's
+    class_names): DataError naming the classes added and removed since."""
+    trained = meta_class_names(meta)
+    if not trained or data_format(run.cfg.dataset_choose) != "imagefolder" or trained == run.class_names:
+        return
+    now = run.class_names
+    added, removed = [c for c in now if c not in trained], [c for c in trained if c not in now]
+    diff = "; ".join(f"{what} {', '.join(repr(c) for c in names[:5])}" + (" ..." if len(names) > 5 else "")
+                     for what, names in (("added", added), ("removed", removed)) if names) or "in another order"
+    raise DataError(f"{run.cfg.train_data_path} now has {len(now)} class folders, but the run resumed from "
+                    f"{resume_file} was trained on {len(trained)} ({diff}); restore the class folders it was trained "
+                    f"on, or start a new run in another save_checkpoint_path (--pretrained_ckpt {resume_file} "
+                    "starts from its weights with a new head)")
 
 
 def compile_step(run: Run, parts: Parts):

@@ -13,6 +13,9 @@ The network is, in order:
   ``x + MLP(LN(x))``, with a 3x3 stride-2 conv between stages,
 * a head: LayerNorm, mean over positions, Dense.
 
+As a backbone (the official detection and segmentation code): ``feature_info``, ``feature_maps``,
+``forward_intermediates`` and ``create_model(..., features_only=True)`` (:mod:`model.features`).
+
 Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.weight``,
 ``stages.1.blocks.0.channel_mlp1.fc1.weight`` ...), with MindSpore's names for norm parameters
 (``gamma``/``beta``/``moving_mean``/``moving_variance``) so that weight conversion is a rename
@@ -36,6 +39,8 @@ from mindspore.ops import constexpr
 
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
 from .drop_path import DropPath
+from .errors import ConfigError
+from .features import feature_levels, feature_take_indices
 from .weights import load_pretrained
 
 __all__ = ["ConvMLP", "ConvTokenizer", "ConvStage", "ConvMLPBlock", "ConvMLPStage", "ConvDownsample", "Mlp",
@@ -284,6 +289,7 @@ class ConvMLP(nn.Cell):
                 if blk.drop_path.drop_prob > 0:
                     blk.scale_rows = (len(self.drop_path_rates), len(self.drop_path_rates) + 1)
                     self.drop_path_rates += (blk.drop_path.drop_prob,) * 2
+        self.feature_info, self._feature_stages = feature_levels(channels, dims)
         self._init_weights()
 
     def _init_weights(self):
@@ -335,6 +341,53 @@ class ConvMLP(nn.Cell):
         if pre_logits:
             return x
         return self.head(x)
+
+    def feature_maps(self, x, last: int = -1):
+        """The feature levels 0 to ``last`` (``feature_info``; -1: all) of (B, 3, H, W) images as a
+        tuple of NCHW maps, as the official ``DetConvMLP``/``SegConvMLP`` forward takes them, and
+        nothing computed past level ``last``."""
+        last = last % len(self.feature_info)
+        x = self.tokenizer(x)
+        maps = (x,)
+        if len(maps) > last:
+            return maps
+        x = self.conv_stages(x)
+        if len(self.stages) > 1:
+            maps = maps + (x,)
+        x = x.transpose(0, 2, 3, 1)
+        for i, stage in enumerate(self.stages):
+            if len(maps) > last:
+                break
+            x = stage(x)
+            if i in self._feature_stages:
+                maps = maps + (x.transpose(0, 3, 1, 2),)
+        return maps
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: ``(final, intermediates)``, or only the list of
+        intermediates with ``intermediates_only``.
+
+        ``indices``: the levels of ``feature_info`` to return (None: all, an int ``n``: the last
+        ``n``, a sequence: those, negative from the end), in ascending order. ``norm`` applies the
+        head's LayerNorm to the last level's map (when the model has one). ``stop_early``: stop after
+        the deepest level asked for. ``output_fmt``: ``NCHW`` or ``NHWC``. ``final`` is what
+        :meth:`forward_features` returns (channels-last, before the head's norm); with
+        ``stop_early`` it is the deepest level computed, channels-last.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ConfigError(f"output_fmt '{output_fmt}': expected NCHW or NHWC")
+        levels = len(self.feature_info)
+        take = sorted(feature_take_indices(levels, indices))
+        last = take[-1] if stop_early or intermediates_only else levels - 1
+        maps = list(self.feature_maps(x, last))
+        final = maps[-1].transpose(0, 2, 3, 1)
+        if norm and self.norm is not None and last == levels - 1:
+            maps[-1] = self.norm(final).transpose(0, 3, 1, 2)
+        chosen = [maps[i] if output_fmt == "NCHW" else maps[i].transpose(0, 2, 3, 1) for i in take]
+        if intermediates_only:
+            return chosen
+        return final, chosen
 
     def construct(self, x, drop_scales=None):
         x = self.forward_features(x, drop_scales)

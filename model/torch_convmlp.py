@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["TorchConvMLP", "torch_convmlp"]
+__all__ = ["TorchConvMLP", "TorchFeatures", "torch_convmlp"]
 
 
 def _conv_bn_relu(cin, cout, k, stride=1):
@@ -128,6 +128,33 @@ class TorchConvMLP(nn.Module):
             return x
         b, _, _, c = x.shape
         return self.head(self.norm(x.reshape(b, -1, c)).mean(dim=1))
+
+
+class TorchFeatures(nn.Module):
+    """The backbone of a head-less :class:`TorchConvMLP` returning its feature maps (NCHW), the
+    forward of the official ``DetConvMLP``/``SegConvMLP`` generalised as in
+    :func:`model.features.feature_levels`."""
+
+    def __init__(self, net: TorchConvMLP):
+        super().__init__()
+        from .features import feature_levels
+        self.net = net
+        dims = [s.blocks[0].channel_mlp1.fc1.in_features for s in net.stages]
+        channels = net.tokenizer.block[6].out_channels
+        _, self.taken = feature_levels(channels, dims)
+
+    def forward(self, x):
+        x = self.net.tokenizer(x)
+        outs = [x]
+        x = self.net.conv_stages(x)
+        if len(self.net.stages) > 1:
+            outs.append(x)
+        x = x.permute(0, 2, 3, 1)
+        for i, stage in enumerate(self.net.stages):
+            x = stage(x)
+            if i in self.taken:
+                outs.append(x.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
 
 
 def torch_convmlp(arch: str, num_classes: int = 1000, **kwargs) -> TorchConvMLP:

@@ -204,6 +204,7 @@ def fit_problems(model: Dict, params: Dict, skip_prefix: Optional[str] = None):
 
 
 #: The top-level cells of a ConvMLP (the first part of every parameter name).
+NORM_PREFIX = "norm."   # the head's LayerNorm
 MODEL_ROOTS = ("tokenizer", "conv_stages", "stages", "norm", "head")
 
 
@@ -290,6 +291,11 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None)
     params = read_checkpoint(ckpt_path) if params is None else params
     model = _model_params(net)
     own = _model_like(params, model)
+    if not any(k.startswith((NORM_PREFIX, HEAD_PREFIX)) for k in model):
+        left_out = sorted(k for k in params if k.startswith((NORM_PREFIX, HEAD_PREFIX)))
+        if left_out:   # a classifier's checkpoint into a backbone
+            print(f"warning: '{ckpt_path}': the classifier head ({len(left_out)} parameters: norm.*, head.*) is not "
+                  "part of the backbone and is left out", file=sys.stderr, flush=True)
     _require_model_entries(ckpt_path, params, own)
     head_keys = [k for k in model if k.startswith(HEAD_PREFIX)]
     ckpt_head = {k: v for k, v in own.items() if k.startswith(HEAD_PREFIX)}
@@ -303,12 +309,14 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, params: Optional[Dict] = None)
         else:
             reinit = False  # let the shape check below name the head keys
     skip = HEAD_PREFIX if reinit else None
+    if reinit and not any(k.startswith(NORM_PREFIX) for k in own):
+        skip = (HEAD_PREFIX, NORM_PREFIX)   # a backbone checkpoint: the head's norm is new too (1/0)
     _raise_if_problems(ckpt_path, *fit_problems(model, own, skip))
     to_load = {k: v for k, v in own.items() if not (skip and k.startswith(skip))}
     to_load = {k: v if isinstance(v, ms.Parameter) else ms.Parameter(ms.Tensor(v), name=k)
                for k, v in to_load.items()}
     not_loaded, _ = ms.load_param_into_net(net, to_load, strict_load=True)
-    left = [k for k in not_loaded if not (reinit and k.startswith(HEAD_PREFIX))]
+    left = [k for k in not_loaded if not (skip and k.startswith(skip))]
     if left:
         raise CheckpointError(f"'{ckpt_path}': parameters left unloaded: {short_list(left)}")
     return {"loaded": sorted(to_load), "head_reinitialised": reinit,

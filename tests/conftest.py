@@ -45,6 +45,19 @@ def graph_cache_root(tmp_path_factory):
         os.environ["CONVMLP_GRAPH_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_check_root(tmp_path_factory):
+    """The kept image checks (``CONVMLP_IMAGE_CACHE``, src/data/checked.py) of this test session's
+    trees go to a folder of the session, never to the user's ``~/.cache``."""
+    old = os.environ.get("CONVMLP_IMAGE_CACHE")
+    os.environ["CONVMLP_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image_checks"))
+    yield os.environ["CONVMLP_IMAGE_CACHE"]
+    if old is None:
+        os.environ.pop("CONVMLP_IMAGE_CACHE", None)
+    else:
+        os.environ["CONVMLP_IMAGE_CACHE"] = old
+
+
 _COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
 _COMPILE_CACHE_AT_START = {v: os.environ.get(v) for v in _COMPILE_CACHE_VARS}
 

@@ -33,6 +33,10 @@ PLUGINS = os.path.join(REPO, "tests", "plugins")
 #: A small ConvMLP topology (same code paths as S/M/L, ~0.2 M parameters) for fast CPU runs.
 TINY_TOPOLOGY = ["--blocks", "1,1,1", "--dims", "32,64,128", "--mlp_ratios", "2,2,2",
                  "--channels", "16", "--n_conv_blocks", "1"]
+#: A small topology with two Conv-MLP blocks per stage (~0.1 M parameters), so that stochastic depth
+#: drops whole blocks: the data-parallel equality runs, whose recipe is on.
+DP_TOPOLOGY = ["--blocks", "2,2,2", "--dims", "16,32,64", "--mlp_ratios", "2,2,2", "--channels", "16",
+               "--n_conv_blocks", "1"]
 #: The recipe's augmentations off, for runs whose numbers must be reproducible or quick to learn.
 NO_AUG = ["--aa", "null", "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0",
           "--crop_scale", "1,1"]
@@ -406,8 +410,8 @@ def read_tsv(path):
 # References computed in this process
 
 def gradient_cell(loss_net, params):
-    """A compiled cell ``(images, target) -> gradients`` of `loss_net`'s loss with respect to
-    `params` (BatchNorm's moving statistics update as in a training step)."""
+    """A compiled cell ``(images, target[, drop_scales]) -> gradients`` of `loss_net`'s loss with
+    respect to `params` (BatchNorm's moving statistics update as in a training step)."""
     from mindspore import nn, ops
 
     class Gradients(nn.Cell):
@@ -416,37 +420,49 @@ def gradient_cell(loss_net, params):
             self.loss_net, self.params = loss_net, params
             self.grad = ops.GradOperation(get_by_list=True)
 
-        def construct(self, images, target):
-            return self.grad(self.loss_net, self.params)(images, target)
+        def construct(self, *inputs):
+            return self.grad(self.loss_net, self.params)(*inputs)
     return Gradients()
 
 
 def data_parallel_reference(out, argv, world):
     """What `world` data-parallel ranks of ``train.py ARGV --is_distributed true`` compute, in one
-    process (test_distributed, test_imagefolder_distributed): per global batch of ``world x
-    batch_size`` from the one-shard pipeline, the mean of the gradients of rank r's rows (r, r +
-    world, ...; BatchNorm statistics per part), one AdamW step with train.py's schedule; BatchNorm
-    moving statistics = the mean of the parts' updates. Writes the final parameters to `out` (.npz)
-    and the initial ones beside it (``_init.npz``)."""
+    process (test_distributed, test_imagefolder_distributed), with the recipe as configured:
+
+    * rank r's batches: the train pipeline of epoch e built as rank r builds it
+      (``create_dataset(epoch_config(cfg, e), "train", num_shards=world, shard_id=r)``), so its
+      shard of the shuffle, its per-image augmentation and its mixup/cutmix and random erasing
+      draws (the batch mixer is seeded per shard) are the rank's;
+    * rank r's stochastic depth: ``DropPathDraws(net, batch_size, seed, rank=r)(e, step)``;
+    * per step: the gradient of each rank's batch (BatchNorm statistics of that batch), their mean
+      (DistributedGradReducer's), one AdamW step with train.py's schedule, then the EMA update
+      (``model_ema``: src.train.ema.ModelEma, as train.py's step runs it);
+    * BatchNorm moving statistics (of the network and of the EMA network): the mean of the ranks'
+      updates at each step, which equals train.py's epoch-end average because both the moving
+      average and the EMA are linear.
+
+    Runtime (mode, C++ kernels, oneDNN ISA, seed) as train.py sets it (``setup_runtime``). Writes
+    the final parameters (``ema.*`` included) to `out` (.npz) and the initial ones beside it
+    (``_init.npz``)."""
     import numpy as np
     import mindspore as ms
     from src.checkpoint.load import build_model
     from src.config import epoch_config, load_config
     from src.data.pipeline import create_dataset, resolve_classes
-    from src.platform.cpu import uses_only_conv_kernel
-    from src.platform.device import configure_runtime
+    from src.platform.device import setup_runtime
+    from src.train.ema import ModelEma, ema_network
     from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay
-    from src.train.step import NetWithLoss
+    from src.train.step import DropPathDraws, NetWithLoss
 
     cfg = load_config(argv)
-    # oneDNN's ISA as train.py sets it, so that both run the same convolution kernels
-    configure_runtime(mode=cfg.mode, device_target="CPU",
-                      own_convolutions=not uses_only_conv_kernel(cfg.cpu_kernels, cfg.amp_level))
+    setup_runtime(cfg, logging.getLogger("reference"))
     resolve_classes(cfg)
-    ms.set_seed(cfg.seed)
     steps = create_dataset(cfg, "train", num_shards=world, shard_id=0).get_dataset_size()
     net = build_model(cfg, drop_path_rate=cfg.drop_path_rate)
-    np.savez(out.replace(".npz", "_init.npz"), **{p.name: p.asnumpy() for p in net.get_parameters()})
+    ema_net = ema_network(net, lambda: build_model(cfg)) if cfg.model_ema else None
+    nets = [n for n in (net, ema_net) if n is not None]
+    params = [p for n in nets for p in n.get_parameters()]
+    np.savez(out.replace(".npz", "_init.npz"), **{p.name: p.asnumpy() for p in params})
     lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size, steps,
                           cfg.cooldown_epochs)
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
@@ -454,26 +470,70 @@ def data_parallel_reference(out, argv, world):
     loss_net = NetWithLoss(net)
     loss_net.set_train(True)
     gradients = gradient_cell(loss_net, opt.parameters)
+    ema = ModelEma(net, ema_net, cfg.model_ema_decay) if ema_net is not None else None
+    draws = [DropPathDraws(net, cfg.batch_size, cfg.seed, rank) for rank in range(world)]
     bn = [p for p in net.get_parameters() if p.name.rsplit(".", 1)[-1] in ("moving_mean", "moving_variance")]
     for epoch in range(cfg.epoch_size):
         one = epoch_config(cfg, epoch)
-        one.batch_size = cfg.batch_size * world
-        batches = create_dataset(one, "train", num_shards=1, shard_id=0).create_tuple_iterator(
-            num_epochs=1, output_numpy=True)
-        for i, (images, target) in enumerate(batches):
+        ranks = [create_dataset(one, "train", num_shards=world, shard_id=rank).create_tuple_iterator(
+            num_epochs=1, output_numpy=True) for rank in range(world)]
+        for i, batches in enumerate(zip(*ranks)):
             if i >= steps:
                 break
             before, grads, moved = [p.asnumpy() for p in bn], [], []
-            for r in range(world):          # rank r's batch: rows r, r + world, ...
+            for rank, (images, target) in enumerate(batches):
                 for p, b in zip(bn, before):
                     p.set_data(ms.Tensor(b))
-                grads.append([g.asnumpy() for g in gradients(ms.Tensor(images[r::world]),
-                                                             ms.Tensor(target[r::world]))])
+                grads.append([g.asnumpy() for g in gradients(ms.Tensor(images), ms.Tensor(target),
+                                                             *draws[rank](epoch, i))])
                 moved.append([p.asnumpy() for p in bn])
             for j, p in enumerate(bn):
                 p.set_data(ms.Tensor(np.mean([m[j] for m in moved], axis=0)))
             opt(tuple(ms.Tensor(np.mean([g[j] for g in grads], axis=0)) for j in range(len(grads[0]))))
-    np.savez(out, **{p.name: p.asnumpy() for p in net.get_parameters()})
+            if ema is not None:
+                ema()
+    np.savez(out, **{p.name: p.asnumpy() for p in params})
+
+
+#: The keys of the training recipe that draw random numbers or change the targets.
+RECIPE_KEYS = ("drop_path_rate", "crop_scale", "hflip", "aa", "reprob", "smoothing", "mixup", "cutmix",
+               "mixup_prob", "mixup_switch_prob")
+
+
+def assert_default_recipe(run_config, dataset):
+    """The resolved config a run saved (`run_config`) has config.yaml's value for `dataset` of every
+    :data:`RECIPE_KEYS` key, and none of them is off."""
+    from src.config import load_config
+    saved, default = load_config(["--config", str(run_config)]), load_config(["--dataset_choose", dataset])
+    for key in RECIPE_KEYS:
+        assert getattr(saved, key) == getattr(default, key), (key, getattr(saved, key), getattr(default, key))
+    assert saved.crop_scale != [1.0, 1.0] and saved.aa and all(
+        getattr(saved, k) > 0 for k in RECIPE_KEYS if k not in ("crop_scale", "aa"))
+
+
+def assert_data_parallel_equal(dump, reference, atol, rtol):
+    """The weights and the EMA weights (``ema.*``) that both ranks of a data-parallel job dumped
+    (``CONVMLP_TEST_DUMP_WEIGHTS`` folder `dump`) are bit-identical, and equal those of
+    :func:`data_parallel_reference` (its .npz `reference`) within `atol`/`rtol`; both moved from
+    their initial values by far more than that, so the comparison is not one of two initial states.
+    Prints the max |diff| of each."""
+    import numpy as np
+    from src.checkpoint.files import EMA_PREFIX
+    r0, r1 = np.load(os.path.join(dump, "rank0.npz")), np.load(os.path.join(dump, "rank1.npz"))
+    want, init = np.load(reference), np.load(reference.replace(".npz", "_init.npz"))
+    assert sorted(r0.files) == sorted(r1.files) == sorted(want.files) == sorted(init.files)
+    for k in r0.files:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)
+    for name, keys in (("weights", [k for k in r0.files if not k.startswith(EMA_PREFIX)]),
+                       ("EMA weights", [k for k in r0.files if k.startswith(EMA_PREFIX)])):
+        assert keys and any("moving_mean" in k for k in keys), name
+        worst = max(float(np.abs(r0[k] - want[k]).max()) for k in keys)
+        moved = max(float(np.abs(r0[k] - init[k]).max()) for k in keys)
+        print(f"2 ranks vs single process, {name}: max |diff| {worst:.3g} "
+              f"(largest change from the initial values {moved:.3g})")
+        assert moved > 100 * atol, name
+        for k in keys:
+            np.testing.assert_allclose(r0[k], want[k], atol=atol, rtol=rtol, err_msg=k)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def modelarts_run(moxing_dir, tmp_path_factory):
     local_data, local_out = root / "cache" / "data", root / "output"
     log = str(root / "moxing_calls.jsonl")
     proc = run_script("train.py", *TINY_TOPOLOGY, *NO_AUG, "--image_size", "32", "--batch_size", "32",
-                      "--epoch_size", "2", "--warmup_epochs", "1", "--cooldown_epochs", "1",
+                      "--epoch_size", "2", "--warmup_epochs", "1", "--cooldown_epochs", "0",
                       "--device_target", "CPU", "--run_modelarts", "true", "--data_url", obs_data,
                       "--train_url", obs_out, "--modelarts_data_path", local_data,
                       "--save_checkpoint_path", local_out,
@@ -268,5 +268,4 @@ def test_train_log_states_the_learning_rate_plan(modelarts_run):
     out = modelarts_run["proc"].stdout
     assert ("lr plan (2 epochs): 1 warm-up epoch from 1e-06 to 3e-04, 1 cosine epoch to 1e-05, "
             "no cool-down") in out
-    warning = [ln for ln in out.splitlines() if "no room for the cool-down" in ln]
-    assert len(warning) == 1 and "--cooldown_epochs" in warning[0]
+    assert not [ln for ln in out.splitlines() if "cool-down" in ln and ln.startswith("warning:")]

@@ -316,6 +316,20 @@ def test_val_fraction_on_a_pack_is_refused(tree, tmp_path):
     assert_user_error(proc, "val_fraction 0.2", "is packed")
 
 
+def test_skip_bad_images_on_a_pack_is_named_once_not_ignored(tree, capsys):
+    """A pack's images were checked when it was packed: skip_bad_images cannot apply to it, and the
+    run says so in one warning line instead of ignoring the setting."""
+    from src.config import load_config
+    from src.data import pipeline
+    pack = str(tree / "tree.mindrecord")
+    cfg = load_config([*TRAIN, "--train_data_path", pack, "--val_data_path", pack, "--skip_bad_images", "true"])
+    pipeline._SKIP_NAMED.discard(pack)
+    assert pipeline.dataset_size(cfg, "train") == N_TRAIN and pipeline.dataset_size(cfg, "val") == N_VAL
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "skip_bad_images" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: skip_bad_images applies to image folders; ")
+    assert pack in lines[0]
+
+
 def test_a_truncated_or_changed_shard_is_named(tree, tmp_path):
     pack = tmp_path / "copy.mindrecord"
     shutil.copytree(tree / "tree.mindrecord", pack)          # new times: each shard is hashed once more

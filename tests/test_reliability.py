@@ -371,7 +371,7 @@ ARCH_CASES = [  # (entry script and its flags for FILE, checkpoint, fragments)
 def run_entry(entry, ckpt, run_dir, data, tmp_path):
     """Give `ckpt` to an entry script as a user would (topology flags of the run's model)."""
     if entry == "evl":
-        return run_main("evl.py", "--checkpoint_path", ckpt, *COMMON, *data_flags(data))
+        return run_main("evl.py", "--checkpoint_path", ckpt, *TINY_TOPOLOGY, "--image_size", "32", *data_flags(data))
     if entry == "export":
         return run_main("export.py", "--checkpoint_path", ckpt, *TINY_TOPOLOGY, "--image_size", "32",
                         "--file_name", tmp_path / "exported")

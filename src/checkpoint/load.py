@@ -87,7 +87,8 @@ def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
         logger.info("from the checkpoint's config: " + ", ".join(taken))
 
 
-def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True, kernels=None):
+def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True, features_only=False,
+                          kernels=None):
     """The model of ``cfg.checkpoint_path`` with its weights, in inference mode (where `kernels`,
     default as :func:`build_model`, the fused evaluation cell, :func:`inference_network`); returns
     ``(net, meta)``.
@@ -98,6 +99,8 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     dataset's, so that a checkpoint for another class count is an error naming both counts). With
     ``use_ema`` the model holds the checkpoint's EMA weights (``ema.*``).
     CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
+    ``features_only``: the backbone returning every feature level (``create_model(...,
+    features_only=True)``) from a classifier's or a backbone's checkpoint.
     """
     import mindspore as ms
 
@@ -110,6 +113,12 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     adopt_checkpoint_model(cfg, meta, argv, logger, keys)
     check_arch(meta, cfg.arch, path, "checkpoint_path")
     require_convmlp(params, path)
+    if features_only:   # the backbone: a classifier's head is not part of it
+        net = build_model(cfg, kernels, features_only=True)
+        check_fit(net, params, path)
+        ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
+        net.set_train(False)
+        return net, meta
     head = params.get("head.weight")
     if head is None or isinstance(head, str) or len(head.shape) != 2:
         raise CheckpointError(f"'{path}' has no classifier head (head.weight): it is a backbone for "

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from .. import REPO_ROOT
 from ..data.catalog import CIFAR, NUM_CLASSES, data_format
 from ..platform.errors import ConfigError, short_quote
-from .presets import DEMO_OVERRIDES, apply_dataset_defaults
-from .schema import SCHEMA, SCHEMA_BY_NAME, EPOCH_SEED_STRIDE, SEED_LIMIT, check_path, epoch_seed, option
+from ..platform.bounds import check_resize
+from .presets import DEMO_OVERRIDES, RECIPE_KEYS, apply_dataset_defaults
+from .schema import SCHEMA, SCHEMA_BY_NAME, SCRIPTS, EPOCH_SEED_STRIDE, SEED_LIMIT, check_path, epoch_seed, option
 from .strict_yaml import load_mapping, read_utf8
 from .values import Config, FALSE_WORDS, TRUE_WORDS, convert_key, expected_values, unknown_key
 
@@ -113,14 +114,15 @@ def cli_keys(argv):
     return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
-def load_config(argv=None, apply_defaults=True):
+def load_config(argv=None, apply_defaults=True, script=None):
     """Build the Config: schema defaults < YAML (``--config FILE``) < the demo layer
     (:data:`DEMO_OVERRIDES`, when ``demo`` is on) < ``--key value`` flags.
 
     `argv` defaults to ``sys.argv[1:]``. With `apply_defaults`, null per-dataset keys are filled
-    by :func:`apply_dataset_defaults`. Raises ConfigError for unknown keys and invalid values.
+    by :func:`apply_dataset_defaults`. Raises ConfigError for unknown keys and invalid values, and
+    (with `script`) for a flag that the script does not read.
     """
-    return parse_command_line(argv, apply_defaults=apply_defaults).cfg
+    return parse_command_line(argv, apply_defaults=apply_defaults, script=script).cfg
 
 
 @dataclass
@@ -132,11 +134,16 @@ class CommandLine:
     positionals: list
 
 
-def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=True) -> CommandLine:
+def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=True, script=None) -> CommandLine:
     """The one command-line parser of the entry scripts: config keys as in :func:`load_config`,
     plus the script's own `options` (declared with :func:`option`; an option may take a config
     key's name, and then the command line sets the option) and, with `positionals`, the arguments
-    that are not ``--key value`` pairs (e.g. image paths)."""
+    that are not ``--key value`` pairs (e.g. image paths).
+
+    `script` (``train.py``, ``evl.py``, ...): a config key given on the command line that the script
+    does not read is refused or named (:func:`_check_foreign_keys`); the config file may hold every key
+    (one file serves all the scripts). The checks of training's own keys run for train.py (and without
+    `script`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # An option may take a config key's name (export.py's --batch_size): on that script's command
     # line the option is meant, and the config key keeps its value from the config file.
@@ -161,6 +168,7 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
                 opts[name] = convert_key(own[name], val, "command line")
             else:
                 values[name] = convert_key(SCHEMA_BY_NAME[name], val, "command line")
+    _check_foreign_keys(script, [n for n in cli if n not in own])
     for name, vals in cli.items():
         if len(vals) > 1:
             shown = " and ".join(repr(v) for v in vals)
@@ -169,11 +177,33 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
 
     cfg = Config(values)
     _check_data_keys(cfg)
+    given = {name for name in RECIPE_KEYS if values[name] is not None}   # not the recipe's
     if apply_defaults:
         apply_dataset_defaults(cfg)
     _check_cross(cfg)
+    if script in (None, "train.py") and apply_defaults:
+        _check_training(cfg, given)
+        _warn_inert(cfg, set(cli))
     cap_workers(cfg)
     return CommandLine(cfg, Config(opts), paths)
+
+
+def _check_foreign_keys(script, names):
+    """Config keys given on the command line of `script` that it does not read (:attr:`.schema.Key.scripts`):
+    train.py refuses an evaluation key (``--use_ema``, ``--checkpoint_path`` ask for what training does
+    not do); evl.py, infer.py and export.py name the training keys they leave unread in one warning
+    line (the training command line reused for an evaluation changes nothing of it)."""
+    foreign = [n for n in names if script and n in SCHEMA_BY_NAME and script not in SCHEMA_BY_NAME[n].scripts]
+    if not foreign:
+        return
+    if script == "train.py":
+        key = SCHEMA_BY_NAME[foreign[0]]
+        raise ConfigError(f"command line: --{key.name} is not read by train.py (only by {', '.join(key.scripts)}); "
+                          "leave it out")
+    print(f"warning: {script} does not read " + ", ".join(f"--{n}" for n in foreign)
+          + " (keys of " + ", ".join(s for s in SCRIPTS if any(s in SCHEMA_BY_NAME[n].scripts for n in foreign))
+          + "); "
+          "they have no effect here", file=sys.stderr, flush=True)
 
 
 def _check_data_keys(cfg):
@@ -202,6 +232,8 @@ def _check_cross(cfg):
                           f"last epoch would use seed + {EPOCH_SEED_STRIDE} x {cfg.epoch_size - 1} = {last_seed}, "
                           f"and seeds are 32-bit (< 2**32 = {SEED_LIMIT}); expected a seed <= "
                           f"{SEED_LIMIT - 1 - EPOCH_SEED_STRIDE * (cfg.epoch_size - 1)}")
+    if cfg.crop_pct is not None:
+        check_resize(cfg.image_size, cfg.crop_pct)
     if cfg.run_modelarts and importlib.util.find_spec("moxing") is None:
         raise ConfigError("run_modelarts: true needs the ModelArts SDK (python package 'moxing'), which is not "
                           "installed; set run_modelarts: false outside ModelArts")
@@ -210,6 +242,52 @@ def _check_cross(cfg):
             if getattr(cfg, key) is None:
                 raise ConfigError(f"run_modelarts: true needs {key} ({what}, e.g. --{key} obs://bucket/...); "
                                   "the ModelArts job passes it when the job's data/output paths are set")
+
+
+def _check_training(cfg, given):
+    """The training schedule's keys together (:func:`src.train.optim.cosine_schedule`; an
+    eval_interval longer than the run is named in one warning): a cool-down that leaves the cosine
+    decay no epoch after the warm-up is dropped there, and a warm-up longer than the run is compressed
+    into it. Refused when the key that would be dropped or compressed was given; when it is the
+    recipe's, :func:`src.train.optim.log_schedule` names the change in one warning. `given`: the recipe
+    keys not left to the recipe."""
+    warm, cool, epochs = cfg.warmup_epochs, cfg.cooldown_epochs, cfg.epoch_size
+    if None in (warm, cool, epochs):
+        return
+    if cfg.eval_interval > epochs:
+        print(f"warning: eval_interval {cfg.eval_interval} is more than epoch_size {epochs}: the run is validated "
+              "only after its last epoch", file=sys.stderr, flush=True)
+    if cool > 0 and warm + cool >= epochs and "cooldown_epochs" in given:
+        example = f"--cooldown_epochs {epochs - warm - 1}" if warm < epochs else \
+            f"--warmup_epochs {epochs - 1} --cooldown_epochs 0"
+        raise ConfigError(f"warmup_epochs {warm} + cooldown_epochs {cool} leave no epoch of epoch_size {epochs} for "
+                          f"the cosine decay: the cool-down would be dropped; expected warmup_epochs + cooldown_epochs "
+                          f"< epoch_size (e.g. {example})")
+    if warm > epochs and "warmup_epochs" in given:
+        raise ConfigError(f"warmup_epochs {warm} is longer than epoch_size {epochs}: the warm-up would be compressed "
+                          f"into the run; expected warmup_epochs <= epoch_size")
+
+
+#: Training keys that another key's value turns off: ``(key, is off, why)``.
+_INERT = [
+    ("loss_scale", lambda c: c.loss_scale_type == "none", "loss_scale_type is none"),
+    ("model_ema_decay", lambda c: not c.model_ema, "model_ema is off"),
+    ("warmup_lr", lambda c: c.warmup_epochs == 0, "warmup_epochs is 0"),
+    ("mixup_prob", lambda c: c.mixup == 0 and c.cutmix == 0, "mixup and cutmix are 0"),
+    ("mixup_switch_prob", lambda c: c.mixup == 0 or c.cutmix == 0,
+     "it switches between mixup and cutmix, and one of them is 0"),
+    ("crop_ratio", lambda c: list(c.crop_scale or []) == [1.0, 1.0], "crop_scale 1,1 turns the random crop off"),
+    ("data_url", lambda c: not c.run_modelarts, "run_modelarts is false"),
+    ("train_url", lambda c: not c.run_modelarts, "run_modelarts is false"),
+    ("modelarts_data_path", lambda c: not c.run_modelarts, "run_modelarts is false"),
+]
+
+
+def _warn_inert(cfg, given):
+    """One warning line for each key given on the command line that another setting turns off."""
+    for key, off, why in _INERT:
+        if key in given and off(cfg):
+            print(f"warning: --{key} has no effect: {why}", file=sys.stderr, flush=True)
 
 
 def cap_workers(cfg, cores=None):
@@ -266,7 +344,8 @@ def _help_text(keys=None):
 
 def config_markdown():
     """A Markdown table of all keys (name, default, accepted values, help) for the README."""
-    rows = ["| key | default | values | meaning |", "|---|---|---|---|"]
+    rows = ["| key | default | values | read by | meaning |", "|---|---|---|---|---|"]
     for k in SCHEMA:
-        rows.append(f"| `{k.name}` | `{_fmt_default(k.default)}` | {expected_values(k)} | {k.help} |")
+        read_by = "all" if k.scripts == SCRIPTS else ", ".join(k.scripts)
+        rows.append(f"| `{k.name}` | `{_fmt_default(k.default)}` | {expected_values(k)} | {read_by} | {k.help} |")
     return "\n".join(rows)

@@ -1,6 +1,7 @@
 """The configuration schema: every key of ``config.yaml`` and the command line with its default,
-type, help text and bounds, and the bounds that more than one module relies on (seeds, image
-size, topology)."""
+type, help text, bounds, the scripts that read it and what ``--resume`` does with a new value, and
+the bounds that more than one module relies on (seeds, topology; sizes: src/platform/bounds.py)."""
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -8,9 +9,10 @@ from model import default_cfgs, list_models
 
 from ..data.catalog import DATASETS, INTERPOLATIONS
 from ..data.randaugment import parse_aa
+from ..platform.bounds import MAX_IMAGE_SIZE
 
 __all__ = ["Key", "option", "SCHEMA", "SCHEMA_BY_NAME", "SEED_LIMIT", "EPOCH_SEED_STRIDE", "MAX_IMAGE_SIZE",
-           "AMP_LEVELS", "LOSS_SCALE_TYPES", "epoch_seed", "check_path", "format_number"]
+           "AMP_LEVELS", "LOSS_SCALE_TYPES", "SCRIPTS", "epoch_seed", "check_path", "format_number"]
 
 #: MindSpore's automatic mixed precision levels, and the loss scalings (src.train.step).
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
@@ -41,6 +43,8 @@ class Key:
     length: Optional[int] = None   # list length ("floats"/"ints"); None = any length >= 1
     check: Optional[Callable[[Any], Optional[str]]] = None   # returns an explanation when invalid
     option: bool = False           # an option of one script (not a config key): named "--name" in messages
+    scripts: tuple = ()            # the entry scripts that read the key (set by _placed below)
+    on_resume: Optional[str] = None   # train.py --resume with another value: "refuse" | "warn" | None (free)
 
     @property
     def label(self):
@@ -72,6 +76,14 @@ def _check_range_pair(lo_min, hi_max):
 
 def _check_positive_list(v):
     return None if all(x > 0 for x in v) else "positive numbers"
+
+
+def _check_open_unit(v):
+    return None if 0 < v < 1 else ("a number in (0, 1) (exclusive: 1 keeps the EMA at its start, 0 makes it a copy "
+                                   "of the weights)")
+
+
+_check_open_unit.bounds = "in (0, 1)"
 
 
 def _check_not_blank(v):
@@ -125,12 +137,6 @@ SEED_LIMIT = 2 ** 32
 #: The data pipeline of epoch E (0-based) is seeded with ``seed + EPOCH_SEED_STRIDE * E``
 #: (:func:`epoch_seed`), so the shuffle and augmentation of an epoch do not depend on a resume.
 EPOCH_SEED_STRIDE = 1000
-
-
-#: Largest ``image_size``: CIFAR images are 32 px, so every larger size only upsamples them, and
-#: ImageNet weights were trained at 224; 1024 leaves room for high-resolution inputs of infer.py
-#: while one 1024 px image already needs about 0.6 GB of activations in training.
-MAX_IMAGE_SIZE = 1024
 
 
 #: Upper bounds of the custom topology (the largest official variant, L: blocks 4-8-3, dims up to
@@ -241,8 +247,9 @@ SCHEMA = [
         "after every step ema = decay x ema + (1 - decay) x weight, BatchNorm statistics included), evaluated "
         "each epoch beside the weights and saved as ema.* in the checkpoints; null = the dataset's recipe "
         "(ImageNet on, else off).", nullable=True),
-    Key("model_ema_decay", None, "float", "Decay of model_ema; null = the dataset's recipe (ImageNet 0.99996, "
-        "else timm's 0.9998).", nullable=True, min=0.0, max=1.0),
+    Key("model_ema_decay", None, "float", "Decay of model_ema (1 would keep the EMA at its start and 0 make it a "
+        "copy of the weights: both refused); null = the dataset's recipe (ImageNet 0.99996, else timm's 0.9998).",
+        nullable=True, check=_check_open_unit),
     Key("use_ema", False, "bool", "evl.py, infer.py, export.py: use the checkpoint's EMA weights (ema.*, "
         "written by train.py with model_ema) instead of its weights."),
     Key("max_steps_per_epoch", None, "int", "Debug cap on steps per epoch; null = the whole dataset.",
@@ -260,7 +267,8 @@ SCHEMA = [
         check=check_path),
     Key("keep_checkpoint_max", 5, "int", "Number of most recent checkpoints to keep.", min=1, max=10000),
     Key("checkpoint_path", None, "str", "Checkpoint evaluated by evl.py.", nullable=True, check=check_path),
-    Key("eval_interval", 1, "int", "Evaluate every N epochs during training.", min=1, max=100000),
+    Key("eval_interval", 1, "int", "Evaluate every N epochs during training, and after the last epoch.", min=1,
+        max=100000),
     Key("log_interval", 20, "int", "Log every N steps.", min=1, max=10 ** 9),
     # runtime
     Key("device_target", "auto", "str", "Device; auto = Ascend, then GPU, then CPU.",
@@ -286,4 +294,47 @@ SCHEMA = [
 ]
 
 
+#: The entry scripts that read config keys (pth2ckpt.py and dataset.py take their own options).
+SCRIPTS = ("train.py", "evl.py", "infer.py", "export.py")
+EVAL_SCRIPTS = SCRIPTS[1:]
+
+#: The keys only training reads (augmentation, optimisation, EMA, checkpoints written, ModelArts)
+#: and those only the evaluating scripts read; every other key is read by all four, but for the two
+#: tables after these.
+TRAIN_ONLY = ("pretrained_ckpt", "drop_path_rate", "crop_scale", "crop_ratio", "hflip", "aa", "reprob", "smoothing",
+              "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "epoch_size", "cooldown_epochs", "lr", "min_lr",
+              "warmup_lr", "warmup_epochs", "weight_decay", "model_ema", "model_ema_decay", "max_steps_per_epoch",
+              "loss_scale_type", "loss_scale", "resume", "keep_checkpoint_max", "eval_interval", "run_modelarts",
+              "data_url", "train_url", "modelarts_data_path")
+EVAL_ONLY = ("use_ema", "checkpoint_path")
+#: The keys of reading a dataset split (its folders, its bad files, the run folder's split lists, the
+#: progress log and the graph cache of the evaluation loop), which infer.py and export.py do not read;
+#: and the keys export.py alone leaves out (it batches by its own --batch_size and traces MindSpore's
+#: own kernels).
+DATA_ONLY = ("val_data_path", "val_fraction", "skip_bad_images", "download", "save_checkpoint_path",
+             "num_parallel_workers", "log_interval", "graph_cache")
+NOT_EXPORT = ("eval_batch_size", "cpu_kernels")
+
+#: ``train.py --resume``: a key whose new value would change what the saved state means (the model, the
+#: classes, the split, the step positions, what best.ckpt ranks) is refused; a key that only changes
+#: how training goes on is named in one warning; the rest (where and how it runs) may change freely.
+RESUME_REFUSED = ("num_classes", "dataset_choose", "val_fraction", "batch_size", "max_steps_per_epoch", "model_ema")
+#: The model's keys are checked against the checkpoint's weights themselves (src.checkpoint.load.check_arch,
+#: model.check_fit), which name the mismatching tensors.
+RESUME_BY_CHECKPOINT = ("arch", "blocks", "dims", "mlp_ratios", "channels", "n_conv_blocks")
+RESUME_FREE = ("resume", "save_checkpoint_path", "keep_checkpoint_max", "log_interval", "device_target", "device_id",
+               "mode", "cpu_kernels", "graph_cache", "is_distributed", "run_modelarts", "data_url", "train_url",
+               "modelarts_data_path", "download", "demo", "checkpoint_path", "use_ema", "eval_batch_size",
+               "pretrained_ckpt")
+
+
+def _placed(key):
+    scripts = ("train.py",) if key.name in TRAIN_ONLY else EVAL_SCRIPTS if key.name in EVAL_ONLY else \
+        ("train.py", "evl.py") if key.name in DATA_ONLY else SCRIPTS[:3] if key.name in NOT_EXPORT else SCRIPTS
+    on_resume = None if key.name in RESUME_FREE + RESUME_BY_CHECKPOINT + EVAL_ONLY else \
+        "refuse" if key.name in RESUME_REFUSED else "warn"
+    return dataclasses.replace(key, scripts=scripts, on_resume=on_resume)
+
+
+SCHEMA = [_placed(k) for k in SCHEMA]
 SCHEMA_BY_NAME = {k.name: k for k in SCHEMA}

@@ -39,6 +39,8 @@ def expected_values(key):
         exp = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[key.type]
         if key.min is not None and key.max is not None:
             exp += f" in [{format_number(key.min)}, {format_number(key.max)}]"
+        elif getattr(key.check, "bounds", None):
+            exp += f" {key.check.bounds}"
         elif key.min is not None:
             exp += f" >= {format_number(key.min)}"
     return exp + (" or null" if key.nullable else "")

@@ -15,11 +15,12 @@ from ..config import convert_value
 from ..platform.download import download_url
 from ..platform.errors import CheckpointError, ConfigError, DataError, short_list
 from ..platform.fileio import check_not_input, check_output_path
-from .names import VERIFY_ATOL, convert_state_dict, dropped_keys, infer_topology, map_name
+from .names import (BACKBONE_PREFIX, VERIFY_ATOL, convert_state_dict, dropped_keys, infer_topology, map_name,
+                    split_dense_checkpoint)
 from .to_torch import logits_difference
 from .torch_files import extract_state_dict, load_torch_checkpoint
 
-__all__ = ["convert", "describe_topology", "release_url", "fetch_release", "save_ckpt_atomic", "verify",
+__all__ = ["convert", "dense_backbone", "describe_topology", "release_url", "fetch_release", "save_ckpt_atomic", "verify",
            "topology_flags", "resolve_topology"]
 
 
@@ -28,8 +29,12 @@ def convert(args) -> int:
     arch_name = check_arguments(args)
     src, torch_state, what = read_source(args)
     topo = resolve_topology(args)
+    torch_state, what, left_out = dense_backbone(args, torch_state, what, src)
     weights, dropped, num_classes, ckpt_classes = target_weights(args, torch_state, src)
-    report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, topo, num_classes)
+    if left_out is not None:
+        dropped = OrderedDict(list(left_out.items()) + list(dropped.items()))
+    report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, topo, num_classes,
+                         backbone_only=left_out is not None)
     if args.verify:
         verify_phase(args, src, torch_state, topo, arch_name, ckpt_classes or num_classes)
     save_ckpt_atomic(weights, args.dst, src)
@@ -148,6 +153,23 @@ def read_source(args):
     return src, torch_state, what
 
 
+def dense_backbone(args, torch_state, what, src):
+    """An official detection/segmentation checkpoint (mmdet/mmseg: ``backbone.*`` keys beside the
+    neck and heads): its backbone, the prefix removed (:func:`split_dense_checkpoint`). Returns
+    ``(state_dict, description, {key left out: why})``, ``left out`` None for a classifier's."""
+    split = split_dense_checkpoint(torch_state)
+    if split is None:
+        return torch_state, what, None
+    for flag in ("num_classes", "verify"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag} does not apply to '{src}': it holds a detection/segmentation model, "
+                              "whose backbone is converted without a classifier head")
+    backbone, _ = split
+    left_out = OrderedDict((k, f"the {k.split('.', 1)[0]} of the dense-task model, not the backbone")
+                           for k in torch_state if not k.startswith(BACKBONE_PREFIX))
+    return backbone, f"{what}, dense-task model: its 'backbone.*' keys", left_out
+
+
 def target_weights(args, torch_state, src):
     """The converted weights (finite), the dropped keys with their reasons, and the class counts:
     the target's and the checkpoint's. The head is dropped when the counts differ."""
@@ -167,16 +189,19 @@ def target_weights(args, torch_state, src):
     return weights, dropped, num_classes, ckpt_classes
 
 
-def report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, topo, num_classes):
+def report_and_check_fit(src, what, arch_name, torch_state, weights, dropped, topo, num_classes,
+                         backbone_only=False):
     """Print what was mapped and dropped; CheckpointError naming the keys when the weights do not
-    fit the target model exactly (missing, unexpected, of another shape)."""
-    net = ConvMLP(num_classes=num_classes, drop_path_rate=0.0, **topo)
+    fit the target model exactly (missing, unexpected, of another shape). A backbone is checked
+    against the model without its head (``norm`` and ``head``)."""
+    net = ConvMLP(num_classes=num_classes, drop_path_rate=0.0, classifier_head=not backbone_only, **topo)
     model = OrderedDict((p.name, p) for p in net.get_parameters())
     n_params = sum(p.size for p in net.trainable_params())
     without_head = not any(k.startswith(HEAD_PREFIX) for k in weights)
     missing, unexpected, mismatched = fit_problems(model, weights, HEAD_PREFIX if without_head else None)
     print(f"source      : {src} ({what}, {len(torch_state)} keys)")
-    print(f"target      : {arch_name}: {describe_topology(topo)}, num_classes {num_classes}, "
+    print(f"target      : {arch_name}: {describe_topology(topo)}, "
+          f"{'backbone (no head)' if backbone_only else f'num_classes {num_classes}'}, "
           f"{n_params:,} trainable parameters")
     print(f"mapped      : {len(weights)} keys "
           f"({sum(map_name(k) != k for k in torch_state if map_name(k))} renamed)")

@@ -46,7 +46,7 @@ def max_abs_difference(pairs) -> float:
 
 __all__ = ["VERIFY_ATOL", "max_abs_difference", "NAME_RULES", "REVERSE_RULES", "DROP_REASONS", "MODEL_ROOTS", "TOPOLOGY_KEYS",
            "map_name", "convert_state_dict", "dropped_keys", "to_torch_name", "to_torch_state_dict",
-           "official_order", "infer_topology"]
+           "official_order", "infer_topology", "BACKBONE_PREFIX", "split_dense_checkpoint"]
 
 
 # Norm layers of the official model: BatchNorm at positions 1, 4, 7 of each conv-BN-ReLU x3
@@ -142,6 +142,28 @@ def dropped_keys(torch_state: Mapping) -> Dict[str, str]:
     """``{torch key: reason}`` for the keys :func:`map_name` drops."""
     return {k: DROP_REASONS.get(k.rsplit(".", 1)[-1], "dropped by NAME_RULES")
             for k in torch_state if map_name(k) is None}
+
+
+#: Prefix of the backbone's keys in an mmdet/mmseg model (the official detection and segmentation
+#: checkpoints): ``backbone.*`` beside ``neck.*``, ``rpn_head.*``, ``roi_head.*``, ``bbox_head.*``,
+#: ``decode_head.*``, ``auxiliary_head.*``.
+BACKBONE_PREFIX = "backbone."
+
+
+def split_dense_checkpoint(torch_state: Mapping):
+    """The prefix-stripping step before :func:`map_name` for a dense-task model's ``state_dict``:
+    ``(backbone state_dict with BACKBONE_PREFIX removed, {other top-level part: key count})``, or
+    ``None`` when no key starts with :data:`BACKBONE_PREFIX` (a classifier's state_dict). Pure."""
+    if not any(k.startswith(BACKBONE_PREFIX) for k in torch_state):
+        return None
+    backbone, others = OrderedDict(), OrderedDict()
+    for key, value in torch_state.items():
+        if key.startswith(BACKBONE_PREFIX):
+            backbone[key[len(BACKBONE_PREFIX):]] = value
+        else:
+            part = key.split(".", 1)[0]
+            others[part] = others.get(part, 0) + 1
+    return backbone, others
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ FOLDERS = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary", "f
 #: ``val_split``: Flowers-102 ``train``/``valid``; ImageNet timm's defaults, ``train`` and ``val``).
 SPLIT_FOLDERS = {"flowers102": {"train": "train", "val": "valid"}, "imagenet": {"train": "train", "val": "val"}}
 #: Sub-folder names that make a tree a tree of splits (``dataset.py check`` and ``pack`` take each on its
-#: own), the validation split's names in the order they are looked for after ``train``.
+#: own; train.py refuses a train_data_path whose only folders they are), the validation split's names in
+#: the order they are looked for after ``train``.
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 #: Per-channel statistics of the training images (RGB, 0..1), used to normalise the inputs. A user's
 #: own images are normalised as ImageNet's, which the pretrained weights were trained with.

@@ -1,10 +1,13 @@
 """Input pipelines on MindSpore's dataset engine: the validated records of a split (the decoded
 arrays of a CIFAR binary folder, or the checked files of an image tree, :mod:`.imagefolder`), the
 batched train pipeline (augmentation, mixup/cutmix, shuffled and sharded), the evaluation pipeline
-and the class names. Image files are decoded by :func:`.images.read_image` in
-``num_parallel_workers`` processes: the rule infer.py decodes with. With ``skip_bad_images`` a file
-that fails to decode there is replaced by the next good record of its split and counted
-(:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
+and the class names. Image files are read in ``num_parallel_workers`` threads of the source, in
+this process (no worker processes, no copy between processes), as file bytes that the engine's C++
+``vision.Decode`` decodes in the map's threads to the pixels of :func:`.images.read_image`, the rule
+infer.py decodes with (:mod:`.encoded`: a file that decoder would read otherwise, or that is decoded
+at reduced size, is decoded by read_image itself). With ``skip_bad_images`` a file that fails to
+decode there is replaced by the next good record of its split and counted (:func:`log_decode_skips`:
+one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -38,6 +41,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 
@@ -47,15 +51,15 @@ import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
 from . import cifar, imagefolder, packed
-from .catalog import data_format
-from .images import read_image
+from .catalog import data_format, split_folders
+from .encoded import read_encoded
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
 from .transforms import decode_min_side, eval_transforms, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
-           "image_split", "prepare_split", "resolve_classes", "check_val_classes", "data_failure",
-           "decode_skips", "log_decode_skips"]
+           "image_split", "prepare_split", "resolve_classes", "check_layout", "saved_split_lists",
+           "check_val_classes", "data_failure", "decode_skips", "log_decode_skips"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -148,7 +152,15 @@ def _packed(cfg, split):
         return None
     if cfg.val_fraction is not None:
         packed.refuse_val_fraction(cfg)
+    if cfg.skip_bad_images and path not in _SKIP_NAMED:
+        _SKIP_NAMED.add(path)
+        print(f"warning: skip_bad_images applies to image folders; {path} is packed, and its images were "
+              "checked when it was packed (dataset.py pack --skip_bad_images leaves bad ones out): a record "
+              "that cannot be decoded stops the run, naming it", file=sys.stderr, flush=True)
     return packed.open_pack(path, split)
+
+
+_SKIP_NAMED = set()   # the packs whose skip_bad_images warning this process printed
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +176,7 @@ def _tree(cfg, root, logger=None):
     return imagefolder.load_tree(root, cfg.num_parallel_workers, cfg.skip_bad_images, logger, decode_min_side(cfg))
 
 
-def _saved_lists(cfg):
+def saved_split_lists(cfg):
     """The split lists of ``val_fraction`` that a run saved: beside ``checkpoint_path`` (evl.py), else
     in ``save_checkpoint_path``; None when neither folder has them."""
     folders = ([os.path.dirname(os.path.abspath(cfg.checkpoint_path))] if cfg.checkpoint_path else []) + \
@@ -179,11 +191,27 @@ def _saved_lists(cfg):
 def _split_positions(cfg, tree):
     key = (os.path.realpath(cfg.train_data_path), cfg.val_fraction)
     if key not in _SPLITS:
-        lists = _saved_lists(cfg)
+        lists = saved_split_lists(cfg)
         if lists:
             return {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
-        return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        return _draw_split(cfg, tree)
     return _SPLITS[key]
+
+
+def _draw_split(cfg, tree):
+    """``val_fraction``'s split of `tree` (:func:`.imagefolder.split_tree`); ConfigError naming the
+    classes too small to give validation an image (a class of one image would be missing from
+    validation, and with every class so small, validation would be empty)."""
+    counts = np.bincount(tree.labels, minlength=len(tree.classes))
+    small = [c for c, n in zip(tree.classes, counts) if n < 2]
+    if small:
+        shown = ", ".join(repr(c) for c in small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+        whole = "so the validation split would be empty" if len(small) == len(tree.classes) else \
+            "so validation would miss them"
+        raise ConfigError(f"val_fraction {cfg.val_fraction:g}: {len(small)} of the {len(tree.classes)} classes of "
+                          f"{tree.root} have fewer than 2 images ({shown}), {whole}; expected at least 2 images per "
+                          "class (one to train, one to validate), or give val_data_path instead of val_fraction")
+    return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
 
 
 def image_split(cfg, split, logger=None):
@@ -200,10 +228,11 @@ def image_split(cfg, split, logger=None):
     return tree.subset(_split_positions(cfg, tree)[split])
 
 
-def prepare_split(cfg, logger, rank=0, fresh=True):
+def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
     """``val_fraction``: fix this run's split of ``train_data_path`` for the whole process. A fresh
     run draws it (seeded by ``seed``) and rank 0 saves the two lists in ``save_checkpoint_path``; a
-    resumed run reads the saved lists, so it trains and validates on the same images."""
+    resumed run reads the saved lists, so it trains and validates on the same images. A train part
+    too small for one batch on each of the `world` devices is refused before any list is written."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
     if packed.is_packed(cfg.train_data_path):
@@ -214,12 +243,39 @@ def prepare_split(cfg, logger, rank=0, fresh=True):
         parts = {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
         how = f"the saved lists {lists['train']}, {lists['val']}"
     else:
-        parts = dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+        parts = _draw_split(cfg, tree)
+        if len(parts["train"]) < cfg.batch_size * world:
+            raise ConfigError(f"val_fraction {cfg.val_fraction:g} leaves {len(parts['train'])} train images of "
+                              f"{tree.root}, fewer than batch_size {cfg.batch_size} x {world} device(s); expected "
+                              f"batch_size <= {len(parts['train']) // world} (or more images, or a smaller "
+                              "val_fraction)")
         if rank == 0:
             imagefolder.write_split_lists(cfg.save_checkpoint_path, tree, parts)
         how = f"val_fraction {cfg.val_fraction:g}, seed {cfg.seed}; lists in {cfg.save_checkpoint_path}"
     _SPLITS[(os.path.realpath(cfg.train_data_path), cfg.val_fraction)] = parts
     logger.info(f"split of {cfg.train_data_path}: {len(parts['train'])} train / {len(parts['val'])} val images ({how})")
+
+
+def check_layout(cfg):
+    """Image trees, before any image is read: a data folder whose only sub-folders are split names
+    (``X/train`` and ``X/val``, as ``dataset.py generate`` and Flowers-102 lay them out;
+    :func:`.catalog.split_folders`) would be read as classes named after the splits; ConfigError naming
+    the folders to give instead."""
+    if data_format(cfg.dataset_choose) != "imagefolder":
+        return
+    for key in ("train_data_path", "val_data_path"):
+        root = getattr(cfg, key)
+        if not root or packed.is_packed(root):
+            continue
+        try:
+            splits = split_folders(imagefolder.find_classes(root))
+        except DataError:
+            continue                                   # reported when the tree is read
+        if "train" not in splits or len(splits) < 2:
+            continue
+        raise ConfigError(f"{key} {root} holds the split folders {', '.join(splits)}, not class folders; give "
+                          f"--train_data_path {os.path.join(root, 'train')} --val_data_path "
+                          f"{os.path.join(root, splits[1])}")
 
 
 def resolve_classes(cfg, logger=None):
@@ -301,7 +357,7 @@ def data_failure(exc):
 # Pipeline
 # --------------------------------------------------------------------------------------------
 class _SkipTally:
-    """Where the pipeline's worker processes record the images that ``skip_bad_images`` replaced
+    """Where the pipeline's readers (its threads, a pack's worker processes) record the images that ``skip_bad_images`` replaced
     while decoding (:meth:`_Source.__getitem__`): one line each, appended to a file in a folder this
     process made (removed at its exit), so that the count reaches the log whichever process decoded."""
 
@@ -356,10 +412,11 @@ def log_decode_skips(logger, when):
 
 class _Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
-    decoded images, or image files decoded by `load` (:func:`.images.read_image`) when asked for.
-    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there and replaced
-    by the next record of the split that decodes (the same one whichever worker asks, so batches keep
-    their size and a run its seed's result); without it the DataError stops the pipeline."""
+    decoded images, or image files read by `load` when asked for (:func:`.encoded.read_encoded`: the
+    bytes the engine's ``Decode`` decodes). With a `tally` (``skip_bad_images``) a file that cannot be
+    decoded is recorded there and replaced by the next record of the split that decodes (the same one
+    whichever thread asks, so batches keep their size and a run its seed's result); without it the
+    DataError stops the pipeline."""
 
     def __init__(self, images, labels, load=None, tally=None):
         self.images, self.labels, self.load, self.tally = images, labels, load, tally
@@ -385,13 +442,15 @@ class _Source:
 
 def _records(cfg, split):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
-    image files) and the folder they come from; a pack's split is its own source (:func:`_packed`)."""
+    image files) and the folder they come from; a pack's split is its own source (:func:`_packed`).
+    Image files come as encoded bytes (:func:`.encoded.read_encoded`, decoded by the engine's C++
+    ``Decode``)."""
     part = _packed(cfg, split)
     if part is not None:
         return part, part.shape, part.root
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        load = functools.partial(read_image, min_side=decode_min_side(cfg))
+        load = functools.partial(read_encoded, min_side=decode_min_side(cfg))
         tally = _SkipTally.path() if cfg.skip_bad_images else None
         return _Source(tree.files, tree.labels, load, tally), None, tree.root
     arrays = load_split(cfg, split)
@@ -419,8 +478,10 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
                           f"(max {int(source.labels.max())}); set num_classes: null")
     workers = cfg.num_parallel_workers
     ds.config.set_seed(cfg.seed)
-    files = source.load is not None            # image files: decoded in worker processes
-    reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=files)
+    load = getattr(source, "load", None)
+    files = load is not None                   # image files: read in the source's threads
+    encoded = getattr(load, "func", load) is read_encoded      # file bytes, decoded in the C++ map
+    reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=False)
 
     if split == "train":
         batch_size = cfg.batch_size
@@ -433,7 +494,7 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
                               f"{where}; expected batch_size <= {n_local}")
-        data = data.map(train_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
+        data = data.map(train_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
         mixer = BatchMixer(num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
                            cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0)
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
@@ -446,6 +507,6 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
             source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
                              source.tally)
         data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
-    data = data.map(eval_transforms(cfg, shape), input_columns="image", num_parallel_workers=workers)
+    data = data.map(eval_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
     return data.batch(cfg.eval_batch_size or cfg.batch_size, drop_remainder=False)

@@ -1,5 +1,5 @@
-"""What every script tells a person while it works: log lines (``HH:MM:SS message``) and the
-progress bar of a long loop. Only rank 0 of a data-parallel run prints its progress."""
+"""What every script tells a person while it works: log lines (``HH:MM:SS message``; a warning
+``warning: message``) and the progress bar of a long loop. Only rank 0 of a data-parallel run prints its progress."""
 import contextlib
 import logging
 import os
@@ -26,13 +26,13 @@ def messages_to_stderr(enabled: bool = True):
 
 
 def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
-    """A logger printing ``HH:MM:SS message`` to stdout (rank 0) and to ``log_file``."""
+    """A logger printing ``HH:MM:SS message`` to stdout (rank 0) and to ``log_file``; a warning is
+    one line ``warning: message`` (as every warning of the product begins)."""
     logger = logging.getLogger("convmlp")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = _Formatter("%(asctime)s %(message)s" if rank == 0 else
-                     f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
+    fmt = _Formatter(rank)
     h = _StreamHandler(sys.stdout)
     h.setFormatter(fmt)
     logger.addHandler(h)
@@ -45,12 +45,29 @@ def get_logger(rank: int = 0, log_file: Optional[str] = None) -> logging.Logger:
 
 
 class _Formatter(logging.Formatter):
-    """Log lines that any terminal and file can take: a character that UTF-8 cannot encode (the
-    undecodable bytes of a file name, kept as surrogates) is written as its escape (``\\udcff``)
-    instead of failing the line; names are quoted at the source (``errors.shown_name``)."""
+    """``HH:MM:SS message`` (``[rank k]`` before the message on rank k > 0); a warning as
+    ``warning: message``, the first word every warning of the product starts with. Lines that any
+    terminal and file can take: a character that UTF-8 cannot encode (the undecodable bytes of a
+    file name, kept as surrogates) is written as its escape (``\\udcff``) instead of failing the
+    line; names are quoted at the source (``errors.shown_name``)."""
+
+    WARNING_WORD = "warning: "
+
+    def __init__(self, rank=0):
+        super().__init__("%(asctime)s " + (f"[rank {rank}] " if rank else "") + "%(message)s", "%H:%M:%S")
+        self.rank = rank
 
     def format(self, record):
-        return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+        if record.levelno == logging.WARNING:
+            message = record.getMessage()
+            if message.startswith(self.WARNING_WORD):
+                message = message[len(self.WARNING_WORD):]
+            line = self.WARNING_WORD + (f"[rank {self.rank}] " if self.rank else "") + message
+            if record.exc_info:
+                line += "\n" + self.formatException(record.exc_info)
+        else:
+            line = super().format(record)
+        return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _StreamHandler(logging.StreamHandler):

@@ -6,7 +6,8 @@ product never reads these variables.
   (default first) ``os.replace`` onto a file named NAME, that is right after the atomic writer put
   that file in place (tests/test_fault.py).
 * ``CONVMLP_TEST_DUMP_WEIGHTS=FOLDER``: after every epoch's BatchNorm averaging of a data-parallel
-  run, each rank writes its model parameters to ``FOLDER/rank<R>.npz`` (tests/test_distributed.py).
+  run, each rank writes its model parameters (with model_ema also the EMA network's, ``ema.*``) to
+  ``FOLDER/rank<R>.npz`` (tests/test_distributed.py).
 * ``CONVMLP_TEST_SIGNAL_IN_COMPILE=INT|TERM[:FILE]``: the process sends itself SIGINT or SIGTERM from
   the 20th call of MindSpore's graph parser (``resolve_symbol``), that is while a graph compiles,
   after writing FILE when given (tests/test_interrupts.py).
@@ -59,6 +60,8 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _dump_weights(folder):
+    dumped = {}   # name -> latest values: the network's and, with model_ema, the EMA network's (ema.*)
+
     def patch(distributed):
         average = distributed.average_bn_statistics
 
@@ -67,8 +70,8 @@ def _dump_weights(folder):
             import numpy as np
             from mindspore.communication import get_rank
             os.makedirs(folder, exist_ok=True)
-            np.savez(os.path.join(folder, f"rank{get_rank()}.npz"),
-                     **{p.name: p.asnumpy() for p in net.get_parameters()})
+            dumped.update({p.name: p.asnumpy() for p in net.get_parameters()})
+            np.savez(os.path.join(folder, f"rank{get_rank()}.npz"), **dumped)
             return out
         distributed.average_bn_statistics = average_then_dump
     sys.meta_path.insert(0, _AfterImport("src.train.distributed", patch))
