@@ -101,9 +101,10 @@ def main(argv=None):
     logger = get_logger(0)
     final, sources = check_request(cfg, opts)
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
-    # local .so): build the model with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
+    # local .so): the plain network, with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
     setup_runtime(cfg, logger, cpu_kernels_on=False)
-    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS, features_only=opts.features_only)
+    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS, features_only=opts.features_only,
+                                      kernels=False)
     if opts.batch_size != DYNAMIC:   # the image size is the checkpoint's now
         check_batch("--batch_size", opts.batch_size, cfg.image_size)
     shape = (None if opts.batch_size == DYNAMIC else opts.batch_size, 3, cfg.image_size, cfg.image_size)

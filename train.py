@@ -28,7 +28,7 @@ import mindspore as ms
 
 from src.checkpoint.files import (BEST, EMA_PREFIX, LAST, has_ema, meta_class_names, read_meta, resume_path,
                                  save_training_state)
-from src.checkpoint.load import build_model, check_arch, load_training_state
+from src.checkpoint.load import build_model, check_arch, inference_network, load_training_state
 from src.config import epoch_config, load_config
 from src.config.runs import check_resumed_config
 from src.data.catalog import data_format
@@ -37,7 +37,7 @@ from src.data.pipeline import (check_layout, create_dataset, data_failure, datas
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory
-from src.platform.device import check_precision, setup_runtime
+from src.platform.device import check_precision, cpu_kernels_wanted, setup_runtime
 from src.platform.errors import EXIT_INTERRUPTED, ClusterError, ConfigError, DataError, first_line, run_cli
 from src.platform.fileio import remove_stale_temps
 from src.platform.graph_cache import open_graph_cache
@@ -82,6 +82,8 @@ class Parts:
     draws: Any                 # src.train.step.DropPathDraws: the drop-path factors of each step
     graph_cache: Any = None    # src.graph_cache.GraphCache, opened before the first compile
     ema_net: Any = None        # model_ema: the network of the averages (src.train.ema)
+    eval_net: Any = None       # what evaluates net (src.checkpoint.load.inference_network)
+    ema_eval_net: Any = None   # ... and ema_net
 
     def global_step(self) -> int:
         return int(self.optimizer.global_step.asnumpy()[0])
@@ -190,7 +192,9 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
         logger.warning("*** no pretrained_ckpt: training FROM SCRATCH (random init). The published accuracy "
                        "needs the converted ImageNet weights (pth2ckpt.py) ***")
     logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
-    logger.info(f"C++ CPU kernels (model/cpu_kernels/): {cpu_kernels.status()}; oneDNN ISA: {onednn_isa()}")
+    kernels = cpu_kernels_wanted(cfg, run.device)
+    logger.info(f"C++ CPU kernels (model/cpu_kernels/): {cpu_kernels.status() if kernels else 'off'}; "
+                f"oneDNN ISA: {onednn_isa()}")
     net = apply_amp(net, cfg.amp_level)
     logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))
@@ -198,7 +202,7 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
                           steps_per_epoch, cfg.cooldown_epochs)
     scale = cfg.loss_scale if cfg.loss_scale_type == "fixed" else 1.0
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
-                weight_decay=cfg.weight_decay, loss_scale=scale)
+                weight_decay=cfg.weight_decay, loss_scale=scale, cpu_kernel=kernels)
     step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
     draws = DropPathDraws(net, cfg.batch_size, cfg.seed, run.rank)
     ema_net = None
@@ -206,7 +210,9 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
         ema_net = apply_amp(ema_network(net, lambda: build_model(cfg)), cfg.amp_level)
         step_cell = TrainStepWithEma(step_cell, ModelEma(net, ema_net, cfg.model_ema_decay))
         logger.info(f"model EMA: decay {cfg.model_ema_decay:g}, updated after every step, evaluated each epoch")
-    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs, draws, ema_net=ema_net)
+    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs, draws, ema_net=ema_net,
+                 eval_net=inference_network(net, cfg),
+                 ema_eval_net=None if ema_net is None else inference_network(ema_net, cfg))
 
 
 def resume(run: Run, parts: Parts):
@@ -334,7 +340,7 @@ def validate(run: Run, parts: Parts, row) -> Tuple[str, float]:
     """The validation of the weights and, with model_ema, of the averages; fills the metrics `row`.
     Returns the log text and the top-1 that ranks checkpoints (the EMA's when on, as timm)."""
     text, top1 = "", None
-    for prefix, net, label in (("", parts.net, "val"), ("ema_", parts.ema_net, "EMA")):
+    for prefix, net, label in (("", parts.eval_net, "val"), ("ema_", parts.ema_eval_net, "EMA")):
         if net is None:
             continue
         res = evaluate(net, parts.val_ds, run.cfg.num_classes, run.reduce_fn)

@@ -84,12 +84,13 @@ def ms_worker(args, t_start):
     from src.platform.cpu import release_compile_memory, uses_only_conv_kernel
     from src.platform.device import configure_runtime
     from model import create_model
+    from model.cpu_kernels import apply_cpu_kernels, fuse_for_inference
     from src.train.optim import AdamW, param_groups_weight_decay
     from src.train.step import DropPathDraws, build_train_step
 
     configure_runtime(threads=args.threads, mode="graph", own_convolutions=not uses_only_conv_kernel())
     ms.set_seed(SEED)
-    net = create_model(args.variant, num_classes=1000)
+    net = apply_cpu_kernels(create_model(args.variant, num_classes=1000))   # as train.py / evl.py
     cache = _open_graph_cache(args) if args.cache_root else None
     images, soft = case_data(args.size, args.batch, 1000)
     x, y = ms.Tensor(images), ms.Tensor(soft)
@@ -98,8 +99,7 @@ def ms_worker(args, t_start):
         cell = build_train_step(net, opt)
         inputs = (x, y, *DropPathDraws(net, args.batch, seed=0)(0, 0))   # train.py's step inputs
     else:
-        net.set_train(False)
-        cell = net
+        cell = fuse_for_inference(net)   # what evl.py / infer.py run
         inputs = (x,)
     t0 = time.perf_counter()
     cell.compile(*inputs)
@@ -231,11 +231,10 @@ def export_files(args):
     reference) and MINDIR (``mindspore.export`` of the model built with the C++ kernels off, as
     export.py does) for the MindSpore model of seed :data:`SEED`, static batch."""
     import mindspore as ms
-    from model import cpu_kernels, create_model
+    from model import create_model
     from src.convert.onnx_file import torch_reference, write_onnx
     from src.platform.device import configure_runtime
     configure_runtime(threads=args.threads, mode="graph", own_convolutions=True)
-    cpu_kernels.set_enabled(False)
     ms.set_seed(SEED)
     net = create_model(args.variant, num_classes=1000)
     net.set_train(False)

@@ -1,9 +1,10 @@
 """ConvMLP for MindSpore: ``from model import ConvMLP, convmlp_s, convmlp_m, convmlp_l, create_model``.
 
 ``convmlp`` holds the cells and one builder per released variant, ``configs`` their settings,
-``helpers`` building by name, ``features`` the backbone's feature levels, ``weights`` reading checkpoints into a model, ``cpu_kernels`` the
-C++ CPU kernels, ``torch_convmlp`` the PyTorch reference, ``cache`` the user cache folder. The
-package imports nothing from outside itself."""
+``helpers`` building by name, ``features`` the backbone's feature levels, ``weights`` reading
+checkpoints into a model, ``cpu_kernels`` the C++ CPU kernels applied to a built network
+(``apply_cpu_kernels``, ``fuse_for_inference``), ``torch_convmlp`` the PyTorch reference, ``cache``
+the user cache folder. The package imports nothing from outside itself."""
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
 from .convmlp import (ConvMLP, ConvMLPBlock, ConvMLPStage, ConvStage, ConvTokenizer, ConvDownsample, DropPath, Mlp,
                       convmlp_l, convmlp_m, convmlp_s)

@@ -22,10 +22,11 @@ Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.wei
 (see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
 1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
 
-On the CPU the convolutions, LayerNorm, GELU, the MLPs' bias, BatchNorm+ReLU, the max-pool and the
-depthwise conv run as the C++ kernels of :mod:`model.cpu_kernels`, and evaluation takes the fused
-path of :mod:`model.cpu_kernels.inference` (BatchNorm folded, blocked layouts, LayerNorm + MLP in one
-op); config key ``cpu_kernels: false`` (:func:`model.cpu_kernels.set_enabled`) keeps MindSpore's.
+The cells are MindSpore ``nn`` cells with one forward path each, the same on every device. Faster
+CPU backends are applied to a built network, never chosen here:
+:func:`model.cpu_kernels.apply_cpu_kernels` swaps in the C++ kernel cells (same parameters) and
+:func:`model.cpu_kernels.fuse_for_inference` builds a separate evaluation cell (BatchNorm folded,
+blocked layouts, LayerNorm + MLP in one op) over the same parameters.
 """
 import math
 from typing import Optional, Sequence
@@ -36,15 +37,14 @@ from mindspore import nn, ops
 from mindspore.common import initializer as init
 from mindspore.ops import constexpr
 
-from . import cpu_kernels
 from .configs import HEAD_PREFIX, TOPOLOGY_KEYS, default_cfgs
-from .cpu_kernels import GELU, BatchNorm2d, Conv2d, Dense, LayerNorm, MaxPool2d, inference
 from .drop_path import DropPath
 from .errors import ConfigError
 from .features import feature_levels, feature_take_indices
 from .weights import load_pretrained
 
 __all__ = ["ConvMLP", "ConvTokenizer", "ConvStage", "ConvMLPBlock", "ConvMLPStage", "ConvDownsample", "Mlp",
+           "ChannelsLastDepthwise",
            "DropPath", "convmlp_s", "convmlp_m", "convmlp_l", "default_cfgs", "model_entrypoints", "TOPOLOGY_KEYS",
            "HEAD_PREFIX"]
 
@@ -59,14 +59,12 @@ SMALL_MAP_POSITIONS = 4
 
 def _conv_bn_relu(in_ch, out_ch, kernel_size, stride=1):
     """Conv (no bias) -> BatchNorm -> ReLU as three cells, so that names match the official
-    ``Sequential`` indices. The ReLU is applied inside the BatchNorm cell (one fused C++ kernel when
-    training on the CPU, see :class:`model.cpu_kernels.BatchNorm2d`); the third cell is a
-    parameter-free placeholder."""
+    ``Sequential`` indices."""
     return [
-        Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad", padding=kernel_size // 2,
-               has_bias=False),
-        BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM, fuse_relu=True),
-        nn.Identity(),
+        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, pad_mode="pad", padding=kernel_size // 2,
+                  has_bias=False),
+        nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM),
+        nn.ReLU(),
     ]
 
 
@@ -81,7 +79,7 @@ class ConvTokenizer(nn.Cell):
     The output is reshaped to its size computed from the input's (static) height and width: with a
     dynamic batch dimension (a MINDIR exported for any batch size), MindSpore's padded max-pool
     infers every output dimension as unknown, and the blocks need the static map size to pick
-    their depthwise path (``ConvMLPBlock``). The reshape does not change the values.
+    their depthwise form (``ChannelsLastDepthwise``). The reshape does not change the values.
     """
 
     def __init__(self, embedding_dim: int = 64):
@@ -92,7 +90,7 @@ class ConvTokenizer(nn.Cell):
             _conv_bn_relu(3, half, 3, stride=2)
             + _conv_bn_relu(half, half, 3)
             + _conv_bn_relu(half, embedding_dim, 3)
-            + [MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)]
+            + [nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)]
         )
 
     def construct(self, x):
@@ -114,8 +112,8 @@ class ConvStage(nn.Cell):
             )
             for _ in range(num_blocks)
         ])
-        self.downsample = Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
-                                 padding=1, has_bias=True)
+        self.downsample = nn.Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
+                                    padding=1, has_bias=True)
 
     def construct(self, x):
         for block in self.conv_blocks:
@@ -131,9 +129,9 @@ class Mlp(nn.Cell):
         super().__init__()
         hidden_dim = hidden_dim or embedding_dim_in
         embedding_dim_out = embedding_dim_out or embedding_dim_in
-        self.fc1 = Dense(embedding_dim_in, hidden_dim)
-        self.act = GELU(approximate=False)
-        self.fc2 = Dense(hidden_dim, embedding_dim_out)
+        self.fc1 = nn.Dense(embedding_dim_in, hidden_dim)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = nn.Dense(hidden_dim, embedding_dim_out)
 
     def construct(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -154,54 +152,52 @@ def _tap_matrix(h: int, w: int):
     return ms.Tensor(taps.reshape(9, -1))
 
 
+class ChannelsLastDepthwise(nn.Conv2d):
+    """Depthwise 3x3 convolution (padding 1, no bias) on channels-last (B, H, W, C) tokens, with the
+    weight of a grouped ``nn.Conv2d`` (C, 1, 3, 3): the grouped convolution between two transposes,
+    except on maps of at most ``SMALL_MAP_POSITIONS`` positions (e.g. 2x2 and 1x1 at 32 px), where
+    it is ``out[b, p, c] = sum_q x[b, q, c] * M[p, q, c]`` with ``M`` built from the same weights
+    (the map size is static in GRAPH mode: the form is chosen at compile time)."""
+
+    def __init__(self, channels: int, weight_init=None):
+        super().__init__(channels, channels, 3, stride=1, pad_mode="pad", padding=1, group=channels,
+                         has_bias=False, weight_init=weight_init)
+
+    def construct(self, x):
+        b, h, w, c = x.shape
+        if h * w <= SMALL_MAP_POSITIONS:
+            kernel = self.weight.reshape(c, 9)
+            taps = ops.cast(_tap_matrix(h, w), kernel.dtype)  # float16 under AMP
+            m = ops.matmul(taps.T, kernel.T).reshape(1, h * w, h * w, c)
+            return (x.reshape(b, 1, h * w, c) * m).sum(axis=2).reshape(b, h, w, c)
+        return self.conv2d(x.transpose(0, 3, 1, 2), self.weight).transpose(0, 2, 3, 1)   # nn.Conv2d's op
+
+
 class ConvMLPBlock(nn.Cell):
     """One Conv-MLP block on channels-last (B, H, W, C) tokens.
 
     ``x = x + drop_path(mlp1(norm1(x)))``; ``x = connect(connect_norm(x))`` (depthwise 3x3, no bias,
     no residual); ``x = x + drop_path(mlp2(norm2(x)))``. The two drop paths take rows
     ``scale_rows`` of the model's ``drop_scales`` input when it is given (see :class:`ConvMLP`).
-
-    On the CPU (float32) the depthwise ``connect`` runs as the channels-last C++ kernel with the
-    ``Conv2d``'s weight; otherwise as the grouped ``Conv2d`` between two transposes, except on maps
-    of at most ``SMALL_MAP_POSITIONS`` positions (e.g. 2x2 and 1x1 at 32 px), where it is
-    ``out[b, p, c] = sum_q x[b, q, c] * M[p, q, c]`` with ``M`` built from the same 3x3 weights.
     """
 
     def __init__(self, embedding_dim: int, dim_feedforward: int, drop_path_rate: float = 0.0):
         super().__init__()
-        self.norm1 = LayerNorm((embedding_dim,), epsilon=LN_EPS)
+        self.norm1 = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
         self.channel_mlp1 = Mlp(embedding_dim, dim_feedforward)
         self.drop_path = DropPath(drop_path_rate)
-        self.connect = nn.Conv2d(embedding_dim, embedding_dim, 3, stride=1, pad_mode="pad",
-                                 padding=1, group=embedding_dim, has_bias=False)
-        self.connect_norm = LayerNorm((embedding_dim,), epsilon=LN_EPS)
-        self.norm2 = LayerNorm((embedding_dim,), epsilon=LN_EPS)
+        self.connect = ChannelsLastDepthwise(embedding_dim)
+        self.connect_norm = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
+        self.norm2 = nn.LayerNorm((embedding_dim,), epsilon=LN_EPS)
         self.channel_mlp2 = Mlp(embedding_dim, dim_feedforward)
-        self.connect_kernel = cpu_kernels.active()
         self.scale_rows = (0, 1)   # set by ConvMLP
-        inference.prepare_block(self, LN_EPS)
-
-    def _depthwise(self, x):
-        if self.connect_kernel and x.dtype == ms.float32:
-            return cpu_kernels.depthwise_conv_nhwc(x, self.connect.weight)
-        b, h, w, c = x.shape  # static in GRAPH mode: the branch is chosen at compile time
-        if h * w <= SMALL_MAP_POSITIONS:
-            kernel = self.connect.weight.reshape(c, 9)
-            taps = ops.cast(_tap_matrix(h, w), kernel.dtype)  # float16 under AMP
-            m = ops.matmul(taps.T, kernel.T).reshape(1, h * w, h * w, c)
-            return (x.reshape(b, 1, h * w, c) * m).sum(axis=2).reshape(b, h, w, c)
-        return self.connect(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
 
     def construct(self, x, drop_scales=None):
-        if self.fused_inference and not self.training and x.dtype == ms.float32:
-            x = self.mlp_op(x, *self.mlp1_params, self.ln_eps)
-            x = self.dw_op(x, *self.connect_params, self.ln_eps)
-            return self.mlp_op(x, *self.mlp2_params, self.ln_eps)
         first = second = None
         if drop_scales is not None and self.drop_path.drop_prob > 0:
             first, second = drop_scales[self.scale_rows[0]], drop_scales[self.scale_rows[1]]
         x = x + self.drop_path(self.channel_mlp1(self.norm1(x)), first)
-        x = self._depthwise(self.connect_norm(x))
+        x = self.connect(self.connect_norm(x))
         x = x + self.drop_path(self.channel_mlp2(self.norm2(x)), second)
         return x
 
@@ -211,13 +207,10 @@ class ConvDownsample(nn.Cell):
 
     def __init__(self, embedding_dim_in: int, embedding_dim_out: int):
         super().__init__()
-        self.downsample = Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
-                                 padding=1, has_bias=True)
-        inference.prepare_downsample(self)
+        self.downsample = nn.Conv2d(embedding_dim_in, embedding_dim_out, 3, stride=2, pad_mode="pad",
+                                    padding=1, has_bias=True)
 
     def construct(self, x):
-        if self.fused_inference and not self.training and x.dtype == ms.float32:
-            return self.stack_op(x, *self.stack_params, self.stack_eps, self.stack_cfg)
         x = self.downsample(x.transpose(0, 3, 1, 2))
         return x.transpose(0, 2, 3, 1)
 
@@ -285,7 +278,7 @@ class ConvMLP(nn.Cell):
         ])
         self.classifier_head = classifier_head
         if classifier_head:
-            self.norm = LayerNorm((dims[-1],), epsilon=LN_EPS)
+            self.norm = nn.LayerNorm((dims[-1],), epsilon=LN_EPS)
             self.head = nn.Dense(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         else:
             self.norm = None
@@ -298,16 +291,6 @@ class ConvMLP(nn.Cell):
                     self.drop_path_rates += (blk.drop_path.drop_prob,) * 2
         self.feature_info, self._feature_stages = feature_levels(channels, dims)
         self._init_weights()
-        inference.prepare_front(self)
-        inference.prepare_head(self, LN_EPS)
-
-    def disable_fused_inference(self):
-        """Evaluate through the separate kernels (what mixed precision needs: the fused ops are
-        float32 throughout)."""
-        self.fused_head = False
-        for _, cell in self.cells_and_names():
-            if getattr(cell, "fused_inference", False):
-                cell.fused_inference = False
 
     def _init_weights(self):
         """The official init: trunc-normal(0.02) Dense with zero bias, Kaiming-normal fan_out
@@ -343,22 +326,16 @@ class ConvMLP(nn.Cell):
             head = nn.Identity()
         self.head = head
         self.head.update_parameters_name(HEAD_PREFIX)
-        inference.prepare_head(self, LN_EPS)
 
     def forward_features(self, x, drop_scales=None):
         """(B, 3, H, W) images -> (B, H/32, W/32, dims[-1]) channels-last features."""
-        if self.fused_inference and not self.training and x.dtype == ms.float32:
-            x = self.stack_op(x, *self.stack_params, self.stack_eps, self.stack_cfg)
-        else:
-            x = self.conv_stages(self.tokenizer(x)).transpose(0, 2, 3, 1)
+        x = self.conv_stages(self.tokenizer(x)).transpose(0, 2, 3, 1)
         for stage in self.stages:
             x = stage(x, drop_scales)
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
         """Channels-last features -> LayerNorm -> mean over positions -> Dense logits."""
-        if self.fused_head and not pre_logits and not self.training and x.dtype == ms.float32:
-            return self.head_op(x, *self.head_params, self.head_eps)
         x = self.norm(x)
         x = x.mean(axis=(1, 2))
         if pre_logits:

@@ -11,10 +11,7 @@ that input (a cell used on its own) the cell draws with MindSpore's in-graph ``D
 stream is neither saved nor reproducible on the CPU (it depends on kernel timing).
 """
 import numpy as np
-import mindspore as ms
 from mindspore import nn, ops
-
-from . import cpu_kernels
 
 __all__ = ["DropPath", "drop_path_factors"]
 
@@ -33,24 +30,22 @@ class DropPath(nn.Cell):
 
     ``construct(x, scale=None)``: ``scale`` (B,) holds the per-sample factors (0 or
     ``1 / (1 - drop_prob)``, see :func:`drop_path_factors`); without it they are drawn in the graph
-    by ``nn.Dropout`` on a ones vector. On float32 CPU input the per-sample scaling runs the C++
-    kernel (:func:`model.cpu_kernels.scale_samples`; MindSpore's broadcasting ``Mul`` keeps index
-    vectors of the input's size), otherwise a broadcasting multiplication; the same numbers either
-    way."""
+    by ``nn.Dropout`` on a ones vector. The kept branches are scaled by a broadcasting
+    multiplication (:func:`model.cpu_kernels.apply_cpu_kernels` swaps in a C++ kernel for it)."""
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         self.drop_prob = float(drop_prob)
         self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
-        self.use_kernel = self.dropout is not None and cpu_kernels.active()
+
+    def factors(self, x, scale=None):
+        """The (B,) per-sample factors: `scale` in `x`'s dtype, or drawn in the graph."""
+        if scale is None:
+            return self.dropout(ops.ones((x.shape[0],), x.dtype))
+        return ops.cast(scale, x.dtype)
 
     def construct(self, x, scale=None):
         if self.dropout is None or not self.training:
             return x
-        if scale is None:
-            scale = self.dropout(ops.ones((x.shape[0],), x.dtype))
-        else:
-            scale = ops.cast(scale, x.dtype)
-        if self.use_kernel and x.dtype == ms.float32:
-            return cpu_kernels.scale_samples(x, scale)
+        scale = self.factors(x, scale)
         return x * scale.reshape((x.shape[0],) + (1,) * (x.ndim - 1))

@@ -199,14 +199,13 @@ def _time_limit(seconds, script):
 @contextlib.contextmanager
 def _process_state_restored():
     import mindspore as ms
-    from model import cpu_kernels
     from src.platform import errors, graph_cache
     from src.train import run_folder
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     hook, environ = sys.unraisablehook, dict(os.environ)
     loggers = {name: (lg, lg.handlers[:], lg.level, lg.propagate)
                for name, lg in (("root", logging.getLogger()), ("convmlp", logging.getLogger("convmlp")))}
-    kernels, mode, held = cpu_kernels.enabled(), ms.get_context("mode"), set(run_folder._held)
+    mode, held = ms.get_context("mode"), set(run_folder._held)
     cache_folder = graph_cache._process_folder
     try:
         yield
@@ -220,7 +219,6 @@ def _process_state_restored():
                 if h not in old_handlers:
                     h.close()
             lg.handlers[:], lg.level, lg.propagate = old_handlers, level, propagate
-        cpu_kernels.set_enabled(kernels)
         if ms.get_context("mode") != mode:
             ms.set_context(mode=mode)
         for real in set(run_folder._held) - held:   # the lock a train.py process drops at its exit
@@ -468,7 +466,7 @@ def data_parallel_reference(out, argv, world):
     lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size, steps,
                           cfg.cooldown_epochs)
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
-                weight_decay=cfg.weight_decay)
+                weight_decay=cfg.weight_decay, cpu_kernel=cfg.cpu_kernels)
     loss_net = NetWithLoss(net)
     loss_net.set_train(True)
     gradients = gradient_cell(loss_net, opt.parameters)

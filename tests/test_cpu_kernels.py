@@ -2,8 +2,10 @@
 
 Each kernel is checked, forward and backward, against a float64 reference (numpy / PyTorch) and
 against MindSpore's own kernel, on shapes that exercise the edges (odd channel counts, odd image
-sizes, ties after ReLU, NaN). Then: the model computes the same function with and without them,
-they switch off cleanly (disabled, float16, no compiler), and MINDIR export never contains them.
+sizes, ties after ReLU, NaN). Then: ``apply_cpu_kernels`` swaps exactly the cells they implement
+(same parameters and names) and the network computes the same function and gradients with and
+without them, they stay out cleanly (config key off, float16, no compiler), and MINDIR export never
+contains them.
 """
 import math
 import os
@@ -173,15 +175,60 @@ def _tiny_model(seed):
                    n_conv_blocks=1, num_classes=10, drop_path_rate=0.0)
 
 
+#: what apply_cpu_kernels makes of each plain cell of the model (a ReLU after a BatchNorm is fused
+#: into the BatchNorm kernel cell and becomes an Identity)
+SWAPS = {"LayerNorm": "LayerNorm", "GELU": "GELU", "Dense": "Dense", "MaxPool2d": "MaxPool2d", "Conv2d": "Conv2d",
+         "BatchNorm2d": "BatchNorm2d", "ReLU": "Identity", "ChannelsLastDepthwise": "DepthwiseNHWC",
+         "DropPath": "DropPath"}
+
+
+def test_apply_cpu_kernels_swaps_exactly_the_cells_it_implements_keeping_the_parameters():
+    ms.set_seed(0)
+    from model import ConvMLP
+    net = ConvMLP(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=1,
+                  num_classes=10, drop_path_rate=0.1)
+    before = {name: type(cell) for name, cell in net.cells_and_names()}
+    params = [(id(p), p.name) for p in net.get_parameters()]
+    assert cpu_kernels.apply_cpu_kernels(net) is net
+    after = {name: type(cell) for name, cell in net.cells_and_names() if not name.endswith(".relu")}
+    assert [(id(p), p.name) for p in net.get_parameters()] == params   # the same objects, names
+    assert set(after) == set(before)
+    swapped = {}
+    for name, old in before.items():
+        new = after[name]
+        if new is old:
+            # what stays: containers, the model's own cells, the drop paths of rate 0
+            assert old.__name__ not in SWAPS or (old.__name__ == "DropPath" and name.endswith("drop_path")), name
+            continue
+        assert new.__name__ == SWAPS[old.__name__], name
+        assert new.__module__ == ("mindspore.nn.layer.basic" if new.__name__ == "Identity"
+                                  else "model.cpu_kernels.layers"), name
+        swapped[new.__name__] = swapped.get(new.__name__, 0) + 1
+    # 4 blocks: 3 LayerNorms, 2 MLPs (2 Dense, 1 GELU), 1 depthwise each; 6 conv-BN-ReLU + 3 other
+    # convolutions; the one block with drop path rate > 0; the head's LayerNorm and Dense
+    assert swapped == {"LayerNorm": 13, "GELU": 8, "Dense": 17, "MaxPool2d": 1, "Conv2d": 9, "BatchNorm2d": 6,
+                       "Identity": 6, "DepthwiseNHWC": 4, "DropPath": 1}
+
+
+def test_applying_the_kernels_draws_nothing_from_the_random_state():
+    """A run with a seed draws the same numbers after building its network with or without them."""
+    from mindspore.common.initializer import Normal, initializer
+
+    def next_draw(apply):
+        net = _tiny_model(3)
+        if apply:
+            cpu_kernels.apply_cpu_kernels(net)
+        return initializer(Normal(), (16,), ms.float32).init_data().asnumpy(), np.random.get_state()[1][:4]
+    plain, kernels = next_draw(False), next_draw(True)
+    np.testing.assert_array_equal(plain[0], kernels[0])
+    np.testing.assert_array_equal(plain[1], kernels[1])
+
+
 def test_model_is_the_same_function_with_and_without_the_kernels():
-    fast = _tiny_model(0)
-    cpu_kernels.set_enabled(False)
-    try:
-        slow = _tiny_model(0)
-    finally:
-        cpu_kernels.set_enabled(True)
+    fast = cpu_kernels.apply_cpu_kernels(_tiny_model(0))
+    slow = _tiny_model(0)
     assert fast.stages[0].blocks[0].norm1.use_kernel and fast.tokenizer.block[9].use_kernel
-    assert not slow.stages[0].blocks[0].norm1.use_kernel and not slow.tokenizer.block[9].use_kernel
+    assert type(slow.stages[0].blocks[0].norm1) is nn.LayerNorm and type(slow.tokenizer.block[9]) is nn.MaxPool2d
     ms.load_param_into_net(slow, {p.name: p for p in fast.get_parameters()})
     x = rand(4, 3, 32, 32, seed=7)
     dy = rand(4, 10, seed=8)
@@ -204,9 +251,10 @@ def _run(code, **env):
 def test_without_a_compiler_the_model_falls_back_with_one_warning(tmp_path):
     code = ("import logging; logging.basicConfig(); import numpy as np, mindspore as ms\n"
             "from model import cpu_kernels, create_model\n"
-            "net = create_model('convmlp_s', num_classes=10)\n"
+            "net = cpu_kernels.apply_cpu_kernels(create_model('convmlp_s', num_classes=10))\n"
+            "net = cpu_kernels.fuse_for_inference(net)\n"
             "print('status', cpu_kernels.status())\n"
-            "print('use_kernel', net.norm.use_kernel)\n"
+            "print('use_kernel', isinstance(net.norm, cpu_kernels.LayerNorm))\n"
             "print('shape', net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape)\n")
     proc = _run(code, CXX=str(tmp_path / "no-such-compiler"), CONVMLP_KERNEL_CACHE=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stdout
@@ -215,12 +263,16 @@ def test_without_a_compiler_the_model_falls_back_with_one_warning(tmp_path):
     assert "shape (1, 10)" in proc.stdout
 
 
-def test_kernels_can_be_switched_off_with_set_enabled():
-    proc = _run("from model import cpu_kernels, create_model\n"
-                "cpu_kernels.set_enabled(False)\n"
-                "net = create_model('convmlp_s', num_classes=10)\n"
-                "print(cpu_kernels.status(), net.norm.use_kernel)\n")
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("off False"), proc.stdout
+def test_config_key_off_keeps_the_plain_network_and_on_applies_the_kernels():
+    from types import SimpleNamespace
+    from src.checkpoint.load import build_model, inference_network
+    from model import TOPOLOGY_KEYS
+    for on in (False, True):
+        cfg = SimpleNamespace(arch="convmlp_s", num_classes=10, cpu_kernels=on, amp_level="O0",
+                              **{k: None for k in TOPOLOGY_KEYS})
+        net = build_model(cfg)
+        assert isinstance(net.norm, cpu_kernels.LayerNorm) == on
+        assert isinstance(inference_network(net, cfg), cpu_kernels.FusedConvMLP) == on
 
 
 def test_compiled_library_is_cached_per_machine(tmp_path):
@@ -312,7 +364,7 @@ def test_scale_samples_equals_the_broadcasting_product_and_its_gradient(shape):
 
 
 def test_drop_path_with_the_kernel_drops_whole_samples_at_its_rate():
-    from model.convmlp import DropPath
+    from model.cpu_kernels import DropPath
     cell = DropPath(0.25)
     assert cell.use_kernel
     cell.set_train(True)
@@ -432,14 +484,16 @@ def test_without_onednn_headers_only_the_convolutions_stay_on_mindspore(tmp_path
             "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else find(name, *a)\n"
             "import numpy as np, mindspore as ms\n"
             "from model import cpu_kernels, create_model\n"
-            "net = create_model('convmlp_s', num_classes=10)\n"
+            "net = cpu_kernels.apply_cpu_kernels(create_model('convmlp_s', num_classes=10))\n"
             "print('status', cpu_kernels.status())\n"
-            "print('kernels', net.norm.use_kernel, net.tokenizer.block[0].use_kernel)\n"
+            "print('kernels', isinstance(net.norm, cpu_kernels.LayerNorm),\n"
+            "      isinstance(net.tokenizer.block[0], cpu_kernels.Conv2d))\n"
+            "print('fused', type(cpu_kernels.fuse_for_inference(net)).__name__)\n"
             "print('shape', net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape)\n")
     proc = _run(code, CONVMLP_DNNL_INCLUDE=str(tmp_path), CONVMLP_KERNEL_CACHE=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stdout
     assert "convolutions: MindSpore's (no oneDNN 3.x headers" in proc.stdout, proc.stdout
-    assert "kernels True False" in proc.stdout and "shape (1, 10)" in proc.stdout
+    assert "kernels True False" in proc.stdout and "fused ConvMLP" in proc.stdout and "shape (1, 10)" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""AdamW as one C++ kernel over all parameters (``model/csrc/adamw.cc``, ``src/train/optim.py``).
+"""AdamW as one C++ kernel over all parameters (``src/train/csrc/adamw.cc``, ``src/train/optim.py``).
 
 The kernel is checked against a float64 reference of torch.optim.AdamW's update and against
 torch.optim.AdamW itself (float32) on many tensors of different sizes (the joint element range is
@@ -38,9 +38,8 @@ def problem(seed=0):
 def run_mindspore(values, grads, all_at_once):
     cell = Params(values)
     opt = AdamW(param_groups_weight_decay(cell.trainable_params(), WD), ms.Tensor(LRS), BETAS[0], BETAS[1], EPS,
-                weight_decay=WD)
-    assert opt.all_at_once
-    opt.all_at_once = all_at_once
+                weight_decay=WD, cpu_kernel=all_at_once)
+    assert opt.all_at_once == all_at_once
     for g in grads:
         opt(tuple(ms.Tensor(a) for a in g))
     return [p.asnumpy() for p in cell.params], opt
@@ -103,8 +102,8 @@ def test_training_step_updates_parameters_and_moments_in_place():
     from model import ConvMLP
     from src.train.step import build_train_step
     ms.set_seed(0)
-    net = ConvMLP(blocks=[1, 1, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=1,
-                  num_classes=10, drop_path_rate=0.0)
+    net = cpu_kernels.apply_cpu_kernels(ConvMLP(blocks=[1, 1, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2],
+                                                channels=16, n_conv_blocks=1, num_classes=10, drop_path_rate=0.0))
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), WD), learning_rate=1e-3, weight_decay=WD)
     step = build_train_step(net, opt)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}

@@ -2,10 +2,11 @@
 
 Each op is checked against a float64 reference (numpy / PyTorch) on shapes that exercise the
 edges (row counts that are not a multiple of the tile, a single row, odd channel counts, odd map
-sizes), then the model: in evaluation mode it computes the same function as the separate kernels
-and as the float64 PyTorch reference with BatchNorm statistics that are not the identity, the
-official tiny checkpoint gives the official logits within 1e-5, kept packed weights follow a
-change of the weights, and training mode and mixed precision never take the fused path.
+sizes), then the model: the fused evaluation cell (``fuse_for_inference``) computes the same
+function as the plain network, the network with the kernel cells and the float64 PyTorch reference
+with BatchNorm statistics that are not the identity, the official tiny checkpoint gives the official
+logits within 1e-5, kept packed weights follow a change of the weights, and training and mixed
+precision evaluate the network itself.
 """
 import math
 
@@ -16,7 +17,7 @@ import mindspore as ms
 from mindspore import nn
 
 from model import ConvMLP, cpu_kernels
-from model.cpu_kernels import inference
+from model.cpu_kernels import FusedConvMLP, apply_cpu_kernels, fuse_for_inference, inference
 
 pytestmark = pytest.mark.skipif(not inference.available(),
                                 reason=f"fused inference path not available here: {cpu_kernels.status()}")
@@ -39,7 +40,7 @@ class Op(nn.Cell):
     def __init__(self, op, *extra):
         super().__init__()
         self.op = op
-        inference.hold(self, "extra", [tensor(e) for e in extra])
+        self.extra = tuple(tensor(e) for e in extra)
 
     def construct(self, x):
         return self.op(x, *self.extra)
@@ -90,11 +91,10 @@ def test_layer_norm_depthwise_matches_float64(shape, k):
 def test_downsampling_convolution_on_channels_last_tokens_matches_float64(shape, cout):
     from model.convmlp import ConvDownsample
     cell = ConvDownsample(shape[-1], cout)
-    assert cell.fused_inference
     cell.downsample.bias.set_data(tensor(rand(cout, seed=12)))
     cell.set_train(False)
     x = rand(*shape, seed=13)
-    got = cell(tensor(x)).asnumpy()
+    got = inference.fused_downsample(cell)(tensor(x)).asnumpy()
     conv = cell.downsample
     want = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64),
                                       torch.tensor(conv.weight.asnumpy(), dtype=torch.float64),
@@ -120,11 +120,10 @@ def _model(seed=0, drop_path_rate=0.1):
     return net
 
 
-def _separate(net):
-    """A copy of `net` (same parameter values) that evaluates through the separate kernels."""
-    other = ConvMLP(num_classes=10, drop_path_rate=0.0, **TOPOLOGY)
+def _separate(net, num_classes=10):
+    """A copy of `net` (same parameter values) with the kernel cells (``apply_cpu_kernels``)."""
+    other = apply_cpu_kernels(ConvMLP(num_classes=num_classes, drop_path_rate=0.0, **TOPOLOGY))
     ms.load_param_into_net(other, {p.name: ms.Parameter(p.value(), name=p.name) for p in net.get_parameters()})
-    other.disable_fused_inference()
     other.set_train(False)
     return other
 
@@ -139,15 +138,19 @@ def _torch64(net):
 
 
 @pytest.mark.parametrize("size,batch", [(32, 5), (64, 3), (45, 2)])
-def test_model_in_evaluation_is_the_same_function_fused_separate_and_float64(size, batch):
+def test_fused_cell_is_the_same_function_as_the_plain_network_the_kernels_and_float64(size, batch):
     net = _model()
-    assert net.fused_inference and all(b.fused_inference for s in net.stages for b in s.blocks)
+    fused = fuse_for_inference(net)
+    assert isinstance(fused, FusedConvMLP) and fused.fused_head
+    assert [p.name for p in fused.get_parameters()] == [p.name for p in net.get_parameters()]
     x = rand(batch, 3, size, size, seed=14)
-    fused = net(tensor(x)).asnumpy()
+    got = fused(tensor(x)).asnumpy()
+    plain = net(tensor(x)).asnumpy()
     separate = _separate(net)(tensor(x)).asnumpy()
     with torch.no_grad():
         want = _torch64(net)(torch.tensor(x, dtype=torch.float64)).numpy()
-    np.testing.assert_allclose(fused, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(plain, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(separate, want, rtol=RTOL, atol=ATOL)
     features = net.forward_features(tensor(x)).asnumpy()
     assert features.shape == (batch, -(-size // 32), -(-size // 32), TOPOLOGY["dims"][-1])
@@ -156,52 +159,57 @@ def test_model_in_evaluation_is_the_same_function_fused_separate_and_float64(siz
 def test_official_tiny_checkpoint_gives_the_official_logits_within_1e_5(tiny, tiny_state):
     from src.convert.names import convert_state_dict
     net = ConvMLP(num_classes=tiny["num_classes"], **tiny["topology"])
-    assert net.fused_inference
     ms.load_param_into_net(net, {k: ms.Parameter(tensor(v), name=k)
                                  for k, v in convert_state_dict(tiny_state).items()}, strict_load=True)
-    net.set_train(False)
-    got = net(tensor(tiny["input"])).asnumpy()
+    fused = fuse_for_inference(net)
+    assert isinstance(fused, FusedConvMLP)
+    got = fused(tensor(tiny["input"])).asnumpy()
     assert float(np.abs(got - tiny["logits"]).max()) <= 1e-5
 
 
 def test_kept_packed_weights_follow_a_change_of_the_weights():
     net = _model()
+    fused = fuse_for_inference(net)
     x = tensor(rand(4, 3, 32, 32, seed=15))
-    before = net(x).asnumpy()
-    np.testing.assert_array_equal(net(x).asnumpy(), before)      # the kept copies: the same numbers
-    for p in (net.stages[2].blocks[0].channel_mlp1.fc1.weight, net.stages[0].downsample_mlp.downsample.weight):
-        p.set_data(tensor(p.asnumpy() * 1.5))                      # the same tensors, new values
-    after = net(x).asnumpy()
+    before = fused(x).asnumpy()
+    np.testing.assert_array_equal(fused(x).asnumpy(), before)    # the kept copies: the same numbers
+    for p in (net.stages[2].blocks[0].channel_mlp1.fc1.weight, net.stages[0].downsample_mlp.downsample.weight,
+              net.tokenizer.block[1].moving_mean):
+        p.set_data(tensor(p.asnumpy() * 1.5))                      # the network's tensors, new values
+    after = fused(x).asnumpy()
     assert np.abs(after - before).max() > 1e-3
-    np.testing.assert_allclose(after, _separate(net)(x).asnumpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(after, net(x).asnumpy(), rtol=RTOL, atol=ATOL)
 
 
 def test_a_replaced_head_is_the_one_evaluated():
     net = _model()
     net.reset_classifier(7)
     net.head.bias.set_data(tensor(rand(7, seed=17)))
-    assert net.fused_head
+    fused = fuse_for_inference(net)
+    assert fused.fused_head
     x = tensor(rand(3, 3, 64, 64, seed=18))
-    got = net(x).asnumpy()
+    got = fused(x).asnumpy()
     assert got.shape == (3, 7)
-    other = ConvMLP(num_classes=7, drop_path_rate=0.0, **TOPOLOGY)
-    ms.load_param_into_net(other, {p.name: ms.Parameter(p.value(), name=p.name) for p in net.get_parameters()})
-    other.disable_fused_inference()
-    other.set_train(False)
-    np.testing.assert_allclose(got, other(x).asnumpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, _separate(net, 7)(x).asnumpy(), rtol=RTOL, atol=ATOL)
     pooled = net.forward_head(net.forward_features(x), pre_logits=True).asnumpy()   # the separate cells
     np.testing.assert_allclose(pooled @ net.head.weight.asnumpy().T + net.head.bias.asnumpy(), got,
                                rtol=RTOL, atol=ATOL)
 
 
-def test_training_mode_and_mixed_precision_do_not_take_the_fused_path():
+def test_training_and_mixed_precision_evaluate_the_network_itself():
+    from types import SimpleNamespace
+    from src.checkpoint.load import inference_network
     from src.train.step import apply_amp
-    net = _model(drop_path_rate=0.0)
+    net = apply_cpu_kernels(_model(drop_path_rate=0.0))
     x = tensor(rand(4, 3, 32, 32, seed=16))
     reference = _separate(net)
     net.set_train(True)
     reference.set_train(True)
+    fused = fuse_for_inference(net)          # built beside the network: its training mode is kept
+    assert all(cell.training for _, cell in net.cells_and_names())
     np.testing.assert_array_equal(net(x).asnumpy(), reference(x).asnumpy())   # batch statistics
+    assert isinstance(inference_network(net, SimpleNamespace(cpu_kernels=True, amp_level="O0")), FusedConvMLP)
+    assert inference_network(net, SimpleNamespace(cpu_kernels=False, amp_level="O0")) is net
     apply_amp(net, "O1")
-    assert not net.fused_inference and not net.fused_head
-    assert not any(b.fused_inference for s in net.stages for b in s.blocks)
+    assert inference_network(net, SimpleNamespace(cpu_kernels=True, amp_level="O1")) is net
+    assert fused is not net

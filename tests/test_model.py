@@ -82,6 +82,51 @@ def test_the_model_package_imports_nothing_from_outside_itself(tmp_path):
     assert lines[-2].startswith(str(tmp_path)) and lines[-1] == "10"
 
 
+# ------------------------------------------------------------------------------------------------
+# A plain network: backends are applied to it (model.cpu_kernels), never chosen inside it
+
+def _held_outside_registry(cell):
+    """Attributes of `cell` holding Parameters or Custom ops outside MindSpore's registries."""
+    bad = []
+    for name, value in vars(cell).items():
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, ms.Parameter) for v in items) or any(isinstance(v, ops.Custom) for v in items):
+            bad.append(name)
+    return bad
+
+
+def test_create_model_builds_plain_mindspore_cells_only():
+    net = create_model("convmlp_s", num_classes=10, drop_path_rate=0.1)
+    kinds = {type(cell) for _, cell in net.cells_and_names()}
+    foreign = sorted(k.__module__ + "." + k.__name__ for k in kinds
+                     if not k.__module__.startswith(("mindspore.nn.", "model.convmlp", "model.drop_path")))
+    assert foreign == []                                     # no kernel cell, no fused cell
+    assert {k.__name__ for k in kinds if k.__module__.startswith("mindspore.nn.")} == {
+        "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "LayerNorm", "Dense", "GELU", "Dropout", "SequentialCell",
+        "CellList"}
+    for name, cell in net.cells_and_names():
+        assert _held_outside_registry(cell) == [], name     # nothing injected from outside
+        assert not hasattr(cell, "use_kernel") and not hasattr(cell, "fused_inference"), name
+    registered = {p.name for p in net.get_parameters()}
+    assert len(registered) == len(list(net.get_parameters())) and "stages.1.blocks.0.connect.weight" in registered
+
+
+def test_constructing_a_model_compiles_nothing(monkeypatch):
+    from model.cpu_kernels import build
+    calls = []
+
+    def no_build(*args):
+        calls.append(args)
+        raise AssertionError("the C++ kernels must not be built by a constructor")
+    monkeypatch.setattr(build, "library_path", no_build)
+    monkeypatch.setattr(build, "_build", no_build)
+    net = create_model("convmlp_s", num_classes=10)
+    net.reset_classifier(7)
+    net.set_train(False)
+    assert net(images(2, 3, 32, 32)).shape == (2, 7)
+    assert calls == []
+
+
 def test_output_shapes():
     net = tiny_net(num_classes=7)
     net.set_train(False)

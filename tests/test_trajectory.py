@@ -110,26 +110,23 @@ def schedule():
 
 def kernels_in_use(net):
     """Names of the cells of `net` that run a C++ kernel."""
-    return [name for name, cell in net.cells_and_names()
-            if getattr(cell, "use_kernel", False) or getattr(cell, "connect_kernel", False)]
+    return [name for name, cell in net.cells_and_names() if getattr(cell, "use_kernel", False)]
 
 
 def train_mindspore(kernels, batches, lrs):
-    """train.py's training cell for `STEPS` steps. Returns (initial, final) ``{name: array}`` of
-    every parameter, BatchNorm statistics included, and the losses."""
+    """train.py's training cell for `STEPS` steps (with ``kernels``: the network with the C++ kernel
+    cells applied, as train.py does with ``cpu_kernels: true``). Returns (initial, final) ``{name:
+    array}`` of every parameter, BatchNorm statistics included, and the losses."""
     configure_runtime(mode="graph", device_target="CPU")
-    previous = cpu_kernels.enabled()
-    cpu_kernels.set_enabled(kernels)
-    try:
-        ms.set_seed(0)
-        net = ConvMLP(num_classes=NUM_CLASSES, drop_path_rate=0.0, **TOPOLOGY)
-    finally:
-        cpu_kernels.set_enabled(previous)
+    ms.set_seed(0)
+    net = ConvMLP(num_classes=NUM_CLASSES, drop_path_rate=0.0, **TOPOLOGY)
+    if kernels:
+        net = cpu_kernels.apply_cpu_kernels(net)
     used = kernels_in_use(net)
     assert bool(used) == kernels, f"kernels={kernels} but the cells running a kernel are {used}"
     initial = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
     opt = AdamW(param_groups_weight_decay(net.trainable_params(), WEIGHT_DECAY), ms.Tensor(lrs),
-                weight_decay=WEIGHT_DECAY)
+                weight_decay=WEIGHT_DECAY, cpu_kernel=kernels)
     step = build_train_step(net, opt, loss_scale_type="none")
     losses = []
     for i in range(STEPS):

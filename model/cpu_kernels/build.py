@@ -9,9 +9,10 @@ that holds other things gets a subfolder of its own (:func:`model.cache.cache_ro
 library of its own, built against the oneDNN that MindSpore ships (``lib/libdnnl.so.3``) with the
 oneDNN 3.x headers of the PyTorch package (``requirements.txt``) or ``$CONVMLP_DNNL_INCLUDE``;
 without them only the convolutions stay MindSpore's. Without a compiler, or when the build fails,
-one warning is logged and the cells run MindSpore's kernels. :func:`set_enabled` (the config key
-``cpu_kernels``) turns the kernels on or off for cells built from then on; :func:`active` and
-:func:`status` say whether they run.
+one warning is logged and the network keeps MindSpore's kernels. Nothing here is a switch: the
+build is an explicit step (:func:`build_kernels`, called by :func:`model.cpu_kernels.apply_cpu_kernels`
+and :func:`model.cpu_kernels.fuse_for_inference`); :func:`active` and :func:`status` say whether
+the kernels can run here.
 """
 import hashlib
 import importlib.util
@@ -28,7 +29,7 @@ import mindspore as ms
 from ..cache import cache_dir, cache_root, is_marked, make_folder
 from ..errors import first_line
 
-__all__ = ["set_enabled", "enabled", "active", "status", "library_path", "conv_library_path",
+__all__ = ["build_kernels", "build_library", "built_libraries", "active", "status", "library_path", "conv_library_path",
            "mindspore_onednn_library", "kernel_isa", "KERNEL_ISAS", "KERNEL_ISA_ENV"]
 
 _LOG = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 #: GCC may vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC
 #: links crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
-            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": [], "adamw.cc": ["-pthread"]}
+            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
 #: the convolutions and the fused inference path, built as a library of its own against MindSpore's
 #: libdnnl.so.3 (optional)
 _CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"]}
@@ -52,23 +53,12 @@ _OWN_SUBFOLDER = "convmlp_kernel_cache"
 KERNEL_ISAS = {"native": ["-march=native"], "avx2": ["-march=x86-64-v3"], "avx512": ["-march=x86-64-v4"]}
 KERNEL_ISA_ENV = "CONVMLP_KERNEL_ISA"
 
-_enabled = True
 _lock = threading.Lock()
 _library = None          # path of the built .so, once built
 _failure = None          # one-line reason when the build failed
 _conv_library = None     # path of the built oneDNN convolution .so (optional, see _dnnl_paths)
 _conv_failure = None     # one-line reason when that one is missing
-
-
-def set_enabled(flag: bool):
-    """Turn the kernels on or off for cells built from now on (cells already built keep theirs)."""
-    global _enabled
-    _enabled = bool(flag)
-
-
-def enabled() -> bool:
-    """Whether the kernels are switched on (they may still be unavailable, see :func:`active`)."""
-    return _enabled
+_libraries = {}          # build_library: name -> path of the built .so, or None when it failed
 
 
 def _cpu_flags():
@@ -166,15 +156,17 @@ def _arch_flags():
     return ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "aarch64") else []
 
 
-def _cache_key(version, arch_flags, dnnl_id):
-    """Name of the cache folder: a hash of every source and header, the compiler's version, the
-    flags, the CPU's feature flags and the oneDNN the convolution is built against."""
+def _cache_key(version, arch_flags, dnnl_id, more_dirs=()):
+    """Name of the cache folder: a hash of every source and header (of ``model/csrc`` and
+    `more_dirs`), the compiler's version, the flags, the CPU's feature flags and the oneDNN the
+    convolution is built against (`dnnl_id`, or what else identifies the build)."""
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(_SRC_DIR)):  # every source and header
-        if not name.endswith((".cc", ".h")):
-            continue
-        with open(os.path.join(_SRC_DIR, name), "rb") as f:
-            digest.update(name.encode() + b"\0" + f.read())
+    for folder in (_SRC_DIR, *more_dirs):
+        for name in sorted(os.listdir(folder)):  # every source and header
+            if not name.endswith((".cc", ".h")):
+                continue
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
     digest.update(repr((version, _BASE_FLAGS, arch_flags, _SOURCES, _CONV_SOURCES, _cpu_flags(), platform.machine(),
                         dnnl_id)).encode())
     return digest.hexdigest()[:20]
@@ -199,8 +191,8 @@ def _cache_folder(key, with_conv):
     raise RuntimeError(f"no writable folder for the compiled kernels ({roots[0]}; set CONVMLP_KERNEL_CACHE)")
 
 
-def _compile_object(cxx, arch_flags, source, extra, include, obj):
-    cmd = [cxx, "-c", *_BASE_FLAGS, *arch_flags, *extra, *include, os.path.join(_SRC_DIR, source), "-o", obj]
+def _compile_object(cxx, arch_flags, source, extra, include, obj, src_dir=_SRC_DIR):
+    cmd = [cxx, "-c", *_BASE_FLAGS, *arch_flags, *extra, *include, os.path.join(src_dir, source), "-o", obj]
     try:
         _run(cmd)
     except RuntimeError:
@@ -209,7 +201,7 @@ def _compile_object(cxx, arch_flags, source, extra, include, obj):
         _run([a for a in cmd if a not in arch_flags])  # a compiler without -march=native
 
 
-def _compile_library(cxx, arch_flags, sources, out, include=(), link=()):
+def _compile_library(cxx, arch_flags, sources, out, include=(), link=(), src_dir=_SRC_DIR):
     """Compile `sources` (file -> extra flags) and link them into the shared library `out`, unless
     it exists: the objects go to a temporary folder beside `out` and the library is moved into place
     atomically, so a concurrent process sees either no library or a whole one."""
@@ -219,7 +211,7 @@ def _compile_library(cxx, arch_flags, sources, out, include=(), link=()):
         objects = []
         for name, extra in sources.items():
             objects.append(os.path.join(tmp, name + ".o"))
-            _compile_object(cxx, arch_flags, name, extra, include, objects[-1])
+            _compile_object(cxx, arch_flags, name, extra, include, objects[-1], src_dir)
         lib = os.path.join(tmp, os.path.basename(out))
         _run([cxx, "-shared", "-o", lib, *objects, "-lm", *link])
         os.replace(lib, out)
@@ -263,22 +255,57 @@ def library_path():
         return _library
 
 
+def build_library(name: str, src_dir: str, sources: dict):
+    """A C++ library of another package (e.g. the optimiser's, ``src/train/csrc``), built and cached
+    as this package's: `sources` (file in `src_dir` -> extra flags) compiled with ``model/csrc``'s
+    shared headers (``common.h``) on the include path, into the kernel cache under a key of both
+    folders' sources, the compiler, the flags and the CPU. Path of ``<name>.so``, or None when it
+    cannot be built (one ``warning:`` line per process)."""
+    with _lock:
+        if name not in _libraries:
+            try:
+                cxx, version = _compiler()
+                arch_flags = _arch_flags()
+                key = _cache_key(version, arch_flags, (name, sorted(sources.items())), (src_dir,))
+                out = os.path.join(_cache_folder(key, with_conv=False), name + ".so")
+                _compile_library(cxx, arch_flags, sources, out, include=["-I" + _SRC_DIR], link=["-pthread"],
+                                 src_dir=src_dir)
+                _libraries[name] = out
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                _libraries[name] = None
+                _LOG.warning("C++ kernel %s unavailable, using MindSpore's ops: %s", name, first_line(exc))
+        return _libraries[name]
+
+
+def built_libraries():
+    """Paths of every library built in this process (the kernels', the convolutions', those of
+    :func:`build_library`): what a compiled graph that calls them refers to."""
+    with _lock:
+        paths = [_library, _conv_library] + [_libraries[k] for k in sorted(_libraries)]
+    return [p for p in paths if p]
+
+
+def build_kernels() -> bool:
+    """The explicit build step: compile the kernels into the cache unless this process already has
+    (or already failed, with one ``warning:`` line). Whether the kernels can run here: the device
+    target is the CPU and the library is built."""
+    return active()
+
+
 def conv_library_path():
     """Path of the compiled oneDNN convolution library, or None (see :func:`status`)."""
     return _conv_library if library_path() is not None else None
 
 
 def active() -> bool:
-    """Whether cells built now would run the C++ kernels: enabled, CPU target, library built."""
-    if not _enabled or ms.get_context("device_target") != "CPU":
+    """Whether the C++ kernels can run here: CPU target, library built (building it on first call)."""
+    if ms.get_context("device_target") != "CPU":
         return False
     return library_path() is not None
 
 
 def status() -> str:
     """One line for the run log."""
-    if not _enabled:
-        return "off"
     if ms.get_context("device_target") != "CPU":
         return "off (not the CPU)"
     if library_path() is None:

@@ -1,20 +1,20 @@
-"""The fused inference path (``model/csrc/infer_onednn.cc``): what evaluation, ``evl.py`` and
-``infer.py`` run on the CPU (float32, the C++ kernels on and the oneDNN library built); training
-keeps the separate kernels, and a model built for export (kernels off) keeps MindSpore's ops.
+"""The fused inference path (``model/csrc/infer_onednn.cc``): :func:`fuse_for_inference` builds, for
+a built ConvMLP, a separate evaluation cell (:class:`FusedConvMLP`) over the network's own
+parameters; what evaluation, ``evl.py`` and ``infer.py`` run on the CPU (float32, the oneDNN
+library built). Training keeps the network; ``export.py`` exports the plain network.
 
-* :func:`prepare_front`: the tokenizer and the conv stage as one op: every BatchNorm folded into
-  its convolution (moving statistics), ReLU and the bottlenecks' residual additions fused,
-  oneDNN's blocked layout kept from the image to the conv stage's channels-last output.
-* :func:`prepare_downsample`: a Conv-MLP stage's downsampling convolution on channels-last tokens.
-* :func:`prepare_block`: a Conv-MLP block as three ops, ``x + fc2(GELU(fc1(LayerNorm(x))))``
-  (twice) and the depthwise "connect" convolution of ``LayerNorm(x)``.
-* :func:`prepare_head`: LayerNorm, mean over positions and the Dense head as one op.
+* the tokenizer and the conv stage as one op: every BatchNorm folded into its convolution (moving
+  statistics, read at each call), ReLU and the bottlenecks' residual additions fused, oneDNN's
+  blocked layout kept from the image to the conv stage's channels-last output;
+* a Conv-MLP stage's downsampling convolution on channels-last tokens;
+* a Conv-MLP block as three ops, ``x + fc2(GELU(fc1(LayerNorm(x))))`` (twice) and the depthwise
+  "connect" convolution of ``LayerNorm(x)``;
+* LayerNorm, mean over positions and the Dense head as one op.
 
-Each ``prepare_*`` sets the cell's ``fused_inference`` flag (whether its construct may take the
-path: evaluation mode, float32 input) and the ops and parameters the path calls. The ops have no
-backward (evaluation only). A cell holds the parameters an op reads in a tuple (:func:`hold`),
-outside MindSpore's registry: they are the model's own parameters, already registered under their
-names.
+The ops have no backward (evaluation only). Each fused cell keeps the parameters its op reads in a
+tuple set in its own constructor, outside MindSpore's registry: they are the network's parameters,
+registered under their names by the network, which the fused model holds (so that it loads and
+saves as the network does).
 """
 import zlib
 
@@ -22,11 +22,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from .build import active, conv_library_path
+from .build import build_kernels, conv_library_path
 from .ops import _alias, _op
 
-__all__ = ["available", "hold", "prepare_front", "prepare_downsample", "prepare_block", "prepare_head",
-           "layer_norm_mlp", "layer_norm_depthwise"]
+__all__ = ["available", "fuse_for_inference", "FusedConvMLP", "fused_downsample", "layer_norm_mlp",
+           "layer_norm_depthwise"]
 
 NCHW, NHWC = 0, 1                                 # ConvStackInference's layouts
 CONV, MAX_POOL = 1, 2                             # ... layer kinds
@@ -37,14 +37,15 @@ _ops = {}                # name -> Custom op
 
 
 def available() -> bool:
-    """Whether cells built now can take the fused inference path (the kernels are active and the
-    oneDNN library is built)."""
-    return active() and conv_library_path() is not None
+    """Whether the fused inference path can run here (builds the kernels on first call: the kernels
+    are active and the oneDNN library is built)."""
+    return build_kernels() and conv_library_path() is not None
 
 
-def hold(cell, name, params):
-    """Keep `params` (Parameters registered elsewhere in the model) on `cell` as the tuple `name`,
-    outside MindSpore's parameter registry, so that they keep their names."""
+def _hold(cell, name, params):
+    """Keep `params` (Parameters registered by the network) on `cell` as the tuple `name`, outside
+    MindSpore's parameter registry, so that they keep their names. Only called by a cell's own
+    constructor."""
     object.__setattr__(cell, name, tuple(params))
 
 
@@ -119,56 +120,99 @@ def _front_stack(tokenizer, conv_stage):
     return _stack(layers, params, tokenizer.block[1].eps, NCHW, NHWC)
 
 
-def _attach(cell, stack):
-    """``cell.stack_op(x, *cell.stack_params, cell.stack_eps, cell.stack_cfg)`` runs `stack`."""
-    cell.stack_op, params, cell.stack_eps, cell.stack_cfg = stack
-    hold(cell, "stack_params", params)
+class _Stack(nn.Cell):
+    """A ConvStackInference op over held parameters (see :func:`_stack`)."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.op, params, self.eps, self.cfg = stack
+        _hold(self, "params", params)
+
+    def construct(self, x):
+        return self.op(x, *self.params, self.eps, self.cfg)
 
 
-def prepare_front(model):
-    """Set ``model.fused_inference`` and, when available, what its forward calls instead of the
-    tokenizer and the conv stage (``stack_*``, see :func:`_attach`)."""
-    model.fused_inference = available()
-    if model.fused_inference:
-        _attach(model, _front_stack(model.tokenizer, model.conv_stages))
+def fused_downsample(cell):
+    """The evaluation cell of a Conv-MLP stage's downsampling cell (``ConvDownsample``: its
+    ``downsample`` convolution on channels-last tokens) as one op over its parameters."""
+    layer, params = _conv_bias(cell.downsample)
+    return _Stack(_stack([layer], params, 0.0, NHWC, NHWC))
 
 
-def prepare_downsample(cell):
-    """The same for a Conv-MLP stage's downsampling cell (its ``downsample`` convolution on
-    channels-last tokens)."""
-    cell.fused_inference = available()
-    if cell.fused_inference:
-        layer, params = _conv_bias(cell.downsample)
-        _attach(cell, _stack([layer], params, 0.0, NHWC, NHWC))
+class _Block(nn.Cell):
+    """A Conv-MLP block (evaluation): ``x + mlp1(norm1(x))``, ``connect(connect_norm(x))``,
+    ``x + mlp2(norm2(x))`` as three ops."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.mlp_op, self.dw_op = layer_norm_mlp(), layer_norm_depthwise()
+        self.ln_eps = ms.Tensor(np.array([block.norm1.epsilon], np.float32))
+        for name, norm, mlp in (("mlp1_params", block.norm1, block.channel_mlp1),
+                                ("mlp2_params", block.norm2, block.channel_mlp2)):
+            _hold(self, name, (norm.gamma, norm.beta, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
+        _hold(self, "connect_params", (block.connect_norm.gamma, block.connect_norm.beta, block.connect.weight))
+
+    def construct(self, x):
+        x = self.mlp_op(x, *self.mlp1_params, self.ln_eps)
+        x = self.dw_op(x, *self.connect_params, self.ln_eps)
+        return self.mlp_op(x, *self.mlp2_params, self.ln_eps)
 
 
-def prepare_block(block, eps):
-    """The same for a Conv-MLP block: ``block.mlp_op(x, *block.mlp1_params, block.ln_eps)`` is
-    ``x + channel_mlp1(norm1(x))`` (``mlp2_params``: the second), ``block.dw_op(x,
-    *block.connect_params, block.ln_eps)`` is ``connect(connect_norm(x))``."""
-    block.fused_inference = available()
-    if not block.fused_inference:
-        return
-    block.mlp_op, block.dw_op = layer_norm_mlp(), layer_norm_depthwise()
-    block.ln_eps = ms.Tensor(np.array([eps], np.float32))
-    for name, norm, mlp in (("mlp1_params", block.norm1, block.channel_mlp1),
-                            ("mlp2_params", block.norm2, block.channel_mlp2)):
-        hold(block, name, (norm.gamma, norm.beta, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
-    hold(block, "connect_params", (block.connect_norm.gamma, block.connect_norm.beta, block.connect.weight))
+class _Head(nn.Cell):
+    """LayerNorm, mean over positions and the Dense head (with bias) as one op."""
+
+    def __init__(self, norm, head):
+        super().__init__()
+        self.op = _shared("head", lambda: _op(conv_library_path(), "HeadInference",
+                                              lambda x, g, b, w, *rest: [x[0], w[0]], lambda x, *rest: x))
+        self.eps = ms.Tensor(np.array([norm.epsilon], np.float32))
+        _hold(self, "params", (norm.gamma, norm.beta, head.weight, head.bias))
+
+    def construct(self, x):
+        return self.op(x, *self.params, self.eps)
 
 
-def prepare_head(model, eps):
-    """The same for a model's classifier head (``norm``, mean over positions, ``head``), after
-    :func:`prepare_front` (off where the model's path is off): ``model.fused_head`` and
-    ``model.head_op(x, *model.head_params, model.head_eps)``. Call again when the head is replaced."""
-    head = getattr(model, "head", None)
-    model.fused_head = (getattr(model, "fused_inference", False) and isinstance(head, nn.Dense) and head.has_bias
-                        and head.activation is None)
-    if model.fused_head:
-        model.head_op = _shared("head", lambda: _op(conv_library_path(), "HeadInference",
-                                                   lambda x, g, b, w, *rest: [x[0], w[0]], lambda x, *rest: x))
-        model.head_eps = ms.Tensor(np.array([eps], np.float32))
-        hold(model, "head_params", (model.norm.gamma, model.norm.beta, head.weight, head.bias))
+class FusedConvMLP(nn.Cell):
+    """Evaluation of a built ConvMLP `net` through the fused ops, reading `net`'s parameters at each
+    call (so it follows training, a loaded checkpoint or EMA weights). Holds `net` without a name
+    prefix: its parameters, checkpoints and ``load_param_into_net`` are `net`'s. ``construct(x)``
+    takes float32 NCHW images and returns what ``net(x)`` returns in evaluation mode; a head the
+    ops do not implement (none, or one replaced later by ``reset_classifier``) runs as `net`'s."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.classifier_head = net.classifier_head
+        self.front = _Stack(_front_stack(net.tokenizer, net.conv_stages))
+        blocks = []
+        for stage in net.stages:
+            blocks += [_Block(b) for b in stage.blocks]
+            if stage.downsample_mlp is not None:
+                blocks.append(fused_downsample(stage.downsample_mlp))
+        self.body = nn.SequentialCell(blocks)
+        head = net.head
+        self.fused_head = (net.classifier_head and isinstance(head, nn.Dense) and head.has_bias
+                           and head.activation is None)
+        self.head = _Head(net.norm, head) if self.fused_head else None
+
+    def construct(self, x):
+        x = self.body(self.front(x))
+        if not self.classifier_head:
+            return x
+        if self.fused_head:
+            return self.head(x)
+        return self.net.forward_head(x)
+
+
+def fuse_for_inference(net: nn.Cell) -> nn.Cell:
+    """The fused evaluation cell of the ConvMLP `net` (:class:`FusedConvMLP`), or `net` itself where
+    the fused ops cannot run (another device, no compiler or no oneDNN headers: one ``warning:``
+    line from the build). `net` is left as it is (its training mode included: a training run builds
+    its evaluation cell beside the network it trains); the fused cell is for float32 evaluation only
+    (mixed precision keeps `net`)."""
+    if not available():
+        return net
+    return FusedConvMLP(net)
 
 
 def _shared(name, make):

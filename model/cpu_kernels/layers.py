@@ -1,8 +1,10 @@
-"""The cells: :class:`LayerNorm`, :class:`GELU`, :class:`MaxPool2d`, :class:`Dense`,
-:class:`BatchNorm2d` and :class:`Conv2d` are drop-in subclasses of the ``nn`` cells (same
-parameters, names and checkpoints) that run the C++ kernels of :mod:`.ops` when, at the time the
-cell is built, the kernels are active (:func:`~.build.active`: switched on, the device target is the
-CPU, the library compiled), and at run time the input is float32 (under AMP O2/O3 the float16 parts
+"""The kernel cells: :class:`LayerNorm`, :class:`GELU`, :class:`MaxPool2d`, :class:`Dense`,
+:class:`BatchNorm2d` and :class:`Conv2d` are drop-in subclasses of the ``nn`` cells,
+:class:`DepthwiseNHWC` of the model's channels-last depthwise cell and :class:`DropPath` of its
+stochastic depth (same parameters, names and checkpoints). The network never builds them:
+:func:`model.cpu_kernels.apply_cpu_kernels` swaps them in. They run the C++ kernels of :mod:`.ops`
+when, at the time the cell is built, the kernels are active (:func:`~.build.active`: the device
+target is the CPU, the library compiled), and at run time the input is float32 (under AMP O2/O3 the float16 parts
 keep MindSpore's kernels) and the case is the one implemented (LayerNorm over the last axis; exact
 GELU; ``pad_mode="pad"`` max-pool and convolution with integer kernel/stride/padding, convolution
 with groups 1 and no dilation); otherwise they run as their ``nn`` parent. They replace MindSpore
@@ -12,16 +14,18 @@ memory); what each costs before and after is measured in ``benchmarks/RESULTS.md
 same functions; ``tests/test_cpu_kernels.py`` checks each forward and backward against float64
 references, PyTorch and MindSpore's kernels, and the official-logits parity fixture holds with the
 kernels on or off. A MINDIR export must not contain them (the graph would refer to this machine's
-``.so``), so ``export.py`` builds the model with them off.
+``.so``), so ``export.py`` does not apply them.
 """
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..convmlp import ChannelsLastDepthwise
+from ..drop_path import DropPath as PlainDropPath
 from .build import active, conv_library_path
 from .ops import _conv_primitive, _max_pool_primitive, _primitives
 
-__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d"]
+__all__ = ["LayerNorm", "GELU", "MaxPool2d", "Dense", "BatchNorm2d", "Conv2d", "DepthwiseNHWC", "DropPath"]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -170,3 +174,41 @@ class Conv2d(nn.Conv2d):
                 y = self.bias_add(y, self.bias)  # nn.Conv2d's BiasAdd (NCHW)
             return y
         return super().construct(x)
+
+
+class DepthwiseNHWC(ChannelsLastDepthwise):
+    """The model's channels-last depthwise 3x3 (:class:`model.convmlp.ChannelsLastDepthwise`) as the
+    C++ kernel on float32 CPU input (no transposes), with the same weight."""
+
+    def __init__(self, channels, weight_init=None):
+        super().__init__(channels, weight_init)
+        self.use_kernel = active()
+        if self.use_kernel:
+            self.kernel = _primitives()["depthwise"]
+
+    def construct(self, x):
+        if self.use_kernel and x.dtype == ms.float32:
+            return self.kernel(x, self.weight)
+        return super().construct(x)
+
+
+class DropPath(PlainDropPath):
+    """Stochastic depth whose per-sample scaling runs the C++ kernel on float32 CPU input
+    (MindSpore's broadcasting ``Mul`` keeps index vectors of the input's size); the same numbers."""
+
+    def __init__(self, drop_prob=0.0, dropout=None):
+        super().__init__(0.0 if dropout is not None else drop_prob)
+        if dropout is not None:   # the draws of an existing cell (no new random-op seed taken)
+            self.drop_prob = float(drop_prob)
+            self.dropout = dropout
+        self.use_kernel = self.dropout is not None and active()
+        if self.use_kernel:
+            self.kernel = _primitives()["scale_samples"]
+
+    def construct(self, x, scale=None):
+        if self.dropout is None or not self.training:
+            return x
+        scale = self.factors(x, scale)
+        if self.use_kernel and x.dtype == ms.float32:
+            return self.kernel(x, scale)
+        return x * scale.reshape((x.shape[0],) + (1,) * (x.ndim - 1))

@@ -14,7 +14,7 @@ from mindspore import ops
 
 from .build import conv_library_path, library_path
 
-__all__ = ["depthwise_conv_nhwc", "scale_samples", "adamw_update"]
+__all__ = ["depthwise_conv_nhwc", "scale_samples"]
 
 _ops = None              # dict of Custom primitives, created once per process
 #: primitives whose output shape depends on a geometry: (op, geometry...) -> Custom op
@@ -135,14 +135,6 @@ def _scale_samples_ops(lib):
     return {"scale_samples": _op(lib, "ScaleSamples", _same, bprop=bprop)}
 
 
-def _adamw_ops(lib):
-    update = _op(lib, "AdamWUpdate", lambda *shapes: [1], lambda *types: ms.float32)
-    # it writes its parameter inputs in place: a memory side effect, so that the graph reads the
-    # parameters again after it (e.g. the EMA update in the same step) instead of before
-    update.add_prim_attr("side_effect_mem", True)
-    return {"adamw": update}
-
-
 def _primitives():
     """The Custom primitives of the main library by name (created on first call)."""
     global _ops
@@ -150,7 +142,7 @@ def _primitives():
         lib = library_path()
         primitives = {}
         for make in (_layer_norm_ops, _gelu_ops, _depthwise_ops, _bias_add_ops, _batch_norm_relu_ops,
-                     _scale_samples_ops, _adamw_ops):
+                     _scale_samples_ops):
             primitives.update(make(lib))
         _ops = primitives
     return _ops
@@ -237,14 +229,6 @@ def depthwise_conv_nhwc(x, weight):
     ``x`` (N, H, W, C) with a grouped ``Conv2d``'s weight (C, 1, K, K); differentiable. Only call
     where :func:`~.build.active` was true when the caller was built."""
     return _primitives()["depthwise"](x, weight)
-
-
-def adamw_update():
-    """The op ``(hyper, wd, *params, *first_moments, *second_moments, *grads) -> (1,)`` that applies
-    torch.optim.AdamW's update to every parameter and moment in place (``model/csrc/adamw.cc``;
-    ``hyper`` float64 ``[lr, beta1, beta2, eps, step]``, ``wd`` float64 per parameter). Only
-    use where :func:`~.build.active` is true."""
-    return _primitives()["adamw"]
 
 
 def scale_samples(x, s):

@@ -2,10 +2,40 @@
 #ifndef CONVMLP_CSRC_COMMON_H_
 #define CONVMLP_CSRC_COMMON_H_
 
+#include <sched.h>
+
 #include <cmath>
 #include <cstdint>
+#include <thread>
 
 namespace convmlp {
+
+// Cores this process may run on (its CPU affinity), at least 1.
+inline int CoresAvailable() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+// Exact (erf) GELU of one value: v * Phi(v), Phi(v) = (1 + erf(v / sqrt(2))) / 2. The files that call
+// it in loops are compiled with -ffast-math, so that GCC vectorises erff through glibc's libmvec.
+inline float Gelu(float v) { return 0.5f * v * (1.0f + erff(v * kInvSqrt2)); }
+
+// d GELU / dv = Phi(v) + v * phi(v), phi(v) = exp(-v^2 / 2) / sqrt(2 pi).
+inline float GeluGrad(float v) {
+  return 0.5f * (1.0f + erff(v * kInvSqrt2)) + v * kInvSqrt2Pi * expf(-0.5f * v * v);
+}
+
+// The depthwise weight (C, 1, K, K) (a grouped Conv2d's layout) as taps-major (K*K, C) in `taps`,
+// so that the loops over channels, innermost, read it contiguously.
+inline void DepthwiseTaps(const float *wt, int64_t c, int64_t k, float *taps) {
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int64_t q = 0; q < k * k; ++q) taps[q * c + ch] = wt[ch * k * k + q];
+}
 
 // Number of elements of a tensor of `ndim` dimensions `shape` (MindSpore AOT kernel arguments).
 inline int64_t Numel(int ndim, const int64_t *shape) {

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common.h"
+
 namespace {
 
 struct Dims {
@@ -30,11 +32,9 @@ bool GetDims(int nd_x, const int64_t *x, int nd_w, const int64_t *wt, Dims *d) {
   return wt[0] == d->c && wt[1] == 1 && wt[3] == d->k && d->k % 2 == 1;
 }
 
-// (C, 1, K, K) -> (K*K, C)
 std::vector<float> TapsMajor(const float *wt, const Dims &d) {
   std::vector<float> t(d.k * d.k * d.c);
-  for (int64_t c = 0; c < d.c; ++c)
-    for (int64_t q = 0; q < d.k * d.k; ++q) t[q * d.c + c] = wt[c * d.k * d.k + q];
+  convmlp::DepthwiseTaps(wt, d.c, d.k, t.data());
   return t;
 }
 

@@ -10,13 +10,6 @@
 
 #include "common.h"
 
-namespace {
-
-constexpr float kInvSqrt2 = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
-
-}  // namespace
-
 // Inputs: x. Outputs: y (same shape).
 extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes,
                            const char **dtypes, void *stream, void *extra) {
@@ -25,10 +18,7 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
   float *y = static_cast<float *>(params[1]);
   const int64_t n = convmlp::Numel(ndims[0], shapes[0]);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    y[i] = 0.5f * v * (1.0f + erff(v * kInvSqrt2));
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = convmlp::Gelu(x[i]);
   return 0;
 }
 
@@ -41,11 +31,6 @@ extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **sha
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = convmlp::Numel(ndims[1], shapes[1]);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float cdf = 0.5f * (1.0f + erff(v * kInvSqrt2));
-    const float pdf = kInvSqrt2Pi * expf(-0.5f * v * v);
-    dx[i] = dy[i] * (cdf + v * pdf);
-  }
+  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * convmlp::GeluGrad(x[i]);
   return 0;
 }

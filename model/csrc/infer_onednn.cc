@@ -434,9 +434,8 @@ void RunLayerNormDepthwise(void **params, const int64_t *shape, int64_t k, float
   const float *wt = static_cast<const float *>(params[3]);
   Scratch scratch;
   float *a = scratch.Floats(n * hh * ww * c);
-  std::vector<float> taps(k * k * c);  // (C, 1, K, K) -> (K*K, C)
-  for (int64_t ch = 0; ch < c; ++ch)
-    for (int64_t q = 0; q < k * k; ++q) taps[q * c + ch] = wt[ch * k * k + q];
+  std::vector<float> taps(k * k * c);
+  convmlp::DepthwiseTaps(wt, c, k, taps.data());
   ParallelRange(n * hh * ww, [&](int64_t r0, int64_t r1) {
     LayerNormRows(x + r0 * c, gamma, beta, eps, r1 - r0, c, a + r0 * c);
   });

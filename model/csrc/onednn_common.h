@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "common.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "oneapi/dnnl/dnnl_threadpool.hpp"
 
@@ -126,10 +127,7 @@ inline int UsableCores() {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
+  return CoresAvailable();
 }
 
 inline ThreadPool &Pool() {

@@ -4,11 +4,12 @@ export and inference, and loading a whole training state for a resumed run."""
 from model import TOPOLOGY_KEYS, check_fit, read_checkpoint, require_convmlp
 
 from ..config import cli_keys, convert_value
+from ..platform.device import cpu_kernels_wanted
 from ..platform.errors import CheckpointError, ConfigError, first_line
 from .files import ema_weights, read_meta, saved_config, saved_config_source
 
-__all__ = ["build_model", "require_checkpoint_path", "adopt_checkpoint_model", "load_checkpoint_model",
-           "check_arch", "load_training_state", "MODEL_KEYS", "DEPLOY_KEYS"]
+__all__ = ["build_model", "inference_network", "require_checkpoint_path", "adopt_checkpoint_model",
+           "load_checkpoint_model", "check_arch", "load_training_state", "MODEL_KEYS", "DEPLOY_KEYS"]
 
 # What a train.py checkpoint's saved config says about the model it holds (see adopt_checkpoint_model).
 MODEL_KEYS = ("arch",) + TOPOLOGY_KEYS + ("image_size",)
@@ -18,11 +19,27 @@ MODEL_KEYS = ("arch",) + TOPOLOGY_KEYS + ("image_size",)
 DEPLOY_KEYS = MODEL_KEYS + ("dataset_choose", "mean", "std", "interpolation", "crop_pct", "train_data_path")
 
 
-def build_model(cfg, **kwargs):
-    """``create_model`` for the config: ``arch`` with any custom-topology keys that are set."""
+def build_model(cfg, kernels=None, **kwargs):
+    """``create_model`` for the config: ``arch`` with any custom-topology keys that are set; then,
+    where `kernels` (default :func:`~src.platform.device.cpu_kernels_wanted`: config key
+    ``cpu_kernels`` on the CPU), the C++ kernel cells swapped in (same parameters and names)."""
     from model import create_model
+    from model.cpu_kernels import apply_cpu_kernels
     topo = {k: getattr(cfg, k) for k in TOPOLOGY_KEYS if getattr(cfg, k) is not None}
-    return create_model(cfg.arch, num_classes=cfg.num_classes, **topo, **kwargs)
+    net = create_model(cfg.arch, num_classes=cfg.num_classes, **topo, **kwargs)
+    if cpu_kernels_wanted(cfg) if kernels is None else kernels:
+        net = apply_cpu_kernels(net)
+    return net
+
+
+def inference_network(net, cfg, kernels=None):
+    """What evaluates `net`: the fused evaluation cell over its parameters
+    (``model.cpu_kernels.fuse_for_inference``) where `kernels` (default as :func:`build_model`) and
+    float32 (``amp_level`` O0), else `net` itself."""
+    from model.cpu_kernels import fuse_for_inference
+    if (cpu_kernels_wanted(cfg) if kernels is None else kernels) and cfg.amp_level == "O0":
+        return fuse_for_inference(net)
+    return net
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,8 +87,11 @@ def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
         logger.info("from the checkpoint's config: " + ", ".join(taken))
 
 
-def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True, features_only=False):
-    """The model of ``cfg.checkpoint_path`` with its weights, in inference mode; returns ``(net, meta)``.
+def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True, features_only=False,
+                          kernels=None):
+    """The model of ``cfg.checkpoint_path`` with its weights, in inference mode (where `kernels`,
+    default as :func:`build_model`, the fused evaluation cell, :func:`inference_network`); returns
+    ``(net, meta)``.
 
     Arch, topology and image size (and any other `keys`) come from a train.py checkpoint's saved
     config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given
@@ -94,7 +114,7 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     check_arch(meta, cfg.arch, path, "checkpoint_path")
     require_convmlp(params, path)
     if features_only:   # the backbone: a classifier's head is not part of it
-        net = build_model(cfg, features_only=True)
+        net = build_model(cfg, kernels, features_only=True)
         check_fit(net, params, path)
         ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
         net.set_train(False)
@@ -109,11 +129,11 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     if from_head and "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
         logger.info(f"num_classes={int(head.shape[0])} from the checkpoint's head")
         cfg.num_classes = int(head.shape[0])
-    net = build_model(cfg)
+    net = build_model(cfg, kernels)
     check_fit(net, params, path)
     ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
     net.set_train(False)
-    return net, meta
+    return inference_network(net, cfg, kernels), meta
 
 
 def load_training_state(step_cell, params, path):

@@ -275,8 +275,8 @@ SCHEMA = [
         choices=("auto", "Ascend", "GPU", "CPU")),
     Key("device_id", 0, "int", "Device index for single-device runs.", min=0, max=4095),
     Key("mode", "graph", "str", "MindSpore execution mode.", choices=("graph", "pynative")),
-    Key("cpu_kernels", True, "bool", "CPU only: C++ kernels (model/csrc, built with g++ on first use) for "
-        "convolution backward, LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv, bias; false = MindSpore's."),
+    Key("cpu_kernels", True, "bool", "CPU only: C++ kernels (model/csrc, built with g++ on first use, applied to "
+        "the built network) for convolution backward, LayerNorm, GELU, BatchNorm+ReLU, max-pool, depthwise conv, bias; false = MindSpore's."),
     Key("graph_cache", True, "bool", "Graph mode: keep the compiled graphs on disk ($CONVMLP_GRAPH_CACHE, default "
         "~/.cache/convmlp_mindspore/graphs), one folder per setting, so that a later run with the same "
         "setting skips the compilation; false = compile every time."),

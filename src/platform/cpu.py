@@ -75,7 +75,7 @@ def uses_only_conv_kernel(cpu_kernels_on=True, amp_level="O0", device_target="CP
     if device_target != "CPU" or not cpu_kernels_on or amp_level != "O0":
         return False
     from model import cpu_kernels
-    return cpu_kernels.enabled() and cpu_kernels.conv_library_path() is not None
+    return cpu_kernels.conv_library_path() is not None
 
 
 def release_compile_memory():

@@ -98,16 +98,23 @@ def check_precision(cfg, device: str, logger):
                        "underflow; consider loss_scale_type fixed")
 
 
+def cpu_kernels_wanted(cfg, device=None) -> bool:
+    """Whether a network of this run gets the C++ CPU kernels (``model.cpu_kernels.apply_cpu_kernels``):
+    the config key ``cpu_kernels`` on the CPU (`device`, by default MindSpore's device target)."""
+    if device is None:
+        import mindspore as ms
+        device = ms.get_context("device_target")
+    return bool(cfg.cpu_kernels) and device == "CPU"
+
+
 def setup_runtime(cfg, logger, cpu_kernels_on=None):
-    """Execution mode, device, the C++ CPU kernels (``cpu_kernels_on``, default the config key
-    ``cpu_kernels``) and (for ``is_distributed``) the communication group.
-    Returns ``(device, rank, world_size)``."""
+    """Execution mode, device, oneDNN's cap (whether the C++ convolution kernels will run:
+    ``cpu_kernels_on``, default :func:`cpu_kernels_wanted`) and (for ``is_distributed``) the
+    communication group. Returns ``(device, rank, world_size)``."""
     import mindspore as ms
-    from model import cpu_kernels
 
     device = resolve_device(cfg)
-    kernels = cfg.cpu_kernels if cpu_kernels_on is None else cpu_kernels_on
-    cpu_kernels.set_enabled(kernels)
+    kernels = cpu_kernels_wanted(cfg, device) if cpu_kernels_on is None else cpu_kernels_on
     configure_runtime(mode=cfg.mode, device_target=device, device_id=None if cfg.is_distributed else cfg.device_id,
                       own_convolutions=not uses_only_conv_kernel(kernels, cfg.amp_level, device))
     rank, world = 0, 1

@@ -116,13 +116,15 @@ def _sources_digest():
 
 def _kernel_libraries(cfg, device):
     """Paths of the C++ kernel libraries the model's Custom ops name (their folder is keyed by a
-    hash of the sources, compiler and CPU), or None when the kernels are not in use."""
-    if not cfg.cpu_kernels or device != "CPU":
+    hash of the sources, compiler and CPU), or None when the kernels are not applied to the network
+    (the rule ``build_model`` follows: :func:`~src.platform.device.cpu_kernels_wanted`)."""
+    from .device import cpu_kernels_wanted
+    if not cpu_kernels_wanted(cfg, device):
         return None
     from model import cpu_kernels
     if not cpu_kernels.active():
         return None
-    return [cpu_kernels.library_path(), cpu_kernels.conv_library_path()]
+    return cpu_kernels.built_libraries()   # the model's kernels, the optimiser's when built
 
 
 def graph_fingerprint(cfg, purpose, device, rank=0, world=1, data=None):

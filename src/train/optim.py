@@ -8,19 +8,21 @@ weights with a short warmup is sensitive to that, so this module implements the 
     m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
     p <- p - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
 
-On the CPU with the C++ kernels (:mod:`model.cpu_kernels`) the whole update is one kernel over all
-parameters (``model/csrc/adamw.cc``, torch's element-wise formula); otherwise MindSpore's fused
+With the C++ kernel (``cpu_kernel``, on the CPU) the whole update is one kernel over all
+parameters (``src/train/csrc/adamw.cc``, built and cached by :func:`model.cpu_kernels.build_library`;
+torch's element-wise formula); otherwise MindSpore's fused
 ``AdamWeightDecay`` runs once per parameter tensor with the bias correction folded into its
 learning rate, epsilon and weight decay.
 """
 import math
+import os
 from typing import List
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Tensor
 
-from model import cpu_kernels
+from model.cpu_kernels import build_library
 
 __all__ = ["AdamW", "param_groups_weight_decay", "cosine_schedule", "describe_schedule", "log_schedule"]
 
@@ -45,16 +47,40 @@ def param_groups_weight_decay(params, weight_decay: float) -> List[dict]:
             {"order_params": list(params)}]
 
 
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_kernel = []   # the AdamWUpdate op of this process, once created
+
+
+def adamw_kernel():
+    """The Custom op ``(hyper, wd, *params, *first_moments, *second_moments, *grads) -> (1,)`` that
+    applies torch.optim.AdamW's update to every parameter and moment in place
+    (``src/train/csrc/adamw.cc``; ``hyper`` float64 ``[lr, beta1, beta2, eps, step]``, ``wd``
+    float64 per parameter), or None where it cannot be built (one warning)."""
+    if not _kernel:
+        lib = build_library("convmlp_adamw", _CSRC, {"adamw.cc": ["-pthread"]})
+        op = None
+        if lib is not None:
+            op = ops.Custom(f"{lib}:AdamWUpdate", out_shape=lambda *shapes: [1],
+                            out_dtype=lambda *types: ms.float32, func_type="aot")
+            # it writes its parameter inputs in place: a memory side effect, so that the graph reads
+            # the parameters again after it (e.g. the EMA update in the same step), not before
+            op.add_prim_attr("side_effect_mem", True)
+        _kernel.append(op)
+    return _kernel[0]
+
+
 class AdamW(nn.Optimizer):
     """Bias-corrected AdamW with per-group weight decay and a per-step learning-rate array.
 
     ``loss_scale`` divides the incoming gradients (use it with a fixed loss scale so that the
     update sees true gradients). The moments are saved in checkpoints as ``adam_m.*``/``adam_v.*``
     and the step as ``global_step``, which also indexes the learning-rate array on resume.
+    ``cpu_kernel``: the whole update as one C++ kernel (:func:`adamw_kernel`) for float32 parameters;
+    default on where the device target is the CPU (train.py passes the config key ``cpu_kernels``).
     """
 
     def __init__(self, params, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 loss_scale=1.0):
+                 loss_scale=1.0, cpu_kernel=None):
         super().__init__(learning_rate, params, weight_decay, loss_scale)
         self.beta1 = Tensor(beta1, ms.float32)
         self.beta2 = Tensor(beta2, ms.float32)
@@ -68,9 +94,12 @@ class AdamW(nn.Optimizer):
         self.wd_values = tuple(Tensor(w, ms.float32) for w in wds)
         self.fused_op = ops.operations.AdamWeightDecay()
         # one kernel for all parameters: float32 parameters (their gradients are float32 too) on the CPU
-        self.all_at_once = cpu_kernels.active() and all(p.dtype == ms.float32 for p in self._parameters)
+        if cpu_kernel is None:
+            cpu_kernel = ms.get_context("device_target") == "CPU"
+        self.update_all = (adamw_kernel() if cpu_kernel and all(p.dtype == ms.float32 for p in self._parameters)
+                           else None)
+        self.all_at_once = self.update_all is not None
         if self.all_at_once:
-            self.update_all = cpu_kernels.adamw_update()
             self.betas_eps = Tensor(np.array([beta1, beta2, eps], np.float64))
             self.wd_all = Tensor(np.array(wds, np.float64))
 

@@ -84,15 +84,13 @@ def apply_amp(net: nn.Cell, amp_level: str) -> nn.Cell:
     * O3: float16 everywhere except norm layers.
 
     Norm layers (BatchNorm, LayerNorm) stay float32 at every level, as with the official recipe's
-    ``torch.cuda.amp``; the loss casts logits to float32. Evaluation then runs the separate cells
-    (``ConvMLP.disable_fused_inference``).
+    ``torch.cuda.amp``; the loss casts logits to float32. Evaluation then runs the network itself
+    (the fused evaluation cell is float32 only, see ``src.checkpoint.load.inference_network``).
     """
     if amp_level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {AMP_LEVELS}, got {amp_level!r}")
     if amp_level == "O0":
         return net
-    if hasattr(net, "disable_fused_inference"):   # ConvMLP: its fused evaluation ops are float32
-        net.disable_fused_inference()
     norms = (nn.LayerNorm, nn.BatchNorm2d)
     if amp_level == "O1":
         for _, cell in net.cells_and_names():

@@ -9,8 +9,6 @@
 //   p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //
 // The element range of all tensors together is split evenly over the cores (memory-bound).
-#include <sched.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -37,12 +35,6 @@ void Update(float *p, float *m, float *v, const float *g, int64_t begin, int64_t
     m[i] = mi;
     v[i] = vi;
   }
-}
-
-int Cores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
 }
 
 }  // namespace
@@ -81,7 +73,8 @@ extern "C" int AdamWUpdate(int nparam, void **params, int *ndims, int64_t **shap
     }
   };
   const int64_t total = start[n];
-  const int threads = static_cast<int>(std::min<int64_t>(Cores(), std::max<int64_t>(1, total >> 16)));
+  const int threads =
+      static_cast<int>(std::min<int64_t>(convmlp::CoresAvailable(), std::max<int64_t>(1, total >> 16)));
   std::vector<std::thread> workers;
   for (int i = 1; i < threads; ++i) workers.emplace_back(run, total * i / threads, total * (i + 1) / threads);
   run(0, total / threads);
