@@ -184,11 +184,24 @@ def mixed_tree(tmp_path):
 
 
 def child_processes():
-    """The process ids of this process's children (started by any of its threads)."""
-    found = []
+    """The process ids of this process's forked children (started by any of its threads, with this
+    process's command line: a data pipeline's worker processes). The suite's background jobs, which
+    run entry scripts from other threads meanwhile, are other command lines and left out; a thread
+    that ends while it is listed is skipped."""
+    def cmdline(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    found, own = [], cmdline("self")
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            found += f.read().split()
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                found += [pid for pid in f.read().split() if cmdline(pid) == own]
+        except FileNotFoundError:
+            continue
     return found
 
 
