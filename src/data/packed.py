@@ -52,7 +52,7 @@ import numpy as np
 
 from ..platform.bounds import check_disk_space, format_bytes
 from ..platform.errors import ConfigError, DataError, UserError, shown_name
-from ..platform.fileio import OutputError, atomic_output, check_name_length
+from ..platform.fileio import OutputError, atomic_output, check_name_length, file_sha256
 from . import cifar, imagefolder
 from .catalog import CIFAR, SPLIT_NAMES, split_folders
 from .images import read_image
@@ -83,16 +83,8 @@ def is_packed(path):
     return bool(path) and os.fspath(path).rstrip("/\\").endswith(SUFFIX)
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file_facts(path):
-    return {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,7 +578,7 @@ def _verify(path, name, facts, recorded_mtime, full):
     key = (os.path.realpath(file), st.st_size, st.st_mtime_ns, digest)
     if not (full or st.st_mtime_ns != recorded_mtime) or (not full and key in _HASHED):
         return
-    if _sha256(file) != digest:
+    if file_sha256(file) != digest:
         raise DataError(f"packed shard {shown_name(file)} does not match its sha256 in {MANIFEST} (corrupt or "
                         "changed); "
                         "restore it or pack the data again")

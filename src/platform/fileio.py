@@ -42,6 +42,7 @@ resolved path and by (device, inode), so symbolic and hard links count as the sa
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -54,7 +55,7 @@ from typing import Callable, Iterable, Optional
 
 from .errors import UserError, check_interrupted, first_line, short_quote
 
-__all__ = ["OutputError", "atomic_output", "check_output_path", "check_not_input", "check_name_length",
+__all__ = ["file_sha256", "OutputError", "atomic_output", "check_output_path", "check_not_input", "check_name_length",
            "same_file", "temp_name", "remove_stale_temps", "remove_stale_scratch", "is_stream", "STDOUT",
            "write_json", "FIFO_READER_WAIT", "SCRATCH_PREFIX"]
 
@@ -485,3 +486,12 @@ def write_json(path, obj, inputs: Iterable = (), label: str = "--json"):
             f.write("\n")
     if path != STDOUT:
         print(f"wrote {path}")
+
+
+def file_sha256(path: str) -> str:
+    """The hex sha256 of the file at `path`, read in 1 MiB blocks (checksums of packs and caches)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

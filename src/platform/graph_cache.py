@@ -48,7 +48,7 @@ from model.cache import MARKER, cache_dir, cache_root, is_marked, make_folder
 
 from .. import REPO_ROOT
 from .errors import UserError
-from .fileio import atomic_output
+from .fileio import atomic_output, file_sha256
 
 __all__ = ["open_graph_cache", "GraphCache", "graph_fingerprint", "cache_key", "default_root",
            "NOT_IN_GRAPH", "ENV_ROOT", "KEEP", "MANIFEST"]
@@ -172,14 +172,6 @@ def _cached_files(folder):
     return out
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _clear(folder):
     """Empty `folder` but for its marker (MindSpore writes its files read-only; the folder itself is
     writable). Only a marked folder is ever emptied."""
@@ -216,7 +208,7 @@ def _check(folder):
             return "damaged", f"{rel} is missing"
         if os.path.getsize(file) != entry.get("size"):
             return "damaged", f"{rel} has {os.path.getsize(file)} bytes, {entry.get('size')} expected"
-        if _sha256(file) != entry.get("sha256"):
+        if file_sha256(file) != entry.get("sha256"):
             return "damaged", f"{rel} does not match its checksum"
     for rel in set(present) - set(listed):
         os.unlink(present[rel])
@@ -289,7 +281,7 @@ class GraphCache:
             stamp = {rel: (os.path.getsize(p), os.stat(p).st_mtime_ns) for rel, p in files.items()}
             if not files or stamp == self._committed:
                 return False
-            manifest = {"files": {rel: {"size": os.path.getsize(p), "sha256": _sha256(p)}
+            manifest = {"files": {rel: {"size": os.path.getsize(p), "sha256": file_sha256(p)}
                                   for rel, p in sorted(files.items())}}
             for name, content in ((_KEY_FILE, self.fingerprint), (MANIFEST, manifest)):
                 with atomic_output(os.path.join(self.folder, name), label="graph cache file") as tmp:
