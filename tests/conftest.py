@@ -4,6 +4,7 @@ ground truth, a local HTTP server; the ``slow`` marker; the start of the backgro
 
 ``python -m pytest tests`` runs every test; ``-m "not slow"`` leaves out the long end-to-end ones.
 """
+import contextlib
 import functools
 import http.server
 import json
@@ -31,31 +32,35 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: hasattr(item, "module") and item.module.__name__ in last)
 
 
+@contextlib.contextmanager
+def _session_cache(variable, folder):
+    """`variable` (a cache root the product reads) set to `folder` for the session, restored after."""
+    old = os.environ.get(variable)
+    os.environ[variable] = str(folder)
+    try:
+        yield str(folder)
+    finally:
+        if old is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = old
+
+
 @pytest.fixture(scope="session", autouse=True)
 def graph_cache_root(tmp_path_factory):
     """Graphs compiled by the entry scripts the tests run are cached in a folder of this test
     session (``CONVMLP_GRAPH_CACHE``, inherited by every subprocess), never in the user's
     ``~/.cache``; runs within the session share it, as a user's runs share theirs."""
-    old = os.environ.get("CONVMLP_GRAPH_CACHE")
-    os.environ["CONVMLP_GRAPH_CACHE"] = str(tmp_path_factory.mktemp("graph_cache"))
-    yield os.environ["CONVMLP_GRAPH_CACHE"]
-    if old is None:
-        os.environ.pop("CONVMLP_GRAPH_CACHE", None)
-    else:
-        os.environ["CONVMLP_GRAPH_CACHE"] = old
+    with _session_cache("CONVMLP_GRAPH_CACHE", tmp_path_factory.mktemp("graph_cache")) as root:
+        yield root
 
 
 @pytest.fixture(scope="session", autouse=True)
 def image_check_root(tmp_path_factory):
     """The kept image checks (``CONVMLP_IMAGE_CACHE``, src/data/checked.py) of this test session's
     trees go to a folder of the session, never to the user's ``~/.cache``."""
-    old = os.environ.get("CONVMLP_IMAGE_CACHE")
-    os.environ["CONVMLP_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image_checks"))
-    yield os.environ["CONVMLP_IMAGE_CACHE"]
-    if old is None:
-        os.environ.pop("CONVMLP_IMAGE_CACHE", None)
-    else:
-        os.environ["CONVMLP_IMAGE_CACHE"] = old
+    with _session_cache("CONVMLP_IMAGE_CACHE", tmp_path_factory.mktemp("image_checks")) as root:
+        yield root
 
 
 _COMPILE_CACHE_VARS = ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH")
