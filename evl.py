@@ -2,18 +2,12 @@
 
     python evl.py --checkpoint_path output/best.ckpt
     python evl.py --checkpoint_path output/last.ckpt --dataset_choose cifar100 --json result.json
-    python evl.py --checkpoint_path output/best.ckpt --dataset_choose imagefolder --val_data_path photos/val
     python evl.py --checkpoint_path output/best.ckpt --use_ema true      # the checkpoint's EMA weights
     python evl.py --demo --checkpoint_path output/demo/best.ckpt
 
-Accepts checkpoints written by train.py (last/best/epoch files) and by pth2ckpt.py. Prints the
-seed's ``accuracy:{'acc': 0.9806}`` line, then top-5, the mean loss and the per-class accuracy,
-the classes named as the checkpoint recorded them (else from the data). An image tree's validation
-classes must be the checkpoint's. With ``val_fraction`` the validation images are the list the run
-saved beside the checkpoint (``val_files.txt``); a val_fraction (or a ``--seed``) other than the
-run's is refused.
-``--json FILE`` writes the same numbers as JSON (``--json -``: to the standard output, everything
-else then goes to stderr). Other keys as in train.py (``-h`` lists them).
+Takes train.py's and pth2ckpt.py's checkpoints; prints the seed's ``accuracy:{'acc': ...}`` line,
+then top-5, the mean loss and the per-class accuracy with the checkpoint's class names. Details
+(``--json``, ``val_fraction`` runs): docs/training.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os

@@ -1,44 +1,14 @@
 """Export a ConvMLP checkpoint for deployment: MINDIR (MindSpore, MindSpore Lite, Ascend) or ONNX.
 
     python export.py --checkpoint_path output/best.ckpt --file_name convmlp_s_cifar10 --file_format MINDIR
-    python export.py --checkpoint_path output/best.ckpt --batch_size 8 --verify
     python export.py --checkpoint_path output/best.ckpt --batch_size dynamic --verify
     python export.py --checkpoint_path output/best.ckpt --file_format ONNX --verify
 
-Writes ``FILE_NAME.mindir`` or ``FILE_NAME.onnx`` (default: the checkpoint's path without
-``.ckpt``); ``--use_ema true`` exports the checkpoint's EMA weights. The model is the one of the checkpoint: for a train.py checkpoint the arch, custom
-topology and ``image_size`` come from its saved config and ``num_classes`` from its head, unless
-given on the command line (for a pth2ckpt.py checkpoint give ``--arch`` / the topology keys and
-``--image_size``). Other keys as in train.py (``-h`` lists them).
-
-The exported graph takes a float32 tensor ``(batch_size, 3, image_size, image_size)``, already
-resized and normalised with the dataset's mean/std (as evl.py and infer.py do), and returns the
-logits ``(batch_size, num_classes)``; with ``--features_only true`` the backbone's four feature maps
-instead (``model.create_model(..., features_only=True)``: NCHW, strides 4, 8, 16, 32; ONNX outputs
-``features_0`` ... ``features_3``), from a classifier's or a backbone's checkpoint.
-
-Options of this script (not config keys):
-
-* ``--file_name NAME``: output path without extension (a trailing ``.mindir`` / ``.onnx`` is accepted).
-* ``--file_format MINDIR``: MINDIR (default), ONNX, or AIR (needs Ascend).
-* ``--batch_size N|dynamic``: batch dimension of the exported input. Only this script's own
-  command line sets it (the training ``batch_size`` of config.yaml does not apply); default 1.
-  ``dynamic`` exports a graph that takes any batch size (MINDIR input ``[None, 3, H, W]``, ONNX
-  input dimension ``batch``); with ``--file_format ONNX`` the default is ``dynamic``.
-  ``--export_batch_size`` is the same option under its older name.
-* ``--features_only true``: export the backbone's feature maps (see above).
-* ``--verify``: run the written file (MINDIR: ``nn.GraphCell``; ONNX: onnxruntime on the CPU) on
-  a random input and check that it gives the checkpoint model's output (max abs difference
-  <= 1e-4; a dynamic batch is checked at batch sizes 1 and 3).
-
-ONNX: MindSpore 2.10's ONNX exporter cannot convert this network (no mapping for ``Erf``, the exact
-GELU, nor for the tokenizer's padded max-pool), so the ONNX file is exported from the PyTorch
-reference model holding the checkpoint's weights (:mod:`src.convert.onnx_file`); MINDIR is
-written by :mod:`src.convert.mindir`.
-
-The file is written under a temporary name in the output folder (and, with ``--verify``, verified
-there) before it is renamed, so a crash or a failed verification never leaves a half-written or
-unverified file under the final name, and never replaces an existing one.
+The model (arch, topology, image size, classes) is the checkpoint's; the exported graph takes the
+resized, normalised float32 batch and returns the logits, or with ``--features_only true`` the
+backbone's four feature maps. The file is written under a temporary name and, with ``--verify``,
+checked against the checkpoint model before it takes its name. The script's options and the ONNX
+route (through the PyTorch reference, :mod:`src.convert.onnx_file`): docs/deployment.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os

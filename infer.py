@@ -1,35 +1,12 @@
 """Classify your own images with a ConvMLP checkpoint: top-5 classes with names and probabilities.
 
     python infer.py --checkpoint_path output/best.ckpt cat.jpg dog.png
-    python infer.py --checkpoint_path output/best.ckpt photos/ --json predictions.json
-    python infer.py --checkpoint_path output/best.ckpt my_photos/ --top_k 3 --mode pynative
+    python infer.py --checkpoint_path output/best.ckpt photos/ --json predictions.json --top_k 3
 
-Arguments that are not ``--key value`` pairs are image files (PNG, JPEG, or any format Pillow
-reads) or folders; a folder contributes its files with an image extension (not its sub-folders;
-hidden files and other files are skipped). The model is the checkpoint's (arch, topology,
-``image_size``, dataset, mean/std and interpolation from a train.py checkpoint's saved config,
-``num_classes`` from its head, unless given on the command line). Other keys as in train.py.
-
-Preprocessing is evl.py's: an image is decoded by the rule training uses
-(``src.data.images.read_image``: RGB, alpha dropped, EXIF orientation applied, 16-bit scaled; a
-large JPEG such as a 200-megapixel photo decoded at reduced size, no smaller than twice the resize
-below needs), its
-shorter side resized to ``image_size / crop_pct`` with the config's ``interpolation`` (the aspect
-ratio kept), the centre ``image_size`` square cropped, then normalised with the dataset's mean/std.
-A 32x32 image therefore goes through exactly what a CIFAR validation image goes through. Photos
-are sharper than the upsampled 32-pixel CIFAR images a CIFAR model was fine-tuned on, so expect
-its predictions on them to be less sure than the validation accuracy suggests.
-
-Class names: those the checkpoint recorded (train.py saves the training data's), else the dataset's
-(the CIFAR meta file in ``train_data_path`` or the official CIFAR names; an image tree's class
-folders), else ``class_<i>``. ``--use_ema true`` classifies with the checkpoint's EMA weights.
-
-Options of this script (not config keys): ``--json FILE`` writes the results as JSON (``--json -``:
-to the standard output, everything else then goes to stderr);
-``--top_k K`` (default 5) classes per image.
-
-An image that cannot be read is reported as one ``error: ...`` line naming the file, and the
-others are still classified; the exit status is then 2 (0 when every image was classified).
+Arguments that are not ``--key value`` pairs are image files or folders. Each image is decoded by
+training's rule and goes through evaluation's transform; the model and the class names are the
+checkpoint's. An image that cannot be read is one ``error:`` line, the others are still classified,
+and the exit status is then 2. Details: docs/deployment.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os

@@ -1,31 +1,14 @@
-"""Convert official PyTorch ConvMLP weights (``.pth``) into a MindSpore checkpoint (``.ckpt``).
-
-Official code: https://github.com/SHI-Labs/Convolutional-MLPs (``src/convmlp.py``). The MindSpore
-model (``model/convmlp.py``) uses the official parameter names, so conversion is a rename of the
-norm parameters (:mod:`src.convert.names`); arrays keep their shapes.
-
-Usage::
+"""Convert official PyTorch ConvMLP weights (``.pth``) into a MindSpore checkpoint (``.ckpt``), and back.
 
     python pth2ckpt.py --arch convmlp_s --dst convmlp_s.ckpt --verify         # download release
     python pth2ckpt.py --src IN.pth --dst OUT.ckpt --arch convmlp_s [--num_classes 10] [--ema]
-    python pth2ckpt.py --src tiny.pth --dst tiny.ckpt --blocks 1 2 1 --dims 16 32 64 \\
-        --mlp_ratios 2 2 2 --channels 16 --n_conv_blocks 1 --verify             # custom topology
     python pth2ckpt.py --reverse --src output/best.ckpt --dst best.pth --verify  # back to PyTorch
-    python pth2ckpt.py --reverse --src output/best.ckpt --dst best_ema.pth --ema # its EMA weights
 
-Accepted inputs: the released files (plain ``state_dict``) and training checkpoints as the official
-(timm-based) training script saves them (``state_dict``, ``state_dict_ema``, ``optimizer``,
-``epoch``, ``args`` as an ``argparse.Namespace`` ...), with or without ``module.`` prefixes.
-Files are read with ``torch.load(weights_only=True)``: pickled code is never run, and a file that
-needs any type beyond tensors, containers and a few argument types is refused
-(:mod:`src.convert.torch_files`).
-
-``--reverse`` converts a MindSpore checkpoint (train.py's or this script's) back into the official
-PyTorch ``state_dict`` (:mod:`src.convert.to_torch`); the forward direction is
-:mod:`src.convert.from_torch`.
-
-Every failure the user can fix is one ``error: ...`` line on stderr and exit status 2; the ``.ckpt``
-is written atomically and only after the weights were checked against the MindSpore model.
+The MindSpore model uses the official parameter names (https://github.com/SHI-Labs/Convolutional-MLPs),
+so conversion is a rename of the norm parameters (:mod:`src.convert.names`); the two directions are
+:mod:`src.convert.from_torch` and :mod:`src.convert.to_torch`. Files are read without running pickled
+code (:mod:`src.convert.torch_files`). Accepted inputs and options: docs/training.md and
+docs/deployment.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import argparse

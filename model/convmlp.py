@@ -4,29 +4,11 @@ Paper: Jiachen Li, Ali Hassani, Steven Walton, Humphrey Shi, "ConvMLP: Hierarchi
 MLPs for Vision", CVPR Workshops 2023 (arXiv:2109.04454).
 Official PyTorch code: https://github.com/SHI-Labs/Convolutional-MLPs (``src/convmlp.py``).
 
-The network is, in order:
-
-* a convolutional **tokenizer** (three 3x3 conv-BN-ReLU, the first with stride 2, then a 3x3/2
-  max-pool),
-* a **conv stage** of residual bottlenecks (1x1, 3x3, 1x1 conv-BN-ReLU) and a 3x3 stride-2 conv,
-* three **Conv-MLP stages** of blocks ``x + MLP(LN(x))``, ``DWConv3x3(LN(x))`` (no residual),
-  ``x + MLP(LN(x))``, with a 3x3 stride-2 conv between stages,
-* a head: LayerNorm, mean over positions, Dense.
-
-As a backbone (the official detection and segmentation code): ``feature_info``, ``feature_maps``,
-``forward_intermediates`` and ``create_model(..., features_only=True)`` (:mod:`model.features`).
-
-Parameter names mirror the official ``state_dict`` keys (``tokenizer.block.0.weight``,
-``stages.1.blocks.0.channel_mlp1.fc1.weight`` ...), with MindSpore's names for norm parameters
-(``gamma``/``beta``/``moving_mean``/``moving_variance``) so that weight conversion is a rename
-(see ``pth2ckpt.convert_state_dict``). Numerics follow the official model: LayerNorm epsilon
-1e-5, exact (erf) GELU, BatchNorm epsilon 1e-5.
-
-The cells are MindSpore ``nn`` cells with one forward path each, the same on every device. Faster
-CPU backends are applied to a built network, never chosen here:
-:func:`model.cpu_kernels.apply_cpu_kernels` swaps in the C++ kernel cells (same parameters) and
-:func:`model.cpu_kernels.fuse_for_inference` builds a separate evaluation cell (BatchNorm folded,
-blocked layouts, LayerNorm + MLP in one op) over the same parameters.
+A convolutional tokenizer, a conv stage, three Conv-MLP stages and a head, as plain MindSpore cells
+with one forward path each, the same on every device; parameter names mirror the official
+``state_dict`` keys (norm parameters under MindSpore's names), so that weight conversion is a rename
+(:mod:`src.convert.names`). Faster CPU backends are applied to a built network by
+:mod:`model.cpu_kernels`, never chosen here. The parts and numerics: docs/architecture.md.
 """
 import math
 from typing import Optional, Sequence

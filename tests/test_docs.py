@@ -1,24 +1,53 @@
-"""The README stays true: its config table is the schema's, its two set-up commands are CI's."""
+"""The documentation stays true: its generated parts are the code's (the key table of
+docs/configuration.md is the schema's), the README is a front page whose two set-up commands are
+CI's. The examples themselves are checked by test_examples.py."""
+import importlib.util
 import os
 import re
 
 from helpers import REPO
 from src.config import config_markdown
 
+#: The README is a front page; the guides are in docs/.
+README_MAX_LINES = 250
 
-def _readme():
-    with open(os.path.join(REPO, "README.md")) as f:
+
+def _read(page):
+    with open(os.path.join(REPO, page), encoding="utf-8") as f:
         return f.read()
 
 
-def test_readme_config_table_is_generated_from_the_schema():
-    text = _readme()
+def _sync_docs():
+    spec = importlib.util.spec_from_file_location("sync_docs", os.path.join(REPO, "tools", "sync_docs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_table_is_generated_from_the_schema():
+    text = _read("docs/configuration.md")
     block = text.split("<!-- config-table:start -->")[1].split("<!-- config-table:end -->")[0]
-    assert block.strip() == config_markdown().strip(), "run: python tools/sync_readme.py"
+    assert block.strip() == config_markdown().strip(), "run: python tools/sync_docs.py"
+
+
+def test_every_generated_part_is_current():
+    """What tools/sync_docs.py would write is what the pages hold (it would change nothing)."""
+    sync = _sync_docs()
+    for page, start, end, render in sync.GENERATED:
+        text = _read(page)
+        assert sync.generated_text(text, start, end, render) == text, f"{page}: run python tools/sync_docs.py"
+
+
+def test_readme_is_a_front_page_and_every_key_has_a_row():
+    assert len(_read("README.md").splitlines()) <= README_MAX_LINES
+    table = _read("docs/configuration.md")
+    from src.config.schema import SCHEMA
+    missing = [k.name for k in SCHEMA if f"| `{k.name}` |" not in table]
+    assert missing == []
 
 
 def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
-    quick = _readme().split("## Quick start")[1].split("The real run")[0]
+    quick = _read("README.md").split("## Quick start")[1].split("\n## ")[0]
     commands = re.findall(r"```bash\n(.*?)\n```", quick, flags=re.S)
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     assert "train.py --demo" in commands[0] and "pytest" in commands[1]

@@ -2,7 +2,7 @@
 // forward and backward, for MindSpore's Custom "aot" op on the CPU (see model/cpu_kernels/).
 // ConvMLP's tokenizer and conv stage are conv -> BatchNorm -> ReLU; MindSpore 2.10 runs the
 // BatchNorm on oneDNN's plain-layout path and the ReLU and both gradients as separate passes
-// (165 ms of a 224 px ConvMLP-S training step).
+// (their cost: benchmarks/RESULTS.md, "Figures behind the kernels").
 //
 //   mean_c = E[x], var_c = E[(x - mean_c)^2] (biased, for normalising), rstd_c = 1/sqrt(var_c + eps)
 //   y = max(0, (x - mean_c) * rstd_c * gamma_c + beta_c)

@@ -1,7 +1,7 @@
 // Bias addition over the last axis and its bias gradient, float32, for MindSpore's Custom "aot"
 // op on the CPU (see model/cpu_kernels/): the bias half of ConvMLP's Dense layers.
-// MindSpore 2.10's BiasAddGrad takes ~2.9 ms for a (12544, 256) gradient (105 ms per 224 px
-// training step of ConvMLP-S); here the row sum runs over C innermost (vectorised), in float
+// MindSpore 2.10's BiasAddGrad is slow on ConvMLP's gradients (benchmarks/RESULTS.md, "Figures
+// behind the kernels"); here the row sum runs over C innermost (vectorised), in float
 // blocks of 256 rows added into double totals.
 #include <cstdint>
 #include <vector>

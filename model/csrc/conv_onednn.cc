@@ -7,7 +7,7 @@
 // layouts and direct (JIT) kernels, as PyTorch does; inputs are reordered into those layouts and
 // the result back to NCHW on every call. Primitives are cached by shape. The forward keeps the
 // plain layouts where oneDNN has a GEMM kernel for them (under src/platform/cpu.py's AVX2 cap: reordering
-// the input and output cost more than the blocked forward saved, 224 px inference 13 % slower)
+// the input and output cost more than the blocked forward saved: benchmarks/RESULTS.md)
 // and takes the blocked ones where it would fall back to a reference kernel (AVX-512 uncapped);
 // the two backward passes use the blocked ones. The thread pool, the engine and the cache of
 // buffers for the blocked copies are in onednn_common.h.

@@ -144,7 +144,7 @@ void PlanConv(StackLayer *l, const dnnl::memory::desc &src, bool from_input, boo
                                                      pad_l, pad_r, attr);
   };
   if (from_input && nhwc_input) {
-    // oneDNN would pick its channels-last kernel (brgconv) here, 3-5x slower on these small maps
+    // oneDNN would pick its channels-last kernel (brgconv) here, much slower on these small maps
     // than its blocked direct kernel: ask for the blocked layouts by name (16 channels per block
     // for AVX-512, 8 for AVX2)
     l->conv_pd = make(src_any);

@@ -3,7 +3,7 @@
 // Custom "aot" op on the CPU (see model/cpu_kernels/).
 //
 // MindSpore 2.10 runs the padded max-pool as MaxPool3DWithArgmax, whose CPU forward is slow
-// (~20 ms for ConvMLP's tokenizer at 32 px, batch 128). Here the forward writes the maximum and
+// (benchmarks/RESULTS.md, "Figures behind the kernels"). Here the forward writes the maximum and
 // the offset of the first maximum in row-major window order (PyTorch's rule, which decides where
 // the gradient of a tie goes: after ReLU many windows are all zeros); the backward adds each
 // output gradient at that offset. A window holding a NaN gives NaN.
@@ -57,7 +57,7 @@ inline void Window(const float *xp, const Geometry &g, int64_t oy, int64_t ox, f
 
 // All outputs of one plane from its -inf framed copy `padded` (row length wp). (Compile-time
 // kernel/stride specialisations were tried: GCC then vectorises the short rows with gathers and
-// the kernel gets slower, 14 ms instead of 9.6 ms for ConvMLP's tokenizer at 32 px.)
+// the kernel gets slower.)
 void PoolPlane(const float *padded, int64_t wp, const Geometry &g, float *yp, int32_t *ap) {
   const int64_t k = g.k, s = g.s;
   for (int64_t oy = 0; oy < g.oh; ++oy) {

@@ -145,8 +145,8 @@ inline dnnl::engine &Engine() {
 inline dnnl::stream PoolStream() { return dnnl::threadpool_interop::make_stream(Engine(), &Pool()); }
 
 // Buffers for the blocked copies, kept between calls for the next calls. Taking them from malloc
-// on every call made glibc's arena of MindSpore's launch thread keep ~390 MiB (224 px training,
-// batch 16) for ~100 MiB of distinct buffers, and fresh pages cost page faults. A request takes
+// on every call made glibc's arena of MindSpore's launch thread keep several times the distinct
+// buffers' size, and fresh pages cost page faults. A request takes
 // the smallest idle buffer of at least its size and at most twice it, else maps a new one; at
 // most kMaxIdleBytes of idle buffers are kept, the rest go back to the system.
 class BufferCache {

@@ -1,8 +1,8 @@
 // Per-sample scaling y[b, ...] = x[b, ...] * s[b], float32, for MindSpore's Custom "aot" op on the
 // CPU (see model/cpu_kernels/): stochastic depth ("drop path") multiplies each sample's residual
 // branch by 0 or 1 / keep_prob. MindSpore 2.10's broadcasting Mul builds index vectors of the
-// output's size for a (B, ...) x (B, 1, ...) product and its gradient (~270 MiB held at 224 px
-// training of ConvMLP-S, batch 16); the gradient here is the same scaling of dy.
+// output's size for a (B, ...) x (B, 1, ...) product and its gradient (hundreds of MiB held in
+// 224 px training); the gradient here is the same scaling of dy.
 #include <cstdint>
 
 #include "common.h"

@@ -1,23 +1,8 @@
-"""The kept results of the image check (:func:`.images.inspect_image`), so that every image of a
-tree is checked once per version of the tree, not at every start of every process.
-
-* **What is kept.** Per tree (its real path) and decoding rule (``min_side``: what an image may
-  cost depends on it, :func:`.images.decode_plan`), one file ``<root>/<key>/checked.npz``: the
-  images' paths relative to the tree, their size and modification time as listed, and the width
-  and height of each good one. A later check of the tree checks again only the files that are new
-  or whose size or time changed (and the bad ones, whose message names the path as given); files
-  that are gone are dropped. A change of the check's rules (``images.py``) checks everything again.
-* **Where.** ``$CONVMLP_IMAGE_CACHE``, else ``$XDG_CACHE_HOME/convmlp_mindspore/image_checks``, else
-  ``~/.cache/convmlp_mindspore/image_checks``. As every cache of the repository
-  (:mod:`model.cache`), it deletes only what it made: each tree's folder carries the cache's
-  marker, only marked folders are pruned (the :data:`KEEP` most recently checked trees are kept),
-  and a root that holds other things gets a marked subfolder of its own.
-* **Safe.** The file is replaced whole (:func:`src.platform.fileio.atomic_output`); an unreadable
-  one is ignored with one warning and made again. One process checks a tree at a time (a lock file
-  per tree): a second process, e.g. the other ranks of a data-parallel run, waits for it (a line
-  says so) and then finds every result kept. A lock is released when its process ends, however it
-  ends; a process that waits more than :data:`WAIT_S` seconds checks without the cache. A cache
-  root that cannot be written is one warning; the check then runs without it.
+"""The kept results of the image check (:func:`.images.inspect_image`), so that every image of a tree
+is checked once per version of the tree, not at every start of every process: one file per tree and
+decoding rule under ``$CONVMLP_IMAGE_CACHE`` (default ``~/.cache/convmlp_mindspore/image_checks``),
+replaced whole, one process checking a tree at a time while the others wait, only the cache's own
+folders pruned. Details: docs/architecture.md, "Image checks".
 """
 import collections
 import errno

@@ -1,30 +1,8 @@
-"""CIFAR-10/100 in the binary release: the format, reading with validation, the download of the
-official archive, and class names (the generator of data in this format: :mod:`.synthetic`).
-
-Layout (https://www.cs.toronto.edu/~kriz/cifar.html, "binary version"):
-
-* CIFAR-10, folder ``cifar-10-batches-bin/``: ``data_batch_1.bin`` .. ``data_batch_5.bin`` (train),
-  ``test_batch.bin`` (val), ``batches.meta.txt`` (class names, one per line). One record =
-  1 label byte + 3072 pixel bytes (1024 R, 1024 G, 1024 B, each a row-major 32x32 plane).
-* CIFAR-100, folder ``cifar-100-binary/``: ``train.bin``, ``test.bin``, ``fine_label_names.txt``,
-  ``coarse_label_names.txt``. One record = coarse label byte + fine label byte + 3072 pixel bytes.
-
-Which files form a split:
-
-1. the canonical names, when the folder has any: CIFAR-10 train ``data_batch_<n>.bin``, val
-   ``test_batch.bin`` (or ``test_batch_<n>.bin``); CIFAR-100 train ``train.bin`` (or
-   ``train_<n>.bin``), val ``test.bin`` (or ``test_<n>.bin``);
-2. otherwise, when the train and val folders are different folders (``any_names=True``), every
-   ``*.bin`` in the folder except those named for the *other* split: a file named ``test_batch.bin``
-   (``test.bin``) is never trained on, ``data_batch_<n>.bin`` (``train.bin``) never evaluated on;
-3. otherwise an error: a folder shared by both splits must use the canonical names, and a folder
-   whose only files are named for the other split (a training folder holding just
-   ``test_batch.bin``) is an error naming them, instead of training on the test set.
-
-Any number of records per file is accepted. Everything is validated before training starts and
-every problem raises :class:`errors.DataError` with one line naming the file and the expectation.
-
-Command line: ``python dataset.py generate|download|check`` (see dataset.py).
+"""CIFAR-10/100 in the binary release: the format, reading with validation (which files form a split,
+any number of records per file, every problem one :class:`errors.DataError` line naming the file),
+the download of the official archive, and class names (the generator of data in this format:
+:mod:`.synthetic`; the command line: ``python dataset.py generate|download|check``). The format and
+the rules: data/README.md.
 """
 import logging
 import os

@@ -1,27 +1,9 @@
 """Class-per-folder image trees (``root/<class>/<image>``, the layout of torchvision's and timm's
-``ImageFolder``): finding the classes and their images, checking every file before training, the
-held-out validation split of one tree (``val_fraction``) and the file lists a run saves.
-
-Rules (one ``error:`` line naming the folder or file, or a counted skip):
-
-* classes are the sub-folders of the root, sorted as timm sorts them (the official training
-  script's loader): case-insensitive, runs of digits by value (``2`` before ``10``), ties by name;
-  class ``i`` is the ``i``-th. A class folder's images may sit in sub-folders; symbolic links to
-  folders and files are followed (a link back up the tree is not walked twice);
-* hidden files and folders (``.name``) are ignored; files without an image extension
-  (:data:`.images.IMAGE_EXTENSIONS`) are skipped and counted;
-* a missing or empty root, a root without class folders and a class folder without images are errors;
-* every image is checked (:func:`.images.inspect_image`: empty, unreadable, truncated, too costly to
-  decode by :func:`.images.decode_plan`): the first bad file is an error, or with ``skip_bad_images``
-  all bad files are left out and counted -- but a tree without a usable image, or a class whose
-  images are all bad, is still an error (:func:`require_usable`). The check's results are kept per
-  version of the tree (:mod:`.checked`): a later start checks only new or changed files;
-* names are whatever the file system allows: the split lists escape them (:func:`encode_name`) and
-  messages print them on one line (:func:`src.platform.errors.shown_name`).
-
-Scale: the listing is one ``os.scandir`` per folder and one stat per image, sorted by a key of the
-same order as timm's that is cheaper to build; the paths are held as one buffer per tree
-(:class:`FileList`), not as a Python string per file.
+``ImageFolder``): finding the classes (timm's order) and their images, checking every file before
+training (:mod:`.checked` keeps the results), the held-out validation split of one tree
+(``val_fraction``) and the file lists a run saves. Every problem is one ``error:`` line naming the
+folder or file, or a counted skip. The rules: data/README.md; the listing at scale:
+docs/architecture.md, "Image trees at scale".
 """
 import logging
 import os

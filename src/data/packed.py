@@ -1,41 +1,8 @@
-"""Packed data sets: an image tree or a CIFAR binary folder written as MindRecord shards (MindSpore's
-own format for large data sets: a C++ reader that shards and shuffles, no file opened per image),
-verified on every read, and read back as the same images with the same labels and class names.
-
-A pack is a folder ``NAME.mindrecord``::
-
-    NAME.mindrecord/
-        manifest.json                          written last: classes, splits, shards, sha256 of each file
-        train-00000-of-00003.mindrecord        one MindRecord file per shard, with its index
-        train-00000-of-00003.mindrecord.db     (records of a split in the source's order)
-        ...
-        val-00000-of-00001.mindrecord(.db)
-
-Rules:
-
-* **Records** hold ``image`` (the image file's own bytes; CIFAR pixels as lossless PNG; with
-  ``max_side`` an image longer than that is decoded by :func:`.images.read_image` -- EXIF orientation
-  applied --, shrunk to ``max_side`` on its longer side (Pillow bicubic) and stored as JPEG quality
-  :data:`JPEG_QUALITY`), ``label`` and ``name`` (the file's path under the tree, ``train/000123`` for
-  CIFAR). Read back, ``image`` is decoded by :func:`.images.read_image`: the rule a folder is read with.
-* **Splits**: a tree whose sub-folders are split folders (``train``, ``val``, ...), and a CIFAR
-  folder (``train``, ``val``), give one split each; any other tree is the one split ``all``. A
-  reader of split ``val`` takes ``val``, else ``valid``/``validation``/``test``; the split ``all``
-  serves both (as the same folder given twice would). A split without records is left out.
-* **Writing is atomic**: the shards are written in ``.NAME.mindrecord.partial`` beside the output, one
-  at a time, each followed by a small ``.done`` file holding its checksums; the manifest comes last
-  and the folder is then renamed to ``NAME.mindrecord``, so a pack appears whole or not at all. A pack
-  that was killed resumes: the same input and options find the partial folder, keep each finished
-  shard whose checksums still match and write the rest; the result is the same, byte for byte, as
-  an uninterrupted pack. On an error the partial folder is removed. One pack writes an output at a
-  time (a POSIX lock on ``.NAME.mindrecord.lock``); only an earlier pack is replaced.
-* **Reading is verified**: each shard's size and modification time are compared with the manifest
-  (a shard with another time is hashed, once per process); ``dataset.py check`` hashes every file
-  and decodes every record. Images were checked when packed (``--skip_bad_images`` leaves bad ones
-  out there); a record that still fails to decode stops a run with one line naming it.
-* **Reading is sharded** by MindRecord's reader: for training a seeded global shuffle of which shard
-  ``k`` of ``n`` takes every ``n``-th record from the ``k``-th (the distributed sampler's rule for a
-  folder); for evaluation records ``k, k + n, ...`` without padding.
+"""Packed data sets: an image tree or a CIFAR binary folder written as MindRecord shards in one folder
+``NAME.mindrecord`` (MindSpore's own format for large data sets: a C++ reader that shards and
+shuffles, no file opened per image), written atomically and resumably, verified on every read, and
+read back as the same images with the same labels and class names. The format, its splits and how
+it is written and read: docs/architecture.md, "Packed data sets".
 """
 import contextlib
 import errno

@@ -1,43 +1,9 @@
-"""Writing files safely: the one atomic writer of the repository, the rules for output names, and
-the rule that an output never replaces an input.
-
-Every file the entry scripts write (checkpoints, ``metrics.csv``, ``curves.png``, ``config.yaml``,
-JSON results, exported ``.mindir`` files, converted weights, generated data, downloads) goes
-through :func:`atomic_output`::
-
-    with atomic_output("model.ckpt", suffix=".ckpt", inputs=[src]) as tmp:
-        mindspore.save_checkpoint(params, tmp)
-
-* **A regular file (or a new name)** is written under a temporary name in the same folder, checked
-  by the optional ``verify`` callback, flushed to disk and only then renamed over the user's path
-  with ``os.replace``: the path holds either the previous file or the complete, verified new one.
-  A symbolic link to a file stays a link; the file it points to is replaced.
-* **Any name the OS accepts** works for every writer. The temporary name is plain ASCII and ends
-  with `suffix`, the extension the writer wants (``mindspore.save_checkpoint`` appends ``.ckpt`` to
-  a name without it, ``mindspore.export`` refuses a path with a space or a non-ASCII letter): it is
-  ``.<stem>.tmp-<pid>-<key><suffix>``, where ``stem`` is the user's name with other characters
-  replaced and ``key`` a hash of the name. When the folder's own path holds such characters, the
-  writer is handed the temporary file through a plain-named link to the folder. A name longer than
-  the file system takes (``NAME_MAX``, ``PATH_MAX``) is one error before anything is done.
-* **A path that exists and is not a regular file** (a character device such as ``/dev/null``, a
-  FIFO, ``/dev/stdout``, ``/dev/fd/N``, a link to one of those) is written to directly, never
-  replaced or renamed over: the content is made and verified in a private temporary folder, then
-  copied into it. A socket, or a device that refuses the data (``/dev/full``), is one error.
-  With ``dash_is_stdout`` the name ``-`` means the standard output. A FIFO is opened without
-  blocking: when no process opens it for reading within :data:`FIFO_READER_WAIT` seconds, that is
-  one error naming it (instead of waiting forever); a reader that comes within the wait gets the
-  bytes. Writing to a pipe whose reader has gone raises ``BrokenPipeError``, which
-  :func:`~src.platform.errors.run_cli` ends quietly (exit status 141, as a Unix tool).
-* **On any failure** the temporary file is removed and the error names the user's path, never the
-  temporary file. Temporary files of a process that was killed (``kill -9``, power loss) carry its
-  process id; the next writer of the same file, or :func:`remove_stale_temps` for a whole folder,
-  removes them. The private temporary folders (``<temp>/convmlp-out-<pid>-*``) hold a lock file
-  that their process keeps locked (``flock``) while it lives; the kernel releases the lock when the
-  process dies, however it dies, so the next writer removes the folders of dead processes
-  (:func:`remove_stale_scratch`) and never a live process's or one it did not make.
-
-:func:`check_not_input` refuses an output that is one of the files being read, compared by
-resolved path and by (device, inode), so symbolic and hard links count as the same file.
+"""Writing files safely: the one atomic writer of the repository (:func:`atomic_output`), the rules
+for output names, and the rule that an output never replaces an input (:func:`check_not_input`).
+A regular file is written under a temporary name beside it and renamed only when complete and
+verified; a device, FIFO or ``/dev/stdout`` is written to in place, never replaced; a killed
+process's temporary files are removed by the next writer. The rules in full: docs/architecture.md,
+"How files are written".
 """
 import contextlib
 import errno

@@ -1,39 +1,10 @@
-"""Compiled-graph cache: MindSpore's compile cache, with one folder per setting so it is safe to leave on.
-
-MindSpore can save the graphs it compiles and load them in a later process instead of compiling
-again (environment ``MS_COMPILER_CACHE_ENABLE`` / ``MS_COMPILER_CACHE_PATH``). On its own it is
-not safe: it decides whether a saved graph fits only by a hash of the Python source files, so a
-graph saved at batch 128 is loaded, unchecked, by a run at batch 64 (which then computes with the
-old shapes), and Python numbers baked into a graph (loss scale, weight decay, drop path) are not
-checked either. It also reads the cache path once per process, at the first cached compile, and
-numbers the graphs of a process in compile order. Hence:
-
-* **One folder per setting.** ``<root>/<purpose>-<hash>``; the hash covers everything the compiled
-  graphs depend on: the MindSpore and Python versions, the repository's location and sources
-  (``model/`` with the C++ kernel sources, ``src/``, the top-level scripts and the running entry
-  script), the built C++ kernel libraries, the device, world size and rank, the numbers of
-  training and validation images (steps per epoch, a short first evaluation batch) and every
-  config key except those in :data:`NOT_IN_GRAPH`. A key missing from that list counts, so a new
-  config key costs at worst a recompile, never a wrong graph. ``purpose`` names the process's
-  graphs: ``"train"`` (train.py: the training step, then the evaluation) or ``"eval"`` (evl.py).
-  ``key.json`` in the folder lists what the hash covers.
-* **Hit only when verified.** :meth:`GraphCache.commit` writes ``manifest.json`` (every file's size
-  and SHA-256) once the graphs have compiled; a folder without a manifest is a miss and is emptied,
-  files the manifest does not list are removed, and a folder whose files do not match their
-  manifest (truncated, overwritten, swapped) is emptied with one warning and compiled again:
-  MindSpore would load a swapped graph file without complaint.
-* **One process per folder.** A lock file per folder; a second process with the same setting at
-  the same time compiles without the cache. The :data:`KEEP` most recently used folders are kept.
-* **It deletes only what it made.** Each folder is created with a marker file
-  (:func:`model.cache.make_folder`); only marked folders are emptied or pruned. A root that
-  already holds other things gets a marked subfolder of its own (:func:`model.cache.cache_root`).
-
-The root is ``$CONVMLP_GRAPH_CACHE``, else ``$XDG_CACHE_HOME/convmlp_mindspore/graphs``, else
-``~/.cache/convmlp_mindspore/graphs``; config key ``graph_cache: false`` turns the cache off.
-Call :func:`open_graph_cache` once per process, after the model is built and before the first
-graph to cache compiles; graphs compiled earlier in the process are not cached, every graph
-compiled later is. MindSpore cannot move its cache within a process: a second call for another
-setting switches caching off for the rest of the process.
+"""Compiled-graph cache: MindSpore's compile cache, with one folder per setting so it is safe to leave
+on. A folder's name hashes everything the compiled graphs depend on (versions, sources, kernels,
+device, data sizes, every config key not in :data:`NOT_IN_GRAPH`); it is a hit only when its files
+match their manifest, one process uses it at a time, and only folders the cache made are pruned.
+Call :func:`open_graph_cache` once per process, after the model is built and before the first graph
+to cache compiles. Why MindSpore's own cache needs this, and the rules: docs/architecture.md,
+"Compiled graphs".
 """
 import errno
 import fcntl

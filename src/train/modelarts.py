@@ -1,28 +1,8 @@
-"""Huawei ModelArts: the dataset from OBS to the node before training, the outputs back after.
-
-A ModelArts training job runs ``train.py`` in a fresh container and hands it two OBS paths, as in
-the MindSpore model zoo and mindcv: ``data_url`` (the dataset) and ``train_url`` (where the job's
-results must end up). With ``run_modelarts: true``:
-
-* :func:`prepare_data` copies ``data_url`` to ``modelarts_data_path`` (default ``/cache/data``)
-  with ``moxing.file.copy_parallel`` and points ``train_data_path`` / ``val_data_path`` at the
-  dataset inside it: the CIFAR folder of ``dataset_choose`` (``cifar-10-batches-bin`` /
-  ``cifar-100-binary``) when the copy holds one, else the copied folder itself when it holds the
-  ``.bin`` files directly. On each machine only local rank 0 copies; the other local ranks wait for
-  its completion marker (``.convmlp_copy.json`` in the local folder), which also lets a later run
-  on the same machine reuse a finished copy of the same ``data_url``.
-* :func:`sync_outputs` copies the run's outputs in ``save_checkpoint_path`` (checkpoints,
-  ``train.log``, ``metrics.csv``, ``curves.png``, ``config.yaml``: :func:`output_files`) to
-  ``train_url``; global rank 0 only (the only rank that writes outputs). Nothing else of the folder
-  goes: not the run's lock file, nor temporary files of a write in progress, nor files of the
-  user's. The outputs are linked (copied where links cannot be made) into a staging folder that
-  is copied as a whole. train.py calls it after every saved epoch, after the checkpoint of an
-  interrupted run and at the end. The copy adds and replaces files in ``train_url``; it deletes
-  nothing there.
-
-Both do nothing when ``run_modelarts`` is false. A failed copy is a :class:`ModelArtsError`
-naming the URL (one line via ``run_cli``); a failed upload of one epoch's outputs is a warning
-(the next epoch copies everything again), the final one is an error.
+"""Huawei ModelArts: the dataset from OBS to the node before training (:func:`prepare_data`), the
+outputs back after each epoch (:func:`sync_outputs`), as in the MindSpore model zoo and mindcv. Both
+do nothing when ``run_modelarts`` is false; a failed copy is a :class:`ModelArtsError` naming the
+URL, a failed upload of one epoch's outputs a warning. Details: docs/distributed.md (the job's
+settings) and docs/architecture.md, "ModelArts copies".
 """
 import json
 import os
