@@ -379,9 +379,10 @@ def anchors(path):
     return out
 
 
-def link_problems(page):
+def link_problems(page, text=None):
+    """The relative links of `page` (its text, or `text` as if it were at `page`) that do not resolve."""
     problems = []
-    text = prose(_read(page))
+    text = prose(_read(page) if text is None else text)
     for m in re.finditer(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text):
         target = m.group(1)
         if re.match(r"^[a-z]+:", target):
@@ -457,6 +458,22 @@ def test_every_fence_is_read_as_a_block():
     assert {"bash", "python"} <= kinds
 
 
+def indented_commands(text):
+    """``(line number, command)`` of each indented ``python ...`` line of `text` (the pages outside
+    docs/ show their commands as indented blocks)."""
+    return [(i + 1, ln.strip()) for i, ln in enumerate(prose(text).split("\n"))
+            if re.match(r"^ {4,}python3? ", ln)]
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES)
+def test_commands_of_the_other_pages_are_true(page):
+    """data/README.md, benchmarks/README.md, ...: each indented ``python ...`` command is checked as
+    a bash block's."""
+    problems = [f"{page}:{line}: {p}" for line, command in indented_commands(_read(page))
+                for p in shell_problems(command)]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("page", DOCS + LINKED_PAGES)
 def test_relative_links_resolve(page):
     problems = link_problems(page)
@@ -515,5 +532,9 @@ def test_checker_finds_unknown_yaml_keys_and_references():
     assert reference_problems("src.platform.fileio.atomic_output") == []
     assert reference_problems("src.platform.fileio.atomic_writer") == ["src.platform.fileio.atomic_writer does not exist"]
     assert slug("Deploy: export and `infer.py`") == "deploy-export-and-inferpy"
+    page = "see [training](docs/training.md#model-ema), [gone](docs/training.md#model-emas), [x](docs/nothing.md)"
+    assert [p.split(": ", 1)[1] for p in link_problems("README.md", page)] == [
+        "link docs/training.md#model-emas: docs/training.md has no heading #model-emas",
+        "link docs/nothing.md: docs/nothing.md does not exist"]
     assert UNCHECKED.search("<!-- example: unchecked, needs an Ascend device -->").group(1) == \
         "needs an Ascend device"
