@@ -1,6 +1,7 @@
 """The documentation stays true: its generated parts are the code's (the key table of
 docs/configuration.md is the schema's), the README is a front page whose two set-up commands are
 CI's. The examples themselves are checked by test_examples.py."""
+import glob
 import importlib.util
 import os
 import re
@@ -54,3 +55,20 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
     with open(os.path.join(REPO, ".ci", "run")) as f:
         ci = [ln for ln in f.read().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
     assert ci == [commands[1]]
+
+
+#: A measured figure: a time, a size, a ratio or a percentage (what benchmarks/RESULTS.md holds).
+FIGURE = re.compile(r"\d(?:[\d.,]*\d)?\s?(?:ms|s|MiB|GiB|MB|GB|img/s|%)(?![\w/])|\d(?:\.\d+)?-?\d*x (?:slower|faster)")
+
+
+def test_no_figures_in_the_kernels_comments():
+    """Measurements live in benchmarks/RESULTS.md, where their machine and date are; the C++ kernels'
+    comments say what a choice is for, without the number (it would go stale there unseen)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(REPO, "model", "csrc", "*")) + glob.glob(os.path.join(REPO, "src", "*", "csrc", "*"))):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                comment = line.split("//", 1)[1] if "//" in line else ""
+                if FIGURE.search(comment):
+                    found.append(f"{os.path.relpath(path, REPO)}:{n}: {comment.strip()}")
+    assert not found, "\n".join(found)
