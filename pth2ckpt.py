@@ -1,7 +1,7 @@
 """Convert official PyTorch ConvMLP weights (``.pth``) into a MindSpore checkpoint (``.ckpt``), and back.
 
     python pth2ckpt.py --arch convmlp_s --dst convmlp_s.ckpt --verify         # download release
-    python pth2ckpt.py --src IN.pth --dst OUT.ckpt --arch convmlp_s [--num_classes 10] [--ema]
+    python pth2ckpt.py --src IN.pth --dst OUT.ckpt --arch convmlp_s --num_classes 10
     python pth2ckpt.py --reverse --src output/best.ckpt --dst best.pth --verify  # back to PyTorch
 
 The MindSpore model uses the official parameter names (https://github.com/SHI-Labs/Convolutional-MLPs),

@@ -2,18 +2,13 @@
 
     python train.py                                  # config.yaml as it is
     python train.py --dataset_choose cifar100 --pretrained_ckpt convmlp_s_imagenet.ckpt
-    python train.py --dataset_choose flowers102 --pretrained_ckpt convmlp_s_imagenet.ckpt
     python train.py --dataset_choose imagefolder --train_data_path photos --val_fraction 0.2
     python train.py --demo                           # offline demo on generated CIFAR-format data
     msrun --worker_num=2 --local_worker_num=2 --join=True train.py --is_distributed true
 
-Every key of config.yaml can be given as ``--key value``; ``python train.py -h`` lists them.
-Checkpoints, ``metrics.csv``, ``curves.png``, ``train.log`` and the resolved ``config.yaml`` go
-to ``save_checkpoint_path``; ``--resume auto`` continues the run found there.
-
-Data parallel (``is_distributed: true``, under msrun): ``batch_size`` is per device; gradients are
-averaged over the ranks, BatchNorm moving statistics are averaged at each epoch end, validation
-counts are summed over the ranks' shards; only rank 0 writes files and the progress bar.
+``main`` reads as the run's phases: the config, the start, the output folder, the data, the model
+and its compiled step, the resume, the epochs. The run folder, resuming and the recipes:
+docs/training.md; data parallel: docs/distributed.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os

@@ -1,21 +1,11 @@
 """ConvMLP as the backbone of a Semantic FPN, trained on generated shape masks.
 
-    python examples/segmentation_fpn.py                       # a tiny topology, about a minute
+    python examples/segmentation_fpn.py                       # a tiny topology at 64 px
     python examples/segmentation_fpn.py --arch convmlp_s --pretrained_ckpt backbone.ckpt --epochs 20
 
-The network is the one of the official segmentation config (``configs/segmentation/_base_/models/
-fpn_r50.py`` of SHI-Labs/Convolutional-MLPs with ``SegConvMLP*``): the backbone's four maps
-(``create_model(..., features_only=True)``, strides 4-32), an FPN neck (lateral 1x1 convs, top-down
-nearest upsampling and sum, 3x3 convs) and an FPN head (per level 3x3 conv-BN-ReLU with 2x
-bilinear upsampling until stride 4, summed, dropout, 1x1 classifier, upsampled to the input).
-
-The data are generated: on a noisy background of random colour, one or two shapes (disc, square,
-triangle) of random colour, size and place; the mask is the shape's class (0 background, 1-3). The
-colour says nothing about the class: the network has to see the shape. After training, the mean
-IoU over the four classes on held-out images is printed beside chance: the better of predicting
-background everywhere and predicting each class at its training frequency at random.
-``--pretrained_ckpt`` takes a backbone (``pth2ckpt.py`` of an official segmentation or detection
-checkpoint) or a classifier's checkpoint (its head is left out).
+The network is the official segmentation config's (an FPN neck and head on the backbone's four
+maps); the data are generated shapes whose colour says nothing about their class; the held-out mean
+IoU is printed beside chance. What each part is: docs/deployment.md, "Use as a backbone".
 """
 import os
 import sys

@@ -1,17 +1,9 @@
-"""ConvMLP as a backbone for dense tasks: the feature levels, their description and the cell that
-returns them.
-
-The levels are those of the official detection and segmentation backbones (``DetConvMLP`` and
-``SegConvMLP`` in SHI-Labs/Convolutional-MLPs ``src/detection`` and ``src/segmentation``): the
-tokenizer's output (stride 4), the conv stage's (8, after its downsampling conv), then the deepest
-output at each further stride: each Conv-MLP stage's output after its downsampling, except that
-the last stride is taken after the last stage. For the released three-stage variants that is
-stride 16 after the first Conv-MLP stage and 32 after the last, NCHW, with ``channels``,
-``dims[0]``, ``dims[1]``, ``dims[2]`` channels (64/128/256/512 for S and M, 96/192/384/768 for L).
-
-``create_model(name, features_only=True, out_indices=...)`` builds :class:`FeatureListNet`;
-``feature_info`` speaks timm's words (``num_chs``, ``reduction``, ``module``) and mindcv's
-(``chs``, ``reduction``, ``name``).
+"""ConvMLP as a backbone for dense tasks: the feature levels of the official detection and
+segmentation backbones (``DetConvMLP``, ``SegConvMLP``: the tokenizer's output at stride 4, the conv
+stage's at 8, then the deepest output at each further stride), their description
+(``feature_info`` in timm's and mindcv's words) and the cell that returns them
+(:class:`FeatureListNet`, built by ``create_model(name, features_only=True, out_indices=...)``).
+Levels, channels and strides of the released variants: docs/deployment.md, "Use as a backbone".
 """
 from typing import Optional, Sequence, Tuple, Union
 

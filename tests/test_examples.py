@@ -47,8 +47,8 @@ LINKED_PAGES = ["data/README.md", "benchmarks/README.md", "tests/fixtures/README
 USER_DATA = "data"
 UNCHECKED = re.compile(r"<!--\s*example:\s*unchecked,\s*(\S.*?)\s*-->")
 SHELL, PYTHON, YAML = ("bash", "sh", "shell", "console"), ("python", "py"), ("yaml", "yml")
-#: The functions that parse an entry script's command line, outermost first: the first one a script
-#: holds is where its main(argv) is stopped (after it returned).
+#: The functions that parse an entry script's command line (besides argparse's): main(argv) is stopped
+#: when the outermost of them that it calls returns.
 PARSERS = ("parse_options", "parse_args", "load_config", "parse_command_line")
 
 
@@ -239,17 +239,29 @@ def _load_script(script):
 
 def parse_as_script(script, argv):
     """Run `script`'s ``main(argv)`` in this process up to the end of its command-line parsing; the
-    error it gives (one line), or None when it accepts `argv`."""
+    error it gives (one line), or None when it accepts `argv`. Every parser the script can reach
+    (its own ``parse_args``/``parse_options``, the config's ``load_config``/``parse_command_line``,
+    argparse) stops main() when the outermost of them returns."""
     module = _load_script(script)
-    name = next((n for n in PARSERS if callable(getattr(module, n, None))), None)
-    real = getattr(module, name) if name else argparse.ArgumentParser.parse_args
+    targets = [(module, n) for n in PARSERS if callable(getattr(module, n, None))]
+    targets.append((argparse.ArgumentParser, "parse_args"))
+    originals = [(owner, n, getattr(owner, n)) for owner, n in targets]
+    depth = [0]
 
-    def parse_then_stop(*args, **kwargs):
-        real(*args, **kwargs)
-        raise _Parsed
+    def stopping(real):
+        def parse_then_stop(*args, **kwargs):
+            depth[0] += 1
+            try:
+                parsed = real(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if depth[0] == 0:
+                raise _Parsed
+            return parsed
+        return parse_then_stop
 
-    target = module if name else argparse.ArgumentParser
-    setattr(target, name or "parse_args", parse_then_stop)
+    for owner, n, real in originals:
+        setattr(owner, n, stopping(real))
     err = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), contextlib.chdir(REPO):
@@ -261,7 +273,8 @@ def parse_as_script(script, argv):
     except Exception as exc:   # the UserError a user would see as "error: ..."
         return f"{type(exc).__name__}: {exc}"
     finally:
-        setattr(target, name or "parse_args", real)
+        for owner, n, real in originals:
+            setattr(owner, n, real)
     return "main() returned without parsing a command line first"   # pragma: no cover
 
 
@@ -474,6 +487,21 @@ def test_commands_of_the_other_pages_are_true(page):
     assert not problems, "\n".join(problems)
 
 
+#: The scripts whose docstrings show commands (``python train.py --demo``), as a script's -h would.
+SCRIPTS_WITH_USAGE = sorted(p for p in glob.glob("*.py", root_dir=REPO) + glob.glob("examples/*.py", root_dir=REPO)
+                            + glob.glob("benchmarks/*.py", root_dir=REPO))
+
+
+@pytest.mark.parametrize("script", SCRIPTS_WITH_USAGE)
+def test_commands_in_the_scripts_docstrings_are_true(script):
+    doc = ast.get_docstring(ast.parse(_read(script)), clean=False) or ""
+    doc = re.sub(r"\\\n\s*", " ", doc)                 # continuation lines
+    commands = [re.sub(r"\[(--[^\[\]]*)\]", r"\1", ln.strip())  # usage notation: [--flag value]
+                for ln in doc.split("\n") if re.match(r"^ {4,}(python3? |msrun )", ln)]
+    problems = [p for command in commands for p in shell_problems(command)]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("page", DOCS + LINKED_PAGES)
 def test_relative_links_resolve(page):
     problems = link_problems(page)
@@ -504,6 +532,8 @@ def test_checker_finds_a_renamed_flag_and_keeps_the_good_ones():
 def test_checker_finds_a_bad_value_and_a_bad_pair_of_keys():
     assert "dataset_choose" in shell_problems("python evl.py --dataset_choose cifar11")[0]
     assert "val_fraction" in shell_problems("python train.py --val_fraction 0.2")[0]
+    # the script's own parser runs to its end (export.py's after the config's)
+    assert "disagree" in shell_problems("python export.py --batch_size 8 --export_batch_size 4")[0]
 
 
 def test_checker_finds_an_old_import_and_a_missing_function():

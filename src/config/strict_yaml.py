@@ -1,17 +1,9 @@
-"""Reading the YAML a user or a checkpoint gives: UTF-8 only, no key given twice, a mapping, no
-alias bomb.
-
-PyYAML's ``safe_load`` keeps the last of two equal keys without a word, and Python's UTF-8 codec
-fails on a file saved as UTF-16 (as some editors do) with a traceback about a byte position. Here
-both are one-line errors that name the file (or the checkpoint) and the key::
-
-    config file my.yaml: key 'lr' is given twice (line 2: 1e-3, line 9: 3e-4); keep one
-    config file my.yaml is not UTF-8 text: it starts with a UTF-16 byte-order mark; save it as UTF-8
-
-YAML aliases (``*name``, also in ``<<: *base`` merges) repeat a node anchored earlier: a few
-hundred bytes of nested aliases expand to billions of values. The loader counts what the aliases
-of a document expand to while it composes it, before anything is built or validated, and stops
-at :data:`MAX_ALIAS_NODES` values or :data:`MAX_ALIAS_CHARS` characters.
+"""Reading the YAML a user or a checkpoint gives: UTF-8 only, no key given twice, a mapping, no alias
+bomb. PyYAML's ``safe_load`` keeps the last of two equal keys without a word and Python fails on a
+UTF-16 file with a traceback; here both are one-line errors naming the file (or the checkpoint) and
+the key, e.g. ``config file my.yaml: key 'lr' is given twice (line 2: 1e-3, line 9: 3e-4); keep one``.
+What YAML aliases expand to is counted while a document is composed, and stops at
+:data:`MAX_ALIAS_NODES` values or :data:`MAX_ALIAS_CHARS` characters.
 """
 import codecs
 

@@ -1,20 +1,10 @@
-"""Name and array mapping between official PyTorch ConvMLP ``state_dict`` keys and MindSpore names.
-
-Official code: https://github.com/SHI-Labs/Convolutional-MLPs (``src/convmlp.py``). The MindSpore
-model (``model/convmlp.py``) uses the official parameter names except for its norm layers, so the
-mapping is a rename (:data:`NAME_RULES`); arrays keep their shapes in both directions.
-
-* PyTorch -> MindSpore: :func:`map_name`, :func:`convert_state_dict`, :func:`dropped_keys`
-  (``pth2ckpt.py``).
-* MindSpore -> PyTorch: :func:`to_torch_name`, :func:`to_torch_state_dict` (``pth2ckpt.py
-  --reverse``, ``export.py --file_format ONNX``). The result is the official ``state_dict``: keys
-  in the official order (:func:`official_order`), BatchNorm ``running_mean``/``running_var``
-  restored, and the BatchNorm counters ``num_batches_tracked`` that MindSpore does not keep
-  restored as int64 scalars of value ``num_batches_tracked`` (0 by default). The official model
-  uses BatchNorm with a fixed momentum, where the counter takes no part in any computation.
-* :func:`infer_topology`: the ConvMLP arguments read off the keys and shapes of a state_dict.
-
-Everything here is pure: no file is read or written, the inputs are never modified.
+"""Name and array mapping between official PyTorch ConvMLP ``state_dict`` keys and MindSpore names,
+both ways: the MindSpore model uses the official parameter names except for its norm layers, so the
+mapping is a rename (:data:`NAME_RULES`) and arrays keep their shapes. PyTorch -> MindSpore:
+:func:`map_name`, :func:`convert_state_dict`, :func:`dropped_keys`; MindSpore -> PyTorch (the
+official ``state_dict``, in the official order, BatchNorm statistics and counters restored):
+:func:`to_torch_name`, :func:`to_torch_state_dict`; :func:`infer_topology` reads the ConvMLP
+arguments off a state_dict. Everything here is pure: no file is read or written, no input modified.
 """
 import re
 from collections import OrderedDict

@@ -1,17 +1,8 @@
-"""ONNX export of a ConvMLP checkpoint through the PyTorch reference model (``export.py --file_format ONNX``).
-
-MindSpore 2.10's own ONNX exporter cannot convert ConvMLP (no mapping for ``Erf``, the exact GELU,
-nor for the tokenizer's padded max-pool). The checkpoint's weights are therefore mapped to the
-official PyTorch names (:func:`src.convert.to_torch_state_dict`), loaded strictly into the PyTorch
-reference (``model/torch_convmlp.py``, proven equal to the official model) and written with
-``torch.onnx.export`` (the TorchScript-based exporter, opset :data:`OPSET`: exact GELU as ``Erf``,
-``LayerNormalization``, padded ``MaxPool``).
-
-The graph takes ``input`` float32 ``(batch, 3, H, W)`` (resized and normalised as for evl.py)
-and returns ``logits`` ``(batch, num_classes)``; the batch dimension is dynamic unless a batch
-size is given. The file is written under a temporary name in the output folder, checked (with
-``verify``: onnxruntime on the CPU against the MindSpore checkpoint model), then renamed; on any
-failure the previous file is unchanged and no temporary file is left.
+"""ONNX export of a ConvMLP checkpoint through the PyTorch reference model (``export.py --file_format
+ONNX``), because MindSpore 2.10's own ONNX exporter cannot convert ConvMLP: the checkpoint's weights
+are mapped to the official names, loaded strictly into ``model/torch_convmlp.py`` and written with
+``torch.onnx.export`` (opset :data:`OPSET`), through the atomic writer and, with ``verify``, checked
+with onnxruntime against the MindSpore model. The graph's input and output: docs/deployment.md.
 """
 import warnings
 from typing import Mapping, Sequence

@@ -1,17 +1,9 @@
-"""MindSpore checkpoint (``.ckpt``) -> official PyTorch ConvMLP ``state_dict`` (``.pth``).
-
-``python pth2ckpt.py --reverse --src best.ckpt --dst best.pth [--verify]`` runs :func:`reverse_main`.
-The input is a checkpoint written by train.py (weights, optimizer state, metadata, the run's
-config) or by pth2ckpt.py (weights only). The output is what the official code loads:
-``torch.load(path, weights_only=True)`` gives a plain ``OrderedDict`` of tensors with the official
-keys in the official order (see :func:`src.convert.names.to_torch_state_dict`), which loads with
-``load_state_dict(strict=True)`` into the official ``ConvMLP`` and into ``model/torch_convmlp.py``.
-
-The topology comes from the checkpoint's saved config (train.py) or, without one, from the shapes
-of its weights. Before anything is written the state_dict is loaded strictly into the PyTorch
-reference model of that topology; with ``--verify`` the logits of the MindSpore model and of the
-PyTorch reference must agree on a random input. The ``.pth`` is written under a temporary name in
-the destination folder and renamed when complete; it never replaces the input file.
+"""MindSpore checkpoint (``.ckpt``, train.py's or pth2ckpt.py's) -> official PyTorch ConvMLP
+``state_dict`` (``.pth``): ``python pth2ckpt.py --reverse`` runs :func:`reverse_main`. The topology
+comes from the checkpoint's saved config or, without one, from the shapes of its weights; the
+state_dict is loaded strictly into the PyTorch reference model before anything is written, and
+with ``--verify`` the two models' logits must agree. What the file holds: docs/deployment.md,
+"Back to PyTorch".
 """
 from collections import OrderedDict
 from typing import Dict, Mapping, Tuple

@@ -1,17 +1,9 @@
-"""Who may write a training run's folder (``save_checkpoint_path``).
-
-* One process at a time: :func:`hold_run_folder` takes an exclusive lock on ``.train.lock`` in the
-  folder for the whole run (rank 0 only under msrun) and refuses a second run with one line naming
-  the process that holds it. The lock is a POSIX record lock (``fcntl.lockf``): the kernel releases
-  it when the process dies, even by ``kill -9``, so a killed run never blocks the next one, and it
-  is not inherited by forked children (data-pipeline workers), which may outlive a killed trainer.
-  The lock file is removed when the run ends; one left by a killed run is simply taken over.
-* A fresh run never replaces another run: :func:`check_fresh_start` refuses a folder holding a run
-  (``last.ckpt``) unless ``--resume`` continues it, or unless both the new run and the one in the
-  folder are demo runs (``demo: true`` in the folder's ``config.yaml``, or in ``last.ckpt``'s
-  saved config); the old demo run's files are then deleted before the new one starts.
-* The run's outputs are not its inputs: :func:`check_run_inputs` refuses a run folder whose files
-  (checkpoints, metrics, log) are the pretrained checkpoint or data files being read.
+"""Who may write a training run's folder (``save_checkpoint_path``): one process at a time
+(:func:`hold_run_folder`: a POSIX record lock on ``.train.lock``, released by the kernel when its
+process dies, even by ``kill -9``, and not inherited by forked children), a fresh run never over
+another run (:func:`check_fresh_start`: only ``--resume`` continues a folder holding ``last.ckpt``,
+and only a demo run replaces a demo run), and a run's outputs never its inputs
+(:func:`check_run_inputs`). The rules as a user meets them: docs/training.md, "The run folder".
 """
 import atexit
 import fcntl

@@ -1,20 +1,10 @@
-"""The compiled training step: loss, mixed precision, loss scaling and the optimiser update.
-
-``build_train_step`` returns one MindSpore ``Cell`` that runs forward, soft-target cross-entropy,
-backward, (data-parallel gradient mean) and the AdamW update, compiled as a single graph in GRAPH
-mode. ``benchmarks/bench.py`` times exactly this cell.
-
-Stochastic depth's factors are an input of the step (:class:`DropPathDraws`): a function of the
-seed, the rank, the epoch and the step alone, drawn on the host, so that no random state lives in
-the compiled graph.
-
-Loss scaling (``loss_scale_type``):
-* ``none``: plain gradients.
-* ``fixed``: the loss is multiplied by ``loss_scale`` before backward and the optimiser divides the
-  gradients by the same value, so the update sees unscaled gradients. No overflow check, so no
-  step is ever dropped (the only fixed mode MindSpore supports on the CPU).
-* ``dynamic``: ``nn.TrainOneStepWithLossScaleCell`` with a ``DynamicLossScaleUpdateCell``: overflow
-  steps are skipped and the scale adapts (Ascend/GPU only: MindSpore refuses it on the CPU).
+"""The compiled training step: ``build_train_step`` returns one MindSpore ``Cell`` that runs forward,
+soft-target cross-entropy, backward, (data-parallel gradient mean) and the AdamW update, compiled as
+a single graph in GRAPH mode (``benchmarks/bench.py`` times exactly this cell). Stochastic depth's
+factors are an input of the step (:class:`DropPathDraws`, drawn on the host from the seed, rank,
+epoch and step), so no random state lives in the graph. Loss scaling ``none``, ``fixed`` (the
+optimiser divides by the same value; no step is dropped) or ``dynamic`` (MindSpore's
+``DynamicLossScaleUpdateCell``; Ascend/GPU only): docs/training.md, "Precision (AMP)".
 """
 import numpy as np
 import mindspore as ms
