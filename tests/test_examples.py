@@ -16,6 +16,8 @@ process, against the code it shows, and a block that breaks fails its test with 
   names a definition of that file, ``src.platform.device.configure_runtime()`` must import). Other
   paths (``photos/``, ``output/...``, ``/data/imagenet``, ``~/...``) are the user's and not checked.
 * Links: every relative link resolves to a file, and to a heading of it when it has a ``#anchor``.
+* The same command check for the indented ``python ...`` lines of data/README.md and
+  benchmarks/README.md, and for the usage lines in the docstrings of the scripts (what ``-h`` shows).
 
 Other blocks (``text``, ``mermaid``) are pictures, not commands. A block that cannot be checked says
 so on the line above it: ``<!-- example: unchecked, REASON -->``. What trains is run for real by the
@@ -415,8 +417,8 @@ def inline_problems(page):
     dotted name of the repository's packages that is not there."""
     problems, text = [], prose(_read(page))
     packages = {t for t in tracked_top() if os.path.isfile(os.path.join(REPO, t, "__init__.py"))}
-    for m in re.finditer(r"(?<!`)`([^`\n]+)`(?!`)", text):
-        code, line = m.group(1).strip(), text.count("\n", 0, m.start()) + 1
+    for m in re.finditer(r"(?<!`)`((?:[^`\n]|\n(?!\s*\n))+)`(?!`)", text):   # a span may wrap a line
+        code, line = " ".join(m.group(1).split()), text.count("\n", 0, m.start()) + 1
         where = re.match(r"^([\w./-]+\.py):\s*(\w+)$", code)
         dotted = re.match(r"^([A-Za-z_]\w*(?:\.\w+)+)(?:\(.*\))?$", code)
         if where:
