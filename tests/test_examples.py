@@ -48,7 +48,7 @@ LINKED_PAGES = ["data/README.md", "benchmarks/README.md", "tests/fixtures/README
 #: The folder for a user's data sets: a path under it names the user's data, not a repository file.
 USER_DATA = "data"
 UNCHECKED = re.compile(r"<!--\s*example:\s*unchecked,\s*(\S.*?)\s*-->")
-SHELL, PYTHON, YAML = ("bash", "sh", "shell", "console"), ("python", "py"), ("yaml", "yml")
+SHELL, PYTHON, YAML = ("bash", "sh", "shell"), ("python", "py"), ("yaml", "yml")
 #: The functions that parse an entry script's command line (besides argparse's): main(argv) is stopped
 #: when the outermost of them that it calls returns.
 PARSERS = ("parse_options", "parse_args", "load_config", "parse_command_line")
@@ -568,5 +568,12 @@ def test_checker_finds_unknown_yaml_keys_and_references():
     assert [p.split(": ", 1)[1] for p in link_problems("README.md", page)] == [
         "link docs/training.md#model-emas: docs/training.md has no heading #model-emas",
         "link docs/nothing.md: docs/nothing.md does not exist"]
-    assert UNCHECKED.search("<!-- example: unchecked, needs an Ascend device -->").group(1) == \
-        "needs an Ascend device"
+    marked = "<!-- example: unchecked, needs an Ascend device -->\n\n```bash\npython train.py --x\n```\n"
+    assert code_blocks(marked) == [("bash", "python train.py --x", 3, "needs an Ascend device")]
+
+
+def test_checker_reads_a_users_config_file_as_the_repositorys():
+    """``--config my.yaml`` names the user's file (its keys are shown in a yaml block, checked there);
+    the rest of the command line is still checked."""
+    assert shell_problems("python train.py --config my_run.yaml --lr 2e-4") == []
+    assert "lr" in shell_problems("python train.py --config=my_run.yaml --lr fast")[0]
