@@ -71,3 +71,23 @@ def test_no_figures_in_the_kernels_comments():
                 if FIGURE.search(comment):
                     found.append(f"{os.path.relpath(path, REPO)}:{n}: {comment.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_project_layout_names_what_is_there():
+    """Every file and folder the layout of docs/architecture.md names exists: a name on a folder's
+    lines is looked for anywhere below that folder (``model/ ... csrc/`` is model/csrc)."""
+    section = _read("docs/architecture.md").split("## Project layout")[1]
+    block = re.search(r"```text\n(.*?)\n```", section, flags=re.S).group(1)
+    missing, base = [], ""
+    for line in block.splitlines():
+        head = re.match(r"^([\w.-]+(?:/[\w.-]+)*/?)\s", line)
+        if head:
+            base = head.group(1) if head.group(1).endswith("/") else ""
+            if not os.path.exists(os.path.join(REPO, head.group(1))):
+                missing.append(head.group(1))
+            line = line[head.end():]
+        for name in re.findall(r"(?<![\w./-])([\w-]+(?:\.py|\.md|\.yaml|/))(?=[\s,;:)]|$)", line):
+            pattern = name.rstrip("/")
+            if not glob.glob(os.path.join(REPO, base, "**", pattern), recursive=True):
+                missing.append(f"{base}{name}")
+    assert not missing, missing
