@@ -19,16 +19,19 @@ def normalize_ops(cfg):
     return [vision.HWC2CHW(), vision.Normalize(mean=mean, std=std, is_hwc=False)]
 
 
-def train_transforms(cfg, shape=None, encoded=False):
+def train_transforms(cfg, shape=None, encoded=False, cropped=False):
     """Per-image train ops on uint8 HWC (crop, flip, RandAugment, normalise, HWC->CHW). `shape`: the
     (height, width) of every image when they share one (CIFAR: 32 x 32); with ``crop_scale: [1, 1]``
     the plain resize to ``image_size`` is then left out when they have that size already.
     `encoded`: the records are image file bytes (:func:`.encoded.read_encoded`), decoded first by
-    the engine's C++ ``Decode``."""
+    the engine's C++ ``Decode``. `cropped`: the records are the training crops already
+    (:mod:`.crops`), so no crop or resize op."""
     size = cfg.image_size
     inter = resize_mode(cfg.interpolation)
     ops = [vision.Decode()] if encoded else []
-    if tuple(cfg.crop_scale) != (1.0, 1.0):
+    if cropped:
+        pass                                        # cut in the source (.crops)
+    elif tuple(cfg.crop_scale) != (1.0, 1.0):
         ops.append(vision.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
                                             interpolation=inter))
     elif shape is None or tuple(shape) != (size, size):
