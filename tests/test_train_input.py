@@ -1,4 +1,4 @@
-"""The image-folder train pipeline's input (src/data/encoded.py, src/data/crops.py, the source and
+"""The image-folder train pipeline's input (src/data/encoded.py, src/data/native.py, the source and
 transforms of src/data/pipeline.py and src/data/transforms.py). Training with the recipe's bicubic
 crop: each record is decoded by ``images.read_image`` (the one rule: EXIF orientation, CMYK, alpha,
 16-bit, its errors) and cut by one C++ call in the map's threads, with the pixels of Pillow's
@@ -19,7 +19,7 @@ from PIL import Image
 import mindspore.dataset.vision as vision
 
 from src.config import load_config
-from src.data import crops, encoded, pipeline
+from src.data import encoded, native, pipeline
 from src.data.images import read_image
 from src.data.synthetic import synthetic_images
 from src.platform.errors import DataError
@@ -230,10 +230,10 @@ def test_the_crop_is_pillows_bicubic_resize_of_its_box():
         top, left = box[:2]
         want = np.asarray(Image.fromarray(image).crop((left, top, left + bw, top + bh))
                           .resize((size, bh), Image.BICUBIC).resize((size, size), Image.BICUBIC))
-        np.testing.assert_array_equal(crops.resized_crop(image, box, (size, size)), want, err_msg=f"{box} -> {size}")
+        np.testing.assert_array_equal(native.resized_crop(image, box, (size, size)), want, err_msg=f"{box} -> {size}")
     photo = picture(375, 500)
     for key in range(8):
-        got, (top, left, bh, bw) = crops.random_resized_crop(photo, 224, (0.08, 1.0), (3 / 4, 4 / 3), key)
+        got, (top, left, bh, bw) = native.random_resized_crop(photo, 224, (0.08, 1.0), (3 / 4, 4 / 3), key)
         one_call = np.asarray(Image.fromarray(photo).crop((left, top, left + bw, top + bh)).resize((224, 224), Image.BICUBIC))
         assert np.abs(got.astype(int) - one_call).max() <= 2
 
@@ -244,13 +244,13 @@ def test_the_train_batches_are_read_images_pixels_cut_by_pillow_and_no_process_i
     the batches of the same boxes cut from read_image's pixels by Pillow; no process is started."""
     before = child_processes()
     fast = batches(tree_cfg(mixed_tree), check=lambda: child_processes() == before)
-    cut = crops.random_resized_crop
+    cut = native.random_resized_crop
 
     def by_pillow(image, size, scale, ratio, key):
         box = cut(image, size, scale, ratio, key)[1]
         return pillow_crop(image, box, size), box
 
-    monkeypatch.setattr(pipeline.crops, "random_resized_crop", by_pillow)
+    monkeypatch.setattr(pipeline.native, "random_resized_crop", by_pillow)
     slow = batches(tree_cfg(mixed_tree))
     assert len(fast) == len(slow) == 3
     for (x, y), (px, py) in zip(fast, slow):
@@ -268,7 +268,7 @@ def test_the_crops_do_not_depend_on_the_number_of_threads_and_differ_between_sha
         np.testing.assert_array_equal(x, tx)
         np.testing.assert_array_equal(y, ty)
     assert not np.array_equal(one[0][0], batches(tree_cfg(mixed_tree, "--seed", "5", *crop_only))[0][0])
-    keys = {crops.record_key(seed, shard, index) for seed in (0, 1) for shard in range(8) for index in range(1000)}
+    keys = {native.record_key(seed, shard, index) for seed in (0, 1) for shard in range(8) for index in range(1000)}
     assert len(keys) == 2 * 8 * 1000
 
 
@@ -277,7 +277,7 @@ def test_the_engine_path_gives_the_batches_of_read_image_in_worker_processes_and
     seed: the engine-decoded bytes read in the source's threads give, bit for bit, the batches of
     read_image's arrays decoded in worker processes (python_multiprocessing: the pipeline before), so
     the augmentation's distribution is unchanged; and no process is started."""
-    monkeypatch.setattr(pipeline.crops, "library", lambda: None)
+    monkeypatch.setattr(pipeline.native, "library", lambda: None)
     before = child_processes()
     fast = batches(tree_cfg(mixed_tree), check=lambda: child_processes() == before)
     records, generator = pipeline._records, pipeline.ds.GeneratorDataset
@@ -391,3 +391,24 @@ def test_normalising_after_the_transpose_gives_the_numbers_of_normalising_before
     before = vision.HWC2CHW()(vision.Normalize(mean=mean, std=std, is_hwc=True)(image))
     assert got.dtype == np.float32 and got.shape == (3, 37, 53)
     np.testing.assert_array_equal(got, before)
+
+
+def test_the_batch_normalised_in_one_cpp_pass_has_the_engines_numbers():
+    """native.normalize_batch (the train batch's normalisation where the C++ parts are built): bit
+    for bit the engine's HWC2CHW + Normalize of each image, for every dataset's mean and std and an
+    image size that is not a multiple of the C++ run length."""
+    from src.data.transforms import normalize_ops, normalize_values
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(5)]
+    images[0][:] = 0
+    images[1][:] = 255
+    for dataset in ("imagefolder", "cifar10", "cifar100"):
+        cfg = load_config(["--dataset_choose", dataset])
+        want = []
+        for image in images:
+            for op in normalize_ops(cfg):
+                image = op(image)
+            want.append(image)
+        got = native.normalize_batch(images, *normalize_values(cfg))
+        assert got.dtype == np.float32 and got.shape == (5, 3, 37, 53)
+        np.testing.assert_array_equal(got, np.stack(want))

@@ -484,7 +484,7 @@ def decode_record(image, name, min_side=None):
 
 def record_index(name):
     """A record's stable 64-bit number from its name (the relative path it was packed from): what
-    keys its training crop (:mod:`.crops`), wherever the shuffle puts it."""
+    keys its training crop (:mod:`.native`), wherever the shuffle puts it."""
     name = name.tobytes() if hasattr(name, "tobytes") else str(name).encode("utf-8", "surrogateescape")
     return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little")
 

@@ -6,7 +6,7 @@ this process (no worker processes, no copy between processes), as file bytes tha
 ``vision.Decode`` decodes in the map's threads to the pixels of :func:`.images.read_image`, the rule
 infer.py decodes with (:mod:`.encoded`: a file that decoder would read otherwise, or that is decoded
 at reduced size, is decoded by read_image itself); for training with the bicubic crop, read_image
-decodes each file and one C++ call cuts its crop (:mod:`.crops`), both in the map's threads and
+decodes each file and one C++ call cuts its crop (:mod:`.native`), both in the map's threads and
 without Python's lock, faster than the engine's decoder and filter. With ``skip_bad_images`` a
 file that fails to decode there is replaced by the next good record of its split and counted
 (:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
@@ -19,7 +19,8 @@ Train (each step switchable in the config; a step that is off is not in the pipe
    ``crop_scale: [1, 1]`` turns it off (plain resize to ``image_size``, a no-op at 32).
 2. Horizontal flip with probability ``hflip``.
 3. RandAugment ``aa`` on uint8 HWC (see :func:`src.data.randaugment.rand_augment_ops`).
-4. Normalize with ``mean``/``std`` (per dataset), HWC -> CHW, float32.
+4. Normalize with ``mean``/``std`` (per dataset), HWC -> CHW, float32 (per batch in one C++ pass,
+   :func:`.native.normalize_batch`, where the C++ parts are built; else by the engine per image).
 5. Random erasing with probability ``reprob`` (timm 'pixel' mode: one box, area 2%-33%, log-uniform
    aspect 0.3-3.3, filled with standard-normal noise), per image.
 6. Per batch: one-hot labels with ``smoothing``, then mixup (``mixup`` alpha) or cutmix (``cutmix``
@@ -54,13 +55,13 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, crops, imagefolder, packed
+from . import cifar, imagefolder, native, packed
 from .catalog import data_format, split_folders
 from .encoded import read_encoded
 from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
-from .transforms import decode_min_side, eval_transforms, train_transforms
+from .transforms import decode_min_side, eval_transforms, normalize_values, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
            "image_split", "prepare_split", "resolve_classes", "check_layout", "saved_split_lists",
@@ -481,18 +482,18 @@ class _CropRecords:
 
 
 def _train_crop(cfg, split, shard_id):
-    """The training crop as one C++ call in the source's threads (:mod:`.crops`), or None where the
+    """The training crop as one C++ call in the map's threads (:mod:`.native`), or None where the
     engine's ``RandomResizedCrop`` crops instead: evaluation, ``crop_scale: [1, 1]``, an
     interpolation other than bicubic (the engine's filters are not Pillow's), or no C++ compiler. Each
     record's box is drawn from (the epoch's seed, the shard, the record's index)."""
     if split != "train" or tuple(cfg.crop_scale) == (1.0, 1.0) or cfg.interpolation != "bicubic":
         return None
-    if crops.library() is None:
+    if native.library() is None:
         return None
     size, scale, ratio, seed, shard = cfg.image_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.seed, shard_id
 
     def crop(image, index):
-        return crops.random_resized_crop(image, size, scale, ratio, crops.record_key(seed, shard, index))[0]
+        return native.random_resized_crop(image, size, scale, ratio, native.record_key(seed, shard, index))[0]
     return crop
 
 
@@ -568,9 +569,13 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
                               f"{where}; expected batch_size <= {n_local}")
         cropped = getattr(source, "crop", None) is not None
-        data = data.map(train_transforms(cfg, shape, encoded, cropped), input_columns="image", num_parallel_workers=workers)
+        in_batch = native.library() is not None       # uint8 images normalised per batch in one C++ pass
+        ops = train_transforms(cfg, shape, encoded, cropped, normalize=not in_batch)
+        if ops:                                         # none: crop only, normalised per batch
+            data = data.map(ops, input_columns="image", num_parallel_workers=workers)
         mixer = BatchMixer(num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
-                           cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0)
+                           cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0,
+                           normalize=normalize_values(cfg) if in_batch else None)
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 

@@ -1,28 +1,35 @@
-"""The training crop of an image file in one C++ call (``src/data/csrc/resized_crop.cc``): timm's and
-torchvision's RandomResizedCrop with Pillow's bicubic filter, the same pixels as
+"""The input pipeline's C++ parts (``src/data/csrc``), called through ctypes without Python's lock.
+
+The training crop (``resized_crop.cc``): timm's and torchvision's RandomResizedCrop with Pillow's
+bicubic filter, the same pixels as
 ``Image.crop(box).resize(size, Image.BICUBIC)``, its box drawn as their ``get_params`` draws it from a
 generator keyed by the record (the seed, the shard and the record's index), so that a run's crops do
-not depend on which thread computes them. The call releases Python's lock, so the source's threads
-decode and crop in parallel. Built and cached with the other C++ kernels; where it cannot be built,
-:func:`library` is None and the pipeline crops with the engine's ``RandomResizedCrop``."""
+not depend on which thread computes them.
+
+The batch's normalisation (``normalize.cc``): uint8 HWC images to normalised float32 NCHW in one
+pass, the numbers of the engine's ``HWC2CHW`` + ``Normalize``.
+
+Built and cached with the other C++ kernels; where they cannot be built, :func:`library` is None and
+the pipeline keeps the engine's ``RandomResizedCrop`` and ``Normalize``."""
 import ctypes
 import os
 
 import numpy as np
 
-__all__ = ["library", "resized_crop", "random_resized_crop", "record_key"]
+__all__ = ["library", "resized_crop", "random_resized_crop", "record_key", "normalize_batch"]
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 _U8 = ctypes.POINTER(ctypes.c_uint8)
 _I32 = ctypes.POINTER(ctypes.c_int32)
+_F32 = ctypes.POINTER(ctypes.c_float)
 _loaded = []
 
 
 def library():
-    """The loaded crop library, or None where it cannot be built (one ``warning:`` line)."""
+    """The loaded library, or None where it cannot be built (one ``warning:`` line)."""
     if not _loaded:
         from model.cpu_kernels import build_library
-        path = build_library("convmlp_crops", _CSRC, {"resized_crop.cc": []})
+        path = build_library("convmlp_data", _CSRC, {"resized_crop.cc": [], "normalize.cc": []})
         lib = None
         if path is not None:
             lib = ctypes.CDLL(path)
@@ -31,6 +38,8 @@ def library():
             lib.convmlp_random_resized_crop.argtypes = [_U8, ctypes.c_int, ctypes.c_int, _U8, ctypes.c_int,
                                                         ctypes.c_double, ctypes.c_double, ctypes.c_double,
                                                         ctypes.c_double, ctypes.c_uint64, _I32]
+            lib.convmlp_normalize_batch.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int,
+                                                    ctypes.c_int, _F32, _F32, _F32]
         _loaded.append(lib)
     return _loaded[0]
 
@@ -69,3 +78,19 @@ def random_resized_crop(image, size, scale, ratio, key):
                                           out.ctypes.data_as(_U8), size, float(scale[0]), float(scale[1]),
                                           float(ratio[0]), float(ratio[1]), key, box.ctypes.data_as(_I32))
     return out, tuple(int(v) for v in box)
+
+
+def normalize_batch(images, mean, std):
+    """The uint8 RGB HWC `images` (all of one size) as one float32 NCHW batch ``(x - mean) / std``
+    per channel (`mean`, `std`: three values on the 0..255 scale)."""
+    images = [np.ascontiguousarray(im, np.uint8) for im in images]
+    h, w = images[0].shape[:2]
+    for im in images:
+        if im.shape != (h, w, 3):
+            raise ValueError(f"expected RGB images of shape ({h}, {w}, 3), got {im.shape}")
+    out = np.empty((len(images), 3, h, w), np.float32)
+    pointers = (ctypes.c_void_p * len(images))(*[im.ctypes.data for im in images])
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    library().convmlp_normalize_batch(pointers, len(images), h, w, m.ctypes.data_as(_F32), s.ctypes.data_as(_F32),
+                                      out.ctypes.data_as(_F32))
+    return out
