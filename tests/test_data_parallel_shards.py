@@ -10,7 +10,7 @@ augmentation and the batch mixer off (``NO_AUG``, no smoothing) and recognise ea
 pixels: the pipeline's image of record i is then the train transform (resize where needed,
 normalise, HWC -> CHW) of record i alone.
 
-The promise (README, "Several devices and machines"): with N records and W ranks, each rank's
+The promise (docs/distributed.md, "Which images each rank trains on"): with N records and W ranks, each rank's
 shard of an epoch holds ceil(N / W) distinct records; together the shards hold every record; when
 W does not divide N, the first W x ceil(N / W) - N records of the epoch's shuffle are repeated on
 the last ranks, so that every rank runs the same number of steps; no record is in one shard twice.

@@ -25,8 +25,8 @@ DEMO_OVERRIDES = {"image_size": 32, "epoch_size": 6, "warmup_epochs": 1, "cooldo
 # {cifar10,cifar100,flowers102}.yml and convmlp_*_imagenet.yml, with classification.py's defaults for
 # the keys a file leaves out). ``epoch_size`` counts the cool-down: timm trains ``epochs +
 # cooldown_epochs``. ``crop_pct`` is the evaluation crop (resize to image_size / crop_pct, centre
-# crop). The official runs use AMP on GPUs; ``amp_level`` stays O0, the CPU's setting (see README
-# "Precision"). The CIFAR values are the S/M files' (convmlp_l's files train at batch 64).
+# crop). The official runs use AMP on GPUs; ``amp_level`` stays O0, the CPU's setting (see
+# docs/training.md, "Precision"). The CIFAR values are the S/M files' (convmlp_l's files train at batch 64).
 _FINE_TUNE = {"epoch_size": 60, "warmup_epochs": 10, "cooldown_epochs": 10, "warmup_lr": 1e-6,
               "crop_scale": [0.8, 1.0], "crop_pct": 1.0, "model_ema": False, "model_ema_decay": 0.9998}
 RECIPES = {
