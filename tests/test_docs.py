@@ -64,7 +64,8 @@ def test_no_figures_in_the_kernels_comments():
     """Measurements live in benchmarks/RESULTS.md, where their machine and date are; the C++ kernels'
     comments say what a choice is for, without the number (it would go stale there unseen)."""
     found = []
-    for path in sorted(glob.glob(os.path.join(REPO, "model", "csrc", "*")) + glob.glob(os.path.join(REPO, "src", "*", "csrc", "*"))):
+    sources = glob.glob("model/csrc/*", root_dir=REPO) + glob.glob("src/*/csrc/*", root_dir=REPO)
+    for path in sorted(os.path.join(REPO, s) for s in sources):
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 comment = line.split("//", 1)[1] if "//" in line else ""

@@ -562,7 +562,8 @@ def test_checker_finds_unknown_yaml_keys_and_references():
     assert yaml_problems("lr: 0.001\nepoch_size: 3") == []
     assert "not a config key" in yaml_problems("learning_rate: 0.001")[0]
     assert reference_problems("src.platform.fileio.atomic_output") == []
-    assert reference_problems("src.platform.fileio.atomic_writer") == ["src.platform.fileio.atomic_writer does not exist"]
+    assert reference_problems("src.platform.fileio.atomic_writer") == [
+        "src.platform.fileio.atomic_writer does not exist"]
     assert slug("Deploy: export and `infer.py`") == "deploy-export-and-inferpy"
     page = "see [training](docs/training.md#model-ema), [gone](docs/training.md#model-emas), [x](docs/nothing.md)"
     assert [p.split(": ", 1)[1] for p in link_problems("README.md", page)] == [

@@ -30,7 +30,8 @@ DERIVED = {"epochs": lambda cfg: cfg.epoch_size - cfg.cooldown_epochs,
 #: Official keys this port does not take, and why.
 NOT_APPLIED = {
     "dataset": "the dataset is dataset_choose itself",
-    "amp": "mixed precision is a GPU/Ascend setting here: amp_level stays O0, the CPU's (docs/training.md, 'Precision')",
+    "amp": "mixed precision is a GPU/Ascend setting here: amp_level stays O0, the CPU's "
+           "(docs/training.md, 'Precision')",
     "patience_epochs": "used only by timm's plateau schedule; the recipe's schedule is cosine",
     "sched": "cosine, the only schedule (src/train/optim.py)",
     "opt": "adamw, the only optimiser (src/train/optim.py)",
