@@ -89,7 +89,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_ends_with_
     assert "stopping after the current step" in first["stdout"]
     assert "saved resumable" in first["stdout"] and "--resume auto" in first["stdout"]
     meta = interrupted_run["meta_after_stop"]
-    assert meta["epoch"] == 1 and 5 <= meta["step_in_epoch"] < TRAIN_STEPS, meta
+    assert meta.epoch == 1 and 5 <= meta.step_in_epoch < TRAIN_STEPS, meta
     assert not [f for f in interrupted_run["files_after_stop"] if ".tmp" in f]
     # the epoch-1 files written before the signal were not touched by the interrupt (the resume
     # may then write a better best.ckpt)
@@ -101,7 +101,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_ends_with_
     with open(out / "metrics.csv") as f:
         epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
     assert epochs == list(range(1, TRAIN_EPOCHS + 1))
-    assert checkpoint_meta(out / "last.ckpt")["epoch"] == TRAIN_EPOCHS
+    assert checkpoint_meta(out / "last.ckpt").epoch == TRAIN_EPOCHS
     assert not temp_files(out)
 
     a, b = model_weights(trained_run["dir"] / "last.ckpt"), model_weights(out / "last.ckpt")
