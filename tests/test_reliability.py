@@ -96,7 +96,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_ends_with_
     assert interrupted_run["epoch1"] is not None and interrupted_run["epoch1_after_stop"] == interrupted_run["epoch1"]
 
     ok(second)
-    assert f"1 epoch(s) done + {meta['step_in_epoch']} step(s) of epoch 2" in second.stdout
+    assert f"1 epoch(s) done + {meta.step_in_epoch} step(s) of epoch 2" in second.stdout
     out = interrupted_run["dir"]
     with open(out / "metrics.csv") as f:
         epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]

@@ -43,8 +43,8 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
             images = np.concatenate([images, np.zeros((full - b,) + images.shape[1:], images.dtype)])
         logits = net(ms.Tensor(images)).asnumpy()[:b].astype(np.float64)
         y = labels.astype(np.int64)
-        lsm = _log_softmax(logits)
-        loss_sum += float(-lsm[np.arange(len(y)), y].sum())
+        log_probs = _log_softmax(logits)
+        loss_sum += float(-log_probs[np.arange(len(y)), y].sum())
         topk = np.argsort(-logits, axis=1)[:, :k]
         hit1 = topk[:, 0] == y
         correct1 += int(hit1.sum())

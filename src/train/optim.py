@@ -125,8 +125,8 @@ class AdamW(nn.Optimizer):
         eps_eff = self.eps * sqrt_bc2
         wd_scale = bc1 / sqrt_bc2
         weight_decays = tuple(w * wd_scale for w in self.wd_values)
-        update = ops.partial(_adamw, self.per_tensor_update, self.beta1, self.beta2, eps_eff, lr_eff)
-        return self.hyper_map(update, weight_decays, self._parameters, self.moments1, self.moments2, gradients)
+        return self.hyper_map(ops.partial(_adamw, self.per_tensor_update, self.beta1, self.beta2, eps_eff, lr_eff),
+                              weight_decays, self._parameters, self.moments1, self.moments2, gradients)
 
 
 def cosine_schedule(base_lr: float, min_lr: float, warmup_lr: float, warmup_epochs: float,
