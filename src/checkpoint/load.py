@@ -52,8 +52,8 @@ def _as_list(value):
 def _shown(value):
     """A topology value as written in a config file (``[2, 2, 2]``, ``64``; ratios without ``.0``)."""
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
-    return f"{value:g}"
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def inference_network(net, cfg, kernels=None):
