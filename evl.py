@@ -65,14 +65,14 @@ def evaluate_checkpoint(cfg, json_path):
     saved = meta.class_names
     check_val_classes(cfg, saved, cfg.checkpoint_path)
     try:
-        res = run_evaluation(cfg, net, meta, logger, device, rank, world)
+        results = run_evaluation(cfg, net, meta, logger, device, rank, world)
     except RuntimeError as exc:
         raise data_failure(exc) or exc
     if rank == 0:
         names, _ = model_class_names(cfg, cfg.num_classes, logger, saved)
-        print_results(res, names)
+        print_results(results, names)
         if json_path:
-            write_results(json_path, json_inputs, cfg, res, names)
+            write_results(json_path, json_inputs, cfg, results, names)
     return 0
 
 
@@ -96,30 +96,30 @@ def run_evaluation(cfg, net, meta, logger, device, rank, world):
                 f"val ({split_source(cfg, 'val')}) at {cfg.image_size}px, device {device}")
     graph_cache = open_graph_cache(cfg, "eval", logger, device, rank, world, data={"val": dataset_size(cfg, "val")})
     bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0, log_interval=cfg.log_interval)
-    res = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
+    results = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
     bar.close()
     log_decode_skips(logger, "during the evaluation")
     graph_cache.commit()
-    require_finite_outputs(res["loss"], cfg.checkpoint_path, f"mean loss on {split_source(cfg, 'val')}")
-    return res
+    require_finite_outputs(results["loss"], cfg.checkpoint_path, f"mean loss on {split_source(cfg, 'val')}")
+    return results
 
 
-def print_results(res, names):
-    print(f"accuracy:{{'acc': {res['top1']:.4f}}}")
-    print(f"top-5 accuracy: {res['top5']:.4f} | mean loss: {res['loss']:.4f} | images: {res['n']}")
+def print_results(results, names):
+    print(f"accuracy:{{'acc': {results['top1']:.4f}}}")
+    print(f"top-5 accuracy: {results['top5']:.4f} | mean loss: {results['loss']:.4f} | images: {results['n']}")
     print("per-class accuracy:")
-    for i, (acc, cnt) in enumerate(zip(res["per_class_acc"], res["per_class_count"])):
+    for i, (acc, cnt) in enumerate(zip(results["per_class_acc"], results["per_class_count"])):
         name = shown_name(names[i], quoted=False) if i < len(names) else str(i)
         print(f"  {i:3d} {name:<20s} {acc:.4f} ({cnt} images)" if cnt else
               f"  {i:3d} {name:<20s}   n/a  (0 images)")
 
 
-def write_results(json_path, json_inputs, cfg, res, names):
+def write_results(json_path, json_inputs, cfg, results, names):
     out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
-           "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": res["top1"],
-           "top5": res["top5"], "loss": res["loss"], "n": res["n"],
+           "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": results["top1"],
+           "top5": results["top5"], "loss": results["loss"], "n": results["n"],
            "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
-                         for i, a in enumerate(res["per_class_acc"])}}
+                         for i, a in enumerate(results["per_class_acc"])}}
     write_json(json_path, out, inputs=json_inputs)
 
 

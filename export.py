@@ -85,14 +85,16 @@ ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size ve
 def parse_options(argv):
     """export.py's command line: ``(cfg, ExportOptions)``; the batch is an int or :data:`DYNAMIC`."""
     cmd = parse_command_line(argv, OPTIONS, script="export.py")
-    o = cmd.options
-    given = {f"--{k}": getattr(o, k) for k in ("batch_size", "export_batch_size") if getattr(o, k) is not None}
+    options = cmd.options
+    given = {f"--{k}": getattr(options, k) for k in ("batch_size", "export_batch_size")
+             if getattr(options, k) is not None}
     values = {k: DYNAMIC if v.strip().lower() == DYNAMIC else int(v) for k, v in given.items()}
     if len(set(values.values())) > 1:
         raise ConfigError(f"command line: --batch_size {given['--batch_size']} and --export_batch_size "
                           f"{given['--export_batch_size']} disagree; give one of them")
-    batch = next(iter(values.values()), DYNAMIC if o.file_format == "ONNX" else 1)
-    return cmd.cfg, ExportOptions(o.file_name, o.file_format, batch, o.verify, o.features_only)
+    batch = next(iter(values.values()), DYNAMIC if options.file_format == "ONNX" else 1)
+    return cmd.cfg, ExportOptions(options.file_name, options.file_format, batch, options.verify,
+                                  options.features_only)
 
 
 def main(argv=None):

@@ -201,18 +201,18 @@ def build_training(run: RunContext, val_ds, steps_per_epoch) -> TrainingSetup:
     lr_per_step = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size,
                                   steps_per_epoch, cfg.cooldown_epochs)
     scale = cfg.loss_scale if cfg.loss_scale_type == "fixed" else 1.0
-    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lr_per_step),
-                weight_decay=cfg.weight_decay, loss_scale=scale, cpu_kernel=kernels)
-    step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
+    optimizer = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lr_per_step),
+                      weight_decay=cfg.weight_decay, loss_scale=scale, cpu_kernel=kernels)
+    step_cell = build_train_step(net, optimizer, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
     draws = DropPathDraws(net, cfg.batch_size, cfg.seed, run.rank)
     ema_net = None
     if cfg.model_ema:   # timm's ModelEmaV2, from the initial (pretrained) weights, updated inside the step
         ema_net = apply_amp(ema_network(net, lambda: build_model(cfg)), cfg.amp_level)
         step_cell = TrainStepWithEma(step_cell, ModelEma(net, ema_net, cfg.model_ema_decay))
         logger.info(f"model EMA: decay {cfg.model_ema_decay:g}, updated after every step, evaluated each epoch")
-    return TrainingSetup(val_ds, steps_per_epoch, net, step_cell, opt, lr_per_step, draws, ema_net=ema_net,
-                 eval_net=inference_network(net, cfg),
-                 ema_eval_net=None if ema_net is None else inference_network(ema_net, cfg))
+    return TrainingSetup(val_ds, steps_per_epoch, net, step_cell, optimizer, lr_per_step, draws, ema_net=ema_net,
+                         eval_net=inference_network(net, cfg),
+                         ema_eval_net=None if ema_net is None else inference_network(ema_net, cfg))
 
 
 def resume(run: RunContext, setup: TrainingSetup):
@@ -335,11 +335,11 @@ def validate(run: RunContext, setup: TrainingSetup, row) -> Tuple[str, float]:
     for prefix, net, label in (("", setup.eval_net, "val"), ("ema_", setup.ema_eval_net, "EMA")):
         if net is None:
             continue
-        res = evaluate(net, setup.val_ds, run.cfg.num_classes, run.reduce_fn)
-        row.update({f"{prefix}val_loss": f"{res['loss']:.5f}", f"{prefix}val_top1": f"{res['top1']:.4f}",
-                    f"{prefix}val_top5": f"{res['top5']:.4f}"})
-        text += f" | {label} top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} loss {res['loss']:.4f}"
-        top1 = res["top1"]
+        result = evaluate(net, setup.val_ds, run.cfg.num_classes, run.reduce_fn)
+        row.update({f"{prefix}val_loss": f"{result['loss']:.5f}", f"{prefix}val_top1": f"{result['top1']:.4f}",
+                    f"{prefix}val_top5": f"{result['top5']:.4f}"})
+        text += f" | {label} top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"
+        top1 = result["top1"]
     return text, top1
 
 
