@@ -567,3 +567,83 @@ def test_settings_that_run_mindspores_own_convolutions_keep_the_cap():
     assert not uses_only_conv_kernel(cpu_kernels_on=False)
     assert not uses_only_conv_kernel(amp_level="O2")          # float16 convolutions are MindSpore's
     assert not uses_only_conv_kernel(device_target="GPU")
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads
+
+#: Calls every kernel of the library at sys.argv[1] through ctypes (its MindSpore calling
+#: convention: inputs then outputs) on fixed inputs large enough to be split over the worker pool,
+#: and saves every output to sys.argv[2].
+_EVERY_KERNEL = r'''
+import ctypes, sys
+import numpy as np
+lib = ctypes.CDLL(sys.argv[1])
+rng = np.random.default_rng(0)
+out = {}
+
+def call(name, *arrays):
+    n = len(arrays)
+    shapes = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
+    status = getattr(lib, name)(n, (ctypes.c_void_p * n)(*[a.ctypes.data for a in arrays]),
+                                (ctypes.c_int * n)(*[a.ndim for a in arrays]),
+                                (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
+                                                                      for s in shapes]), None, None, None)
+    assert status == 0, name
+    call.count += 1
+    for i, a in enumerate(arrays):
+        out[f"{call.count}:{name}:{i}"] = a.copy()
+
+
+call.count = 0
+
+def f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+x, dy = f32(16, 16, 16, 96), f32(16, 16, 16, 96)
+g, b, eps = f32(96), f32(96), np.array([1e-5], np.float32)
+y, mean, rstd = np.empty_like(x), np.empty(x.shape[:-1], np.float32), np.empty(x.shape[:-1], np.float32)
+call("LayerNormForward", x, g, b, eps, y, mean, rstd)
+call("LayerNormBackward", dy, x, g, mean, rstd, np.empty_like(x), np.empty_like(g), np.empty_like(g))
+call("GeluForward", x, np.empty_like(x))
+call("GeluBackward", dy, x, np.empty_like(x))
+odd = f32(3001, 37)   # an element count that is not a multiple of a vector
+call("GeluForward", odd, np.empty_like(odd))
+call("GeluBackward", odd[::-1].copy(), odd, np.empty_like(odd))
+call("BiasAddForward", x, b, np.empty_like(x))
+call("BiasAddBackward", dy, np.empty_like(b))
+call("ScaleSamples", x, f32(16), np.empty_like(x))
+w = f32(96, 1, 3, 3)
+call("DepthwiseConvForward", x, w, np.empty_like(x))
+call("DepthwiseConvBackwardInput", dy, w, np.empty_like(x))
+call("DepthwiseConvBackwardWeight", dy, x, w, np.empty_like(w))
+xc, dyc, gc, bc = f32(16, 48, 20, 20), f32(16, 48, 20, 20), f32(48), f32(48)
+yc, mc, rc, vc = np.empty_like(xc), np.empty_like(gc), np.empty_like(gc), np.empty_like(gc)
+call("BatchNormReluForward", xc, gc, bc, eps, yc, mc, rc, vc)
+call("BatchNormReluBackward", dyc, yc, xc, gc, mc, rc, np.empty_like(xc), np.empty_like(gc), np.empty_like(gc))
+call("BatchNormReluInference", xc, gc, bc, mc, np.abs(vc) + 0.5, eps, np.empty_like(xc))
+pooled, arg = np.empty((16, 48, 10, 10), np.float32), np.empty((16, 48, 10, 10), np.int32)
+call("MaxPoolForward", np.maximum(xc, 0), np.array([3, 2, 1], np.int32), pooled, arg)
+call("MaxPoolBackward", f32(16, 48, 10, 10), arg, xc, np.empty_like(xc))
+np.savez(sys.argv[2], **out)
+'''
+
+
+def test_every_kernel_gives_the_same_bits_whatever_the_number_of_threads(tmp_path):
+    """The kernels split their work over a pool of $CONVMLP_CONV_THREADS threads (default: the
+    cores); every output, the reductions over rows and images included (LayerNorm's and the biases'
+    parameter gradients, BatchNorm's statistics, the depthwise weight gradient), is the same bit for
+    bit with one thread and with three."""
+    library = cpu_kernels.build.library_path()
+    results = {}
+    for threads in ("1", "3"):
+        path = tmp_path / f"threads{threads}.npz"
+        proc = subprocess.run([sys.executable, "-c", _EVERY_KERNEL, library, str(path)], cwd=REPO, text=True,
+                              env={**os.environ, "CONVMLP_CONV_THREADS": threads}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=300)
+        assert proc.returncode == 0, proc.stdout
+        with np.load(path) as saved:
+            results[threads] = dict(saved)
+    assert len(results["1"]) == 75 and results["1"].keys() == results["3"].keys()
+    for key, one in results["1"].items():
+        np.testing.assert_array_equal(results["3"][key], one, err_msg=key)

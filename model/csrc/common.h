@@ -4,9 +4,16 @@
 
 #include <sched.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 namespace convmlp {
 
@@ -16,6 +23,154 @@ inline int CoresAvailable() {
   if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
   const unsigned n = std::thread::hardware_concurrency();
   return n > 0 ? static_cast<int>(n) : 1;
+}
+
+// Threads of a library's kernels: $CONVMLP_CONV_THREADS, else the cores this process may use.
+inline int UsableCores() {
+  if (const char *env = std::getenv("CONVMLP_CONV_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  return CoresAvailable();
+}
+
+// A fixed pool of worker threads: parallel_for(n, fn) runs fn(i, n) for every i in [0, n) on the
+// workers and the calling thread and returns when all are done. Which thread runs which i is left
+// to timing, so a result must depend on i alone (a reduction splits into fixed parts, one per i,
+// combined by the caller in the order of i). One job at a time; a job started from inside a job
+// runs on the calling thread.
+class WorkerPool {
+ public:
+  explicit WorkerPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto &w : workers_) w.join();
+  }
+  int threads() const { return threads_; }
+  bool inside() const { return inside_; }
+  void parallel_for(int n, const std::function<void(int, int)> &fn) {
+    if (n <= 0) return;
+    if (threads_ == 1 || n == 1 || inside_) {
+      for (int i = 0; i < n; ++i) fn(i, n);
+      return;
+    }
+    std::lock_guard<std::mutex> serial(submit_);  // one job at a time
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &fn;
+      n_ = n;
+      next_.store(0);
+      done_.store(0);
+      ++generation_;
+    }
+    wake_.notify_all();
+    Run(&fn, n);
+    std::unique_lock<std::mutex> lock(mutex_);
+    // every index done and every worker that joined this job out of it: only then may the
+    // next job reset the shared counters
+    finished_.wait(lock, [&] { return done_.load() == n && active_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void Run(const std::function<void(int, int)> *job, int n) {
+    inside_ = true;
+    for (int i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) {
+      (*job)(i, n);
+      done_.fetch_add(1);
+    }
+    inside_ = false;
+  }
+  void Work() {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int, int)> *job;
+      int n;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        if (job_ == nullptr) continue;  // woke after that job ended
+        job = job_;
+        n = n_;
+        ++active_;
+      }
+      Run(job, n);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --active_;
+      }
+      finished_.notify_all();
+    }
+  }
+
+  const int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_, submit_;
+  std::condition_variable wake_, finished_;
+  const std::function<void(int, int)> *job_ = nullptr;
+  int n_ = 0;
+  int active_ = 0;
+  std::atomic<int> next_{0}, done_{0};
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  static inline thread_local bool inside_ = false;
+};
+
+// The pool of this library's kernels (one per shared library), sized by UsableCores(). Never
+// destroyed: joining workers from a static destructor at process exit could wait on a thread
+// MindSpore is still tearing down; the OS ends them with the process.
+inline WorkerPool &Workers() {
+  static WorkerPool *pool = new WorkerPool(UsableCores());
+  return *pool;
+}
+
+// Below this many elements of work a kernel runs on the calling thread (waking a worker costs
+// more than it saves).
+constexpr int64_t kParallelGrain = int64_t(1) << 15;
+
+// fn(begin, end) over [0, n) in contiguous chunks, for items that are independent of each other,
+// `per_item` elements of work each. The chunks depend on n, per_item and `align` alone (at least
+// kParallelGrain elements of work each, at most kMaxChunks, their bounds multiples of `align`
+// items), not on the threads; element-wise loops pass align 16 (a vector of floats), so that a loop
+// vectorised with a scalar remainder (erff, expf) treats every element the same way with any number
+// of threads. On the calling thread, in order, when the pool has one thread. The kernels' loops
+// over a chunk are functions that are never inlined: one compiled copy of each, whichever path
+// (pool or calling thread) runs the chunk.
+constexpr int64_t kMaxChunks = 64;
+
+template <typename F>
+inline void ParallelRange(int64_t n, int64_t per_item, F fn, int64_t align = 1) {
+  if (n <= 0) return;
+  const int64_t work = n * std::max<int64_t>(per_item, 1);
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>({(n + align - 1) / align, kMaxChunks, work / kParallelGrain}));
+  auto bound = [n, chunks, align](int64_t i) { return i == chunks ? n : n * i / chunks / align * align; };
+  if (chunks == 1) {
+    fn(int64_t(0), n);
+    return;
+  }
+  if (Workers().threads() == 1) {
+    for (int64_t i = 0; i < chunks; ++i) fn(bound(i), bound(i + 1));
+    return;
+  }
+  Workers().parallel_for(static_cast<int>(chunks), [&](int i, int) { fn(bound(i), bound(i + 1)); });
+}
+
+// fn(begin, end) over the columns [0, c) of a (rows, c) row-major array, in chunks of whole
+// 16-column groups (full vectors): for per-column reductions over the rows, each column's result
+// computed by one thread in the order of the rows, the same whatever the split.
+template <typename F>
+inline void ParallelColumns(int64_t c, int64_t rows, F fn) {
+  const int64_t groups = (c + 15) / 16;
+  ParallelRange(groups, 16 * rows, [&](int64_t g0, int64_t g1) { fn(16 * g0, std::min(c, 16 * g1)); });
 }
 
 constexpr float kInvSqrt2 = 0.70710678118654752440f;

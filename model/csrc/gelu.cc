@@ -4,11 +4,32 @@
 //
 // This file is compiled with -ffast-math (but linked without it, so the process's floating-point
 // mode is not touched): with it glibc >= 2.35 lets GCC vectorise erff/expf through libmvec's
-// SIMD variants; with an older C library the same loops call the scalar functions.
+// SIMD variants; with an older C library the same loops call the scalar functions. The elements
+// are split over the library's worker pool (common.h).
 #include <cmath>
 #include <cstdint>
 
 #include "common.h"
+
+namespace {
+
+// The element-wise loops are never inlined: one compiled copy of each (one split into full vectors,
+// shorter vectors and scalar erff/expf calls for a given range), whichever path calls it, so that
+// a chunk gives the same bits on the pool or on the calling thread.
+
+__attribute__((noinline))
+void GeluRange(const float *x, int64_t lo, int64_t hi, float *y) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) y[i] = convmlp::Gelu(x[i]);
+}
+
+__attribute__((noinline))
+void GeluGradRange(const float *dy, const float *x, int64_t lo, int64_t hi, float *dx) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) dx[i] = dy[i] * convmlp::GeluGrad(x[i]);
+}
+
+}  // namespace
 
 // Inputs: x. Outputs: y (same shape).
 extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -17,8 +38,7 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = convmlp::Numel(ndims[0], shapes[0]);
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = convmlp::Gelu(x[i]);
+  convmlp::ParallelRange(n, 4, [=](int64_t lo, int64_t hi) { GeluRange(x, lo, hi, y); }, 16);
   return 0;
 }
 
@@ -30,7 +50,6 @@ extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **sha
   const float *x = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = convmlp::Numel(ndims[1], shapes[1]);
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * convmlp::GeluGrad(x[i]);
+  convmlp::ParallelRange(n, 6, [=](int64_t lo, int64_t hi) { GeluGradRange(dy, x, lo, hi, dx); }, 16);
   return 0;
 }
