@@ -2,135 +2,20 @@
 #ifndef CONVMLP_CSRC_COMMON_H_
 #define CONVMLP_CSRC_COMMON_H_
 
-#include <sched.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <cstdlib>
-#include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
 
 namespace convmlp {
 
-// Cores this process may run on (its CPU affinity), at least 1.
-inline int CoresAvailable() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
-}
-
-// Threads of a library's kernels: $CONVMLP_CONV_THREADS, else the cores this process may use.
-inline int UsableCores() {
-  if (const char *env = std::getenv("CONVMLP_CONV_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  return CoresAvailable();
-}
-
-// A fixed pool of worker threads: parallel_for(n, fn) runs fn(i, n) for every i in [0, n) on the
-// workers and the calling thread and returns when all are done. Which thread runs which i is left
-// to timing, so a result must depend on i alone (a reduction splits into fixed parts, one per i,
-// combined by the caller in the order of i). One job at a time; a job started from inside a job
-// runs on the calling thread.
-class WorkerPool {
- public:
-  explicit WorkerPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
-  }
-  ~WorkerPool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (auto &w : workers_) w.join();
-  }
-  int threads() const { return threads_; }
-  bool inside() const { return inside_; }
-  void parallel_for(int n, const std::function<void(int, int)> &fn) {
-    if (n <= 0) return;
-    if (threads_ == 1 || n == 1 || inside_) {
-      for (int i = 0; i < n; ++i) fn(i, n);
-      return;
-    }
-    std::lock_guard<std::mutex> serial(submit_);  // one job at a time
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &fn;
-      n_ = n;
-      next_.store(0);
-      done_.store(0);
-      ++generation_;
-    }
-    wake_.notify_all();
-    Run(&fn, n);
-    std::unique_lock<std::mutex> lock(mutex_);
-    // every index done and every worker that joined this job out of it: only then may the
-    // next job reset the shared counters
-    finished_.wait(lock, [&] { return done_.load() == n && active_ == 0; });
-    job_ = nullptr;
-  }
-
- private:
-  void Run(const std::function<void(int, int)> *job, int n) {
-    inside_ = true;
-    for (int i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) {
-      (*job)(i, n);
-      done_.fetch_add(1);
-    }
-    inside_ = false;
-  }
-  void Work() {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(int, int)> *job;
-      int n;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        if (job_ == nullptr) continue;  // woke after that job ended
-        job = job_;
-        n = n_;
-        ++active_;
-      }
-      Run(job, n);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        --active_;
-      }
-      finished_.notify_all();
-    }
-  }
-
-  const int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mutex_, submit_;
-  std::condition_variable wake_, finished_;
-  const std::function<void(int, int)> *job_ = nullptr;
-  int n_ = 0;
-  int active_ = 0;
-  std::atomic<int> next_{0}, done_{0};
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  static inline thread_local bool inside_ = false;
-};
-
-// The pool of this library's kernels (one per shared library), sized by UsableCores(). Never
-// destroyed: joining workers from a static destructor at process exit could wait on a thread
-// MindSpore is still tearing down; the OS ends them with the process.
-inline WorkerPool &Workers() {
-  static WorkerPool *pool = new WorkerPool(UsableCores());
-  return *pool;
-}
+// The worker pool of the library (pool.cc, compiled into each library that uses it): a fixed set
+// of $CONVMLP_CONV_THREADS threads (default: the cores this process may use). PoolRun(n, task, ctx)
+// runs task(ctx, i) for every i in [0, n) on the workers and the calling thread and returns when
+// all are done; which thread runs which i is left to timing, so a result must depend on i alone.
+// One job at a time; a job started from inside a job runs on the calling thread.
+int PoolThreads();
+bool PoolInside();
+void PoolRun(int n, void (*task)(void *ctx, int i), void *ctx);
 
 // Below this many elements of work a kernel runs on the calling thread (waking a worker costs
 // more than it saves).
@@ -157,11 +42,12 @@ inline void ParallelRange(int64_t n, int64_t per_item, F fn, int64_t align = 1) 
     fn(int64_t(0), n);
     return;
   }
-  if (Workers().threads() == 1) {
+  if (PoolThreads() == 1) {
     for (int64_t i = 0; i < chunks; ++i) fn(bound(i), bound(i + 1));
     return;
   }
-  Workers().parallel_for(static_cast<int>(chunks), [&](int i, int) { fn(bound(i), bound(i + 1)); });
+  auto body = [&](int i) { fn(bound(i), bound(i + 1)); };
+  PoolRun(static_cast<int>(chunks), [](void *ctx, int i) { (*static_cast<decltype(body) *>(ctx))(i); }, &body);
 }
 
 // fn(begin, end) over the columns [0, c) of a (rows, c) row-major array, in chunks of whole

@@ -33,22 +33,24 @@
 
 namespace convmlp {
 
-// oneDNN's threadpool interface over the library's WorkerPool (common.h).
+// oneDNN's threadpool interface over the library's worker pool (common.h, pool.cc).
 class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
  public:
-  explicit ThreadPool(WorkerPool *pool) : pool_(pool) {}
-  int get_num_threads() const override { return pool_->threads(); }
-  bool get_in_parallel() const override { return pool_->inside(); }
+  int get_num_threads() const override { return PoolThreads(); }
+  bool get_in_parallel() const override { return PoolInside(); }
   uint64_t get_flags() const override { return 0; }  // synchronous
   void wait() override {}
-  void parallel_for(int n, const std::function<void(int, int)> &fn) override { pool_->parallel_for(n, fn); }
-
- private:
-  WorkerPool *pool_;
+  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
+    struct Call {
+      const std::function<void(int, int)> *fn;
+      int n;
+    } call{&fn, n};
+    PoolRun(n, [](void *ctx, int i) { (*static_cast<Call *>(ctx)->fn)(i, static_cast<Call *>(ctx)->n); }, &call);
+  }
 };
 
 inline ThreadPool &Pool() {
-  static ThreadPool *pool = new ThreadPool(&Workers());  // never destroyed (see Workers())
+  static ThreadPool *pool = new ThreadPool();  // never destroyed (see pool.cc)
   return *pool;
 }
 
