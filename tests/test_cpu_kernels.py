@@ -176,8 +176,9 @@ def _tiny_model(seed):
 
 
 #: what apply_cpu_kernels makes of each plain cell of the model (a ReLU after a BatchNorm is fused
-#: into the BatchNorm kernel cell and becomes an Identity)
-SWAPS = {"LayerNorm": "LayerNorm", "GELU": "GELU", "Dense": "Dense", "MaxPool2d": "MaxPool2d", "Conv2d": "Conv2d",
+#: into the BatchNorm kernel cell, the GELU of a channel MLP into its first Dense kernel cell: each
+#: becomes an Identity)
+SWAPS = {"LayerNorm": "LayerNorm", "GELU": "Identity", "Dense": "Dense", "MaxPool2d": "MaxPool2d", "Conv2d": "Conv2d",
          "BatchNorm2d": "BatchNorm2d", "ReLU": "Identity", "ChannelsLastDepthwise": "DepthwiseNHWC",
          "DropPath": "DropPath"}
 
@@ -190,7 +191,8 @@ def test_apply_cpu_kernels_swaps_exactly_the_cells_it_implements_keeping_the_par
     before = {name: type(cell) for name, cell in net.cells_and_names()}
     params = [(id(p), p.name) for p in net.get_parameters()]
     assert cpu_kernels.apply_cpu_kernels(net) is net
-    after = {name: type(cell) for name, cell in net.cells_and_names() if not name.endswith(".relu")}
+    # (the fused cells' own ReLU / GELU children: their fallback for float16 input)
+    after = {name: type(cell) for name, cell in net.cells_and_names() if not name.endswith((".relu", ".gelu"))}
     assert [(id(p), p.name) for p in net.get_parameters()] == params   # the same objects, names
     assert set(after) == set(before)
     swapped = {}
@@ -204,10 +206,13 @@ def test_apply_cpu_kernels_swaps_exactly_the_cells_it_implements_keeping_the_par
         assert new.__module__ == ("mindspore.nn.layer.basic" if new.__name__ == "Identity"
                                   else "model.cpu_kernels.layers"), name
         swapped[new.__name__] = swapped.get(new.__name__, 0) + 1
-    # 4 blocks: 3 LayerNorms, 2 MLPs (2 Dense, 1 GELU), 1 depthwise each; 6 conv-BN-ReLU + 3 other
-    # convolutions; the one block with drop path rate > 0; the head's LayerNorm and Dense
-    assert swapped == {"LayerNorm": 13, "GELU": 8, "Dense": 17, "MaxPool2d": 1, "Conv2d": 9, "BatchNorm2d": 6,
-                       "Identity": 6, "DepthwiseNHWC": 4, "DropPath": 1}
+    # 4 blocks: 3 LayerNorms, 2 MLPs (2 Dense, the first with the GELU), 1 depthwise each; 6
+    # conv-BN-ReLU + 3 other convolutions; the one block with drop path rate > 0; the head's
+    # LayerNorm and Dense
+    assert swapped == {"LayerNorm": 13, "Dense": 17, "MaxPool2d": 1, "Conv2d": 9, "BatchNorm2d": 6,
+                       "Identity": 6 + 8, "DepthwiseNHWC": 4, "DropPath": 1}
+    mlp = net.stages[0].blocks[0].channel_mlp1
+    assert mlp.fc1.fuse_gelu and not mlp.fc2.fuse_gelu and type(mlp.act) is nn.Identity
 
 
 def test_applying_the_kernels_draws_nothing_from_the_random_state():
@@ -343,6 +348,39 @@ def test_dense_matches_mindspore_dense_and_sums_the_bias_gradient_exactly(shape)
     # the bias gradient is the row sum of dy: compare with a float64 sum
     np.testing.assert_allclose(db, dy.reshape(-1, cout).astype(np.float64).sum(0), rtol=1e-6, atol=1e-5)
     assert not Dense(4, 4, has_bias=False).use_kernel
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 128), (7, 33), (600, 64)])
+def test_dense_fused_with_the_following_gelu_matches_dense_then_gelu_in_float64(shape):
+    """A channel MLP's fc1 and its GELU as one kernel cell (bias and GELU in one pass, the bias
+    gradient summed in the same pass): the float64 function and gradients, and exactly the bias
+    gradient the separate bias kernel sums from the same input gradient."""
+    from model.cpu_kernels import Dense
+    cin, cout = shape[-1], 2 * shape[-1] + 3
+    cell = Dense(cin, cout, fuse_gelu=True)
+    assert cell.use_kernel
+    cell.weight.set_data(ms.Tensor(rand(cout, cin, scale=0.2, seed=15)))
+    cell.bias.set_data(ms.Tensor(rand(cout, seed=16)))
+    x, dy = rand(*shape, seed=17), rand(*shape[:-1], cout, seed=18)
+    y, dx, (dw, db) = grads(cell, x, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(cell.weight.asnumpy(), dtype=torch.float64, requires_grad=True)
+    bt = torch.tensor(cell.bias.asnumpy(), dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.gelu(torch.nn.functional.linear(xt, wt, bt))
+    (yt * torch.tensor(dy, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    # the same bias gradient as the plain Dense kernel given this input gradient, bit for bit
+    plain = Dense(cin, cout)
+    plain.weight.set_data(cell.weight.value())
+    plain.bias.set_data(cell.bias.value())
+    pre = plain(ms.Tensor(x)).asnumpy().astype(np.float64)
+    dpre = (dy * (0.5 * (1 + torch.erf(torch.tensor(pre) / math.sqrt(2))).numpy()
+                  + pre * np.exp(-0.5 * pre ** 2) / math.sqrt(2 * math.pi))).astype(np.float32)
+    _, _, (_, db_plain) = grads(plain, x, dpre)
+    np.testing.assert_allclose(db, db_plain, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -612,6 +650,8 @@ call("GeluForward", odd, np.empty_like(odd))
 call("GeluBackward", odd[::-1].copy(), odd, np.empty_like(odd))
 call("BiasAddForward", x, b, np.empty_like(x))
 call("BiasAddBackward", dy, np.empty_like(b))
+call("BiasGeluForward", x, b, np.empty_like(x))
+call("BiasGeluBackward", dy, x, b, np.empty_like(x), np.empty_like(b))
 call("ScaleSamples", x, f32(16), np.empty_like(x))
 w = f32(96, 1, 3, 3)
 call("DepthwiseConvForward", x, w, np.empty_like(x))
@@ -644,6 +684,6 @@ def test_every_kernel_gives_the_same_bits_whatever_the_number_of_threads(tmp_pat
         assert proc.returncode == 0, proc.stdout
         with np.load(path) as saved:
             results[threads] = dict(saved)
-    assert len(results["1"]) == 75 and results["1"].keys() == results["3"].keys()
+    assert len(results["1"]) == 83 and results["1"].keys() == results["3"].keys()
     for key, one in results["1"].items():
         np.testing.assert_array_equal(results["3"][key], one, err_msg=key)

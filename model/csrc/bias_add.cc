@@ -53,14 +53,18 @@ void AddBlocks(const float *parts, int64_t blocks, int64_t c, int64_t i0, int64_
 
 // db = the column sums of the (rows, c) array g: float sums of blocks of kBlock rows (the blocks
 // on the pool), added into double in the order of the blocks: the same bits whatever the threads.
-void ColumnSums(const float *dy, int64_t rows, int64_t c, float *db) {
+// With x and b given, each block's rows of g are first written as dy * GELU'(x + b).
+void ColumnSums(const float *dy, int64_t rows, int64_t c, float *db, const float *x = nullptr,
+                const float *b = nullptr, float *g = nullptr) {
   const int64_t blocks = (rows + kBlock - 1) / kBlock;
   std::vector<float> parts(blocks * c);
   float *pp = parts.data();
-  convmlp::ParallelRange(blocks, kBlock * c, [=](int64_t k0, int64_t k1) {
+  const float *grad = x != nullptr ? g : dy;
+  convmlp::ParallelRange(blocks, kBlock * c * (x != nullptr ? 4 : 1), [=](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * kBlock, r1 = std::min(rows, r0 + kBlock);
-      SumRows(dy, c, r0, r1, pp + k * c);
+      if (x != nullptr) convmlp::BiasGeluGradBlock(dy, x, b, c, r0, r1, 0, c, g);
+      SumRows(grad, c, r0, r1, pp + k * c);
     }
   });
   convmlp::ParallelColumns(c, blocks, [=](int64_t i0, int64_t i1) { AddBlocks(pp, blocks, c, i0, i1, db); });
@@ -93,5 +97,24 @@ extern "C" int BiasAddBackward(int nparam, void **params, int *ndims, int64_t **
   if (c == 0) return 0;
   const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   ColumnSums(dy, rows, c, db);
+  return 0;
+}
+
+// The gradients of BiasGeluForward (gelu.cc). Inputs: dy (..., C), x (..., C), bias (C).
+// Outputs: dx (..., C) = dy * GELU'(x + bias), dbias (C) = the sum of dx over every axis but the
+// last (as BiasAddBackward sums it), each block of rows summed while it is in cache.
+extern "C" int BiasGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                void *stream, void *extra) {
+  if (nparam != 5 || ndims[0] < 1 || ndims[2] != 1) return 1;
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  float *dx = static_cast<float *>(params[3]);
+  float *db = static_cast<float *>(params[4]);
+  const int64_t c = shapes[0][ndims[0] - 1];
+  if (c != shapes[2][0]) return 1;
+  if (c == 0) return 0;
+  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
+  ColumnSums(dy, rows, c, db, x, b, dx);
   return 0;
 }

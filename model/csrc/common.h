@@ -71,6 +71,11 @@ inline float GeluGrad(float v) {
   return 0.5f * (1.0f + erff(v * kInvSqrt2)) + v * kInvSqrt2Pi * expf(-0.5f * v * v);
 }
 
+// dz = dy * GELU'(x + b) for the rows [r0, r1) and the columns [i0, i1) of (rows, c) arrays
+// (gelu.cc, compiled with -ffast-math for libmvec's erff/expf).
+void BiasGeluGradBlock(const float *dy, const float *x, const float *b, int64_t c, int64_t r0, int64_t r1, int64_t i0,
+                       int64_t i1, float *dz);
+
 // The depthwise weight (C, 1, K, K) (a grouped Conv2d's layout) as taps-major (K*K, C) in `taps`,
 // so that the loops over channels, innermost, read it contiguously.
 inline void DepthwiseTaps(const float *wt, int64_t c, int64_t k, float *taps) {

@@ -29,7 +29,31 @@ void GeluGradRange(const float *dy, const float *x, int64_t lo, int64_t hi, floa
   for (int64_t i = lo; i < hi; ++i) dx[i] = dy[i] * convmlp::GeluGrad(x[i]);
 }
 
+__attribute__((noinline))
+void BiasGeluRows(const float *x, const float *b, int64_t c, int64_t r0, int64_t r1, float *y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float *xr = x + r * c;
+    float *yr = y + r * c;
+#pragma omp simd
+    for (int64_t i = 0; i < c; ++i) yr[i] = convmlp::Gelu(xr[i] + b[i]);
+  }
+}
+
 }  // namespace
+
+namespace convmlp {
+
+void BiasGeluGradBlock(const float *dy, const float *x, const float *b, int64_t c, int64_t r0, int64_t r1, int64_t i0,
+                       int64_t i1, float *dz) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float *dyr = dy + r * c, *xr = x + r * c;
+    float *dzr = dz + r * c;
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) dzr[i] = dyr[i] * GeluGrad(xr[i] + b[i]);
+  }
+}
+
+}  // namespace convmlp
 
 // Inputs: x. Outputs: y (same shape).
 extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -39,6 +63,23 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
   float *y = static_cast<float *>(params[1]);
   const int64_t n = convmlp::Numel(ndims[0], shapes[0]);
   convmlp::ParallelRange(n, 4, [=](int64_t lo, int64_t hi) { GeluRange(x, lo, hi, y); }, 16);
+  return 0;
+}
+
+// The bias of the Dense layer before the GELU, in the same pass (ConvMLP's channel MLPs: fc1's
+// product, then this). Inputs: x (..., C), bias (C). Output: y = GELU(x + bias). The sum is rounded
+// to float as the separate bias kernel rounds it; the backward (bias_add.cc) adds it again.
+extern "C" int BiasGeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                               void *stream, void *extra) {
+  if (nparam != 3 || ndims[0] < 1 || ndims[1] != 1) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *b = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t c = shapes[0][ndims[0] - 1];
+  if (c != shapes[1][0]) return 1;
+  if (c == 0) return 0;
+  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
+  convmlp::ParallelRange(rows, 4 * c, [=](int64_t r0, int64_t r1) { BiasGeluRows(x, b, c, r0, r1, y); });
   return 0;
 }
 
