@@ -4,7 +4,8 @@ pipeline (src.data.pipeline.create_dataset on MindSpore's dataset engine) agains
 
     python benchmarks/bench_imagefolder.py --torch-python ~/tv-venv/bin/python [--workers 2] [--isa avx2]
 
-Both sides: decode (Pillow, RGB), RandomResizedCrop(224, scale (0.8, 1), ratio (3/4, 4/3), bicubic),
+Both sides: decode (Pillow, RGB), RandomResizedCrop(224, scale --crop-scale (0.8, 1: the fine-tuning recipe;
+0.08, 1: ImageNet's), ratio (3/4, 4/3), bicubic),
 horizontal flip 0.5, RandAugment as the recipe applies it (two ops, each applied with probability
 0.5, one of the 14 ops at magnitude 9 of 10: torchvision ``RandomApply([RandAugment(num_ops=1,
 magnitude=9, num_magnitude_bins=11)], p=0.5)`` twice; here ``rand-m9-inc1``, magnitude fixed),
@@ -70,10 +71,11 @@ import json, sys, time
 import torch
 from torchvision import datasets, transforms as T
 root, size, workers, batch, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+scale = tuple(float(v) for v in sys.argv[6].split(","))
 mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 aug = [T.RandomApply([T.RandAugment(num_ops=1, magnitude=9, num_magnitude_bins=11,
                                     fill=[round(255 * m) for m in mean])], p=0.5) for _ in range(2)]
-tf = T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3),
+tf = T.Compose([T.RandomResizedCrop(size, scale=scale, ratio=(3 / 4, 4 / 3),
                                     interpolation=T.InterpolationMode.BICUBIC),
                 T.RandomHorizontalFlip(0.5), *aug, T.ToTensor(), T.Normalize(mean, std)])
 loader = torch.utils.data.DataLoader(datasets.ImageFolder(root, transform=tf), batch_size=batch, shuffle=True,
@@ -138,7 +140,7 @@ def _ours_rate(root, args):
     from src.data.pipeline import create_dataset
     cfg = load_config(["--dataset_choose", "imagefolder", "--train_data_path", root, "--val_data_path", root,
         "--image_size", str(args.size), "--batch_size", str(args.batch), "--num_parallel_workers",
-        str(args.workers), "--crop_scale", "0.8,1", "--hflip", "0.5", "--aa", "rand-m9-inc1",
+        str(args.workers), "--crop_scale", args.crop_scale, "--hflip", "0.5", "--aa", "rand-m9-inc1",
         "--mixup", "0", "--cutmix", "0", "--reprob", "0"])
     it = create_dataset(cfg, "train").create_tuple_iterator(num_epochs=1, output_numpy=True)
     next(it)
@@ -164,13 +166,13 @@ def ours(root, args):
     """Images/s of this repository's pipeline, in a new process (with --isa's environment)."""
     return _side([sys.executable, os.path.abspath(__file__), "--ours-in", root, "--source", args.source,
                   "--size", str(args.size), "--workers", str(args.workers), "--batch", str(args.batch),
-                  "--seconds", str(args.seconds)], "ours", args)
+                  "--seconds", str(args.seconds), "--crop-scale", args.crop_scale], "ours", args)
 
 
 def theirs(root, args):
     """Images/s of torchvision's ImageFolder + DataLoader (run by --torch-python), or None."""
     return _side([args.torch_python, "-c", _TORCH_SIDE, root, str(args.size), str(args.workers),
-                  str(args.batch), str(args.seconds)], "torchvision", args)
+                  str(args.batch), str(args.seconds), args.crop_scale], "torchvision", args)
 
 
 def has_torchvision(python):
@@ -189,6 +191,9 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=30.0, help="time limit per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per side, alternating")
     parser.add_argument("--torch-python", default=None, help="a Python interpreter with torch and torchvision")
+    parser.add_argument("--crop-scale", default="0.8,1",
+                        help="RandomResizedCrop's area range on both sides: 0.8,1 (fine-tuning recipe) or 0.08,1 "
+                             "(ImageNet recipe)")
     parser.add_argument("--source", choices=sorted(SOURCES), default="folder", help="the form our side reads")
     parser.add_argument("--isa", choices=sorted(ISA_ENV), default="native",
                         help="avx2: both sides' CPU dispatch capped at AVX2")
@@ -205,7 +210,7 @@ def main(argv=None):
         write_tree(tree, args.images)
         root = SOURCES[args.source](tree, tmp)
         print(f"{args.images} JPEG files (~500x375) in 10 classes, {args.size} px, batch {args.batch}, "
-              f"{args.workers} workers, {os.cpu_count()} CPU cores; source {args.source}, --isa {args.isa}; "
+              f"{args.workers} workers, {os.cpu_count()} CPU cores; crop scale {args.crop_scale}; source {args.source}, --isa {args.isa}; "
               f"load {os.getloadavg()[0]:.2f}")
         sides = [("ours", "ours (MindSpore dataset engine)", ours, root)]
         if compare:

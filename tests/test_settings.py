@@ -180,6 +180,22 @@ def test_a_schedule_that_fits_or_is_the_recipes_is_accepted():
         load_config(flags, script="train.py")
 
 
+def test_a_short_runs_saved_config_loads_again(tmp_path):
+    """A run's config.yaml restates the recipe's warm-up and cool-down, which a 3-epoch run drops:
+    given back with --config they stay the recipe's (the schedule's warning, not a refusal); the
+    same values typed on the command line are the user's and refused."""
+    from src.config import load_config
+    from src.platform.errors import ConfigError
+    cfg = load_config(["--dataset_choose", "cifar10", "--epoch_size", "3"], script="train.py")
+    assert cfg.warmup_epochs + cfg.cooldown_epochs >= cfg.epoch_size
+    saved = tmp_path / "config.yaml"
+    saved.write_text(cfg.to_yaml(), encoding="utf-8")
+    again = load_config(["--config", str(saved)], script="train.py")
+    assert again.to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="cool-down would be dropped"):
+        load_config(["--config", str(saved), "--cooldown_epochs", str(cfg.cooldown_epochs)], script="train.py")
+
+
 @pytest.mark.parametrize("flags, key, why", [
     (["--loss_scale", "512"], "loss_scale", "loss_scale_type is none"),
     (["--model_ema_decay", "0.9", "--model_ema", "false"], "model_ema_decay", "model_ema is off"),

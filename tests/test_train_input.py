@@ -1,10 +1,13 @@
-"""The image-folder train pipeline's input (src/data/encoded.py, the source and transforms of
-src/data/pipeline.py and src/data/transforms.py): plain JPEG files go into the dataset engine as
-their bytes, read in the source's threads, and are decoded by its C++ ``Decode`` with exactly the
-pixels of ``images.read_image``; every other file is decoded by read_image (the one rule: EXIF
-orientation, CMYK, alpha, 16-bit, its errors) and handed over without loss; the batches are those of
-read_image's arrays decoded in worker processes (the pipeline before), and no process is started;
-the recipe's crop keeps its distribution; the same seed gives the same batches. In-process."""
+"""The image-folder train pipeline's input (src/data/encoded.py, src/data/native.py, the source and
+transforms of src/data/pipeline.py and src/data/transforms.py). Training with the recipe's bicubic
+crop: each record is decoded by ``images.read_image`` (the one rule: EXIF orientation, CMYK, alpha,
+16-bit, its errors) and cut by one C++ call in the map's threads, with the pixels of Pillow's
+bicubic resize of the box torchvision's ``get_params`` draws, whatever the number of threads.
+Elsewhere (evaluation, other filters, no compiler): plain JPEG files go into the dataset engine as
+their bytes and are decoded by its C++ ``Decode`` with exactly read_image's pixels; every other file
+is decoded by read_image and handed over without loss; the batches are those of read_image's arrays
+decoded in worker processes. No process is started; the crop keeps the recipe's distribution; the
+same seed gives the same batches. In-process."""
 import io
 import math
 import os
@@ -16,7 +19,7 @@ from PIL import Image
 import mindspore.dataset.vision as vision
 
 from src.config import load_config
-from src.data import encoded, pipeline
+from src.data import encoded, native, pipeline
 from src.data.images import read_image
 from src.data.synthetic import synthetic_images
 from src.platform.errors import DataError
@@ -205,18 +208,82 @@ def child_processes():
     return found
 
 
-def test_the_train_batches_equal_those_of_read_image_in_worker_processes_and_none_is_started(mixed_tree, monkeypatch):
+def pillow_crop(image, box, size):
+    """torchvision's crop and bicubic resize of `box` = (top, left, height, width) with Pillow, its
+    horizontal pass first, then the vertical one (as the C++ crop)."""
+    top, left, h, w = box
+    crop = Image.fromarray(image).crop((left, top, left + w, top + h))
+    return np.asarray(crop.resize((size, h), Image.BICUBIC).resize((size, size), Image.BICUBIC))
+
+
+def test_the_crop_is_pillows_bicubic_resize_of_its_box():
+    """Shrinking, enlarging, one axis of each and none, boxes at the edges, 1-pixel crops: the C++
+    crop gives Pillow's pixels exactly; on photos Pillow's one-call resize (which may take the
+    vertical pass first) is within 2 levels."""
+    rng = np.random.default_rng(0)
+    for k in range(120):
+        h, w = int(rng.integers(1, 200)), int(rng.integers(1, 200))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        bh, bw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+        box = (int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)), bh, bw)
+        size = int(rng.integers(1, 160))
+        top, left = box[:2]
+        want = np.asarray(Image.fromarray(image).crop((left, top, left + bw, top + bh))
+                          .resize((size, bh), Image.BICUBIC).resize((size, size), Image.BICUBIC))
+        np.testing.assert_array_equal(native.resized_crop(image, box, (size, size)), want, err_msg=f"{box} -> {size}")
+    photo = picture(375, 500)
+    for key in range(8):
+        got, (top, left, bh, bw) = native.random_resized_crop(photo, 224, (0.08, 1.0), (3 / 4, 4 / 3), key)
+        one_call = np.asarray(Image.fromarray(photo).crop((left, top, left + bw, top + bh)).resize((224, 224), Image.BICUBIC))
+        assert np.abs(got.astype(int) - one_call).max() <= 2
+
+
+def test_the_train_batches_are_read_images_pixels_cut_by_pillow_and_no_process_is_started(mixed_tree, monkeypatch):
     """The whole recipe (crop, flip, RandAugment, normalise, erasing, mixup/cutmix), same seed, on
-    plain JPEGs and every other kind of file: the engine-decoded bytes read in the source's threads
-    give, bit for bit, the batches of read_image's arrays decoded in worker processes
-    (python_multiprocessing: the pipeline before), so the augmentation's distribution is unchanged;
-    and no process is started."""
+    plain JPEGs and every other kind of file: the C++ crop in the map's threads gives, bit for bit,
+    the batches of the same boxes cut from read_image's pixels by Pillow; no process is started."""
+    before = child_processes()
+    fast = batches(tree_cfg(mixed_tree), check=lambda: child_processes() == before)
+    cut = native.random_resized_crop
+
+    def by_pillow(image, size, scale, ratio, key):
+        box = cut(image, size, scale, ratio, key)[1]
+        return pillow_crop(image, box, size), box
+
+    monkeypatch.setattr(pipeline.native, "random_resized_crop", by_pillow)
+    slow = batches(tree_cfg(mixed_tree))
+    assert len(fast) == len(slow) == 3
+    for (x, y), (px, py) in zip(fast, slow):
+        np.testing.assert_array_equal(x, px)
+        np.testing.assert_array_equal(y, py)
+
+
+def test_the_crops_do_not_depend_on_the_number_of_threads_and_differ_between_shards(mixed_tree):
+    """The crop alone (the engine's own random ops, flip and RandAugment, draw per thread, so they are
+    off here): one thread and two give the same batches."""
+    crop_only = ("--hflip", "0", "--aa", "null", "--reprob", "0", "--mixup", "0", "--cutmix", "0")
+    one = batches(tree_cfg(mixed_tree, "--num_parallel_workers", "1", *crop_only))
+    two = batches(tree_cfg(mixed_tree, "--num_parallel_workers", "2", *crop_only))
+    for (x, y), (tx, ty) in zip(one, two):
+        np.testing.assert_array_equal(x, tx)
+        np.testing.assert_array_equal(y, ty)
+    assert not np.array_equal(one[0][0], batches(tree_cfg(mixed_tree, "--seed", "5", *crop_only))[0][0])
+    keys = {native.record_key(seed, shard, index) for seed in (0, 1) for shard in range(8) for index in range(1000)}
+    assert len(keys) == 2 * 8 * 1000
+
+
+def test_the_engine_path_gives_the_batches_of_read_image_in_worker_processes_and_starts_none(mixed_tree, monkeypatch):
+    """Without the C++ crop (no compiler: the engine's RandomResizedCrop crops), the whole recipe, same
+    seed: the engine-decoded bytes read in the source's threads give, bit for bit, the batches of
+    read_image's arrays decoded in worker processes (python_multiprocessing: the pipeline before), so
+    the augmentation's distribution is unchanged; and no process is started."""
+    monkeypatch.setattr(pipeline.native, "library", lambda: None)
     before = child_processes()
     fast = batches(tree_cfg(mixed_tree), check=lambda: child_processes() == before)
     records, generator = pipeline._records, pipeline.ds.GeneratorDataset
 
-    def decoded_arrays(cfg, split):
-        source, shape, where = records(cfg, split)
+    def decoded_arrays(cfg, split, shard_id=None):
+        source, shape, where = records(cfg, split, shard_id)
         return pipeline._Source(source.images, source.labels, read_image), shape, where
 
     monkeypatch.setattr(pipeline, "_records", decoded_arrays)
@@ -250,7 +317,8 @@ def test_the_same_seed_gives_the_same_batches_and_another_seed_others(mixed_tree
     assert not np.array_equal(first[0][0], other[0][0])
 
 
-def test_the_crop_follows_the_recipes_distribution(tmp_path):
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])     # the C++ crop; the engine's
+def test_the_crop_follows_the_recipes_distribution(tmp_path, interpolation):
     """RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) on 320 x 240 ramps (red = column, green = row)
     read back from the output's corners: the crop's area fraction and log aspect ratio have the
     distribution of torchvision's/timm's ``get_params`` (sampled here in NumPy), within sampling
@@ -264,7 +332,7 @@ def test_the_crop_follows_the_recipes_distribution(tmp_path):
     for k in range(60):
         save(str(tmp_path / "tree" / f"c{k % 2}" / f"{k}.png"), Image.fromarray(ramp), "PNG")
     cfg = tree_cfg(tmp_path / "tree", "--image_size", "64", "--crop_scale", "0.08,1", "--aa", "null",
-                   "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--interpolation", "bilinear",
+                   "--hflip", "0", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--interpolation", interpolation,
                    "--batch_size", "30")
     mean, std = np.float32(cfg.mean) * 255, np.float32(cfg.std) * 255
     areas, ratios = [], []
@@ -323,3 +391,24 @@ def test_normalising_after_the_transpose_gives_the_numbers_of_normalising_before
     before = vision.HWC2CHW()(vision.Normalize(mean=mean, std=std, is_hwc=True)(image))
     assert got.dtype == np.float32 and got.shape == (3, 37, 53)
     np.testing.assert_array_equal(got, before)
+
+
+def test_the_batch_normalised_in_one_cpp_pass_has_the_engines_numbers():
+    """native.normalize_batch (the train batch's normalisation where the C++ parts are built): bit
+    for bit the engine's HWC2CHW + Normalize of each image, for every dataset's mean and std and an
+    image size that is not a multiple of the C++ run length."""
+    from src.data.transforms import normalize_ops, normalize_values
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(5)]
+    images[0][:] = 0
+    images[1][:] = 255
+    for dataset in ("imagefolder", "cifar10", "cifar100"):
+        cfg = load_config(["--dataset_choose", dataset])
+        want = []
+        for image in images:
+            for op in normalize_ops(cfg):
+                image = op(image)
+            want.append(image)
+        got = native.normalize_batch(images, *normalize_values(cfg))
+        assert got.dtype == np.float32 and got.shape == (5, 3, 37, 53)
+        np.testing.assert_array_equal(got, np.stack(want))

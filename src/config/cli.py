@@ -20,7 +20,7 @@ from .. import REPO_ROOT
 from ..data.catalog import CIFAR, NUM_CLASSES, data_format
 from ..platform.errors import ConfigError, short_quote
 from ..platform.bounds import check_resize
-from .presets import DEMO_OVERRIDES, RECIPE_KEYS, apply_dataset_defaults
+from .presets import DEMO_OVERRIDES, RECIPE_KEYS, apply_dataset_defaults, recipe
 from .schema import SCHEMA, SCHEMA_BY_NAME, SCRIPTS, EPOCH_SEED_STRIDE, SEED_LIMIT, check_path, epoch_seed, option
 from .strict_yaml import load_mapping, read_utf8
 from .values import Config, FALSE_WORDS, TRUE_WORDS, convert_key, expected_values, unknown_key
@@ -177,7 +177,7 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
 
     cfg = Config(values)
     _check_data_keys(cfg)
-    given = {name for name in RECIPE_KEYS if values[name] is not None}   # not the recipe's
+    given = _chosen_recipe_keys(values, set(cli))
     if apply_defaults:
         apply_dataset_defaults(cfg)
     _check_cross(cfg)
@@ -242,6 +242,15 @@ def _check_cross(cfg):
             if getattr(cfg, key) is None:
                 raise ConfigError(f"run_modelarts: true needs {key} ({what}, e.g. --{key} obs://bucket/...); "
                                   "the ModelArts job passes it when the job's data/output paths are set")
+
+
+def _chosen_recipe_keys(values, on_command_line):
+    """The recipe keys (:data:`.presets.RECIPE_KEYS`) the user chose: given on the command line, or
+    set in the config file (or by ``--demo``) to a value other than the recipe's. A file that
+    restates the recipe's values, such as a run's saved ``config.yaml``, leaves them the recipe's."""
+    supplied = recipe(values["dataset_choose"], values["arch"])
+    return {name for name in RECIPE_KEYS
+            if name in on_command_line or (values[name] is not None and values[name] != supplied.get(name))}
 
 
 def _check_training(cfg, given):

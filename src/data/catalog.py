@@ -58,7 +58,8 @@ def interpolation_mode(name):
 
 def resize_mode(name):
     """The ``vision.Inter`` member for resizing (crop and evaluation resize): ``bicubic`` is
-    ``Inter.PILCUBIC``, Pillow's bicubic filter that timm's transforms use (antialiased when
-    shrinking; pixel-identical to Pillow's), the other names as :func:`interpolation_mode`."""
+    ``Inter.PILCUBIC``, the engine's copy of Pillow's bicubic filter that timm's transforms use
+    (antialiased when shrinking; within 2 levels of Pillow's pixels), the other names as
+    :func:`interpolation_mode`."""
     from mindspore.dataset.vision import Inter
     return Inter.PILCUBIC if name == "bicubic" else interpolation_mode(name)

@@ -4,26 +4,34 @@ import math
 
 import numpy as np
 
+from .native import normalize_batch
+
 __all__ = ["BatchMixer"]
 
 
 class BatchMixer:
     """``per_batch_map`` of the train pipeline: random erasing per image, one-hot + smoothing,
-    then mixup or cutmix on the batch (timm ``RandomErasing(mode='pixel')`` and ``Mixup``)."""
+    then mixup or cutmix on the batch (timm ``RandomErasing(mode='pixel')`` and ``Mixup``).
+    `normalize`: ``(mean, std)`` when the images arrive as uint8 HWC, normalised here first
+    (:func:`.native.normalize_batch`)."""
 
     def __init__(self, num_classes, smoothing=0.1, mixup=0.8, cutmix=1.0, mixup_prob=1.0, switch_prob=0.5,
-                 reprob=0.25, seed=0, shard_id=0):
+                 reprob=0.25, seed=0, shard_id=0, normalize=None):
         self.num_classes = num_classes
         self.smoothing = smoothing
         self.mixup, self.cutmix = mixup, cutmix
         self.mixup_prob, self.switch_prob = mixup_prob, switch_prob
         self.reprob = reprob
         self.seed, self.shard_id = seed, shard_id
+        self.normalize = normalize
 
     def __call__(self, images, labels, batch_info):
         rng = np.random.default_rng([self.seed, self.shard_id, batch_info.get_epoch_num(),
                                      batch_info.get_batch_num()])
-        x = np.stack(images).astype(np.float32, copy=False)
+        if self.normalize is None:
+            x = np.stack(images).astype(np.float32, copy=False)
+        else:
+            x = normalize_batch(images, *self.normalize)
         y = np.asarray(labels, dtype=np.int64).reshape(-1)
         if self.reprob > 0:
             for img in x:

@@ -482,14 +482,23 @@ def decode_record(image, name, min_side=None):
     return read_image(_Named(image.tobytes() if hasattr(image, "tobytes") else image, str(name)), min_side)
 
 
-class _Decoder:
-    """The decoding map of a pack's pipeline (picklable for worker processes)."""
+def record_index(name):
+    """A record's stable 64-bit number from its name (the relative path it was packed from): what
+    keys its training crop (:mod:`.native`), wherever the shuffle puts it."""
+    name = name.tobytes() if hasattr(name, "tobytes") else str(name).encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little")
 
-    def __init__(self, where, min_side):
-        self.where, self.min_side = where, min_side
+
+class _Decoder:
+    """The decoding map of a pack's pipeline (picklable for worker processes without a `crop`): the
+    record's image, or its training crop ``crop(image, record_index(name))``."""
+
+    def __init__(self, where, min_side, crop=None):
+        self.where, self.min_side, self.crop = where, min_side, crop
 
     def __call__(self, image, name):
-        return decode_record(image, f"{self.where}:{name}", self.min_side)
+        decoded = decode_record(image, f"{self.where}:{name}", self.min_side)
+        return decoded if self.crop is None else self.crop(decoded, record_index(name))
 
 
 @dataclass
@@ -504,6 +513,7 @@ class PackedSplit:
     counts: np.ndarray
     shape: Optional[tuple] = None
     load = None     # the records are decoded in :meth:`dataset`'s own map
+    crop = None     # the training crop cut there when set: ``crop(image, record index)``
 
     def __len__(self):
         return int(self.counts.sum())
@@ -517,7 +527,8 @@ class PackedSplit:
         MindSpore's dataset seed) and sharded by MindRecord's reader for training; without shuffle,
         shard ``k`` of ``num_shards`` gets records ``k, k + num_shards, ...`` (no padding). Images are
         decoded as files are (:func:`decode_record`; `min_side`: :func:`.transforms.decode_min_side`)
-        in `workers` processes."""
+        in `workers` processes, or with the training crop (:attr:`crop`) in `workers` threads (the
+        decoder and the crop release Python's lock)."""
         import mindspore.dataset as ds
         if shuffle:
             data = ds.MindDataset(self.files, columns_list=_COLUMNS, shuffle=True, num_shards=num_shards,
@@ -526,8 +537,9 @@ class PackedSplit:
             sampler = ds.SubsetSampler(list(range(shard_id, len(self), num_shards))) if num_shards else None
             data = ds.MindDataset(self.files, columns_list=_COLUMNS, shuffle=False if sampler is None else None,
                                   sampler=sampler, num_parallel_workers=1)
-        data = data.map(_Decoder(self.root, min_side), input_columns=["image", "name"], output_columns=["image"],
-                        num_parallel_workers=workers, python_multiprocessing=workers > 1)
+        crop = self.crop if shuffle else None
+        data = data.map(_Decoder(self.root, min_side, crop), input_columns=["image", "name"], output_columns=["image"],
+                        num_parallel_workers=workers, python_multiprocessing=workers > 1 and crop is None)
         return data.project(["image", "label"])
 
 

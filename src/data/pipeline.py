@@ -5,18 +5,22 @@ and the class names. Image files are read in ``num_parallel_workers`` threads of
 this process (no worker processes, no copy between processes), as file bytes that the engine's C++
 ``vision.Decode`` decodes in the map's threads to the pixels of :func:`.images.read_image`, the rule
 infer.py decodes with (:mod:`.encoded`: a file that decoder would read otherwise, or that is decoded
-at reduced size, is decoded by read_image itself). With ``skip_bad_images`` a file that fails to
-decode there is replaced by the next good record of its split and counted (:func:`log_decode_skips`:
-one warning line per epoch); without it the run stops naming the file.
+at reduced size, is decoded by read_image itself); for training with the bicubic crop, read_image
+decodes each file and one C++ call cuts its crop (:mod:`.native`), both in the map's threads and
+without Python's lock, faster than the engine's decoder and filter. With ``skip_bad_images`` a
+file that fails to decode there is replaced by the next good record of its split and counted
+(:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
 1. RandomResizedCrop to ``image_size`` (``crop_scale`` [0.8, 1], ``crop_ratio`` [3/4, 4/3],
-   ``interpolation`` bicubic); also at ``image_size: 32`` (crop, then back to 32 px).
+   ``interpolation`` bicubic: Pillow's filter, as torchvision); also at ``image_size: 32`` (crop, then
+   back to 32 px).
    ``crop_scale: [1, 1]`` turns it off (plain resize to ``image_size``, a no-op at 32).
 2. Horizontal flip with probability ``hflip``.
 3. RandAugment ``aa`` on uint8 HWC (see :func:`src.data.randaugment.rand_augment_ops`).
-4. Normalize with ``mean``/``std`` (per dataset), HWC -> CHW, float32.
+4. Normalize with ``mean``/``std`` (per dataset), HWC -> CHW, float32 (per batch in one C++ pass,
+   :func:`.native.normalize_batch`, where the C++ parts are built; else by the engine per image).
 5. Random erasing with probability ``reprob`` (timm 'pixel' mode: one box, area 2%-33%, log-uniform
    aspect 0.3-3.3, filled with standard-normal noise), per image.
 6. Per batch: one-hot labels with ``smoothing``, then mixup (``mixup`` alpha) or cutmix (``cutmix``
@@ -35,6 +39,7 @@ that every shard has the same number of steps). Val is split exactly: shard ``k`
 ``k, k + num_shards, ...`` (no overlap, no padding, so metrics summed over shards are exact).
 """
 import atexit
+import copy
 import functools
 import logging
 import math
@@ -50,12 +55,13 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, imagefolder, packed
+from . import cifar, imagefolder, native, packed
 from .catalog import data_format, split_folders
 from .encoded import read_encoded
+from .images import read_image
 from .mixing import BatchMixer
 from .synthetic import DEMO_SIZES, write_synthetic
-from .transforms import decode_min_side, eval_transforms, train_transforms
+from .transforms import decode_min_side, eval_transforms, normalize_values, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
            "image_split", "prepare_split", "resolve_classes", "check_layout", "saved_split_lists",
@@ -413,17 +419,22 @@ def log_decode_skips(logger, when):
 class _Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
     decoded images, or image files read by `load` when asked for (:func:`.encoded.read_encoded`: the
-    bytes the engine's ``Decode`` decodes). With a `tally` (``skip_bad_images``) a file that cannot be
-    decoded is recorded there and replaced by the next record of the split that decodes (the same one
-    whichever thread asks, so batches keep their size and a run its seed's result); without it the
-    DataError stops the pipeline."""
+    bytes the engine's ``Decode`` decodes; or :func:`.images.read_image`'s pixels, which `crop`
+    (image, record index) cuts into the training crop: :func:`_train_crop`, :class:`_CropRecords`).
+    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there and replaced
+    by the next record of the split that decodes (the same one whichever thread asks, so batches keep
+    their size and a run its seed's result); without it the DataError stops the pipeline."""
 
-    def __init__(self, images, labels, load=None, tally=None):
-        self.images, self.labels, self.load, self.tally = images, labels, load, tally
+    def __init__(self, images, labels, load=None, tally=None, crop=None):
+        self.images, self.labels, self.load, self.tally, self.crop = images, labels, load, tally, crop
 
     def __getitem__(self, i):
         if self.load is None:
             return self.images[i], self.labels[i]
+        return self.record(i)
+
+    def record(self, i):
+        """``(image, label)`` of record `i`, or of its replacement under skip_bad_images."""
         if self.tally is None:
             return self.load(self.images[i]), self.labels[i]
         first = None
@@ -440,18 +451,74 @@ class _Source:
         return len(self.labels)
 
 
-def _records(cfg, split):
+class _RecordIndices:
+    """The records of a :class:`_Source` with a `crop` as ``(index, label)`` rows: the engine samples,
+    shuffles and shards these, and :class:`_CropRecords` turns each into its training crop in the
+    map's threads (a light source: MindSpore's Python source threads poll for results in 0.1 s
+    sleeps, so decoding there would leave the cores waiting)."""
+
+    def __init__(self, source):
+        self.labels = source.labels
+
+    def __getitem__(self, i):
+        return np.asarray(i, np.int64), self.labels[i]
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class _CropRecords:
+    """Map function ``(index, label) -> (crop, label)``: the record's image decoded
+    (:meth:`_Source.record`, a replacement's label under skip_bad_images) and cut by the source's
+    `crop` with the record's index as its key. Decoding and cropping release Python's lock."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, index, label):
+        i = int(index)
+        image, label = self.source.record(i)
+        return self.source.crop(image, i), np.asarray(label)
+
+
+def _train_crop(cfg, split, shard_id):
+    """The training crop as one C++ call in the map's threads (:mod:`.native`), or None where the
+    engine's ``RandomResizedCrop`` crops instead: evaluation, ``crop_scale: [1, 1]``, an
+    interpolation other than bicubic (the engine's filters are not Pillow's), or no C++ compiler. Each
+    record's box is drawn from (the epoch's seed, the shard, the record's index)."""
+    if split != "train" or tuple(cfg.crop_scale) == (1.0, 1.0) or cfg.interpolation != "bicubic":
+        return None
+    if native.library() is None:
+        return None
+    size, scale, ratio, seed, shard = cfg.image_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.seed, shard_id
+
+    def crop(image, index):
+        return native.random_resized_crop(image, size, scale, ratio, native.record_key(seed, shard, index))[0]
+    return crop
+
+
+def _records(cfg, split, shard_id=None):
     """``(source, shape, where)``: a split's records, the (height, width) they all share (None for
     image files) and the folder they come from; a pack's split is its own source (:func:`_packed`).
     Image files come as encoded bytes (:func:`.encoded.read_encoded`, decoded by the engine's C++
-    ``Decode``)."""
+    ``Decode``), or, for training with the C++ crop (:func:`_train_crop`), as the crops of
+    :func:`.images.read_image`'s pixels (Pillow decodes faster than the engine)."""
     part = _packed(cfg, split)
     if part is not None:
-        return part, part.shape, part.root
+        crop = _train_crop(cfg, split, shard_id or 0)
+        if crop is None:
+            return part, part.shape, part.root
+        part = copy.copy(part)          # the pack's verified split is shared; its crop is this pipeline's
+        part.crop = crop
+        return part, (cfg.image_size,) * 2, part.root
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        load = functools.partial(read_encoded, min_side=decode_min_side(cfg))
         tally = _SkipTally.path() if cfg.skip_bad_images else None
+        crop = _train_crop(cfg, split, shard_id or 0)
+        if crop is not None:
+            load = functools.partial(read_image, min_side=decode_min_side(cfg))
+            return _Source(tree.files, tree.labels, load, tally, crop), (cfg.image_size,) * 2, tree.root
+        load = functools.partial(read_encoded, min_side=decode_min_side(cfg))
         return _Source(tree.files, tree.labels, load, tally), None, tree.root
     arrays = load_split(cfg, split)
     return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
@@ -471,7 +538,7 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         raise ConfigError(f"shard_id {shard_id} is outside 0..{num_shards - 1} (num_shards {num_shards})")
     if cfg.num_classes is None:      # an image tree's class folders, counted
         resolve_classes(cfg)
-    source, shape, where = _records(cfg, split)
+    source, shape, where = _records(cfg, split, shard_id)
     num_classes = cfg.num_classes
     if len(source) and int(source.labels.max()) >= num_classes:
         raise ConfigError(f"num_classes {num_classes} is too small for the labels of {where} "
@@ -487,6 +554,13 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         batch_size = cfg.batch_size
         if isinstance(source, packed.PackedSplit):
             data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
+        elif source.crop is not None:                 # records decoded and cut in the map
+            data = ds.GeneratorDataset(_RecordIndices(source), ["image", "label"], shuffle=True,
+                                       num_shards=num_shards, shard_id=shard_id, num_parallel_workers=1,
+                                       python_multiprocessing=False)
+            data = data.map(_CropRecords(source), input_columns=["image", "label"],
+                            output_columns=["image", "label"], num_parallel_workers=workers,
+                            python_multiprocessing=False)
         else:
             data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
                                        shard_id=shard_id, **reader)
@@ -494,9 +568,14 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
         if n_local < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
                               f"{where}; expected batch_size <= {n_local}")
-        data = data.map(train_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
+        cropped = getattr(source, "crop", None) is not None
+        in_batch = native.library() is not None       # uint8 images normalised per batch in one C++ pass
+        ops = train_transforms(cfg, shape, encoded, cropped, normalize=not in_batch)
+        if ops:                                         # none: crop only, normalised per batch
+            data = data.map(ops, input_columns="image", num_parallel_workers=workers)
         mixer = BatchMixer(num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
-                           cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0)
+                           cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0,
+                           normalize=normalize_values(cfg) if in_batch else None)
         return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
                           output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
 

@@ -8,27 +8,36 @@ import mindspore.dataset.vision as vision
 from .catalog import resize_mode
 from .randaugment import rand_augment_ops
 
-__all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_ops", "decode_min_side"]
+__all__ = ["train_transforms", "eval_transforms", "eval_scale_size", "normalize_ops", "normalize_values",
+           "decode_min_side"]
+
+
+def normalize_values(cfg):
+    """``(mean, std)`` of the normalisation on the 0..255 scale."""
+    return [255.0 * v for v in cfg.mean], [255.0 * v for v in cfg.std]
 
 
 def normalize_ops(cfg):
     """uint8 HWC -> normalised float32 CHW: the transpose first, on the uint8 image (a quarter of the
     bytes to move; the same numbers as normalising first)."""
-    mean = [255.0 * v for v in cfg.mean]
-    std = [255.0 * v for v in cfg.std]
+    mean, std = normalize_values(cfg)
     return [vision.HWC2CHW(), vision.Normalize(mean=mean, std=std, is_hwc=False)]
 
 
-def train_transforms(cfg, shape=None, encoded=False):
+def train_transforms(cfg, shape=None, encoded=False, cropped=False, normalize=True):
     """Per-image train ops on uint8 HWC (crop, flip, RandAugment, normalise, HWC->CHW). `shape`: the
     (height, width) of every image when they share one (CIFAR: 32 x 32); with ``crop_scale: [1, 1]``
     the plain resize to ``image_size`` is then left out when they have that size already.
     `encoded`: the records are image file bytes (:func:`.encoded.read_encoded`), decoded first by
-    the engine's C++ ``Decode``."""
+    the engine's C++ ``Decode``. `cropped`: the records are the training crops already
+    (:mod:`.native`), so no crop or resize op. `normalize`: False leaves the images uint8 HWC for
+    the batch to normalise (:func:`.native.normalize_batch`)."""
     size = cfg.image_size
     inter = resize_mode(cfg.interpolation)
     ops = [vision.Decode()] if encoded else []
-    if tuple(cfg.crop_scale) != (1.0, 1.0):
+    if cropped:
+        pass                                        # cut before the map (.native)
+    elif tuple(cfg.crop_scale) != (1.0, 1.0):
         ops.append(vision.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
                                             interpolation=inter))
     elif shape is None or tuple(shape) != (size, size):
@@ -37,7 +46,7 @@ def train_transforms(cfg, shape=None, encoded=False):
         ops.append(vision.RandomHorizontalFlip(prob=cfg.hflip))
     fill = tuple(min(255, round(255 * v)) for v in cfg.mean)
     ops += rand_augment_ops(cfg.aa, cfg.interpolation, fill)
-    return ops + normalize_ops(cfg)
+    return ops + (normalize_ops(cfg) if normalize else [])
 
 
 def eval_scale_size(cfg):
