@@ -43,7 +43,8 @@ _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], 
 #: libdnnl.so.3 (optional)
 _CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"],
                  "pool.cc": ["-pthread"]}
-#: the worker pool (``model/csrc/pool.cc``), compiled into every library, :func:`build_library`'s too
+#: the worker pool (``model/csrc/pool.cc``), compiled into both libraries and, on request, into
+#: :func:`build_library`'s
 _POOL_SOURCE = {"pool.cc": ["-pthread"]}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
@@ -260,21 +261,22 @@ def library_path():
         return _library
 
 
-def build_library(name: str, src_dir: str, sources: dict):
+def build_library(name: str, src_dir: str, sources: dict, pool: bool = False):
     """A C++ library of another package (e.g. the optimiser's, ``src/train/csrc``), built and cached
     as this package's: `sources` (file in `src_dir` -> extra flags) compiled with ``model/csrc``'s
-    shared headers (``common.h``) on the include path and linked with its worker pool (``pool.cc``), into the kernel cache under a key of both
-    folders' sources, the compiler, the flags and the CPU. Path of ``<name>.so``, or None when it
-    cannot be built (one ``warning:`` line per process)."""
+    shared headers (``common.h``) on the include path (and linked with its worker pool,
+    ``pool.cc``, when `pool`: for sources that call ``ParallelRange``), into the kernel cache under a
+    key of both folders' sources, the compiler, the flags and the CPU. Path of ``<name>.so``, or None
+    when it cannot be built (one ``warning:`` line per process)."""
     with _lock:
         if name not in _libraries:
             try:
                 cxx, version = _compiler()
                 arch_flags = _arch_flags()
-                key = _cache_key(version, arch_flags, (name, sorted(sources.items())), (src_dir,))
+                key = _cache_key(version, arch_flags, (name, sorted(sources.items()), pool), (src_dir,))
                 out = os.path.join(_cache_folder(key, with_conv=False), name + ".so")
                 _compile_library(cxx, arch_flags, sources, out, include=["-I" + _SRC_DIR], link=["-pthread"],
-                                 src_dir=src_dir, shared=_POOL_SOURCE)
+                                 src_dir=src_dir, shared=_POOL_SOURCE if pool else None)
                 _libraries[name] = out
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 _libraries[name] = None
