@@ -19,11 +19,10 @@ import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__
 import os
 import sys
 
-from src.checkpoint.files import meta_class_names
-from src.checkpoint.load import load_checkpoint_model
-from src.config import cli_keys, option, parse_command_line
+from src.checkpoint.load import describe_model, load_checkpoint_model, require_checkpoint_path
+from src.config import option, parse_command_line
 from src.config.runs import check_saved_split
-from src.data.catalog import data_format
+from src.data.catalog import data_format, split_source
 from src.data.pipeline import (check_layout, check_val_classes, create_dataset, data_failure, dataset_size,
                                log_decode_skips, model_class_names, saved_split_lists)
 from src.platform.bounds import check_batch
@@ -46,38 +45,38 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = parse_command_line(argv, OPTIONS, script="evl.py")
     with messages_to_stderr(cmd.options.json == STDOUT):
-        return evaluate_checkpoint(argv, cmd.cfg, cmd.options.json)
+        return evaluate_checkpoint(cmd.cfg, cmd.options.json)
 
 
-def evaluate_checkpoint(argv, cfg, json_path):
+def evaluate_checkpoint(cfg, json_path):
     """Load the checkpoint's model, evaluate it, print (and write) the results."""
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)]
     if json_path:
         check_output_path(json_path, *json_inputs, label="--json", dash_is_stdout=True)
-    check_data_settings(cfg, argv)
+    check_data_settings(cfg)
     device, rank, world = setup_runtime(cfg, get_logger(0))
     logger = get_logger(rank)
-    net, meta = load_checkpoint_model(cfg, argv, logger, classes_from_head=False)
+    net, meta = load_checkpoint_model(require_checkpoint_path(cfg), cfg, logger, classes_from_head=False)
     check_batch("eval_batch_size" if cfg.eval_batch_size else "batch_size", cfg.eval_batch_size or cfg.batch_size,
                 cfg.image_size, "config")
-    if "dataset" in meta and meta["dataset"] != cfg.dataset_choose:
-        logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta['dataset']}, evaluating on "
+    if meta.dataset is not None and meta.dataset != cfg.dataset_choose:
+        logger.warning(f"'{cfg.checkpoint_path}' was trained on {meta.dataset}, evaluating on "
                        f"{cfg.dataset_choose}")
-    saved = meta_class_names(meta)
+    saved = meta.class_names
     check_val_classes(cfg, saved, cfg.checkpoint_path)
     try:
-        res = run_evaluation(cfg, net, meta, logger, device, rank, world)
+        results = run_evaluation(cfg, net, meta, logger, device, rank, world)
     except RuntimeError as exc:
         raise data_failure(exc) or exc
     if rank == 0:
         names, _ = model_class_names(cfg, cfg.num_classes, logger, saved)
-        print_results(res, names)
+        print_results(results, names)
         if json_path:
-            write_results(json_path, json_inputs, cfg, res, names)
+            write_results(json_path, json_inputs, cfg, results, names)
     return 0
 
 
-def check_data_settings(cfg, argv):
+def check_data_settings(cfg):
     """Image trees: no split folders given as a tree of classes; with val_fraction, the split the run
     saved (its val_files.txt) must be the one val_fraction (and --seed, when given) ask for
     (src/config/runs.py)."""
@@ -86,41 +85,41 @@ def check_data_settings(cfg, argv):
         "imagefolder" else None
     if lists:
         folder = os.path.dirname(lists["val"])
-        check_saved_split(cfg, os.path.join(folder, CONFIG_FILE), folder, seed_given="seed" in cli_keys(argv))
+        check_saved_split(cfg, os.path.join(folder, CONFIG_FILE), folder, seed_given="seed" in cfg.command_line_keys)
 
 
 def run_evaluation(cfg, net, meta, logger, device, rank, world):
     """The validation split through the model (each rank its shard, counts summed over ranks)."""
     val_ds = create_dataset(cfg, "val", **(dict(num_shards=world, shard_id=rank) if world > 1 else {}))
-    logger.info(f"evaluating {cfg.checkpoint_path} ({cfg.arch}, {cfg.num_classes} classes"
-                + (f", epoch {meta['epoch']}" if "epoch" in meta else "") + f") on {cfg.dataset_choose} "
-                f"val ({cfg.val_data_path}) at {cfg.image_size}px, device {device}")
+    logger.info(f"evaluating {cfg.checkpoint_path} ({describe_model(cfg)}, {cfg.num_classes} classes"
+                + (f", epoch {meta.epoch}" if meta.epoch is not None else "") + f") on {cfg.dataset_choose} "
+                f"val ({split_source(cfg, 'val')}) at {cfg.image_size}px, device {device}")
     graph_cache = open_graph_cache(cfg, "eval", logger, device, rank, world, data={"val": dataset_size(cfg, "val")})
     bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0, log_interval=cfg.log_interval)
-    res = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
+    results = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
     bar.close()
     log_decode_skips(logger, "during the evaluation")
     graph_cache.commit()
-    require_finite_outputs(res["loss"], cfg.checkpoint_path, f"mean loss on {cfg.val_data_path}")
-    return res
+    require_finite_outputs(results["loss"], cfg.checkpoint_path, f"mean loss on {split_source(cfg, 'val')}")
+    return results
 
 
-def print_results(res, names):
-    print(f"accuracy:{{'acc': {res['top1']:.4f}}}")
-    print(f"top-5 accuracy: {res['top5']:.4f} | mean loss: {res['loss']:.4f} | images: {res['n']}")
+def print_results(results, names):
+    print(f"accuracy:{{'acc': {results['top1']:.4f}}}")
+    print(f"top-5 accuracy: {results['top5']:.4f} | mean loss: {results['loss']:.4f} | images: {results['n']}")
     print("per-class accuracy:")
-    for i, (acc, cnt) in enumerate(zip(res["per_class_acc"], res["per_class_count"])):
+    for i, (acc, cnt) in enumerate(zip(results["per_class_acc"], results["per_class_count"])):
         name = shown_name(names[i], quoted=False) if i < len(names) else str(i)
         print(f"  {i:3d} {name:<20s} {acc:.4f} ({cnt} images)" if cnt else
               f"  {i:3d} {name:<20s}   n/a  (0 images)")
 
 
-def write_results(json_path, json_inputs, cfg, res, names):
+def write_results(json_path, json_inputs, cfg, results, names):
     out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
-           "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": res["top1"],
-           "top5": res["top5"], "loss": res["loss"], "n": res["n"],
+           "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": results["top1"],
+           "top5": results["top5"], "loss": results["loss"], "n": results["n"],
            "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
-                         for i, a in enumerate(res["per_class_acc"])}}
+                         for i, a in enumerate(results["per_class_acc"])}}
     write_json(json_path, out, inputs=json_inputs)
 
 

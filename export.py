@@ -45,7 +45,7 @@ import os
 import sys
 from collections import namedtuple
 
-from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
+from src.checkpoint.load import DEPLOY_KEYS, describe_model, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
 from src.convert.mindir import FORMATS, check_format, export_graph, output_path
 from src.convert.onnx_file import DYNAMIC, DYNAMIC_VERIFY_BATCHES, export_onnx
@@ -85,14 +85,16 @@ ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size ve
 def parse_options(argv):
     """export.py's command line: ``(cfg, ExportOptions)``; the batch is an int or :data:`DYNAMIC`."""
     cmd = parse_command_line(argv, OPTIONS, script="export.py")
-    o = cmd.options
-    given = {f"--{k}": getattr(o, k) for k in ("batch_size", "export_batch_size") if getattr(o, k) is not None}
+    options = cmd.options
+    given = {f"--{k}": getattr(options, k) for k in ("batch_size", "export_batch_size")
+             if getattr(options, k) is not None}
     values = {k: DYNAMIC if v.strip().lower() == DYNAMIC else int(v) for k, v in given.items()}
     if len(set(values.values())) > 1:
         raise ConfigError(f"command line: --batch_size {given['--batch_size']} and --export_batch_size "
                           f"{given['--export_batch_size']} disagree; give one of them")
-    batch = next(iter(values.values()), DYNAMIC if o.file_format == "ONNX" else 1)
-    return cmd.cfg, ExportOptions(o.file_name, o.file_format, batch, o.verify, o.features_only)
+    batch = next(iter(values.values()), DYNAMIC if options.file_format == "ONNX" else 1)
+    return cmd.cfg, ExportOptions(options.file_name, options.file_format, batch, options.verify,
+                                  options.features_only)
 
 
 def main(argv=None):
@@ -103,8 +105,8 @@ def main(argv=None):
     # The exported graph must not call this machine's C++ kernels (a Custom op referring to a
     # local .so): the plain network, with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
     setup_runtime(cfg, logger, cpu_kernels_on=False)
-    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS, features_only=opts.features_only,
-                                      kernels=False)
+    net, meta = load_checkpoint_model(cfg.checkpoint_path, cfg, logger, DEPLOY_KEYS,
+                                      features_only=opts.features_only, kernels=False)
     if opts.batch_size != DYNAMIC:   # the image size is the checkpoint's now
         check_batch("--batch_size", opts.batch_size, cfg.image_size)
     shape = (None if opts.batch_size == DYNAMIC else opts.batch_size, 3, cfg.image_size, cfg.image_size)
@@ -140,9 +142,9 @@ def report(cfg, meta, logger, path, shape, diff, how, feature_info=None):
         output = f"the backbone's feature maps {maps}, NCHW, strides {feature_info.reduction()}"
     else:
         output = f"logits ({n}, {cfg.num_classes})"
-    logger.info(f"exported {cfg.checkpoint_path} ({cfg.arch}, "
+    logger.info(f"exported {cfg.checkpoint_path} ({describe_model(cfg)}, "
                 + ("backbone" if feature_info is not None else f"{cfg.num_classes} classes")
-                + (f", {meta['dataset']}" if "dataset" in meta else "") + f") to {path} ({size_mb:.1f} MB)")
+                + (f", {meta.dataset}" if meta.dataset is not None else "") + f") to {path} ({size_mb:.1f} MB)")
     shown = "(" + ", ".join(["N"] + [str(d) for d in shape[1:]]) + ")" if dynamic else str(shape)
     logger.info(f"input: float32 {shown} (RGB, shorter side resized to {eval_scale_size(cfg)} with "
                 f"{cfg.interpolation}, centre {cfg.image_size}x{cfg.image_size} crop, normalised with mean "

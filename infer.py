@@ -37,8 +37,7 @@ import sys
 
 import numpy as np
 
-from src.checkpoint.files import meta_class_names
-from src.checkpoint.load import DEPLOY_KEYS, load_checkpoint_model, require_checkpoint_path
+from src.checkpoint.load import DEPLOY_KEYS, describe_model, load_checkpoint_model, require_checkpoint_path
 from src.config import option, parse_command_line
 from src.data.images import collect_images, preprocess, read_image
 from src.data.transforms import decode_min_side
@@ -66,22 +65,22 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = parse_command_line(argv, OPTIONS, positionals=True, script="infer.py")
     with messages_to_stderr(cmd.options.json == STDOUT):
-        return classify_images(argv, cmd)
+        return classify_images(cmd)
 
 
-def classify_images(argv, cmd):
+def classify_images(cmd):
     """Load the checkpoint's model, classify every image, print (and write) the results."""
     cfg, json_path = cmd.cfg, cmd.options.json
     files = collect_images(cmd.positionals)
     json_inputs = [("checkpoint_path", cfg.checkpoint_path)] + [("image", f) for f in files]
     if json_path:
         check_output_path(json_path, *json_inputs, label="--json", dash_is_stdout=True)
-    require_checkpoint_path(cfg)
+    path = require_checkpoint_path(cfg)
     logger = get_logger(0)
     setup_runtime(cfg, logger)
-    net, meta = load_checkpoint_model(cfg, argv, logger, DEPLOY_KEYS)
-    names, source = model_class_names(cfg, cfg.num_classes, logger, meta_class_names(meta))
-    logger.info(f"classifying {len(files)} image(s) with {cfg.checkpoint_path} ({cfg.arch}, "
+    net, meta = load_checkpoint_model(path, cfg, logger, DEPLOY_KEYS)
+    names, source = model_class_names(cfg, cfg.num_classes, logger, meta.class_names)
+    logger.info(f"classifying {len(files)} image(s) with {cfg.checkpoint_path} ({describe_model(cfg)}, "
                 f"{cfg.num_classes} classes, {cfg.image_size}px, {cfg.interpolation}); names from {source}")
     results, errors = classify(net, cfg, files, names, min(cmd.options.top_k, cfg.num_classes))
     if json_path:

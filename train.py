@@ -26,12 +26,11 @@ import numpy as np
 
 import mindspore as ms
 
-from src.checkpoint.files import (BEST, EMA_PREFIX, LAST, has_ema, meta_class_names, read_meta, resume_path,
-                                 save_training_state)
-from src.checkpoint.load import build_model, check_arch, inference_network, load_training_state
+from src.checkpoint.checkpoint import BEST, EMA_PREFIX, LAST, Checkpoint, resume_path, save_training_state
+from src.checkpoint.load import build_model, check_arch, describe_model, inference_network, load_training_state
 from src.config import epoch_config, load_config
 from src.config.runs import check_resumed_config
-from src.data.catalog import data_format
+from src.data.catalog import data_format, split_source
 from src.data.pipeline import (check_layout, create_dataset, data_failure, dataset_size, log_decode_skips,
                                prepare_demo, prepare_split, resolve_classes)
 from src.platform.bounds import check_batch
@@ -51,11 +50,11 @@ from src.train.optim import AdamW, cosine_schedule, log_schedule, param_groups_w
 from src.train.run_folder import CONFIG_FILE, LOG_FILE, check_fresh_start, claim_run_folder
 from src.train.state import RunState, StopRequest
 from src.train.step import DropPathDraws, apply_amp, build_train_step
-from model import check_fit, cpu_kernels, load_pretrained, read_checkpoint
+from model import check_fit, cpu_kernels, load_pretrained
 
 
 @dataclass
-class Run:
+class RunContext:
     """What every phase needs: the resolved config, the logger and where this process runs."""
     cfg: Any
     logger: Any
@@ -71,16 +70,16 @@ class Run:
 
 
 @dataclass
-class Parts:
+class TrainingSetup:
     """The datasets, the network and its compiled training step."""
     val_ds: Any
     steps_per_epoch: int
     net: Any
     step_cell: Any
     optimizer: Any
-    lrs: Any
+    lr_per_step: Any           # the learning rate of every step of the run (src.train.optim.cosine_schedule)
     draws: Any                 # src.train.step.DropPathDraws: the drop-path factors of each step
-    graph_cache: Any = None    # src.graph_cache.GraphCache, opened before the first compile
+    graph_cache: Any = None    # src.platform.graph_cache.GraphCache, opened before the first compile
     ema_net: Any = None        # model_ema: the network of the averages (src.train.ema)
     eval_net: Any = None       # what evaluates net (src.checkpoint.load.inference_network)
     ema_eval_net: Any = None   # ... and ema_net
@@ -94,25 +93,25 @@ def main(argv=None):
     run = start(cfg)
     check_output_folder(run)
     check_resumed_settings(run)
-    parts = build_parts(run, *build_data(run))
-    state = resume(run, parts)
+    setup = build_training(run, *build_data(run))
+    state = resume(run, setup)
     if state.epoch >= cfg.epoch_size:
         run.logger.info(f"nothing to do: the run already finished its {cfg.epoch_size} epochs")
         return 0
-    compile_step(run, parts)
+    compile_step(run, setup)
     try:
-        train_epochs(run, parts, state)
+        train_epochs(run, setup, state)
     except KeyboardInterrupt:
-        return save_on_interrupt(run, parts, state)
+        return save_on_interrupt(run, setup, state)
     except RuntimeError as exc:
         raise cluster_failure(run, exc) or data_failure(exc) or exc
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc}{last_good_checkpoint(cfg)}") from None
-    finish(run, parts, state)
+    finish(run, setup, state)
     return 0
 
 
-def start(cfg) -> Run:
+def start(cfg) -> RunContext:
     """Device, rank and logger; the precision checks that must fail before anything is built; the
     demo data; the resolved config in the log."""
     for name in ("batch_size", "eval_batch_size"):   # before anything allocates a batch
@@ -128,10 +127,10 @@ def start(cfg) -> Run:
     logger.info("resolved config:\n  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     logger.info(f"device {device} | mode {cfg.mode.upper()} | rank {rank} / world size {world} | "
                 f"MindSpore {ms.__version__}")
-    return Run(cfg, logger, device, rank, world, make_reduce_fn(world))
+    return RunContext(cfg, logger, device, rank, world, make_reduce_fn(world))
 
 
-def check_output_folder(run: Run):
+def check_output_folder(run: RunContext):
     """Temporaries of a killed run are removed; a fresh run never writes into a folder holding a
     run (``--resume auto`` continues it; only the demo starts over)."""
     cfg, logger = run.cfg, run.logger
@@ -142,7 +141,7 @@ def check_output_folder(run: Run):
     check_fresh_start(cfg.save_checkpoint_path, cfg.resume, cfg.demo, logger, owner=run.rank == 0)
 
 
-def check_resumed_settings(run: Run):
+def check_resumed_settings(run: RunContext):
     """``--resume``: the settings against the run's saved config.yaml (beside the checkpoint): a key
     whose change would change what the saved state means is refused, the others are named in one
     warning (src/config/runs.py)."""
@@ -151,7 +150,7 @@ def check_resumed_settings(run: Run):
         check_resumed_config(run.cfg, os.path.join(os.path.dirname(os.path.abspath(resume_file)), CONFIG_FILE))
 
 
-def build_data(run: Run):
+def build_data(run: RunContext):
     """The validation pipeline and the steps per epoch, after every data file was validated; an
     image tree's classes (and with val_fraction its split, saved in the run folder)."""
     cfg, world = run.cfg, run.world
@@ -167,7 +166,8 @@ def build_data(run: Run):
                           f"set in {cfg.train_data_path}; lower batch_size")
     val_ds = create_dataset(cfg, "val", **run.shard)
     run.logger.info(f"data: {cfg.dataset_choose} train {dataset_size(cfg, 'train')} images "
-                    f"({cfg.train_data_path}), val {dataset_size(cfg, 'val')} images ({cfg.val_data_path}), "
+                    f"({split_source(cfg, 'train')}), val {dataset_size(cfg, 'val')} images "
+                    f"({split_source(cfg, 'val')}), "
                     f"{cfg.num_classes} classes, {cfg.image_size}px")
     run.logger.info(f"batch {cfg.batch_size} per device x {world} = {cfg.batch_size * world} global, "
                     f"{steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs")
@@ -175,7 +175,7 @@ def build_data(run: Run):
     return val_ds, steps_per_epoch
 
 
-def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
+def build_training(run: RunContext, val_ds, steps_per_epoch) -> TrainingSetup:
     """The network (pretrained weights unless resuming), mixed precision, AdamW on the per-step
     schedule, and the training step cell."""
     cfg, logger = run.cfg, run.logger
@@ -183,64 +183,57 @@ def build_parts(run: Run, val_ds, steps_per_epoch) -> Parts:
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
     fresh = resume_path(cfg.resume, cfg.save_checkpoint_path) is None
     if fresh and cfg.pretrained_ckpt:
-        rep = load_pretrained(net, cfg.pretrained_ckpt)
-        logger.info(f"initialised from {cfg.pretrained_ckpt}: {len(rep['loaded'])} tensors loaded"
-                    + ("; head re-created for %d classes" % cfg.num_classes if rep["head_reinitialised"]
-                       else "") + (f"; ignored {len(rep['ignored'])} non-model entries" if rep["ignored"]
+        loaded = load_pretrained(net, cfg.pretrained_ckpt, Checkpoint.read(cfg.pretrained_ckpt).entries)
+        logger.info(f"initialised from {cfg.pretrained_ckpt}: {len(loaded['loaded'])} tensors loaded"
+                    + ("; head re-created for %d classes" % cfg.num_classes if loaded["head_reinitialised"]
+                       else "") + (f"; ignored {len(loaded['ignored'])} non-model entries" if loaded["ignored"]
                                    else ""))
     elif fresh:
         logger.warning("*** no pretrained_ckpt: training FROM SCRATCH (random init). The published accuracy "
                        "needs the converted ImageNet weights (pth2ckpt.py) ***")
-    logger.info(f"model {cfg.arch}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
+    logger.info(f"model {describe_model(cfg)}: {n_params:,} trainable parameters, drop_path {cfg.drop_path_rate}")
     kernels = cpu_kernels_wanted(cfg, run.device)
     logger.info(f"C++ CPU kernels (model/cpu_kernels/): {cpu_kernels.status() if kernels else 'off'}; "
                 f"oneDNN ISA: {onednn_isa()}")
     net = apply_amp(net, cfg.amp_level)
     logger.info(f"precision: amp_level {cfg.amp_level}, loss_scale_type {cfg.loss_scale_type}"
                 + (f" ({cfg.loss_scale:g})" if cfg.loss_scale_type != "none" else ""))
-    lrs = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size,
-                          steps_per_epoch, cfg.cooldown_epochs)
+    lr_per_step = cosine_schedule(cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_epochs, cfg.epoch_size,
+                                  steps_per_epoch, cfg.cooldown_epochs)
     scale = cfg.loss_scale if cfg.loss_scale_type == "fixed" else 1.0
-    opt = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lrs),
-                weight_decay=cfg.weight_decay, loss_scale=scale, cpu_kernel=kernels)
-    step_cell = build_train_step(net, opt, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
+    optimizer = AdamW(param_groups_weight_decay(net.trainable_params(), cfg.weight_decay), ms.Tensor(lr_per_step),
+                      weight_decay=cfg.weight_decay, loss_scale=scale, cpu_kernel=kernels)
+    step_cell = build_train_step(net, optimizer, loss_scale_type=cfg.loss_scale_type, loss_scale=cfg.loss_scale)
     draws = DropPathDraws(net, cfg.batch_size, cfg.seed, run.rank)
     ema_net = None
     if cfg.model_ema:   # timm's ModelEmaV2, from the initial (pretrained) weights, updated inside the step
         ema_net = apply_amp(ema_network(net, lambda: build_model(cfg)), cfg.amp_level)
         step_cell = TrainStepWithEma(step_cell, ModelEma(net, ema_net, cfg.model_ema_decay))
         logger.info(f"model EMA: decay {cfg.model_ema_decay:g}, updated after every step, evaluated each epoch")
-    return Parts(val_ds, steps_per_epoch, net, step_cell, opt, lrs, draws, ema_net=ema_net,
-                 eval_net=inference_network(net, cfg),
-                 ema_eval_net=None if ema_net is None else inference_network(ema_net, cfg))
+    return TrainingSetup(val_ds, steps_per_epoch, net, step_cell, optimizer, lr_per_step, draws, ema_net=ema_net,
+                         eval_net=inference_network(net, cfg),
+                         ema_eval_net=None if ema_net is None else inference_network(ema_net, cfg))
 
 
-def resume(run: Run, parts: Parts):
+def resume(run: RunContext, setup: TrainingSetup):
     """The position to start from: the beginning, or a checkpoint's epoch and step with its weights,
     optimiser state and best result. Writes the resolved config next to the checkpoints."""
     cfg = run.cfg
     state = RunState(class_names=run.class_names)
     resume_file = resume_path(cfg.resume, cfg.save_checkpoint_path)
     if resume_file:
-        params = read_checkpoint(resume_file)
-        meta = read_meta(params)
-        check_arch(meta, cfg.arch, resume_file, "resume")
-        check_same_classes(run, meta, resume_file)
-        check_fit(parts.net, params, resume_file)
-        load_training_state(parts.step_cell, params, resume_file)
-        if parts.ema_net is not None and not has_ema(params):   # as timm: the EMA starts from the weights
-            copy_weights(parts.net, parts.ema_net)
+        ckpt = Checkpoint.read(resume_file)
+        check_arch(ckpt.meta, cfg.arch, resume_file, "resume")
+        check_same_classes(run, ckpt.meta.class_names, resume_file)
+        check_fit(setup.net, ckpt.entries, resume_file)
+        load_training_state(setup.step_cell, setup.optimizer, ckpt)
+        if setup.ema_net is not None and not ckpt.has_ema:   # as timm: the EMA starts from the weights
+            copy_weights(setup.net, setup.ema_net)
             run.logger.warning(f"{resume_file} has no EMA weights ({EMA_PREFIX}*): the EMA starts from its weights")
-        state = RunState(epoch=int(meta.get("epoch", 0)), step=int(meta.get("step_in_epoch", 0)),
-                         epoch_losses=list(meta.get("epoch_losses", [])),
-                         best_acc=float(meta.get("best_acc", -1.0)), best_epoch=int(meta.get("best_epoch", 0)),
-                         resumed_from=resume_file, class_names=run.class_names)
-        state.saved = (state.epoch, state.step)
-        if "global_step" in meta and parts.global_step() != int(meta["global_step"]):
-            parts.optimizer.global_step.set_data(ms.Tensor([int(meta["global_step"])], ms.int32))
+        state = RunState.resumed(ckpt, run.class_names)
         run.logger.info(f"resumed from {resume_file}: {state.epoch} epoch(s) done"
                         + (f" + {state.step} step(s) of epoch {state.epoch + 1}" if state.step else "")
-                        + f", global step {parts.global_step()}")
+                        + f", global step {setup.global_step()}")
     if run.rank == 0 and state.epoch < cfg.epoch_size:
         os.makedirs(cfg.save_checkpoint_path, exist_ok=True)
         cfg.save(os.path.join(cfg.save_checkpoint_path, CONFIG_FILE))
@@ -249,10 +242,9 @@ def resume(run: Run, parts: Parts):
     return state
 
 
-def check_same_classes(run: Run, meta, resume_file):
-    """An image tree's classes must be those the resumed run was trained on (its checkpoint's
-    class_names): DataError naming the classes added and removed since."""
-    trained = meta_class_names(meta)
+def check_same_classes(run: RunContext, trained, resume_file):
+    """An image tree's classes must be those the resumed run was trained on (`trained`, its
+    checkpoint's class_names): DataError naming the classes added and removed since."""
     if not trained or data_format(run.cfg.dataset_choose) != "imagefolder" or trained == run.class_names:
         return
     now = run.class_names
@@ -265,24 +257,24 @@ def check_same_classes(run: Run, meta, resume_file):
                     "starts from its weights with a new head)")
 
 
-def compile_step(run: Run, parts: Parts):
+def compile_step(run: RunContext, setup: TrainingSetup):
     """The graph cache of this setting (src/platform/graph_cache.py: a hit loads the compiled graphs); in
     GRAPH mode, compile before the first batch, then hand the compiler's freed heap back to the OS
     (benchmarks/RESULTS.md), so that images/s and memory describe training alone."""
     cfg = run.cfg
-    parts.graph_cache = open_graph_cache(cfg, "train", run.logger, run.device, run.rank, run.world,
+    setup.graph_cache = open_graph_cache(cfg, "train", run.logger, run.device, run.rank, run.world,
                                          data={split: dataset_size(cfg, split) for split in ("train", "val")})
     if cfg.mode != "graph":
         return
     t_compile = time.time()
-    parts.step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
-                            ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)), *parts.draws(0, 0))
-    parts.graph_cache.commit()
+    setup.step_cell.compile(ms.Tensor(np.zeros((cfg.batch_size, 3, cfg.image_size, cfg.image_size), np.float32)),
+                            ms.Tensor(np.zeros((cfg.batch_size, cfg.num_classes), np.float32)), *setup.draws(0, 0))
+    setup.graph_cache.commit()
     release_compile_memory()
     run.logger.info(f"compiled the training step in {time.time() - t_compile:.1f}s")
 
 
-def train_epochs(run: Run, parts: Parts, state):
+def train_epochs(run: RunContext, setup: TrainingSetup, state):
     """The epoch loop: train, (evaluate), log one line, save; Ctrl-C / SIGTERM stops at a step
     boundary (KeyboardInterrupt, handled by :func:`save_on_interrupt`)."""
     cfg = run.cfg
@@ -290,75 +282,75 @@ def train_epochs(run: Run, parts: Parts, state):
     stop = StopRequest(run.logger, run.reduce_fn if run.world > 1 else None)
     for epoch in range(state.epoch, cfg.epoch_size):
         train_ds = create_dataset(epoch_config(cfg, epoch), "train", **run.shard)
-        bar = Progress(parts.steps_per_epoch - state.step, f"epoch {epoch + 1}/{cfg.epoch_size}", run.logger,
+        bar = Progress(setup.steps_per_epoch - state.step, f"epoch {epoch + 1}/{cfg.epoch_size}", run.logger,
                        enabled=run.rank == 0, log_interval=cfg.log_interval)
-        stats = train_one_epoch(parts.step_cell, train_ds, epoch + 1, parts.steps_per_epoch, skip=state.step,
+        stats = train_one_epoch(setup.step_cell, train_ds, epoch + 1, setup.steps_per_epoch, skip=state.step,
                                 progress=bar, on_step=state.advance, should_stop=stop,
-                                step_inputs=lambda i: parts.draws(epoch, i), skipped_losses=state.epoch_losses)
+                                step_inputs=lambda i: setup.draws(epoch, i), skipped_losses=state.epoch_losses)
         bar.close()
         if stats["interrupted"]:
             raise KeyboardInterrupt
         state.epoch, state.step = epoch + 1, 0
         if run.world > 1:  # the mean loss over all ranks; one set of BatchNorm statistics
             stats["loss"] = float(run.reduce_fn(np.array([stats["loss"]], np.float32))[0]) / run.world
-            for net in (n for n in (parts.net, parts.ema_net) if n is not None):   # the EMA too (timm distribute_bn)
+            for net in (n for n in (setup.net, setup.ema_net) if n is not None):   # the EMA too (timm distribute_bn)
                 average_bn_statistics(net, run.reduce_fn, run.world)
-        end_of_epoch(run, parts, state, stats, metrics)
-        parts.graph_cache.commit()   # now with the evaluation graph
+        end_of_epoch(run, setup, state, stats, metrics)
+        setup.graph_cache.commit()   # now with the evaluation graph
         if epoch + 1 < cfg.epoch_size:
             sync_outputs(cfg, run.logger, run.rank, final=False)   # ModelArts: outputs to train_url
         if stop() and epoch + 1 < cfg.epoch_size:
             raise KeyboardInterrupt
 
 
-def end_of_epoch(run: Run, parts: Parts, state, stats, metrics):
+def end_of_epoch(run: RunContext, setup: TrainingSetup, state, stats, metrics):
     """Validation when due, the epoch's log line and metrics row, and its checkpoint."""
     cfg, epoch = run.cfg, state.epoch
-    lr_now = float(parts.lrs[min(parts.global_step(), len(parts.lrs) - 1)])
-    ips = stats["images_per_s"] * run.world
-    row = {"epoch": epoch, "step": parts.global_step(), "train_loss": f"{stats['loss']:.5f}",
-           "lr": f"{lr_now:.3e}", "images_per_s": f"{ips:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}
-    line = f"epoch:{epoch} step:{parts.steps_per_epoch}, loss is {stats['loss']:.5f}"
+    lr_now = float(setup.lr_per_step[min(setup.global_step(), len(setup.lr_per_step) - 1)])
+    images_per_s = stats["images_per_s"] * run.world
+    row = {"epoch": epoch, "step": setup.global_step(), "train_loss": f"{stats['loss']:.5f}",
+           "lr": f"{lr_now:.3e}", "images_per_s": f"{images_per_s:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}
+    line = f"epoch:{epoch} step:{setup.steps_per_epoch}, loss is {stats['loss']:.5f}"
     is_best = False
     if epoch % cfg.eval_interval == 0 or epoch == cfg.epoch_size:
-        text, top1 = validate(run, parts, row)
+        text, top1 = validate(run, setup, row)
         line += text
         if top1 > state.best_acc:
             state.best_acc, state.best_epoch, is_best = top1, epoch, True
-    run.logger.info(line + f" | lr {lr_now:.2e} | {ips:.1f} img/s | {stats['time']:.1f}s")
+    run.logger.info(line + f" | lr {lr_now:.2e} | {images_per_s:.1f} img/s | {stats['time']:.1f}s")
     log_decode_skips(run.logger, f"in epoch {epoch}")
     if run.rank == 0:  # the row first: a kill before the checkpoint leaves a row that resume drops
         metrics.add(row)
-        path = save_training_state(parts.step_cell, cfg.save_checkpoint_path,
-                                   state.checkpoint_meta(cfg, parts.global_step(), epoch),
-                                   is_best=is_best, keep=cfg.keep_checkpoint_max)
+        path = save_training_state(setup.step_cell, cfg.save_checkpoint_path,
+                                   state.checkpoint_meta(cfg, setup.global_step(), epoch),
+                                   is_best=is_best, epochs_kept=cfg.keep_checkpoint_max)
         run.logger.info(f"saved {path}" + (f" (new best top-1 {state.best_acc:.4f})" if is_best else ""))
     state.saved = (epoch, 0)
 
 
-def validate(run: Run, parts: Parts, row) -> Tuple[str, float]:
+def validate(run: RunContext, setup: TrainingSetup, row) -> Tuple[str, float]:
     """The validation of the weights and, with model_ema, of the averages; fills the metrics `row`.
     Returns the log text and the top-1 that ranks checkpoints (the EMA's when on, as timm)."""
     text, top1 = "", None
-    for prefix, net, label in (("", parts.eval_net, "val"), ("ema_", parts.ema_eval_net, "EMA")):
+    for prefix, net, label in (("", setup.eval_net, "val"), ("ema_", setup.ema_eval_net, "EMA")):
         if net is None:
             continue
-        res = evaluate(net, parts.val_ds, run.cfg.num_classes, run.reduce_fn)
-        row.update({f"{prefix}val_loss": f"{res['loss']:.5f}", f"{prefix}val_top1": f"{res['top1']:.4f}",
-                    f"{prefix}val_top5": f"{res['top5']:.4f}"})
-        text += f" | {label} top-1 {res['top1']:.4f} top-5 {res['top5']:.4f} loss {res['loss']:.4f}"
-        top1 = res["top1"]
+        result = evaluate(net, setup.val_ds, run.cfg.num_classes, run.reduce_fn)
+        row.update({f"{prefix}val_loss": f"{result['loss']:.5f}", f"{prefix}val_top1": f"{result['top1']:.4f}",
+                    f"{prefix}val_top5": f"{result['top5']:.4f}"})
+        text += f" | {label} top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"
+        top1 = result["top1"]
     return text, top1
 
 
-def save_on_interrupt(run: Run, parts: Parts, state) -> int:
+def save_on_interrupt(run: RunContext, setup: TrainingSetup, state) -> int:
     """Ctrl-C / SIGTERM: a resumable checkpoint of the position reached (unless it is on disk
     already), the command that continues the run, exit status 130."""
     cfg, logger = run.cfg, run.logger
     position = (state.epoch, state.step)
     if run.rank == 0 and position != state.saved and position != (0, 0):
-        meta = state.checkpoint_meta(cfg, parts.global_step(), state.epoch, state.step)
-        path = save_training_state(parts.step_cell, cfg.save_checkpoint_path, meta, epoch_file=False)
+        meta = state.checkpoint_meta(cfg, setup.global_step(), state.epoch, state.step)
+        path = save_training_state(setup.step_cell, cfg.save_checkpoint_path, meta, epoch_file=False)
         logger.warning(f"interrupted at {state.where()}: saved resumable {path}")
     elif run.rank == 0:
         logger.warning(f"interrupted at {state.where()}; nothing new to save")
@@ -372,7 +364,7 @@ def save_on_interrupt(run: Run, parts: Parts, state) -> int:
     return EXIT_INTERRUPTED
 
 
-def cluster_failure(run: Run, exc: RuntimeError) -> Optional[ClusterError]:
+def cluster_failure(run: RunContext, exc: RuntimeError) -> Optional[ClusterError]:
     """A collective operation that failed in a data-parallel run, as one error naming the cause's
     place; None for any other RuntimeError (raised as it is)."""
     if run.world <= 1 or not is_communication_failure(exc):
@@ -389,7 +381,7 @@ def last_good_checkpoint(cfg, template="; the last good checkpoint is {}") -> st
     return template.format(last) if os.path.isfile(last) else ""
 
 
-def finish(run: Run, parts: Parts, state):
+def finish(run: RunContext, setup: TrainingSetup, state):
     """The final log lines (and, on ModelArts, the last copy of the outputs)."""
     cfg = run.cfg
     run.logger.info(f"done: best val top-1 {state.best_acc:.4f} at epoch {state.best_epoch}; checkpoints in "

@@ -62,10 +62,10 @@ def main(argv=None):
     flags = [f for f in args.flags if f != "--"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
-        for rep in range(args.repeats):
-            root = os.path.join(tmp, f"graphs{rep}")
+        for repeat in range(args.repeats):
+            root = os.path.join(tmp, f"graphs{repeat}")
             for kind in ("cold", "warm"):
-                r = run_once(flags, root, os.path.join(tmp, f"run{rep}-{kind}"))
+                r = run_once(flags, root, os.path.join(tmp, f"run{repeat}-{kind}"))
                 r["kind"] = kind
                 rows.append(r)
                 print(f"{kind}: cache {r['cache']}, first step after {r['first_step_s']:.1f} s, compile "

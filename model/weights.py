@@ -5,7 +5,7 @@ import os
 import sys
 import tempfile
 import zlib
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -14,8 +14,8 @@ from mindspore import nn
 from .configs import HEAD_PREFIX
 from .errors import CheckpointError, first_line, short_list
 
-__all__ = ["read_checkpoint", "verify_checksum", "CHECKSUM_TRAILER", "check_finite", "require_finite_outputs", "fit_problems", "check_fit",
-           "require_convmlp", "load_pretrained", "MODEL_ROOTS"]
+__all__ = ["read_checkpoint", "read_checkpoint_entries", "verify_checksum", "CHECKSUM_TRAILER", "check_finite",
+           "require_finite_outputs", "fit_problems", "check_fit", "require_convmlp", "load_pretrained", "MODEL_ROOTS"]
 
 
 #: The end of a checkpoint written with ``mindspore.save_checkpoint(..., crc_check=True)``: these 7
@@ -69,6 +69,11 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     """Load a MindSpore checkpoint (any file name) into a name -> Parameter dict, with one clear
     error when the file is missing, damaged (its checksum does not match), truncated or not a
     checkpoint. A checkpoint without a checksum is read with one ``warning:`` line."""
+    return read_checkpoint_entries(path)[0]
+
+
+def read_checkpoint_entries(path: str) -> Tuple[Dict[str, ms.Parameter], bool]:
+    """:func:`read_checkpoint`, and whether the file carried a checksum (which then matched)."""
     path = os.fspath(path)
     _check_checkpoint_file(path)
     try:
@@ -89,7 +94,7 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
         print(f"warning: checkpoint '{path}' carries no checksum (written by another tool or an older version); "
               "it is read without a damage check", file=sys.stderr, flush=True)
     check_finite(params, path)
-    return params
+    return params, checked
 
 
 def _float_array(value):

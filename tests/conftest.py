@@ -229,9 +229,9 @@ def built_model():
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A checkpoint of the tiny topology (fresh weights) written by the repository's writer
-    (``src.checkpoint.files.save_atomic``); evaluate it with :data:`helpers.TINY_CKPT_FLAGS`."""
+    (``src.checkpoint.checkpoint.save_atomic``); evaluate it with :data:`helpers.TINY_CKPT_FLAGS`."""
     from model import ConvMLP
-    from src.checkpoint.files import save_atomic
+    from src.checkpoint.checkpoint import save_atomic
     net = ConvMLP(num_classes=10, blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16,
                   n_conv_blocks=1)
     path = str(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt")

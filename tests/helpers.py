@@ -380,10 +380,11 @@ def metrics_epochs(run_dir):
 
 
 def checkpoint_meta(path):
-    """The training metadata (epoch, step_in_epoch, best_acc, ...) of a train.py checkpoint."""
+    """The training metadata (a CheckpointMeta: epoch, step_in_epoch, best_acc, ...) of a train.py
+    checkpoint."""
     import mindspore as ms
-    from src.checkpoint.files import read_meta
-    return read_meta(ms.load_checkpoint(str(path)))
+    from src.checkpoint.checkpoint import CheckpointMeta
+    return CheckpointMeta.from_entries(ms.load_checkpoint(str(path)))
 
 
 def model_weights(ckpt):
@@ -521,7 +522,7 @@ def assert_data_parallel_equal(dump, reference, atol, rtol):
     their initial values by far more than that, so the comparison is not one of two initial states.
     Prints the max |diff| of each."""
     import numpy as np
-    from src.checkpoint.files import EMA_PREFIX
+    from src.checkpoint.checkpoint import EMA_PREFIX
     r0, r1 = np.load(os.path.join(dump, "rank0.npz")), np.load(os.path.join(dump, "rank1.npz"))
     want, init = np.load(reference), np.load(reference.replace(".npz", "_init.npz"))
     assert sorted(r0.files) == sorted(r1.files) == sorted(want.files) == sorted(init.files)
@@ -565,7 +566,6 @@ def checkpoint_model(ckpt, *argv):
     """``(net, cfg)``: the model of `ckpt` as export.py/infer.py load it (topology from the saved config)."""
     from src.checkpoint.load import load_checkpoint_model, DEPLOY_KEYS
     from src.config import load_config
-    argv = ["--checkpoint_path", ckpt, *argv]
-    cfg = load_config(argv)
-    net, _ = load_checkpoint_model(cfg, argv, logging.getLogger("test"), DEPLOY_KEYS)
+    cfg = load_config(["--checkpoint_path", ckpt, *argv])
+    net, _ = load_checkpoint_model(ckpt, cfg, logging.getLogger("test"), DEPLOY_KEYS)
     return net, cfg

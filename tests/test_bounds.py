@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from helpers import TINY_CKPT_FLAGS, assert_user_error, run_script
-from src.checkpoint.files import saved_config
+from src.checkpoint.checkpoint import CheckpointMeta
 from src.config import convert_value, load_config
 from src.config.strict_yaml import MAX_ALIAS_NODES, load_mapping
 from src.platform import bounds
@@ -53,7 +53,7 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
 
 def test_an_alias_bomb_in_a_checkpoints_saved_config(tmp_path):
     with pytest.raises(CheckpointError, match="its saved config .*YAML aliases"):
-        saved_config({"config": BOMB}, "run/last.ckpt")
+        CheckpointMeta(config=BOMB).saved_config("run/last.ckpt")
 
 
 def test_an_alias_bomb_in_a_command_line_list():

@@ -1,9 +1,9 @@
 """Checkpoints carry a checksum that every reader verifies.
 
-The writer (``src/checkpoint/files.save_atomic``, used by training and ``pth2ckpt.py``) writes
+The writer (``src.checkpoint.checkpoint.save_atomic``, used by training and ``pth2ckpt.py``) writes
 MindSpore's CRC-32 of the whole file (``crc_check=True``); the one reader
-(``model/weights.read_checkpoint``, used by evaluation, inference, export, resuming, fine-tuning
-and the reverse conversion) verifies it. A damaged file is one ``error:`` naming it; a checkpoint
+(``src.checkpoint.checkpoint.Checkpoint.read``, through ``model.weights.read_checkpoint``, used by
+evaluation, inference, export, resuming, fine-tuning and the reverse conversion) verifies it. A damaged file is one ``error:`` naming it; a checkpoint
 without a checksum (another tool, an older run) is read with one ``warning:`` line."""
 import os
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import TINY_CKPT_FLAGS, assert_user_error, run_script
-from src.checkpoint.files import save_atomic
+from src.checkpoint.checkpoint import save_atomic
 from model import read_checkpoint
 from model.weights import CHECKSUM_TRAILER, verify_checksum
 from src.platform.errors import CheckpointError

@@ -1,4 +1,4 @@
-"""config.py: defaults < YAML < CLI, per-dataset values, and the errors for unknown keys and bad values."""
+"""src/config: defaults < YAML < CLI, per-dataset values, and the errors for unknown keys and bad values."""
 import importlib.util
 import os
 

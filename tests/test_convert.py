@@ -1,8 +1,8 @@
 """MindSpore -> official PyTorch weights: the inverse name mapping and ``pth2ckpt.py --reverse``.
 
-* :func:`src.convert.to_torch_name` inverts :func:`src.convert.map_name` on every official key of
-  S/M/L, and :func:`src.convert.to_torch_state_dict` rebuilds the official state_dict: the keys of
-  the fixture listings in their order, dtypes and shapes.
+* :func:`src.convert.names.to_torch_name` inverts :func:`src.convert.names.map_name` on every
+  official key of S/M/L, and :func:`src.convert.names.to_torch_state_dict` rebuilds the official
+  state_dict: the keys of the fixture listings in their order, dtypes and shapes.
 * ``.pth -> .ckpt -> .pth`` on the official tiny checkpoint gives the same file content: same keys
   in the same order, same dtypes, bit-identical tensors. The one difference is documented: the
   BatchNorm counters ``num_batches_tracked``, which MindSpore does not keep, come back as int64 0.

@@ -1,4 +1,4 @@
-"""cifar.py (binary format, validation, generator) and dataset.py (MindSpore pipelines).
+"""src/data/cifar.py (binary format, validation, generator) and src/data/pipeline.py (MindSpore pipelines).
 
 The reference decoding is written here with plain NumPy, independent of cifar.py: a record is the
 label byte(s) followed by 1024 R, 1024 G and 1024 B bytes of a row-major 32x32 image.

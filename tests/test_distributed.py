@@ -69,7 +69,7 @@ import pytest
 from helpers import (DP_TOPOLOGY, MSRUN, MSRUN_MARKS, NO_AUG, REPO, TINY_TOPOLOGY, VENV_BIN,
                      assert_data_parallel_equal, assert_default_recipe, background, free_port, generated,
                      plugin_env)
-from src.checkpoint.files import EMA_PREFIX
+from src.checkpoint.checkpoint import EMA_PREFIX
 
 TRAIN = os.path.join(REPO, "train.py")   # run from a temporary folder: MindSpore may write rank_*/ there
 N_TRAIN, N_VAL, PER_DEVICE, WORLD, EPOCHS = 512, 200, 32, 2, 4

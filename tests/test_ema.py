@@ -30,7 +30,7 @@ from model.torch_convmlp import TorchConvMLP  # noqa: E402
 from src.convert.names import map_name  # noqa: E402
 from src.data.mixing import BatchMixer  # noqa: E402
 from src.platform.device import configure_runtime  # noqa: E402
-from src.checkpoint.files import EMA_PREFIX, ema_weights  # noqa: E402
+from src.checkpoint.checkpoint import EMA_PREFIX, Checkpoint, CheckpointMeta  # noqa: E402
 from src.train.ema import ModelEma, TrainStepWithEma, ema_network  # noqa: E402
 from src.train.optim import AdamW, cosine_schedule, param_groups_weight_decay  # noqa: E402
 from src.train.step import build_train_step  # noqa: E402
@@ -158,6 +158,9 @@ def test_ema_equals_pytorch_training_with_model_ema(mindspore_run):
 
 def test_ema_weights_of_a_checkpoint_are_named_as_the_model():
     params = {"head.weight": 1, "ema.head.weight": 2, "arch": "convmlp_s"}
-    assert ema_weights(params, "x.ckpt") == {"head.weight": 2, "arch": "convmlp_s"}
+    with_ema = Checkpoint("x.ckpt", params, CheckpointMeta(arch="convmlp_s"), checksum_verified=True)
+    assert with_ema.has_ema and with_ema.model_entries(use_ema=True) == {"head.weight": 2, "arch": "convmlp_s"}
+    assert with_ema.model_entries() == params
+    without = Checkpoint("y.ckpt", {"head.weight": 1}, CheckpointMeta(), checksum_verified=True)
     with pytest.raises(CheckpointError, match="'y.ckpt' holds no EMA weights"):
-        ema_weights({"head.weight": 1}, "y.ckpt")
+        without.model_entries(use_ema=True)

@@ -82,7 +82,7 @@ def resumed_epochs(log):
 def finished_epochs(last):
     """Epochs finished according to a copy of ``last.ckpt`` (what ``--resume auto`` starts from);
     0 when there was none."""
-    return int(checkpoint_meta(last)["epoch"]) if os.path.exists(last) else 0
+    return checkpoint_meta(last).epoch if os.path.exists(last) else 0
 
 
 def keep_last(run_dir, copy):

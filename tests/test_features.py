@@ -247,7 +247,7 @@ def test_pth2ckpt_detection_checkpoint_and_flags_that_do_not_apply(tmp_path, tin
 
 
 def test_a_classifier_checkpoint_loads_as_a_backbone_with_one_warning(tmp_path, capsys):
-    from src.checkpoint.files import save_atomic
+    from src.checkpoint.checkpoint import save_atomic
     classifier = ConvMLP(num_classes=10, **TINY)
     path = str(tmp_path / "classifier.ckpt")
     save_atomic(classifier, path)

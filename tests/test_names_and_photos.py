@@ -135,6 +135,7 @@ def test_a_run_on_odd_names_resumes_and_evaluates_on_its_saved_split(odd_run):
     val_top1 = float(last.split("val top-1 ")[1].split()[0])
     assert odd_run["json"]["acc"] == pytest.approx(val_top1, abs=1e-4)
     assert odd_run["json"]["n"] == 2 * len(ODD_CLASSES)                # round(8 x 0.25) per class
+    assert f"val (val_fraction 0.25 of {odd_run['root']}) at 32px" in evl
     # the table: one line per class, each name printed as its literal (no raw newline, tab or byte)
     table = [row for row in evl.split("per-class accuracy:\n")[1].splitlines() if row.startswith("  ")]
     assert len(table) == len(ODD_CLASSES)

@@ -27,7 +27,7 @@ import pytest
 
 from helpers import (REPO, TINY_CKPT_FLAGS, assert_user_error, data_flags, ok, run_main, run_script,
                      run_script_reader_leaves)
-from src.checkpoint.files import save_atomic
+from src.checkpoint.checkpoint import save_atomic
 from src.platform import fileio
 from src.platform.errors import EXIT_BROKEN_PIPE
 from src.platform.fileio import SCRATCH_PREFIX, OutputError, atomic_output

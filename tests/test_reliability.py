@@ -89,19 +89,19 @@ def test_ctrl_c_saves_a_resumable_checkpoint_exits_130_and_the_resume_ends_with_
     assert "stopping after the current step" in first["stdout"]
     assert "saved resumable" in first["stdout"] and "--resume auto" in first["stdout"]
     meta = interrupted_run["meta_after_stop"]
-    assert meta["epoch"] == 1 and 5 <= meta["step_in_epoch"] < TRAIN_STEPS, meta
+    assert meta.epoch == 1 and 5 <= meta.step_in_epoch < TRAIN_STEPS, meta
     assert not [f for f in interrupted_run["files_after_stop"] if ".tmp" in f]
     # the epoch-1 files written before the signal were not touched by the interrupt (the resume
     # may then write a better best.ckpt)
     assert interrupted_run["epoch1"] is not None and interrupted_run["epoch1_after_stop"] == interrupted_run["epoch1"]
 
     ok(second)
-    assert f"1 epoch(s) done + {meta['step_in_epoch']} step(s) of epoch 2" in second.stdout
+    assert f"1 epoch(s) done + {meta.step_in_epoch} step(s) of epoch 2" in second.stdout
     out = interrupted_run["dir"]
     with open(out / "metrics.csv") as f:
         epochs = [int(r.split(",")[0]) for r in f.read().strip().splitlines()[1:]]
     assert epochs == list(range(1, TRAIN_EPOCHS + 1))
-    assert checkpoint_meta(out / "last.ckpt")["epoch"] == TRAIN_EPOCHS
+    assert checkpoint_meta(out / "last.ckpt").epoch == TRAIN_EPOCHS
     assert not temp_files(out)
 
     a, b = model_weights(trained_run["dir"] / "last.ckpt"), model_weights(out / "last.ckpt")

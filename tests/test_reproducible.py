@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_TOPOLOGY, background, ok, override, plugin_env, run_script
+from helpers import REPO, TINY_TOPOLOGY, background, checkpoint_meta, ok, override, plugin_env, run_script
 
 EPOCHS = 3
 STEPS = 6                          # max_steps_per_epoch (the data has 12 batches of 16)
@@ -56,12 +56,6 @@ def stop_in_epoch_2(args, sig, environ):
                           env=dict(environ, PYTHONUNBUFFERED="1",
                                    **plugin_env(environ, CONVMLP_TEST_SIGNAL_AT_STEP=f"{sig.name[3:]}:2:1")))
     return proc.returncode, proc.stdout
-
-
-def read_meta(path):
-    import mindspore as ms
-    from src.checkpoint.files import read_meta as read
-    return read(ms.load_checkpoint(str(path)))
 
 
 @background
@@ -102,10 +96,10 @@ def test_the_runs_stopped_where_they_were_meant_to(runs):
     dirs, logs, stop_ckpt = runs
     assert "graph cache: miss" in (dirs["first"] / "train.log").read_text()
     assert "graph cache: hit" in (dirs["second"] / "train.log").read_text()
-    meta = read_meta(stop_ckpt)                          # a mid-epoch checkpoint of epoch 2
-    assert meta["epoch"] == 1 and 0 < meta["step_in_epoch"] < STEPS, meta
-    assert len(meta["epoch_losses"]) == meta["step_in_epoch"]
-    assert f"1 epoch(s) done + {meta['step_in_epoch']} step(s) of epoch 2" in logs["sigterm_resumed"]
+    meta = checkpoint_meta(stop_ckpt)                         # a mid-epoch checkpoint of epoch 2
+    assert meta.epoch == 1 and 0 < meta.step_in_epoch < STEPS, meta
+    assert len(meta.epoch_losses) == meta.step_in_epoch
+    assert f"1 epoch(s) done + {meta.step_in_epoch} step(s) of epoch 2" in logs["sigterm_resumed"]
     assert "resumed from" in logs["sigkill_resumed"] and "1 epoch(s) done," in logs["sigkill_resumed"]
 
 

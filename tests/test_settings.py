@@ -395,9 +395,20 @@ def tree_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tree_run")
     tree = _tree(root / "photos", {"cat": 4, "dog": 4})
     out = root / "run"
-    ok(run_main("train.py", *IMAGEFOLDER, "--mode", "pynative", "--max_steps_per_epoch", "1", "--val_fraction",
-                "0.25", "--train_data_path", tree, "--save_checkpoint_path", out))
-    return {"tree": tree, "out": out}
+    proc = ok(run_main("train.py", *IMAGEFOLDER, "--mode", "pynative", "--max_steps_per_epoch", "1",
+                       "--val_fraction", "0.25", "--train_data_path", tree, "--save_checkpoint_path", out))
+    return {"tree": tree, "out": out, "log": proc.stdout + proc.stderr}
+
+
+def test_a_val_fraction_run_logs_where_its_splits_come_from_and_its_custom_topology(tree_run):
+    """Both splits are parts of train_data_path (3 of each class's 4 images to train, 1 to validate),
+    and TINY_TOPOLOGY is not convmlp_s, whose name the run's arch still is."""
+    log, tree = tree_run["log"], tree_run["tree"]
+    assert (f"data: imagefolder train 6 images ({tree} less val_fraction 0.25), "
+            f"val 2 images (val_fraction 0.25 of {tree}), 2 classes, 32px") in log
+    assert ("model custom ConvMLP (blocks [1, 1, 1], dims [32, 64, 128], mlp_ratios [2, 2, 2], channels 16, "
+            "n_conv_blocks 1): ") in log
+    assert "model convmlp_s" not in log and "(None)" not in log
 
 
 def _copy_tree_run(tree_run, tmp_path):

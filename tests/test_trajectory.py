@@ -2,7 +2,7 @@
 
 MindSpore side: train.py's own training cell, built as train.py builds it --
 ``build_train_step(net, AdamW(param_groups_weight_decay(params, wd), Tensor(cosine_schedule(...)),
-weight_decay=wd), loss_scale_type="none")`` in GRAPH mode (``src.perf.configure_runtime``), drop
+weight_decay=wd), loss_scale_type="none")`` in GRAPH mode (``src.platform.device.configure_runtime``), drop
 path 0, BatchNorm in training mode, soft targets made by the training pipeline's
 ``mixing.BatchMixer`` (one-hot with label smoothing 0.1; no mixup, cutmix or erasing).
 
@@ -164,7 +164,7 @@ def train_torch(initial, batches, lrs, decay_everything=False, bn_momentum=None,
     params = list(model.parameters())
     if decay_everything:
         groups = [{"params": params, "weight_decay": WEIGHT_DECAY}]
-    else:  # as src.optim.param_groups_weight_decay
+    else:  # as src.train.optim.param_groups_weight_decay
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": WEIGHT_DECAY},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     opt = optimizer(groups, lr=float(lrs[0]), betas=(0.9, 0.999), eps=1e-8)

@@ -343,7 +343,7 @@ def test_a_checkpoint_saved_config_is_checked_like_a_config_file(name, fragments
 def test_reverse_conversion_reads_the_topology_off_the_weights_when_the_saved_config_is_unusable(
         name, damaged, tmp_path):
     """pth2ckpt.py --reverse only needs the topology, which the weights determine: a saved config
-    that evl.py refuses (same reader, src.checkpoint.saved_config) is passed over, and the output
+    that evl.py refuses (same reader, src.checkpoint.checkpoint.CheckpointMeta.saved_config) is passed over, and the output
     says where the topology came from."""
     out = tmp_path / "back.pth"
     proc = ok(run_main("pth2ckpt.py", "--reverse", "--src", damaged[name], "--dst", out, "--verify"))

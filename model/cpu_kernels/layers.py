@@ -127,7 +127,7 @@ class BatchNorm2d(nn.BatchNorm2d):
                          moving_var_init, use_batch_statistics, data_format, dtype)
         self.fuse_relu = fuse_relu
         self.relu = nn.ReLU()
-        self.keep = float(momentum)  # weight of the old moving statistic (MindSpore's convention)
+        self.old_weight = float(momentum)  # weight of the old moving statistic (MindSpore's convention)
         self.use_kernel = (fuse_relu and affine and use_batch_statistics is None
                            and data_format == "NCHW" and active())
         if self.use_kernel:
@@ -140,9 +140,10 @@ class BatchNorm2d(nn.BatchNorm2d):
             y, mean, _, var = self.kernel(x, self.gamma, self.beta, self.eps_tensor)
             mean = ops.stop_gradient(mean)
             var = ops.stop_gradient(var)
-            y = ops.depend(y, ops.assign(self.moving_mean, self.moving_mean * self.keep + mean * (1.0 - self.keep)))
+            y = ops.depend(y, ops.assign(self.moving_mean,
+                                         self.moving_mean * self.old_weight + mean * (1.0 - self.old_weight)))
             y = ops.depend(y, ops.assign(self.moving_variance,
-                                         self.moving_variance * self.keep + var * (1.0 - self.keep)))
+                                         self.moving_variance * self.old_weight + var * (1.0 - self.old_weight)))
             return y
         if self.use_kernel and not self.training and x.dtype == ms.float32 and x.ndim == 4:
             return self.infer_kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,

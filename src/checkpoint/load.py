@@ -1,14 +1,14 @@
 """A model from the config or from a checkpoint: building the configured network, taking a
 train.py checkpoint's model settings from its saved config, loading its weights for evaluation,
 export and inference, and loading a whole training state for a resumed run."""
-from model import TOPOLOGY_KEYS, check_fit, read_checkpoint, require_convmlp
+from model import TOPOLOGY_KEYS, check_fit, require_convmlp
 
-from ..config import cli_keys, convert_value
+from ..config import convert_value
 from ..platform.device import cpu_kernels_wanted
 from ..platform.errors import CheckpointError, ConfigError, first_line
-from .files import ema_weights, read_meta, saved_config, saved_config_source
+from .checkpoint import Checkpoint, saved_config_source
 
-__all__ = ["build_model", "inference_network", "require_checkpoint_path", "adopt_checkpoint_model",
+__all__ = ["build_model", "describe_model", "inference_network", "require_checkpoint_path", "adopt_checkpoint_model",
            "load_checkpoint_model", "check_arch", "load_training_state", "MODEL_KEYS", "DEPLOY_KEYS"]
 
 # What a train.py checkpoint's saved config says about the model it holds (see adopt_checkpoint_model).
@@ -30,6 +30,30 @@ def build_model(cfg, kernels=None, **kwargs):
     if cpu_kernels_wanted(cfg) if kernels is None else kernels:
         net = apply_cpu_kernels(net)
     return net
+
+
+def describe_model(cfg) -> str:
+    """How messages name the configured network: ``arch``, or where a topology key makes it another
+    network than the released variant, ``custom ConvMLP`` with its whole topology (``blocks [1, 1,
+    1], dims [32, 64, 128], ...``)."""
+    from model import complete_topology, default_cfgs
+    topo = complete_topology(cfg.arch, {k: getattr(cfg, k) for k in TOPOLOGY_KEYS})
+    released = default_cfgs[cfg.arch]
+    if all(_as_list(topo[k]) == _as_list(released[k]) for k in TOPOLOGY_KEYS):
+        return cfg.arch
+    shown = ", ".join(f"{k} {_shown(topo[k])}" for k in TOPOLOGY_KEYS)
+    return f"custom ConvMLP ({shown})"
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _shown(value):
+    """A topology value as written in a config file (``[2, 2, 2]``, ``64``; ratios without ``.0``)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def inference_network(net, cfg, kernels=None):
@@ -54,27 +78,26 @@ def require_checkpoint_path(cfg):
 
 
 def check_arch(meta, arch, path, what="checkpoint"):
-    """CheckpointError when a checkpoint's recorded ``arch`` is not the run's `arch`."""
-    if "arch" in meta and meta["arch"] != arch:
-        raise CheckpointError(f"{what}: '{path}' is a {meta['arch']} checkpoint but arch is {arch}; pass "
-                              f"--arch {meta['arch']}")
+    """CheckpointError when a checkpoint's recorded ``arch`` (its :class:`CheckpointMeta`) is not the
+    run's `arch`."""
+    if meta.arch is not None and meta.arch != arch:
+        raise CheckpointError(f"{what}: '{path}' is a {meta.arch} checkpoint but arch is {arch}; pass "
+                              f"--arch {meta.arch}")
 
 
-def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
-    """A train.py checkpoint records its run's config: take `keys` (by default the model's arch and
-    topology, and the image size) from it unless they were given on the command line. The saved
-    config is read like a config file (a mapping, no key twice) and each value taken is validated
-    against the schema; CheckpointError naming the checkpoint (`path`, by default
-    ``cfg.checkpoint_path``) otherwise."""
-    path = path or cfg.checkpoint_path
-    saved = saved_config(meta, path)
+def adopt_checkpoint_model(cfg, ckpt, logger, keys=MODEL_KEYS):
+    """A train.py checkpoint (`ckpt`, a :class:`Checkpoint`) records its run's config: take `keys` (by
+    default the model's arch and topology, and the image size) from it unless they were given on the
+    command line (``cfg.command_line_keys``). The saved config is read like a config file (a
+    mapping, no key twice) and each value taken is validated against the schema; CheckpointError
+    naming the checkpoint otherwise."""
+    saved = ckpt.meta.saved_config(ckpt.path)
     if saved is None:
         return
-    source = saved_config_source(path)
-    given = cli_keys(argv)
+    source = saved_config_source(ckpt.path)
     taken = []
     for key in keys:
-        if key in saved and key not in given:
+        if key in saved and key not in cfg.command_line_keys:
             try:
                 value = convert_value(key, saved[key], source)
             except ConfigError as exc:
@@ -87,14 +110,15 @@ def adopt_checkpoint_model(cfg, meta, argv, logger, keys=MODEL_KEYS, path=None):
         logger.info("from the checkpoint's config: " + ", ".join(taken))
 
 
-def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=True, features_only=False,
+def load_checkpoint_model(path, cfg, logger, keys=MODEL_KEYS, classes_from_head=True, features_only=False,
                           kernels=None):
-    """The model of ``cfg.checkpoint_path`` with its weights, in inference mode (where `kernels`,
+    """The model of the checkpoint at `path` with its weights, in inference mode (where `kernels`,
     default as :func:`build_model`, the fused evaluation cell, :func:`inference_network`); returns
-    ``(net, meta)``.
+    ``(net, meta)``, `meta` the checkpoint's :class:`CheckpointMeta`.
 
     Arch, topology and image size (and any other `keys`) come from a train.py checkpoint's saved
-    config unless given in `argv`; ``num_classes`` comes from the checkpoint's head unless given
+    config unless given on the command line (``cfg.command_line_keys``); ``num_classes`` comes from
+    the checkpoint's head unless given
     (or unless ``classes_from_head`` is off and the dataset has a class count: evl.py keeps the
     dataset's, so that a checkpoint for another class count is an error naming both counts). With
     ``use_ema`` the model holds the checkpoint's EMA weights (``ema.*``).
@@ -104,13 +128,12 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     """
     import mindspore as ms
 
-    path = require_checkpoint_path(cfg)
-    params = read_checkpoint(path)
-    meta = read_meta(params)
+    ckpt = Checkpoint.read(path)
+    meta = ckpt.meta
+    params = ckpt.model_entries(cfg.use_ema)
     if cfg.use_ema:
-        params = ema_weights(params, path)
         logger.info(f"use_ema: the EMA weights of {path}")
-    adopt_checkpoint_model(cfg, meta, argv, logger, keys)
+    adopt_checkpoint_model(cfg, ckpt, logger, keys)
     check_arch(meta, cfg.arch, path, "checkpoint_path")
     require_convmlp(params, path)
     if features_only:   # the backbone: a classifier's head is not part of it
@@ -124,9 +147,8 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
         raise CheckpointError(f"'{path}' has no classifier head (head.weight): it is a backbone for "
                               "fine-tuning (pth2ckpt.py without the head); use a checkpoint written by "
                               "train.py or converted with its head")
-    given = cli_keys(argv)
     from_head = classes_from_head or cfg.num_classes is None
-    if from_head and "num_classes" not in given and cfg.num_classes != int(head.shape[0]):
+    if from_head and "num_classes" not in cfg.command_line_keys and cfg.num_classes != int(head.shape[0]):
         logger.info(f"num_classes={int(head.shape[0])} from the checkpoint's head")
         cfg.num_classes = int(head.shape[0])
     net = build_model(cfg, kernels)
@@ -136,17 +158,21 @@ def load_checkpoint_model(cfg, argv, logger, keys=MODEL_KEYS, classes_from_head=
     return inference_network(net, cfg, kernels), meta
 
 
-def load_training_state(step_cell, params, path):
-    """The weights and optimiser state of a resumed run into `step_cell`. The learning-rate schedule
-    is not taken from the file: it follows this run's config (e.g. a larger epoch_size extends it)
-    at the restored global step."""
+def load_training_state(step_cell, optimizer, ckpt):
+    """The weights and optimiser state of the checkpoint `ckpt` (a :class:`Checkpoint`) into
+    `step_cell`, and its global step into `optimizer`. The learning-rate schedule is not taken from
+    the file: it follows this run's config (e.g. a larger epoch_size extends it) at the restored
+    global step."""
     import mindspore as ms
-    state = {k: v for k, v in params.items() if not isinstance(v, str)}
+    state = ckpt.tensors()
     for p in step_cell.get_parameters():
         if p.name == "learning_rate":  # this run's own schedule (also: no "not loaded" warning)
             state[p.name] = ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
     try:
         ms.load_param_into_net(step_cell, state)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"resume: '{path}' does not fit this run's training state: "
+        raise CheckpointError(f"resume: '{ckpt.path}' does not fit this run's training state: "
                               f"{first_line(exc)}") from None
+    step = ckpt.meta.global_step
+    if step is not None and int(optimizer.global_step.asnumpy()[0]) != step:
+        optimizer.global_step.set_data(ms.Tensor([step], ms.int32))

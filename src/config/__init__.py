@@ -5,7 +5,7 @@ and the settings that follow from others (per-dataset defaults, the demo layer).
     >>> cfg.num_classes, cfg.mean        # per-dataset values follow dataset_choose
     (100, [0.5071, 0.4867, 0.4408])
 """
-from .cli import (COMMON_OPTIONS, DEFAULT_CONFIG_FILE, CommandLine, cap_workers, cli_keys, config_markdown,
+from .cli import (COMMON_OPTIONS, DEFAULT_CONFIG_FILE, CommandLine, cap_workers, config_markdown,
                   load_config, parse_command_line, path_arg)
 from .presets import DATA_ROOT, DEMO_OVERRIDES, DEMO_ROOT, apply_dataset_defaults
 from .schema import (AMP_LEVELS, EPOCH_SEED_STRIDE, LOSS_SCALE_TYPES, MAX_IMAGE_SIZE, SCHEMA, SCHEMA_BY_NAME,
@@ -13,7 +13,7 @@ from .schema import (AMP_LEVELS, EPOCH_SEED_STRIDE, LOSS_SCALE_TYPES, MAX_IMAGE_
 from .values import Config, convert_value, epoch_config
 
 __all__ = ["load_config", "parse_command_line", "CommandLine", "option", "Key", "Config", "SCHEMA",
-           "SCHEMA_BY_NAME", "convert_value", "cli_keys", "cap_workers", "path_arg", "config_markdown",
+           "SCHEMA_BY_NAME", "convert_value", "cap_workers", "path_arg", "config_markdown",
            "apply_dataset_defaults", "epoch_config", "epoch_seed", "DEFAULT_CONFIG_FILE", "COMMON_OPTIONS",
            "DATA_ROOT", "DEMO_ROOT", "DEMO_OVERRIDES", "SEED_LIMIT", "EPOCH_SEED_STRIDE", "MAX_IMAGE_SIZE",
            "AMP_LEVELS", "LOSS_SCALE_TYPES"]

@@ -25,7 +25,7 @@ from .schema import SCHEMA, SCHEMA_BY_NAME, SCRIPTS, EPOCH_SEED_STRIDE, SEED_LIM
 from .strict_yaml import load_mapping, read_utf8
 from .values import Config, FALSE_WORDS, TRUE_WORDS, convert_key, expected_values, unknown_key
 
-__all__ = ["load_config", "parse_command_line", "CommandLine", "cli_keys", "cap_workers", "path_arg",
+__all__ = ["load_config", "parse_command_line", "CommandLine", "cap_workers", "path_arg",
            "config_markdown", "DEFAULT_CONFIG_FILE", "COMMON_OPTIONS"]
 
 #: Options every entry script takes besides the config keys.
@@ -109,11 +109,6 @@ def _parse_cli(argv, keys, positionals=False):
     return config_file, raw, paths
 
 
-def cli_keys(argv):
-    """The config keys named on the command line (``--key value``, ``--key=value``, ``--key-name``)."""
-    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-
-
 def load_config(argv=None, apply_defaults=True, script=None):
     """Build the Config: schema defaults < YAML (``--config FILE``) < the demo layer
     (:data:`DEMO_OVERRIDES`, when ``demo`` is on) < ``--key value`` flags.
@@ -175,7 +170,7 @@ def parse_command_line(argv=None, options=(), positionals=False, apply_defaults=
             times = "twice" if len(vals) == 2 else f"{len(vals)} times"
             raise ConfigError(f"command line: --{name} is given {times} ({shown}); give it once")
 
-    cfg = Config(values)
+    cfg = Config(values, command_line_keys=[n for n in cli if n not in own])
     _check_data_keys(cfg)
     given = _chosen_recipe_keys(values, set(cli))
     if apply_defaults:

@@ -187,8 +187,11 @@ def unknown_key(name, source, keys=None):
 class Config:
     """Resolved configuration with attribute access (``cfg.batch_size``); keys are those of SCHEMA."""
 
-    def __init__(self, values):
+    def __init__(self, values, command_line_keys=()):
         object.__setattr__(self, "_values", dict(values))
+        #: The keys given on the command line (``--key value``): a value read from a checkpoint's
+        #: saved config replaces the others, never these.
+        object.__setattr__(self, "command_line_keys", frozenset(command_line_keys))
 
     def __getattr__(self, name):
         values = object.__getattribute__(self, "_values")

@@ -10,7 +10,7 @@ import numpy as np
 from model import (HEAD_PREFIX, TOPOLOGY_KEYS, ConvMLP, check_finite, complete_topology, default_cfgs, fit_problems,
                    list_models)
 
-from ..checkpoint.files import save_atomic
+from ..checkpoint.checkpoint import save_atomic
 from ..config import convert_value
 from ..platform.download import download_url
 from ..platform.errors import CheckpointError, ConfigError, DataError, short_list
@@ -78,7 +78,7 @@ def fetch_release(arch: str, cache_dir: str) -> str:
 
 
 def save_ckpt_atomic(weights: Mapping[str, np.ndarray], dst: str, src: Optional[str] = None):
-    """Write ``weights`` as a MindSpore ``.ckpt`` at ``dst`` (:func:`src.checkpoint.save_atomic`):
+    """Write ``weights`` as a MindSpore ``.ckpt`` at ``dst`` (:func:`src.checkpoint.checkpoint.save_atomic`):
     ``dst`` is either the old file or the complete new one, never partial, and never ``src``."""
     import mindspore as ms
     check_not_input(dst, ("--src", src), label="--dst")

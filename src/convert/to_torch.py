@@ -18,9 +18,7 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
-from model import read_checkpoint
-
-from ..checkpoint.files import ema_weights, read_meta, saved_config
+from ..checkpoint.checkpoint import Checkpoint, CheckpointMeta
 from ..platform.errors import CheckpointError, ConfigError, short_list
 from ..platform.fileio import atomic_output, check_output_path
 from .names import (MODEL_ROOTS, TOPOLOGY_KEYS, VERIFY_ATOL, infer_topology, max_abs_difference, to_torch_name,
@@ -34,15 +32,14 @@ FORWARD_ONLY = ("arch", "num_classes", "blocks", "dims", "mlp_ratios", "channels
 RELEASED_SIZE, CUSTOM_SIZE = 224, 64
 
 
-def read_ms_checkpoint(path: str, use_ema: bool = False) -> Tuple[Dict[str, np.ndarray], Dict, list]:
+def read_ms_checkpoint(path: str, use_ema: bool = False) -> Tuple[Dict[str, np.ndarray], CheckpointMeta, list]:
     """``(weights, meta, other)`` of a MindSpore checkpoint: the model's arrays by MindSpore name
-    (with `use_ema`, its EMA weights: :func:`src.checkpoint.files.ema_weights`), train.py's metadata
-    (:data:`src.checkpoint.files.META_KEYS`), and the names of everything else (optimizer state,
-    step counters, metadata), which the conversion leaves out."""
-    params = read_checkpoint(path)
-    meta = read_meta(params)
-    if use_ema:
-        params = ema_weights(params, path)
+    (with `use_ema`, its EMA weights: :meth:`src.checkpoint.checkpoint.Checkpoint.model_entries`),
+    train.py's metadata (:class:`src.checkpoint.checkpoint.CheckpointMeta`), and the names of
+    everything else (optimizer state, step counters, metadata), which the conversion leaves out."""
+    ckpt = Checkpoint.read(path)
+    meta = ckpt.meta
+    params = ckpt.model_entries(use_ema)
     weights, other = OrderedDict(), []
     for name, value in params.items():
         if to_torch_name(name) is None or isinstance(value, str):
@@ -56,12 +53,12 @@ def read_ms_checkpoint(path: str, use_ema: bool = False) -> Tuple[Dict[str, np.n
     return weights, meta, other
 
 
-def _saved_topology(meta: Mapping, path: str):
+def _saved_topology(meta: CheckpointMeta, path: str):
     """The topology recorded in a train.py checkpoint's config, or None (no saved config, or one
     that cannot give a complete topology: the caller then reads it off the weights)."""
     from model import complete_topology, default_cfgs
     try:
-        saved = saved_config(meta, path)
+        saved = meta.saved_config(path)
         if saved is None or saved.get("arch") not in default_cfgs:
             return None
         topo = complete_topology(saved["arch"], saved)
@@ -71,7 +68,7 @@ def _saved_topology(meta: Mapping, path: str):
     return topo
 
 
-def checkpoint_topology(weights: Mapping, meta: Mapping, path: str) -> Tuple[dict, int, str]:
+def checkpoint_topology(weights: Mapping, meta: CheckpointMeta, path: str) -> Tuple[dict, int, str]:
     """``(topology, num_classes, where from)``: the saved config's topology when there is one, else
     the one read off the weights' shapes; ``num_classes`` from the head."""
     head = weights.get("head.weight")
@@ -148,7 +145,7 @@ def reverse_main(args) -> int:
     state = to_torch_state_dict(weights)
     ref = load_into_reference(state, topo, num_classes, args.src)
     counters = [k for k in state if k.endswith(".num_batches_tracked")]
-    what = "train.py checkpoint" if "config" in meta else "MindSpore checkpoint"
+    what = "train.py checkpoint" if meta.config is not None else "MindSpore checkpoint"
     print(f"source      : {args.src} ({what}, {len(weights)} model parameters"
           + (", its EMA weights)" if args.ema else ")"))
     print(f"model       : {' '.join(f'{k} {topo[k]}' for k in TOPOLOGY_KEYS)}, num_classes "
@@ -161,7 +158,7 @@ def reverse_main(args) -> int:
         print(f"dropped     : {len(other)} entries (optimizer state and training metadata, not model "
               f"weights): {short_list(other, 6)}")
     if args.verify:
-        size = args.verify_size or meta.get("image_size") or (
+        size = args.verify_size or meta.image_size or (
             RELEASED_SIZE if _is_released(topo) else CUSTOM_SIZE)
         diff = logits_difference(weights, ref, topo, num_classes, size)
         ok = diff <= VERIFY_ATOL  # False for NaN

@@ -4,7 +4,7 @@ imported only when asked for an interpolation mode: the config schema reads this
 
 __all__ = ["DATASETS", "CIFAR", "IMAGE_FOLDER_DATASETS", "NUM_CLASSES", "PRETTY_NAMES", "FOLDERS", "SPLIT_FOLDERS",
            "MEAN", "STD", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "interpolation_mode", "resize_mode",
-           "data_format", "SPLIT_NAMES", "split_folders"]
+           "data_format", "SPLIT_NAMES", "split_folders", "split_source"]
 
 #: The CIFAR binary releases (src.data.cifar) and the class-per-folder image trees (src.data.imagefolder):
 #: two named trees with their official recipe, and ``imagefolder``, any tree of a user's images.
@@ -39,6 +39,16 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 def data_format(dataset):
     """``"cifar"`` (binary records) or ``"imagefolder"`` (one folder of image files per class)."""
     return "cifar" if dataset in CIFAR else "imagefolder"
+
+
+def split_source(cfg, split):
+    """Where messages say the images of `split` (``train`` / ``val``) come from: its folder, or with
+    ``val_fraction`` the part of ``train_data_path`` the split takes."""
+    if cfg.val_fraction is None:
+        return cfg.train_data_path if split == "train" else cfg.val_data_path
+    if split == "train":
+        return f"{cfg.train_data_path} less val_fraction {cfg.val_fraction:g}"
+    return f"val_fraction {cfg.val_fraction:g} of {cfg.train_data_path}"
 
 
 def split_folders(names):

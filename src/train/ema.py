@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import composite as C
 
-from ..checkpoint.files import EMA_PREFIX
+from ..checkpoint.checkpoint import EMA_PREFIX
 
 __all__ = ["ModelEma", "TrainStepWithEma", "ema_network", "copy_weights"]
 

@@ -43,8 +43,8 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
             images = np.concatenate([images, np.zeros((full - b,) + images.shape[1:], images.dtype)])
         logits = net(ms.Tensor(images)).asnumpy()[:b].astype(np.float64)
         y = labels.astype(np.int64)
-        lsm = _log_softmax(logits)
-        loss_sum += float(-lsm[np.arange(len(y)), y].sum())
+        log_probs = _log_softmax(logits)
+        loss_sum += float(-log_probs[np.arange(len(y)), y].sum())
         topk = np.argsort(-logits, axis=1)[:, :k]
         hit1 = topk[:, 0] == y
         correct1 += int(hit1.sum())
@@ -54,16 +54,16 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
         n += len(y)
         if progress is not None:
             progress.update(1)
-    vec = np.concatenate([[correct1, correct5, loss_sum, n], per_class.ravel()]).astype(np.float32)
+    totals = np.concatenate([[correct1, correct5, loss_sum, n], per_class.ravel()]).astype(np.float32)
     if reduce_fn is not None:
-        vec = reduce_fn(vec)
-    correct1, correct5, loss_sum, n = (float(v) for v in vec[:4])
-    per_class = vec[4:].reshape(2, num_classes)
+        totals = reduce_fn(totals)
+    correct1, correct5, loss_sum, n = (float(v) for v in totals[:4])
+    per_class = totals[4:].reshape(2, num_classes)
     n = max(n, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        pc = np.where(per_class[1] > 0, per_class[0] / np.maximum(per_class[1], 1), np.nan)
+        per_class_acc = np.where(per_class[1] > 0, per_class[0] / np.maximum(per_class[1], 1), np.nan)
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": int(round(n)),
-            "per_class_acc": pc.tolist(), "per_class_count": per_class[1].astype(int).tolist()}
+            "per_class_acc": per_class_acc.tolist(), "per_class_count": per_class[1].astype(int).tolist()}
 
 
 def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: int = 0,
@@ -113,8 +113,8 @@ def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: i
     # Throughput without the first step, which pays for the graph compilation.
     n = len(losses)
     per_image = images_seen / max(n, 1)
-    ips = ((images_seen - per_image) / max(dt - first_step_s, 1e-9) if n > 1
-           else images_seen / max(dt, 1e-9))
+    images_per_s = ((images_seen - per_image) / max(dt - first_step_s, 1e-9) if n > 1
+                    else images_seen / max(dt, 1e-9))
     return {"loss": float(np.mean(skipped_losses + losses)) if losses else float("nan"), "images": images_seen,
             "time": dt, "steps": n, "interrupted": interrupted, "first_step_s": first_step_s or 0.0,
-            "images_per_s": ips}
+            "images_per_s": images_per_s}

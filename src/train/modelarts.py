@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 
-from ..checkpoint.files import is_epoch_file
+from ..checkpoint.checkpoint import is_epoch_file
 from ..data.catalog import FOLDERS, data_format
 from ..platform.errors import DataError, UserError, first_line
 from ..platform.fileio import atomic_output

@@ -31,8 +31,9 @@ _adamw = ops.MultitypeFuncGraph("adamw")
 
 @_adamw.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
                  "Tensor", "Tensor")
-def _adamw_update(fused_op, beta1, beta2, eps, lr, wd, param, m, v, grad):
-    fused_op(param, m, v, lr, beta1, beta2, eps, wd, ops.cast(grad, param.dtype))
+def _adamw_update(update, beta1, beta2, eps, lr, wd, param, m, v, grad):
+    # one parameter's step: `update` is MindSpore's AdamWeightDecay, applied to it and its moments
+    update(param, m, v, lr, beta1, beta2, eps, wd, ops.cast(grad, param.dtype))
     return True
 
 
@@ -87,12 +88,13 @@ class AdamW(nn.Optimizer):
         self.eps = Tensor(eps, ms.float32)
         self.moments1 = self._parameters.clone(prefix="adam_m", init="zeros")
         self.moments2 = self._parameters.clone(prefix="adam_v", init="zeros")
-        wds = self.weight_decay if self.is_group else (self.weight_decay,) * len(self._parameters)
+        weight_decays = self.weight_decay if self.is_group else (self.weight_decay,) * len(self._parameters)
         # nn.Optimizer stores weight_decay multiplied by loss_scale (its optimisers decay the still
         # scaled gradients); this update is decoupled, so take the plain value back.
-        wds = [float(w.asnumpy() if hasattr(w, "asnumpy") else w) / float(loss_scale) for w in wds]
-        self.wd_values = tuple(Tensor(w, ms.float32) for w in wds)
-        self.fused_op = ops.operations.AdamWeightDecay()
+        weight_decays = [float(w.asnumpy() if hasattr(w, "asnumpy") else w) / float(loss_scale)
+                         for w in weight_decays]
+        self.wd_values = tuple(Tensor(w, ms.float32) for w in weight_decays)
+        self.per_tensor_update = ops.operations.AdamWeightDecay()   # one parameter at a time (hyper_map)
         # one kernel for all parameters: float32 parameters (their gradients are float32 too) on the CPU
         if cpu_kernel is None:
             cpu_kernel = ms.get_context("device_target") == "CPU"
@@ -101,7 +103,7 @@ class AdamW(nn.Optimizer):
         self.all_at_once = self.update_all is not None
         if self.all_at_once:
             self.betas_eps = Tensor(np.array([beta1, beta2, eps], np.float64))
-            self.wd_all = Tensor(np.array(wds, np.float64))
+            self.wd_all = Tensor(np.array(weight_decays, np.float64))
 
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)
@@ -122,9 +124,9 @@ class AdamW(nn.Optimizer):
         lr_eff = lr * sqrt_bc2 / bc1
         eps_eff = self.eps * sqrt_bc2
         wd_scale = bc1 / sqrt_bc2
-        wds = tuple(w * wd_scale for w in self.wd_values)
-        return self.hyper_map(ops.partial(_adamw, self.fused_op, self.beta1, self.beta2, eps_eff, lr_eff),
-                              wds, self._parameters, self.moments1, self.moments2, gradients)
+        weight_decays = tuple(w * wd_scale for w in self.wd_values)
+        return self.hyper_map(ops.partial(_adamw, self.per_tensor_update, self.beta1, self.beta2, eps_eff, lr_eff),
+                              weight_decays, self._parameters, self.moments1, self.moments2, gradients)
 
 
 def cosine_schedule(base_lr: float, min_lr: float, warmup_lr: float, warmup_epochs: float,

@@ -18,9 +18,7 @@ import fcntl
 import os
 import time
 
-from model import read_checkpoint
-
-from ..checkpoint.files import BEST, LAST, is_epoch_file, read_meta, resume_path, saved_config
+from ..checkpoint.checkpoint import BEST, LAST, Checkpoint, is_epoch_file, resume_path
 from ..config.strict_yaml import load_mapping
 from ..platform.errors import ConfigError
 from ..platform.fileio import check_name_length, check_not_input
@@ -119,7 +117,7 @@ def _saved_config(folder: str):
         pass
     try:
         path = os.path.join(folder, LAST)
-        return saved_config(read_meta(read_checkpoint(path)), path)
+        return Checkpoint.read(path).meta.saved_config(path)
     except Exception:
         return None
 

@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from ..checkpoint.files import training_meta
+from ..checkpoint.checkpoint import CheckpointMeta
 
 __all__ = ["RunState", "StopRequest"]
 
@@ -25,15 +25,26 @@ class RunState:
     resumed_from: Optional[str] = field(default=None)
     class_names: Optional[List[str]] = None   # the training data's, recorded in every checkpoint
 
+    @classmethod
+    def resumed(cls, ckpt, class_names=None) -> "RunState":
+        """The position a checkpoint (:class:`~src.checkpoint.checkpoint.Checkpoint`) recorded, as
+        saved; `class_names`, the training data's now."""
+        meta = ckpt.meta
+        state = cls(epoch=meta.epoch or 0, step=meta.step_in_epoch, epoch_losses=list(meta.epoch_losses),
+                    best_acc=-1.0 if meta.best_acc is None else meta.best_acc, best_epoch=meta.best_epoch or 0,
+                    resumed_from=ckpt.path, class_names=class_names)
+        state.saved = (state.epoch, state.step)
+        return state
+
     def advance(self, step: int, loss: float):
         """Step ``step`` (1-based) of the current epoch is done, with this loss."""
         self.step = step
         self.epoch_losses[step - 1:] = [loss]
 
-    def checkpoint_meta(self, cfg, global_step: int, epoch: int, step_in_epoch: int = 0) -> dict:
+    def checkpoint_meta(self, cfg, global_step: int, epoch: int, step_in_epoch: int = 0) -> CheckpointMeta:
         """The metadata of a checkpoint written at (``epoch``, ``step_in_epoch``)."""
-        return training_meta(cfg, epoch, global_step, step_in_epoch, self.best_acc, self.best_epoch,
-                             self.epoch_losses[:step_in_epoch], self.class_names)
+        return CheckpointMeta.of_run(cfg, epoch, global_step, self.best_acc, self.best_epoch, step_in_epoch,
+                                     self.epoch_losses[:step_in_epoch], self.class_names)
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
