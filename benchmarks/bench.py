@@ -53,6 +53,10 @@ CASES = {
     "infer32": ("infer", 32, 128),
     "infer224": ("infer", 224, 32),
 }
+#: cases timed over more repetitions than ``--repeats`` (this factor times it), with their spread
+#: printed: 32 px training moves most between quiet runs (steps of ~0.2 s, where a few ms of
+#: scheduling weigh)
+REPEAT_FACTOR = {"train32": 3}
 #: the frameworks each mode compares, in the order they alternate
 FRAMEWORKS = {"train": ("ms", "pt"), "infer": ("ms", "pt", "ort", "mindir")}
 NAMES = {"ms": "MindSpore", "pt": "PyTorch", "ort": "ONNX Runtime", "mindir": "MINDIR (nn.GraphCell)"}
@@ -128,7 +132,7 @@ def run_case(name, mode, size, batch, args):
         info = workers[fw].read()
         res[fw] = {"compile_s": info["compile_s"], "first_step_s": info["first_step_s"], "isa": info["isa"],
                    "graph_cache": info.get("graph_cache"), "runs": []}
-    for _ in range(args.repeats):
+    for _ in range(args.repeats * REPEAT_FACTOR.get(name, 1)):
         for fw in fws:
             res[fw]["runs"].append(workers[fw].send("run")["images_per_s"])
     for fw in fws:
@@ -138,6 +142,7 @@ def run_case(name, mode, size, batch, args):
     res["ratio"] = res["ms"]["images_per_s"] / res["pt"]["images_per_s"]
     res["best_ratio"] = res["ms"]["best_images_per_s"] / res["pt"]["best_images_per_s"]
     res["mem_ratio"] = res["ms"]["peak_rss_mib"] / res["pt"]["peak_rss_mib"]
+    res["pair_ratios"] = [m / p for m, p in zip(res["ms"]["runs"], res["pt"]["runs"])]
     if "ort" in fws:
         res["ort_ratio"] = res["ms"]["images_per_s"] / res["ort"]["images_per_s"]
     return res
@@ -168,7 +173,8 @@ def parse_args(argv):
     p.add_argument("--variant", default="convmlp_s", choices=["convmlp_s", "convmlp_m", "convmlp_l"])
     p.add_argument("--batch", type=int, default=None, help="override every case's batch size")
     p.add_argument("--size", type=int, default=None, help="override every case's image size")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per framework")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repetitions per framework (train32: three times as many, its spread printed)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first one")
     p.add_argument("--min-time", type=float, default=1.0,
                    help="each repetition runs steps until this many seconds have passed")
@@ -233,6 +239,17 @@ def row(name, batch, r, cold):
     return text
 
 
+def spread(name, r):
+    """The spread of a case's repetitions: each framework's range of images/s and the range and
+    quartiles of the ratios of the repetitions run side by side."""
+    pairs = sorted(r["pair_ratios"])
+    q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
+    runs = {fw: r[fw]["runs"] for fw in ("ms", "pt")}
+    return (f"  {name} spread over {len(pairs)} repetitions: MindSpore {min(runs['ms']):.1f}-{max(runs['ms']):.1f} "
+            f"img/s, PyTorch {min(runs['pt']):.1f}-{max(runs['pt']):.1f}; ratio of each pair {pairs[0]:.2f}-"
+            f"{pairs[-1]:.2f} (quartiles {q1:.2f}-{q3:.2f})")
+
+
 def probe_isa(names, args):
     """``{framework: ISA it reports}`` for the frameworks of the cases, each from a short process
     with that framework's worker environment (no model built)."""
@@ -262,7 +279,9 @@ def main(argv=None):
     print(f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, "
           f"mindspore {info['mindspore']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}; "
           f"threads {args.threads}; --isa {args.isa}; "
-          f"{args.variant}, {args.repeats} repeats x >= {args.min_time:g} s, warm-up {args.warmup}", flush=True)
+          f"{args.variant}, {args.repeats} repeats x >= {args.min_time:g} s"
+          + "".join(f" ({c}: {args.repeats * k})" for c, k in REPEAT_FACTOR.items() if c in names)
+          + f", warm-up {args.warmup}", flush=True)
     load_before = os.getloadavg()
     cold = args.cache_root is not None
     header = (f"{'case':<9} {'batch':>5} {'MS img/s':>9} {'PT img/s':>9} {'ms/pt':>6} {'ORT img/s':>9} "
@@ -280,6 +299,8 @@ def main(argv=None):
             results.append(run_case(name, mode, size, batch, args))
             print(row(name, batch, results[-1], cold), flush=True)
             r = results[-1]
+            if REPEAT_FACTOR.get(name, 1) > 1:
+                print(spread(name, r), flush=True)
             if cold and (r["ms_cold"]["graph_cache"], r["ms"]["graph_cache"]) != ("miss", "hit"):
                 print(f"  note: graph cache {r['ms_cold']['graph_cache']} then {r['ms']['graph_cache']} "
                       "(expected miss then hit)")

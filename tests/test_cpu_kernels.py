@@ -176,8 +176,9 @@ def _tiny_model(seed):
 
 
 #: what apply_cpu_kernels makes of each plain cell of the model (a ReLU after a BatchNorm is fused
-#: into the BatchNorm kernel cell and becomes an Identity)
-SWAPS = {"LayerNorm": "LayerNorm", "GELU": "GELU", "Dense": "Dense", "MaxPool2d": "MaxPool2d", "Conv2d": "Conv2d",
+#: into the BatchNorm kernel cell, the GELU of a channel MLP into its first Dense kernel cell: each
+#: becomes an Identity)
+SWAPS = {"LayerNorm": "LayerNorm", "GELU": "Identity", "Dense": "Dense", "MaxPool2d": "MaxPool2d", "Conv2d": "Conv2d",
          "BatchNorm2d": "BatchNorm2d", "ReLU": "Identity", "ChannelsLastDepthwise": "DepthwiseNHWC",
          "DropPath": "DropPath"}
 
@@ -190,7 +191,8 @@ def test_apply_cpu_kernels_swaps_exactly_the_cells_it_implements_keeping_the_par
     before = {name: type(cell) for name, cell in net.cells_and_names()}
     params = [(id(p), p.name) for p in net.get_parameters()]
     assert cpu_kernels.apply_cpu_kernels(net) is net
-    after = {name: type(cell) for name, cell in net.cells_and_names() if not name.endswith(".relu")}
+    # (the fused cells' own ReLU / GELU children: their fallback for float16 input)
+    after = {name: type(cell) for name, cell in net.cells_and_names() if not name.endswith((".relu", ".gelu"))}
     assert [(id(p), p.name) for p in net.get_parameters()] == params   # the same objects, names
     assert set(after) == set(before)
     swapped = {}
@@ -204,10 +206,13 @@ def test_apply_cpu_kernels_swaps_exactly_the_cells_it_implements_keeping_the_par
         assert new.__module__ == ("mindspore.nn.layer.basic" if new.__name__ == "Identity"
                                   else "model.cpu_kernels.layers"), name
         swapped[new.__name__] = swapped.get(new.__name__, 0) + 1
-    # 4 blocks: 3 LayerNorms, 2 MLPs (2 Dense, 1 GELU), 1 depthwise each; 6 conv-BN-ReLU + 3 other
-    # convolutions; the one block with drop path rate > 0; the head's LayerNorm and Dense
-    assert swapped == {"LayerNorm": 13, "GELU": 8, "Dense": 17, "MaxPool2d": 1, "Conv2d": 9, "BatchNorm2d": 6,
-                       "Identity": 6, "DepthwiseNHWC": 4, "DropPath": 1}
+    # 4 blocks: 3 LayerNorms, 2 MLPs (2 Dense, the first with the GELU), 1 depthwise each; 6
+    # conv-BN-ReLU + 3 other convolutions; the one block with drop path rate > 0; the head's
+    # LayerNorm and Dense
+    assert swapped == {"LayerNorm": 13, "Dense": 17, "MaxPool2d": 1, "Conv2d": 9, "BatchNorm2d": 6,
+                       "Identity": 6 + 8, "DepthwiseNHWC": 4, "DropPath": 1}
+    mlp = net.stages[0].blocks[0].channel_mlp1
+    assert mlp.fc1.fuse_gelu and not mlp.fc2.fuse_gelu and type(mlp.act) is nn.Identity
 
 
 def test_applying_the_kernels_draws_nothing_from_the_random_state():
@@ -343,6 +348,39 @@ def test_dense_matches_mindspore_dense_and_sums_the_bias_gradient_exactly(shape)
     # the bias gradient is the row sum of dy: compare with a float64 sum
     np.testing.assert_allclose(db, dy.reshape(-1, cout).astype(np.float64).sum(0), rtol=1e-6, atol=1e-5)
     assert not Dense(4, 4, has_bias=False).use_kernel
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 128), (7, 33), (600, 64)])
+def test_dense_fused_with_the_following_gelu_matches_dense_then_gelu_in_float64(shape):
+    """A channel MLP's fc1 and its GELU as one kernel cell (bias and GELU in one pass, the bias
+    gradient summed in the same pass): the float64 function and gradients, and exactly the bias
+    gradient the separate bias kernel sums from the same input gradient."""
+    from model.cpu_kernels import Dense
+    cin, cout = shape[-1], 2 * shape[-1] + 3
+    cell = Dense(cin, cout, fuse_gelu=True)
+    assert cell.use_kernel
+    cell.weight.set_data(ms.Tensor(rand(cout, cin, scale=0.2, seed=15)))
+    cell.bias.set_data(ms.Tensor(rand(cout, seed=16)))
+    x, dy = rand(*shape, seed=17), rand(*shape[:-1], cout, seed=18)
+    y, dx, (dw, db) = grads(cell, x, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(cell.weight.asnumpy(), dtype=torch.float64, requires_grad=True)
+    bt = torch.tensor(cell.bias.asnumpy(), dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.gelu(torch.nn.functional.linear(xt, wt, bt))
+    (yt * torch.tensor(dy, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    # the same bias gradient as the plain Dense kernel given this input gradient, bit for bit
+    plain = Dense(cin, cout)
+    plain.weight.set_data(cell.weight.value())
+    plain.bias.set_data(cell.bias.value())
+    pre = plain(ms.Tensor(x)).asnumpy().astype(np.float64)
+    dpre = (dy * (0.5 * (1 + torch.erf(torch.tensor(pre) / math.sqrt(2))).numpy()
+                  + pre * np.exp(-0.5 * pre ** 2) / math.sqrt(2 * math.pi))).astype(np.float32)
+    _, _, (_, db_plain) = grads(plain, x, dpre)
+    np.testing.assert_allclose(db, db_plain, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -567,3 +605,85 @@ def test_settings_that_run_mindspores_own_convolutions_keep_the_cap():
     assert not uses_only_conv_kernel(cpu_kernels_on=False)
     assert not uses_only_conv_kernel(amp_level="O2")          # float16 convolutions are MindSpore's
     assert not uses_only_conv_kernel(device_target="GPU")
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads
+
+#: Calls every kernel of the library at sys.argv[1] through ctypes (its MindSpore calling
+#: convention: inputs then outputs) on fixed inputs large enough to be split over the worker pool,
+#: and saves every output to sys.argv[2].
+_EVERY_KERNEL = r'''
+import ctypes, sys
+import numpy as np
+lib = ctypes.CDLL(sys.argv[1])
+rng = np.random.default_rng(0)
+out = {}
+
+def call(name, *arrays):
+    n = len(arrays)
+    shapes = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
+    status = getattr(lib, name)(n, (ctypes.c_void_p * n)(*[a.ctypes.data for a in arrays]),
+                                (ctypes.c_int * n)(*[a.ndim for a in arrays]),
+                                (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
+                                                                      for s in shapes]), None, None, None)
+    assert status == 0, name
+    call.count += 1
+    for i, a in enumerate(arrays):
+        out[f"{call.count}:{name}:{i}"] = a.copy()
+
+
+call.count = 0
+
+def f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+x, dy = f32(16, 16, 16, 96), f32(16, 16, 16, 96)
+g, b, eps = f32(96), f32(96), np.array([1e-5], np.float32)
+y, mean, rstd = np.empty_like(x), np.empty(x.shape[:-1], np.float32), np.empty(x.shape[:-1], np.float32)
+call("LayerNormForward", x, g, b, eps, y, mean, rstd)
+call("LayerNormBackward", dy, x, g, mean, rstd, np.empty_like(x), np.empty_like(g), np.empty_like(g))
+call("GeluForward", x, np.empty_like(x))
+call("GeluBackward", dy, x, np.empty_like(x))
+odd = f32(3001, 37)   # an element count that is not a multiple of a vector
+call("GeluForward", odd, np.empty_like(odd))
+call("GeluBackward", odd[::-1].copy(), odd, np.empty_like(odd))
+call("BiasAddForward", x, b, np.empty_like(x))
+call("BiasAddBackward", dy, np.empty_like(b))
+call("BiasGeluForward", x, b, np.empty_like(x))
+call("BiasGeluBackward", dy, x, b, np.empty_like(x), np.empty_like(b))
+call("ScaleSamples", x, f32(16), np.empty_like(x))
+w = f32(96, 1, 3, 3)
+call("DepthwiseConvForward", x, w, np.empty_like(x))
+call("DepthwiseConvBackwardInput", dy, w, np.empty_like(x))
+call("DepthwiseConvBackwardWeight", dy, x, w, np.empty_like(w))
+xc, dyc, gc, bc = f32(16, 48, 20, 20), f32(16, 48, 20, 20), f32(48), f32(48)
+yc, mc, rc, vc = np.empty_like(xc), np.empty_like(gc), np.empty_like(gc), np.empty_like(gc)
+call("BatchNormReluForward", xc, gc, bc, eps, yc, mc, rc, vc)
+call("BatchNormReluBackward", dyc, yc, xc, gc, mc, rc, np.empty_like(xc), np.empty_like(gc), np.empty_like(gc))
+call("BatchNormReluInference", xc, gc, bc, mc, np.abs(vc) + 0.5, eps, np.empty_like(xc))
+pooled, arg = np.empty((16, 48, 10, 10), np.float32), np.empty((16, 48, 10, 10), np.int32)
+call("MaxPoolForward", np.maximum(xc, 0), np.array([3, 2, 1], np.int32), pooled, arg)
+call("MaxPoolBackward", f32(16, 48, 10, 10), arg, xc, np.empty_like(xc))
+np.savez(sys.argv[2], **out)
+'''
+
+
+def test_every_kernel_gives_the_same_bits_whatever_the_number_of_threads(tmp_path):
+    """The kernels split their work over a pool of $CONVMLP_CONV_THREADS threads (default: the
+    cores); every output, the reductions over rows and images included (LayerNorm's and the biases'
+    parameter gradients, BatchNorm's statistics, the depthwise weight gradient), is the same bit for
+    bit with one thread and with three."""
+    library = cpu_kernels.build.library_path()
+    results = {}
+    for threads in ("1", "3"):
+        path = tmp_path / f"threads{threads}.npz"
+        proc = subprocess.run([sys.executable, "-c", _EVERY_KERNEL, library, str(path)], cwd=REPO, text=True,
+                              env={**os.environ, "CONVMLP_CONV_THREADS": threads}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=300)
+        assert proc.returncode == 0, proc.stdout
+        with np.load(path) as saved:
+            results[threads] = dict(saved)
+    assert len(results["1"]) == 83 and results["1"].keys() == results["3"].keys()
+    for key, one in results["1"].items():
+        np.testing.assert_array_equal(results["3"][key], one, err_msg=key)

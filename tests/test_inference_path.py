@@ -87,6 +87,36 @@ def test_layer_norm_depthwise_matches_float64(shape, k):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("shape,ratios", [((3, 4, 4, 32), (2, 3)), ((2, 7, 5, 24), (3, 1)), ((5, 1, 1, 64), (2, 2))])
+def test_conv_mlp_block_in_one_op_is_its_three_steps(shape, ratios):
+    """The block op gives exactly what its three ops give one after the other (the same code on
+    buffers of its own), and the float64 block within the tolerance."""
+    c = shape[-1]
+    x = rand(*shape, scale=2.0, seed=21) + 0.5
+    mlps = []
+    for i, ratio in enumerate(ratios):
+        h = c * ratio
+        mlps.append((rand(c, seed=30 + i) * 0.5 + 1.0, rand(c, seed=40 + i) * 0.5, rand(h, c, scale=0.2, seed=50 + i),
+                     rand(h, seed=60 + i) * 0.1, rand(c, h, scale=0.2, seed=70 + i), rand(c, seed=80 + i) * 0.1))
+    connect = (rand(c, seed=90) * 0.5 + 1.0, rand(c, seed=91) * 0.5, rand(c, 1, 3, 3, seed=92))
+    eps = [1e-5]
+    got = Op(inference.conv_mlp_block(), *mlps[0], *connect, *mlps[1], eps)(tensor(x)).asnumpy()
+    steps = Op(inference.layer_norm_mlp(), *mlps[0], eps)(tensor(x))
+    steps = Op(inference.layer_norm_depthwise(), *connect, eps)(steps)
+    steps = Op(inference.layer_norm_mlp(), *mlps[1], eps)(steps).asnumpy()
+    assert got.shape == x.shape
+    np.testing.assert_array_equal(got, steps)
+
+    def mlp64(t, gamma, beta, w1, b1, w2, b2):
+        return t + gelu64(layer_norm64(t, gamma, beta) @ w1.T.astype(np.float64) + b1) @ w2.T.astype(np.float64) + b2
+
+    t = mlp64(x.astype(np.float64), *mlps[0])
+    tt = torch.tensor(layer_norm64(t, *connect[:2]).transpose(0, 3, 1, 2))
+    t = torch.nn.functional.conv2d(tt, torch.tensor(connect[2], dtype=torch.float64), padding=1,
+                                   groups=c).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, mlp64(t, *mlps[1]), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape,cout", [((2, 4, 4, 32), 64), ((3, 7, 9, 16), 24), ((2, 2, 2, 256), 512)])
 def test_downsampling_convolution_on_channels_last_tokens_matches_float64(shape, cout):
     from model.convmlp import ConvDownsample

@@ -38,10 +38,14 @@ _SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 #: GCC may vectorise erff/expf via glibc's libmvec; the link step never gets -ffast-math (with it GCC
 #: links crtfastmath.o, which would switch the whole process to flush-denormals-to-zero).
 _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], "depthwise_conv.cc": [],
-            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": []}
+            "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": [], "pool.cc": ["-pthread"]}
 #: the convolutions and the fused inference path, built as a library of its own against MindSpore's
 #: libdnnl.so.3 (optional)
-_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"]}
+_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"],
+                 "pool.cc": ["-pthread"]}
+#: the worker pool (``model/csrc/pool.cc``), compiled into both libraries and, on request, into
+#: :func:`build_library`'s
+_POOL_SOURCE = {"pool.cc": ["-pthread"]}
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fopenmp-simd"]
 _LIBRARY_NAME = "convmlp_cpu_kernels.so"
 _CONV_LIBRARY_NAME = "convmlp_cpu_conv.so"
@@ -201,17 +205,19 @@ def _compile_object(cxx, arch_flags, source, extra, include, obj, src_dir=_SRC_D
         _run([a for a in cmd if a not in arch_flags])  # a compiler without -march=native
 
 
-def _compile_library(cxx, arch_flags, sources, out, include=(), link=(), src_dir=_SRC_DIR):
-    """Compile `sources` (file -> extra flags) and link them into the shared library `out`, unless
-    it exists: the objects go to a temporary folder beside `out` and the library is moved into place
-    atomically, so a concurrent process sees either no library or a whole one."""
+def _compile_library(cxx, arch_flags, sources, out, include=(), link=(), src_dir=_SRC_DIR, shared=None):
+    """Compile `sources` (file in `src_dir` -> extra flags) and `shared` (the same, in
+    ``model/csrc``) and link them into the shared library `out`, unless it exists: the objects go to
+    a temporary folder beside `out` and the library is moved into place atomically, so a concurrent
+    process sees either no library or a whole one."""
     if os.path.isfile(out):
         return
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=".build-") as tmp:
         objects = []
-        for name, extra in sources.items():
-            objects.append(os.path.join(tmp, name + ".o"))
-            _compile_object(cxx, arch_flags, name, extra, include, objects[-1], src_dir)
+        for folder, files in ((src_dir, sources), (_SRC_DIR, shared or {})):
+            for name, extra in files.items():
+                objects.append(os.path.join(tmp, f"{len(objects)}_{name}.o"))
+                _compile_object(cxx, arch_flags, name, extra, include, objects[-1], folder)
         lib = os.path.join(tmp, os.path.basename(out))
         _run([cxx, "-shared", "-o", lib, *objects, "-lm", *link])
         os.replace(lib, out)
@@ -255,21 +261,22 @@ def library_path():
         return _library
 
 
-def build_library(name: str, src_dir: str, sources: dict):
+def build_library(name: str, src_dir: str, sources: dict, pool: bool = False):
     """A C++ library of another package (e.g. the optimiser's, ``src/train/csrc``), built and cached
     as this package's: `sources` (file in `src_dir` -> extra flags) compiled with ``model/csrc``'s
-    shared headers (``common.h``) on the include path, into the kernel cache under a key of both
-    folders' sources, the compiler, the flags and the CPU. Path of ``<name>.so``, or None when it
-    cannot be built (one ``warning:`` line per process)."""
+    shared headers (``common.h``) on the include path (and linked with its worker pool,
+    ``pool.cc``, when `pool`: for sources that call ``ParallelRange``), into the kernel cache under a
+    key of both folders' sources, the compiler, the flags and the CPU. Path of ``<name>.so``, or None
+    when it cannot be built (one ``warning:`` line per process)."""
     with _lock:
         if name not in _libraries:
             try:
                 cxx, version = _compiler()
                 arch_flags = _arch_flags()
-                key = _cache_key(version, arch_flags, (name, sorted(sources.items())), (src_dir,))
+                key = _cache_key(version, arch_flags, (name, sorted(sources.items()), pool), (src_dir,))
                 out = os.path.join(_cache_folder(key, with_conv=False), name + ".so")
                 _compile_library(cxx, arch_flags, sources, out, include=["-I" + _SRC_DIR], link=["-pthread"],
-                                 src_dir=src_dir)
+                                 src_dir=src_dir, shared=_POOL_SOURCE if pool else None)
                 _libraries[name] = out
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 _libraries[name] = None

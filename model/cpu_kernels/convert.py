@@ -8,7 +8,7 @@ backend."""
 import mindspore as ms
 from mindspore import nn
 
-from ..convmlp import ChannelsLastDepthwise
+from ..convmlp import ChannelsLastDepthwise, Mlp
 from ..drop_path import DropPath as PlainDropPath
 from . import layers
 from .build import build_kernels, conv_library_path
@@ -31,15 +31,24 @@ def _square(v):
     return None
 
 
-def _kernel_cell(cell, following):
+def _exact_gelu(cell):
+    return type(cell) is nn.GELU and cell.approximate == "none"
+
+
+def _kernel_cell(cell, following, parent=None, name=None):
     """``(kernel cell, absorbs_following)`` for a plain cell the kernels implement, else ``(None,
-    False)``. `following` is the next cell of a ``SequentialCell`` (a ReLU after a BatchNorm is
-    fused into the BatchNorm kernel)."""
+    False)``. `following` is the next cell of `parent` (named `name` there): a ReLU after a
+    BatchNorm is fused into the BatchNorm kernel, the GELU after a channel MLP's ``fc1`` (the
+    model's :class:`~model.convmlp.Mlp`, whose ``construct`` is ``fc2(act(fc1(x)))``) into the
+    Dense kernel."""
     kind = type(cell)
+    if kind is nn.Dense and cell.has_bias and cell.activation is None and type(parent) is Mlp and name == "fc1" \
+            and following is parent.act and _exact_gelu(following):
+        return layers.Dense(cell.in_channels, cell.out_channels, _ZEROS, _ZEROS, fuse_gelu=True), True
     if kind is nn.LayerNorm and len(cell.normalized_shape) == 1 and cell.begin_norm_axis == -1 \
             and cell.begin_params_axis == -1:
         return layers.LayerNorm(cell.normalized_shape, epsilon=cell.epsilon), False
-    if kind is nn.GELU and cell.approximate == "none":
+    if _exact_gelu(cell):
         return layers.GELU(approximate=False), False
     if kind is nn.Dense and cell.has_bias and cell.activation is None:
         return layers.Dense(cell.in_channels, cell.out_channels, _ZEROS, _ZEROS), False
@@ -78,15 +87,19 @@ def _adopt(kernel, plain):
 def _swap_children(parent, counts):
     children = list(parent.name_cells().items())
     indexed = isinstance(parent, (nn.SequentialCell, nn.CellList))
+    absorbed = set()   # names of cells a fused kernel cell took over (now Identity)
     for i, (name, child) in enumerate(children):
+        if name in absorbed:
+            continue
         following = children[i + 1][1] if i + 1 < len(children) else None
-        kernel, absorbs = _kernel_cell(child, following)
+        kernel, absorbs = _kernel_cell(child, following, parent, name)
         if kernel is None:
             _swap_children(child, counts)
             continue
         replaced = [(name, _adopt(kernel, child))]
         if absorbs:
             replaced.append((children[i + 1][0], nn.Identity()))
+            absorbed.add(children[i + 1][0])
         for key, new in replaced:
             if indexed:
                 parent[int(key)] = new
@@ -97,8 +110,8 @@ def _swap_children(parent, counts):
 
 def apply_cpu_kernels(net: nn.Cell) -> nn.Cell:
     """Swap the cells of `net` that the C++ kernels implement for kernel cells holding the same
-    parameters (a BatchNorm followed by a ReLU becomes one fused kernel cell and an ``Identity``),
-    in place, and return `net`. Builds the kernels first (:func:`~.build.build_kernels`, cached); where they
+    parameters (a BatchNorm followed by a ReLU, a channel MLP's first Dense and its GELU, each
+    become one fused kernel cell and an ``Identity``), in place, and return `net`. Builds the kernels first (:func:`~.build.build_kernels`, cached); where they
     cannot run (another device, no compiler: one ``warning:`` line) `net` is returned unchanged."""
     if not build_kernels():
         return net

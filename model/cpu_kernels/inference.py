@@ -7,8 +7,8 @@ library built). Training keeps the network; ``export.py`` exports the plain netw
   statistics, read at each call), ReLU and the bottlenecks' residual additions fused, oneDNN's
   blocked layout kept from the image to the conv stage's channels-last output;
 * a Conv-MLP stage's downsampling convolution on channels-last tokens;
-* a Conv-MLP block as three ops, ``x + fc2(GELU(fc1(LayerNorm(x))))`` (twice) and the depthwise
-  "connect" convolution of ``LayerNorm(x)``;
+* a Conv-MLP block as one op: ``x + fc2(GELU(fc1(LayerNorm(x))))``, the depthwise "connect"
+  convolution of ``LayerNorm(x)`` and ``x + fc2(GELU(fc1(LayerNorm(x))))`` again;
 * LayerNorm, mean over positions and the Dense head as one op.
 
 The ops have no backward (evaluation only). Each fused cell keeps the parameters its op reads in a
@@ -26,7 +26,7 @@ from .build import build_kernels, conv_library_path
 from .ops import _alias, _op
 
 __all__ = ["available", "fuse_for_inference", "FusedConvMLP", "fused_downsample", "layer_norm_mlp",
-           "layer_norm_depthwise"]
+           "layer_norm_depthwise", "conv_mlp_block"]
 
 NCHW, NHWC = 0, 1                                 # ConvStackInference's layouts
 CONV, MAX_POOL = 1, 2                             # ... layer kinds
@@ -141,21 +141,20 @@ def fused_downsample(cell):
 
 class _Block(nn.Cell):
     """A Conv-MLP block (evaluation): ``x + mlp1(norm1(x))``, ``connect(connect_norm(x))``,
-    ``x + mlp2(norm2(x))`` as three ops."""
+    ``x + mlp2(norm2(x))`` as one op (:func:`conv_mlp_block`)."""
 
     def __init__(self, block):
         super().__init__()
-        self.mlp_op, self.dw_op = layer_norm_mlp(), layer_norm_depthwise()
+        self.op = conv_mlp_block()
         self.ln_eps = ms.Tensor(np.array([block.norm1.epsilon], np.float32))
-        for name, norm, mlp in (("mlp1_params", block.norm1, block.channel_mlp1),
-                                ("mlp2_params", block.norm2, block.channel_mlp2)):
-            _hold(self, name, (norm.gamma, norm.beta, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
-        _hold(self, "connect_params", (block.connect_norm.gamma, block.connect_norm.beta, block.connect.weight))
+        mlp1, mlp2 = block.channel_mlp1, block.channel_mlp2
+        _hold(self, "params", (block.norm1.gamma, block.norm1.beta, mlp1.fc1.weight, mlp1.fc1.bias, mlp1.fc2.weight,
+                               mlp1.fc2.bias, block.connect_norm.gamma, block.connect_norm.beta, block.connect.weight,
+                               block.norm2.gamma, block.norm2.beta, mlp2.fc1.weight, mlp2.fc1.bias, mlp2.fc2.weight,
+                               mlp2.fc2.bias))
 
     def construct(self, x):
-        x = self.mlp_op(x, *self.mlp1_params, self.ln_eps)
-        x = self.dw_op(x, *self.connect_params, self.ln_eps)
-        return self.mlp_op(x, *self.mlp2_params, self.ln_eps)
+        return self.op(x, *self.params, self.ln_eps)
 
 
 class _Head(nn.Cell):
@@ -225,6 +224,14 @@ def layer_norm_mlp():
     """The op ``(x, gamma, beta, fc1 weight, fc1 bias, fc2 weight, fc2 bias, eps) -> x +
     fc2(GELU(fc1(LayerNorm(x))))`` on channels-last ``x``."""
     return _shared("mlp", lambda: _op(conv_library_path(), "LayerNormMlpInference", lambda x, *rest: x))
+
+
+def conv_mlp_block():
+    """The op ``(x, norm1 gamma, beta, fc1 weight, bias, fc2 weight, bias, connect_norm gamma, beta,
+    connect weight, norm2 gamma, beta, fc1 weight, bias, fc2 weight, bias, eps)`` -> a Conv-MLP
+    block of channels-last ``x``: :func:`layer_norm_mlp`, :func:`layer_norm_depthwise` and
+    :func:`layer_norm_mlp` again, in one op."""
+    return _shared("block", lambda: _op(conv_library_path(), "ConvMlpBlockInference", lambda x, *rest: x))
 
 
 def layer_norm_depthwise():

@@ -87,15 +87,19 @@ class MaxPool2d(nn.MaxPool2d):
 
 class Dense(nn.Dense):
     """``nn.Dense`` whose bias addition runs the C++ kernel (and its gradient the C++ row sum) on
-    float32 CPU input; the matrix product stays MindSpore's (oneDNN). Under AMP ``to_float(float16)``
-    the input arrives as float16 and the cell runs as ``nn.Dense``."""
+    float32 CPU input; the matrix product stays MindSpore's (oneDNN). With ``fuse_gelu=True`` it is
+    the Dense layer and the exact GELU that follows it (a channel MLP's ``fc1`` and ``act``): the
+    bias and the GELU as one kernel, forward and backward. Under AMP ``to_float(float16)`` the input
+    arrives as float16 and the cell runs as ``nn.Dense`` (then ``nn.GELU``)."""
 
     def __init__(self, in_channels, out_channels, weight_init=None, bias_init=None, has_bias=True,
-                 activation=None, dtype=ms.float32):
+                 activation=None, dtype=ms.float32, fuse_gelu=False):
         super().__init__(in_channels, out_channels, weight_init, bias_init, has_bias, activation, dtype)
+        self.fuse_gelu = fuse_gelu
+        self.gelu = nn.GELU(approximate=False)
         self.use_kernel = has_bias and activation is None and active()
         if self.use_kernel:
-            self.bias_kernel = _primitives()["bias_add"]
+            self.bias_kernel = _primitives()["bias_gelu" if fuse_gelu else "bias_add"]
 
     def construct(self, x):
         if self.use_kernel and x.dtype == ms.float32:
@@ -103,7 +107,10 @@ class Dense(nn.Dense):
             y = self.matmul(x.reshape(-1, shape[-1]), self.weight)  # nn.Dense's x @ weight.T
             y = self.bias_kernel(y, self.bias)
             return y.reshape(shape[:-1] + (y.shape[-1],))
-        return super().construct(x)
+        y = super().construct(x)
+        if self.fuse_gelu:
+            y = self.gelu(y)
+        return y
 
 
 class BatchNorm2d(nn.BatchNorm2d):

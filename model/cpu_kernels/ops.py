@@ -56,6 +56,10 @@ def _bias_grad_shape(dy):
     return dy[-1:]
 
 
+def _bias_gelu_bwd_shape(dy, x, bias):
+    return x, bias
+
+
 def _bn_fwd_shape(x, gamma, beta, eps):
     return x, gamma, gamma, gamma
 
@@ -106,6 +110,15 @@ def _bias_add_ops(lib):
     return {"bias_add": _op(lib, "BiasAddForward", _same, bprop=bprop)}
 
 
+def _bias_gelu_ops(lib):
+    backward = _op(lib, "BiasGeluBackward", _bias_gelu_bwd_shape)
+
+    def bprop(x, bias, out, dout):
+        return backward(dout, x, bias)
+
+    return {"bias_gelu": _op(lib, "BiasGeluForward", _same, bprop=bprop)}
+
+
 def _batch_norm_relu_ops(lib):
     backward = _op(lib, "BatchNormReluBackward", _bn_bwd_shape)
 
@@ -141,7 +154,7 @@ def _primitives():
     if _ops is None:
         lib = library_path()
         primitives = {}
-        for make in (_layer_norm_ops, _gelu_ops, _depthwise_ops, _bias_add_ops, _batch_norm_relu_ops,
+        for make in (_layer_norm_ops, _gelu_ops, _depthwise_ops, _bias_add_ops, _bias_gelu_ops, _batch_norm_relu_ops,
                      _scale_samples_ops):
             primitives.update(make(lib))
         _ops = primitives

@@ -10,7 +10,8 @@
 //   dbeta = sum g, dgamma = sum g * xhat, dx = gamma * rstd * (g - dbeta / M - xhat * dgamma / M)
 // Channel sums accumulate in double. The unbiased variance (for the moving statistic, as
 // torch.nn.BatchNorm2d and mindspore.nn.BatchNorm2d) is an output; the caller updates the
-// moving averages.
+// moving averages. Channels are split over the library's worker pool (common.h); each channel is
+// computed by one thread in a fixed order, so results do not depend on the threads.
 #include <cmath>
 #include <cstdint>
 
@@ -24,25 +25,13 @@ struct Shape {
 
 Shape GetShape(const int64_t *s) { return Shape{s[0], s[1], s[2] * s[3]}; }
 
-}  // namespace
-
-// Inputs: x (N, C, H, W), gamma (C), beta (C), eps (1).
-// Outputs: y (N, C, H, W), mean (C), rstd (C), unbiased variance (C).
-extern "C" int BatchNormReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
-                                    const char **dtypes, void *stream, void *extra) {
-  if (nparam != 8 || ndims[0] != 4) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *gamma = static_cast<const float *>(params[1]);
-  const float *beta = static_cast<const float *>(params[2]);
-  const float eps = *static_cast<const float *>(params[3]);
-  float *y = static_cast<float *>(params[4]);
-  float *mean_out = static_cast<float *>(params[5]);
-  float *rstd_out = static_cast<float *>(params[6]);
-  float *var_out = static_cast<float *>(params[7]);
-  const Shape s = GetShape(shapes[0]);
+// The loops of each kernel over the channels [c0, c1), as functions of their own (their arguments
+// are locals, so that the compiler vectorises the inner loops).
+__attribute__((noinline))
+void ForwardChannels(const float *x, const float *gamma, const float *beta, float eps, Shape s, int64_t c0,
+                     int64_t c1, float *y, float *mean_out, float *rstd_out, float *var_out) {
   const int64_t m = s.n * s.plane;
-  if (m == 0) return 1;
-  for (int64_t c = 0; c < s.c; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     double sum = 0.0;
     for (int64_t n = 0; n < s.n; ++n) {
       const float *p = x + (n * s.c + c) * s.plane;
@@ -74,27 +63,13 @@ extern "C" int BatchNormReluForward(int nparam, void **params, int *ndims, int64
     rstd_out[c] = rstd;
     var_out[c] = static_cast<float>(m > 1 ? sq / (m - 1) : var);
   }
-  return 0;
 }
 
-// Inputs: dy, y, x (N, C, H, W), gamma (C), mean (C), rstd (C).
-// Outputs: dx (N, C, H, W), dgamma (C), dbeta (C).
-extern "C" int BatchNormReluBackward(int nparam, void **params, int *ndims, int64_t **shapes,
-                                     const char **dtypes, void *stream, void *extra) {
-  if (nparam != 9 || ndims[0] != 4) return 1;
-  const float *dy = static_cast<const float *>(params[0]);
-  const float *y = static_cast<const float *>(params[1]);
-  const float *x = static_cast<const float *>(params[2]);
-  const float *gamma = static_cast<const float *>(params[3]);
-  const float *mean = static_cast<const float *>(params[4]);
-  const float *rstd = static_cast<const float *>(params[5]);
-  float *dx = static_cast<float *>(params[6]);
-  float *dgamma = static_cast<float *>(params[7]);
-  float *dbeta = static_cast<float *>(params[8]);
-  const Shape s = GetShape(shapes[0]);
+__attribute__((noinline))
+void BackwardChannels(const float *dy, const float *y, const float *x, const float *gamma, const float *mean,
+                      const float *rstd, Shape s, int64_t c0, int64_t c1, float *dx, float *dgamma, float *dbeta) {
   const int64_t m = s.n * s.plane;
-  if (m == 0) return 1;
-  for (int64_t c = 0; c < s.c; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     const float mu = mean[c], rs = rstd[c];
     double sum_g = 0.0, sum_gx = 0.0;
     for (int64_t n = 0; n < s.n; ++n) {
@@ -124,6 +99,64 @@ extern "C" int BatchNormReluBackward(int nparam, void **params, int *ndims, int6
       }
     }
   }
+}
+
+__attribute__((noinline))
+void InferenceChannels(const float *x, const float *gamma, const float *beta, const float *mean, const float *var,
+                       float eps, Shape s, int64_t c0, int64_t c1, float *y) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const float scale = gamma[c] / std::sqrt(var[c] + eps), shift = beta[c] - mean[c] * scale;
+    for (int64_t n = 0; n < s.n; ++n) {
+      const int64_t off = (n * s.c + c) * s.plane;
+      convmlp::ScaleShiftRelu(x + off, y + off, s.plane, scale, shift);
+    }
+  }
+}
+
+}  // namespace
+
+// Inputs: x (N, C, H, W), gamma (C), beta (C), eps (1).
+// Outputs: y (N, C, H, W), mean (C), rstd (C), unbiased variance (C).
+extern "C" int BatchNormReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                    const char **dtypes, void *stream, void *extra) {
+  if (nparam != 8 || ndims[0] != 4) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  float *mean_out = static_cast<float *>(params[5]);
+  float *rstd_out = static_cast<float *>(params[6]);
+  float *var_out = static_cast<float *>(params[7]);
+  const Shape s = GetShape(shapes[0]);
+  const int64_t m = s.n * s.plane;
+  if (m == 0) return 1;
+  convmlp::ParallelRange(s.c, 3 * m, [=](int64_t c0, int64_t c1) {
+    ForwardChannels(x, gamma, beta, eps, s, c0, c1, y, mean_out, rstd_out, var_out);
+  });
+  return 0;
+}
+
+// Inputs: dy, y, x (N, C, H, W), gamma (C), mean (C), rstd (C).
+// Outputs: dx (N, C, H, W), dgamma (C), dbeta (C).
+extern "C" int BatchNormReluBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                     const char **dtypes, void *stream, void *extra) {
+  if (nparam != 9 || ndims[0] != 4) return 1;
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *y = static_cast<const float *>(params[1]);
+  const float *x = static_cast<const float *>(params[2]);
+  const float *gamma = static_cast<const float *>(params[3]);
+  const float *mean = static_cast<const float *>(params[4]);
+  const float *rstd = static_cast<const float *>(params[5]);
+  float *dx = static_cast<float *>(params[6]);
+  float *dgamma = static_cast<float *>(params[7]);
+  float *dbeta = static_cast<float *>(params[8]);
+  const Shape s = GetShape(shapes[0]);
+  const int64_t m = s.n * s.plane;
+  if (m == 0) return 1;
+  convmlp::ParallelRange(s.c, 2 * m, [=](int64_t c0, int64_t c1) {
+    BackwardChannels(dy, y, x, gamma, mean, rstd, s, c0, c1, dx, dgamma, dbeta);
+  });
   return 0;
 }
 
@@ -140,12 +173,8 @@ extern "C" int BatchNormReluInference(int nparam, void **params, int *ndims, int
   const float eps = *static_cast<const float *>(params[5]);
   float *y = static_cast<float *>(params[6]);
   const Shape s = GetShape(shapes[0]);
-  for (int64_t c = 0; c < s.c; ++c) {
-    const float scale = gamma[c] / std::sqrt(var[c] + eps), shift = beta[c] - mean[c] * scale;
-    for (int64_t n = 0; n < s.n; ++n) {
-      const int64_t off = (n * s.c + c) * s.plane;
-      convmlp::ScaleShiftRelu(x + off, y + off, s.plane, scale, shift);
-    }
-  }
+  convmlp::ParallelRange(s.c, s.n * s.plane, [=](int64_t c0, int64_t c1) {
+    InferenceChannels(x, gamma, beta, mean, var, eps, s, c0, c1, y);
+  });
   return 0;
 }

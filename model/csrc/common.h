@@ -2,20 +2,61 @@
 #ifndef CONVMLP_CSRC_COMMON_H_
 #define CONVMLP_CSRC_COMMON_H_
 
-#include <sched.h>
-
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <thread>
 
 namespace convmlp {
 
-// Cores this process may run on (its CPU affinity), at least 1.
-inline int CoresAvailable() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
+// The worker pool of the library (pool.cc, compiled into each library that uses it): a fixed set
+// of $CONVMLP_CONV_THREADS threads (default: the cores this process may use). PoolRun(n, task, ctx)
+// runs task(ctx, i) for every i in [0, n) on the workers and the calling thread and returns when
+// all are done; which thread runs which i is left to timing, so a result must depend on i alone.
+// One job at a time; a job started from inside a job runs on the calling thread.
+int PoolThreads();
+bool PoolInside();
+void PoolRun(int n, void (*task)(void *ctx, int i), void *ctx);
+
+// Below this many elements of work a kernel runs on the calling thread (waking a worker costs
+// more than it saves).
+constexpr int64_t kParallelGrain = int64_t(1) << 15;
+
+// fn(begin, end) over [0, n) in contiguous chunks, for items that are independent of each other,
+// `per_item` elements of work each. The chunks depend on n, per_item and `align` alone (at least
+// kParallelGrain elements of work each, at most kMaxChunks, their bounds multiples of `align`
+// items), not on the threads; element-wise loops pass align 16 (a vector of floats), so that a loop
+// vectorised with a scalar remainder (erff, expf) treats every element the same way with any number
+// of threads. On the calling thread, in order, when the pool has one thread. The kernels' loops
+// over a chunk are functions that are never inlined: one compiled copy of each, whichever path
+// (pool or calling thread) runs the chunk.
+constexpr int64_t kMaxChunks = 64;
+
+template <typename F>
+inline void ParallelRange(int64_t n, int64_t per_item, F fn, int64_t align = 1) {
+  if (n <= 0) return;
+  const int64_t work = n * std::max<int64_t>(per_item, 1);
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>({(n + align - 1) / align, kMaxChunks, work / kParallelGrain}));
+  auto bound = [n, chunks, align](int64_t i) { return i == chunks ? n : n * i / chunks / align * align; };
+  if (chunks == 1) {
+    fn(int64_t(0), n);
+    return;
+  }
+  if (PoolThreads() == 1) {
+    for (int64_t i = 0; i < chunks; ++i) fn(bound(i), bound(i + 1));
+    return;
+  }
+  auto body = [&](int i) { fn(bound(i), bound(i + 1)); };
+  PoolRun(static_cast<int>(chunks), [](void *ctx, int i) { (*static_cast<decltype(body) *>(ctx))(i); }, &body);
+}
+
+// fn(begin, end) over the columns [0, c) of a (rows, c) row-major array, in chunks of whole
+// 16-column groups (full vectors): for per-column reductions over the rows, each column's result
+// computed by one thread in the order of the rows, the same whatever the split.
+template <typename F>
+inline void ParallelColumns(int64_t c, int64_t rows, F fn) {
+  const int64_t groups = (c + 15) / 16;
+  ParallelRange(groups, 16 * rows, [&](int64_t g0, int64_t g1) { fn(16 * g0, std::min(c, 16 * g1)); });
 }
 
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
@@ -29,6 +70,11 @@ inline float Gelu(float v) { return 0.5f * v * (1.0f + erff(v * kInvSqrt2)); }
 inline float GeluGrad(float v) {
   return 0.5f * (1.0f + erff(v * kInvSqrt2)) + v * kInvSqrt2Pi * expf(-0.5f * v * v);
 }
+
+// dz = dy * GELU'(x + b) for the rows [r0, r1) and the columns [i0, i1) of (rows, c) arrays
+// (gelu.cc, compiled with -ffast-math for libmvec's erff/expf).
+void BiasGeluGradBlock(const float *dy, const float *x, const float *b, int64_t c, int64_t r0, int64_t r1, int64_t i0,
+                       int64_t i1, float *dz);
 
 // The depthwise weight (C, 1, K, K) (a grouped Conv2d's layout) as taps-major (K*K, C) in `taps`,
 // so that the loops over channels, innermost, read it contiguously.

@@ -573,3 +573,35 @@ extern "C" int LayerNormDepthwiseInference(int nparam, void **params, int *ndims
   const float eps = *static_cast<const float *>(params[4]);
   return Guarded([&] { RunLayerNormDepthwise(params, shapes[0], k, eps, static_cast<float *>(params[5])); });
 }
+
+// A Conv-MLP block in one op (fewer launches and output buffers of MindSpore's at 32 px):
+// inputs x (N, H, W, C); norm1 gamma, beta, mlp1 fc1 weight (H1, C), bias (H1), fc2 weight (C, H1),
+// bias (C); connect_norm gamma, beta, connect weight (C, 1, K, K); norm2 gamma, beta, mlp2 fc1
+// weight, bias, fc2 weight, bias; eps (1). Output: y (N, H, W, C) = the three steps of
+// LayerNormMlpInference, LayerNormDepthwiseInference and LayerNormMlpInference, with the
+// intermediate tokens in buffers of this op.
+extern "C" int ConvMlpBlockInference(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  if (nparam != 18 || ndims[0] != 4 || ndims[9] != 4 || ndims[16] != 1) return 1;
+  const int64_t c = shapes[0][3], k = shapes[9][2];
+  const int64_t rows = shapes[0][0] * shapes[0][1] * shapes[0][2];
+  for (int first : {3, 12}) {  // the two MLPs: fc1 (H, C), fc2 (C, H)
+    if (ndims[first] != 2 || ndims[first + 2] != 2 || shapes[first][1] != c || shapes[first + 2][0] != c ||
+        shapes[first + 2][1] != shapes[first][0])
+      return 1;
+  }
+  if (shapes[9][0] != c || shapes[9][1] != 1 || shapes[9][3] != k || k % 2 == 0) return 1;
+  if (rows == 0) return 0;
+  const float eps = *static_cast<const float *>(params[16]);
+  float *y = static_cast<float *>(params[17]);
+  return Guarded([&] {
+    Scratch scratch;
+    float *a = scratch.Floats(rows * c), *b = scratch.Floats(rows * c);
+    void *mlp1[7] = {params[0], params[1], params[2], params[3], params[4], params[5], params[6]};
+    RunMlp(mlp1, rows, c, shapes[3][0], eps, a);
+    void *connect[4] = {a, params[7], params[8], params[9]};
+    RunLayerNormDepthwise(connect, shapes[0], k, eps, b);
+    void *mlp2[7] = {b, params[10], params[11], params[12], params[13], params[14], params[15]};
+    RunMlp(mlp2, rows, c, shapes[12][0], eps, y);
+  });
+}

@@ -6,12 +6,15 @@
 // (benchmarks/RESULTS.md, "Figures behind the kernels"). Here the forward writes the maximum and
 // the offset of the first maximum in row-major window order (PyTorch's rule, which decides where
 // the gradient of a tie goes: after ReLU many windows are all zeros); the backward adds each
-// output gradient at that offset. A window holding a NaN gives NaN.
+// output gradient at that offset. A window holding a NaN gives NaN. Planes are split over the
+// library's worker pool (common.h).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
 #include <vector>
+
+#include "common.h"
 
 namespace {
 
@@ -84,6 +87,43 @@ void PoolPlane(const float *padded, int64_t wp, const Geometry &g, float *yp, in
   }
 }
 
+// The planes [pl0, pl1) of the forward.
+__attribute__((noinline))
+void PoolPlanes(const float *x, Geometry g, int64_t hp, int64_t wp, int64_t pl0, int64_t pl1, float *y, int32_t *arg) {
+  const int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+  std::vector<float> scratch(hp * wp, -INFINITY);
+  for (int64_t pl = pl0; pl < pl1; ++pl) {
+    const float *xp = x + pl * in_plane;
+    float *yp = y + pl * out_plane;
+    int32_t *ap = arg + pl * out_plane;
+    bool nan = false;
+    for (int64_t i = 0; i < in_plane; ++i) nan |= (xp[i] != xp[i]);
+    if (nan) {
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) Window(xp, g, oy, ox, yp + oy * g.ow + ox, ap + oy * g.ow + ox);
+      continue;
+    }
+    for (int64_t r = 0; r < g.h; ++r) std::memcpy(&scratch[(r + g.p) * wp + g.p], xp + r * g.w, sizeof(float) * g.w);
+    PoolPlane(scratch.data(), wp, g, yp, ap);
+  }
+}
+
+// The planes [pl0, pl1) of the backward.
+__attribute__((noinline))
+void ScatterPlanes(const float *dy, const int32_t *arg, int64_t in_plane, int64_t out_plane, int64_t pl0, int64_t pl1,
+                   float *dx) {
+  std::memset(dx + pl0 * in_plane, 0, sizeof(float) * (pl1 - pl0) * in_plane);
+  for (int64_t pl = pl0; pl < pl1; ++pl) {
+    const float *dyp = dy + pl * out_plane;
+    const int32_t *ap = arg + pl * out_plane;
+    float *dxp = dx + pl * in_plane;
+    for (int64_t o = 0; o < out_plane; ++o) {
+      const int32_t at = ap[o];
+      if (at >= 0 && at < in_plane) dxp[at] += dyp[o];
+    }
+  }
+}
+
 }  // namespace
 
 // Inputs: x (N, C, H, W), cfg int32 (3) = kernel, stride, padding.
@@ -103,22 +143,8 @@ extern "C" int MaxPoolForward(int nparam, void **params, int *ndims, int64_t **s
   // unpadded plane's coordinates. A plane holding a NaN takes the plain per-window path.
   const int64_t hp = std::max<int64_t>(g.h + 2 * g.p, (g.oh - 1) * g.s + g.k);
   const int64_t wp = std::max<int64_t>(g.w + 2 * g.p, (g.ow - 1) * g.s + g.k);
-  std::vector<float> scratch(hp * wp, -INFINITY);
-  const int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
-  for (int64_t pl = 0; pl < g.planes; ++pl) {
-    const float *xp = x + pl * in_plane;
-    float *yp = y + pl * out_plane;
-    int32_t *ap = arg + pl * out_plane;
-    bool nan = false;
-    for (int64_t i = 0; i < in_plane; ++i) nan |= (xp[i] != xp[i]);
-    if (nan) {
-      for (int64_t oy = 0; oy < g.oh; ++oy)
-        for (int64_t ox = 0; ox < g.ow; ++ox) Window(xp, g, oy, ox, yp + oy * g.ow + ox, ap + oy * g.ow + ox);
-      continue;
-    }
-    for (int64_t r = 0; r < g.h; ++r) std::memcpy(&scratch[(r + g.p) * wp + g.p], xp + r * g.w, sizeof(float) * g.w);
-    PoolPlane(scratch.data(), wp, g, yp, ap);
-  }
+  const int64_t work = g.h * g.w + g.oh * g.ow * g.k * g.k;
+  convmlp::ParallelRange(g.planes, work, [=](int64_t pl0, int64_t pl1) { PoolPlanes(x, g, hp, wp, pl0, pl1, y, arg); });
   return 0;
 }
 
@@ -133,15 +159,8 @@ extern "C" int MaxPoolBackward(int nparam, void **params, int *ndims, int64_t **
   const int64_t planes = shapes[2][0] * shapes[2][1];
   const int64_t in_plane = shapes[2][2] * shapes[2][3];
   const int64_t out_plane = shapes[0][2] * shapes[0][3];
-  std::memset(dx, 0, sizeof(float) * planes * in_plane);
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const float *dyp = dy + pl * out_plane;
-    const int32_t *ap = arg + pl * out_plane;
-    float *dxp = dx + pl * in_plane;
-    for (int64_t o = 0; o < out_plane; ++o) {
-      const int32_t at = ap[o];
-      if (at >= 0 && at < in_plane) dxp[at] += dyp[o];
-    }
-  }
+  convmlp::ParallelRange(planes, in_plane + out_plane, [=](int64_t pl0, int64_t pl1) {
+    ScatterPlanes(dy, arg, in_plane, out_plane, pl0, pl1, dx);
+  });
   return 0;
 }

@@ -3,9 +3,9 @@
 // inference path). One thread pool, one engine and one buffer cache per process (inline
 // functions: the libraries' translation units share them).
 //
-// MindSpore's oneDNN is built for the "threadpool" CPU runtime, so the streams here get a small
-// thread pool of their own: as many threads as the process may use cores, or
-// $CONVMLP_CONV_THREADS.
+// MindSpore's oneDNN is built for the "threadpool" CPU runtime, so the streams here run on the
+// library's worker pool (common.h: as many threads as the process may use cores, or
+// $CONVMLP_CONV_THREADS), the one its other kernels use.
 #ifndef CONVMLP_CSRC_ONEDNN_COMMON_H_
 #define CONVMLP_CSRC_ONEDNN_COMMON_H_
 
@@ -33,107 +33,24 @@
 
 namespace convmlp {
 
-// A fixed pool of worker threads implementing oneDNN's threadpool interface: parallel_for(n, fn)
-// runs fn(i, n) for every i, on the workers and the calling thread, and returns when all are done.
+// oneDNN's threadpool interface over the library's worker pool (common.h, pool.cc).
 class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
  public:
-  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
-  }
-  ~ThreadPool() override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (auto &w : workers_) w.join();
-  }
-  int get_num_threads() const override { return threads_; }
-  bool get_in_parallel() const override { return inside_; }
+  int get_num_threads() const override { return PoolThreads(); }
+  bool get_in_parallel() const override { return PoolInside(); }
   uint64_t get_flags() const override { return 0; }  // synchronous
   void wait() override {}
   void parallel_for(int n, const std::function<void(int, int)> &fn) override {
-    if (n <= 0) return;
-    if (threads_ == 1 || n == 1 || inside_) {
-      for (int i = 0; i < n; ++i) fn(i, n);
-      return;
-    }
-    std::lock_guard<std::mutex> serial(submit_);  // one job at a time
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &fn;
-      n_ = n;
-      next_.store(0);
-      done_.store(0);
-      ++generation_;
-    }
-    wake_.notify_all();
-    Run(&fn, n);
-    std::unique_lock<std::mutex> lock(mutex_);
-    // every index done and every worker that joined this job out of it: only then may the
-    // next job reset the shared counters
-    finished_.wait(lock, [&] { return done_.load() == n && active_ == 0; });
-    job_ = nullptr;
-  }
-
- private:
-  void Run(const std::function<void(int, int)> *job, int n) {
-    inside_ = true;
-    for (int i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) {
-      (*job)(i, n);
-      done_.fetch_add(1);
-    }
-    inside_ = false;
-  }
-  void Work() {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(int, int)> *job;
+    struct Call {
+      const std::function<void(int, int)> *fn;
       int n;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        if (job_ == nullptr) continue;  // woke after that job ended
-        job = job_;
-        n = n_;
-        ++active_;
-      }
-      Run(job, n);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        --active_;
-      }
-      finished_.notify_all();
-    }
+    } call{&fn, n};
+    PoolRun(n, [](void *ctx, int i) { (*static_cast<Call *>(ctx)->fn)(i, static_cast<Call *>(ctx)->n); }, &call);
   }
-
-  const int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mutex_, submit_;
-  std::condition_variable wake_, finished_;
-  const std::function<void(int, int)> *job_ = nullptr;
-  int n_ = 0;
-  int active_ = 0;
-  std::atomic<int> next_{0}, done_{0};
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  static inline thread_local bool inside_ = false;
 };
 
-inline int UsableCores() {
-  if (const char *env = std::getenv("CONVMLP_CONV_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  return CoresAvailable();
-}
-
 inline ThreadPool &Pool() {
-  // Never destroyed: joining workers from a static destructor at process exit could wait on a
-  // thread MindSpore is still tearing down; the OS ends them with the process.
-  static ThreadPool *pool = new ThreadPool(UsableCores());
+  static ThreadPool *pool = new ThreadPool();  // never destroyed (see pool.cc)
   return *pool;
 }
 

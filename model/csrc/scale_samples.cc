@@ -3,9 +3,25 @@
 // branch by 0 or 1 / keep_prob. MindSpore 2.10's broadcasting Mul builds index vectors of the
 // output's size for a (B, ...) x (B, 1, ...) product and its gradient (hundreds of MiB held in
 // 224 px training); the gradient here is the same scaling of dy.
+#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
+
+namespace {
+
+// The elements [lo, hi) of y (across samples of `per` elements each).
+__attribute__((noinline))
+void ScaleRange(const float *x, const float *s, int64_t per, int64_t lo, int64_t hi, float *y) {
+  for (int64_t b = lo / per; b * per < hi; ++b) {
+    const float scale = s[b];
+    const int64_t i0 = std::max(lo, b * per), i1 = std::min(hi, (b + 1) * per);
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) y[i] = x[i] * scale;
+  }
+}
+
+}  // namespace
 
 // Inputs: x (B, ...), s (B). Output: y (B, ...).
 extern "C" int ScaleSamples(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -17,12 +33,6 @@ extern "C" int ScaleSamples(int nparam, void **params, int *ndims, int64_t **sha
   const int64_t batch = shapes[0][0];
   if (batch == 0) return 0;
   const int64_t per = convmlp::Numel(ndims[0], shapes[0]) / batch;
-  for (int64_t b = 0; b < batch; ++b) {
-    const float scale = s[b];
-    const float *xb = x + b * per;
-    float *yb = y + b * per;
-#pragma omp simd
-    for (int64_t i = 0; i < per; ++i) yb[i] = xb[i] * scale;
-  }
+  convmlp::ParallelRange(batch * per, 1, [=](int64_t lo, int64_t hi) { ScaleRange(x, s, per, lo, hi, y); }, 16);
   return 0;
 }

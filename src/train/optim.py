@@ -58,7 +58,7 @@ def adamw_kernel():
     (``src/train/csrc/adamw.cc``; ``hyper`` float64 ``[lr, beta1, beta2, eps, step]``, ``wd``
     float64 per parameter), or None where it cannot be built (one warning)."""
     if not _kernel:
-        lib = build_library("convmlp_adamw", _CSRC, {"adamw.cc": ["-pthread"]})
+        lib = build_library("convmlp_adamw", _CSRC, {"adamw.cc": ["-pthread"]}, pool=True)
         op = None
         if lib is not None:
             op = ops.Custom(f"{lib}:AdamWUpdate", out_shape=lambda *shapes: [1],

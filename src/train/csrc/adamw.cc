@@ -8,11 +8,11 @@
 //   v <- beta2 * v + (1 - beta2) * g * g
 //   p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //
-// The element range of all tensors together is split evenly over the cores (memory-bound).
+// The element range of all tensors together is split evenly over the library's worker pool
+// (model/csrc/common.h; memory-bound).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <thread>
 #include <vector>
 
 #include "common.h"
@@ -72,13 +72,7 @@ extern "C" int AdamWUpdate(int nparam, void **params, int *ndims, int64_t **shap
              s, decay);
     }
   };
-  const int64_t total = start[n];
-  const int threads =
-      static_cast<int>(std::min<int64_t>(convmlp::CoresAvailable(), std::max<int64_t>(1, total >> 16)));
-  std::vector<std::thread> workers;
-  for (int i = 1; i < threads; ++i) workers.emplace_back(run, total * i / threads, total * (i + 1) / threads);
-  run(0, total / threads);
-  for (auto &w : workers) w.join();
+  convmlp::ParallelRange(start[n], 4, run, 16);
   *static_cast<float *>(params[nparam - 1]) = static_cast<float>(t);
   return 0;
 }
