@@ -6,9 +6,10 @@
 
 The model (arch, topology, image size, classes) is the checkpoint's; the exported graph takes the
 resized, normalised float32 batch and returns the logits, or with ``--features_only true`` the
-backbone's four feature maps. The file is written under a temporary name and, with ``--verify``,
-checked against the checkpoint model before it takes its name. The script's options and the ONNX
-route (through the PyTorch reference, :mod:`src.convert.onnx_file`): docs/deployment.md.
+backbone's feature maps (``--out_indices``: the levels chosen). The file is written under a
+temporary name and, with ``--verify``, checked against the checkpoint model before it takes its
+name. The script's options and the ONNX route (through the PyTorch reference,
+:mod:`src.convert.onnx_file`): docs/deployment.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
 import os
@@ -33,6 +34,14 @@ def _check_batch(value):
     return None if text == DYNAMIC or (text.isdigit() and int(text) >= 1) else f"an integer >= 1 or '{DYNAMIC}'"
 
 
+def _check_levels(value):
+    try:
+        levels = [int(v) for v in value.split(",")]
+    except ValueError:
+        levels = []
+    return None if levels else "comma-separated integer levels, e.g. 1,2,3"
+
+
 #: export.py's own options (everything else is a config key). ``--batch_size`` is this script's:
 #: the training batch size of config.yaml does not apply to an export.
 OPTIONS = [
@@ -46,10 +55,13 @@ OPTIONS = [
     option("verify", False, "bool", "Run the written file and compare it with the checkpoint model."),
     option("features_only", False, "bool", "Export the backbone: the feature maps of every level (strides 4, "
            "8, 16, 32) instead of the logits."),
+    option("out_indices", None, "str", "With --features_only true: the levels to export, comma-separated "
+           "(0 = stride 4 ... 3 = stride 32, negative from the end), e.g. 1,2,3; null = every level.",
+           nullable=True, check=_check_levels),
 ]
 
 #: What export.py was asked to do, besides the config.
-ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size verify features_only")
+ExportOptions = namedtuple("ExportOptions", "file_name file_format batch_size verify features_only out_indices")
 
 
 def parse_options(argv):
@@ -63,8 +75,14 @@ def parse_options(argv):
         raise ConfigError(f"command line: --batch_size {given['--batch_size']} and --export_batch_size "
                           f"{given['--export_batch_size']} disagree; give one of them")
     batch = next(iter(values.values()), DYNAMIC if options.file_format == "ONNX" else 1)
+    levels = None
+    if options.out_indices is not None:
+        if not options.features_only:
+            raise ConfigError(f"command line: --out_indices {options.out_indices} selects feature levels; it needs "
+                              "--features_only true")
+        levels = tuple(int(v) for v in options.out_indices.split(","))
     return cmd.cfg, ExportOptions(options.file_name, options.file_format, batch, options.verify,
-                                  options.features_only)
+                                  options.features_only, levels)
 
 
 def main(argv=None):
@@ -76,7 +94,8 @@ def main(argv=None):
     # local .so): the plain network, with MindSpore's own LayerNorm/GELU/max-pool/convolutions.
     setup_runtime(cfg, logger, cpu_kernels_on=False)
     net, meta = load_checkpoint_model(cfg.checkpoint_path, cfg, logger, DEPLOY_KEYS,
-                                      features_only=opts.features_only, kernels=False)
+                                      features_only=opts.features_only, out_indices=opts.out_indices,
+                                      kernels=False)
     if opts.batch_size != DYNAMIC:   # the image size is the checkpoint's now
         check_batch("--batch_size", opts.batch_size, cfg.image_size)
     shape = (None if opts.batch_size == DYNAMIC else opts.batch_size, 3, cfg.image_size, cfg.image_size)

@@ -133,15 +133,16 @@ class TorchConvMLP(nn.Module):
 class TorchFeatures(nn.Module):
     """The backbone of a head-less :class:`TorchConvMLP` returning its feature maps (NCHW), the
     forward of the official ``DetConvMLP``/``SegConvMLP`` generalised as in
-    :func:`model.features.feature_levels`."""
+    :func:`model.features.feature_levels`; `out_indices` as :class:`model.features.FeatureListNet`'s."""
 
-    def __init__(self, net: TorchConvMLP):
+    def __init__(self, net: TorchConvMLP, out_indices=None):
         super().__init__()
-        from .features import feature_levels
+        from .features import feature_levels, feature_take_indices
         self.net = net
         dims = [s.blocks[0].channel_mlp1.fc1.in_features for s in net.stages]
         channels = net.tokenizer.block[6].out_channels
-        _, self.taken = feature_levels(channels, dims)
+        info, self.taken = feature_levels(channels, dims)
+        self.out_indices = feature_take_indices(len(info), out_indices, "out_indices")
 
     def forward(self, x):
         x = self.net.tokenizer(x)
@@ -154,7 +155,7 @@ class TorchFeatures(nn.Module):
             x = stage(x)
             if i in self.taken:
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)
+        return tuple(outs[i] for i in self.out_indices)
 
 
 def torch_convmlp(arch: str, num_classes: int = 1000, **kwargs) -> TorchConvMLP:

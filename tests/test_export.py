@@ -209,12 +209,12 @@ def test_options_are_parsed_apart_from_the_config():
     argv = ["--checkpoint_path", "a.ckpt", "--file_name=out/m", "--export_batch_size", "4",
             "--file_format", "mindir", "--verify", "--image_size", "64"]
     cfg, opts = export.parse_options(argv)
-    assert tuple(opts) == ("out/m", "MINDIR", 4, True, False)
+    assert tuple(opts) == ("out/m", "MINDIR", 4, True, False, None)
     assert (cfg.checkpoint_path, cfg.image_size) == ("a.ckpt", 64)
-    assert tuple(export.parse_options([])[1]) == (None, "MINDIR", 1, False, False)
-    assert tuple(export.parse_options(["--batch_size", "4"])[1]) == (None, "MINDIR", 4, False, False)
-    assert tuple(export.parse_options(["--batch_size=dynamic"])[1]) == (None, "MINDIR", "dynamic", False, False)
-    assert tuple(export.parse_options(["--file_format", "onnx"])[1]) == (None, "ONNX", "dynamic", False, False)
+    assert tuple(export.parse_options([])[1]) == (None, "MINDIR", 1, False, False, None)
+    assert tuple(export.parse_options(["--batch_size", "4"])[1]) == (None, "MINDIR", 4, False, False, None)
+    assert tuple(export.parse_options(["--batch_size=dynamic"])[1]) == (None, "MINDIR", "dynamic", False, False, None)
+    assert tuple(export.parse_options(["--file_format", "onnx"])[1]) == (None, "ONNX", "dynamic", False, False, None)
     assert export.parse_options(["--batch_size", "3", "--export_batch_size", "3"])[1].batch_size == 3
     assert export.parse_options(["--batch_size", "3"])[0].batch_size == 128   # the config's is untouched
     for bad, msg in ((["--file_format", "tflite"], "expected one of MINDIR, AIR, ONNX"),

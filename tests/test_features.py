@@ -317,6 +317,40 @@ def test_export_features_only_onnx_gives_the_four_maps_at_any_batch(tmp_path, ti
         np.testing.assert_allclose(g, w.asnumpy(), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["MINDIR", "ONNX"])
+def test_export_out_indices_gives_those_levels_in_that_order(tmp_path, tiny_ckpt, fmt):
+    """A detector's neck takes strides 8-32: --out_indices 1,2,3 exports those three maps."""
+    path = tmp_path / f"neck.{fmt.lower()}"
+    proc = ok(run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", path, "--features_only", "true",
+                       "--out_indices", "-3,-2,-1", "--file_format", fmt, "--batch_size", "2", *export_flags(64),
+                       "--verify"))
+    assert "(2, 16, 8, 8), (2, 32, 4, 4), (2, 64, 2, 2), NCHW, strides [8, 16, 32]" in proc.stdout
+    x = images(2, 3, 64, 64, seed=5)
+    want = checkpoint_backbone(tiny_ckpt)(x)[1:]
+    if fmt == "ONNX":
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": x.asnumpy()})
+    else:
+        from mindspore import nn
+        got = [g.asnumpy() for g in nn.GraphCell(ms.load(str(path)))(x)]
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.asnumpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--out_indices", "1,2"], "needs --features_only true"),
+    (["--features_only", "true", "--out_indices", "1,x"], "comma-separated integer levels"),
+    (["--features_only", "true", "--out_indices", "4"], "level 4 does not exist"),
+])
+def test_export_out_indices_that_cannot_be_taken_are_one_error(tmp_path, tiny_ckpt, flags, fragment):
+    path = tmp_path / "neck.mindir"
+    proc = run_main("export.py", "--checkpoint_path", tiny_ckpt, "--file_name", path, *flags, *export_flags(64))
+    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+    assert not path.exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # The dense-task example
 

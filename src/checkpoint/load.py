@@ -111,7 +111,7 @@ def adopt_checkpoint_model(cfg, ckpt, logger, keys=MODEL_KEYS):
 
 
 def load_checkpoint_model(path, cfg, logger, keys=MODEL_KEYS, classes_from_head=True, features_only=False,
-                          kernels=None):
+                          out_indices=None, kernels=None):
     """The model of the checkpoint at `path` with its weights, in inference mode (where `kernels`,
     default as :func:`build_model`, the fused evaluation cell, :func:`inference_network`); returns
     ``(net, meta)``, `meta` the checkpoint's :class:`CheckpointMeta`.
@@ -124,7 +124,8 @@ def load_checkpoint_model(path, cfg, logger, keys=MODEL_KEYS, classes_from_head=
     ``use_ema`` the model holds the checkpoint's EMA weights (``ema.*``).
     CheckpointError when the file is missing or unreadable, has no head, or does not fit the model.
     ``features_only``: the backbone returning every feature level (``create_model(...,
-    features_only=True)``) from a classifier's or a backbone's checkpoint.
+    features_only=True)``) from a classifier's or a backbone's checkpoint; ``out_indices``: its
+    levels (None: every level; ConfigError naming a level that does not exist).
     """
     import mindspore as ms
 
@@ -137,7 +138,7 @@ def load_checkpoint_model(path, cfg, logger, keys=MODEL_KEYS, classes_from_head=
     check_arch(meta, cfg.arch, path, "checkpoint_path")
     require_convmlp(params, path)
     if features_only:   # the backbone: a classifier's head is not part of it
-        net = build_model(cfg, kernels, features_only=True)
+        net = build_model(cfg, kernels, features_only=True, out_indices=out_indices)
         check_fit(net, params, path)
         ms.load_param_into_net(net, {k: v for k, v in params.items() if not isinstance(v, str)})
         net.set_train(False)

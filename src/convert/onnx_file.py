@@ -34,11 +34,12 @@ def require_packages(verify: bool):
                         "pip install -r requirements.txt")
 
 
-def torch_reference(weights: Mapping[str, np.ndarray], path: str = "checkpoint", features: bool = False):
+def torch_reference(weights: Mapping[str, np.ndarray], path: str = "checkpoint", features: bool = False,
+                    out_indices=None):
     """The PyTorch reference ConvMLP (eval mode) holding `weights` (MindSpore names); the topology
     and class count are read off the weights' shapes. Refuses non-finite weights (the checkpoint
     was already checked when it was read; this keeps the function safe on its own). With
-    `features`, its backbone returning the feature maps (``TorchFeatures``)."""
+    `features`, its backbone returning the feature maps ``out_indices`` (``TorchFeatures``)."""
     from model import check_finite
     from model.torch_convmlp import TorchFeatures
     from .to_torch import load_into_reference
@@ -47,7 +48,8 @@ def torch_reference(weights: Mapping[str, np.ndarray], path: str = "checkpoint",
     if features:
         state = type(state)((k, v) for k, v in state.items() if not k.startswith(("norm.", "head.")))
         topo = infer_topology(state)
-        return TorchFeatures(load_into_reference(state, dict(topo, classifier_head=False), 0, path)).eval()
+        return TorchFeatures(load_into_reference(state, dict(topo, classifier_head=False), 0, path),
+                             out_indices).eval()
     topo = infer_topology(state)
     num_classes = topo.pop("num_classes")
     return load_into_reference(state, topo, num_classes, path)
@@ -100,8 +102,9 @@ def export_onnx(net, shape: Sequence, base: str, verify: bool = False, path: str
     fails)."""
     require_packages(verify)
     weights = {p.name: p.asnumpy() for p in net.get_parameters()}
-    levels = len(getattr(net, "out_indices", ()))   # a FeatureListNet of every level (export.py)
-    ref = torch_reference(weights, path, features=bool(levels))
+    indices = getattr(net, "out_indices", None)      # a FeatureListNet (export.py --features_only)
+    levels = len(indices or ())
+    ref = torch_reference(weights, path, features=bool(levels), out_indices=indices)
     final = final or base + ".onnx"
     diff = None
 
