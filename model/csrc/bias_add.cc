@@ -75,14 +75,12 @@ void ColumnSums(const float *dy, int64_t rows, int64_t c, float *db, const float
 // Inputs: x (..., C), bias (C). Output: y (..., C) = x + bias.
 extern "C" int BiasAddForward(int nparam, void **params, int *ndims, int64_t **shapes,
                               const char **dtypes, void *stream, void *extra) {
-  if (nparam != 3 || ndims[0] < 1 || ndims[1] != 1) return 1;
+  int64_t rows, c;
+  if (nparam != 3 || !convmlp::RowsOfChannels(ndims, shapes, 0, 1, &rows, &c)) return 1;
+  if (c == 0) return 0;
   const float *x = static_cast<const float *>(params[0]);
   const float *b = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const int64_t c = shapes[0][ndims[0] - 1];
-  if (c != shapes[1][0]) return 1;
-  if (c == 0) return 0;
-  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   convmlp::ParallelRange(rows, c, [=](int64_t r0, int64_t r1) { AddRows(x, b, c, r0, r1, y); });
   return 0;
 }
@@ -105,16 +103,14 @@ extern "C" int BiasAddBackward(int nparam, void **params, int *ndims, int64_t **
 // last (as BiasAddBackward sums it), each block of rows summed while it is in cache.
 extern "C" int BiasGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                 void *stream, void *extra) {
-  if (nparam != 5 || ndims[0] < 1 || ndims[2] != 1) return 1;
+  int64_t rows, c;
+  if (nparam != 5 || !convmlp::RowsOfChannels(ndims, shapes, 0, 2, &rows, &c)) return 1;
+  if (c == 0) return 0;
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
   float *dx = static_cast<float *>(params[3]);
   float *db = static_cast<float *>(params[4]);
-  const int64_t c = shapes[0][ndims[0] - 1];
-  if (c != shapes[2][0]) return 1;
-  if (c == 0) return 0;
-  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   ColumnSums(dy, rows, c, db, x, b, dx);
   return 0;
 }

@@ -90,6 +90,17 @@ inline int64_t Numel(int ndim, const int64_t *shape) {
   return n;
 }
 
+// The inputs `tensor` (..., C) and `bias` (C) of a Custom op: `c`, and `rows` the product of the
+// tensor's other axes (0 when C is 0); false when the two shapes do not go together.
+inline bool RowsOfChannels(const int *ndims, int64_t *const *shapes, int tensor, int bias, int64_t *rows,
+                           int64_t *c) {
+  if (ndims[tensor] < 1 || ndims[bias] != 1) return false;
+  *c = shapes[tensor][ndims[tensor] - 1];
+  if (*c != shapes[bias][0]) return false;
+  *rows = *c == 0 ? 0 : Numel(ndims[tensor], shapes[tensor]) / *c;
+  return true;
+}
+
 // q[i] = max(0, p[i] * scale + shift) for i < n: the per-channel affine map of a BatchNorm
 // followed by ReLU.
 inline void ScaleShiftRelu(const float *p, float *q, int64_t n, float scale, float shift) {

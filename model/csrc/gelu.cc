@@ -71,14 +71,12 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
 // to float as the separate bias kernel rounds it; the backward (bias_add.cc) adds it again.
 extern "C" int BiasGeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *stream, void *extra) {
-  if (nparam != 3 || ndims[0] < 1 || ndims[1] != 1) return 1;
+  int64_t rows, c;
+  if (nparam != 3 || !convmlp::RowsOfChannels(ndims, shapes, 0, 1, &rows, &c)) return 1;
+  if (c == 0) return 0;
   const float *x = static_cast<const float *>(params[0]);
   const float *b = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const int64_t c = shapes[0][ndims[0] - 1];
-  if (c != shapes[1][0]) return 1;
-  if (c == 0) return 0;
-  const int64_t rows = convmlp::Numel(ndims[0], shapes[0]) / c;
   convmlp::ParallelRange(rows, 4 * c, [=](int64_t r0, int64_t r1) { BiasGeluRows(x, b, c, r0, r1, y); });
   return 0;
 }
