@@ -22,7 +22,7 @@ from src.platform.errors import ArgumentParser, run_cli  # noqa: E402
 
 NUM_CLASSES = 4   # background, disc, square, triangle
 CLASS_NAMES = ("background", "disc", "square", "triangle")
-#: The tiny backbone of the default run (a minute on two CPU cores).
+#: The tiny backbone of the default run.
 TINY = dict(blocks=[1, 1, 1], dims=[32, 64, 128], mlp_ratios=[2, 2, 2], channels=32, n_conv_blocks=1)
 
 
@@ -81,6 +81,7 @@ def build_network(args):
     import mindspore as ms
     from mindspore import nn, ops
     from model import create_model
+    from model.cpu_kernels import apply_cpu_kernels
 
     def conv_bn_relu(cin, cout):
         return nn.SequentialCell([nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=False),
@@ -128,7 +129,9 @@ def build_network(args):
     arch = "convmlp_s" if args.arch == "tiny" else args.arch
     backbone = create_model(arch, features_only=True, pretrained_ckpt=args.pretrained_ckpt, drop_path_rate=0.0,
                             **topo)
-    return SemanticFPN(backbone, args.fpn_channels, args.head_channels, NUM_CLASSES)
+    # On the CPU, the repository's C++ kernels for the BatchNorm+ReLU, LayerNorm, GELU, ... cells of
+    # the whole network (the same function; elsewhere, or without a compiler, it stays as it is).
+    return apply_cpu_kernels(SemanticFPN(backbone, args.fpn_channels, args.head_channels, NUM_CLASSES))
 
 
 # ------------------------------------------------------------------------------------------------
