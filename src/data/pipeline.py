@@ -551,34 +551,43 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
     reader = dict(num_parallel_workers=workers if files else 1, python_multiprocessing=False)
 
     if split == "train":
-        batch_size = cfg.batch_size
-        if isinstance(source, packed.PackedSplit):
-            data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
-        elif source.crop is not None:                 # records decoded and cut in the map
-            data = ds.GeneratorDataset(_RecordIndices(source), ["image", "label"], shuffle=True,
-                                       num_shards=num_shards, shard_id=shard_id, num_parallel_workers=1,
-                                       python_multiprocessing=False)
-            data = data.map(_CropRecords(source), input_columns=["image", "label"],
-                            output_columns=["image", "label"], num_parallel_workers=workers,
-                            python_multiprocessing=False)
-        else:
-            data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
-                                       shard_id=shard_id, **reader)
-        n_local = math.ceil(len(source) / num_shards) if num_shards else len(source)
-        if n_local < batch_size:
-            raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
-                              f"{where}; expected batch_size <= {n_local}")
-        cropped = getattr(source, "crop", None) is not None
-        in_batch = native.library() is not None       # uint8 images normalised per batch in one C++ pass
-        ops = train_transforms(cfg, shape, encoded, cropped, normalize=not in_batch)
-        if ops:                                         # none: crop only, normalised per batch
-            data = data.map(ops, input_columns="image", num_parallel_workers=workers)
-        mixer = BatchMixer(num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
-                           cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0,
-                           normalize=normalize_values(cfg) if in_batch else None)
-        return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
-                          output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
+        return _train_pipeline(cfg, source, shape, where, encoded, reader, num_shards, shard_id)
+    return _eval_pipeline(cfg, source, shape, encoded, reader, num_shards, shard_id)
 
+
+def _train_pipeline(cfg, source, shape, where, encoded, reader, num_shards, shard_id):
+    """The train split's records shuffled and sharded, augmented, batched and mixed."""
+    batch_size, workers = cfg.batch_size, cfg.num_parallel_workers
+    if isinstance(source, packed.PackedSplit):
+        data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
+    elif source.crop is not None:                 # records decoded and cut in the map
+        data = ds.GeneratorDataset(_RecordIndices(source), ["image", "label"], shuffle=True,
+                                   num_shards=num_shards, shard_id=shard_id, num_parallel_workers=1,
+                                   python_multiprocessing=False)
+        data = data.map(_CropRecords(source), input_columns=["image", "label"],
+                        output_columns=["image", "label"], num_parallel_workers=workers,
+                        python_multiprocessing=False)
+    else:
+        data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_shards=num_shards,
+                                   shard_id=shard_id, **reader)
+    n_local = math.ceil(len(source) / num_shards) if num_shards else len(source)
+    if n_local < batch_size:
+        raise ConfigError(f"batch_size {batch_size} is larger than the {n_local} train records per shard in "
+                          f"{where}; expected batch_size <= {n_local}")
+    in_batch = native.library() is not None       # uint8 images normalised per batch in one C++ pass
+    ops = train_transforms(cfg, shape, encoded, source.crop is not None, normalize=not in_batch)
+    if ops:                                         # none: crop only, normalised per batch
+        data = data.map(ops, input_columns="image", num_parallel_workers=workers)
+    mixer = BatchMixer(cfg.num_classes, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
+                       cfg.mixup_switch_prob, cfg.reprob, cfg.seed, shard_id or 0,
+                       normalize=normalize_values(cfg) if in_batch else None)
+    return data.batch(batch_size, drop_remainder=True, input_columns=["image", "label"],
+                      output_columns=["image", "label"], per_batch_map=mixer, num_parallel_workers=workers)
+
+
+def _eval_pipeline(cfg, source, shape, encoded, reader, num_shards, shard_id):
+    """The evaluation split's records in order, shard k taking records k, k + num_shards, ..."""
+    workers = cfg.num_parallel_workers
     if isinstance(source, packed.PackedSplit):
         data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
     else:
