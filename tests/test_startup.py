@@ -19,7 +19,7 @@ from PIL import Image
 
 from model.cache import MARKER
 from src.data import checked, imagefolder
-from src.data.pipeline import _Source
+from src.data.records import Source
 from src.platform.fileio import OutputError
 from helpers import REPO, run_main
 
@@ -274,7 +274,7 @@ def test_the_file_lists_hold_no_python_object_per_file(tmp_path, cache):
         tracemalloc.stop()
     assert len(listed) == n and as_str[0] == str(root / "class_0" / "img_00000.jpg")
     assert held / n < 100 and held < str_held / 2 and peak / n < 400, (held / n, str_held / n, peak / n)
-    assert len(pickle.dumps(_Source(listed.files, listed.labels))) / n < 60
+    assert len(pickle.dumps(Source(listed.files, listed.labels))) / n < 60
     part = listed.subset(np.arange(1, n, 2))
     assert list(part.files) == as_str[1::2] and part.labels.tolist() == listed.labels[1::2].tolist()
 

@@ -19,7 +19,7 @@ from PIL import Image
 import mindspore.dataset.vision as vision
 
 from src.config import load_config
-from src.data import encoded, native, pipeline
+from src.data import encoded, native, pipeline, records
 from src.data.images import read_image
 from src.data.synthetic import synthetic_images
 from src.platform.errors import DataError
@@ -280,11 +280,11 @@ def test_the_engine_path_gives_the_batches_of_read_image_in_worker_processes_and
     monkeypatch.setattr(pipeline.native, "library", lambda: None)
     before = child_processes()
     fast = batches(tree_cfg(mixed_tree), check=lambda: child_processes() == before)
-    records, generator = pipeline._records, pipeline.ds.GeneratorDataset
+    find_records, generator = pipeline._records, pipeline.ds.GeneratorDataset
 
     def decoded_arrays(cfg, split, shard_id=None):
-        source, shape, where = records(cfg, split, shard_id)
-        return pipeline._Source(source.images, source.labels, read_image), shape, where
+        source, shape, where = find_records(cfg, split, shard_id)
+        return records.Source(source.images, source.labels, read_image), shape, where
 
     monkeypatch.setattr(pipeline, "_records", decoded_arrays)
     monkeypatch.setattr(pipeline.ds, "GeneratorDataset",

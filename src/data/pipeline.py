@@ -9,7 +9,7 @@ at reduced size, is decoded by read_image itself); for training with the bicubic
 decodes each file and one C++ call cuts its crop (:mod:`.native`), both in the map's threads and
 without Python's lock, faster than the engine's decoder and filter. With ``skip_bad_images`` a
 file that fails to decode there is replaced by the next good record of its split and counted
-(:func:`log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
+(:func:`.records.log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -38,16 +38,13 @@ then shard; when the record count is not divisible by ``num_shards`` a few recor
 that every shard has the same number of steps). Val is split exactly: shard ``k`` gets records
 ``k, k + num_shards, ...`` (no overlap, no padding, so metrics summed over shards are exact).
 """
-import atexit
 import copy
 import functools
 import logging
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -60,6 +57,7 @@ from .catalog import data_format, split_folders
 from .encoded import read_encoded
 from .images import read_image
 from .mixing import BatchMixer
+from .records import CropRecords, RecordIndices, SkipTally, Source, decode_skips, log_decode_skips
 from .synthetic import DEMO_SIZES, write_synthetic
 from .transforms import decode_min_side, eval_transforms, normalize_values, train_transforms
 
@@ -362,125 +360,6 @@ def data_failure(exc):
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
-class _SkipTally:
-    """Where the pipeline's readers (its threads, a pack's worker processes) record the images that ``skip_bad_images`` replaced
-    while decoding (:meth:`_Source.__getitem__`): one line each, appended to a file in a folder this
-    process made (removed at its exit), so that the count reaches the log whichever process decoded."""
-
-    _path = None
-
-    @classmethod
-    def path(cls):
-        if cls._path is None:
-            folder = tempfile.mkdtemp(prefix="convmlp-skipped-")
-            atexit.register(shutil.rmtree, folder, True)
-            cls._path, cls._read = os.path.join(folder, "skipped.txt"), 0
-            open(cls._path, "w").close()
-        return cls._path
-
-    @classmethod
-    def take(cls):
-        """``(count, first reason)`` of the images recorded since the last call."""
-        if cls._path is None:
-            return 0, None
-        with open(cls._path, "rb") as f:
-            f.seek(cls._read)
-            data = f.read()
-        data = data[:data.rfind(b"\n") + 1]       # a line still being written is read next time
-        cls._read += len(data)
-        lines = data.decode("utf-8", "replace").splitlines()
-        return len(lines), (lines[0] if lines else None)
-
-
-def _record_skip(tally, reason):
-    """Append one replaced image's reason (one line) to `tally` (:class:`_SkipTally`), in one write."""
-    line = (" ".join(str(reason).split()) + "\n").encode("utf-8", "backslashreplace")
-    fd = os.open(tally, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
-def decode_skips():
-    """``(count, e.g. reason)``: the images that could not be decoded and were replaced since the
-    last call (``skip_bad_images``)."""
-    return _SkipTally.take()
-
-
-def log_decode_skips(logger, when):
-    """One warning line with the images replaced since the last call (:func:`decode_skips`), if any."""
-    n, reason = decode_skips()
-    if n:
-        logger.warning(f"skip_bad_images: {n} image(s) could not be decoded {when} and were replaced by the next "
-                       f"good image of their split, e.g. {reason}")
-
-
-class _Source:
-    """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
-    decoded images, or image files read by `load` when asked for (:func:`.encoded.read_encoded`: the
-    bytes the engine's ``Decode`` decodes; or :func:`.images.read_image`'s pixels, which `crop`
-    (image, record index) cuts into the training crop: :func:`_train_crop`, :class:`_CropRecords`).
-    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there and replaced
-    by the next record of the split that decodes (the same one whichever thread asks, so batches keep
-    their size and a run its seed's result); without it the DataError stops the pipeline."""
-
-    def __init__(self, images, labels, load=None, tally=None, crop=None):
-        self.images, self.labels, self.load, self.tally, self.crop = images, labels, load, tally, crop
-
-    def __getitem__(self, i):
-        if self.load is None:
-            return self.images[i], self.labels[i]
-        return self.record(i)
-
-    def record(self, i):
-        """``(image, label)`` of record `i`, or of its replacement under skip_bad_images."""
-        if self.tally is None:
-            return self.load(self.images[i]), self.labels[i]
-        first = None
-        for k in range(len(self.labels)):
-            j = (i + k) % len(self.labels)
-            try:
-                return self.load(self.images[j]), self.labels[j]
-            except DataError as exc:
-                _record_skip(self.tally, exc)
-                first = first or exc
-        raise DataError(f"no image of this split could be decoded, e.g. {first}")
-
-    def __len__(self):
-        return len(self.labels)
-
-
-class _RecordIndices:
-    """The records of a :class:`_Source` with a `crop` as ``(index, label)`` rows: the engine samples,
-    shuffles and shards these, and :class:`_CropRecords` turns each into its training crop in the
-    map's threads (a light source: MindSpore's Python source threads poll for results in 0.1 s
-    sleeps, so decoding there would leave the cores waiting)."""
-
-    def __init__(self, source):
-        self.labels = source.labels
-
-    def __getitem__(self, i):
-        return np.asarray(i, np.int64), self.labels[i]
-
-    def __len__(self):
-        return len(self.labels)
-
-
-class _CropRecords:
-    """Map function ``(index, label) -> (crop, label)``: the record's image decoded
-    (:meth:`_Source.record`, a replacement's label under skip_bad_images) and cut by the source's
-    `crop` with the record's index as its key. Decoding and cropping release Python's lock."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __call__(self, index, label):
-        i = int(index)
-        image, label = self.source.record(i)
-        return self.source.crop(image, i), np.asarray(label)
-
-
 def _train_crop(cfg, split, shard_id):
     """The training crop as one C++ call in the map's threads (:mod:`.native`), or None where the
     engine's ``RandomResizedCrop`` crops instead: evaluation, ``crop_scale: [1, 1]``, an
@@ -513,15 +392,15 @@ def _records(cfg, split, shard_id=None):
         return part, (cfg.image_size,) * 2, part.root
     if data_format(cfg.dataset_choose) == "imagefolder":
         tree = image_split(cfg, split)
-        tally = _SkipTally.path() if cfg.skip_bad_images else None
+        tally = SkipTally.path() if cfg.skip_bad_images else None
         crop = _train_crop(cfg, split, shard_id or 0)
         if crop is not None:
             load = functools.partial(read_image, min_side=decode_min_side(cfg))
-            return _Source(tree.files, tree.labels, load, tally, crop), (cfg.image_size,) * 2, tree.root
+            return Source(tree.files, tree.labels, load, tally, crop), (cfg.image_size,) * 2, tree.root
         load = functools.partial(read_encoded, min_side=decode_min_side(cfg))
-        return _Source(tree.files, tree.labels, load, tally), None, tree.root
+        return Source(tree.files, tree.labels, load, tally), None, tree.root
     arrays = load_split(cfg, split)
-    return _Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
+    return Source(arrays.images, arrays.labels), arrays.images.shape[1:3], _folder(cfg, split)
 
 
 def create_dataset(cfg, split, num_shards=None, shard_id=None):
@@ -561,10 +440,10 @@ def _train_pipeline(cfg, source, shape, where, encoded, reader, num_shards, shar
     if isinstance(source, packed.PackedSplit):
         data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
     elif source.crop is not None:                 # records decoded and cut in the map
-        data = ds.GeneratorDataset(_RecordIndices(source), ["image", "label"], shuffle=True,
+        data = ds.GeneratorDataset(RecordIndices(source), ["image", "label"], shuffle=True,
                                    num_shards=num_shards, shard_id=shard_id, num_parallel_workers=1,
                                    python_multiprocessing=False)
-        data = data.map(_CropRecords(source), input_columns=["image", "label"],
+        data = data.map(CropRecords(source), input_columns=["image", "label"],
                         output_columns=["image", "label"], num_parallel_workers=workers,
                         python_multiprocessing=False)
     else:
@@ -592,7 +471,7 @@ def _eval_pipeline(cfg, source, shape, encoded, reader, num_shards, shard_id):
         data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
     else:
         if num_shards:
-            source = _Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
+            source = Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
                              source.tally)
         data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
