@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import (FIXTURES, TRAIN_EPOCHS, TRAIN_FLAGS, BackgroundJob, background, data_flags, generated,
-                     learnable, ok, read_tsv, run_script, start_background_jobs)
+                     learnable, ok, read_tsv, run_main, run_script, start_background_jobs)
 
 
 def pytest_configure(config):
@@ -241,8 +241,10 @@ def tiny_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def run_pth2ckpt():
-    """Run ``pth2ckpt.py`` as a user would (subprocess, repo root as cwd); returns the
-    ``CompletedProcess`` with text ``stdout``/``stderr``."""
+    """Run ``pth2ckpt.py ARGS`` in this process (``helpers.run_main``: its ``main`` through the same
+    ``run_cli``, from the repository root); returns the ``CompletedProcess`` with text
+    ``stdout``/``stderr`` and run_cli's exit status. What only a new process shows of it (signals,
+    first-run noise) is tested with ``helpers.run_script``."""
     def run(*args, env=None, timeout=300):
-        return run_script("pth2ckpt.py", *args, env=env, timeout=timeout)
+        return run_main("pth2ckpt.py", *args, env=env, timeout=timeout)
     return run
