@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import TINY_CKPT_FLAGS, assert_user_error, run_script
+from helpers import TINY_CKPT_FLAGS, assert_user_error, run_main
 from src.checkpoint.checkpoint import save_atomic
 from model import read_checkpoint
 from model.weights import CHECKSUM_TRAILER, verify_checksum
@@ -84,14 +84,14 @@ def test_a_checkpoint_without_a_checksum_is_read_with_one_warning(checkpoints, c
 
 
 def test_evl_refuses_the_damaged_checkpoint(checkpoints, tiny_cifar10):
-    proc = run_script("evl.py", "--checkpoint_path", checkpoints["damaged"], *TINY_CKPT_FLAGS,
+    proc = run_main("evl.py", "--checkpoint_path", checkpoints["damaged"], *TINY_CKPT_FLAGS,
                       "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
     assert_user_error(proc, f"checkpoint '{checkpoints['damaged']}' is damaged")
     assert "accuracy" not in proc.stdout
 
 
 def test_reverse_conversion_refuses_the_damaged_checkpoint(checkpoints, tmp_path):
-    proc = run_script("pth2ckpt.py", "--reverse", "--src", checkpoints["damaged"], "--dst", tmp_path / "out.pth",
+    proc = run_main("pth2ckpt.py", "--reverse", "--src", checkpoints["damaged"], "--dst", tmp_path / "out.pth",
                       "--verify")
     assert_user_error(proc, f"checkpoint '{checkpoints['damaged']}' is damaged")
     assert "verify" not in proc.stdout and os.listdir(tmp_path) == []

@@ -1,9 +1,13 @@
-"""Your own images end to end, through the entry scripts as a user runs them (subprocesses): a
-generated 5-class tree of JPEG and PNG files (``dataset.py generate --format imagefolder``) trains
-with model EMA, then -- with the training folder removed -- evl.py, infer.py, export.py and
+"""Your own images end to end, through the entry scripts as a user runs them: a generated 5-class tree
+of JPEG and PNG files (``dataset.py generate --format imagefolder``) trains with model EMA (processes,
+in the background), then -- with the training folder removed -- evl.py, infer.py, export.py and
 ``pth2ckpt.py --reverse`` name its classes from the checkpoint and use the weights or the EMA
 weights as asked; a run with ``val_fraction`` killed after its first epoch resumes on the saved
-split with its EMA; a bad image stops train.py with one line naming it, or is skipped and counted."""
+split with its EMA; a bad image stops train.py with one line naming it, or is skipped and counted.
+
+The trained runs and the two evaluations of the trained run are processes (a kill needs one; the
+evaluations share the session's graph cache); the other commands run their ``main`` in this
+process (``helpers.run_main``, through the same ``run_cli``)."""
 import json
 import os
 import shutil
@@ -11,7 +15,8 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import NO_AUG, TINY_TOPOLOGY, assert_user_error, background, ok, override, plugin_env, run_script
+from helpers import (NO_AUG, TINY_TOPOLOGY, assert_user_error, background, ok, override, plugin_env, run_main,
+                     run_script)
 
 CLASSES = [f"synthetic_{i}" for i in range(5)]
 N_TRAIN, N_VAL, EPOCHS = 300, 100, 4
@@ -83,8 +88,8 @@ def test_evl_refuses_a_validation_tree_of_other_classes(trained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained["val"], other)
     os.rename(other / "synthetic_4", other / "tulip")
-    proc = run_script("evl.py", "--checkpoint_path", trained["out"] / "last.ckpt", "--dataset_choose", "imagefolder",
-                      "--val_data_path", other)
+    proc = run_main("evl.py", "--checkpoint_path", trained["out"] / "last.ckpt", "--dataset_choose", "imagefolder",
+                    "--val_data_path", other)
     assert_user_error(proc, "only in", "synthetic_4", f"only in {other}: tulip")
 
 
@@ -95,8 +100,8 @@ def test_infer_names_the_classes_from_the_checkpoint(trained, tmp_path):
         first = sorted(os.listdir(trained["val"] / name))[0]
         shutil.copy(trained["val"] / name / first, photos / f"{name}{os.path.splitext(first)[1]}")
     out = tmp_path / "pred.json"
-    proc = ok(run_script("infer.py", "--checkpoint_path", trained["out"] / "last.ckpt", photos, "--json", out,
-                         "--use_ema", "true"))
+    proc = ok(run_main("infer.py", "--checkpoint_path", trained["out"] / "last.ckpt", photos, "--json", out,
+                       "--use_ema", "true"))
     res = json.loads(out.read_text())
     assert res["class_names"] == "the checkpoint" and "names from the checkpoint" in proc.stdout
     assert len(res["results"]) == 5
@@ -108,10 +113,10 @@ def test_export_and_reverse_conversion_of_the_ema_weights(trained, tmp_path):
     import torch
     import mindspore as ms
     ckpt = trained["out"] / "last.ckpt"
-    proc = ok(run_script("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "m", "--use_ema", "true",
-                         "--verify"))
+    proc = ok(run_main("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "m", "--use_ema", "true",
+                       "--verify"))
     assert (tmp_path / "m.mindir").is_file() and "verified" in proc.stdout
-    ok(run_script("pth2ckpt.py", "--reverse", "--src", ckpt, "--dst", tmp_path / "ema.pth", "--ema", "--verify"))
+    ok(run_main("pth2ckpt.py", "--reverse", "--src", ckpt, "--dst", tmp_path / "ema.pth", "--ema", "--verify"))
     state = torch.load(str(tmp_path / "ema.pth"), weights_only=True)
     params = ms.load_checkpoint(str(ckpt))
     np.testing.assert_array_equal(state["head.weight"].numpy(), params["ema.head.weight"].asnumpy())
@@ -124,8 +129,8 @@ def test_use_ema_on_a_checkpoint_without_ema_is_one_error(trained, tmp_path):
     plain = {k: v for k, v in params.items() if not k.startswith("ema.")}
     ms.save_checkpoint([{"name": k, "data": v} for k, v in plain.items() if not isinstance(v, str)],
                        str(tmp_path / "plain.ckpt"), append_dict={k: v for k, v in plain.items() if isinstance(v, str)})
-    proc = run_script("evl.py", "--checkpoint_path", tmp_path / "plain.ckpt", "--dataset_choose", "imagefolder",
-                      "--val_data_path", trained["val"], "--use_ema", "true")
+    proc = run_main("evl.py", "--checkpoint_path", tmp_path / "plain.ckpt", "--dataset_choose", "imagefolder",
+                    "--val_data_path", trained["val"], "--use_ema", "true")
     assert_user_error(proc, f"'{tmp_path / 'plain.ckpt'}' holds no EMA weights")
 
 
@@ -181,8 +186,8 @@ def tree_with_an_empty_image(tmp_path):
 def test_a_bad_image_stops_train_with_one_line_naming_it(tree_with_an_empty_image, tmp_path):
     paths, bad = tree_with_an_empty_image
     out = tmp_path / "run"
-    proc = run_script("train.py", *override(TRAIN, "--epoch_size", "1"), "--train_data_path", paths["train"],
-                      "--val_data_path", paths["val"], "--save_checkpoint_path", out)
+    proc = run_main("train.py", *override(TRAIN, "--epoch_size", "1"), "--train_data_path", paths["train"],
+                    "--val_data_path", paths["val"], "--save_checkpoint_path", out)
     assert_user_error(proc, f"image '{bad}' is an empty file (0 bytes)", "skip_bad_images: true")
     left = os.listdir(out) if out.exists() else []
     assert not [f for f in left if f.endswith(".ckpt") or ".tmp" in f], left
@@ -190,9 +195,9 @@ def test_a_bad_image_stops_train_with_one_line_naming_it(tree_with_an_empty_imag
 
 def test_skip_bad_images_trains_and_counts_what_it_skipped(tree_with_an_empty_image, tmp_path):
     paths, bad = tree_with_an_empty_image
-    proc = ok(run_script("train.py", *override(TRAIN, "--epoch_size", "1"), "--train_data_path", paths["train"],
-                         "--val_data_path", paths["val"], "--save_checkpoint_path", tmp_path / "run",
-                         "--skip_bad_images", "true"))
+    proc = ok(run_main("train.py", *override(TRAIN, "--epoch_size", "1", "--graph_cache", "false"),
+                       "--train_data_path", paths["train"], "--val_data_path", paths["val"],
+                       "--save_checkpoint_path", tmp_path / "run", "--skip_bad_images", "true"))
     assert "left out 1 bad image file(s), e.g. image" in proc.stdout and bad in proc.stdout
     assert "skipped 1 file(s) without an image extension" in proc.stdout
     assert "train 60 images" in proc.stdout

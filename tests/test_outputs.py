@@ -234,7 +234,7 @@ def test_a_failing_writer_leaves_nothing_in_an_unusual_folder(tmp_path, left_beh
 
 
 # ------------------------------------------------------------------------------------------------
-# The entry scripts (subprocesses)
+# The entry scripts (a new process where the device nodes, the pipes or the exit status need one)
 
 PRIVATE_DEV = """
 set -e
@@ -321,19 +321,19 @@ def test_pth2ckpt_names_the_writer_could_not_take(tiny, tmp_path):
     written, read back by the reverse conversion; a 300-character name is one error."""
     folder = tmp_path / "wéights dir"
     folder.mkdir()
-    proc = run_script("pth2ckpt.py", "--src", tiny["pth"], "--dst", folder / "weights.ckpt.bak", *tiny["flags"])
+    proc = run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", folder / "weights.ckpt.bak", *tiny["flags"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    back = run_script("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst", folder / "BACK.PTH")
+    back = run_main("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst", folder / "BACK.PTH")
     assert back.returncode == 0, back.stderr[-3000:]
     assert sorted(os.listdir(folder)) == ["BACK.PTH", "weights.ckpt.bak"]
-    too_long = run_script("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst",
+    too_long = run_main("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst",
                           folder / f"{LONG}.pth")
     assert_user_error(too_long, "--dst '", "has 304 bytes, more than this file system takes")
     assert sorted(os.listdir(folder)) == ["BACK.PTH", "weights.ckpt.bak"]
 
 
 def test_train_with_a_run_folder_name_over_the_limit_is_one_error(tiny_cifar10, tmp_path):
-    proc = run_script("train.py", "--save_checkpoint_path", tmp_path / LONG, "--device_target", "CPU",
+    proc = run_main("train.py", "--save_checkpoint_path", tmp_path / LONG, "--device_target", "CPU",
                       "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
     assert_user_error(proc, "save_checkpoint_path '", "has 300 bytes, more than this file system takes")
     assert os.listdir(tmp_path) == []
