@@ -3,7 +3,8 @@
 The runs use a small ConvMLP topology (``TINY_TOPOLOGY``: same cells as S/M/L, ~0.2 M parameters)
 at 32 px so that the whole file takes a few minutes on 2 CPU cores. The training runs are background
 jobs (``helpers.background``): they start with the test session, while other files' tests run, and
-the tests here read what they left. Ctrl-C and resume, and a loss that becomes NaN, are in
+the tests here read what they left; the short fine-tuning run checks only its output and files and
+runs in this process (``helpers.run_main``). Ctrl-C and resume, and a loss that becomes NaN, are in
 tests/test_reliability.py.
 """
 import json
@@ -113,14 +114,15 @@ def test_cifar100_format_end_to_end(trained100):
 
 
 def test_finetune_from_converted_official_checkpoint(tiny, tiny_cifar100, tmp_path):
-    """official .pth -> pth2ckpt.py -> train.py --pretrained_ckpt with a new 100-class head."""
+    """official .pth -> pth2ckpt.py -> train.py --pretrained_ckpt with a new 100-class head (both in this
+    process: what is checked is their output and files; a setting of its own, so no graph to share)."""
     ckpt = tmp_path / "tiny.ckpt"
     ok(run_main("pth2ckpt.py", "--src", tiny["pth"], "--dst", ckpt, *tiny["flags"],
                 "--num_classes", str(tiny["num_classes"])))
     topo = tiny["flags"]
-    proc = ok(run_script("train.py", *topo, "--image_size", "32", "--dataset_choose", "cifar100",
-                         *data_flags(tiny_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
-                         "--max_steps_per_epoch", "3", "--save_checkpoint_path", tmp_path / "ft"))
+    proc = ok(run_main("train.py", *topo, "--image_size", "32", "--dataset_choose", "cifar100",
+                       *data_flags(tiny_cifar100), "--pretrained_ckpt", ckpt, "--epoch_size", "1",
+                       "--max_steps_per_epoch", "3", "--graph_cache", "false", "--save_checkpoint_path", tmp_path / "ft"))
     assert "head re-created for 100 classes" in proc.stdout
     assert "FROM SCRATCH" not in proc.stdout
     start, end = model_weights(str(ckpt)), model_weights(str(tmp_path / "ft" / "last.ckpt"))
