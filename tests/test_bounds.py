@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from helpers import TINY_CKPT_FLAGS, assert_user_error, run_script
+from helpers import TINY_CKPT_FLAGS, assert_user_error, run_main, run_script
 from src.checkpoint.checkpoint import CheckpointMeta
 from src.config import convert_value, load_config
 from src.config.strict_yaml import MAX_ALIAS_NODES, load_mapping
@@ -143,6 +143,8 @@ def test_generate_checks_the_disk_before_writing(tmp_path, monkeypatch, capsys):
 def test_scripts_refuse_a_batch_that_cannot_fit(script, flags, fragment, tiny_ckpt, tiny_cifar10, tmp_path):
     flags = [f.format(tmp=tmp_path, data=tiny_cifar10) for f in flags]
     args = flags if script.startswith("bench") else ["--checkpoint_path", tiny_ckpt, *TINY_CKPT_FLAGS, *flags]
-    proc = run_script(script, *args, timeout=600)
+    # export.py and evl.py: main through run_cli in this process; bench.py (benchmarks/ is no package)
+    # as a process
+    proc = (run_script if script.startswith("benchmarks/") else run_main)(script, *args, timeout=600)
     assert_user_error(proc, fragment)
     assert os.listdir(tmp_path) == []
