@@ -5,9 +5,9 @@ in the background), then -- with the training folder removed -- evl.py, infer.py
 weights as asked; a run with ``val_fraction`` killed after its first epoch resumes on the saved
 split with its EMA; a bad image stops train.py with one line naming it, or is skipped and counted.
 
-The trained runs and the two evaluations of the trained run are processes (a kill needs one; the
-evaluations share the session's graph cache); the other commands run their ``main`` in this
-process (``helpers.run_main``, through the same ``run_cli``)."""
+The background jobs (the tree's generation, the training runs) are processes (a kill needs one, and
+a job runs only processes); the other commands check their output and files, and run their ``main``
+in this process (``helpers.run_main``, through the same ``run_cli``)."""
 import json
 import os
 import shutil
@@ -76,8 +76,9 @@ def test_evl_names_the_classes_without_the_data_and_evaluates_weights_or_ema(tra
     last = epoch_lines(trained["log"])[-1]
     for flag, label in (("false", "val"), ("true", "EMA")):
         out = tmp_path / f"eval_{flag}.json"
-        proc = ok(run_script("evl.py", "--checkpoint_path", trained["out"] / "last.ckpt", "--dataset_choose",
-                             "imagefolder", "--val_data_path", trained["val"], "--use_ema", flag, "--json", out))
+        proc = ok(run_main("evl.py", "--checkpoint_path", trained["out"] / "last.ckpt", "--dataset_choose",
+                           "imagefolder", "--val_data_path", trained["val"], "--use_ema", flag, "--json", out,
+                           "--graph_cache", "false"))
         res = json.loads(out.read_text())
         assert res["n"] == N_VAL and res["acc"] == pytest.approx(logged(last, label), abs=1e-4)
         assert list(res["per_class"]) == CLASSES
