@@ -3,9 +3,10 @@
 The runs use a small ConvMLP topology (``TINY_TOPOLOGY``: same cells as S/M/L, ~0.2 M parameters)
 at 32 px so that the whole file takes a few minutes on 2 CPU cores. The training runs are background
 jobs (``helpers.background``): they start with the test session, while other files' tests run, and
-the tests here read what they left; the short fine-tuning run checks only its output and files and
-runs in this process (``helpers.run_main``). Ctrl-C and resume, and a loss that becomes NaN, are in
-tests/test_reliability.py.
+the tests here read what they left. The evaluations of the trained run and the short fine-tuning
+run check their output and files only, and run in this process (``helpers.run_main``, through the
+same ``run_cli``); evl.py's exit status is checked as a process. Ctrl-C and resume, and a loss that
+becomes NaN, are in tests/test_reliability.py.
 """
 import json
 import os
@@ -23,7 +24,7 @@ COMMON = TINY_TOPOLOGY + ["--image_size", "32", "--batch_size", "32", "--num_par
 
 def evaluate_json(ckpt, tmp_path, *extra):
     out = tmp_path / f"eval-{time.time_ns()}.json"
-    proc = ok(run_script("evl.py", "--checkpoint_path", ckpt, "--json", out, *extra))
+    proc = ok(run_main("evl.py", "--checkpoint_path", ckpt, "--json", out, "--graph_cache", "false", *extra))
     assert "accuracy:{'acc': " in proc.stdout
     with open(out) as f:
         return json.load(f), proc
@@ -77,8 +78,8 @@ def test_from_scratch_run_learns_far_above_chance(trained10, tmp_path):
 
 def test_evl_reads_arch_and_topology_from_a_train_checkpoint(trained10):
     """No topology flags needed: the checkpoint carries its run's config."""
-    proc = ok(run_script("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "last.ckpt"),
-                         *data_flags(trained10["data"]), "--image_size", "32"))
+    proc = ok(run_main("evl.py", "--checkpoint_path", os.path.join(trained10["dir"], "last.ckpt"),
+                       *data_flags(trained10["data"]), "--image_size", "32", "--graph_cache", "false"))
     assert "from the checkpoint's config" in proc.stdout
     assert "accuracy:{'acc': " in proc.stdout
 
