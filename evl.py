@@ -17,8 +17,9 @@ from src.checkpoint.load import describe_model, load_checkpoint_model, require_c
 from src.config import option, parse_command_line
 from src.config.runs import check_saved_split
 from src.data.catalog import data_format, split_source
-from src.data.pipeline import (check_layout, check_val_classes, create_dataset, data_failure, dataset_size,
-                               log_decode_skips, model_class_names, saved_split_lists)
+from src.data.pipeline import (check_layout, check_val_classes, create_dataset, dataset_size, model_class_names,
+                               saved_split_lists)
+from src.data.records import data_failure, log_decode_skips
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime

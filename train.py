@@ -26,8 +26,8 @@ from src.checkpoint.load import build_model, check_arch, describe_model, inferen
 from src.config import epoch_config, load_config
 from src.config.runs import check_resumed_config
 from src.data.catalog import data_format, split_source
-from src.data.pipeline import (check_layout, create_dataset, data_failure, dataset_size, log_decode_skips,
-                               prepare_demo, prepare_split, resolve_classes)
+from src.data.pipeline import check_layout, create_dataset, dataset_size, prepare_demo, prepare_split, resolve_classes
+from src.data.records import data_failure, log_decode_skips
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory

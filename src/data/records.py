@@ -1,8 +1,10 @@
 """A split's records as the dataset engine reads them: a random-access source of decoded arrays or
-image files, the training crop's index source and map, and the tally of the images
-``skip_bad_images`` replaced while decoding (counted whichever thread or process decoded them)."""
+image files, the training crop's index source and map, the tally of the images
+``skip_bad_images`` replaced while decoding (counted whichever thread or process decoded them), and
+the DataError of an image that stopped the engine (:func:`data_failure`)."""
 import atexit
 import os
+import re
 import shutil
 import tempfile
 
@@ -10,7 +12,8 @@ import numpy as np
 
 from ..platform.errors import DataError
 
-__all__ = ["Source", "RecordIndices", "CropRecords", "SkipTally", "record_skip", "decode_skips", "log_decode_skips"]
+__all__ = ["Source", "RecordIndices", "CropRecords", "SkipTally", "record_skip", "decode_skips", "log_decode_skips",
+           "data_failure"]
 
 
 class SkipTally:
@@ -65,6 +68,13 @@ def log_decode_skips(logger, when):
     if n:
         logger.warning(f"skip_bad_images: {n} image(s) could not be decoded {when} and were replaced by the next "
                        f"good image of their split, e.g. {reason}")
+
+
+def data_failure(exc):
+    """The DataError that a pipeline worker raised (an image that cannot be decoded), from the
+    RuntimeError MindSpore's dataset engine wraps it in; None for any other error."""
+    found = re.findall(r"^(?:[\w.]*\.)?DataError: (.+)$", str(exc), flags=re.MULTILINE)
+    return DataError(found[-1].strip()) if found else None
 
 
 class Source:
