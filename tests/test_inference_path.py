@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not inference.available(),
 TOPOLOGY = dict(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=2)
 # the conv stage's 3x3 convolutions at 64 channels: run as Winograd F(2x2, 3x3) (winograd.h), on
 # the layout oneDNN picks for the layer before (channels-last after 16 channels, blocked after 64
-# on AVX-512)
+# on AVX-512); with 64 tokenizer channels its third convolution (32 -> 64) as well
 WIDE = dict(TOPOLOGY, dims=[64, 32, 32])
 WIDE_FRONT = dict(WIDE, channels=64)
 RTOL, ATOL = 1e-5, 1e-5
@@ -200,19 +200,21 @@ def winograd_runs():
     return lib.WinogradConvolutionsRun()
 
 
-@pytest.mark.parametrize("topology,size,batch", [(WIDE, 36, 3), (WIDE, 64, 5), (WIDE_FRONT, 40, 2)],
+@pytest.mark.parametrize("topology,size,batch,winograd", [(WIDE, 36, 3, 2), (WIDE, 64, 5, 2), (WIDE_FRONT, 40, 2, 3)],
                          ids=["odd-map", "chunks", "wide-front"])
-def test_a_conv_stage_of_64_channels_runs_winograd_and_is_still_the_float64_function(topology, size, batch):
-    """From 64 channels on, the conv stage's 3x3 convolutions (BatchNorm folded, ReLU) run as
-    Winograd F(2x2, 3x3), one per bottleneck: the model still matches float64 PyTorch, on an odd map
-    (36 px: the conv stage at 9x9), where the chunks of tiles do not divide the tiles (64 px,
-    batch 5: 320 tiles) and after a 64-channel front (another layout)."""
+def test_a_conv_stage_of_64_channels_runs_winograd_and_is_still_the_float64_function(topology, size, batch,
+                                                                                    winograd):
+    """The 3x3 convolutions of 32 channels or more in and 64 or more out (BatchNorm folded, ReLU)
+    run as Winograd F(2x2, 3x3): the conv stage's, one per bottleneck, and the tokenizer's third of
+    a 64-channel front. The model still matches float64 PyTorch, on an odd map (36 px: the conv
+    stage at 9x9), where the chunks of tiles do not divide the tiles (64 px, batch 5: 320 tiles)
+    and after a 64-channel front (another layout)."""
     net = _model(topology=topology)
     fused = fuse_for_inference(net)
     x = rand(batch, 3, size, size, seed=19)
     runs = winograd_runs()
     got = fused(tensor(x)).asnumpy()
-    assert winograd_runs() - runs == topology["n_conv_blocks"]
+    assert winograd_runs() - runs == winograd
     with torch.no_grad():
         want = _torch64(net, topology)(torch.tensor(x, dtype=torch.float64)).numpy()
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)

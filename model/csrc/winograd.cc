@@ -82,7 +82,7 @@ float *ThreadFloats(int which, size_t n) {
 bool WinogradConv::Suits(const dnnl::memory::desc &src, const dnnl::memory::dims &wdims, int64_t stride,
                          int64_t pad) {
   return wdims.size() == 4 && wdims[2] == 3 && wdims[3] == 3 && stride == 1 && pad == 1 &&
-         wdims[1] == src.get_dims()[1] && wdims[1] >= 64 && wdims[0] >= 64 && VectorOf(src, wdims[0]) > 0;
+         wdims[1] == src.get_dims()[1] && wdims[1] >= 32 && wdims[0] >= 64 && VectorOf(src, wdims[0]) > 0;
 }
 
 WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels) {

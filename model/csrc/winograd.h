@@ -19,7 +19,8 @@ class WinogradConv {
  public:
   // Whether the convolution of `src` (N, C, H, W; blocked or channels-last) by weights
   // (O, C, kh, kw) with this stride and padding is one this class runs faster than the direct
-  // kernel: 3x3, stride 1, padding 1, at least 64 input and output channels, whole vectors of
+  // kernel: 3x3, stride 1, padding 1, at least 32 input and 64 output channels (below, the
+  // products over so few channels gain too little over the direct kernel), whole vectors of
   // channels. The output has the input's layout.
   static bool Suits(const dnnl::memory::desc &src, const dnnl::memory::dims &wdims, int64_t stride, int64_t pad);
   WinogradConv(const dnnl::memory::desc &src, int64_t out_channels);
