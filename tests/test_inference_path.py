@@ -200,15 +200,17 @@ def winograd_runs():
     return lib.WinogradConvolutionsRun()
 
 
-@pytest.mark.parametrize("topology,size,batch,winograd", [(WIDE, 36, 3, 2), (WIDE, 64, 5, 2), (WIDE_FRONT, 40, 2, 3)],
-                         ids=["odd-map", "chunks", "wide-front"])
+@pytest.mark.parametrize("topology,size,batch,winograd",
+                         [(WIDE, 36, 3, 2), (WIDE, 64, 5, 2), (WIDE_FRONT, 40, 2, 3), (WIDE, 8, 4, 2)],
+                         ids=["odd-map", "chunks", "wide-front", "2x2-map"])
 def test_a_conv_stage_of_64_channels_runs_winograd_and_is_still_the_float64_function(topology, size, batch,
                                                                                     winograd):
     """The 3x3 convolutions of 32 channels or more in and 64 or more out (BatchNorm folded, ReLU)
-    run as Winograd F(2x2, 3x3): the conv stage's, one per bottleneck, and the tokenizer's third of
-    a 64-channel front. The model still matches float64 PyTorch, on an odd map (36 px: the conv
-    stage at 9x9), where the chunks of tiles do not divide the tiles (64 px, batch 5: 320 tiles)
-    and after a 64-channel front (another layout)."""
+    run as Winograd convolutions: the conv stage's, one per bottleneck, and the tokenizer's third of
+    a 64-channel front. The model still matches float64 PyTorch with F(4x4, 3x3) on an odd map
+    (36 px: the conv stage at 9x9), where the chunks of tiles do not divide the tiles (64 px,
+    batch 5) and after a 64-channel front (another layout), and with F(2x2, 3x3) on a 2x2 map
+    (8 px)."""
     net = _model(topology=topology)
     fused = fuse_for_inference(net)
     x = rand(batch, 3, size, size, seed=19)

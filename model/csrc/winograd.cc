@@ -1,4 +1,4 @@
-// Winograd F(2x2, 3x3) convolution: see winograd.h.
+// Winograd convolution, F(2x2, 3x3) and F(4x4, 3x3): see winograd.h.
 #include "winograd.h"
 
 #include <algorithm>
@@ -12,9 +12,6 @@ namespace {
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
-constexpr int kAlpha = 4;               // input patch (and transformed tile) side
-constexpr int kPositions = kAlpha * kAlpha;
-constexpr int kOut = 2;                 // outputs per tile side
 constexpr int64_t kChunkBytes = int64_t(1) << 20;   // a chunk's transformed input and products
 
 tag BlockedTag(int64_t block) { return block == 16 ? tag::aBcd16b : tag::aBcd8b; }
@@ -45,28 +42,82 @@ struct Vec {
   static void Store(float *p, type v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
-// B^T d B's rows (or columns) step: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-template <class T>
-inline void InputStep(const T d[4], T r[4]) {
-  r[0] = d[0] - d[2];
-  r[1] = d[1] + d[2];
-  r[2] = d[2] - d[1];
-  r[3] = d[1] - d[3];
-}
+// The two tile sizes: outputs per tile side (kOut), input patch side (kAlpha) and one step of
+// each transform (applied to the rows, then to the columns): B^T d B, A^T m A, G g G^T.
+struct F2 {
+  static constexpr int kOut = 2, kAlpha = 4;
+  template <class T>
+  static void Input(const T d[4], T r[4]) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+  }
+  template <class T>
+  static void Output(const T m[4], T r[2]) {
+    r[0] = m[0] + m[1] + m[2];
+    r[1] = m[1] - m[2] - m[3];
+  }
+  static void Weight(const double g[3], double r[4]) {
+    r[0] = g[0];
+    r[1] = 0.5 * (g[0] + g[1] + g[2]);
+    r[2] = 0.5 * (g[0] - g[1] + g[2]);
+    r[3] = g[2];
+  }
+};
 
-// A^T m A's step: (m0 + m1 + m2, m1 - m2 - m3)
-template <class T>
-inline void OutputStep(const T m[4], T r[2]) {
-  r[0] = m[0] + m[1] + m[2];
-  r[1] = m[1] - m[2] - m[3];
-}
+struct F4 {
+  static constexpr int kOut = 4, kAlpha = 6;
+  template <class T>
+  static void Input(const T d[6], T r[6]) {
+    r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+    r[1] = d[3] + d[4] - 4.0f * (d[1] + d[2]);
+    r[2] = d[4] - d[3] + 4.0f * (d[1] - d[2]);
+    r[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
+    r[4] = d[4] - d[2] - 2.0f * (d[3] - d[1]);
+    r[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+  }
+  template <class T>
+  static void Output(const T m[6], T r[4]) {
+    const T sum12 = m[1] + m[2], dif12 = m[1] - m[2], sum34 = m[3] + m[4], dif34 = m[3] - m[4];
+    r[0] = m[0] + sum12 + sum34;
+    r[1] = dif12 + 2.0f * dif34;
+    r[2] = sum12 + 4.0f * sum34;
+    r[3] = dif12 + 8.0f * dif34 + m[5];
+  }
+  static void Weight(const double g[3], double r[6]) {
+    r[0] = g[0] / 4;
+    r[1] = -(g[0] + g[1] + g[2]) / 6;
+    r[2] = -(g[0] - g[1] + g[2]) / 6;
+    r[3] = g[0] / 24 + g[1] / 12 + g[2] / 6;
+    r[4] = g[0] / 24 - g[1] / 12 + g[2] / 6;
+    r[5] = g[2];
+  }
+};
 
-// G g G^T's step: (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)
-inline void WeightStep(const float g[3], float r[4]) {
-  r[0] = g[0];
-  r[1] = 0.5f * (g[0] + g[1] + g[2]);
-  r[2] = 0.5f * (g[0] - g[1] + g[2]);
-  r[3] = g[2];
+// Transformed weights: u[(i * alpha + j) * c + ci][oc] = (G g G^T)[i][j] of output channel oc's
+// kernel for input channel ci, times scale[oc].
+template <class F>
+void TransformWeightsOf(const float *w, const float *scale, int64_t c, int64_t o, float *u) {
+  constexpr int a = F::kAlpha;
+  ParallelRange(c, a * a * o, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      for (int64_t oc = 0; oc < o; ++oc) {
+        const float *g = w + (oc * c + ci) * 9;
+        const double s = scale != nullptr ? scale[oc] : 1.0;
+        double rows[a][3], col[3], r[a], t[a];
+        for (int j = 0; j < 3; ++j) {
+          for (int i = 0; i < 3; ++i) col[i] = static_cast<double>(g[i * 3 + j]) * s;
+          F::Weight(col, r);
+          for (int i = 0; i < a; ++i) rows[i][j] = r[i];
+        }
+        for (int i = 0; i < a; ++i) {
+          F::Weight(rows[i], t);
+          for (int j = 0; j < a; ++j) u[((i * a + j) * c + ci) * o + oc] = static_cast<float>(t[j]);
+        }
+      }
+    }
+  });
 }
 
 std::atomic<int64_t> runs{0};   // convolutions run, for WinogradConvolutionsRun
@@ -97,108 +148,100 @@ WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels) 
     out_ = {o_ * h_ * w_, h_ * w_ * block_, block_};
     dst_ = dnnl::memory::desc({n_, o_, h_, w_}, dt::f32, BlockedTag(block_));
   }
-  tiles_h_ = (h_ + kOut - 1) / kOut, tiles_w_ = (w_ + kOut - 1) / kOut, tiles_ = n_ * tiles_h_ * tiles_w_;
+  // the tile size that needs fewer products for this map (partial tiles at its edges included)
+  auto products = [&](int64_t out, int64_t alpha) { return (h_ + out - 1) / out * ((w_ + out - 1) / out) * alpha * alpha; };
+  out_tile_ = products(F4::kOut, F4::kAlpha) < products(F2::kOut, F2::kAlpha) ? F4::kOut : F2::kOut;
+  alpha_ = out_tile_ + 2;
+  tiles_h_ = (h_ + out_tile_ - 1) / out_tile_, tiles_w_ = (w_ + out_tile_ - 1) / out_tile_;
+  tiles_ = n_ * tiles_h_ * tiles_w_;
+  const int64_t positions = alpha_ * alpha_;
   // tiles per chunk: the chunk's transformed input and products within kChunkBytes, a multiple of 8
-  const int64_t most = kChunkBytes / (int64_t(sizeof(float)) * kPositions * (c_ + o_));
+  const int64_t most = kChunkBytes / (int64_t(sizeof(float)) * positions * (c_ + o_));
   chunk_ = std::min(tiles_, std::max<int64_t>(8, most / 8 * 8));
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  pd_ = dnnl::matmul::primitive_desc(Engine(), dnnl::memory::desc({kPositions, chunk_, c_}, dt::f32, tag::abc),
-                                     dnnl::memory::desc({kPositions, c_, o_}, dt::f32, tag::abc),
-                                     dnnl::memory::desc({kPositions, chunk_, o_}, dt::f32, tag::abc), attr);
+  pd_ = dnnl::matmul::primitive_desc(Engine(), dnnl::memory::desc({positions, chunk_, c_}, dt::f32, tag::abc),
+                                     dnnl::memory::desc({positions, c_, o_}, dt::f32, tag::abc),
+                                     dnnl::memory::desc({positions, chunk_, o_}, dt::f32, tag::abc), attr);
   mm_ = dnnl::matmul(pd_);
 }
 
 void WinogradConv::TransformWeights(const float *w, const float *scale, float *u) const {
-  const int64_t c = c_, o = o_;
-  // each task a range of input channels: its rows of u, (position, channel) -> O values
-  ParallelRange(c, 16 * o, [&](int64_t c0, int64_t c1) {
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      for (int64_t oc = 0; oc < o; ++oc) {
-        const float *g = w + (oc * c + ci) * 9;
-        const float s = scale != nullptr ? scale[oc] : 1.0f;
-        float rows[4][3], col[3], r[4], t[4];
-        for (int j = 0; j < 3; ++j) {
-          for (int i = 0; i < 3; ++i) col[i] = g[i * 3 + j] * s;
-          WeightStep(col, r);
-          for (int i = 0; i < 4; ++i) rows[i][j] = r[i];
-        }
-        for (int i = 0; i < 4; ++i) {
-          WeightStep(rows[i], t);
-          for (int j = 0; j < 4; ++j) u[((i * 4 + j) * c + ci) * o + oc] = t[j];
-        }
-      }
-    }
-  });
+  if (out_tile_ == F4::kOut) {
+    TransformWeightsOf<F4>(w, scale, c_, o_, u);
+  } else {
+    TransformWeightsOf<F2>(w, scale, c_, o_, u);
+  }
 }
 
-template <int B>
+template <int B, class F>
 void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bool relu, float *dst,
                          int64_t start, int64_t first_out) const {
   using V = Vec<B>;
   typedef typename V::type vec;
+  constexpr int a = F::kAlpha, r = F::kOut, positions = a * a;
   const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, cb_count = c_ / B, ob_count = o_ / B;
-  float *tv = ThreadFloats(0, kPositions * m * c_), *prod = ThreadFloats(1, kPositions * m * o_);
+  float *tv = ThreadFloats(0, positions * m * c_), *prod = ThreadFloats(1, positions * m * o_);
   float *pad = ThreadFloats(2, pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
   const vec zero = {};
-  // the input transform, B^T d B, of each tile's 4x4 patch: tv[position][tile][channel]
+  // the input transform, B^T d B, of each tile's patch: tv[position][tile][channel]
   for (int64_t t = 0; t < m; ++t) {
     const int64_t tile = start + t, img = tile / per_image, ty = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
     for (int64_t cb = 0; cb < cb_count; ++cb) {
       const float *base = src + img * in_.image + cb * in_.vector;
-      vec d[4][4], r[4][4];
-      for (int i = 0; i < 4; ++i) {
-        const int64_t y = kOut * ty - 1 + i;
-        for (int j = 0; j < 4; ++j) {
-          const int64_t x = kOut * tx - 1 + j;
+      vec d[a][a], rows[a][a];
+      for (int i = 0; i < a; ++i) {
+        const int64_t y = r * ty - 1 + i;
+        for (int j = 0; j < a; ++j) {
+          const int64_t x = r * tx - 1 + j;
           d[i][j] = (y >= 0 && y < h_ && x >= 0 && x < w_) ? V::Load(base + (y * w_ + x) * in_.pixel) : zero;
         }
       }
-      for (int j = 0; j < 4; ++j) {
-        vec col[4] = {d[0][j], d[1][j], d[2][j], d[3][j]}, out[4];
-        InputStep(col, out);
-        for (int i = 0; i < 4; ++i) r[i][j] = out[i];
+      for (int j = 0; j < a; ++j) {
+        vec col[a], out[a];
+        for (int i = 0; i < a; ++i) col[i] = d[i][j];
+        F::Input(col, out);
+        for (int i = 0; i < a; ++i) rows[i][j] = out[i];
       }
       float *to = tv + t * c_ + cb * B;
-      for (int i = 0; i < 4; ++i) {
-        vec out[4];
-        InputStep(r[i], out);
-        for (int j = 0; j < 4; ++j) V::Store(to + (i * 4 + j) * m * c_, out[j]);
+      for (int i = 0; i < a; ++i) {
+        vec out[a];
+        F::Input(rows[i], out);
+        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * m * c_, out[j]);
       }
     }
   }
-  // the sixteen products over the channels, in one batched product
-  const auto md = [](int64_t a, int64_t b, int64_t c, const float *p) {
-    return dnnl::memory(dnnl::memory::desc({a, b, c}, dt::f32, tag::abc), Engine(), const_cast<float *>(p));
+  // the element-wise products over the channels, one product per position, in one batched call
+  const auto md = [](int64_t d0, int64_t d1, int64_t d2, const float *ptr) {
+    return dnnl::memory(dnnl::memory::desc({d0, d1, d2}, dt::f32, tag::abc), Engine(), const_cast<float *>(ptr));
   };
   dnnl::memory scratch(pd_.scratchpad_desc(), Engine(), pad);
-  mm_.execute(ThreadStream(), {{DNNL_ARG_SRC, md(kPositions, m, c_, tv)},
-                               {DNNL_ARG_WEIGHTS, md(kPositions, c_, o_, u)},
-                               {DNNL_ARG_DST, md(kPositions, m, o_, prod)},
+  mm_.execute(ThreadStream(), {{DNNL_ARG_SRC, md(positions, m, c_, tv)},
+                               {DNNL_ARG_WEIGHTS, md(positions, c_, o_, u)},
+                               {DNNL_ARG_DST, md(positions, m, o_, prod)},
                                {DNNL_ARG_SCRATCHPAD, scratch}});
   // the output transform, A^T m A, plus the bias (then ReLU), of the tiles from first_out on
   for (int64_t t = first_out - start; t < m; ++t) {
     const int64_t tile = start + t, img = tile / per_image, ty = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
     for (int64_t ob = 0; ob < ob_count; ++ob) {
       const float *from = prod + t * o_ + ob * B;
-      vec q[2][4];
-      for (int j = 0; j < 4; ++j) {
-        vec col[4], out[2];
-        for (int i = 0; i < 4; ++i) col[i] = V::Load(from + (i * 4 + j) * m * o_);
-        OutputStep(col, out);
-        q[0][j] = out[0];
-        q[1][j] = out[1];
+      vec q[r][a];
+      for (int j = 0; j < a; ++j) {
+        vec col[a], out[r];
+        for (int i = 0; i < a; ++i) col[i] = V::Load(from + (i * a + j) * m * o_);
+        F::Output(col, out);
+        for (int i = 0; i < r; ++i) q[i][j] = out[i];
       }
       const vec b = V::Load(bias + ob * B);
       float *base = dst + img * out_.image + ob * out_.vector;
-      for (int i = 0; i < 2; ++i) {
-        const int64_t y = kOut * ty + i;
-        vec out[2];
-        OutputStep(q[i], out);
-        if (y >= h_) continue;
-        for (int j = 0; j < 2; ++j) {
-          const int64_t x = kOut * tx + j;
-          if (x >= w_) continue;
+      for (int i = 0; i < r; ++i) {
+        const int64_t y = r * ty + i;
+        if (y >= h_) break;
+        vec out[r];
+        F::Output(q[i], out);
+        for (int j = 0; j < r; ++j) {
+          const int64_t x = r * tx + j;
+          if (x >= w_) break;
           vec v = out[j] + b;
           if (relu) v = v > zero ? v : zero;
           V::Store(base + (y * w_ + x) * out_.pixel, v);
@@ -216,9 +259,11 @@ void WinogradConv::Run(const float *src, const float *u, const float *bias, bool
     // only the tiles no other chunk writes
     const int64_t first = i * chunk_, start = std::min(first, tiles_ - chunk_);
     if (block_ == 16) {
-      Chunk<16>(src, u, bias, relu, dst, start, first);
+      out_tile_ == F4::kOut ? Chunk<16, F4>(src, u, bias, relu, dst, start, first)
+                            : Chunk<16, F2>(src, u, bias, relu, dst, start, first);
     } else {
-      Chunk<8>(src, u, bias, relu, dst, start, first);
+      out_tile_ == F4::kOut ? Chunk<8, F4>(src, u, bias, relu, dst, start, first)
+                            : Chunk<8, F2>(src, u, bias, relu, dst, start, first);
     }
   });
 }

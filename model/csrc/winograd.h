@@ -1,11 +1,12 @@
-// Winograd F(2x2, 3x3) convolution for the fused inference path (infer_onednn.cc): a 3x3
-// convolution, stride 1, padding 1, on the layout oneDNN chose for the layer before (blocked, 8 or
-// 16 channels per block, or channels-last), bias and ReLU fused, in 2.25x fewer multiplications than the direct kernel. Each 2x2 block of
-// outputs is A^T [(G g G^T) . (B^T d B)] A of its 4x4 input patch d (Lavin and Gray, 2016); the
-// sixteen element-wise products over the channels are one batched oneDNN matrix product per chunk
-// of tiles, the chunk's transformed input and products kept within the core's cache. The
-// transforms add and subtract (and halve, for the weights) only: the result differs from the
-// direct convolution by a few float32 roundings.
+// Winograd convolution for the fused inference path (infer_onednn.cc): a 3x3 convolution, stride 1,
+// padding 1, on the layout oneDNN chose for the layer before (blocked, 8 or 16 channels per
+// block, or channels-last), bias and ReLU fused, in fewer multiplications than the direct kernel.
+// Each m x m block of outputs is A^T [(G g G^T) . (B^T d B)] A of its (m + 2) x (m + 2) input patch
+// d (Lavin and Gray, 2016), F(2x2, 3x3) or F(4x4, 3x3), whichever needs fewer products for the map;
+// the (m + 2)^2 element-wise products over the channels are one batched oneDNN matrix product per
+// chunk of tiles, the chunk's transformed input and products kept within the core's cache. The
+// weights are transformed in double precision; the result differs from the direct convolution's
+// by float32 roundings of the transforms (small integers and their halves, quarters, eighths).
 #ifndef CONVMLP_CSRC_WINOGRAD_H_
 #define CONVMLP_CSRC_WINOGRAD_H_
 
@@ -25,15 +26,15 @@ class WinogradConv {
   static bool Suits(const dnnl::memory::desc &src, const dnnl::memory::dims &wdims, int64_t stride, int64_t pad);
   WinogradConv(const dnnl::memory::desc &src, int64_t out_channels);
   const dnnl::memory::desc &dst_desc() const { return dst_; }
-  // The transformed weights (16 x C x O floats, see WeightFloats) of plain weights (O, C, 3, 3),
-  // each output channel's weights multiplied by scale[o] (nullptr: by 1).
-  int64_t WeightFloats() const { return 16 * c_ * o_; }
+  // The transformed weights (WeightFloats() floats) of plain weights (O, C, 3, 3), each output
+  // channel's weights multiplied by scale[o] (nullptr: by 1).
+  int64_t WeightFloats() const { return alpha_ * alpha_ * c_ * o_; }
   void TransformWeights(const float *w, const float *scale, float *u) const;
-  // dst = conv(src) + bias (then ReLU with `relu`), both in the blocked layout, on the pool.
+  // dst = conv(src) + bias (then ReLU with `relu`), both in the layer's layout, on the pool.
   void Run(const float *src, const float *u, const float *bias, bool relu, float *dst) const;
 
  private:
-  template <int B>
+  template <int B, class F>
   void Chunk(const float *src, const float *u, const float *bias, bool relu, float *dst, int64_t start,
              int64_t first_out) const;
 
@@ -41,7 +42,7 @@ class WinogradConv {
   struct Strides {
     int64_t image, vector, pixel;
   };
-  int64_t n_, c_, h_, w_, o_, block_, tiles_h_, tiles_w_, tiles_, chunk_;
+  int64_t n_, c_, h_, w_, o_, block_, out_tile_, alpha_, tiles_h_, tiles_w_, tiles_, chunk_;
   Strides in_, out_;
   dnnl::memory::desc dst_;
   dnnl::matmul::primitive_desc pd_;
