@@ -7,6 +7,7 @@ sizes, ties after ReLU, NaN). Then: ``apply_cpu_kernels`` swaps exactly the cell
 without them, they stay out cleanly (config key off, float16, no compiler), and MINDIR export never
 contains them.
 """
+import ctypes
 import math
 import os
 import subprocess
@@ -299,7 +300,7 @@ def test_compiled_library_is_cached_per_machine(tmp_path):
 @pytest.mark.parametrize("shape,k", [((2, 4, 4, 128), 3), ((3, 7, 5, 24), 3), ((2, 1, 1, 512), 3),
                                      ((1, 2, 2, 8), 3), ((2, 9, 6, 16), 5)])
 def test_depthwise_conv_matches_pytorch_grouped_conv(shape, k):
-    from model.cpu_kernels import depthwise_conv_nhwc
+    from model.cpu_kernels import depthwise_conv_nhwc, ops
     n, h, w, c = shape
     x = rand(*shape, seed=9)
     weight = rand(c, 1, k, k, seed=10)
@@ -316,6 +317,7 @@ def test_depthwise_conv_matches_pytorch_grouped_conv(shape, k):
         def __init__(self):
             super().__init__()
             self.w = w_param
+            ops._primitives()   # the Custom ops made before compiling, as the kernel cells' __init__ do
 
         def construct(self, t):
             return depthwise_conv_nhwc(t, self.w)
@@ -474,6 +476,8 @@ CONV_CASES = [  # (input shape, out channels, kernel, stride, bias)
     ((2, 3, 33, 35), 8, 3, 2, False),     # odd sizes, 3 input channels (the stem)
     ((2, 16, 8, 8), 32, 1, 1, False),     # 1x1 (conv stage bottleneck)
     ((3, 32, 4, 4), 64, 3, 2, True),      # small maps (downsampling at 32 px)
+    ((2, 64, 10, 9), 64, 3, 1, False),    # Winograd forward and input gradient, odd map (conv stage)
+    ((2, 32, 12, 12), 64, 3, 1, False),   # Winograd forward, direct input gradient (tokenizer's third)
 ]
 
 
@@ -500,6 +504,28 @@ def test_conv_matches_mindspore_conv2d_forward_and_backward(shape, cout, k, stri
     np.testing.assert_allclose(dx, dx_r, rtol=1e-5, atol=2e-5)
     for a, b in zip(dparams, dparams_r):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_3x3_convolutions_of_32_channels_in_and_64_out_run_as_winograd_in_training():
+    """A 3x3, stride-1 convolution from 32 input and 64 output channels on runs its forward as a
+    Winograd convolution (``model/csrc/winograd.h``), and its input gradient too when it has 64
+    input channels or more (the gradient is a convolution from the output's channels to the
+    input's); the library counts them. Their numbers: the cases above."""
+    from model.cpu_kernels import Conv2d
+    if cpu_kernels.conv_library_path() is None:
+        pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
+    lib = ctypes.CDLL(cpu_kernels.conv_library_path())
+    lib.WinogradConvolutionsRun.restype = ctypes.c_int64
+    # (in, out, stride) -> Winograd convolutions in one forward and backward: forward, input gradient
+    for cin, cout, stride, winograd in ((64, 64, 1, 2), (32, 64, 1, 1), (64, 64, 2, 0), (16, 64, 1, 0)):
+        cell = Conv2d(cin, cout, 3, stride, pad_mode="pad", padding=1, has_bias=False)
+
+        def loss(t):
+            return cell(t).sum()
+        before = lib.WinogradConvolutionsRun()
+        value, _ = ms.jit(ms.value_and_grad(loss))(ms.Tensor(rand(2, cin, 8, 8, seed=22)))
+        value.asnumpy()
+        assert lib.WinogradConvolutionsRun() - before == winograd, (cin, cout, stride)
 
 
 def test_conv_other_cases_stay_on_mindspore():

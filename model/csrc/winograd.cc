@@ -139,6 +139,7 @@ bool WinogradConv::Suits(const dnnl::memory::desc &src, const dnnl::memory::dims
 WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels) {
   const dnnl::memory::dims d = src.get_dims();
   n_ = d[0], c_ = d[1], h_ = d[2], w_ = d[3], o_ = out_channels, block_ = VectorOf(src, out_channels);
+  src_ = src;
   if (src == dnnl::memory::desc(d, dt::f32, tag::acdb)) {
     in_ = {h_ * w_ * c_, block_, c_};
     out_ = {h_ * w_ * o_, block_, o_};
@@ -232,7 +233,7 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
         F::Output(col, out);
         for (int i = 0; i < r; ++i) q[i][j] = out[i];
       }
-      const vec b = V::Load(bias + ob * B);
+      const vec b = bias != nullptr ? V::Load(bias + ob * B) : zero;
       float *base = dst + img * out_.image + ob * out_.vector;
       for (int i = 0; i < r; ++i) {
         const int64_t y = r * ty + i;

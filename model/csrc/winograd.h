@@ -1,4 +1,5 @@
-// Winograd convolution for the fused inference path (infer_onednn.cc): a 3x3 convolution, stride 1,
+// Winograd convolution for the fused inference path (infer_onednn.cc) and the training
+// convolution's forward and input gradient (conv_onednn.cc): a 3x3 convolution, stride 1,
 // padding 1, on the layout oneDNN chose for the layer before (blocked, 8 or 16 channels per
 // block, or channels-last), bias and ReLU fused, in fewer multiplications than the direct kernel.
 // Each m x m block of outputs is A^T [(G g G^T) . (B^T d B)] A of its (m + 2) x (m + 2) input patch
@@ -25,12 +26,14 @@ class WinogradConv {
   // channels. The output has the input's layout.
   static bool Suits(const dnnl::memory::desc &src, const dnnl::memory::dims &wdims, int64_t stride, int64_t pad);
   WinogradConv(const dnnl::memory::desc &src, int64_t out_channels);
+  const dnnl::memory::desc &src_desc() const { return src_; }
   const dnnl::memory::desc &dst_desc() const { return dst_; }
   // The transformed weights (WeightFloats() floats) of plain weights (O, C, 3, 3), each output
   // channel's weights multiplied by scale[o] (nullptr: by 1).
   int64_t WeightFloats() const { return alpha_ * alpha_ * c_ * o_; }
   void TransformWeights(const float *w, const float *scale, float *u) const;
-  // dst = conv(src) + bias (then ReLU with `relu`), both in the layer's layout, on the pool.
+  // dst = conv(src) + bias (nullptr: none; then ReLU with `relu`), both in the layer's layout, on
+  // the pool.
   void Run(const float *src, const float *u, const float *bias, bool relu, float *dst) const;
 
  private:
@@ -44,7 +47,7 @@ class WinogradConv {
   };
   int64_t n_, c_, h_, w_, o_, block_, out_tile_, alpha_, tiles_h_, tiles_w_, tiles_, chunk_;
   Strides in_, out_;
-  dnnl::memory::desc dst_;
+  dnnl::memory::desc src_, dst_;
   dnnl::matmul::primitive_desc pd_;
   dnnl::matmul mm_;
 };
