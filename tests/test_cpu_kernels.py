@@ -507,23 +507,25 @@ def test_conv_matches_mindspore_conv2d_forward_and_backward(shape, cout, k, stri
 
 
 def test_3x3_convolutions_of_32_channels_in_and_64_out_run_as_winograd_in_training():
-    """A 3x3, stride-1 convolution from 32 input and 64 output channels on runs its forward as a
-    Winograd convolution (``model/csrc/winograd.h``), and its input gradient too when it has 64
-    input channels or more (the gradient is a convolution from the output's channels to the
-    input's); the library counts them. Their numbers: the cases above."""
+    """A 3x3, stride-1 convolution from 32 input and 64 output channels on runs its forward and its
+    weight gradient as Winograd convolutions (``model/csrc/winograd.h``), and its input gradient
+    too when it has 64 input channels or more (the gradient is a convolution from the output's
+    channels to the input's); the library counts them. Their numbers: the cases above."""
     from model.cpu_kernels import Conv2d
     if cpu_kernels.conv_library_path() is None:
         pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
     lib = ctypes.CDLL(cpu_kernels.conv_library_path())
     lib.WinogradConvolutionsRun.restype = ctypes.c_int64
-    # (in, out, stride) -> Winograd convolutions in one forward and backward: forward, input gradient
-    for cin, cout, stride, winograd in ((64, 64, 1, 2), (32, 64, 1, 1), (64, 64, 2, 0), (16, 64, 1, 0)):
+    # (in, out, stride) -> Winograd convolutions in one forward and backward: forward, input gradient,
+    # weight gradient
+    for cin, cout, stride, winograd in ((64, 64, 1, 3), (32, 64, 1, 2), (64, 64, 2, 0), (16, 64, 1, 0)):
         cell = Conv2d(cin, cout, 3, stride, pad_mode="pad", padding=1, has_bias=False)
 
         def loss(t):
             return cell(t).sum()
         before = lib.WinogradConvolutionsRun()
-        value, _ = ms.jit(ms.value_and_grad(loss))(ms.Tensor(rand(2, cin, 8, 8, seed=22)))
+        step = ms.value_and_grad(loss, grad_position=0, weights=cell.trainable_params())
+        value, _ = ms.jit(step)(ms.Tensor(rand(2, cin, 8, 8, seed=22)))
         value.asnumpy()
         assert lib.WinogradConvolutionsRun() - before == winograd, (cin, cout, stride)
 
@@ -697,13 +699,15 @@ call("MaxPoolBackward", f32(16, 48, 10, 10), arg, xc, np.empty_like(xc))
 np.savez(sys.argv[2], **out)
 '''
 
-#: the convolution library's Winograd convolutions (training's forward and input gradient), on a
-#: map whose tiles fill several chunks
+#: the convolution library's Winograd convolutions (training's forward, input and weight gradients),
+#: on a map whose tiles fill several chunks
 _WINOGRAD = _CALLS + r'''
 x, w, cfg = f32(8, 64, 17, 15), f32(96, 64, 3, 3) * 0.05, np.array([1, 1], np.int32)
 call("ConvForward", x, w, cfg, np.empty((8, 96, 17, 15), np.float32))
-call("ConvBackwardData", f32(8, 96, 17, 15), w, x, cfg, np.empty_like(x))
-assert lib.WinogradConvolutionsRun() == 2
+dy = f32(8, 96, 17, 15)
+call("ConvBackwardData", dy, w, x, cfg, np.empty_like(x))
+call("ConvBackwardWeights", dy, x, w, cfg, np.empty_like(w))
+assert lib.WinogradConvolutionsRun() == 3
 np.savez(sys.argv[2], **out)
 '''
 
@@ -735,12 +739,12 @@ def test_every_kernel_gives_the_same_bits_whatever_the_number_of_threads(tmp_pat
 
 
 def test_winograd_convolutions_give_the_same_bits_whatever_the_number_of_threads(tmp_path):
-    """The Winograd convolutions split their tiles into chunks that depend on the shapes alone, each
-    chunk's product on one thread: the forward and the input gradient are the same bit for bit with
-    one thread and with three."""
+    """The Winograd convolutions split their tiles into chunks (and, for the weight gradient's sum,
+    slabs) that depend on the shapes alone, each chunk's product on one thread: the forward, the
+    input and the weight gradients are the same bit for bit with one thread and with three."""
     if cpu_kernels.conv_library_path() is None:
         pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
     results = _outputs_with_threads(_WINOGRAD, cpu_kernels.conv_library_path(), tmp_path)
-    assert len(results["1"]) == 9 and results["1"].keys() == results["3"].keys()
+    assert len(results["1"]) == 14 and results["1"].keys() == results["3"].keys()
     for key, one in results["1"].items():
         np.testing.assert_array_equal(results["3"][key], one, err_msg=key)

@@ -11,7 +11,8 @@
 // and takes the blocked ones where it would fall back to a reference kernel (AVX-512 uncapped);
 // the two backward passes use the blocked ones. A 3x3, stride-1 convolution wide enough for it
 // (winograd.h: the conv stage's, the tokenizer's third) runs its forward and its input gradient as
-// Winograd convolutions on oneDNN's blocked layout instead; its weight gradient stays oneDNN's.
+// Winograd convolutions on oneDNN's blocked layout instead, and its weight gradient too (the
+// tiles' transformed inputs and output gradients multiplied and summed).
 // The thread pool, the engine and the cache of buffers for the blocked copies are in
 // onednn_common.h.
 #include <cstdint>
@@ -51,10 +52,10 @@ struct Prims {
   dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
   dnnl::convolution_backward_weights bwd_weights;
   dnnl::memory::desc src_plain, weights_plain, dst_plain;
-  // the forward and the input gradient of a 3x3, stride-1 convolution that suits it as Winograd
-  // convolutions (winograd.h; the input gradient is the convolution of dy by the weights turned
-  // by 180 degrees, input and output channels swapped), else null
-  std::unique_ptr<WinogradConv> winograd_fwd, winograd_bwd_data;
+  // the forward, the input and the weight gradient of a 3x3, stride-1 convolution that suits it as
+  // Winograd convolutions (winograd.h; the input gradient is the convolution of dy by the weights
+  // turned by 180 degrees, input and output channels swapped), else null
+  std::unique_ptr<WinogradConv> winograd_fwd, winograd_bwd_data, winograd_bwd_weights;
 };
 
 std::mutex cache_mutex;
@@ -91,6 +92,7 @@ Prims *GetPrims(const Key &k) {
   p->bwd_weights = dnnl::convolution_backward_weights(p->bwd_weights_pd);
   if (k.oh == k.h && k.ow == k.w && WinogradConv::Suits(hint.src_desc(), wei, k.stride, k.pad)) {
     p->winograd_fwd = std::make_unique<WinogradConv>(hint.src_desc(), k.o);
+    p->winograd_bwd_weights = std::make_unique<WinogradConv>(hint.src_desc(), k.o, 2);
   }
   const dnnl::memory::desc dy_desc = p->bwd_data_pd.diff_dst_desc();
   if (k.oh == k.h && k.ow == k.w && WinogradConv::Suits(dy_desc, {k.c, k.o, k.kh, k.kw}, k.stride, k.pad)) {
@@ -194,6 +196,14 @@ extern "C" int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_
     dnnl::stream s = convmlp::PoolStream();
     dnnl::memory dy(p->dst_plain, Engine(), params[0]), x(p->src_plain, Engine(), params[1]);
     dnnl::memory dw(p->weights_plain, Engine(), params[4]);
+    if (p->winograd_bwd_weights) {
+      const WinogradConv &wc = *p->winograd_bwd_weights;
+      dnnl::memory xs = ToLayout(x, wc.src_desc(), s, scratch), dys = ToLayout(dy, wc.dst_desc(), s, scratch);
+      s.wait();
+      wc.WeightGradient(static_cast<const float *>(xs.get_data_handle()),
+                        static_cast<const float *>(dys.get_data_handle()), static_cast<float *>(params[4]));
+      return;
+    }
     dnnl::memory dys = ToLayout(dy, p->bwd_weights_pd.diff_dst_desc(), s, scratch);
     dnnl::memory xs = ToLayout(x, p->bwd_weights_pd.src_desc(), s, scratch);
     dnnl::memory dws = p->bwd_weights_pd.diff_weights_desc() == p->weights_plain

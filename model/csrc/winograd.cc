@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 namespace convmlp {
@@ -13,6 +14,7 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 constexpr int64_t kChunkBytes = int64_t(1) << 20;   // a chunk's transformed input and products
+constexpr int64_t kSlabs = 4;   // the weight gradient's partial sums over the tiles
 
 tag BlockedTag(int64_t block) { return block == 16 ? tag::aBcd16b : tag::aBcd8b; }
 
@@ -64,6 +66,19 @@ struct F2 {
     r[2] = 0.5 * (g[0] - g[1] + g[2]);
     r[3] = g[2];
   }
+  // the weight gradient's steps: A dy of an output tile's gradient, G^T m of the summed products
+  template <class T>
+  static void OutputGradient(const T dy[2], T r[4]) {
+    r[0] = dy[0];
+    r[1] = dy[0] + dy[1];
+    r[2] = dy[0] - dy[1];
+    r[3] = -dy[1];
+  }
+  static void WeightGradient(const double m[4], double r[3]) {
+    r[0] = m[0] + 0.5 * (m[1] + m[2]);
+    r[1] = 0.5 * (m[1] - m[2]);
+    r[2] = 0.5 * (m[1] + m[2]) + m[3];
+  }
 };
 
 struct F4 {
@@ -93,6 +108,21 @@ struct F4 {
     r[3] = g[0] * kTwentyFourth + g[1] * kTwelfth + g[2] * kSixth;
     r[4] = g[0] * kTwentyFourth - g[1] * kTwelfth + g[2] * kSixth;
     r[5] = g[2];
+  }
+  template <class T>
+  static void OutputGradient(const T dy[4], T r[6]) {
+    r[0] = dy[0];
+    r[1] = dy[0] + dy[1] + dy[2] + dy[3];
+    r[2] = dy[0] - dy[1] + dy[2] - dy[3];
+    r[3] = dy[0] + 2.0f * dy[1] + 4.0f * dy[2] + 8.0f * dy[3];
+    r[4] = dy[0] - 2.0f * dy[1] + 4.0f * dy[2] - 8.0f * dy[3];
+    r[5] = dy[3];
+  }
+  static void WeightGradient(const double m[6], double r[3]) {
+    constexpr double kSixth = 1.0 / 6, kTwelfth = 1.0 / 12, kTwentyFourth = 1.0 / 24;
+    r[0] = m[0] * 0.25 - (m[1] + m[2]) * kSixth + (m[3] + m[4]) * kTwentyFourth;
+    r[1] = (m[2] - m[1]) * kSixth + (m[3] - m[4]) * kTwelfth;
+    r[2] = (m[3] + m[4] - m[1] - m[2]) * kSixth + m[5];
   }
 };
 
@@ -132,7 +162,7 @@ void TransformWeightsOf(const float *w, const float *scale, int64_t c, int64_t o
 std::atomic<int64_t> runs{0};   // convolutions run, for WinogradConvolutionsRun
 
 float *ThreadFloats(int which, size_t n) {
-  static thread_local std::vector<float> buffers[3];
+  static thread_local std::vector<float> buffers[4];
   if (buffers[which].size() < n) buffers[which].resize(n);
   return buffers[which].data();
 }
@@ -145,7 +175,7 @@ bool WinogradConv::Suits(const dnnl::memory::desc &src, const dnnl::memory::dims
          wdims[1] == src.get_dims()[1] && wdims[1] >= 32 && wdims[0] >= 64 && VectorOf(src, wdims[0]) > 0;
 }
 
-WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels) {
+WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels, int64_t out_tile) {
   const dnnl::memory::dims d = src.get_dims();
   n_ = d[0], c_ = d[1], h_ = d[2], w_ = d[3], o_ = out_channels, block_ = VectorOf(src, out_channels);
   src_ = src;
@@ -160,7 +190,8 @@ WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels) 
   }
   // the tile size that needs fewer products for this map (partial tiles at its edges included)
   auto products = [&](int64_t out, int64_t alpha) { return (h_ + out - 1) / out * ((w_ + out - 1) / out) * alpha * alpha; };
-  out_tile_ = products(F4::kOut, F4::kAlpha) < products(F2::kOut, F2::kAlpha) ? F4::kOut : F2::kOut;
+  out_tile_ = out_tile == F2::kOut || out_tile == F4::kOut ? out_tile
+              : products(F4::kOut, F4::kAlpha) < products(F2::kOut, F2::kAlpha) ? F4::kOut : F2::kOut;
   alpha_ = out_tile_ + 2;
   tiles_h_ = (h_ + out_tile_ - 1) / out_tile_, tiles_w_ = (w_ + out_tile_ - 1) / out_tile_;
   tiles_ = n_ * tiles_h_ * tiles_w_;
@@ -185,17 +216,13 @@ void WinogradConv::TransformWeights(const float *w, const float *scale, float *u
 }
 
 template <int B, class F>
-void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bool relu, float *dst,
-                         int64_t start, int64_t first_out) const {
+void WinogradConv::InputTiles(const float *src, int64_t start, int64_t count, float *tv) const {
   using V = Vec<B>;
   typedef typename V::type vec;
-  constexpr int a = F::kAlpha, r = F::kOut, positions = a * a;
-  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, cb_count = c_ / B, ob_count = o_ / B;
-  float *tv = ThreadFloats(0, positions * m * c_), *prod = ThreadFloats(1, positions * m * o_);
-  float *pad = ThreadFloats(2, pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
+  constexpr int a = F::kAlpha, r = F::kOut;
+  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, cb_count = c_ / B;
   const vec zero = {};
-  // the input transform, B^T d B, of each tile's patch: tv[position][tile][channel]
-  for (int64_t t = 0; t < m; ++t) {
+  for (int64_t t = 0; t < count; ++t) {
     const int64_t tile = start + t, img = tile / per_image, ty = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
     for (int64_t cb = 0; cb < cb_count; ++cb) {
       const float *base = src + img * in_.image + cb * in_.vector;
@@ -221,6 +248,20 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
       }
     }
   }
+}
+
+template <int B, class F>
+void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bool relu, float *dst,
+                         int64_t start, int64_t first_out) const {
+  using V = Vec<B>;
+  typedef typename V::type vec;
+  constexpr int a = F::kAlpha, r = F::kOut, positions = a * a;
+  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
+  float *tv = ThreadFloats(0, positions * m * c_), *prod = ThreadFloats(1, positions * m * o_);
+  float *pad = ThreadFloats(2, pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
+  const vec zero = {};
+  // the input transform, B^T d B, of each tile's patch: tv[position][tile][channel]
+  InputTiles<B, F>(src, start, m, tv);
   // the element-wise products over the channels, one product per position, in one batched call
   const auto md = [](int64_t d0, int64_t d1, int64_t d2, const float *ptr) {
     return dnnl::memory(dnnl::memory::desc({d0, d1, d2}, dt::f32, tag::abc), Engine(), const_cast<float *>(ptr));
@@ -258,6 +299,117 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
         }
       }
     }
+  }
+}
+
+template <int B, class F>
+void WinogradConv::GradientTiles(const float *dy, int64_t start, int64_t count, float *ty) const {
+  using V = Vec<B>;
+  typedef typename V::type vec;
+  constexpr int a = F::kAlpha, r = F::kOut;
+  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
+  const vec zero = {};
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = start + t, img = tile / per_image, tyi = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
+    for (int64_t ob = 0; ob < ob_count; ++ob) {
+      const float *base = dy + img * out_.image + ob * out_.vector;
+      vec g[r][r], cols[a][r];
+      for (int i = 0; i < r; ++i) {
+        const int64_t y = r * tyi + i;
+        for (int j = 0; j < r; ++j) {
+          const int64_t x = r * tx + j;
+          g[i][j] = (y < h_ && x < w_) ? V::Load(base + (y * w_ + x) * out_.pixel) : zero;
+        }
+      }
+      for (int j = 0; j < r; ++j) {   // A g over each column
+        vec col[r], out[a];
+        for (int i = 0; i < r; ++i) col[i] = g[i][j];
+        F::OutputGradient(col, out);
+        for (int i = 0; i < a; ++i) cols[i][j] = out[i];
+      }
+      float *to = ty + t * o_ + ob * B;
+      for (int i = 0; i < a; ++i) {   // then over each row
+        vec out[a];
+        F::OutputGradient(cols[i], out);
+        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * m * o_, out[j]);
+      }
+    }
+  }
+}
+
+template <int B, class F>
+void WinogradConv::WeightGradientOf(const float *src, const float *dy, float *dw) const {
+  constexpr int a = F::kAlpha, positions = a * a;
+  const int64_t m = chunk_, per_slab = positions * c_ * o_;
+  const int slabs = static_cast<int>(std::min<int64_t>(kSlabs, (tiles_ + m - 1) / m));
+  std::call_once(dw_once_, [&] {
+    dnnl::post_ops accumulate;
+    accumulate.append_sum(1.0f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(accumulate);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    // (transformed input)^T (positions, C, tiles) x (transformed dy) (positions, tiles, O)
+    dw_pd_ = dnnl::matmul::primitive_desc(
+        Engine(), dnnl::memory::desc({positions, c_, m}, dt::f32, dnnl::memory::dims{m * c_, 1, c_}),
+        dnnl::memory::desc({positions, m, o_}, dt::f32, tag::abc),
+        dnnl::memory::desc({positions, c_, o_}, dt::f32, tag::abc), attr);
+    dw_mm_ = dnnl::matmul(dw_pd_);
+  });
+  Scratch scratch;
+  float *sums = scratch.Floats(slabs * per_slab);
+  // each slab of tiles (fixed by the shapes, not by the threads) sums its chunks' products
+  Pool().parallel_for(slabs, [&](int s, int) {
+    float *acc = sums + s * per_slab;
+    std::memset(acc, 0, sizeof(float) * per_slab);
+    float *tv = ThreadFloats(0, positions * m * c_), *ty = ThreadFloats(1, positions * m * o_);
+    float *pad = ThreadFloats(3, dw_pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
+    const int64_t t0 = tiles_ * s / slabs, t1 = tiles_ * (s + 1) / slabs;
+    for (int64_t start = t0; start < t1; start += m) {
+      const int64_t count = std::min(m, t1 - start);
+      if (count < m) {   // a short chunk: the rest of its rows are zeros
+        std::memset(tv, 0, sizeof(float) * positions * m * c_);
+        std::memset(ty, 0, sizeof(float) * positions * m * o_);
+      }
+      InputTiles<B, F>(src, start, count, tv);
+      GradientTiles<B, F>(dy, start, count, ty);
+      dnnl::memory scratchpad(dw_pd_.scratchpad_desc(), Engine(), pad);
+      dw_mm_.execute(ThreadStream(), {{DNNL_ARG_SRC, dnnl::memory(dw_pd_.src_desc(), Engine(), tv)},
+                                      {DNNL_ARG_WEIGHTS, dnnl::memory(dw_pd_.weights_desc(), Engine(), ty)},
+                                      {DNNL_ARG_DST, dnnl::memory(dw_pd_.dst_desc(), Engine(), acc)},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    }
+  });
+  // the slabs' sums in their order, then G^T m G per (output, input) channel pair
+  ParallelRange(c_, positions * o_ * slabs, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      for (int64_t oc = 0; oc < o_; ++oc) {
+        double mm[a][a], half[3][a], k[3];
+        for (int p = 0; p < positions; ++p) {
+          float total = sums[(p * c_ + ci) * o_ + oc];
+          for (int sl = 1; sl < slabs; ++sl) total += sums[sl * per_slab + (p * c_ + ci) * o_ + oc];
+          mm[p / a][p % a] = total;
+        }
+        for (int j = 0; j < a; ++j) {
+          double col[a];
+          for (int i = 0; i < a; ++i) col[i] = mm[i][j];
+          F::WeightGradient(col, k);
+          for (int i = 0; i < 3; ++i) half[i][j] = k[i];
+        }
+        for (int i = 0; i < 3; ++i) {
+          F::WeightGradient(half[i], k);
+          for (int j = 0; j < 3; ++j) dw[(oc * c_ + ci) * 9 + i * 3 + j] = static_cast<float>(k[j]);
+        }
+      }
+    }
+  });
+}
+
+void WinogradConv::WeightGradient(const float *src, const float *dy, float *dw) const {
+  runs.fetch_add(1, std::memory_order_relaxed);
+  if (block_ == 16) {
+    out_tile_ == F4::kOut ? WeightGradientOf<16, F4>(src, dy, dw) : WeightGradientOf<16, F2>(src, dy, dw);
+  } else {
+    out_tile_ == F4::kOut ? WeightGradientOf<8, F4>(src, dy, dw) : WeightGradientOf<8, F2>(src, dy, dw);
   }
 }
 

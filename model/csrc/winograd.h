@@ -12,6 +12,7 @@
 #define CONVMLP_CSRC_WINOGRAD_H_
 
 #include <cstdint>
+#include <mutex>
 
 #include "onednn_common.h"
 
@@ -25,7 +26,8 @@ class WinogradConv {
   // products over so few channels gain too little over the direct kernel), whole vectors of
   // channels. The output has the input's layout.
   static bool Suits(const dnnl::memory::desc &src, const dnnl::memory::dims &wdims, int64_t stride, int64_t pad);
-  WinogradConv(const dnnl::memory::desc &src, int64_t out_channels);
+  // out_tile: 4 (F(4x4, 3x3)), 2 (F(2x2, 3x3)) or 0: whichever needs fewer products for the map
+  WinogradConv(const dnnl::memory::desc &src, int64_t out_channels, int64_t out_tile = 0);
   const dnnl::memory::desc &src_desc() const { return src_; }
   const dnnl::memory::desc &dst_desc() const { return dst_; }
   // The transformed weights (WeightFloats() floats) of plain weights (O, C, 3, 3), each output
@@ -35,8 +37,19 @@ class WinogradConv {
   // dst = conv(src) + bias (nullptr: none; then ReLU with `relu`), both in the layer's layout, on
   // the pool.
   void Run(const float *src, const float *u, const float *bias, bool relu, float *dst) const;
+  // dw (O, C, 3, 3): the weight gradient for input src (src_desc) and output gradient dy
+  // (dst_desc), G^T [sum over the tiles of (A dy A^T) . (B^T d B)] G, on the pool; the sum over the
+  // tiles in fixed slabs, so the result does not depend on the number of threads. (The sum over
+  // many tiles magnifies F(4x4)'s roundings: the weight gradient takes F(2x2).)
+  void WeightGradient(const float *src, const float *dy, float *dw) const;
 
  private:
+  template <int B, class F>
+  void InputTiles(const float *src, int64_t start, int64_t count, float *tv) const;
+  template <int B, class F>
+  void GradientTiles(const float *dy, int64_t start, int64_t count, float *ty) const;
+  template <int B, class F>
+  void WeightGradientOf(const float *src, const float *dy, float *dw) const;
   template <int B, class F>
   void Chunk(const float *src, const float *u, const float *bias, bool relu, float *dst, int64_t start,
              int64_t first_out) const;
@@ -50,6 +63,10 @@ class WinogradConv {
   dnnl::memory::desc src_, dst_;
   dnnl::matmul::primitive_desc pd_;
   dnnl::matmul mm_;
+  // the weight gradient's product, made on its first use (training only)
+  mutable std::once_flag dw_once_;
+  mutable dnnl::matmul::primitive_desc dw_pd_;
+  mutable dnnl::matmul dw_mm_;
 };
 
 }  // namespace convmlp
