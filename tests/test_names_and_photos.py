@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -271,32 +272,40 @@ def test_an_image_that_fails_to_decode_in_training_is_replaced_and_counted(break
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)     # the same seed, the same weights
 
 
+def evaluate_tree(folder, root, *flags):
+    """evl.py's output and JSON for the checkpoint of `folder`'s first run on the tree `root`."""
+    out = os.path.join(folder, os.path.basename(root) + ".json")
+    proc = ok(run_main("evl.py", *TREE_FLAGS, "--val_data_path", root, "--checkpoint_path",
+                       str(folder / "r0" / "last.ckpt"), "--json", out, *flags))
+    with open(out) as f:
+        return proc.stdout, json.load(f)
+
+
 def test_an_image_that_fails_to_decode_in_evaluation_is_left_out_of_every_number(breaks_in_training):
     """evl.py on the validation tree with its bad image reports what it reports on the same tree
     without that image: the replacement (the next image, one the model takes for class b) is not
-    counted a second time; train.py's validation of the same weights has the same top-1."""
+    counted a second time; train.py's validation of the same weights has the same top-1. Two bad
+    images in a row are two left out."""
     folder = breaks_in_training["folder"]
-    ckpt = str(folder / "r0" / "last.ckpt")
-    results = {}
-    for name, extra in (("val", ["--skip_bad_images", "true"]), ("val_good", [])):
-        proc = ok(run_main("evl.py", *TREE_FLAGS, "--val_data_path", breaks_in_training[name], "--checkpoint_path",
-                           ckpt, "--json", str(folder / f"{name}.json"), *extra))
-        results[name] = (proc.stdout, json.loads((folder / f"{name}.json").read_text()))
-    (log, got), (good_log, want) = results["val"], results["val_good"]
+    good_log, want = evaluate_tree(folder, breaks_in_training["val_good"])
     assert want["n"] == 5 and want["left_out"] == 0 and "left out" not in good_log
     assert want["acc"] < 1 and want["per_class"]["a"] < 1       # a/v2 is missed: counting it twice would show
-    assert got["n"] == 5 and got["left_out"] == 1
-    for key in ("acc", "top5", "per_class"):
-        assert got[key] == want[key], (key, got[key], want[key])
-    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
-    table = [ln for ln in log.splitlines() if ln.startswith("  ")]
-    assert table == [ln for ln in good_log.splitlines() if ln.startswith("  ")]
-    assert any(" a " in ln and "(2 images)" in ln for ln in table), table       # not 3: a/v1 left out
-    assert "images: 5 (1 left out: could not be decoded)" in log
-    warning = [ln for ln in log.splitlines() if "could not be decoded during the evaluation" in ln]
-    assert len(warning) == 1 and warning[0].startswith("warning: skip_bad_images: 1 image(s)"), log
-    assert "left out of its metrics (5 image(s) evaluated)" in warning[0]
-    assert f"e.g. cannot read image {shown_name(breaks_in_training['bad_val'])}" in warning[0]
+    two = shutil.copytree(breaks_in_training["val_good"], folder / "val_two")
+    two_bad = [broken_png(os.path.join(two, "b", name)) for name in ("v0a.png", "v0b.png")]   # after b/v0
+    for root, bad in ((breaks_in_training["val"], [breaks_in_training["bad_val"]]), (str(two), two_bad)):
+        log, got = evaluate_tree(folder, root, "--skip_bad_images", "true")
+        assert got["n"] == 5 and got["left_out"] == len(bad)
+        for key in ("acc", "top5", "per_class"):
+            assert got[key] == want[key], (key, got[key], want[key])
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+        table = [ln for ln in log.splitlines() if ln.startswith("  ")]
+        assert table == [ln for ln in good_log.splitlines() if ln.startswith("  ")]
+        assert any(" a " in ln and "(2 images)" in ln for ln in table), table
+        assert f"images: 5 ({len(bad)} left out: could not be decoded)" in log
+        warning = [ln for ln in log.splitlines() if "could not be decoded during the evaluation" in ln]
+        assert len(warning) == 1 and warning[0].startswith(f"warning: skip_bad_images: {len(bad)} image(s)"), log
+        assert "left out of its metrics (5 image(s) evaluated)" in warning[0]
+        assert any(f"e.g. cannot read image {shown_name(b)}" in warning[0] for b in bad)   # the first read
     with open(folder / "r0" / "metrics.csv", newline="") as f:
         assert list(csv.DictReader(f))[-1]["val_top1"] == f"{want['acc']:.4f}"
 
