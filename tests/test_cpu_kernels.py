@@ -636,10 +636,10 @@ def test_settings_that_run_mindspores_own_convolutions_keep_the_cap():
 # ------------------------------------------------------------------------------------------------
 # Threads
 
-#: Calls every kernel of the library at sys.argv[1] through ctypes (its MindSpore calling
-#: convention: inputs then outputs) on fixed inputs large enough to be split over the worker pool,
-#: and saves every output to sys.argv[2].
-_EVERY_KERNEL = r'''
+#: Calls kernels of the library at sys.argv[1] through ctypes (its MindSpore calling convention:
+#: inputs then outputs) on fixed inputs large enough to be split over the worker pool, and saves
+#: every output to sys.argv[2]: the calls follow.
+_CALLS = r'''
 import ctypes, sys
 import numpy as np
 lib = ctypes.CDLL(sys.argv[1])
@@ -663,7 +663,10 @@ call.count = 0
 
 def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
+'''
 
+#: every kernel of the main library
+_EVERY_KERNEL = _CALLS + r'''
 x, dy = f32(16, 16, 16, 96), f32(16, 16, 16, 96)
 g, b, eps = f32(96), f32(96), np.array([1e-5], np.float32)
 y, mean, rstd = np.empty_like(x), np.empty(x.shape[:-1], np.float32), np.empty(x.shape[:-1], np.float32)
@@ -694,22 +697,50 @@ call("MaxPoolBackward", f32(16, 48, 10, 10), arg, xc, np.empty_like(xc))
 np.savez(sys.argv[2], **out)
 '''
 
+#: the convolution library's Winograd convolutions (training's forward and input gradient), on a
+#: map whose tiles fill several chunks
+_WINOGRAD = _CALLS + r'''
+x, w, cfg = f32(8, 64, 17, 15), f32(96, 64, 3, 3) * 0.05, np.array([1, 1], np.int32)
+call("ConvForward", x, w, cfg, np.empty((8, 96, 17, 15), np.float32))
+call("ConvBackwardData", f32(8, 96, 17, 15), w, x, cfg, np.empty_like(x))
+assert lib.WinogradConvolutionsRun() == 2
+np.savez(sys.argv[2], **out)
+'''
+
+
+def _outputs_with_threads(script, library, tmp_path):
+    """``{threads: {call:name:argument -> array}}`` of `script` run on `library` with 1 and 3
+    worker threads."""
+    results = {}
+    for threads in ("1", "3"):
+        path = tmp_path / f"threads{threads}.npz"
+        proc = subprocess.run([sys.executable, "-c", script, library, str(path)], cwd=REPO, text=True,
+                              env={**os.environ, "CONVMLP_CONV_THREADS": threads}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=300)
+        assert proc.returncode == 0, proc.stdout
+        with np.load(path) as saved:
+            results[threads] = dict(saved)
+    return results
+
 
 def test_every_kernel_gives_the_same_bits_whatever_the_number_of_threads(tmp_path):
     """The kernels split their work over a pool of $CONVMLP_CONV_THREADS threads (default: the
     cores); every output, the reductions over rows and images included (LayerNorm's and the biases'
     parameter gradients, BatchNorm's statistics, the depthwise weight gradient), is the same bit for
     bit with one thread and with three."""
-    library = cpu_kernels.build.library_path()
-    results = {}
-    for threads in ("1", "3"):
-        path = tmp_path / f"threads{threads}.npz"
-        proc = subprocess.run([sys.executable, "-c", _EVERY_KERNEL, library, str(path)], cwd=REPO, text=True,
-                              env={**os.environ, "CONVMLP_CONV_THREADS": threads}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=300)
-        assert proc.returncode == 0, proc.stdout
-        with np.load(path) as saved:
-            results[threads] = dict(saved)
+    results = _outputs_with_threads(_EVERY_KERNEL, cpu_kernels.build.library_path(), tmp_path)
     assert len(results["1"]) == 83 and results["1"].keys() == results["3"].keys()
+    for key, one in results["1"].items():
+        np.testing.assert_array_equal(results["3"][key], one, err_msg=key)
+
+
+def test_winograd_convolutions_give_the_same_bits_whatever_the_number_of_threads(tmp_path):
+    """The Winograd convolutions split their tiles into chunks that depend on the shapes alone, each
+    chunk's product on one thread: the forward and the input gradient are the same bit for bit with
+    one thread and with three."""
+    if cpu_kernels.conv_library_path() is None:
+        pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
+    results = _outputs_with_threads(_WINOGRAD, cpu_kernels.conv_library_path(), tmp_path)
+    assert len(results["1"]) == 9 and results["1"].keys() == results["3"].keys()
     for key, one in results["1"].items():
         np.testing.assert_array_equal(results["3"][key], one, err_msg=key)

@@ -86,33 +86,42 @@ struct F4 {
     r[3] = dif12 + 8.0f * dif34 + m[5];
   }
   static void Weight(const double g[3], double r[6]) {
-    r[0] = g[0] / 4;
-    r[1] = -(g[0] + g[1] + g[2]) / 6;
-    r[2] = -(g[0] - g[1] + g[2]) / 6;
-    r[3] = g[0] / 24 + g[1] / 12 + g[2] / 6;
-    r[4] = g[0] / 24 - g[1] / 12 + g[2] / 6;
+    constexpr double kSixth = 1.0 / 6, kTwelfth = 1.0 / 12, kTwentyFourth = 1.0 / 24;  // in double
+    r[0] = g[0] * 0.25;
+    r[1] = -(g[0] + g[1] + g[2]) * kSixth;
+    r[2] = -(g[0] - g[1] + g[2]) * kSixth;
+    r[3] = g[0] * kTwentyFourth + g[1] * kTwelfth + g[2] * kSixth;
+    r[4] = g[0] * kTwentyFourth - g[1] * kTwelfth + g[2] * kSixth;
     r[5] = g[2];
   }
 };
 
 // Transformed weights: u[(i * alpha + j) * c + ci][oc] = (G g G^T)[i][j] of output channel oc's
-// kernel for input channel ci, times scale[oc].
+// kernel for input channel ci, times scale[oc]; in double, each input channel's output channels
+// side by side (the loops over them vectorise).
 template <class F>
 void TransformWeightsOf(const float *w, const float *scale, int64_t c, int64_t o, float *u) {
   constexpr int a = F::kAlpha;
   ParallelRange(c, a * a * o, [&](int64_t c0, int64_t c1) {
+    std::vector<double> g(9 * o), half(a * 3 * o);   // g[k][oc], half[i][j][oc] = (G g)[i][j]
     for (int64_t ci = c0; ci < c1; ++ci) {
       for (int64_t oc = 0; oc < o; ++oc) {
-        const float *g = w + (oc * c + ci) * 9;
         const double s = scale != nullptr ? scale[oc] : 1.0;
-        double rows[a][3], col[3], r[a], t[a];
-        for (int j = 0; j < 3; ++j) {
-          for (int i = 0; i < 3; ++i) col[i] = static_cast<double>(g[i * 3 + j]) * s;
+        for (int k = 0; k < 9; ++k) g[k * o + oc] = static_cast<double>(w[(oc * c + ci) * 9 + k]) * s;
+      }
+      for (int j = 0; j < 3; ++j) {
+        for (int64_t oc = 0; oc < o; ++oc) {
+          const double col[3] = {g[j * o + oc], g[(3 + j) * o + oc], g[(6 + j) * o + oc]};
+          double r[a];
           F::Weight(col, r);
-          for (int i = 0; i < a; ++i) rows[i][j] = r[i];
+          for (int i = 0; i < a; ++i) half[(i * 3 + j) * o + oc] = r[i];
         }
-        for (int i = 0; i < a; ++i) {
-          F::Weight(rows[i], t);
+      }
+      for (int i = 0; i < a; ++i) {
+        for (int64_t oc = 0; oc < o; ++oc) {
+          const double row[3] = {half[(i * 3) * o + oc], half[(i * 3 + 1) * o + oc], half[(i * 3 + 2) * o + oc]};
+          double t[a];
+          F::Weight(row, t);
           for (int j = 0; j < a; ++j) u[((i * a + j) * c + ci) * o + oc] = static_cast<float>(t[j]);
         }
       }
