@@ -9,7 +9,9 @@ at reduced size, is decoded by read_image itself); for training with the bicubic
 decodes each file and one C++ call cuts its crop (:mod:`.native`), both in the map's threads and
 without Python's lock, faster than the engine's decoder and filter. With ``skip_bad_images`` a
 file that fails to decode there is replaced by the next good record of its split and counted
-(:func:`.records.log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
+(:func:`.records.log_decode_skips`: one warning line per epoch); in evaluation the replacement is
+labelled :data:`.records.LEFT_OUT` and left out of the metrics (:func:`.records.log_left_out`).
+Without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -31,7 +33,8 @@ Steps 5 and 6 run in the batch's ``per_batch_map`` with a NumPy generator seeded
 (``seed``, shard, epoch, batch), so they are reproducible. Train batches: ``image`` float32
 (B, 3, H, W), ``label`` float32 (B, num_classes), incomplete last batch dropped.
 Val batches: timm's evaluation transform (shorter side to ``image_size / crop_pct``, centre crop;
-none for CIFAR at 32 px), normalise; ``label`` int32 (B,), all records kept.
+none for CIFAR at 32 px), normalise; ``label`` int32 (B,), all records kept (one that
+``skip_bad_images`` replaced: labelled ``LEFT_OUT``, -1).
 
 Sharding (data parallel): train uses MindSpore's distributed sampler (global shuffle each epoch,
 then shard; when the record count is not divisible by ``num_shards`` a few records are repeated so
@@ -462,10 +465,9 @@ def _eval_pipeline(cfg, source, shape, encoded, reader, num_shards, shard_id):
     workers = cfg.num_parallel_workers
     if isinstance(source, packed_read.PackedSplit):
         data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
-    else:
-        if num_shards:
-            source = Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
-                             source.tally)
+    else:                               # a replaced image labelled LEFT_OUT: the metrics leave it out
+        part = slice(shard_id, None, num_shards) if num_shards else slice(None)
+        source = Source(source.images[part], source.labels[part], source.load, source.tally, evaluation=True)
         data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")
