@@ -159,8 +159,10 @@ void TransformWeightsOf(const float *w, const float *scale, int64_t c, int64_t o
   });
 }
 
-std::atomic<int64_t> runs{0};   // convolutions run, for WinogradConvolutionsRun
+std::atomic<int64_t> runs{0};   // passes run (Run, WeightGradient), for WinogradConvolutionsRun
 
+// This thread's buffer `which`: 0 the chunk's transformed input, 1 its products (or transformed
+// output gradient), 2 and 3 the two products' scratchpads.
 float *ThreadFloats(int which, size_t n) {
   static thread_local std::vector<float> buffers[4];
   if (buffers[which].size() < n) buffers[which].resize(n);
@@ -432,6 +434,6 @@ void WinogradConv::Run(const float *src, const float *u, const float *bias, bool
 
 }  // namespace convmlp
 
-// How many convolutions this library has run as Winograd F(2x2, 3x3) (what the tests read to know
-// that a stack took this path).
+// How many convolution passes (forward, input or weight gradient) this library has run as Winograd
+// convolutions (what the tests read to know that a layer took this path).
 extern "C" int64_t WinogradConvolutionsRun() { return convmlp::runs.load(); }

@@ -1,5 +1,5 @@
 // Winograd convolution for the fused inference path (infer_onednn.cc) and the training
-// convolution's forward and input gradient (conv_onednn.cc): a 3x3 convolution, stride 1,
+// convolution's forward, input and weight gradients (conv_onednn.cc): a 3x3 convolution, stride 1,
 // padding 1, on the layout oneDNN chose for the layer before (blocked, 8 or 16 channels per
 // block, or channels-last), bias and ReLU fused, in fewer multiplications than the direct kernel.
 // Each m x m block of outputs is A^T [(G g G^T) . (B^T d B)] A of its (m + 2) x (m + 2) input patch
