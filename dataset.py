@@ -5,7 +5,7 @@
     python dataset.py check --path data/flowers102                # an image tree (or its split folders)
     python dataset.py generate --dataset cifar10 --out data/demo --train 2000 --val 500
     python dataset.py generate --format imagefolder --out data/demo/images --classes 5 --train 500 --val 100
-    python dataset.py pack --path data/imagenet --out data/imagenet.mindrecord   # MindRecord shards (src/data/packed.py)
+    python dataset.py pack --path data/imagenet --out data/imagenet.mindrecord   # MindRecord shards (src/data/packed_write.py)
     python dataset.py check --path data/imagenet.mindrecord                      # every shard hashed, every record read
 
 The input pipelines that train.py, evl.py and infer.py use are in :mod:`src.data`.
@@ -19,8 +19,9 @@ import sys
 import numpy as np
 
 from src.config import SEED_LIMIT, load_config, path_arg as _path
-from src.data import cifar, imagefolder, packed
+from src.data import cifar, imagefolder, packed_read, packed_write
 from src.data.catalog import CIFAR, DATASETS, FOLDERS, NUM_CLASSES, PRETTY_NAMES, data_format, split_folders
+from src.data.packed_format import is_packed
 from src.data.synthetic import write_image_tree, write_synthetic
 from src.data.transforms import decode_min_side
 from src.platform.bounds import check_disk_space
@@ -97,9 +98,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset", choices=CIFAR, default=None, help="a CIFAR folder: which of the two (default cifar10 "
                    "for a folder of .bin files)")
     p.add_argument("--max_side", type=_count(8, 65535), default=None, help="re-encode images longer than this many "
-                   f"px on their longer side (JPEG quality {packed.JPEG_QUALITY}); default: the original bytes")
-    p.add_argument("--shard_size", type=_count(1, 10 ** 7), default=packed.DEFAULT_SHARD_SIZE,
-                   help=f"records per shard (default {packed.DEFAULT_SHARD_SIZE}, about 1 GB of ImageNet JPEGs)")
+                   f"px on their longer side (JPEG quality {packed_write.JPEG_QUALITY}); default: the original bytes")
+    p.add_argument("--shard_size", type=_count(1, 10 ** 7), default=packed_write.DEFAULT_SHARD_SIZE,
+                   help=f"records per shard (default {packed_write.DEFAULT_SHARD_SIZE}, about 1 GB of ImageNet JPEGs)")
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out (counted) instead "
                    "of stopping at the first")
     p.add_argument("--workers", type=_count(1, 256), default=2, help="threads checking the images")
@@ -155,8 +156,8 @@ def download(args):
 def check(args):
     """Validate every file of both splits and print their sizes and class balance (CIFAR), or every
     image of a tree (:func:`check_tree`)."""
-    if packed.is_packed(args.path):
-        return packed.check_pack(args.path)
+    if is_packed(args.path):
+        return packed_read.check_pack(args.path)
     dataset = args.dataset or ("cifar10" if os.path.isdir(args.path) and any(
         n.endswith(".bin") for n in os.listdir(args.path)) else "imagefolder")
     if data_format(dataset) == "imagefolder":
@@ -214,9 +215,9 @@ def check_tree(path, workers=2):
 
 
 def pack(args):
-    """MindRecord shards of an image tree or a CIFAR folder (:func:`src.data.packed.pack`)."""
-    manifest = packed.pack(args.path, args.out, args.dataset, args.shard_size, args.max_side, args.workers,
-                           args.skip_bad_images, _default_min_side())
+    """MindRecord shards of an image tree or a CIFAR folder (:func:`src.data.packed_write.pack`)."""
+    manifest = packed_write.pack(args.path, args.out, args.dataset, args.shard_size, args.max_side, args.workers,
+                                 args.skip_bad_images, _default_min_side())
     parts = ", ".join(f"{name} {s['records']} records in {len(s['shards'])} shard(s)"
                       for name, s in manifest["splits"].items())
     print(f"packed {args.path} into {args.out}: {len(manifest['classes'])} classes; {parts}")

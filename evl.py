@@ -6,7 +6,8 @@
     python evl.py --demo --checkpoint_path output/demo/best.ckpt
 
 Takes train.py's and pth2ckpt.py's checkpoints; prints the seed's ``accuracy:{'acc': ...}`` line,
-then top-5, the mean loss and the per-class accuracy with the checkpoint's class names. Details
+then top-5, the mean loss, the images evaluated (and those ``skip_bad_images`` left out because they
+could not be decoded) and the per-class accuracy with the checkpoint's class names. Details
 (``--json``, ``val_fraction`` runs): docs/training.md.
 """
 import src  # noqa: F401  (first: it keeps MindSpore's C++ log quiet, see src/__init__.py)
@@ -17,8 +18,9 @@ from src.checkpoint.load import describe_model, load_checkpoint_model, require_c
 from src.config import option, parse_command_line
 from src.config.runs import check_saved_split
 from src.data.catalog import data_format, split_source
-from src.data.pipeline import (check_layout, check_val_classes, create_dataset, data_failure, dataset_size,
-                               log_decode_skips, model_class_names, saved_split_lists)
+from src.data.pipeline import (check_layout, check_val_classes, create_dataset, dataset_size, model_class_names,
+                               saved_split_lists)
+from src.data.records import data_failure, log_left_out
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger, messages_to_stderr
 from src.platform.device import setup_runtime
@@ -92,7 +94,7 @@ def run_evaluation(cfg, net, meta, logger, device, rank, world):
     bar = Progress(val_ds.get_dataset_size(), "eval", logger, enabled=rank == 0, log_interval=cfg.log_interval)
     results = evaluate(net, val_ds, cfg.num_classes, make_reduce_fn(world), progress=bar)
     bar.close()
-    log_decode_skips(logger, "during the evaluation")
+    log_left_out(logger, results, "during the evaluation")
     graph_cache.commit()
     require_finite_outputs(results["loss"], cfg.checkpoint_path, f"mean loss on {split_source(cfg, 'val')}")
     return results
@@ -100,7 +102,8 @@ def run_evaluation(cfg, net, meta, logger, device, rank, world):
 
 def print_results(results, names):
     print(f"accuracy:{{'acc': {results['top1']:.4f}}}")
-    print(f"top-5 accuracy: {results['top5']:.4f} | mean loss: {results['loss']:.4f} | images: {results['n']}")
+    print(f"top-5 accuracy: {results['top5']:.4f} | mean loss: {results['loss']:.4f} | images: {results['n']}"
+          + (f" ({results['left_out']} left out: could not be decoded)" if results["left_out"] else ""))
     print("per-class accuracy:")
     for i, (acc, cnt) in enumerate(zip(results["per_class_acc"], results["per_class_count"])):
         name = shown_name(names[i], quoted=False) if i < len(names) else str(i)
@@ -112,6 +115,7 @@ def write_results(json_path, json_inputs, cfg, results, names):
     out = {"checkpoint": os.path.abspath(cfg.checkpoint_path), "arch": cfg.arch,
            "dataset": cfg.dataset_choose, "image_size": cfg.image_size, "acc": results["top1"],
            "top5": results["top5"], "loss": results["loss"], "n": results["n"],
+           "left_out": results["left_out"],
            "per_class": {(names[i] if i < len(names) else str(i)): (None if a != a else a)
                          for i, a in enumerate(results["per_class_acc"])}}
     write_json(json_path, out, inputs=json_inputs)

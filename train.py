@@ -26,8 +26,8 @@ from src.checkpoint.load import build_model, check_arch, describe_model, inferen
 from src.config import epoch_config, load_config
 from src.config.runs import check_resumed_config
 from src.data.catalog import data_format, split_source
-from src.data.pipeline import (check_layout, create_dataset, data_failure, dataset_size, log_decode_skips,
-                               prepare_demo, prepare_split, resolve_classes)
+from src.data.pipeline import check_layout, create_dataset, dataset_size, prepare_demo, prepare_split, resolve_classes
+from src.data.records import data_failure, log_decode_skips, log_left_out
 from src.platform.bounds import check_batch
 from src.platform.console import Progress, get_logger
 from src.platform.cpu import onednn_isa, release_compile_memory
@@ -307,13 +307,13 @@ def end_of_epoch(run: RunContext, setup: TrainingSetup, state, stats, metrics):
            "lr": f"{lr_now:.3e}", "images_per_s": f"{images_per_s:.1f}", "epoch_time_s": f"{stats['time']:.1f}"}
     line = f"epoch:{epoch} step:{setup.steps_per_epoch}, loss is {stats['loss']:.5f}"
     is_best = False
+    log_decode_skips(run.logger, f"in epoch {epoch}")     # the training's, before the validation's
     if epoch % cfg.eval_interval == 0 or epoch == cfg.epoch_size:
         text, top1 = validate(run, setup, row)
         line += text
         if top1 > state.best_acc:
             state.best_acc, state.best_epoch, is_best = top1, epoch, True
     run.logger.info(line + f" | lr {lr_now:.2e} | {images_per_s:.1f} img/s | {stats['time']:.1f}s")
-    log_decode_skips(run.logger, f"in epoch {epoch}")
     if run.rank == 0:  # the row first: a kill before the checkpoint leaves a row that resume drops
         metrics.add(row)
         path = save_training_state(setup.step_cell, cfg.save_checkpoint_path,
@@ -325,8 +325,9 @@ def end_of_epoch(run: RunContext, setup: TrainingSetup, state, stats, metrics):
 
 def validate(run: RunContext, setup: TrainingSetup, row) -> Tuple[str, float]:
     """The validation of the weights and, with model_ema, of the averages; fills the metrics `row`.
-    Returns the log text and the top-1 that ranks checkpoints (the EMA's when on, as timm)."""
-    text, top1 = "", None
+    Returns the log text and the top-1 that ranks checkpoints (the EMA's when on, as timm). Images
+    skip_bad_images replaced are left out of the metrics, in one warning line."""
+    text, top1, results = "", None, []
     for prefix, net, label in (("", setup.eval_net, "val"), ("ema_", setup.ema_eval_net, "EMA")):
         if net is None:
             continue
@@ -335,6 +336,8 @@ def validate(run: RunContext, setup: TrainingSetup, row) -> Tuple[str, float]:
                     f"{prefix}val_top5": f"{result['top5']:.4f}"})
         text += f" | {label} top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"
         top1 = result["top1"]
+        results.append(result)
+    log_left_out(run.logger, results[0], f"in epoch {row['epoch']}'s validation")   # the EMA's: the same images
     return text, top1
 
 

@@ -111,10 +111,10 @@ def _folder(root, tmp):
 
 
 def _packed(root, tmp):
-    """The generated tree written as MindRecord shards (``dataset.py pack``; src.data.packed)."""
-    from src.data import packed
+    """The generated tree written as MindRecord shards (``dataset.py pack``; src.data.packed_write)."""
+    from src.data import packed_write
     out = os.path.join(tmp, "jpeg.mindrecord")
-    packed.pack(root, out, report=lambda line: None)
+    packed_write.pack(root, out, report=lambda line: None)
     return out
 
 

@@ -102,6 +102,26 @@ def test_pruning_in_its_own_root_skips_what_the_user_put_there(open_cache, tmp_p
     assert not os.path.exists(first.folder)            # its own folders are pruned as before
 
 
+def test_pruning_keeps_a_folder_that_another_process_holds(open_cache, tmp_path):
+    """Pruning (src/platform/cleanup.py: prune_folders, shared with the image checks) takes each
+    folder's lock file first: a folder in use elsewhere stays, and goes at a prune after it is free."""
+    import fcntl
+    root = tmp_path / "root"
+    held = open_cache(root, batch_size=8, keep=1)
+    fake_graph(held.folder)
+    held.close()
+    fd = os.open(held.folder + ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)                     # as another process using that setting would
+    try:
+        other = open_cache(root, batch_size=12, keep=1)
+        assert os.path.isdir(held.folder) and is_marked(other.folder)
+    finally:
+        os.close(fd)
+    open_cache(root, batch_size=16, keep=1)
+    assert not os.path.exists(held.folder) and not os.path.exists(held.folder + ".lock")
+    assert not os.path.exists(other.folder)
+
+
 def test_a_folder_under_the_caches_name_that_it_did_not_make_is_left_alone(open_cache, tmp_path):
     root = tmp_path / "root"
     probe = open_cache(root, batch_size=8)

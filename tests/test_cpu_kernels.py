@@ -7,6 +7,7 @@ sizes, ties after ReLU, NaN). Then: ``apply_cpu_kernels`` swaps exactly the cell
 without them, they stay out cleanly (config key off, float16, no compiler), and MINDIR export never
 contains them.
 """
+import ctypes
 import math
 import os
 import subprocess
@@ -299,7 +300,7 @@ def test_compiled_library_is_cached_per_machine(tmp_path):
 @pytest.mark.parametrize("shape,k", [((2, 4, 4, 128), 3), ((3, 7, 5, 24), 3), ((2, 1, 1, 512), 3),
                                      ((1, 2, 2, 8), 3), ((2, 9, 6, 16), 5)])
 def test_depthwise_conv_matches_pytorch_grouped_conv(shape, k):
-    from model.cpu_kernels import depthwise_conv_nhwc
+    from model.cpu_kernels import depthwise_conv_nhwc, ops
     n, h, w, c = shape
     x = rand(*shape, seed=9)
     weight = rand(c, 1, k, k, seed=10)
@@ -316,6 +317,7 @@ def test_depthwise_conv_matches_pytorch_grouped_conv(shape, k):
         def __init__(self):
             super().__init__()
             self.w = w_param
+            ops._primitives()   # the Custom ops made before compiling, as the kernel cells' __init__ do
 
         def construct(self, t):
             return depthwise_conv_nhwc(t, self.w)
@@ -474,6 +476,8 @@ CONV_CASES = [  # (input shape, out channels, kernel, stride, bias)
     ((2, 3, 33, 35), 8, 3, 2, False),     # odd sizes, 3 input channels (the stem)
     ((2, 16, 8, 8), 32, 1, 1, False),     # 1x1 (conv stage bottleneck)
     ((3, 32, 4, 4), 64, 3, 2, True),      # small maps (downsampling at 32 px)
+    ((2, 64, 10, 9), 64, 3, 1, False),    # Winograd forward and input gradient, odd map (conv stage)
+    ((2, 32, 12, 12), 64, 3, 1, False),   # Winograd forward, direct input gradient (tokenizer's third)
 ]
 
 
@@ -500,6 +504,30 @@ def test_conv_matches_mindspore_conv2d_forward_and_backward(shape, cout, k, stri
     np.testing.assert_allclose(dx, dx_r, rtol=1e-5, atol=2e-5)
     for a, b in zip(dparams, dparams_r):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_3x3_convolutions_of_32_channels_in_and_64_out_run_as_winograd_in_training():
+    """A 3x3, stride-1 convolution from 32 input and 64 output channels on runs its forward and its
+    weight gradient as Winograd convolutions (``model/csrc/winograd.h``), and its input gradient
+    too when it has 64 input channels or more (the gradient is a convolution from the output's
+    channels to the input's); the library counts them. Their numbers: the cases above."""
+    from model.cpu_kernels import Conv2d
+    if cpu_kernels.conv_library_path() is None:
+        pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
+    lib = ctypes.CDLL(cpu_kernels.conv_library_path())
+    lib.WinogradConvolutionsRun.restype = ctypes.c_int64
+    # (in, out, stride) -> Winograd convolutions in one forward and backward: forward, input gradient,
+    # weight gradient
+    for cin, cout, stride, winograd in ((64, 64, 1, 3), (32, 64, 1, 2), (64, 64, 2, 0), (16, 64, 1, 0)):
+        cell = Conv2d(cin, cout, 3, stride, pad_mode="pad", padding=1, has_bias=False)
+
+        def loss(t):
+            return cell(t).sum()
+        before = lib.WinogradConvolutionsRun()
+        step = ms.value_and_grad(loss, grad_position=0, weights=cell.trainable_params())
+        value, _ = ms.jit(step)(ms.Tensor(rand(2, cin, 8, 8, seed=22)))
+        value.asnumpy()
+        assert lib.WinogradConvolutionsRun() - before == winograd, (cin, cout, stride)
 
 
 def test_conv_other_cases_stay_on_mindspore():
@@ -610,10 +638,10 @@ def test_settings_that_run_mindspores_own_convolutions_keep_the_cap():
 # ------------------------------------------------------------------------------------------------
 # Threads
 
-#: Calls every kernel of the library at sys.argv[1] through ctypes (its MindSpore calling
-#: convention: inputs then outputs) on fixed inputs large enough to be split over the worker pool,
-#: and saves every output to sys.argv[2].
-_EVERY_KERNEL = r'''
+#: Calls kernels of the library at sys.argv[1] through ctypes (its MindSpore calling convention:
+#: inputs then outputs) on fixed inputs large enough to be split over the worker pool, and saves
+#: every output to sys.argv[2]: the calls follow.
+_CALLS = r'''
 import ctypes, sys
 import numpy as np
 lib = ctypes.CDLL(sys.argv[1])
@@ -637,7 +665,10 @@ call.count = 0
 
 def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
+'''
 
+#: every kernel of the main library
+_EVERY_KERNEL = _CALLS + r'''
 x, dy = f32(16, 16, 16, 96), f32(16, 16, 16, 96)
 g, b, eps = f32(96), f32(96), np.array([1e-5], np.float32)
 y, mean, rstd = np.empty_like(x), np.empty(x.shape[:-1], np.float32), np.empty(x.shape[:-1], np.float32)
@@ -668,22 +699,52 @@ call("MaxPoolBackward", f32(16, 48, 10, 10), arg, xc, np.empty_like(xc))
 np.savez(sys.argv[2], **out)
 '''
 
+#: the convolution library's Winograd convolutions (training's forward, input and weight gradients),
+#: on a map whose tiles fill several chunks
+_WINOGRAD = _CALLS + r'''
+x, w, cfg = f32(8, 64, 17, 15), f32(96, 64, 3, 3) * 0.05, np.array([1, 1], np.int32)
+call("ConvForward", x, w, cfg, np.empty((8, 96, 17, 15), np.float32))
+dy = f32(8, 96, 17, 15)
+call("ConvBackwardData", dy, w, x, cfg, np.empty_like(x))
+call("ConvBackwardWeights", dy, x, w, cfg, np.empty_like(w))
+assert lib.WinogradConvolutionsRun() == 3
+np.savez(sys.argv[2], **out)
+'''
+
+
+def _outputs_with_threads(script, library, tmp_path):
+    """``{threads: {call:name:argument -> array}}`` of `script` run on `library` with 1 and 3
+    worker threads."""
+    results = {}
+    for threads in ("1", "3"):
+        path = tmp_path / f"threads{threads}.npz"
+        proc = subprocess.run([sys.executable, "-c", script, library, str(path)], cwd=REPO, text=True,
+                              env={**os.environ, "CONVMLP_CONV_THREADS": threads}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=300)
+        assert proc.returncode == 0, proc.stdout
+        with np.load(path) as saved:
+            results[threads] = dict(saved)
+    return results
+
 
 def test_every_kernel_gives_the_same_bits_whatever_the_number_of_threads(tmp_path):
     """The kernels split their work over a pool of $CONVMLP_CONV_THREADS threads (default: the
     cores); every output, the reductions over rows and images included (LayerNorm's and the biases'
     parameter gradients, BatchNorm's statistics, the depthwise weight gradient), is the same bit for
     bit with one thread and with three."""
-    library = cpu_kernels.build.library_path()
-    results = {}
-    for threads in ("1", "3"):
-        path = tmp_path / f"threads{threads}.npz"
-        proc = subprocess.run([sys.executable, "-c", _EVERY_KERNEL, library, str(path)], cwd=REPO, text=True,
-                              env={**os.environ, "CONVMLP_CONV_THREADS": threads}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=300)
-        assert proc.returncode == 0, proc.stdout
-        with np.load(path) as saved:
-            results[threads] = dict(saved)
+    results = _outputs_with_threads(_EVERY_KERNEL, cpu_kernels.build.library_path(), tmp_path)
     assert len(results["1"]) == 83 and results["1"].keys() == results["3"].keys()
+    for key, one in results["1"].items():
+        np.testing.assert_array_equal(results["3"][key], one, err_msg=key)
+
+
+def test_winograd_convolutions_give_the_same_bits_whatever_the_number_of_threads(tmp_path):
+    """The Winograd convolutions split their tiles into chunks (and, for the weight gradient's sum,
+    slabs) that depend on the shapes alone, each chunk's product on one thread: the forward, the
+    input and the weight gradients are the same bit for bit with one thread and with three."""
+    if cpu_kernels.conv_library_path() is None:
+        pytest.skip(f"convolution kernel not built here: {cpu_kernels.status()}")
+    results = _outputs_with_threads(_WINOGRAD, cpu_kernels.conv_library_path(), tmp_path)
+    assert len(results["1"]) == 14 and results["1"].keys() == results["3"].keys()
     for key, one in results["1"].items():
         np.testing.assert_array_equal(results["3"][key], one, err_msg=key)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from src.config import load_config
 from src.data import images as image_files
-from src.data import imagefolder, pipeline
+from src.data import imagefolder, pipeline, records
 from src.data.synthetic import TREE_MARKER, write_image_tree
 from src.platform.errors import ConfigError, DataError
 import dataset as dataset_cli
@@ -187,9 +187,9 @@ def test_an_image_that_breaks_after_the_check_stops_the_pipeline_with_its_name(s
     with pytest.raises(RuntimeError) as e:
         for _ in data.create_tuple_iterator(num_epochs=1, output_numpy=True):
             pass
-    err = pipeline.data_failure(e.value)
+    err = records.data_failure(e.value)
     assert isinstance(err, DataError) and f"cannot read image '{victim}'" in str(err)
-    assert pipeline.data_failure(RuntimeError("something else")) is None
+    assert records.data_failure(RuntimeError("something else")) is None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,6 +23,11 @@ pytestmark = pytest.mark.skipif(not inference.available(),
                                 reason=f"fused inference path not available here: {cpu_kernels.status()}")
 
 TOPOLOGY = dict(blocks=[1, 2, 1], dims=[16, 32, 64], mlp_ratios=[2, 2, 2], channels=16, n_conv_blocks=2)
+# the conv stage's 3x3 convolutions at 64 channels: run as Winograd F(2x2, 3x3) (winograd.h), on
+# the layout oneDNN picks for the layer before (channels-last after 16 channels, blocked after 64
+# on AVX-512); with 64 tokenizer channels its third convolution (32 -> 64) as well
+WIDE = dict(TOPOLOGY, dims=[64, 32, 32])
+WIDE_FRONT = dict(WIDE, channels=64)
 RTOL, ATOL = 1e-5, 1e-5
 
 
@@ -135,11 +140,11 @@ def test_downsampling_convolution_on_channels_last_tokens_matches_float64(shape,
 # ------------------------------------------------------------------------------------------------
 # The model
 
-def _model(seed=0, drop_path_rate=0.1):
+def _model(seed=0, drop_path_rate=0.1, topology=TOPOLOGY):
     """A small model whose norms and BatchNorm statistics are not the identity (folding them in is
     then visible)."""
     ms.set_seed(seed)
-    net = ConvMLP(num_classes=10, drop_path_rate=drop_path_rate, **TOPOLOGY)
+    net = ConvMLP(num_classes=10, drop_path_rate=drop_path_rate, **topology)
     rng = np.random.RandomState(seed + 1)
     for p in net.get_parameters():
         if p.name.endswith(("moving_mean", "beta", "bias")):
@@ -158,10 +163,10 @@ def _separate(net, num_classes=10):
     return other
 
 
-def _torch64(net):
+def _torch64(net, topology=TOPOLOGY):
     from model.torch_convmlp import TorchConvMLP
     from src.convert.names import to_torch_state_dict
-    ref = TorchConvMLP(num_classes=10, **TOPOLOGY).double().eval()
+    ref = TorchConvMLP(num_classes=10, **topology).double().eval()
     state = to_torch_state_dict({p.name: p.asnumpy() for p in net.get_parameters()})
     ref.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return ref
@@ -186,6 +191,40 @@ def test_fused_cell_is_the_same_function_as_the_plain_network_the_kernels_and_fl
     assert features.shape == (batch, -(-size // 32), -(-size // 32), TOPOLOGY["dims"][-1])
 
 
+def winograd_runs():
+    """How many convolutions the fused path has run as Winograd F(2x2, 3x3), as its library counts
+    them."""
+    import ctypes
+    lib = ctypes.CDLL(cpu_kernels.build.conv_library_path())
+    lib.WinogradConvolutionsRun.restype = ctypes.c_int64
+    return lib.WinogradConvolutionsRun()
+
+
+@pytest.mark.parametrize("topology,size,batch,winograd",
+                         [(WIDE, 36, 3, 2), (WIDE, 64, 5, 2), (WIDE_FRONT, 40, 2, 3), (WIDE, 8, 4, 2)],
+                         ids=["odd-map", "chunks", "wide-front", "2x2-map"])
+def test_a_conv_stage_of_64_channels_runs_winograd_and_is_still_the_float64_function(topology, size, batch,
+                                                                                    winograd):
+    """The 3x3 convolutions of 32 channels or more in and 64 or more out (BatchNorm folded, ReLU)
+    run as Winograd convolutions: the conv stage's, one per bottleneck, and the tokenizer's third of
+    a 64-channel front. The model still matches float64 PyTorch with F(4x4, 3x3) on an odd map
+    (36 px: the conv stage at 9x9), where the chunks of tiles do not divide the tiles (64 px,
+    batch 5) and after a 64-channel front (another layout), and with F(2x2, 3x3) on a 2x2 map
+    (8 px)."""
+    net = _model(topology=topology)
+    fused = fuse_for_inference(net)
+    x = rand(batch, 3, size, size, seed=19)
+    runs = winograd_runs()
+    got = fused(tensor(x)).asnumpy()
+    assert winograd_runs() - runs == winograd
+    with torch.no_grad():
+        want = _torch64(net, topology)(torch.tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    runs = winograd_runs()
+    fuse_for_inference(_model())(tensor(x))                # 16 channels: the direct kernel
+    assert winograd_runs() == runs
+
+
 def test_official_tiny_checkpoint_gives_the_official_logits_within_1e_5(tiny, tiny_state):
     from src.convert.names import convert_state_dict
     net = ConvMLP(num_classes=tiny["num_classes"], **tiny["topology"])
@@ -197,14 +236,19 @@ def test_official_tiny_checkpoint_gives_the_official_logits_within_1e_5(tiny, ti
     assert float(np.abs(got - tiny["logits"]).max()) <= 1e-5
 
 
-def test_kept_packed_weights_follow_a_change_of_the_weights():
-    net = _model()
+@pytest.mark.parametrize("topology", [TOPOLOGY, WIDE], ids=["direct", "winograd"])
+def test_kept_packed_weights_follow_a_change_of_the_weights(topology):
+    """The ops keep weights in their own layouts (the products' packed matrices, the convolutions'
+    BatchNorm-folded or Winograd-transformed weights) while the parameters are unchanged: a change
+    of any of them (a weight, a BatchNorm statistic) is in the next result."""
+    net = _model(topology=topology)
     fused = fuse_for_inference(net)
     x = tensor(rand(4, 3, 32, 32, seed=15))
     before = fused(x).asnumpy()
     np.testing.assert_array_equal(fused(x).asnumpy(), before)    # the kept copies: the same numbers
+    bottleneck = net.conv_stages.conv_blocks[1]                   # 1x1, 3x3, 1x1 conv-BN-ReLU
     for p in (net.stages[2].blocks[0].channel_mlp1.fc1.weight, net.stages[0].downsample_mlp.downsample.weight,
-              net.tokenizer.block[1].moving_mean):
+              net.tokenizer.block[1].moving_mean, bottleneck[3].weight, bottleneck[4].moving_variance):
         p.set_data(tensor(p.asnumpy() * 1.5))                      # the network's tensors, new values
     after = fused(x).asnumpy()
     assert np.abs(after - before).max() > 1e-3

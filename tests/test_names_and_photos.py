@@ -8,14 +8,17 @@ that what it prints can be encoded).
   one line everywhere (error lines, log lines, evl.py's per-class table, infer.py, dataset.py check).
 * ``skip_bad_images``: a tree without a usable image, or with a class whose images are all bad, is one
   error line at start; an image that fails to decode during training is replaced by the next good
-  image of its split, counted in the log, and the same seed still gives the same weights.
+  image of its split, counted in the log, and the same seed still gives the same weights; in
+  evaluation (train.py's validation, evl.py) it is left out of every number, counted in the log.
 * Photos: a large JPEG is decoded at reduced size (no less than twice what the transforms ask for),
   so a 200-megapixel photo trains, evaluates and is classified as the same photo reduced by hand;
   a decompression bomb is still refused in one line.
 """
+import csv
 import io
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -230,19 +233,25 @@ def test_a_class_whose_images_are_all_bad_is_refused_naming_it_and_the_count(tmp
 
 @pytest.fixture(scope="module")
 def breaks_in_training(tmp_path_factory):
-    """A tree whose one image passes the start check but cannot be decoded (its pixel data is
-    corrupt): two runs with skip_bad_images (the same seed) and one without."""
+    """Trees whose one image passes the start check but cannot be decoded (its pixel data is
+    corrupt), one in the train split, one in the validation split: two runs with skip_bad_images
+    (the same seed) and one without; `val_good` is the validation tree without its bad image."""
     folder = tmp_path_factory.mktemp("late")
     train = tree(folder / "train", ["a", "b"], [f"i{k}" for k in range(12)])    # 24 images: 6 batches of 4
-    val = tree(folder / "val", ["a", "b"], ["v0", "v1"])
+    val = tree(folder / "val", ["a", "b"], ["v0", "v1", "v2"])
+    val_good = tree(folder / "val_good", ["a", "b"], ["v0", "v1", "v2"])       # the same images
     os.remove(os.path.join(train, "b", "i3.png"))
     bad = broken_png(os.path.join(train, "b", "i3.png"))
+    for root in (val, val_good):
+        os.remove(os.path.join(root, "a", "v1.png"))
+        image(os.path.join(root, "a", "v2.jpg"), 7, level=80)      # labelled a, as bright as b's images
+    bad_val = broken_png(os.path.join(val, "a", "v1.png"))      # its replacement is a/v2
     flags = [*TREE_FLAGS, "--train_data_path", train, "--val_data_path", val, "--epoch_size", "2",
              "--num_parallel_workers", "2"]
     runs = [run_main("train.py", *flags, "--skip_bad_images", "true", "--save_checkpoint_path", str(folder / f"r{i}"))
             for i in range(2)]
     stopped = run_main("train.py", *flags, "--save_checkpoint_path", str(folder / "stopped"))
-    return dict(bad=bad, runs=runs, stopped=stopped, folder=folder)
+    return dict(bad=bad, bad_val=bad_val, val=val, val_good=val_good, runs=runs, stopped=stopped, folder=folder)
 
 
 def test_an_image_that_fails_to_decode_in_training_is_replaced_and_counted(breaks_in_training):
@@ -255,8 +264,50 @@ def test_an_image_that_fails_to_decode_in_training_is_replaced_and_counted(break
             line = [ln for ln in log.splitlines() if f"could not be decoded in epoch {epoch} " in ln]
             assert len(line) == 1 and "skip_bad_images: 1 image(s)" in line[0], log
             assert f"e.g. cannot read image {shown_name(bad)}" in line[0]
+            line = [ln for ln in log.splitlines() if f"could not be decoded in epoch {epoch}'s validation " in ln]
+            assert len(line) == 1 and "skip_bad_images: 1 image(s)" in line[0], log
+            assert "left out of its metrics (5 image(s) evaluated)" in line[0]
+            assert f"e.g. cannot read image {shown_name(breaks_in_training['bad_val'])}" in line[0]
     a, b = (model_weights(breaks_in_training["folder"] / f"r{i}" / "last.ckpt") for i in range(2))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)     # the same seed, the same weights
+
+
+def evaluate_tree(folder, root, *flags):
+    """evl.py's output and JSON for the checkpoint of `folder`'s first run on the tree `root`."""
+    out = os.path.join(folder, os.path.basename(root) + ".json")
+    proc = ok(run_main("evl.py", *TREE_FLAGS, "--val_data_path", root, "--checkpoint_path",
+                       str(folder / "r0" / "last.ckpt"), "--json", out, *flags))
+    with open(out) as f:
+        return proc.stdout, json.load(f)
+
+
+def test_an_image_that_fails_to_decode_in_evaluation_is_left_out_of_every_number(breaks_in_training):
+    """evl.py on the validation tree with its bad image reports what it reports on the same tree
+    without that image: the replacement (the next image, one the model takes for class b) is not
+    counted a second time; train.py's validation of the same weights has the same top-1. Two bad
+    images in a row are two left out."""
+    folder = breaks_in_training["folder"]
+    good_log, want = evaluate_tree(folder, breaks_in_training["val_good"])
+    assert want["n"] == 5 and want["left_out"] == 0 and "left out" not in good_log
+    assert want["acc"] < 1 and want["per_class"]["a"] < 1       # a/v2 is missed: counting it twice would show
+    two = shutil.copytree(breaks_in_training["val_good"], folder / "val_two")
+    two_bad = [broken_png(os.path.join(two, "b", name)) for name in ("v0a.png", "v0b.png")]   # after b/v0
+    for root, bad in ((breaks_in_training["val"], [breaks_in_training["bad_val"]]), (str(two), two_bad)):
+        log, got = evaluate_tree(folder, root, "--skip_bad_images", "true")
+        assert got["n"] == 5 and got["left_out"] == len(bad)
+        for key in ("acc", "top5", "per_class"):
+            assert got[key] == want[key], (key, got[key], want[key])
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+        table = [ln for ln in log.splitlines() if ln.startswith("  ")]
+        assert table == [ln for ln in good_log.splitlines() if ln.startswith("  ")]
+        assert any(" a " in ln and "(2 images)" in ln for ln in table), table
+        assert f"images: 5 ({len(bad)} left out: could not be decoded)" in log
+        warning = [ln for ln in log.splitlines() if "could not be decoded during the evaluation" in ln]
+        assert len(warning) == 1 and warning[0].startswith(f"warning: skip_bad_images: {len(bad)} image(s)"), log
+        assert "left out of its metrics (5 image(s) evaluated)" in warning[0]
+        assert any(f"e.g. cannot read image {shown_name(b)}" in warning[0] for b in bad)   # the first read
+    with open(folder / "r0" / "metrics.csv", newline="") as f:
+        assert list(csv.DictReader(f))[-1]["val_top1"] == f"{want['acc']:.4f}"
 
 
 def test_without_skip_bad_images_a_decode_failure_in_training_is_one_error_line(breaks_in_training):

@@ -1,5 +1,6 @@
-"""Packed data (``dataset.py pack``, src/data/packed.py): an image tree or a CIFAR folder written as
-MindRecord shards, read by train.py, evl.py and ``dataset.py check`` wherever they read a folder.
+"""Packed data (``dataset.py pack``: src/data/packed_write.py; read: src/data/packed_read.py): an image
+tree or a CIFAR folder written as MindRecord shards, read by train.py, evl.py and ``dataset.py check``
+wherever they read a folder.
 
 * a generated 5-class tree packed with its original bytes trains, and evl.py gives the checkpoint the
   same top-1 and loss on the pack as on the folder (the pipelines' batches are equal, pixel for pixel,
@@ -166,7 +167,7 @@ def test_train_shards_are_disjoint_halves_in_an_order_the_seed_decides(tree):
 
 def test_max_side_reencodes_large_images_upright_and_keeps_small_files(tmp_path):
     from PIL import Image
-    from src.data import packed
+    from src.data import packed_read
     from src.data.images import read_image
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
@@ -184,11 +185,11 @@ def test_max_side_reencodes_large_images_upright_and_keeps_small_files(tmp_path)
     m = manifest(tmp_path / "p.mindrecord")
     assert (m["max_side"], m["jpeg_quality"]) == (100, 95)
     import mindspore.dataset as ds
-    part = packed.open_pack(str(tmp_path / "p.mindrecord"), "train")
+    part = packed_read.open_pack(str(tmp_path / "p.mindrecord"), "train")
     raw = {str(r["name"]): r["image"].tobytes() for r in ds.MindDataset(part.files, columns_list=["image", "name"],
            shuffle=False).create_dict_iterator(output_numpy=True, num_epochs=1)}
     assert raw["b/small.png"] == small.read_bytes()
-    stored = packed.decode_record(raw["a/large.jpg"], "a/large.jpg")
+    stored = packed_read.decode_record(raw["a/large.jpg"], "a/large.jpg")
     assert stored.shape == (100, 50, 3)                 # upright, the longer side at 100 px
     want = np.asarray(Image.fromarray(read_image(str(large))).resize((50, 100), Image.BICUBIC), np.float64)
     assert np.abs(stored.astype(np.float64) - want).mean() < 3       # JPEG quality 95 of the same pixels
@@ -285,7 +286,7 @@ def test_a_second_pack_of_the_same_output_waits_for_none(tree, tmp_path):
 
 def test_a_full_disk_is_refused_up_front_and_mid_write(tree, tmp_path, monkeypatch):
     import collections
-    from src.data import packed
+    from src.data import packed_write
     from src.platform import bounds
     before = Snapshot(tmp_path)
     usage = collections.namedtuple("usage", "total used free")
@@ -294,7 +295,7 @@ def test_a_full_disk_is_refused_up_front_and_mid_write(tree, tmp_path, monkeypat
                                   tmp_path / "new" / "p.mindrecord"),       # the folder made for it goes again
                          before, "needs", "of disk space", "free some space or give another --out")
     monkeypatch.undo()
-    write, calls = packed._write_shard, []
+    write, calls = packed_write._write_shard, []
 
     def fills_the_disk(path, *args):
         calls.append(path)
@@ -303,7 +304,7 @@ def test_a_full_disk_is_refused_up_front_and_mid_write(tree, tmp_path, monkeypat
                 f.write(b"half")
             raise OSError(errno.ENOSPC, "No space left on device")
         return write(path, *args)
-    monkeypatch.setattr(packed, "_write_shard", fills_the_disk)
+    monkeypatch.setattr(packed_write, "_write_shard", fills_the_disk)
     expect_clean_failure(run_main("dataset.py", "pack", "--path", tree / "tree", "--out", tmp_path / "p.mindrecord",
                                   "--shard_size", "20"), before, "p.mindrecord", "no space left on device",
                          "nothing was written")

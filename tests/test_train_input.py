@@ -304,7 +304,7 @@ def test_a_file_that_breaks_during_training_stops_it_with_its_name(mixed_tree):
     with pytest.raises(RuntimeError) as e:
         for _ in data.create_tuple_iterator(num_epochs=1, output_numpy=True):
             pass
-    err = pipeline.data_failure(e.value)
+    err = records.data_failure(e.value)
     assert isinstance(err, DataError) and f"cannot read image '{victim}'" in str(err)
 
 

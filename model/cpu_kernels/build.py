@@ -41,8 +41,8 @@ _SOURCES = {"layer_norm.cc": [], "gelu.cc": ["-ffast-math"], "max_pool.cc": [], 
             "bias_add.cc": [], "batch_norm_relu.cc": [], "scale_samples.cc": [], "pool.cc": ["-pthread"]}
 #: the convolutions and the fused inference path, built as a library of its own against MindSpore's
 #: libdnnl.so.3 (optional)
-_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "gelu_rows.cc": ["-ffast-math"],
-                 "pool.cc": ["-pthread"]}
+_CONV_SOURCES = {"conv_onednn.cc": ["-pthread"], "infer_onednn.cc": ["-pthread"], "winograd.cc": ["-pthread"],
+                 "gelu_rows.cc": ["-ffast-math"], "pool.cc": ["-pthread"]}
 #: the worker pool (``model/csrc/pool.cc``), compiled into both libraries and, on request, into
 #: :func:`build_library`'s
 _POOL_SOURCE = {"pool.cc": ["-pthread"]}

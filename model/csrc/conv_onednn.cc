@@ -9,8 +9,12 @@
 // plain layouts where oneDNN has a GEMM kernel for them (under src/platform/cpu.py's AVX2 cap: reordering
 // the input and output cost more than the blocked forward saved: benchmarks/RESULTS.md)
 // and takes the blocked ones where it would fall back to a reference kernel (AVX-512 uncapped);
-// the two backward passes use the blocked ones. The thread pool, the engine and the cache of
-// buffers for the blocked copies are in onednn_common.h.
+// the two backward passes use the blocked ones. A 3x3, stride-1 convolution wide enough for it
+// (winograd.h: the conv stage's, the tokenizer's third) runs its forward and its input gradient as
+// Winograd convolutions on oneDNN's blocked layout instead, and its weight gradient too (the
+// tiles' transformed inputs and output gradients multiplied and summed).
+// The thread pool, the engine and the cache of buffers for the blocked copies are in
+// onednn_common.h.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -19,6 +23,7 @@
 #include <tuple>
 
 #include "onednn_common.h"
+#include "winograd.h"
 
 namespace {
 
@@ -27,6 +32,7 @@ using convmlp::FromLayout;
 using convmlp::Guarded;
 using convmlp::Scratch;
 using convmlp::ToLayout;
+using convmlp::WinogradConv;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
@@ -46,6 +52,10 @@ struct Prims {
   dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
   dnnl::convolution_backward_weights bwd_weights;
   dnnl::memory::desc src_plain, weights_plain, dst_plain;
+  // the forward, the input and the weight gradient of a 3x3, stride-1 convolution that suits it as
+  // Winograd convolutions (winograd.h; the input gradient is the convolution of dy by the weights
+  // turned by 180 degrees, input and output channels swapped), else null
+  std::unique_ptr<WinogradConv> winograd_fwd, winograd_bwd_data, winograd_bwd_weights;
 };
 
 std::mutex cache_mutex;
@@ -80,6 +90,14 @@ Prims *GetPrims(const Key &k) {
   p->bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any, strides, pad, pad_r, hint);
   p->bwd_weights = dnnl::convolution_backward_weights(p->bwd_weights_pd);
+  if (k.oh == k.h && k.ow == k.w && WinogradConv::Suits(hint.src_desc(), wei, k.stride, k.pad)) {
+    p->winograd_fwd = std::make_unique<WinogradConv>(hint.src_desc(), k.o);
+    p->winograd_bwd_weights = std::make_unique<WinogradConv>(hint.src_desc(), k.o, 2);
+  }
+  const dnnl::memory::desc dy_desc = p->bwd_data_pd.diff_dst_desc();
+  if (k.oh == k.h && k.ow == k.w && WinogradConv::Suits(dy_desc, {k.c, k.o, k.kh, k.kw}, k.stride, k.pad)) {
+    p->winograd_bwd_data = std::make_unique<WinogradConv>(dy_desc, k.c);
+  }
   Prims *raw = p.get();
   cache[k] = std::move(p);
   return raw;
@@ -104,6 +122,18 @@ extern "C" int ConvForward(int nparam, void **params, int *ndims, int64_t **shap
     dnnl::stream s = convmlp::PoolStream();
     dnnl::memory x(p->src_plain, Engine(), params[0]), w(p->weights_plain, Engine(), params[1]);
     dnnl::memory y(p->dst_plain, Engine(), params[3]);
+    if (p->winograd_fwd) {
+      const WinogradConv &wc = *p->winograd_fwd;
+      dnnl::memory xs = ToLayout(x, wc.src_desc(), s, scratch), ys = scratch.Memory(wc.dst_desc());
+      float *u = scratch.Floats(wc.WeightFloats());
+      s.wait();
+      wc.TransformWeights(static_cast<const float *>(params[1]), nullptr, u);
+      wc.Run(static_cast<const float *>(xs.get_data_handle()), u, nullptr, false,
+             static_cast<float *>(ys.get_data_handle()));
+      FromLayout(ys, y, s);
+      s.wait();
+      return;
+    }
     dnnl::memory xs = ToLayout(x, p->fwd_pd.src_desc(), s, scratch);
     dnnl::memory ws = ToLayout(w, p->fwd_pd.weights_desc(), s, scratch);
     dnnl::memory ys = p->fwd_pd.dst_desc() == p->dst_plain ? y : scratch.Memory(p->fwd_pd.dst_desc());
@@ -125,6 +155,25 @@ extern "C" int ConvBackwardData(int nparam, void **params, int *ndims, int64_t *
     dnnl::stream s = convmlp::PoolStream();
     dnnl::memory dy(p->dst_plain, Engine(), params[0]), w(p->weights_plain, Engine(), params[1]);
     dnnl::memory dx(p->src_plain, Engine(), params[4]);
+    if (p->winograd_bwd_data) {
+      const WinogradConv &wc = *p->winograd_bwd_data;
+      dnnl::memory dys = ToLayout(dy, wc.src_desc(), s, scratch), dxs = scratch.Memory(wc.dst_desc());
+      // the weights turned by 180 degrees, (O, C) -> (C, O)
+      const float *wp = static_cast<const float *>(params[1]);
+      float *turned = scratch.Floats(k.o * k.c * 9), *u = scratch.Floats(wc.WeightFloats());
+      for (int64_t o = 0; o < k.o; ++o) {
+        for (int64_t c = 0; c < k.c; ++c) {
+          for (int i = 0; i < 9; ++i) turned[(c * k.o + o) * 9 + 8 - i] = wp[(o * k.c + c) * 9 + i];
+        }
+      }
+      s.wait();
+      wc.TransformWeights(turned, nullptr, u);
+      wc.Run(static_cast<const float *>(dys.get_data_handle()), u, nullptr, false,
+             static_cast<float *>(dxs.get_data_handle()));
+      FromLayout(dxs, dx, s);
+      s.wait();
+      return;
+    }
     dnnl::memory dys = ToLayout(dy, p->bwd_data_pd.diff_dst_desc(), s, scratch);
     dnnl::memory ws = ToLayout(w, p->bwd_data_pd.weights_desc(), s, scratch);
     dnnl::memory dxs = p->bwd_data_pd.diff_src_desc() == p->src_plain ? dx
@@ -147,6 +196,14 @@ extern "C" int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_
     dnnl::stream s = convmlp::PoolStream();
     dnnl::memory dy(p->dst_plain, Engine(), params[0]), x(p->src_plain, Engine(), params[1]);
     dnnl::memory dw(p->weights_plain, Engine(), params[4]);
+    if (p->winograd_bwd_weights) {
+      const WinogradConv &wc = *p->winograd_bwd_weights;
+      dnnl::memory xs = ToLayout(x, wc.src_desc(), s, scratch), dys = ToLayout(dy, wc.dst_desc(), s, scratch);
+      s.wait();
+      wc.WeightGradient(static_cast<const float *>(xs.get_data_handle()),
+                        static_cast<const float *>(dys.get_data_handle()), static_cast<float *>(params[4]));
+      return;
+    }
     dnnl::memory dys = ToLayout(dy, p->bwd_weights_pd.diff_dst_desc(), s, scratch);
     dnnl::memory xs = ToLayout(x, p->bwd_weights_pd.src_desc(), s, scratch);
     dnnl::memory dws = p->bwd_weights_pd.diff_weights_desc() == p->weights_plain

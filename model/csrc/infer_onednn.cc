@@ -28,6 +28,7 @@
 
 #include "common.h"
 #include "onednn_common.h"
+#include "winograd.h"
 
 namespace convmlp {
 void GeluInPlace(float *x, int64_t n);  // gelu_rows.cc
@@ -39,7 +40,9 @@ using convmlp::Engine;
 using convmlp::Guarded;
 using convmlp::Pool;
 using convmlp::Scratch;
+using convmlp::ThreadStream;
 using convmlp::ToLayout;
+using convmlp::WinogradConv;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 using dims = dnnl::memory::dims;
@@ -56,25 +59,6 @@ bool IsReference(const dnnl::primitive_desc_base &pd) {
 
 dnnl::memory::desc Plain(const dims &nchw, int layout) {
   return dnnl::memory::desc(nchw, dt::f32, layout == kNhwc ? tag::nhwc : tag::nchw);
-}
-
-// A oneDNN stream whose primitives run on the calling thread only: for the tasks that the pool
-// already runs in parallel (one tile each).
-class SerialPool : public dnnl::threadpool_interop::threadpool_iface {
- public:
-  int get_num_threads() const override { return 1; }
-  bool get_in_parallel() const override { return false; }
-  uint64_t get_flags() const override { return 0; }
-  void wait() override {}
-  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
-    for (int i = 0; i < n; ++i) fn(i, n);
-  }
-};
-
-dnnl::stream &ThreadStream() {
-  static thread_local SerialPool pool;
-  static thread_local dnnl::stream stream = dnnl::threadpool_interop::make_stream(Engine(), &pool);
-  return stream;
 }
 
 // Runs fn(begin, end) over [0, n) in about `tasks` chunks on the pool.
@@ -105,6 +89,9 @@ struct StackLayer {
   dnnl::pooling_forward::primitive_desc pool_pd;
   dnnl::pooling_forward pool;
   dnnl::memory::desc weights_plain, dst;
+  // a 3x3 convolution run as Winograd F(2x2, 3x3) instead of conv (see winograd.h)
+  std::shared_ptr<WinogradConv> winograd;
+  std::shared_ptr<struct KeptWeights> kept;  // see LayerWeights
 };
 
 struct StackPlan {
@@ -221,7 +208,14 @@ StackPlan *GetStackPlan(const int32_t *cfg, int64_t n, const int64_t *x, int64_t
       const dims ddims{in[0], wdims[0], (in[2] + 2 * l.pad - wdims[2]) / l.stride + 1,
                        (in[3] + 2 * l.pad - wdims[3]) / l.stride + 1};
       if ((l.flags & kAddSaved) && saved.get_dims() != ddims) return nullptr;
-      PlanConv(&l, cur, i == 0, in_layout == kNhwc, saved, wdims, ddims);
+      if (i > 0 && !(l.flags & kAddSaved) && WinogradConv::Suits(cur, wdims, l.stride, l.pad)) {
+        l.winograd = std::make_shared<WinogradConv>(cur, wdims[0]);
+        l.dst = l.winograd->dst_desc();
+        l.weights_plain = dnnl::memory::desc(wdims, dt::f32, tag::oihw);
+      } else {
+        PlanConv(&l, cur, i == 0, in_layout == kNhwc, saved, wdims, ddims);
+      }
+      l.kept = std::make_shared<KeptWeights>();
       l.out_channels = wdims[0];
       l.to_output = i == layers - 1 && l.dst == Plain(ddims, out_layout);
       p += 1 + ((l.flags & kBn) ? 4 : 0) + ((l.flags & kBias) ? 1 : 0);
@@ -230,8 +224,10 @@ StackPlan *GetStackPlan(const int32_t *cfg, int64_t n, const int64_t *x, int64_t
     } else {
       return nullptr;
     }
-    plan->scratchpad = std::max(plan->scratchpad, l.kind == kConv ? l.conv_pd.scratchpad_desc().get_size()
-                                                                   : l.pool_pd.scratchpad_desc().get_size());
+    if (!l.winograd) {
+      plan->scratchpad = std::max(plan->scratchpad, l.kind == kConv ? l.conv_pd.scratchpad_desc().get_size()
+                                                                     : l.pool_pd.scratchpad_desc().get_size());
+    }
     cur = l.dst;
     plan->layers.push_back(std::move(l));
   }
@@ -242,35 +238,72 @@ StackPlan *GetStackPlan(const int32_t *cfg, int64_t n, const int64_t *x, int64_t
   return raw;
 }
 
-// The convolution's weights and bias with the BatchNorm folded in (or its own bias), in the
-// primitive's layout.
-void FoldedWeights(const StackLayer &l, void **params, int p, float eps, dnnl::stream &s, Scratch &scratch,
-                   dnnl::memory *weights, dnnl::memory *bias) {
+// A convolution's weights as its kernel reads them (the BatchNorm folded in: w' = w * s; in the
+// primitive's layout, or Winograd-transformed) and its bias (beta - mean * s, its own, or zero),
+// made from the layer's parameters and kept while they are bit for bit the copy they were made
+// from: a training step, a loaded checkpoint or any other write makes the next call make them again.
+struct KeptWeights {
+  std::mutex mutex;
+  std::vector<float> made_from, bias, winograd;
+  dnnl::memory weights;
+};
+
+void LayerWeights(const StackLayer &l, void **params, int p, float eps, dnnl::stream &s, dnnl::memory *weights,
+                  const float **winograd, const float **bias) {
   const dims wd = l.weights_plain.get_dims();
   const int64_t o = wd[0], per = wd[1] * wd[2] * wd[3];
-  const float *w = static_cast<const float *>(params[p]);
-  float *b = scratch.Floats(o);
-  const float *wsrc = w;
+  // what they are made from: the weights, then the BatchNorm's four vectors and eps, or the bias
+  std::vector<std::pair<const float *, int64_t>> parts{{static_cast<const float *>(params[p]), o * per}};
   if (l.flags & kBn) {
-    const float *gamma = static_cast<const float *>(params[p + 1]), *beta = static_cast<const float *>(params[p + 2]);
-    const float *mean = static_cast<const float *>(params[p + 3]), *var = static_cast<const float *>(params[p + 4]);
-    float *wf = scratch.Floats(o * per);
-    for (int64_t oc = 0; oc < o; ++oc) {
-      const float sc = gamma[oc] / std::sqrt(var[oc] + eps);
-      b[oc] = beta[oc] - mean[oc] * sc;
-      for (int64_t i = 0; i < per; ++i) wf[oc * per + i] = w[oc * per + i] * sc;
-    }
-    wsrc = wf;
+    for (int i = 1; i <= 4; ++i) parts.emplace_back(static_cast<const float *>(params[p + i]), o);
+    parts.emplace_back(&eps, 1);
   } else if (l.flags & kBias) {
-    std::memcpy(b, params[p + 1], sizeof(float) * o);
-  } else {
-    std::memset(b, 0, sizeof(float) * o);
+    parts.emplace_back(static_cast<const float *>(params[p + 1]), o);
   }
-  dnnl::memory plain(l.weights_plain, Engine(), const_cast<float *>(wsrc));
-  // the kept copy for weights of their own (a BatchNorm-folded copy is new on every call)
-  *weights = (l.flags & kBn) ? ToLayout(plain, l.conv_pd.weights_desc(), s, scratch)
-                             : convmlp::Packed().Get(plain, l.conv_pd.weights_desc(), s, scratch);
-  *bias = dnnl::memory(dnnl::memory::desc({o}, dt::f32, tag::a), Engine(), b);
+  KeptWeights &k = *l.kept;
+  std::lock_guard<std::mutex> lock(k.mutex);
+  int64_t total = 0, at = 0;
+  for (const auto &part : parts) total += part.second;
+  bool same = static_cast<int64_t>(k.made_from.size()) == total;
+  for (size_t i = 0; same && i < parts.size(); at += parts[i].second, ++i) {
+    same = std::memcmp(k.made_from.data() + at, parts[i].first, sizeof(float) * parts[i].second) == 0;
+  }
+  if (!same) {
+    k.made_from.clear();
+    for (const auto &part : parts) k.made_from.insert(k.made_from.end(), part.first, part.first + part.second);
+    const float *w = parts[0].first;
+    std::vector<float> scale, folded;
+    k.bias.assign(o, 0.0f);
+    if (l.flags & kBn) {
+      const float *gamma = parts[1].first, *beta = parts[2].first, *mean = parts[3].first, *var = parts[4].first;
+      scale.resize(o);
+      for (int64_t oc = 0; oc < o; ++oc) {
+        scale[oc] = gamma[oc] / std::sqrt(var[oc] + eps);
+        k.bias[oc] = beta[oc] - mean[oc] * scale[oc];
+      }
+    } else if (l.flags & kBias) {
+      std::memcpy(k.bias.data(), parts[1].first, sizeof(float) * o);
+    }
+    if (l.winograd) {
+      k.winograd.resize(l.winograd->WeightFloats());
+      l.winograd->TransformWeights(w, scale.empty() ? nullptr : scale.data(), k.winograd.data());
+    } else {
+      if (!scale.empty()) {
+        folded.resize(o * per);
+        for (int64_t oc = 0; oc < o; ++oc) {
+          for (int64_t i = 0; i < per; ++i) folded[oc * per + i] = w[oc * per + i] * scale[oc];
+        }
+        w = folded.data();
+      }
+      dnnl::memory plain(l.weights_plain, Engine(), const_cast<float *>(w));
+      if (!k.weights) k.weights = dnnl::memory(l.conv_pd.weights_desc(), Engine());
+      dnnl::reorder(plain, k.weights).execute(s, plain, k.weights);
+      s.wait();
+    }
+  }
+  *weights = k.weights;
+  *winograd = k.winograd.data();
+  *bias = k.bias.data();
 }
 
 void RunStack(const StackPlan &plan, void **params, float eps, float *out) {
@@ -288,8 +321,20 @@ void RunStack(const StackPlan &plan, void **params, float eps, float *out) {
     }
     dnnl::memory dst = l.to_output ? dnnl::memory(l.dst, Engine(), out) : scratch.Memory(l.dst);
     if (l.kind == kConv) {
-      dnnl::memory weights, bias;
-      FoldedWeights(l, params, p, eps, s, scratch, &weights, &bias);
+      dnnl::memory weights;
+      const float *winograd, *bias_values;
+      LayerWeights(l, params, p, eps, s, &weights, &winograd, &bias_values);
+      p += 1 + ((l.flags & kBn) ? 4 : 0) + ((l.flags & kBias) ? 1 : 0);
+      if (l.winograd) {
+        s.wait();
+        l.winograd->Run(static_cast<const float *>(cur.get_data_handle()), winograd, bias_values,
+                        (l.flags & kRelu) != 0, static_cast<float *>(dst.get_data_handle()));
+        if (cur.get_data_handle() != saved_ptr) scratch.Release(cur.get_data_handle());
+        cur = dst;
+        continue;
+      }
+      dnnl::memory bias(dnnl::memory::desc({l.out_channels}, dt::f32, tag::a), Engine(),
+                        const_cast<float *>(bias_values));
       dnnl::memory src = l.reorder_src ? ToLayout(cur, l.conv_pd.src_desc(), s, scratch) : cur;
       std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
                                                  {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst},
@@ -297,7 +342,6 @@ void RunStack(const StackPlan &plan, void **params, float eps, float *out) {
       if (l.flags & kAddSaved) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP((l.flags & kRelu) ? 1 : 0) | DNNL_ARG_SRC_1] = saved;
       l.conv.execute(s, args);
       if (l.reorder_src) scratch.Release(src.get_data_handle());
-      p += 1 + ((l.flags & kBn) ? 4 : 0) + ((l.flags & kBias) ? 1 : 0);
     } else {
       l.pool.execute(s, {{DNNL_ARG_SRC, cur}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}});
     }

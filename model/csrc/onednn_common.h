@@ -61,6 +61,25 @@ inline dnnl::engine &Engine() {
 
 inline dnnl::stream PoolStream() { return dnnl::threadpool_interop::make_stream(Engine(), &Pool()); }
 
+// A oneDNN stream whose primitives run on the calling thread only: for the tasks that the pool
+// already runs in parallel (one tile each).
+class SerialPool : public dnnl::threadpool_interop::threadpool_iface {
+ public:
+  int get_num_threads() const override { return 1; }
+  bool get_in_parallel() const override { return false; }
+  uint64_t get_flags() const override { return 0; }
+  void wait() override {}
+  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
+    for (int i = 0; i < n; ++i) fn(i, n);
+  }
+};
+
+inline dnnl::stream &ThreadStream() {
+  static thread_local SerialPool pool;
+  static thread_local dnnl::stream stream = dnnl::threadpool_interop::make_stream(Engine(), &pool);
+  return stream;
+}
+
 // Buffers for the blocked copies, kept between calls for the next calls. Taking them from malloc
 // on every call made glibc's arena of MindSpore's launch thread keep several times the distinct
 // buffers' size, and fresh pages cost page faults. A request takes
@@ -200,7 +219,7 @@ class PackedWeights {
   };
   // memcmp(a, b, n) == 0, in slices on the pool's threads for large n
   static bool Equal(const char *a, const char *b, size_t n) {
-    const int slices = n >= (size_t(1) << 20) ? Pool().get_num_threads() : 1;
+    const int slices = n >= (size_t(1) << 17) ? Pool().get_num_threads() : 1;
     if (slices <= 1) return std::memcmp(a, b, n) == 0;
     std::atomic<bool> same{true};
     Pool().parallel_for(slices, [&](int i, int k) {

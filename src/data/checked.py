@@ -10,7 +10,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from model.cache import cache_dir, cache_root, is_marked, make_folder
 
+from ..platform.cleanup import prune_folders
 from ..platform.console import Progress
 from ..platform.errors import DataError, first_line
 from ..platform.fileio import OutputError, atomic_output
@@ -237,7 +237,8 @@ def image_sizes(tree, workers=2, logger=None, root=None, min_side=None):
         if fd is not None and not unchanged:
             try:
                 _write(path, rules, buffer, offsets, stamps, sizes)
-                _prune(os.path.dirname(os.path.dirname(path)), os.path.dirname(path))
+                folder = os.path.dirname(path)     # the least recently checked trees beyond KEEP go
+                prune_folders(os.path.dirname(folder), KEEP, os.path.basename(folder), _last_checked)
             except (OSError, OutputError) as exc:     # a full disk, a read-only cache: the run goes on
                 logger.warning(f"cannot keep the image check in {path} ({first_line(exc)}); the next start checks "
                                "again")
@@ -247,25 +248,8 @@ def image_sizes(tree, workers=2, logger=None, root=None, min_side=None):
     return sizes, reasons
 
 
-def _prune(base, current):
-    """Remove the least recently checked trees' folders beyond :data:`KEEP` (marked ones only, and
-    only when no process holds their lock)."""
-    keep = KEEP
-    folders = [os.path.join(base, n) for n in os.listdir(base)]
-    folders = [f for f in folders if f != current and is_marked(f) and os.path.isfile(os.path.join(f, _FILE))]
-    if len(folders) < keep:
-        return
-    folders.sort(key=lambda f: os.stat(os.path.join(f, _FILE)).st_mtime, reverse=True)
-    for folder in folders[keep - 1:]:
-        lock = folder + ".lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        try:
-            shutil.rmtree(folder, ignore_errors=True)
-            os.unlink(lock)
-        finally:
-            os.close(fd)
+def _last_checked(folder):
+    """When the tree of the cache folder `folder` was last checked (its results' time), or None for
+    a folder that is not one of this cache's."""
+    file = os.path.join(folder, _FILE)
+    return os.stat(file).st_mtime if is_marked(folder) and os.path.isfile(file) else None

@@ -99,7 +99,7 @@ def decode_plan(size, fmt, mode, file_bytes, path, min_side=None):
 
 def _size(path):
     """The bytes of the image file `path`, or of an image held in memory (a ``BytesIO``: a record of
-    a pack, :mod:`.packed`, whose ``str()`` names it)."""
+    a pack, :mod:`.packed_read`, whose ``str()`` names it)."""
     return path.getbuffer().nbytes if hasattr(path, "getbuffer") else os.path.getsize(path)
 
 

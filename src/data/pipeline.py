@@ -9,7 +9,9 @@ at reduced size, is decoded by read_image itself); for training with the bicubic
 decodes each file and one C++ call cuts its crop (:mod:`.native`), both in the map's threads and
 without Python's lock, faster than the engine's decoder and filter. With ``skip_bad_images`` a
 file that fails to decode there is replaced by the next good record of its split and counted
-(:func:`.records.log_decode_skips`: one warning line per epoch); without it the run stops naming the file.
+(:func:`.records.log_decode_skips`: one warning line per epoch); in evaluation the replacement is
+labelled :data:`.records.LEFT_OUT` and left out of the metrics (:func:`.records.log_left_out`).
+Without it the run stops naming the file.
 
 Train (each step switchable in the config; a step that is off is not in the pipeline):
 
@@ -31,7 +33,8 @@ Steps 5 and 6 run in the batch's ``per_batch_map`` with a NumPy generator seeded
 (``seed``, shard, epoch, batch), so they are reproducible. Train batches: ``image`` float32
 (B, 3, H, W), ``label`` float32 (B, num_classes), incomplete last batch dropped.
 Val batches: timm's evaluation transform (shorter side to ``image_size / crop_pct``, centre crop;
-none for CIFAR at 32 px), normalise; ``label`` int32 (B,), all records kept.
+none for CIFAR at 32 px), normalise; ``label`` int32 (B,), all records kept (one that
+``skip_bad_images`` replaced: labelled ``LEFT_OUT``, -1).
 
 Sharding (data parallel): train uses MindSpore's distributed sampler (global shuffle each epoch,
 then shard; when the record count is not divisible by ``num_shards`` a few records are repeated so
@@ -43,7 +46,6 @@ import functools
 import logging
 import math
 import os
-import re
 import sys
 import time
 
@@ -52,18 +54,19 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, imagefolder, native, packed
+from . import cifar, imagefolder, native, packed_read
 from .catalog import data_format, split_folders
 from .encoded import read_encoded
 from .images import read_image
 from .mixing import BatchMixer
-from .records import CropRecords, RecordIndices, SkipTally, Source, decode_skips, log_decode_skips
+from .packed_format import is_packed
+from .records import CropRecords, RecordIndices, SkipTally, Source
 from .synthetic import DEMO_SIZES, write_synthetic
 from .transforms import decode_min_side, eval_transforms, normalize_values, train_transforms
 
 __all__ = ["create_dataset", "dataset_size", "get_class_names", "model_class_names", "load_split", "prepare_demo",
            "image_split", "prepare_split", "resolve_classes", "check_layout", "saved_split_lists",
-           "check_val_classes", "data_failure", "decode_skips", "log_decode_skips"]
+           "check_val_classes"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -146,22 +149,22 @@ def dataset_size(cfg, split):
 
 
 # --------------------------------------------------------------------------------------------
-# Packed data (src.data.packed): a NAME.mindrecord data path, read wherever a folder is
+# Packed data (src.data.packed_read): a NAME.mindrecord data path, read wherever a folder is
 # --------------------------------------------------------------------------------------------
 def _packed(cfg, split):
-    """The verified :class:`.packed.PackedSplit` of `split` when its data path names a pack, else
+    """The verified :class:`.packed_read.PackedSplit` of `split` when its data path names a pack, else
     None; ``val_fraction`` on a pack is a ConfigError (a pack's splits are fixed when it is written)."""
     path = cfg.train_data_path if split == "train" or cfg.val_fraction is not None else cfg.val_data_path
-    if not packed.is_packed(path):
+    if not is_packed(path):
         return None
     if cfg.val_fraction is not None:
-        packed.refuse_val_fraction(cfg)
+        packed_read.refuse_val_fraction(cfg)
     if cfg.skip_bad_images and path not in _SKIP_NAMED:
         _SKIP_NAMED.add(path)
         print(f"warning: skip_bad_images applies to image folders; {path} is packed, and its images were "
               "checked when it was packed (dataset.py pack --skip_bad_images leaves bad ones out): a record "
               "that cannot be decoded stops the run, naming it", file=sys.stderr, flush=True)
-    return packed.open_pack(path, split)
+    return packed_read.open_pack(path, split)
 
 
 _SKIP_NAMED = set()   # the packs whose skip_bad_images warning this process printed
@@ -239,8 +242,8 @@ def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
     too small for one batch on each of the `world` devices is refused before any list is written."""
     if cfg.val_fraction is None or data_format(cfg.dataset_choose) != "imagefolder":
         return
-    if packed.is_packed(cfg.train_data_path):
-        packed.refuse_val_fraction(cfg)
+    if is_packed(cfg.train_data_path):
+        packed_read.refuse_val_fraction(cfg)
     tree = _tree(cfg, cfg.train_data_path, logger)
     lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
     if not fresh and all(os.path.isfile(p) for p in lists.values()):
@@ -269,7 +272,7 @@ def check_layout(cfg):
         return
     for key in ("train_data_path", "val_data_path"):
         root = getattr(cfg, key)
-        if not root or packed.is_packed(root):
+        if not root or is_packed(root):
             continue
         try:
             splits = split_folders(imagefolder.find_classes(root))
@@ -305,7 +308,7 @@ def resolve_classes(cfg, logger=None):
 def get_class_names(cfg):
     """Class names of the configured dataset: the CIFAR folder's meta file, else the official names;
     an image tree's class folders; a pack's."""
-    if data_format(cfg.dataset_choose) == "imagefolder" or packed.is_packed(cfg.train_data_path):
+    if data_format(cfg.dataset_choose) == "imagefolder" or is_packed(cfg.train_data_path):
         return list(image_split(cfg, "train").classes)
     return cifar.class_names(cfg.train_data_path, cfg.dataset_choose)
 
@@ -313,9 +316,9 @@ def get_class_names(cfg):
 def _data_class_names(cfg):
     """``(names, where from)`` of the configured data without reading images; (None, None) when an
     image tree's folder or a pack is not there."""
-    if packed.is_packed(cfg.train_data_path):
+    if is_packed(cfg.train_data_path):
         try:
-            return packed.open_pack(cfg.train_data_path, "train").classes, f"the pack {cfg.train_data_path}"
+            return packed_read.open_pack(cfg.train_data_path, "train").classes, f"the pack {cfg.train_data_path}"
         except DataError:
             return None, None
     if data_format(cfg.dataset_choose) == "imagefolder":
@@ -348,13 +351,6 @@ def check_val_classes(cfg, names, where):
     model's `names` (recorded in checkpoint `where`); nothing to check for CIFAR or without names."""
     if names and data_format(cfg.dataset_choose) == "imagefolder":
         imagefolder.check_same_classes(names, where, image_split(cfg, "val"))
-
-
-def data_failure(exc):
-    """The DataError that a pipeline worker raised (an image that cannot be decoded), from the
-    RuntimeError MindSpore's dataset engine wraps it in; None for any other error."""
-    found = re.findall(r"^(?:[\w.]*\.)?DataError: (.+)$", str(exc), flags=re.MULTILINE)
-    return DataError(found[-1].strip()) if found else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,7 +433,7 @@ def create_dataset(cfg, split, num_shards=None, shard_id=None):
 def _train_pipeline(cfg, source, shape, where, encoded, reader, num_shards, shard_id):
     """The train split's records shuffled and sharded, augmented, batched and mixed."""
     batch_size, workers = cfg.batch_size, cfg.num_parallel_workers
-    if isinstance(source, packed.PackedSplit):
+    if isinstance(source, packed_read.PackedSplit):
         data = source.dataset(True, num_shards, shard_id, workers, decode_min_side(cfg))
     elif source.crop is not None:                 # records decoded and cut in the map
         data = ds.GeneratorDataset(RecordIndices(source), ["image", "label"], shuffle=True,
@@ -467,12 +463,11 @@ def _train_pipeline(cfg, source, shape, where, encoded, reader, num_shards, shar
 def _eval_pipeline(cfg, source, shape, encoded, reader, num_shards, shard_id):
     """The evaluation split's records in order, shard k taking records k, k + num_shards, ..."""
     workers = cfg.num_parallel_workers
-    if isinstance(source, packed.PackedSplit):
+    if isinstance(source, packed_read.PackedSplit):
         data = source.dataset(False, num_shards, shard_id, workers, decode_min_side(cfg))
-    else:
-        if num_shards:
-            source = Source(source.images[shard_id::num_shards], source.labels[shard_id::num_shards], source.load,
-                             source.tally)
+    else:                               # a replaced image labelled LEFT_OUT: the metrics leave it out
+        part = slice(shard_id, None, num_shards) if num_shards else slice(None)
+        source = Source(source.images[part], source.labels[part], source.load, source.tally, evaluation=True)
         data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False, **reader)
     data = data.map(eval_transforms(cfg, shape, encoded), input_columns="image", num_parallel_workers=workers)
     data = data.map(T.TypeCast(np.int32), input_columns="label")

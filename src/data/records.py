@@ -1,8 +1,11 @@
 """A split's records as the dataset engine reads them: a random-access source of decoded arrays or
-image files, the training crop's index source and map, and the tally of the images
-``skip_bad_images`` replaced while decoding (counted whichever thread or process decoded them)."""
+image files, the training crop's index source and map, the tally of the images
+``skip_bad_images`` replaced while decoding (counted whichever thread or process decoded them; in
+evaluation a replacement is marked :data:`LEFT_OUT` so that the metrics leave it out), and the
+DataError of an image that stopped the engine (:func:`data_failure`)."""
 import atexit
 import os
+import re
 import shutil
 import tempfile
 
@@ -10,7 +13,12 @@ import numpy as np
 
 from ..platform.errors import DataError
 
-__all__ = ["Source", "RecordIndices", "CropRecords", "SkipTally", "record_skip", "decode_skips", "log_decode_skips"]
+__all__ = ["Source", "RecordIndices", "CropRecords", "SkipTally", "LEFT_OUT", "record_skip", "decode_skips",
+           "log_decode_skips", "log_left_out", "data_failure"]
+
+#: The label of an evaluation record that ``skip_bad_images`` replaced: the replacement's image keeps
+#: the batch's shape, and the metrics (:func:`src.train.loop.evaluate`) leave the record out.
+LEFT_OUT = -1
 
 
 class SkipTally:
@@ -67,17 +75,38 @@ def log_decode_skips(logger, when):
                        f"good image of their split, e.g. {reason}")
 
 
+def log_left_out(logger, results, when):
+    """One warning line with the images an evaluation left out (``results``: :func:`src.train.loop.evaluate`'s,
+    whose ``left_out`` and ``n`` are summed over the ranks), if any; it takes the tally's lines of
+    the evaluation (:func:`decode_skips`) for an example."""
+    _, reason = decode_skips()
+    if results["left_out"]:
+        example = f", e.g. {reason}" if reason else ""     # another rank's image: its own log names it
+        logger.warning(f"skip_bad_images: {results['left_out']} image(s) could not be decoded {when} and were left "
+                       f"out of its metrics ({results['n']} image(s) evaluated){example}")
+
+
+def data_failure(exc):
+    """The DataError that a pipeline worker raised (an image that cannot be decoded), from the
+    RuntimeError MindSpore's dataset engine wraps it in; None for any other error."""
+    found = re.findall(r"^(?:[\w.]*\.)?DataError: (.+)$", str(exc), flags=re.MULTILINE)
+    return DataError(found[-1].strip()) if found else None
+
+
 class Source:
     """Random-access source over a split's records (MindSpore samples, shuffles and shards it):
     decoded images, or image files read by `load` when asked for (:func:`.encoded.read_encoded`: the
     bytes the engine's ``Decode`` decodes; or :func:`.images.read_image`'s pixels, which `crop`
     (image, record index) cuts into the training crop: :func:`.pipeline._train_crop`, :class:`CropRecords`).
-    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there and replaced
-    by the next record of the split that decodes (the same one whichever thread asks, so batches keep
-    their size and a run its seed's result); without it the DataError stops the pipeline."""
+    With a `tally` (``skip_bad_images``) a file that cannot be decoded is recorded there (once per
+    record replaced) and replaced by the next record of the split that decodes (the same one whichever
+    thread asks, so batches keep their size and a run its seed's result); for `evaluation` the
+    replacement's label is :data:`LEFT_OUT`, so that it is not counted as the record it stands in
+    for. Without a tally the DataError stops the pipeline."""
 
-    def __init__(self, images, labels, load=None, tally=None, crop=None):
+    def __init__(self, images, labels, load=None, tally=None, crop=None, evaluation=False):
         self.images, self.labels, self.load, self.tally, self.crop = images, labels, load, tally, crop
+        self.evaluation = evaluation
 
     def __getitem__(self, i):
         if self.load is None:
@@ -85,17 +114,23 @@ class Source:
         return self.record(i)
 
     def record(self, i):
-        """``(image, label)`` of record `i`, or of its replacement under skip_bad_images."""
+        """``(image, label)`` of record `i`, or of its replacement under skip_bad_images (labelled
+        :data:`LEFT_OUT` in evaluation)."""
         if self.tally is None:
             return self.load(self.images[i]), self.labels[i]
         first = None
         for k in range(len(self.labels)):
             j = (i + k) % len(self.labels)
             try:
-                return self.load(self.images[j]), self.labels[j]
+                image = self.load(self.images[j])
             except DataError as exc:
-                record_skip(self.tally, exc)
-                first = first or exc
+                if first is None:               # record i's own failure: one line per record replaced
+                    record_skip(self.tally, exc)
+                    first = exc
+                continue
+            if k and self.evaluation:
+                return image, self.labels.dtype.type(LEFT_OUT)
+            return image, self.labels[j]
         raise DataError(f"no image of this split could be decoded, e.g. {first}")
 
     def __len__(self):

@@ -19,6 +19,7 @@ import time
 import zlib
 from typing import Callable, Iterable, Optional
 
+from .cleanup import remove_unlocked
 from .errors import UserError, check_interrupted, first_line, short_quote
 
 __all__ = ["file_sha256", "OutputError", "atomic_output", "check_output_path", "check_not_input", "check_name_length",
@@ -185,6 +186,14 @@ def _remove(path):
         pass
 
 
+def _entries(folder: str) -> list:
+    """The names in `folder`, none when it cannot be listed."""
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -211,11 +220,7 @@ def remove_stale_temps(folder: str, name: Optional[str] = None) -> list:
     those of the file `name`); files of processes still running are kept. Returns the names
     removed."""
     removed = []
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return removed
-    for entry in entries:
+    for entry in _entries(folder):
         pid = _temp_of(entry, name)
         if pid is None or pid == os.getpid() or _alive(pid):
             continue
@@ -301,23 +306,6 @@ def _copy_into(tmp: str, path: str, dash_is_stdout: bool, label: str):
             os.close(fd)
 
 
-def _lock_free(lock_path: str) -> Optional[int]:
-    """A descriptor of `lock_path` holding its exclusive lock when no process holds it (its owner
-    is gone), else None (held, or not there)."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError("not a lock file of ours")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def remove_stale_scratch(folder: Optional[str] = None) -> list:
     """Delete the private temporary folders (``convmlp-out-<pid>-*`` in `folder`, default the system
     temp folder) of processes that died while writing: a folder whose lock file no process holds.
@@ -325,24 +313,15 @@ def remove_stale_scratch(folder: Optional[str] = None) -> list:
     names removed."""
     folder = tempfile.gettempdir() if folder is None else folder
     removed = []
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return removed
-    for entry in entries:
-        if not _SCRATCH_RE.fullmatch(entry):
-            continue
+    for entry in _entries(folder):
         scratch = os.path.join(folder, entry)
-        if os.path.islink(scratch) or not os.path.isdir(scratch):
-            continue
-        fd = _lock_free(os.path.join(scratch, _SCRATCH_LOCK))
-        if fd is None:
+        if not _SCRATCH_RE.fullmatch(entry) or os.path.islink(scratch) or not os.path.isdir(scratch):
             continue
         try:
-            shutil.rmtree(scratch, ignore_errors=True)
-            removed.append(entry)
-        finally:
-            os.close(fd)
+            if remove_unlocked(scratch, os.path.join(scratch, _SCRATCH_LOCK)):
+                removed.append(entry)
+        except OSError:      # a lock file that is not ours (a link, not a regular file, unreadable)
+            pass
     return removed
 
 

@@ -6,8 +6,6 @@ Call :func:`open_graph_cache` once per process, after the model is built and bef
 to cache compiles. Why MindSpore's own cache needs this, and the rules: docs/architecture.md,
 "Compiled graphs".
 """
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +16,7 @@ import sys
 from model.cache import MARKER, cache_dir, cache_root, is_marked, make_folder
 
 from .. import REPO_ROOT
+from .cleanup import prune_folders, try_lock
 from .errors import UserError
 from .fileio import atomic_output, file_sha256
 
@@ -186,39 +185,13 @@ def _check(folder):
     return "hit", None
 
 
-def _lock(path):
-    """An exclusive lock on `path` held until the process ends (the descriptor stays open), or
-    None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return None
-        raise
-    return fd
-
-
-def _prune(root, keep, current):
-    """Remove the least recently used of this cache's (marked) folders beyond `keep` (never one in
-    use); nothing else in `root` is looked at."""
-    folders = []
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
-        if is_marked(path) and name != current:
-            manifest = os.path.join(path, MANIFEST)
-            used = os.path.getmtime(manifest if os.path.exists(manifest) else path)
-            folders.append((used, name))
-    for _, name in sorted(folders, reverse=True)[max(keep - 1, 0):]:
-        fd = _lock(os.path.join(root, name + ".lock"))
-        if fd is None:
-            continue
-        try:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            os.unlink(os.path.join(root, name + ".lock"))
-        finally:
-            os.close(fd)
+def _last_used(path):
+    """When the cache folder `path` was last used (its manifest's time, else the folder's), or None
+    for anything in the root that this cache did not make."""
+    if not is_marked(path):
+        return None
+    manifest = os.path.join(path, MANIFEST)
+    return os.path.getmtime(manifest if os.path.exists(manifest) else path)
 
 
 class GraphCache:
@@ -302,7 +275,7 @@ def open_graph_cache(cfg, purpose, logger, device, rank=0, world=1, data=None, r
         folder = make_folder(root, name)
         if not is_marked(folder):
             raise FileExistsError(f"{folder} was not made by this cache")
-        lock_fd = _lock(os.path.join(root, name + ".lock"))
+        lock_fd = try_lock(os.path.join(root, name + ".lock"), create=True)
         if lock_fd is None:
             return _off(f"{folder} is in use by another process", logger)
         state, why = _check(folder)
@@ -319,7 +292,7 @@ def open_graph_cache(cfg, purpose, logger, device, rank=0, world=1, data=None, r
         logger.warning(f"graph cache: off (cannot use {folder}: {getattr(exc, 'strerror', None) or exc})")
         return GraphCache(None, "off", logger)
     try:
-        _prune(root, keep, name)
+        prune_folders(root, keep, name, _last_used)
     except OSError:
         pass   # another process pruning at the same time; the next run tries again
     os.environ[_MS_ENABLE] = "1"

@@ -7,6 +7,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..data.records import LEFT_OUT
 from ..platform.console import Progress
 from ..platform.errors import UserError
 
@@ -26,13 +27,15 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callable] = None,
              progress: Optional[Progress] = None) -> Dict:
     """Top-1, top-5, mean cross-entropy and per-class accuracy of ``net`` on ``dataset``
-    (columns ``image``, int ``label``). ``reduce_fn`` sums the counts over data-parallel ranks,
-    so every rank reports the accuracy of the whole validation set."""
+    (columns ``image``, int ``label``), over the ``n`` records evaluated: a record labelled
+    :data:`~src.data.records.LEFT_OUT` (an image ``skip_bad_images`` replaced) is counted in
+    ``left_out`` only. ``reduce_fn`` sums the counts over data-parallel ranks, so every rank reports
+    the accuracy of the whole validation set."""
     net.set_train(False)
     k = min(5, num_classes)
     correct1 = correct5 = 0
     loss_sum = 0.0
-    n = 0
+    n = left_out = 0
     per_class = np.zeros((2, num_classes), dtype=np.float64)  # correct, count
     full = None
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
@@ -43,6 +46,9 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
             images = np.concatenate([images, np.zeros((full - b,) + images.shape[1:], images.dtype)])
         logits = net(ms.Tensor(images)).asnumpy()[:b].astype(np.float64)
         y = labels.astype(np.int64)
+        kept = y != LEFT_OUT
+        left_out += int(b - kept.sum())
+        logits, y = logits[kept], y[kept]
         log_probs = _log_softmax(logits)
         loss_sum += float(-log_probs[np.arange(len(y)), y].sum())
         topk = np.argsort(-logits, axis=1)[:, :k]
@@ -54,16 +60,17 @@ def evaluate(net: nn.Cell, dataset, num_classes: int, reduce_fn: Optional[Callab
         n += len(y)
         if progress is not None:
             progress.update(1)
-    totals = np.concatenate([[correct1, correct5, loss_sum, n], per_class.ravel()]).astype(np.float32)
+    totals = np.concatenate([[correct1, correct5, loss_sum, n, left_out], per_class.ravel()]).astype(np.float32)
     if reduce_fn is not None:
         totals = reduce_fn(totals)
-    correct1, correct5, loss_sum, n = (float(v) for v in totals[:4])
-    per_class = totals[4:].reshape(2, num_classes)
+    correct1, correct5, loss_sum, n, left_out = (float(v) for v in totals[:5])
+    per_class = totals[5:].reshape(2, num_classes)
     n = max(n, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class_acc = np.where(per_class[1] > 0, per_class[0] / np.maximum(per_class[1], 1), np.nan)
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": int(round(n)),
-            "per_class_acc": per_class_acc.tolist(), "per_class_count": per_class[1].astype(int).tolist()}
+            "left_out": int(round(left_out)), "per_class_acc": per_class_acc.tolist(),
+            "per_class_count": per_class[1].astype(int).tolist()}
 
 
 def train_one_epoch(step_cell: nn.Cell, dataset, epoch: int, steps: int, skip: int = 0,

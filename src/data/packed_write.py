@@ -1,8 +1,9 @@
-"""Packed data sets: an image tree or a CIFAR binary folder written as MindRecord shards in one folder
-``NAME.mindrecord`` (MindSpore's own format for large data sets: a C++ reader that shards and
-shuffles, no file opened per image), written atomically and resumably, verified on every read, and
-read back as the same images with the same labels and class names. The format, its splits and how
-it is written and read: docs/architecture.md, "Packed data sets".
+"""Writing a packed data set (``dataset.py pack``): an image tree or a CIFAR binary folder written as
+MindRecord shards in one folder ``NAME.mindrecord`` (MindSpore's own format for large data sets: a
+C++ reader that shards and shuffles, no file opened per image), atomically and resumably, one
+writer per output; :mod:`.packed_read` reads it back as the same images with the same labels and
+class names, and :mod:`.packed_format` holds what both sides share. The format, its splits and how
+it is written: docs/architecture.md, "Packed data sets".
 """
 import contextlib
 import errno
@@ -17,20 +18,16 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..platform.bounds import check_disk_space, format_bytes
-from ..platform.errors import ConfigError, DataError, UserError, shown_name
+from ..platform.bounds import check_disk_space
+from ..platform.errors import DataError, UserError, shown_name
 from ..platform.fileio import OutputError, atomic_output, check_name_length, file_sha256
 from . import cifar, imagefolder
-from .catalog import CIFAR, SPLIT_NAMES, split_folders
+from .catalog import CIFAR, split_folders
 from .images import read_image
+from .packed_format import FORMAT, MANIFEST, SCHEMA, SUFFIX, VERSION, WHOLE, is_packed, read_json, read_manifest
 
-__all__ = ["SUFFIX", "MANIFEST", "JPEG_QUALITY", "DEFAULT_SHARD_SIZE", "is_packed", "pack", "open_pack",
-           "PackedSplit", "check_pack", "decode_record"]
+__all__ = ["JPEG_QUALITY", "DEFAULT_SHARD_SIZE", "pack"]
 
-#: The name a pack's folder ends with; a data path ending so is read as a pack.
-SUFFIX = ".mindrecord"
-MANIFEST = "manifest.json"
-FORMAT, VERSION = "convmlp-packed", 1
 #: JPEG quality of images re-encoded for ``--max_side``.
 JPEG_QUALITY = 95
 #: Records per shard by default: about 1 GB of ImageNet's JPEG files (110 kB on average).
@@ -39,15 +36,6 @@ DEFAULT_SHARD_SIZE = 10_000
 #: and index), the share of the image bytes that pages leave unused, and the most a CIFAR record
 #: takes as PNG: the free space a pack needs is estimated from these before it starts.
 RECORD_OVERHEAD, PAGE_SLACK, CIFAR_PNG_BYTES = 1024, 0.1, 4096
-#: The one split of a tree without split folders; it serves as train and as val.
-WHOLE = "all"
-_SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}, "name": {"type": "string"}}
-_COLUMNS = ["image", "label", "name"]
-
-
-def is_packed(path):
-    """Whether a data path names a pack (it ends with :data:`SUFFIX`)."""
-    return bool(path) and os.fspath(path).rstrip("/\\").endswith(SUFFIX)
 
 
 def _file_facts(path):
@@ -162,7 +150,7 @@ def _write_shard(path, records, largest, count):
     writer = FileWriter(path, shard_num=1, overwrite=False)
     writer.set_page_size(page)
     writer.set_header_size(_pow2(65536 + 256 * (2 * count + count * largest // page), 1 << 14, 1 << 27))
-    writer.add_schema(_SCHEMA, "convmlp packed images")
+    writer.add_schema(SCHEMA, "convmlp packed images")
     chunk = []
     for record in records:
         chunk.append(record)
@@ -198,14 +186,6 @@ def _write_json(path, obj):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
             f.write("\n")
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 _OURS = ("plan.json", MANIFEST)
@@ -278,8 +258,7 @@ def _check_output(out, source):
                           "would be read as data; "
                           "give an --out outside the tree (nothing was written)")
     if os.path.lexists(out):
-        manifest = _read_json(os.path.join(out, MANIFEST)) if os.path.isdir(out) else None
-        if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
+        if not os.path.isdir(out) or read_manifest(out) is None:
             raise OutputError(f"--out {shown_name(out)} exists and is not a pack that dataset.py wrote; give another "
                               "--out "
                               "(only an earlier pack is replaced; nothing was written)")
@@ -355,7 +334,7 @@ def _resume(partial, plan, report):
     their checksums; a partial pack of another plan is removed."""
     if not os.path.isdir(partial):
         return {}
-    saved = _read_json(os.path.join(partial, "plan.json"))
+    saved = read_json(os.path.join(partial, "plan.json"))
     if not (isinstance(saved, dict) and saved.get("plan") == plan):
         _remove_ours(partial)
         return {}
@@ -363,7 +342,7 @@ def _resume(partial, plan, report):
     for name in sorted(os.listdir(partial)):
         if not name.endswith(".done"):
             continue
-        facts = _read_json(os.path.join(partial, name))
+        facts = read_json(os.path.join(partial, name))
         shard = os.path.join(partial, name[:-len(".done")])
         try:
             ok = facts["file"] == _file_facts(shard) and facts["db"] == _file_facts(shard + ".db")
@@ -427,188 +406,3 @@ def _commit(partial, out):
     os.replace(partial, out)
     if os.path.isdir(old):
         _remove_ours(old)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-class _Named(io.BytesIO):
-    """A record's bytes that call themselves by the record's name in error messages."""
-
-    def __init__(self, data, record):
-        super().__init__(data)
-        self.record = record
-
-    def __str__(self):
-        return self.record
-
-
-def decode_record(image, name, min_side=None):
-    """A record's image as uint8 RGB HWC by :func:`.images.read_image` with `min_side` (the rule of
-    image files); DataError naming the record when it cannot be decoded."""
-    return read_image(_Named(image.tobytes() if hasattr(image, "tobytes") else image, str(name)), min_side)
-
-
-def record_index(name):
-    """A record's stable 64-bit number from its name (the relative path it was packed from): what
-    keys its training crop (:mod:`.native`), wherever the shuffle puts it."""
-    name = name.tobytes() if hasattr(name, "tobytes") else str(name).encode("utf-8", "surrogateescape")
-    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little")
-
-
-class _Decoder:
-    """The decoding map of a pack's pipeline (picklable for worker processes without a `crop`): the
-    record's image, or its training crop ``crop(image, record_index(name))``."""
-
-    def __init__(self, where, min_side, crop=None):
-        self.where, self.min_side, self.crop = where, min_side, crop
-
-    def __call__(self, image, name):
-        decoded = decode_record(image, f"{self.where}:{name}", self.min_side)
-        return decoded if self.crop is None else self.crop(decoded, record_index(name))
-
-
-@dataclass
-class PackedSplit:
-    """One split of a verified pack, as a pipeline source: `files` (its shards, in order), `classes`,
-    `root` (the pack), `shape` (the (height, width) all images share: CIFAR packs; else None) and
-    `counts` (records per class). ``labels`` are the split's labels in class order."""
-    root: str
-    split: str
-    classes: List[str]
-    files: List[str]
-    counts: np.ndarray
-    shape: Optional[tuple] = None
-    load = None     # the records are decoded in :meth:`dataset`'s own map
-    crop = None     # the training crop cut there when set: ``crop(image, record index)``
-
-    def __len__(self):
-        return int(self.counts.sum())
-
-    @property
-    def labels(self):
-        return np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts)
-
-    def dataset(self, shuffle, num_shards=None, shard_id=None, workers=1, min_side=None):
-        """``mindspore.dataset`` of (``image`` uint8 HWC, ``label`` int32): shuffled (seeded by
-        MindSpore's dataset seed) and sharded by MindRecord's reader for training; without shuffle,
-        shard ``k`` of ``num_shards`` gets records ``k, k + num_shards, ...`` (no padding). Images are
-        decoded as files are (:func:`decode_record`; `min_side`: :func:`.transforms.decode_min_side`)
-        in `workers` processes, or with the training crop (:attr:`crop`) in `workers` threads (the
-        decoder and the crop release Python's lock)."""
-        import mindspore.dataset as ds
-        if shuffle:
-            data = ds.MindDataset(self.files, columns_list=_COLUMNS, shuffle=True, num_shards=num_shards,
-                                  shard_id=shard_id, num_parallel_workers=1)
-        else:
-            sampler = ds.SubsetSampler(list(range(shard_id, len(self), num_shards))) if num_shards else None
-            data = ds.MindDataset(self.files, columns_list=_COLUMNS, shuffle=False if sampler is None else None,
-                                  sampler=sampler, num_parallel_workers=1)
-        crop = self.crop if shuffle else None
-        data = data.map(_Decoder(self.root, min_side, crop), input_columns=["image", "name"], output_columns=["image"],
-                        num_parallel_workers=workers, python_multiprocessing=workers > 1 and crop is None)
-        return data.project(["image", "label"])
-
-
-def _manifest(path):
-    if not os.path.exists(path):
-        raise DataError(f"packed data {shown_name(path)} does not exist; write it with: python dataset.py pack "
-                        "--path TREE "
-                        f"--out {shown_name(path)}")
-    manifest = _read_json(os.path.join(path, MANIFEST))
-    if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
-        raise DataError(f"{shown_name(path)} is not a pack that dataset.py wrote (no readable {MANIFEST}); pack the "
-                        "data again")
-    if manifest.get("version") != VERSION:
-        raise DataError(f"{shown_name(path)} is a pack of format version {manifest.get('version')}, this code reads "
-                        "version "
-                        f"{VERSION}; pack the data again")
-    return manifest
-
-
-def _split_name(manifest, path, split):
-    splits = list(manifest["splits"])
-    wanted = SPLIT_NAMES[1:] if split == "val" else (split,)
-    for name in wanted:
-        if name in splits:
-            return name
-    if splits == [WHOLE]:
-        return WHOLE
-    raise DataError(f"packed data {shown_name(path)} has the split(s) {', '.join(splits)}, none for {split}; "
-                    f"expected {' or '.join(wanted)}")
-
-
-_HASHED = set()   # (path, size, time, sha256) of the shard files this process hashed and found as recorded
-
-
-def _verify(path, name, facts, recorded_mtime, full):
-    """DataError naming the shard file when it is missing, of another size, or (hashed when `full`
-    or when its time is not the recorded one, once per process while it stays so) of another sha256."""
-    file = os.path.join(path, name)
-    try:
-        st = os.stat(file)
-    except OSError:
-        raise DataError(f"packed shard {shown_name(file)} is missing; restore it or pack the data again") from None
-    size, digest = facts
-    if st.st_size != size:
-        raise DataError(f"packed shard {shown_name(file)} is {st.st_size} bytes, the manifest says {size} "
-                        "(truncated or "
-                        "changed); restore it or pack the data again")
-    key = (os.path.realpath(file), st.st_size, st.st_mtime_ns, digest)
-    if not (full or st.st_mtime_ns != recorded_mtime) or (not full and key in _HASHED):
-        return
-    if file_sha256(file) != digest:
-        raise DataError(f"packed shard {shown_name(file)} does not match its sha256 in {MANIFEST} (corrupt or "
-                        "changed); "
-                        "restore it or pack the data again")
-    _HASHED.add(key)
-
-
-def open_pack(path, split, full=False):
-    """The :class:`PackedSplit` `split` ("train" | "val" | a split's own name) of the pack at
-    `path`, its shards verified (:func:`_verify`); DataError naming the pack or shard."""
-    manifest = _manifest(path)
-    name = _split_name(manifest, path, split)
-    info = manifest["splits"][name]
-    stamps = manifest.get("stamps", {})
-    for shard in info["shards"]:
-        mtimes = stamps.get(shard["file"], [None, None])
-        _verify(path, shard["file"], (shard["bytes"], shard["sha256"]), mtimes[0], full)
-        _verify(path, shard["file"] + ".db", (shard["db_bytes"], shard["db_sha256"]), mtimes[1], full)
-    counts = np.zeros(len(manifest["classes"]), np.int64)
-    counts[:len(info["counts"])] = info["counts"]
-    return PackedSplit(path, name, list(manifest["classes"]), [os.path.join(path, s["file"]) for s in info["shards"]],
-                       counts, tuple(info["shape"]) if info.get("shape") else None)
-
-
-def check_pack(path):
-    """``dataset.py check`` of a pack: every shard hashed, then every record read and decoded; prints
-    each split. DataError naming the first bad shard or record."""
-    manifest = _manifest(path)
-    print(f"{shown_name(path)}: packed {manifest['kind']} data, {len(manifest['classes'])} classes"
-          + (f", images re-encoded at most {manifest['max_side']} px (JPEG quality {manifest['jpeg_quality']})"
-             if manifest.get("max_side") else ", the original image bytes"))
-    for name in manifest["splits"]:
-        part = open_pack(path, name, full=True)
-        data = part.dataset(shuffle=False)
-        n = 0
-        try:
-            for _ in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
-                n += 1
-        except RuntimeError as exc:
-            from .pipeline import data_failure
-            raise (data_failure(exc) or DataError(f"cannot read the shards of {shown_name(path)} ({name}): "
-                                                  f"{str(exc).strip().splitlines()[0]}")) from None
-        if n != len(part):
-            raise DataError(f"packed data {shown_name(path)} ({name}): read {n} records, the manifest says {len(part)}")
-        size = sum(os.path.getsize(f) for f in part.files)
-        print(f"  {name}: {n} records in {len(part.files)} shard(s), {format_bytes(size)}, checksums verified; "
-              f"per class min {part.counts.min()} max {part.counts.max()}")
-
-
-def refuse_val_fraction(cfg):
-    """ConfigError: ``val_fraction`` splits an image tree, and a pack is not one."""
-    raise ConfigError(f"val_fraction {cfg.val_fraction:g} splits an image tree, and train_data_path "
-                      f"{shown_name(cfg.train_data_path)} is packed; pack a tree with train/ and val/ folders (or "
-                      "pack the "
-                      "validation images on their own and give val_data_path)")
