@@ -85,13 +85,13 @@ def test_a_checkpoint_without_a_checksum_is_read_with_one_warning(checkpoints, c
 
 def test_evl_refuses_the_damaged_checkpoint(checkpoints, tiny_cifar10):
     proc = run_main("evl.py", "--checkpoint_path", checkpoints["damaged"], *TINY_CKPT_FLAGS,
-                      "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
+                    "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
     assert_user_error(proc, f"checkpoint '{checkpoints['damaged']}' is damaged")
     assert "accuracy" not in proc.stdout
 
 
 def test_reverse_conversion_refuses_the_damaged_checkpoint(checkpoints, tmp_path):
     proc = run_main("pth2ckpt.py", "--reverse", "--src", checkpoints["damaged"], "--dst", tmp_path / "out.pth",
-                      "--verify")
+                    "--verify")
     assert_user_error(proc, f"checkpoint '{checkpoints['damaged']}' is damaged")
     assert "verify" not in proc.stdout and os.listdir(tmp_path) == []

@@ -327,14 +327,14 @@ def test_pth2ckpt_names_the_writer_could_not_take(tiny, tmp_path):
     assert back.returncode == 0, back.stderr[-3000:]
     assert sorted(os.listdir(folder)) == ["BACK.PTH", "weights.ckpt.bak"]
     too_long = run_main("pth2ckpt.py", "--reverse", "--src", folder / "weights.ckpt.bak", "--dst",
-                          folder / f"{LONG}.pth")
+                        folder / f"{LONG}.pth")
     assert_user_error(too_long, "--dst '", "has 304 bytes, more than this file system takes")
     assert sorted(os.listdir(folder)) == ["BACK.PTH", "weights.ckpt.bak"]
 
 
 def test_train_with_a_run_folder_name_over_the_limit_is_one_error(tiny_cifar10, tmp_path):
     proc = run_main("train.py", "--save_checkpoint_path", tmp_path / LONG, "--device_target", "CPU",
-                      "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
+                    "--train_data_path", tiny_cifar10, "--val_data_path", tiny_cifar10)
     assert_user_error(proc, "save_checkpoint_path '", "has 300 bytes, more than this file system takes")
     assert os.listdir(tmp_path) == []
 
