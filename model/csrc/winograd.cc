@@ -15,6 +15,9 @@ using dt = dnnl::memory::data_type;
 
 constexpr int64_t kChunkBytes = int64_t(1) << 20;   // a chunk's transformed input and products
 constexpr int64_t kSlabs = 4;   // the weight gradient's partial sums over the tiles
+// floats between two positions' matrices beyond the matrix itself: a cache line, so that the
+// transforms' 16 or 36 streams, one per position, do not fall on the same cache sets
+constexpr int64_t kPositionPad = 16;
 
 tag BlockedTag(int64_t block) { return block == 16 ? tag::aBcd16b : tag::aBcd8b; }
 
@@ -203,9 +206,11 @@ WinogradConv::WinogradConv(const dnnl::memory::desc &src, int64_t out_channels, 
   chunk_ = std::min(tiles_, std::max<int64_t>(8, most / 8 * 8));
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  pd_ = dnnl::matmul::primitive_desc(Engine(), dnnl::memory::desc({positions, chunk_, c_}, dt::f32, tag::abc),
-                                     dnnl::memory::desc({positions, c_, o_}, dt::f32, tag::abc),
-                                     dnnl::memory::desc({positions, chunk_, o_}, dt::f32, tag::abc), attr);
+  in_stride_ = chunk_ * c_ + kPositionPad, out_stride_ = chunk_ * o_ + kPositionPad;
+  pd_ = dnnl::matmul::primitive_desc(
+      Engine(), dnnl::memory::desc({positions, chunk_, c_}, dt::f32, dnnl::memory::dims{in_stride_, c_, 1}),
+      dnnl::memory::desc({positions, c_, o_}, dt::f32, tag::abc),
+      dnnl::memory::desc({positions, chunk_, o_}, dt::f32, dnnl::memory::dims{out_stride_, o_, 1}), attr);
   mm_ = dnnl::matmul(pd_);
 }
 
@@ -222,7 +227,7 @@ void WinogradConv::InputTiles(const float *src, int64_t start, int64_t count, fl
   using V = Vec<B>;
   typedef typename V::type vec;
   constexpr int a = F::kAlpha, r = F::kOut;
-  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, cb_count = c_ / B;
+  const int64_t per_image = tiles_h_ * tiles_w_, cb_count = c_ / B;
   const vec zero = {};
   for (int64_t t = 0; t < count; ++t) {
     const int64_t tile = start + t, img = tile / per_image, ty = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
@@ -246,7 +251,7 @@ void WinogradConv::InputTiles(const float *src, int64_t start, int64_t count, fl
       for (int i = 0; i < a; ++i) {
         vec out[a];
         F::Input(rows[i], out);
-        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * m * c_, out[j]);
+        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * in_stride_, out[j]);
       }
     }
   }
@@ -259,7 +264,7 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
   typedef typename V::type vec;
   constexpr int a = F::kAlpha, r = F::kOut, positions = a * a;
   const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
-  float *tv = ThreadFloats(0, positions * m * c_), *prod = ThreadFloats(1, positions * m * o_);
+  float *tv = ThreadFloats(0, positions * in_stride_), *prod = ThreadFloats(1, positions * out_stride_);
   float *pad = ThreadFloats(2, pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
   const vec zero = {};
   // the input transform, B^T d B, of each tile's patch: tv[position][tile][channel]
@@ -269,9 +274,9 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
     return dnnl::memory(dnnl::memory::desc({d0, d1, d2}, dt::f32, tag::abc), Engine(), const_cast<float *>(ptr));
   };
   dnnl::memory scratch(pd_.scratchpad_desc(), Engine(), pad);
-  mm_.execute(ThreadStream(), {{DNNL_ARG_SRC, md(positions, m, c_, tv)},
+  mm_.execute(ThreadStream(), {{DNNL_ARG_SRC, dnnl::memory(pd_.src_desc(), Engine(), tv)},
                                {DNNL_ARG_WEIGHTS, md(positions, c_, o_, u)},
-                               {DNNL_ARG_DST, md(positions, m, o_, prod)},
+                               {DNNL_ARG_DST, dnnl::memory(pd_.dst_desc(), Engine(), prod)},
                                {DNNL_ARG_SCRATCHPAD, scratch}});
   // the output transform, A^T m A, plus the bias (then ReLU), of the tiles from first_out on
   for (int64_t t = first_out - start; t < m; ++t) {
@@ -281,7 +286,7 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
       vec q[r][a];
       for (int j = 0; j < a; ++j) {
         vec col[a], out[r];
-        for (int i = 0; i < a; ++i) col[i] = V::Load(from + (i * a + j) * m * o_);
+        for (int i = 0; i < a; ++i) col[i] = V::Load(from + (i * a + j) * out_stride_);
         F::Output(col, out);
         for (int i = 0; i < r; ++i) q[i][j] = out[i];
       }
@@ -309,7 +314,7 @@ void WinogradConv::GradientTiles(const float *dy, int64_t start, int64_t count, 
   using V = Vec<B>;
   typedef typename V::type vec;
   constexpr int a = F::kAlpha, r = F::kOut;
-  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
+  const int64_t per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
   const vec zero = {};
   for (int64_t t = 0; t < count; ++t) {
     const int64_t tile = start + t, img = tile / per_image, tyi = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
@@ -333,7 +338,7 @@ void WinogradConv::GradientTiles(const float *dy, int64_t start, int64_t count, 
       for (int i = 0; i < a; ++i) {   // then over each row
         vec out[a];
         F::OutputGradient(cols[i], out);
-        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * m * o_, out[j]);
+        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * out_stride_, out[j]);
       }
     }
   }
@@ -352,8 +357,8 @@ void WinogradConv::WeightGradientOf(const float *src, const float *dy, float *dw
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     // (transformed input)^T (positions, C, tiles) x (transformed dy) (positions, tiles, O)
     dw_pd_ = dnnl::matmul::primitive_desc(
-        Engine(), dnnl::memory::desc({positions, c_, m}, dt::f32, dnnl::memory::dims{m * c_, 1, c_}),
-        dnnl::memory::desc({positions, m, o_}, dt::f32, tag::abc),
+        Engine(), dnnl::memory::desc({positions, c_, m}, dt::f32, dnnl::memory::dims{in_stride_, 1, c_}),
+        dnnl::memory::desc({positions, m, o_}, dt::f32, dnnl::memory::dims{out_stride_, o_, 1}),
         dnnl::memory::desc({positions, c_, o_}, dt::f32, tag::abc), attr);
     dw_mm_ = dnnl::matmul(dw_pd_);
   });
@@ -363,14 +368,14 @@ void WinogradConv::WeightGradientOf(const float *src, const float *dy, float *dw
   Pool().parallel_for(slabs, [&](int s, int) {
     float *acc = sums + s * per_slab;
     std::memset(acc, 0, sizeof(float) * per_slab);
-    float *tv = ThreadFloats(0, positions * m * c_), *ty = ThreadFloats(1, positions * m * o_);
+    float *tv = ThreadFloats(0, positions * in_stride_), *ty = ThreadFloats(1, positions * out_stride_);
     float *pad = ThreadFloats(3, dw_pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
     const int64_t t0 = tiles_ * s / slabs, t1 = tiles_ * (s + 1) / slabs;
     for (int64_t start = t0; start < t1; start += m) {
       const int64_t count = std::min(m, t1 - start);
       if (count < m) {   // a short chunk: the rest of its rows are zeros
-        std::memset(tv, 0, sizeof(float) * positions * m * c_);
-        std::memset(ty, 0, sizeof(float) * positions * m * o_);
+        std::memset(tv, 0, sizeof(float) * positions * in_stride_);
+        std::memset(ty, 0, sizeof(float) * positions * out_stride_);
       }
       InputTiles<B, F>(src, start, count, tv);
       GradientTiles<B, F>(dy, start, count, ty);

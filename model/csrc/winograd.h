@@ -59,6 +59,7 @@ class WinogradConv {
     int64_t image, vector, pixel;
   };
   int64_t n_, c_, h_, w_, o_, block_, out_tile_, alpha_, tiles_h_, tiles_w_, tiles_, chunk_;
+  int64_t in_stride_, out_stride_;   // floats from one position's matrix to the next (padded)
   Strides in_, out_;
   dnnl::memory::desc src_, dst_;
   dnnl::matmul::primitive_desc pd_;
