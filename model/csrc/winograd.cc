@@ -47,6 +47,20 @@ struct Vec {
   static void Store(float *p, type v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
+// step (N values -> M values) applied to each column of `in`, then to each row of the result: the
+// separable 2-D transforms (B^T d B, A^T m A, A g A^T)
+template <int N, int M, class T, class Step>
+void Separable(const T (&in)[N][N], T (&out)[M][M], Step step) {
+  T half[M][N];
+  for (int j = 0; j < N; ++j) {
+    T col[N], res[M];
+    for (int i = 0; i < N; ++i) col[i] = in[i][j];
+    step(col, res);
+    for (int i = 0; i < M; ++i) half[i][j] = res[i];
+  }
+  for (int i = 0; i < M; ++i) step(half[i], out[i]);
+}
+
 // The two tile sizes: outputs per tile side (kOut), input patch side (kAlpha) and one step of
 // each transform (applied to the rows, then to the columns): B^T d B, A^T m A, G g G^T.
 struct F2 {
@@ -227,31 +241,15 @@ void WinogradConv::InputTiles(const float *src, int64_t start, int64_t count, fl
   using V = Vec<B>;
   typedef typename V::type vec;
   constexpr int a = F::kAlpha, r = F::kOut;
-  const int64_t per_image = tiles_h_ * tiles_w_, cb_count = c_ / B;
-  const vec zero = {};
   for (int64_t t = 0; t < count; ++t) {
-    const int64_t tile = start + t, img = tile / per_image, ty = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
-    for (int64_t cb = 0; cb < cb_count; ++cb) {
-      const float *base = src + img * in_.image + cb * in_.vector;
-      vec d[a][a], rows[a][a];
-      for (int i = 0; i < a; ++i) {
-        const int64_t y = r * ty - 1 + i;
-        for (int j = 0; j < a; ++j) {
-          const int64_t x = r * tx - 1 + j;
-          d[i][j] = (y >= 0 && y < h_ && x >= 0 && x < w_) ? V::Load(base + (y * w_ + x) * in_.pixel) : zero;
-        }
-      }
-      for (int j = 0; j < a; ++j) {
-        vec col[a], out[a];
-        for (int i = 0; i < a; ++i) col[i] = d[i][j];
-        F::Input(col, out);
-        for (int i = 0; i < a; ++i) rows[i][j] = out[i];
-      }
+    const Tile at = Locate(start + t);
+    for (int64_t cb = 0; cb < c_ / B; ++cb) {
+      vec d[a][a], v[a][a];
+      LoadPatch<V>(src + at.image * in_.image + cb * in_.vector, r * at.row - 1, r * at.col - 1, in_.pixel, d);
+      Separable(d, v, [](const vec *x, vec *y) { F::Input(x, y); });
       float *to = tv + t * c_ + cb * B;
       for (int i = 0; i < a; ++i) {
-        vec out[a];
-        F::Input(rows[i], out);
-        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * in_stride_, out[j]);
+        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * in_stride_, v[i][j]);
       }
     }
   }
@@ -263,7 +261,7 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
   using V = Vec<B>;
   typedef typename V::type vec;
   constexpr int a = F::kAlpha, r = F::kOut, positions = a * a;
-  const int64_t m = chunk_, per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
+  const int64_t m = chunk_;
   float *tv = ThreadFloats(0, positions * in_stride_), *prod = ThreadFloats(1, positions * out_stride_);
   float *pad = ThreadFloats(2, pd_.scratchpad_desc().get_size() / sizeof(float) + 1);
   const vec zero = {};
@@ -280,29 +278,21 @@ void WinogradConv::Chunk(const float *src, const float *u, const float *bias, bo
                                {DNNL_ARG_SCRATCHPAD, scratch}});
   // the output transform, A^T m A, plus the bias (then ReLU), of the tiles from first_out on
   for (int64_t t = first_out - start; t < m; ++t) {
-    const int64_t tile = start + t, img = tile / per_image, ty = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
-    for (int64_t ob = 0; ob < ob_count; ++ob) {
+    const Tile at = Locate(start + t);
+    for (int64_t ob = 0; ob < o_ / B; ++ob) {
       const float *from = prod + t * o_ + ob * B;
-      vec q[r][a];
-      for (int j = 0; j < a; ++j) {
-        vec col[a], out[r];
-        for (int i = 0; i < a; ++i) col[i] = V::Load(from + (i * a + j) * out_stride_);
-        F::Output(col, out);
-        for (int i = 0; i < r; ++i) q[i][j] = out[i];
+      vec q[a][a], y[r][r];
+      for (int i = 0; i < a; ++i) {
+        for (int j = 0; j < a; ++j) q[i][j] = V::Load(from + (i * a + j) * out_stride_);
       }
+      Separable(q, y, [](const vec *x, vec *z) { F::Output(x, z); });
       const vec b = bias != nullptr ? V::Load(bias + ob * B) : zero;
-      float *base = dst + img * out_.image + ob * out_.vector;
-      for (int i = 0; i < r; ++i) {
-        const int64_t y = r * ty + i;
-        if (y >= h_) break;
-        vec out[r];
-        F::Output(q[i], out);
-        for (int j = 0; j < r; ++j) {
-          const int64_t x = r * tx + j;
-          if (x >= w_) break;
-          vec v = out[j] + b;
+      float *base = dst + at.image * out_.image + ob * out_.vector;
+      for (int i = 0; i < r && r * at.row + i < h_; ++i) {
+        for (int j = 0; j < r && r * at.col + j < w_; ++j) {
+          vec v = y[i][j] + b;
           if (relu) v = v > zero ? v : zero;
-          V::Store(base + (y * w_ + x) * out_.pixel, v);
+          V::Store(base + ((r * at.row + i) * w_ + r * at.col + j) * out_.pixel, v);
         }
       }
     }
@@ -314,31 +304,15 @@ void WinogradConv::GradientTiles(const float *dy, int64_t start, int64_t count, 
   using V = Vec<B>;
   typedef typename V::type vec;
   constexpr int a = F::kAlpha, r = F::kOut;
-  const int64_t per_image = tiles_h_ * tiles_w_, ob_count = o_ / B;
-  const vec zero = {};
   for (int64_t t = 0; t < count; ++t) {
-    const int64_t tile = start + t, img = tile / per_image, tyi = (tile / tiles_w_) % tiles_h_, tx = tile % tiles_w_;
-    for (int64_t ob = 0; ob < ob_count; ++ob) {
-      const float *base = dy + img * out_.image + ob * out_.vector;
-      vec g[r][r], cols[a][r];
-      for (int i = 0; i < r; ++i) {
-        const int64_t y = r * tyi + i;
-        for (int j = 0; j < r; ++j) {
-          const int64_t x = r * tx + j;
-          g[i][j] = (y < h_ && x < w_) ? V::Load(base + (y * w_ + x) * out_.pixel) : zero;
-        }
-      }
-      for (int j = 0; j < r; ++j) {   // A g over each column
-        vec col[r], out[a];
-        for (int i = 0; i < r; ++i) col[i] = g[i][j];
-        F::OutputGradient(col, out);
-        for (int i = 0; i < a; ++i) cols[i][j] = out[i];
-      }
+    const Tile at = Locate(start + t);
+    for (int64_t ob = 0; ob < o_ / B; ++ob) {
+      vec g[r][r], v[a][a];
+      LoadPatch<V>(dy + at.image * out_.image + ob * out_.vector, r * at.row, r * at.col, out_.pixel, g);
+      Separable(g, v, [](const vec *x, vec *y) { F::OutputGradient(x, y); });
       float *to = ty + t * o_ + ob * B;
-      for (int i = 0; i < a; ++i) {   // then over each row
-        vec out[a];
-        F::OutputGradient(cols[i], out);
-        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * out_stride_, out[j]);
+      for (int i = 0; i < a; ++i) {
+        for (int j = 0; j < a; ++j) V::Store(to + (i * a + j) * out_stride_, v[i][j]);
       }
     }
   }

@@ -58,6 +58,25 @@ class WinogradConv {
   struct Strides {
     int64_t image, vector, pixel;
   };
+  // a tile's image and its place among the image's tiles
+  struct Tile {
+    int64_t image, row, col;
+  };
+  Tile Locate(int64_t tile) const {
+    const int64_t per_image = tiles_h_ * tiles_w_;
+    return {tile / per_image, (tile / tiles_w_) % tiles_h_, tile % tiles_w_};
+  }
+  // the N x N patch of channel vectors whose corner is pixel (y0, x0) of the map, zeros outside it
+  template <class V, int N>
+  void LoadPatch(const float *base, int64_t y0, int64_t x0, int64_t pixel, typename V::type (&out)[N][N]) const {
+    const typename V::type zero = {};
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        const int64_t y = y0 + i, x = x0 + j;
+        out[i][j] = (y >= 0 && y < h_ && x >= 0 && x < w_) ? V::Load(base + (y * w_ + x) * pixel) : zero;
+      }
+    }
+  }
   int64_t n_, c_, h_, w_, o_, block_, out_tile_, alpha_, tiles_h_, tiles_w_, tiles_, chunk_;
   int64_t in_stride_, out_stride_;   // floats from one position's matrix to the next (padded)
   Strides in_, out_;
