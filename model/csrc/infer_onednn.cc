@@ -40,6 +40,7 @@ using convmlp::Engine;
 using convmlp::Guarded;
 using convmlp::Pool;
 using convmlp::Scratch;
+using convmlp::ThreadFloats;
 using convmlp::ThreadStream;
 using convmlp::ToLayout;
 using convmlp::WinogradConv;
@@ -89,7 +90,7 @@ struct StackLayer {
   dnnl::pooling_forward::primitive_desc pool_pd;
   dnnl::pooling_forward pool;
   dnnl::memory::desc weights_plain, dst;
-  // a 3x3 convolution run as Winograd F(2x2, 3x3) instead of conv (see winograd.h)
+  // a 3x3 convolution run as a Winograd convolution instead of conv (see winograd.h)
   std::shared_ptr<WinogradConv> winograd;
   std::shared_ptr<struct KeptWeights> kept;  // see LayerWeights
 };
@@ -413,19 +414,13 @@ MlpPlan *GetMlpPlan(int64_t rows, int64_t c, int64_t h) {
   return raw;
 }
 
-float *ThreadBuffer(int which, size_t floats) {
-  static thread_local std::vector<float> buffers[4];
-  if (buffers[which].size() < floats) buffers[which].resize(floats);
-  return buffers[which].data();
-}
-
 // One tile: rows [start, start + t) of x into y (or into `tmp` when given).
 void MlpTile(const MlpPlan &plan, const float *x, const float *gamma, const float *beta, float eps,
              const dnnl::memory &w1, const dnnl::memory &b1, const dnnl::memory &w2, const dnnl::memory &b2,
              int64_t c, int64_t h, float *y) {
   const int64_t t = plan.tile;
-  float *a = ThreadBuffer(0, t * c), *hidden = ThreadBuffer(1, t * h);
-  float *pad = ThreadBuffer(2, plan.scratchpad / sizeof(float) + 1);
+  float *a = ThreadFloats(0, t * c), *hidden = ThreadFloats(1, t * h);
+  float *pad = ThreadFloats(2, plan.scratchpad / sizeof(float) + 1);
   LayerNormRows(x, gamma, beta, eps, t, c, a);
   auto md = [](int64_t r, int64_t k) { return dnnl::memory::desc({r, k}, dt::f32, tag::ab); };
   dnnl::memory am(md(t, c), Engine(), a), hm(md(t, h), Engine(), hidden), xm(md(t, c), Engine(), const_cast<float *>(x));
@@ -462,7 +457,7 @@ void RunMlp(void **params, int64_t rows, int64_t c, int64_t h, float eps, float 
     }
     // the last, short tile: a whole tile ending at the last row, into a buffer; only the rows
     // no other tile writes are copied out
-    float *tmp = ThreadBuffer(3, t * c);
+    float *tmp = ThreadFloats(3, t * c);
     MlpTile(plan, x + (rows - t) * c, gamma, beta, eps, w1, b1, w2, b2, c, h, tmp);
     std::memcpy(y + start * c, tmp + (start - (rows - t)) * c, sizeof(float) * (rows - start) * c);
   });
@@ -535,7 +530,7 @@ HeadPlan *GetHeadPlan(int64_t n, int64_t c, int64_t k) {
 void PooledFeatures(const float *x, const float *gamma, const float *beta, float eps, int64_t n, int64_t positions,
                     int64_t c, float *pooled) {
   ParallelRange(n, [&](int64_t s0, int64_t s1) {
-    float *row = ThreadBuffer(0, c);
+    float *row = ThreadFloats(0, c);
     for (int64_t b = s0; b < s1; ++b) {
       float *out = pooled + b * c;
       std::memset(out, 0, sizeof(float) * c);

@@ -74,6 +74,15 @@ class SerialPool : public dnnl::threadpool_interop::threadpool_iface {
   }
 };
 
+// This thread's buffer `which` (0-3) of at least n floats, kept between calls, for a task of the
+// pool (an inference tile, a Winograd chunk): the task owns the slots it takes until it returns,
+// and such tasks do not nest on one thread.
+inline float *ThreadFloats(int which, size_t n) {
+  static thread_local std::vector<float> buffers[4];
+  if (buffers[which].size() < n) buffers[which].resize(n);
+  return buffers[which].data();
+}
+
 inline dnnl::stream &ThreadStream() {
   static thread_local SerialPool pool;
   static thread_local dnnl::stream stream = dnnl::threadpool_interop::make_stream(Engine(), &pool);

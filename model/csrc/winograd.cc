@@ -178,14 +178,6 @@ void TransformWeightsOf(const float *w, const float *scale, int64_t c, int64_t o
 
 std::atomic<int64_t> runs{0};   // passes run (Run, WeightGradient), for WinogradConvolutionsRun
 
-// This thread's buffer `which`: 0 the chunk's transformed input, 1 its products (or transformed
-// output gradient), 2 and 3 the two products' scratchpads.
-float *ThreadFloats(int which, size_t n) {
-  static thread_local std::vector<float> buffers[4];
-  if (buffers[which].size() < n) buffers[which].resize(n);
-  return buffers[which].data();
-}
-
 }  // namespace
 
 bool WinogradConv::Suits(const dnnl::memory::desc &src, const dnnl::memory::dims &wdims, int64_t stride,
