@@ -14,7 +14,7 @@ from PIL import Image
 
 from src.config import load_config
 from src.data import images as image_files
-from src.data import imagefolder, pipeline, records
+from src.data import imagefolder, pipeline, records, split_lists
 from src.data.synthetic import TREE_MARKER, write_image_tree
 from src.platform.errors import ConfigError, DataError
 import dataset as dataset_cli
@@ -302,18 +302,18 @@ def test_val_fraction_is_seeded_stratified_and_saved_for_resume(tmp_path):
     root, out = paths["train"], str(tmp_path / "run")
     cfg = tree_cfg(root, None, "--val_fraction", "0.25", "--save_checkpoint_path", out, "--seed", "7")
     tree = imagefolder.load_tree(root)
-    train, val = imagefolder.split_tree(tree, 0.25, 7)
+    train, val = split_lists.split_tree(tree, 0.25, 7)
     assert len(set(train) | set(val)) == 60 and not set(train) & set(val)
     assert np.bincount(tree.labels[val]).tolist() == [4, 4, 4, 4]            # 15 per class: round(3.75)
-    assert np.array_equal(imagefolder.split_tree(tree, 0.25, 7)[1], val)
-    assert not np.array_equal(imagefolder.split_tree(tree, 0.25, 8)[1], val)
+    assert np.array_equal(split_lists.split_tree(tree, 0.25, 7)[1], val)
+    assert not np.array_equal(split_lists.split_tree(tree, 0.25, 8)[1], val)
 
     class Log:
         def info(self, msg):
             self.last = msg
     pipeline._SPLITS.clear()
     pipeline.prepare_split(cfg, Log(), rank=0, fresh=True)
-    lists = imagefolder.split_list_paths(out)
+    lists = split_lists.split_list_paths(out)
     with open(lists["val"], encoding="utf-8") as f:
         saved = f.read().split()
     assert saved == [os.path.relpath(tree.files[i], root) for i in val]

@@ -27,7 +27,7 @@ from PIL import Image
 
 from helpers import (NO_AUG, TINY_TOPOLOGY, assert_user_error, checkpoint_model, model_weights, ok, override,
                      run_main, run_script, write_train_checkpoint)
-from src.data import imagefolder
+from src.data import imagefolder, split_lists
 from src.data.images import (MAX_COMPRESSION, MAX_DECODE_BYTES, decode_plan, inspect_image, preprocess,
                              read_image)
 from src.data.transforms import decode_min_side
@@ -86,9 +86,9 @@ def one_line(text):
 
 @pytest.mark.parametrize("name", ODD_FILES + ODD_CLASSES + ["dir/\x01ctrl\x7f", "\\", "\\\\x41\\u0041", "plain.png"])
 def test_every_name_round_trips_through_the_list_encoding_on_one_line(name):
-    line = imagefolder.encode_name(name)
+    line = split_lists.encode_name(name)
     assert "\n" not in line and "\r" not in line and line.encode("utf-8")
-    assert imagefolder.decode_name(line) == name
+    assert split_lists.decode_name(line) == name
     if name == "plain.png" or name == "\u732b":        # a plain name is written as it is (old lists read alike)
         assert line == name
 
@@ -99,7 +99,7 @@ def test_a_list_with_an_escape_it_never_writes_is_one_error_naming_it(tmp_path):
     lists.mkdir()
     (lists / "train_files.txt").write_text("a/x.jpg\\q\n")
     with pytest.raises(DataError, match=r"train_files.txt line 1: unknown escape '\\\\q'"):
-        imagefolder.read_split_list(str(lists / "train_files.txt"), imagefolder.load_tree(root))
+        split_lists.read_split_list(str(lists / "train_files.txt"), imagefolder.load_tree(root))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_a_run_on_odd_names_saves_lists_that_name_every_file_exactly(odd_run):
     named = []
     for name, data in odd_run["lists"].items():
         lines = data.decode("utf-8").split("\n")[:-1]       # plain UTF-8 text, one name per line
-        named += [imagefolder.decode_name(ln) for ln in lines]
+        named += [split_lists.decode_name(ln) for ln in lines]
     expected = sorted(os.path.relpath(p, odd_run["root"]) for p in tree_.files)
     assert sorted(named) == expected and len(named) == len(ODD_CLASSES) * len(ODD_FILES)
     assert "30 train / 10 val images (val_fraction 0.25" in odd_run["first"].stdout

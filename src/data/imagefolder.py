@@ -1,7 +1,7 @@
 """Class-per-folder image trees (``root/<class>/<image>``, the layout of torchvision's and timm's
 ``ImageFolder``): finding the classes (timm's order) and their images, checking every file before
-training (:mod:`.checked` keeps the results), the held-out validation split of one tree
-(``val_fraction``) and the file lists a run saves. Every problem is one ``error:`` line naming the
+training (:mod:`.checked` keeps the results); the held-out validation split of one tree and the
+file lists a run saves are :mod:`.split_lists`. Every problem is one ``error:`` line naming the
 folder or file, or a counted skip. The rules: data/README.md; the listing at scale:
 docs/architecture.md, "Image trees at scale".
 """
@@ -15,20 +15,13 @@ from typing import List, Tuple
 import numpy as np
 
 from ..platform.errors import DataError, shown_name
-from ..platform.fileio import atomic_output
 from . import checked
 from .images import IMAGE_EXTENSIONS, is_image_name
 
 __all__ = ["ImageTree", "FileList", "natural_key", "find_classes", "scan_tree", "check_images", "load_tree",
-           "split_tree", "check_same_classes", "split_list_paths", "write_split_lists", "read_split_list",
-           "SPLIT_LISTS", "encode_name", "decode_name", "require_usable"]
+           "check_same_classes", "require_usable"]
 
 _LOG = logging.getLogger(__name__)
-
-#: The files a run with ``val_fraction`` saves in its folder: each split's images, one per line,
-#: relative to the tree's root (``<class>/<file>``).
-SPLIT_LISTS = {"train": "train_files.txt", "val": "val_files.txt"}
-
 
 class FileList:
     """The paths of a tree's files, held compactly: one buffer of the paths relative to the tree
@@ -106,6 +99,11 @@ class ImageTree:
         return replace(self, files=self.files[index], labels=self.labels[index],
                        sizes=None if self.sizes is None else self.sizes[index],
                        stamps=None if self.stamps is None else self.stamps[index])
+
+
+def _relative(path, root):
+    """`path` relative to `root`, with ``/`` between its parts (``<class>/<file>``)."""
+    return os.path.relpath(path, root).replace(os.sep, "/")
 
 
 def _bare(name):
@@ -323,133 +321,3 @@ def check_same_classes(expected, where, tree, what="validation"):
     detail = "; ".join(p for p in parts if p) or "the same names in another order"
     raise DataError(f"the {what} classes are not the training classes ({detail}); expected the same class "
                     "folders in both")
-
-
-# --------------------------------------------------------------------------------------------
-# val_fraction: one tree, two splits
-# --------------------------------------------------------------------------------------------
-def split_tree(tree, fraction, seed):
-    """``(train positions, val positions)`` of `tree`: per class, ``round(n x fraction)`` images (at
-    least 1 and at most n - 1 for a class of 2 or more) drawn with a generator seeded by (`seed`,
-    class index), so the split depends only on the files, the fraction and the seed."""
-    train, val = [], []
-    for label in range(len(tree.classes)):
-        members = np.flatnonzero(tree.labels == label)
-        n = len(members)
-        k = min(n - 1, max(1, int(round(n * fraction)))) if n > 1 else 0
-        order = np.random.default_rng([seed, label]).permutation(n)
-        val += members[order[:k]].tolist()
-        train += members[order[k:]].tolist()
-    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
-
-
-def split_list_paths(folder):
-    return {split: os.path.join(folder, name) for split, name in SPLIT_LISTS.items()}
-
-
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_UNESCAPES = {v[1]: k for k, v in _ESCAPES.items()}
-
-
-def encode_name(name):
-    """`name` (a path as ``os.fsdecode`` gives it) as one line of ASCII-safe UTF-8 text: a backslash,
-    newline, carriage return and tab as ``\\\\ \\n \\r \\t``, other control characters as ``\\xHH``,
-    and each byte that is not UTF-8 (a surrogate of ``surrogateescape``) as ``\\xHH`` with HH >= 80;
-    spaces and every other character are kept. :func:`decode_name` reads it back exactly."""
-    out = []
-    for ch in name:
-        code = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def decode_name(line):
-    """The name :func:`encode_name` wrote as `line`; ValueError for an escape it never writes."""
-    out, i = [], 0
-    while i < len(line):
-        ch = line[i]
-        if ch != "\\":
-            out.append(ch)
-            i += 1
-            continue
-        kind = line[i + 1:i + 2]
-        if kind in _UNESCAPES:
-            out.append(_UNESCAPES[kind])
-            i += 2
-        elif kind in ("x", "u") and re.fullmatch(r"[0-9a-f]{2}" if kind == "x" else r"[0-9a-f]{4}",
-                                                 line[i + 2:i + (4 if kind == "x" else 6)]):
-            width = 2 if kind == "x" else 4
-            code = int(line[i + 2:i + 2 + width], 16)
-            out.append(chr(0xDC00 + code if kind == "x" and code >= 0x80 else code))
-            i += 2 + width
-        else:
-            raise ValueError(f"unknown escape {line[i:i + 2]!r} at character {i + 1}")
-    return "".join(out)
-
-
-def _relative(path, root):
-    return os.path.relpath(path, root).replace(os.sep, "/")
-
-
-def _relative_names(tree, index):
-    """``<class>/<file>`` of the files at positions `index` of `tree`: :func:`_relative` of each, read
-    straight from the :class:`FileList` when it holds the paths under the tree's root (no
-    ``relpath`` per file: a resumed run's lists name every file of the tree)."""
-    files = tree.files
-    if files.prefix == os.path.join(tree.root, ""):
-        return [files.relative(i).replace(os.sep, "/") for i in index]
-    return [_relative(files[i], tree.root) for i in index]
-
-
-def write_split_lists(folder, tree, parts):
-    """Save each split's files (`parts`: split -> positions in `tree`), relative to the tree's root,
-    one per line, each name escaped (:func:`encode_name`) so that every name a file system allows
-    reads back exactly (a plain name is written as it is: lists written before escaping was
-    introduced read the same, unless a name holds a backslash)."""
-    os.makedirs(folder, exist_ok=True)
-    for split, path in split_list_paths(folder).items():
-        lines = [encode_name(name) for name in _relative_names(tree, parts[split])]
-        with atomic_output(path) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                f.write("".join(line + "\n" for line in lines))
-
-
-def _read_names(path):
-    """The names a split list holds, one escaped name a line (:func:`decode_name`)."""
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    names = []
-    for number, line in enumerate(lines, 1):
-        if not line:
-            continue
-        try:
-            names.append(decode_name(line))
-        except ValueError as exc:
-            raise DataError(f"split list {_bare(path)} line {number}: {exc}; expected names written by "
-                            "train.py (start a new run to write the lists again)") from None
-    return names
-
-
-def read_split_list(path, tree):
-    """Positions in `tree` of the files a saved list names; DataError naming the list and the first
-    file that is no longer a checked image of the tree."""
-    where = {name: i for i, name in enumerate(_relative_names(tree, range(len(tree))))}
-    try:
-        names = _read_names(path)
-    except OSError as exc:
-        raise DataError(f"cannot read the split list {_bare(path)}: {exc.strerror}") from None
-    missing = [n for n in names if n not in where]
-    if missing:
-        raise DataError(f"split list {_bare(path)} names {len(missing)} file(s) that are not images of "
-                        f"{_bare(tree.root)} any more, e.g. {_bare(missing[0])}; restore them, or start a "
-                        "new run (another save_checkpoint_path)")
-    return np.asarray([where[n] for n in names], np.int64)

@@ -54,7 +54,7 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 
 from ..platform.errors import ConfigError, DataError
-from . import cifar, imagefolder, native, packed_read
+from . import cifar, imagefolder, native, packed_read, split_lists
 from .catalog import data_format, split_folders
 from .encoded import read_encoded
 from .images import read_image
@@ -189,7 +189,7 @@ def saved_split_lists(cfg):
     folders = ([os.path.dirname(os.path.abspath(cfg.checkpoint_path))] if cfg.checkpoint_path else []) + \
         [cfg.save_checkpoint_path]
     for folder in folders:
-        paths = imagefolder.split_list_paths(folder)
+        paths = split_lists.split_list_paths(folder)
         if all(os.path.isfile(p) for p in paths.values()):
             return paths
     return None
@@ -200,13 +200,13 @@ def _split_positions(cfg, tree):
     if key not in _SPLITS:
         lists = saved_split_lists(cfg)
         if lists:
-            return {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
+            return {split: split_lists.read_split_list(path, tree) for split, path in lists.items()}
         return _draw_split(cfg, tree)
     return _SPLITS[key]
 
 
 def _draw_split(cfg, tree):
-    """``val_fraction``'s split of `tree` (:func:`.imagefolder.split_tree`); ConfigError naming the
+    """``val_fraction``'s split of `tree` (:func:`.split_lists.split_tree`); ConfigError naming the
     classes too small to give validation an image (a class of one image would be missing from
     validation, and with every class so small, validation would be empty)."""
     counts = np.bincount(tree.labels, minlength=len(tree.classes))
@@ -218,13 +218,13 @@ def _draw_split(cfg, tree):
         raise ConfigError(f"val_fraction {cfg.val_fraction:g}: {len(small)} of the {len(tree.classes)} classes of "
                           f"{tree.root} have fewer than 2 images ({shown}), {whole}; expected at least 2 images per "
                           "class (one to train, one to validate), or give val_data_path instead of val_fraction")
-    return dict(zip(("train", "val"), imagefolder.split_tree(tree, cfg.val_fraction, cfg.seed)))
+    return dict(zip(("train", "val"), split_lists.split_tree(tree, cfg.val_fraction, cfg.seed)))
 
 
 def image_split(cfg, split, logger=None):
     """The checked :class:`.imagefolder.ImageTree` of `split`: the tree of its folder, or with
     ``val_fraction`` its part of ``train_data_path`` (the run's split: :func:`prepare_split`, else the
-    lists a run saved, else :func:`.imagefolder.split_tree` with ``seed``); a pack's split
+    lists a run saved, else :func:`.split_lists.split_tree` with ``seed``); a pack's split
     (:func:`_packed`) has the same ``classes``, ``labels`` and ``root``."""
     part = _packed(cfg, split)
     if part is not None:
@@ -245,9 +245,9 @@ def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
     if is_packed(cfg.train_data_path):
         packed_read.refuse_val_fraction(cfg)
     tree = _tree(cfg, cfg.train_data_path, logger)
-    lists = imagefolder.split_list_paths(cfg.save_checkpoint_path)
+    lists = split_lists.split_list_paths(cfg.save_checkpoint_path)
     if not fresh and all(os.path.isfile(p) for p in lists.values()):
-        parts = {split: imagefolder.read_split_list(path, tree) for split, path in lists.items()}
+        parts = {split: split_lists.read_split_list(path, tree) for split, path in lists.items()}
         how = f"the saved lists {lists['train']}, {lists['val']}"
     else:
         parts = _draw_split(cfg, tree)
@@ -257,7 +257,7 @@ def prepare_split(cfg, logger, rank=0, fresh=True, world=1):
                               f"batch_size <= {len(parts['train']) // world} (or more images, or a smaller "
                               "val_fraction)")
         if rank == 0:
-            imagefolder.write_split_lists(cfg.save_checkpoint_path, tree, parts)
+            split_lists.write_split_lists(cfg.save_checkpoint_path, tree, parts)
         how = f"val_fraction {cfg.val_fraction:g}, seed {cfg.seed}; lists in {cfg.save_checkpoint_path}"
     _SPLITS[(os.path.realpath(cfg.train_data_path), cfg.val_fraction)] = parts
     logger.info(f"split of {cfg.train_data_path}: {len(parts['train'])} train / {len(parts['val'])} val images ({how})")
